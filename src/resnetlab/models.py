@@ -1,0 +1,352 @@
+"""The named networks of both ResNet papers and the seed notebook, built from one ``ResNet`` class.
+
+- ImageNet family (2015 paper, Table 1): ``resnet18`` ... ``resnet152``, their plain twins
+  ``plain18``/``plain34`` (Figure 4) and pre-activation twins ``preact_resnet18`` ... ``preact_resnet152``.
+- CIFAR family (2015 paper, Section 4.2): 6n+2 layers, 16-32-64 channels, option A shortcuts:
+  ``resnet20`` ... ``resnet1202`` and ``plain20`` ... ``plain110``; pre-activation nets of the
+  2016 paper: ``preact_resnet110`` (basic blocks, 6n+2) and ``preact_resnet164``/``preact_resnet1001``
+  (bottlenecks, 9n+2). Any other depth: ``cifar_resnet(depth, ...)`` or ``create_model("resnet74")``.
+- ``signs_resnet50``: the seed notebook's Keras ResNet-50 for 64x64x3 SIGNS images and 6 classes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .blocks import BasicBlock, Bottleneck
+
+STEMS = ("imagenet", "cifar", "keras")
+
+
+class ResNet(nn.Module):
+    """A residual (or plain) network: a stem, stages of blocks, global pooling and a classifier.
+
+    Args:
+        block: ``BasicBlock`` or ``Bottleneck``.
+        layers: blocks per stage, e.g. ``[3, 4, 6, 3]`` for ResNet-50.
+        widths: the planes of each stage (the output has ``planes * block.expansion`` channels).
+        stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max pool), ``"cifar"`` (one 3x3 conv) or
+            ``"keras"`` (the seed notebook's: 7x7/2 conv with bias, unpadded max pool).
+        shortcut: ``"A"``, ``"B"`` or ``"C"`` (see ``blocks.make_shortcut``).
+        preact: 2016 pre-activation units, with one BN-ReLU after the last stage.
+        residual: ``False`` builds the plain twin (no shortcuts at all).
+        stride_in_1x1: bottleneck stride on the first 1x1 (paper) instead of the 3x3 (torchvision).
+        zero_init_residual: start every residual branch at zero (its last BN's gamma = 0).
+        bias: conv biases, as in Keras (``signs_resnet50``).
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: Sequence[int],
+        widths: Sequence[int] = (64, 128, 256, 512),
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        stem: str = "imagenet",
+        shortcut: str = "B",
+        preact: bool = False,
+        residual: bool = True,
+        stride_in_1x1: bool = False,
+        zero_init_residual: bool = False,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        if len(layers) != len(widths):
+            raise ValueError("layers and widths must have one entry per stage")
+        self.preact, self.residual, self.stem = preact, residual, stem
+        self.num_classes = num_classes
+
+        width = widths[0]
+        if stem == "cifar":
+            self.conv1 = nn.Conv2d(in_chans, width, 3, padding=1, bias=bias)
+        else:
+            self.conv1 = nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=bias)
+        # A pre-activation net normalises inside its first unit, so its stem is the conv alone (2016 paper).
+        self.bn1 = nn.Identity() if preact else nn.BatchNorm2d(width)
+        self.relu = nn.Identity() if preact else nn.ReLU(inplace=True)
+        if stem == "imagenet":
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        elif stem == "keras":
+            self.maxpool = nn.MaxPool2d(3, stride=2)
+        else:
+            self.maxpool = nn.Identity()
+
+        block_kwargs: dict = dict(shortcut=shortcut, preact=preact, residual=residual, bias=bias)
+        if block is Bottleneck:
+            block_kwargs["stride_in_1x1"] = stride_in_1x1
+        in_planes = width
+        for i, (n, planes) in enumerate(zip(layers, widths)):
+            stride = 1 if i == 0 else 2
+            stage = []
+            for j in range(n):
+                stage.append(block(in_planes, planes, stride if j == 0 else 1, **block_kwargs))
+                in_planes = planes * block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
+        self.num_stages = len(layers)
+        self.num_features = in_planes
+
+        self.final_bn = nn.BatchNorm2d(in_planes) if preact else nn.Identity()
+        # Keras layout: a fixed 2x2 average pool and flatten, exact for 64x64 inputs; elsewhere global pooling.
+        self.avgpool = nn.AvgPool2d(2) if stem == "keras" else nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                # He et al. 2015 ("Delving deep into rectifiers"), as torchvision does.
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual and residual:
+            for block_module in self.blocks():
+                block_module.zero_init_last_bn()
+
+    def stages(self) -> list[nn.Sequential]:
+        """The stages in order (``layer1``, ``layer2``, ...)."""
+        return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+
+    def blocks(self) -> list[BasicBlock | Bottleneck]:
+        """Every block of every stage, in order."""
+        return [b for stage in self.stages() for b in stage]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map after the last stage (and the final BN-ReLU of pre-activation nets)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in self.stages():
+            x = stage(x)
+        if self.preact:
+            x = torch.relu(self.final_bn(x))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.forward_features(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, Callable[..., ResNet]] = {}
+
+
+class UnknownModelError(ValueError):
+    """Raised for a model name that is not registered."""
+
+
+def register_model(fn: Callable[..., ResNet]) -> Callable[..., ResNet]:
+    """Register a builder under its function name, so ``create_model(name)`` finds it."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, in a natural order (resnet20 before resnet110)."""
+    def natural(name: str) -> tuple:
+        return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+    return sorted((n for n in _REGISTRY if fnmatch.fnmatch(n, pattern)), key=natural)
+
+
+_CIFAR_NAME = re.compile(r"^(resnet|plain|preact_resnet)(\d+)$")
+
+
+def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None, **overrides) -> ResNet:
+    """Build a registered model by name.
+
+    ``num_classes`` and ``in_chans`` default to the model family's own (1000 and 3 for ImageNet,
+    10 and 3 for CIFAR, 6 and 3 for SIGNS). Other keyword arguments override the builder's, e.g.
+    ``create_model("resnet50", stride_in_1x1=True)`` for the paper's stride placement.
+    Names like ``resnet74`` or ``plain200`` that fit the CIFAR depth formulas build on the fly.
+    """
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    if in_chans is not None:
+        overrides["in_chans"] = in_chans
+    if name in _REGISTRY:
+        return _REGISTRY[name](**overrides)
+    match = _CIFAR_NAME.match(name)
+    if match:
+        kind, depth = match.group(1), int(match.group(2))
+        if kind == "preact_resnet" and (depth - 2) % 9 == 0 and (depth - 2) % 6 != 0:
+            overrides.setdefault("block", "bottleneck")
+        try:
+            return cifar_resnet(depth, preact=kind == "preact_resnet", residual=kind != "plain", **overrides)
+        except ValueError:
+            pass
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `resnetlab models` lists them"
+    raise UnknownModelError(f"unknown model {name!r}{hint}")
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# --- ImageNet family (2015 paper, Table 1) ------------------------------------------------------
+
+_IMAGENET = {
+    18: (BasicBlock, [2, 2, 2, 2]),
+    34: (BasicBlock, [3, 4, 6, 3]),
+    50: (Bottleneck, [3, 4, 6, 3]),
+    101: (Bottleneck, [3, 4, 23, 3]),
+    152: (Bottleneck, [3, 8, 36, 3]),
+}
+
+
+def _imagenet(depth: int, **kwargs) -> ResNet:
+    block, layers = _IMAGENET[depth]
+    return ResNet(block, layers, **kwargs)
+
+
+@register_model
+def resnet18(**kwargs) -> ResNet:
+    """ResNet-18 (2015 paper, Table 1); state_dict keys match torchvision's."""
+    return _imagenet(18, **kwargs)
+
+
+@register_model
+def resnet34(**kwargs) -> ResNet:
+    """ResNet-34 (2015 paper, Table 1); state_dict keys match torchvision's."""
+    return _imagenet(34, **kwargs)
+
+
+@register_model
+def resnet50(**kwargs) -> ResNet:
+    """ResNet-50; stride on the 3x3 like torchvision (v1.5), ``stride_in_1x1=True`` for the paper's."""
+    return _imagenet(50, **kwargs)
+
+
+@register_model
+def resnet101(**kwargs) -> ResNet:
+    """ResNet-101; stride on the 3x3 like torchvision (v1.5), ``stride_in_1x1=True`` for the paper's."""
+    return _imagenet(101, **kwargs)
+
+
+@register_model
+def resnet152(**kwargs) -> ResNet:
+    """ResNet-152; stride on the 3x3 like torchvision (v1.5), ``stride_in_1x1=True`` for the paper's."""
+    return _imagenet(152, **kwargs)
+
+
+@register_model
+def plain18(**kwargs) -> ResNet:
+    """The 18-layer plain net of the 2015 paper's Figure 4: ResNet-18 without shortcuts."""
+    return _imagenet(18, residual=False, **kwargs)
+
+
+@register_model
+def plain34(**kwargs) -> ResNet:
+    """The 34-layer plain net of the 2015 paper's Figure 4: ResNet-34 without shortcuts."""
+    return _imagenet(34, residual=False, **kwargs)
+
+
+@register_model
+def preact_resnet18(**kwargs) -> ResNet:
+    """ResNet-18 with the 2016 paper's pre-activation units."""
+    return _imagenet(18, preact=True, **kwargs)
+
+
+@register_model
+def preact_resnet34(**kwargs) -> ResNet:
+    """ResNet-34 with the 2016 paper's pre-activation units."""
+    return _imagenet(34, preact=True, **kwargs)
+
+
+@register_model
+def preact_resnet50(**kwargs) -> ResNet:
+    """ResNet-50 with the 2016 paper's pre-activation units."""
+    return _imagenet(50, preact=True, **kwargs)
+
+
+@register_model
+def preact_resnet101(**kwargs) -> ResNet:
+    """ResNet-101 with the 2016 paper's pre-activation units."""
+    return _imagenet(101, preact=True, **kwargs)
+
+
+@register_model
+def preact_resnet152(**kwargs) -> ResNet:
+    """ResNet-152 with the 2016 paper's pre-activation units (the 2016 paper's Table 5)."""
+    return _imagenet(152, preact=True, **kwargs)
+
+
+# --- CIFAR family (2015 paper Section 4.2, 2016 paper Section 4) --------------------------------
+
+
+def cifar_resnet(
+    depth: int,
+    block: str = "basic",
+    preact: bool = False,
+    residual: bool = True,
+    shortcut: str | None = None,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    widths: Sequence[int] = (16, 32, 64),
+    **kwargs,
+) -> ResNet:
+    """A CIFAR-style net of any valid depth: 6n+2 layers with basic blocks, 9n+2 with bottlenecks.
+
+    Three stages of n blocks on 32x32 (or 28x28) inputs, 16-32-64 planes. The shortcut defaults to
+    option A for basic blocks (2015 paper) and option B for bottlenecks, whose first block must
+    widen 16 to 64 channels (2016 paper).
+    """
+    per_block = {"basic": 2, "bottleneck": 3}.get(block)
+    if per_block is None:
+        raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
+    n, rest = divmod(depth - 2, 3 * per_block)
+    if rest or n < 1:
+        raise ValueError(f"depth {depth} is not {3 * per_block}n+2 for {block} blocks")
+    block_cls = BasicBlock if block == "basic" else Bottleneck
+    if shortcut is None:
+        shortcut = "A" if block == "basic" else "B"
+    return ResNet(
+        block_cls, [n] * 3, widths, num_classes=num_classes, in_chans=in_chans, stem="cifar",
+        shortcut=shortcut, preact=preact, residual=residual, **kwargs,
+    )
+
+
+def _register_cifar(name: str, depth: int, doc: str, **fixed) -> None:
+    def builder(**kwargs) -> ResNet:
+        return cifar_resnet(depth, **{**fixed, **kwargs})
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc
+    register_model(builder)
+
+
+for _depth in (20, 32, 44, 56, 110, 1202):
+    _register_cifar(f"resnet{_depth}", _depth, f"ResNet-{_depth} for CIFAR (2015 paper, Table 6), option A shortcuts.")
+for _depth in (20, 32, 44, 56, 110):
+    _register_cifar(f"plain{_depth}", _depth, f"The {_depth}-layer plain CIFAR net (2015 paper, Figure 6).", residual=False)
+_register_cifar("preact_resnet110", 110, "Pre-activation ResNet-110 (2016 paper, Table 3), basic blocks.", preact=True)
+for _depth in (164, 1001):
+    _register_cifar(
+        f"preact_resnet{_depth}", _depth,
+        f"Pre-activation bottleneck ResNet-{_depth} for CIFAR (2016 paper, Table 3).",
+        preact=True, block="bottleneck",
+    )
+
+
+# --- The seed notebook --------------------------------------------------------------------------
+
+
+@register_model
+def signs_resnet50(num_classes: int = 6, in_chans: int = 3, **kwargs) -> ResNet:
+    """The seed notebook's Keras ResNet-50 for 64x64 SIGNS images.
+
+    Its layout: ZeroPadding2D(3) + 7x7/2 conv, conv biases everywhere, the stride on the first 1x1
+    of each convolutional block, a 2x2 average pool, flatten and a dense layer. Keras reports
+    23,600,006 parameters: 23,546,886 trainable plus 53,120 BN moving statistics.
+    """
+    kwargs = {"stem": "keras", "bias": True, "stride_in_1x1": True, **kwargs}
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes, in_chans=in_chans, **kwargs)
