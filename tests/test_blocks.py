@@ -1,0 +1,138 @@
+"""Residual blocks: shapes, shortcut options, plain twins, activation order, gradient flow."""
+
+import pytest
+import torch
+from torch import nn
+
+from resnetlab.blocks import BasicBlock, Bottleneck, ResidualMLPBlock, ZeroPadShortcut, make_shortcut
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("block", [BasicBlock, Bottleneck])
+@pytest.mark.parametrize("preact", [False, True])
+@pytest.mark.parametrize("shortcut", ["A", "B", "C"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_output_shape(block, preact, shortcut, stride):
+    in_planes = 16
+    m = block(in_planes, 32, stride=stride, shortcut=shortcut, preact=preact)
+    y = m(torch.randn(2, in_planes, 8, 8))
+    assert y.shape == (2, 32 * block.expansion, 8 // stride, 8 // stride)
+
+
+def test_option_a_has_no_parameters_and_pads_zeros():
+    sc = ZeroPadShortcut(4, 8, stride=2)
+    x = torch.randn(1, 4, 6, 6)
+    y = sc(x)
+    assert n_params(sc) == 0
+    assert y.shape == (1, 8, 3, 3)
+    # The original channels sit in the middle, subsampled; the new ones are zero.
+    assert torch.equal(y[:, 2:6], x[:, :, ::2, ::2])
+    assert torch.count_nonzero(y[:, :2]) == 0 and torch.count_nonzero(y[:, 6:]) == 0
+
+
+def test_shortcut_options_choose_projection_where_the_paper_says():
+    # Same shape: A and B are the identity (None), C projects.
+    assert make_shortcut(16, 16, 1, "A", preact=False) is None
+    assert make_shortcut(16, 16, 1, "B", preact=False) is None
+    c = make_shortcut(16, 16, 1, "C", preact=False)
+    assert isinstance(c[0], nn.Conv2d) and isinstance(c[1], nn.BatchNorm2d)
+    # Shape change: A is parameter-free, B projects with BN; pre-activation projections have no BN.
+    assert isinstance(make_shortcut(16, 32, 2, "A", preact=False), ZeroPadShortcut)
+    b = make_shortcut(16, 32, 2, "B", preact=False)
+    assert b[0].stride == (2, 2) and b[0].kernel_size == (1, 1) and isinstance(b[1], nn.BatchNorm2d)
+    assert len(make_shortcut(16, 32, 2, "B", preact=True)) == 1
+    with pytest.raises(ValueError):
+        make_shortcut(16, 32, 2, "D", preact=False)
+
+
+def _silence_branch(block: nn.Module) -> None:
+    """Make the residual branch output exactly zero."""
+    block.zero_init_last_bn()
+    nn.init.zeros_(block.last_bn.bias)
+    block.eval()
+
+
+@pytest.mark.parametrize("block_cls", [BasicBlock, Bottleneck])
+@pytest.mark.parametrize("preact", [False, True])
+def test_residual_block_falls_back_to_identity_and_plain_block_does_not(block_cls, preact):
+    planes = 8
+    channels = planes * block_cls.expansion
+    x = torch.rand(2, channels, 5, 5)  # non-negative, so the post-activation ReLU keeps it
+    residual = block_cls(channels, planes, preact=preact)
+    plain = block_cls(channels, planes, preact=preact, residual=False)
+    _silence_branch(residual)
+    _silence_branch(plain)
+    with torch.no_grad():
+        assert torch.allclose(residual(x), x)
+        assert torch.count_nonzero(plain(x)) == 0
+    assert plain.downsample is None
+
+
+def test_plain_twin_has_the_same_layers_without_shortcut():
+    res = BasicBlock(16, 32, stride=2, shortcut="B")
+    plain = BasicBlock(16, 32, stride=2, residual=False)
+    res_keys = {k for k in res.state_dict() if not k.startswith("downsample")}
+    assert res_keys == set(plain.state_dict())
+
+
+def test_post_activation_order_ends_with_relu_after_add():
+    m = BasicBlock(8, 8).eval()
+    with torch.no_grad():
+        y = m(torch.randn(4, 8, 6, 6) * 5)
+    assert y.min() >= 0  # ReLU after the addition
+
+
+def test_pre_activation_order_leaves_the_sum_unrectified():
+    m = BasicBlock(8, 8, preact=True).eval()
+    x = -torch.rand(4, 8, 6, 6) - 1  # all negative input
+    _silence_branch(m)
+    with torch.no_grad():
+        y = m(x)
+    # Nothing after the add: the negative identity passes through untouched.
+    assert torch.allclose(y, x)
+    # And the branch starts with BN-ReLU: its first conv sees only non-negative values.
+    seen = {}
+    m.conv1.register_forward_hook(lambda mod, inp, out: seen.setdefault("in", inp[0]))
+    m(torch.randn(4, 8, 6, 6))
+    assert seen["in"].min() >= 0
+
+
+def test_post_activation_branch_starts_with_conv():
+    m = BasicBlock(8, 8)
+    seen = {}
+    m.conv1.register_forward_hook(lambda mod, inp, out: seen.setdefault("in", inp[0]))
+    x = torch.randn(4, 8, 6, 6)
+    m(x)
+    assert torch.equal(seen["in"], x)
+
+
+@pytest.mark.parametrize("stride_in_1x1, strides", [(True, ((2, 2), (1, 1))), (False, ((1, 1), (2, 2)))])
+def test_bottleneck_stride_placement(stride_in_1x1, strides):
+    m = Bottleneck(64, 16, stride=2, stride_in_1x1=stride_in_1x1)
+    assert (m.conv1.stride, m.conv2.stride) == strides
+
+
+def test_zero_init_residual_zeroes_last_bn_gamma():
+    m = Bottleneck(64, 16)
+    m.zero_init_last_bn()
+    assert torch.count_nonzero(m.bn3.weight) == 0
+
+
+@pytest.mark.parametrize("preact", [False, True])
+def test_mlp_block(preact):
+    m = ResidualMLPBlock(12, 24, preact=preact)
+    assert m(torch.randn(5, 12)).shape == (5, 12)
+    assert isinstance(m.fc1, nn.Linear) and m.fc1.out_features == 24
+    plain = ResidualMLPBlock(12, preact=preact, residual=False)
+    _ = plain(torch.randn(5, 12))
+
+
+def test_mlp_block_identity_when_branch_silenced():
+    m = ResidualMLPBlock(6, preact=True).eval()
+    nn.init.zeros_(m.fc2.weight)
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        assert torch.allclose(m(x), x)

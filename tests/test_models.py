@@ -1,0 +1,125 @@
+"""The named models: the papers' parameter counts and multiply-adds, torchvision parity, the registry."""
+
+import pytest
+import torch
+import torchvision
+
+from resnetlab import UnknownModelError, cifar_resnet, count_parameters, create_model, list_models
+from resnetlab.summary import count_macs, non_trainable_count
+
+CIFAR_PARAMS = {
+    "resnet20": 269_722,
+    "resnet32": 464_154,
+    "resnet44": 658_586,
+    "resnet56": 853_018,
+    "resnet110": 1_727_962,
+    "resnet1202": 19_421_274,
+}
+IMAGENET_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+}
+# The 2015 paper's Table 1, in multiply-adds (it calls them FLOPs), stride on the first 1x1.
+PAPER_GMACS = {"resnet18": 1.8, "resnet34": 3.6, "resnet50": 3.8, "resnet101": 7.6, "resnet152": 11.3}
+
+
+def on_meta(name: str, **kwargs) -> torch.nn.Module:
+    """Build without allocating weights: counting needs only shapes."""
+    with torch.device("meta"):
+        return create_model(name, **kwargs)
+
+
+@pytest.mark.parametrize("name, expected", {**CIFAR_PARAMS, **IMAGENET_PARAMS}.items())
+def test_parameter_counts(name, expected):
+    assert count_parameters(on_meta(name)) == expected
+
+
+@pytest.mark.parametrize("name, paper", [("preact_resnet164", 1.7e6), ("preact_resnet1001", 10.2e6)])
+def test_preact_cifar_parameter_counts_match_2016_paper(name, paper):
+    assert count_parameters(on_meta(name)) == pytest.approx(paper, rel=0.02)
+
+
+def test_signs_resnet50_counts_like_keras():
+    m = on_meta("signs_resnet50")
+    assert count_parameters(m) == 23_546_886
+    assert non_trainable_count(m) == 53_120
+    assert count_parameters(m) + non_trainable_count(m) == 23_600_006
+    assert create_model("signs_resnet50")(torch.randn(2, 3, 64, 64)).shape == (2, 6)
+
+
+@pytest.mark.parametrize("name, gmacs", PAPER_GMACS.items())
+def test_paper_multiply_adds(name, gmacs):
+    macs = count_macs(on_meta(name, stride_in_1x1=True), (3, 224, 224))
+    assert macs / 1e9 == pytest.approx(gmacs, rel=0.02)
+
+
+def test_torchvision_stride_multiply_adds():
+    assert count_macs(on_meta("resnet50"), (3, 224, 224)) / 1e9 == pytest.approx(4.09, abs=0.01)
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
+def test_torchvision_state_dict_loads_and_matches(depth):
+    torch.manual_seed(depth)
+    reference = getattr(torchvision.models, f"resnet{depth}")().eval()
+    ours = create_model(f"resnet{depth}").eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert (ours(x) - reference(x)).abs().max() <= 1e-5
+
+
+def test_cifar_models_classify_small_images():
+    for name in ["resnet20", "plain20", "preact_resnet110", "preact_resnet164"]:
+        m = create_model(name)
+        assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10), name
+    m = create_model("resnet20", num_classes=10, in_chans=1)
+    assert m(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_generic_cifar_constructor_builds_any_valid_depth():
+    assert len(cifar_resnet(74).blocks()) == 36
+    assert len(cifar_resnet(83, block="bottleneck", preact=True).blocks()) == 27
+    assert len(create_model("resnet74").blocks()) == 36
+    assert not create_model("plain74").residual
+    with pytest.raises(ValueError, match="6n\\+2"):
+        cifar_resnet(21)
+
+
+def test_plain_models_have_no_shortcuts():
+    m = create_model("plain56")
+    assert all(b.downsample is None and not b.residual for b in m.blocks())
+    assert count_parameters(m) == CIFAR_PARAMS["resnet56"]  # option A adds no parameters
+
+
+@pytest.mark.parametrize("name", ["resnet110", "preact_resnet164", "resnet50"])
+def test_gradient_reaches_the_first_layer(name):
+    m = create_model(name, num_classes=10)
+    size = 64 if name == "resnet50" else 32
+    m(torch.randn(4, 3, size, size)).logsumexp(1).sum().backward()
+    assert m.conv1.weight.grad is not None and m.conv1.weight.grad.abs().sum() > 0
+
+
+def test_zero_init_residual():
+    m = create_model("resnet50", zero_init_residual=True)
+    assert all(torch.count_nonzero(b.bn3.weight) == 0 for b in m.blocks())
+
+
+def test_list_models_has_every_family():
+    names = set(list_models())
+    expected = {
+        *CIFAR_PARAMS, *IMAGENET_PARAMS, "plain20", "plain32", "plain44", "plain56", "plain110",
+        "preact_resnet110", "preact_resnet164", "preact_resnet1001", "signs_resnet50",
+        *(f"preact_resnet{d}" for d in (18, 34, 50, 101, 152)),
+    }
+    assert expected <= names
+    assert list_models("resnet*")[:3] == ["resnet18", "resnet20", "resnet32"]
+
+
+def test_unknown_model_lists_close_names():
+    with pytest.raises(UnknownModelError, match="resnet50"):
+        create_model("resnet05")
+    with pytest.raises(UnknownModelError, match="did you mean"):
+        create_model("resent20")
