@@ -98,6 +98,8 @@ class ResNet(nn.Module):
         self.avgpool = nn.AvgPool2d(2) if stem == "keras" else nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
 
+        if self.fc.weight.is_meta:
+            return  # built only to count or trace shapes: there are no values to initialise
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 # He et al. 2015 ("Delving deep into rectifiers"), as torchvision does.
@@ -154,6 +156,12 @@ def list_models(pattern: str = "*") -> list[str]:
         return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
     return sorted((n for n in _REGISTRY if fnmatch.fnmatch(n, pattern)), key=natural)
+
+
+def describe_model(name: str) -> str:
+    """The first line of a registered model's docstring."""
+    doc = (_REGISTRY[name].__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
 
 
 _CIFAR_NAME = re.compile(r"^(resnet|plain|preact_resnet)(\d+)$")
@@ -222,19 +230,19 @@ def resnet34(**kwargs) -> ResNet:
 
 @register_model
 def resnet50(**kwargs) -> ResNet:
-    """ResNet-50; stride on the 3x3 like torchvision (v1.5), ``stride_in_1x1=True`` for the paper's."""
+    """ResNet-50 (2015 paper, Table 1), torchvision stride (v1.5); stride_in_1x1=True for the paper's."""
     return _imagenet(50, **kwargs)
 
 
 @register_model
 def resnet101(**kwargs) -> ResNet:
-    """ResNet-101; stride on the 3x3 like torchvision (v1.5), ``stride_in_1x1=True`` for the paper's."""
+    """ResNet-101 (2015 paper, Table 1), torchvision stride (v1.5); stride_in_1x1=True for the paper's."""
     return _imagenet(101, **kwargs)
 
 
 @register_model
 def resnet152(**kwargs) -> ResNet:
-    """ResNet-152; stride on the 3x3 like torchvision (v1.5), ``stride_in_1x1=True`` for the paper's."""
+    """ResNet-152 (2015 paper, Table 1), torchvision stride (v1.5); stride_in_1x1=True for the paper's."""
     return _imagenet(152, **kwargs)
 
 

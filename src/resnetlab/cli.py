@@ -1,0 +1,185 @@
+"""The ``resnetlab`` command line.
+
+Every command catches its errors at the top: one ``error: ...`` line and exit status 2, no
+traceback unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> None:
+    """The flags of ``resnetlab train``; experiments take the quick-run subset."""
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, cifar100, signs or folder:PATH")
+    p.add_argument("--data-dir", help="where the dataset files are (default: $RESNETLAB_DATA, Debian's folder, ~/.cache/resnetlab)")
+    p.add_argument("--epochs", type=float, help="passes over the training set (overrides the recipe)")
+    p.add_argument("--steps", type=int, help="iterations (overrides the recipe and --epochs)")
+    p.add_argument("--limit-train", type=int, metavar="N", help="use the first N training examples")
+    p.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test examples")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    if quick_only:
+        return
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--recipe", default="fast", help="he2016, he2016-preact, signs-adam or fast (default)")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--image-size", type=int, help="folder datasets: resize images to this side (default 64)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume)")
+    p.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, only the per-epoch lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnetlab", description="Residual networks of He et al. 2015 and 2016.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the models with their parameter counts")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+
+    p = sub.add_parser("summary", help="Keras-style model summary with multiply-adds")
+    p.add_argument("model")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
+    p.add_argument("--num-classes", type=int)
+
+    p = sub.add_parser("train", help="train a model and write a run directory")
+    _add_train_flags(p)
+
+    p = sub.add_parser("eval", help="evaluate a trained run on its test set")
+    p.add_argument("run_dir")
+    p.add_argument("--dataset", help="another dataset with the same classes (default: the run's)")
+    p.add_argument("--data-dir")
+    p.add_argument("--limit-test", type=int, metavar="N")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+    p = sub.add_parser("predict", help="classify your own images with a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+    p = sub.add_parser("demo", help="train resnet20 on Fashion-MNIST for a few minutes, evaluate, predict, plot")
+    p.add_argument("--out", default="demo")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    return parser
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    import torch
+
+    from .models import count_parameters, create_model, describe_model, list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        raise ValueError(f"no model matches {args.pattern!r}")
+    print(f"{'model':<20}{'parameters':>14}  description")
+    for name in names:
+        with torch.device("meta"):  # counts need shapes only: no memory, no init time
+            model = create_model(name)
+        print(f"{name:<20}{count_parameters(model):>14,}  {describe_model(name)}")
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from .models import create_model
+    from .summary import summary
+
+    model = create_model(args.model, num_classes=args.num_classes)
+    if args.input_size:
+        size = tuple(args.input_size)
+    elif args.model == "signs_resnet50":
+        size = (3, 64, 64)
+    else:
+        size = (model.conv1.in_channels, 32, 32) if model.stem == "cifar" else (model.conv1.in_channels, 224, 224)
+    summary(model, size, title=args.model)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import TrainConfig, resume, train
+
+    if args.resume:
+        result = resume(args.resume, device=args.device, progress=not args.no_progress)
+    else:
+        config = TrainConfig(
+            model=args.model, dataset=args.dataset, data_dir=args.data_dir, recipe=args.recipe,
+            epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+            weight_decay=args.weight_decay, limit_train=args.limit_train, limit_test=args.limit_test,
+            image_size=args.image_size, device=args.device, seed=args.seed, out=args.out,
+            compile=args.compile, deterministic=args.deterministic, eval_every=args.eval_every,
+            progress=not args.no_progress,
+        )
+        result = train(config)
+    acc = result.test_accuracy
+    if acc is not None:
+        print(f"test accuracy {acc:.2%}  test error {1 - acc:.2%}  ({result.steps} steps, {result.seconds:.0f} s)")
+    print(f"run directory: {result.run_dir}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_run
+
+    report = evaluate_run(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, limit_test=args.limit_test, device=args.device)
+    print(report.text())
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .evaluate import predict_images
+    from .runs import load_model
+    from .train import pick_device
+
+    device = pick_device(args.device)
+    model, config = load_model(args.run_dir, device)
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    for pred in predict_images(model, config, args.images, args.top_k, device):
+        ranked = "  ".join(f"{c} {p:.1%}" for c, p in zip(pred.classes, pred.probabilities))
+        print(f"{pred.path}: {ranked}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), device=args.device)
+
+
+COMMANDS = {
+    "models": cmd_models,
+    "summary": cmd_summary,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # every failure reaches the user as one line; --debug shows the rest
+        if args.debug:
+            raise
+        from .train import Interrupted
+
+        if isinstance(e, Interrupted):
+            print(str(e), file=sys.stderr)
+            return 130
+        message = str(e) or type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Evaluation on a labelled test set, and prediction on the user's own images."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .loader import normalize
+
+
+@dataclass
+class EvalResult:
+    """Loss, accuracy and confusion matrix of one pass over a labelled set."""
+
+    loss: float
+    accuracy: float
+    top5: float | None
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+
+    @property
+    def error(self) -> float:
+        return 1.0 - self.accuracy
+
+    @property
+    def count(self) -> int:
+        return sum(map(sum, self.confusion))
+
+    def per_class_accuracy(self) -> list[float]:
+        """Recall of each class: correct predictions over examples of that class."""
+        return [row[i] / max(1, sum(row)) for i, row in enumerate(self.confusion)]
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA (tensor cores, no loss scaling needed); full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int) -> EvalResult:
+    """Run ``model`` in eval mode over (inputs, labels) batches.
+
+    Sums stay on the device and are read once at the end, so a GPU never waits on the host mid-pass.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = correct = top5 = None
+    confusion = None
+    try:
+        for x, y in batches:
+            with autocast_for(x.device):
+                logits = model(x)
+            logits = logits.float()
+            if confusion is None:
+                zero = torch.zeros((), device=x.device)
+                loss_sum, correct, top5 = zero.clone(), zero.clone(), zero.clone()
+                confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=x.device)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            pred = logits.argmax(1)
+            correct += (pred == y).sum()
+            if num_classes > 5:
+                top5 += (logits.topk(5, 1).indices == y[:, None]).any(1).sum()
+            confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
+    finally:
+        model.train(was_training)
+    if confusion is None:
+        raise ValueError("nothing to evaluate: the test set is empty")
+    n = int(confusion.sum())
+    return EvalResult(
+        loss=float(loss_sum) / n,
+        accuracy=float(correct) / n,
+        top5=float(top5) / n if num_classes > 5 else None,
+        confusion=confusion.view(num_classes, num_classes).tolist(),
+    )
+
+
+@dataclass
+class Prediction:
+    """The top classes for one image."""
+
+    path: str
+    classes: list[str]
+    probabilities: list[float]
+
+
+@torch.no_grad()
+def predict_images(
+    model: nn.Module, config: dict, paths: Sequence[str | Path], top_k: int = 3, device: torch.device | str = "cpu"
+) -> list[Prediction]:
+    """Classify image files with a trained model, preprocessing them exactly as its training data.
+
+    Any size or colour mode is converted to the model's channels and resized to its input size,
+    then normalised with the training set's statistics stored in the run's config.
+    """
+    from .data import load_image  # the decoder shared with folder datasets
+
+    device = torch.device(device)
+    images = torch.stack([load_image(p, config["channels"], config["image_size"]) for p in paths])
+    x = normalize(images.to(device), config["mean"], config["std"])
+    model = model.to(device).eval()
+    with autocast_for(device):
+        probs = model(x).float().softmax(1)
+    k = min(top_k, probs.shape[1])
+    top = probs.topk(k, 1)
+    names = config["classes"]
+    return [
+        Prediction(str(p), [names[i] for i in idx.tolist()], val.tolist())
+        for p, idx, val in zip(paths, top.indices, top.values)
+    ]
+
+
+@dataclass
+class EvalReport:
+    """``resnetlab eval``'s findings and the files it wrote."""
+
+    run_dir: Path
+    dataset: str
+    classes: list[str]
+    result: EvalResult
+    files: list[Path]
+
+    def to_dict(self) -> dict:
+        r = self.result
+        return {
+            "dataset": self.dataset,
+            "examples": r.count,
+            "loss": r.loss,
+            "accuracy": r.accuracy,
+            "error": r.error,
+            "top5_accuracy": r.top5,
+            "per_class_accuracy": dict(zip(self.classes, r.per_class_accuracy())),
+            "classes": self.classes,
+            "confusion_matrix": r.confusion,
+        }
+
+    def text(self) -> str:
+        r = self.result
+        lines = [f"{self.run_dir} on {self.dataset} ({r.count} test images)"]
+        lines.append(f"accuracy {r.accuracy:.2%}  error {r.error:.2%}  loss {r.loss:.4f}")
+        if r.top5 is not None:
+            lines.append(f"top-5 accuracy {r.top5:.2%}")
+        width = max(len(c) for c in self.classes) + 2
+        lines += [f"  {c:<{width}}{a:.2%}" for c, a in zip(self.classes, r.per_class_accuracy())]
+        lines += [f"wrote {f}" for f in self.files]
+        return "\n".join(lines)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    limit_test: int | None = None,
+    device: str = "auto",
+) -> EvalReport:
+    """Evaluate a trained run on a test set and write ``eval.json`` and the confusion matrix beside it."""
+    from .data import ArrayDataset, get_dataset
+    from .loader import DeviceLoader
+    from .plots import plot_confusion
+    from .runs import load_model, write_json
+    from .train import pick_device
+
+    run_dir = Path(run_dir)
+    dev = pick_device(device)
+    model, config = load_model(run_dir, dev)
+    name = dataset or config["dataset"]
+    folder_size = config["image_size"] if name.startswith("folder:") else None
+    test = get_dataset(name, split="test", root=data_dir or config.get("data_dir"), image_size=folder_size,
+                       channels=config["channels"] if folder_size else None, seed=config["seed"])
+    if not isinstance(test, ArrayDataset):
+        test = test.to_arrays()
+    if limit_test:
+        test = ArrayDataset(test.images[:limit_test], test.labels[:limit_test], test.classes, test.name)
+    if len(test.classes) != len(config["classes"]) or test.images.shape[1:] != (config["channels"], config["image_size"], config["image_size"]):
+        raise ValueError(
+            f"{name} ({len(test.classes)} classes of {tuple(test.images.shape[1:])}) does not fit this run's model "
+            f"({len(config['classes'])} classes of {(config['channels'], config['image_size'], config['image_size'])})"
+        )
+    loader = DeviceLoader(test.images, test.labels, 256, config["mean"], config["std"], dev, train=False)
+    result = evaluate(model, loader, len(config["classes"]))
+    report = EvalReport(run_dir, name, config["classes"], result, [])
+    write_json(run_dir / "eval.json", report.to_dict())
+    report.files.append(run_dir / "eval.json")
+    report.files += plot_confusion(result.confusion, config["classes"], run_dir / "confusion", f"{config['model']} on {name}")
+    return report

@@ -1,0 +1,138 @@
+"""Batches for training and evaluation, made on the training device.
+
+Small datasets live on the device as one uint8 tensor. Each epoch draws one permutation and
+every example's crop offset and flip up front from a generator seeded by (seed, epoch), so an
+epoch is the same whether it runs straight through or is resumed half way. Augmentation and
+normalisation then run on whole batches on the device: no per-image Python, no worker processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of uint8 images (N, C, H, W), on the 0-1 scale."""
+    x = images.float().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
+    return x.mean(1).tolist(), x.std(1).tolist()
+
+
+def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32, scaled to 0-1 and standardised per channel."""
+    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255 - m) / s
+
+
+def crop_and_flip(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop ``size x size`` windows at per-image offsets (dy, dx) from padded images, mirroring where ``flip``.
+
+    One gather for the whole batch: the row and column indices of every output pixel are built
+    by broadcasting, and the flip just reverses the column indices.
+    """
+    n, c = padded.shape[:2]
+    ar = torch.arange(size, device=padded.device)
+    rows = (dy.view(n, 1) + ar).view(n, 1, size, 1)
+    cols = dx.view(n, 1) + torch.where(flip.view(n, 1), ar.flip(0), ar)
+    cols = cols.view(n, 1, 1, size)
+    batch = torch.arange(n, device=padded.device).view(n, 1, 1, 1)
+    chan = torch.arange(c, device=padded.device).view(1, c, 1, 1)
+    return padded[batch, chan, rows, cols]
+
+
+@dataclass
+class EpochPlan:
+    """Everything random about one epoch: the order of the examples and how each is augmented."""
+
+    order: torch.Tensor
+    dy: torch.Tensor
+    dx: torch.Tensor
+    flip: torch.Tensor
+
+
+class DeviceLoader:
+    """Batches of a dataset held on the device.
+
+    Args:
+        images: uint8 (N, C, H, W); moved to ``device`` once.
+        labels: int64 (N,).
+        batch_size: examples per batch.
+        mean, std: per-channel normalisation (0-1 scale).
+        train: shuffle, augment and drop the last partial batch; otherwise keep order, no augmentation.
+        pad_crop: zero padding for the random crop (0 = no crop).
+        flip: random horizontal flips.
+        seed: with the epoch number, fixes every random choice of that epoch.
+        channels_last: hand the model NHWC batches (faster convolutions on GPUs and on CPUs).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean: list[float],
+        std: list[float],
+        device: torch.device | str = "cpu",
+        train: bool = True,
+        pad_crop: int = 0,
+        flip: bool = False,
+        seed: int = 0,
+        channels_last: bool = False,
+    ) -> None:
+        if len(images) != len(labels):
+            raise ValueError("images and labels differ in length")
+        if train and len(images) < batch_size:
+            raise ValueError(f"batch size {batch_size} is larger than the {len(images)} training examples")
+        self.device = torch.device(device)
+        self.size = images.shape[-1]
+        self.pad = pad_crop if train else 0
+        # Pad once for the whole dataset: each batch is then a single gather.
+        images = images.to(self.device)
+        self.images = F.pad(images, (self.pad,) * 4) if self.pad else images
+        self.labels = labels.to(self.device)
+        self.batch_size, self.mean, self.std = batch_size, mean, std
+        self.train, self.flip, self.seed = train, flip, seed
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n = len(self.labels)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.labels)
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """The epoch's permutation and augmentation, drawn on the CPU so they are the same on every device."""
+        n = self.num_examples
+        if not self.train:
+            zeros = torch.zeros(n, dtype=torch.long)
+            return EpochPlan(torch.arange(n), zeros, zeros, zeros.bool())
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=g)
+        dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
+        dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
+        flip = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        return EpochPlan(order, dy, dx, flip)
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (normalised float batch, labels) for one epoch, beginning at batch ``start_batch``."""
+        p = self.plan(epoch)
+        p = EpochPlan(*(t.to(self.device) for t in (p.order, p.dy, p.dx, p.flip)))
+        for b in range(start_batch, len(self)):
+            idx = p.order[b * self.batch_size : (b + 1) * self.batch_size]
+            raw = self.images[idx]
+            if self.train and (self.pad or self.flip):
+                raw = crop_and_flip(raw, p.dy[idx], p.dx[idx], p.flip[idx], self.size)
+            x = normalize(raw, self.mean, self.std)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.epoch(0)

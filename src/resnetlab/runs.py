@@ -1,0 +1,151 @@
+"""The run directory: what a training run leaves behind, and how it is read back.
+
+    RUN_DIR/config.json        everything that rebuilds the model and its preprocessing
+    RUN_DIR/model.safetensors  the latest weights (safetensors: loading it runs no code)
+    RUN_DIR/checkpoint.pt      optimizer, step, partial-epoch metrics: what --resume needs
+    RUN_DIR/metrics.jsonl      one JSON line per epoch
+
+Every file is written to a temporary name and renamed into place, so an interrupted write never
+leaves a half file where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .models import ResNet, create_model
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+class RunError(Exception):
+    """A run directory that is missing, incomplete or does not fit what is asked of it."""
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` and rename the result onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def read_config(run_dir: str | Path) -> dict:
+    """The run's config.json, or a RunError saying what is missing."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} is not a run directory (it does not exist)")
+    path = run_dir / CONFIG
+    if not path.exists():
+        raise RunError(f"{run_dir} is not a run directory: it has no {CONFIG}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path} is not valid JSON ({e})") from None
+
+
+def save_weights(model: nn.Module, run_dir: Path) -> None:
+    """Write the model's state (parameters and BN statistics) to model.safetensors."""
+    state = {k: v.detach().contiguous().cpu() for k, v in _plain_model(model).state_dict().items()}
+    atomic_write(run_dir / WEIGHTS, lambda tmp: save_file(state, tmp))
+
+
+def _plain_model(model: nn.Module) -> nn.Module:
+    """The module under a torch.compile wrapper, so saved keys carry no ``_orig_mod.`` prefix."""
+    return getattr(model, "_orig_mod", model)
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, model_name: str) -> None:
+    """Load ``state`` strictly, turning a mismatch into one readable RunError."""
+    result = _plain_model(model).state_dict().keys()
+    missing = sorted(set(result) - set(state))
+    unexpected = sorted(set(state) - set(result))
+    if missing or unexpected:
+        raise RunError(
+            f"{source} does not hold {model_name} weights: {len(missing)} missing and "
+            f"{len(unexpected)} unexpected tensors (first: {(missing or unexpected)[0]})"
+        )
+    try:
+        _plain_model(model).load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).split("\n")[1].strip() if "\n" in str(e) else str(e)
+        raise RunError(f"{source} does not fit {model_name}: {first}") from None
+
+
+def build_model(config: dict) -> ResNet:
+    """The untrained model a run's config describes."""
+    return create_model(config["model"], **config.get("model_kwargs", {}))
+
+
+def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[ResNet, dict]:
+    """The trained model of a run (in eval mode) and its config."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    path = run_dir / WEIGHTS
+    if not path.exists():
+        raise RunError(f"{run_dir} has no {WEIGHTS} yet: the run has not finished an epoch")
+    model = build_model(config)
+    try:
+        state = load_file(path)
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise RunError(f"{path} is damaged or not a safetensors file ({e})") from None
+    load_state(model, state, path, config["model"])
+    return model.to(device).eval(), config
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> None:
+    """Write the training state atomically."""
+    atomic_write(run_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    """Read the training state; ``weights_only=True`` so the file cannot run code."""
+    path = run_dir / CHECKPOINT
+    if not path.exists():
+        raise RunError(f"{run_dir} has no {CHECKPOINT}: nothing to resume")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RunError(f"{path} cannot be read as a training checkpoint ({type(e).__name__})") from None
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The per-epoch metrics of a run, oldest first."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_metrics(run_dir: Path, row: dict) -> None:
+    """Add one epoch's metrics to metrics.jsonl."""
+    with open(run_dir / METRICS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def truncate_metrics(run_dir: Path, last_step: int) -> None:
+    """Drop metric lines written after ``last_step`` (a resumed run writes them again)."""
+    rows = [r for r in read_metrics(run_dir) if r["step"] <= last_step]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    atomic_write(run_dir / METRICS, lambda tmp: Path(tmp).write_text(text))

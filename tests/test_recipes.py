@@ -1,0 +1,49 @@
+"""Recipes and their learning-rate schedules."""
+
+import pytest
+
+from resnetlab.recipes import RECIPES, get_recipe, lr_at
+
+
+def test_he2016_is_the_paper_schedule():
+    r = get_recipe("he2016")
+    assert (r.lr, r.momentum, r.weight_decay, r.batch_size, r.steps) == (0.1, 0.9, 1e-4, 128, 64_000)
+    total = r.steps
+    assert lr_at(r, 0, total, depth=56) == 0.1
+    assert lr_at(r, 31_999, total, depth=56) == 0.1
+    assert lr_at(r, 32_000, total, depth=56) == pytest.approx(0.01)
+    assert lr_at(r, 48_000, total, depth=56) == pytest.approx(0.001)
+    # 110 layers and deeper warm up at 0.01 for 400 iterations.
+    assert lr_at(r, 399, total, depth=110) == 0.01
+    assert lr_at(r, 400, total, depth=110) == 0.1
+    assert lr_at(r, 0, total, depth=56) == 0.1
+    assert (r.pad_crop, r.flip) == (4, True)
+
+
+def test_signs_adam_is_the_notebook():
+    r = get_recipe("signs-adam")
+    assert (r.optimizer, r.lr, r.batch_size, r.epochs) == ("adam", 1e-3, 32, 10)
+    assert lr_at(r, 123, 1000) == 1e-3
+
+
+def test_onecycle_rises_then_falls_to_zero():
+    r = get_recipe("fast")
+    lrs = [lr_at(r, s, 100) for s in range(100)]
+    peak = lrs.index(max(lrs))
+    assert max(lrs) == pytest.approx(r.lr)
+    assert all(a <= b for a, b in zip(lrs[:peak], lrs[1 : peak + 1]))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1 :]))
+    assert lrs[-1] < 0.02 * r.lr
+
+
+def test_overrides_and_errors():
+    r = get_recipe("he2016", steps=1000, lr=0.05)
+    assert (r.steps, r.lr) == (1000, 0.05)
+    assert lr_at(r, 500, 1000, depth=20) == pytest.approx(0.005)  # milestones scale with the run
+    r = get_recipe("he2016", epochs=3)
+    assert r.steps is None and r.epochs == 3
+    with pytest.raises(ValueError, match="unknown recipe 'nope'"):
+        get_recipe("nope")
+    with pytest.raises(ValueError, match="batch-size must be positive"):
+        get_recipe("fast", batch_size=0)
+    assert set(RECIPES) == {"he2016", "he2016-preact", "signs-adam", "fast"}
