@@ -1,0 +1,675 @@
+"""Datasets: the named benchmarks and the user's own image folders, as uint8 tensors.
+
+``get_dataset(name, split)`` is the one entry point. The named datasets come back
+whole as an ``ArrayDataset`` (small enough to keep on the device); ``folder:PATH``
+comes back as a ``FolderDataset`` that decodes lazily, because a user's folder can
+be large. Every problem a user can fix raises ``DataError`` with one message that
+says which file, what is wrong, and what to do.
+
+Files are looked for, in order, in ``root`` (the CLI's --data-dir), ``$RESNETLAB_DATA``,
+the Debian dataset packages, then ``~/.cache/resnetlab/<name>``; in the first two,
+both ``DIR/`` and ``DIR/<name>/`` are accepted. Nothing read from a file is ever
+executed: CIFAR's pickles go through an unpickler that builds only numpy arrays.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import os
+import pickle
+import random
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, NamedTuple, Sequence
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+try:  # numpy >= 2 moved the pickling helpers to numpy._core
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct
+
+DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar100", "signs")
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+
+# Official download locations and the SHA-256 of each file.
+# - Fashion-MNIST: the values tensorflow/datasets (url_checksums/fashion_mnist.txt) and
+#   Keras (datasets/fashion_mnist.py) publish. Checked offline: Debian's dataset-fashion-mnist
+#   ships the same deflate streams with the gzip header stripped (no file name, mtime reset);
+#   putting the original header back (FNAME flag, name, mtime 2017-08-31) gives files with
+#   exactly these SHA-256s and torchvision's MD5s. tests/test_data.py repeats that check.
+#   The S3 website endpoint serves only http; the checksum is what makes that safe.
+# - MNIST: tensorflow/datasets' url_checksums/mnist.txt; the same four files (same sizes)
+#   that torchvision fetches from its ossci mirror with one MD5 list for every mirror.
+# - CIFAR: Keras (datasets/cifar10.py, cifar100.py) and torchvision's prototype datasets;
+#   several public manifests pair them with the MD5s on the CIFAR page
+#   (c58f30108f718f92721af3b95e74349a, eb9058c3a382ffc7106e4002c42a8d85). Not checkable here.
+_DOWNLOADS: dict[str, tuple[str, dict[str, str]]] = {
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
+        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    }),
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", {
+        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    }),
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/", {
+        "cifar-10-python.tar.gz": "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+    }),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/", {
+        "cifar-100-python.tar.gz": "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
+    }),
+}  # fmt: skip
+
+# Where Debian's dataset packages put their files.
+_SYSTEM_DIRS: dict[str, tuple[str, ...]] = {
+    "fashion-mnist": ("/usr/share/datasets/fashion-mnist",),
+    "mnist": ("/usr/share/datasets/mnist",),
+}
+
+_IMAGE_EXTENSIONS = {
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
+}  # fmt: skip
+# What each reader returns: images (N, C, H, W) uint8, labels (N,), class names.
+_Arrays = tuple[np.ndarray, np.ndarray, list[str]]
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+class DataError(Exception):
+    """A data problem the user can fix; the message names the file, the problem and the remedy."""
+
+
+@dataclass
+class ArrayDataset:
+    """A small dataset held in memory."""
+
+    images: torch.Tensor  # uint8, (N, C, H, W), C = 1 or 3
+    labels: torch.Tensor  # int64, (N,)
+    classes: list[str]  # class names, index = label
+    name: str  # what get_dataset was called with, so get_dataset(ds.name) loads it again
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """The user's own images, one subfolder per class; decodes lazily (for big folders used with DataLoader workers).
+
+    Each item goes through ``load_image``, the function prediction uses, so a model
+    sees user images the same way in training and in prediction.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        classes: Sequence[str],
+        image_size: int | None,
+        channels: int | None,
+        name: str,
+    ) -> None:
+        if not samples:
+            raise DataError(f"{name}: this split has no images; add images (or a validation fraction above 0)")
+        self.samples = [(Path(p), int(label)) for p, label in samples]
+        self.classes = list(classes)
+        self.image_size = image_size
+        # Batches need one channel count; when none is asked for, a sample of the folder decides.
+        self.channels = channels or _guess_channels([p for p, _ in self.samples])
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        return load_image(path, self.channels, self.image_size), label
+
+    def to_arrays(self) -> ArrayDataset:
+        """Decode every image into memory; they must share one size unless ``image_size`` is set."""
+        images = [self[i][0] for i in range(len(self))]
+        sizes = {tuple(image.shape[1:]) for image in images}
+        if len(sizes) > 1:
+            raise DataError(
+                f"{self.name}: images have {len(sizes)} different sizes (e.g. {sorted(sizes)[:2]}); "
+                "set an image size (--image-size) so they are resized to one"
+            )
+        labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+        return ArrayDataset(torch.stack(images), labels, list(self.classes), self.name)
+
+
+def get_dataset(
+    name: str,
+    split: str = "train",
+    root: str | Path | None = None,
+    download: bool = True,
+    image_size: int | None = None,
+    channels: int | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> ArrayDataset | FolderDataset:
+    """Load one split of a named dataset (see ``DATASETS``) or of ``folder:PATH``.
+
+    ``split`` is "train" or "test"; for folders "val" is the same as "test": the held-out
+    part, either PATH's own val/ (or test/) subfolder or a seeded, stratified
+    ``val_fraction`` of each class. ``image_size`` and ``channels`` (1 or 3), when given,
+    resize and convert the images; otherwise they keep their stored size and colours.
+    """
+    if channels not in (None, 1, 3):
+        raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), not {channels!r}")
+    if image_size is not None and image_size < 1:
+        raise DataError(f"image size must be a positive number of pixels, not {image_size!r}")
+    if name.startswith("folder:"):
+        return _load_folder(name, split, image_size, channels, val_fraction, seed)
+    if name not in _LOADERS:
+        raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, or folder:PATH")
+    if split not in ("train", "test"):
+        raise DataError(f"{name} has a 'train' and a 'test' split, not {split!r}")
+    images, labels, classes = _LOADERS[name](name, split, root, download)
+    if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise DataError(f"{name} {split}: labels run outside 0..{len(classes) - 1}; the files are corrupt: replace them")
+    images = _fit_arrays(torch.from_numpy(np.ascontiguousarray(images)), channels, image_size)
+    return ArrayDataset(images, torch.from_numpy(labels.astype(np.int64)), classes, name)
+
+
+def load_image(path: str | Path, channels: int | None, image_size: int | None) -> torch.Tensor:
+    """Decode one image file of any mode into a uint8 tensor (channels, image_size, image_size).
+
+    Transparent pixels are put on white, 16-bit and float images are scaled to 8 bits,
+    the EXIF rotation is applied, and resizing is antialiased (bilinear). ``None`` keeps
+    the stored size, or the image's own colours (1 channel if grayscale, else 3).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist or is not a file")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so a truncated file fails here, with its name
+            gray = img.mode in _GRAY_MODES
+            # Phones store the rotation in EXIF; without this their photos arrive sideways.
+            img = ImageOps.exif_transpose(img)
+            img = _flatten_mode(img)
+            img = img.convert("L" if (channels or (1 if gray else 3)) == 1 else "RGB")
+            if image_size is not None:
+                # Pillow widens the bilinear kernel when shrinking: that is the antialiasing.
+                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            array = np.array(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path} is not a readable image ({err}); remove it or re-save it as PNG or JPEG") from None
+    tensor = torch.from_numpy(array)
+    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def _flatten_mode(img: Image.Image) -> Image.Image:
+    """Bring exotic modes to ones that convert cleanly to L or RGB."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        # convert("L") would clip these at 255 rather than scale them.
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or values.max() > 255 else 255.0
+        if img.mode == "F" and values.max() <= 1.0:
+            top = 1.0
+        return Image.fromarray(np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        # Transparent pixels hold arbitrary colours (often black); white is what the viewer showed.
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    return img
+
+
+def _guess_channels(paths: Sequence[Path], sample: int = 64) -> int:
+    """1 if every image of an even sample of the folder is grayscale, else 3 (reads headers only)."""
+    step = max(1, len(paths) // sample)
+    for path in paths[::step]:
+        try:
+            with Image.open(path) as img:
+                if img.mode not in _GRAY_MODES:
+                    return 3
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            continue  # load_image reports a bad file, with its name, when it is reached
+    return 1
+
+
+def _fit_arrays(images: torch.Tensor, channels: int | None, image_size: int | None) -> torch.Tensor:
+    """Convert a uint8 batch to the asked channels (PIL's luma weights) and square size (antialiased)."""
+    if channels == 1 and images.shape[1] == 3:
+        # PIL's convert("L") in integer form (ITU-R 601-2 luma), so both paths give the same pixels.
+        weights = torch.tensor([19595, 38470, 7471], dtype=torch.int64).view(1, 3, 1, 1)
+        images = (((images.to(torch.int64) * weights).sum(1, keepdim=True) + 0x8000) >> 16).to(torch.uint8)
+    elif channels == 3 and images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    if image_size is not None and images.shape[-2:] != (image_size, image_size):
+        # Chunks keep the float copy small when a large set is upscaled.
+        images = torch.cat([
+            F.interpolate(chunk.float(), (image_size, image_size), mode="bilinear", antialias=True)
+            .round().clamp(0, 255).to(torch.uint8)
+            for chunk in images.split(4096)
+        ])  # fmt: skip
+    return images
+
+
+# ----------------------------------------------------------------------------- finding and fetching
+
+
+def _cache_dir(name: str) -> Path:
+    return Path.home() / ".cache" / "resnetlab" / name
+
+
+def _search_dirs(name: str, root: str | Path | None) -> list[Path]:
+    """The folders to look in, in order (see the module docstring)."""
+    dirs = []
+    for base in (root, os.environ.get("RESNETLAB_DATA")):
+        if base:
+            base = Path(base).expanduser()
+            dirs += [base, base / name]
+    dirs += [Path(d) for d in _SYSTEM_DIRS.get(name, ())]
+    dirs.append(_cache_dir(name))
+    return dirs
+
+
+def _how_to_get(name: str, what: str) -> str:
+    """The remedies for a missing dataset, as one sentence; ``what`` names the files."""
+    ways = ["run `sudo apt-get install dataset-fashion-mnist`"] if name == "fashion-mnist" else []
+    ways.append(f"put {what} in --data-dir or $RESNETLAB_DATA")
+    if name in _DOWNLOADS:
+        ways.append(f"connect to the network so they can be downloaded from {_DOWNLOADS[name][0]}")
+    return "To get them, " + ", or ".join(ways) + "."
+
+
+def _not_found(name: str, root: str | Path | None, what: str) -> DataError:
+    looked = ", ".join(str(d) for d in _search_dirs(name, root))
+    return DataError(f"{name}: {what} not found (looked in {looked}). {_how_to_get(name, what)}")
+
+
+def _fetch(name: str, files: Sequence[str], root: str | Path | None) -> Path:
+    """Download ``files`` of a named dataset and check their SHA-256; returns their folder."""
+    base_url, checksums = _DOWNLOADS[name]
+    dest = Path(root).expanduser() / name if root else _cache_dir(name)
+    for file in files:
+        url = base_url + file
+        try:
+            _download(url, dest / file, checksums[file])
+        except OSError as err:  # URLError and HTTPError are OSErrors too
+            reason = getattr(err, "reason", None) or err
+            raise DataError(
+                f"{name}: could not download {url} into {dest} ({reason}). {_how_to_get(name, ' and '.join(files))}"
+            ) from None
+    return dest
+
+
+def _download(url: str, dest: Path, sha256: str) -> None:
+    """Stream ``url`` to a temporary file, check its SHA-256, then rename it into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=None) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        if digest.hexdigest() != sha256:
+            raise DataError(
+                f"{url}: the download's SHA-256 is {digest.hexdigest()}, not the published {sha256}; "
+                "it was corrupted or changed on the way. Run again, or fetch the file yourself and put it in --data-dir"
+            )
+        os.replace(tmp, dest)  # atomic: a crash never leaves a half file under the real name
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A file's bytes, gunzipped when it is gzip (by content, not by name)."""
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(
+            f"{path} cannot be read ({err}); it is truncated or corrupt: delete it and get it again"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- MNIST and Fashion-MNIST
+
+# IDX type codes (the third magic byte); values are big-endian.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (LeCun's MNIST format): 0, 0, type code, ndim, then ndim big-endian uint32 sizes."""
+    raw = _read_bytes(path)
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file (its magic number is {raw[:4].hex() or 'missing'})")
+    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    start = 4 + 4 * ndim
+    if len(raw) < start:
+        raise DataError(f"{path} is truncated inside its header; delete it and get it again")
+    shape = [int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4)]
+    expected = start + math.prod(shape) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(
+            f"{path} holds {len(raw)} bytes but its header {shape} promises {expected}; "
+            "it is truncated or corrupt: delete it and get it again"
+        )
+    return np.frombuffer(raw, dtype, offset=start).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _load_idx(name: str, split: str, root: str | Path | None, download: bool) -> _Arrays:
+    prefix = "train" if split == "train" else "t10k"
+    stems = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+    paths = _locate(_search_dirs(name, root), [(s, s + ".gz") for s in stems])
+    if paths is None:
+        if not download:
+            raise _not_found(name, root, " and ".join(s + ".gz" for s in stems))
+        folder = _fetch(name, [s + ".gz" for s in stems], root)
+        paths = [folder / (s + ".gz") for s in stems]
+    images, labels = _read_idx(paths[0]), _read_idx(paths[1])
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(f"{paths[0]} holds {images.dtype} of shape {images.shape}, not uint8 images (N, H, W)")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DataError(f"{paths[1]} holds {labels.shape} labels for the {len(images)} images of {paths[0]}")
+    classes = FASHION_MNIST_CLASSES if name == "fashion-mnist" else [str(d) for d in range(10)]
+    return images[:, None], labels, list(classes)
+
+
+def _locate(dirs: Sequence[Path], wanted: Sequence[Sequence[str]]) -> list[Path] | None:
+    """The first folder holding every wanted file, each given as alternative names."""
+    for d in dirs:
+        found = [next((d / n for n in names if (d / n).is_file()), None) for names in wanted]
+        if all(found):
+            return found
+    return None
+
+
+# ----------------------------------------------------------------------------- CIFAR-10 and CIFAR-100
+
+
+class _CifarFormat(NamedTuple):
+    folder: str  # what the archive unpacks to
+    archive: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    meta: str  # file with the class names
+    label_bytes: int  # binary records: label bytes before the 3072 pixels (fine label last); 0 = pickles
+    names_key: bytes = b""  # pickles: key of the class names in the meta dict
+    labels_key: bytes = b""  # pickles: key of the labels in a batch dict
+
+
+_CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR_FORMATS = {
+    "cifar10": (
+        _CifarFormat("cifar-10-batches-py", "cifar-10-python.tar.gz", _CIFAR_BATCHES, ("test_batch",),
+                     "batches.meta", 0, b"label_names", b"labels"),
+        _CifarFormat("cifar-10-batches-bin", "cifar-10-binary.tar.gz", tuple(b + ".bin" for b in _CIFAR_BATCHES),
+                     ("test_batch.bin",), "batches.meta.txt", 1),
+    ),
+    "cifar100": (
+        _CifarFormat("cifar-100-python", "cifar-100-python.tar.gz", ("train",), ("test",),
+                     "meta", 0, b"fine_label_names", b"fine_labels"),
+        _CifarFormat("cifar-100-binary", "cifar-100-binary.tar.gz", ("train.bin",), ("test.bin",),
+                     "fine_label_names.txt", 2),
+    ),
+}  # fmt: skip
+
+
+def _load_cifar(name: str, split: str, root: str | Path | None, download: bool) -> _Arrays:
+    formats = _CIFAR_FORMATS[name]
+    dirs = _search_dirs(name, root)
+    for d in dirs:
+        for fmt in formats:
+            if (d / fmt.folder).is_dir():
+                return _read_cifar(d / fmt.folder, fmt, split)
+        for fmt in formats:
+            if (d / fmt.archive).is_file():
+                return _read_cifar(_extract(d / fmt.archive, fmt.folder, _cache_dir(name)), fmt, split)
+    if not download:
+        raise _not_found(name, root, f"{formats[0].archive} (or its {formats[0].folder} folder)")
+    archive = _fetch(name, [formats[0].archive], root) / formats[0].archive
+    return _read_cifar(_extract(archive, formats[0].folder, _cache_dir(name)), formats[0], split)
+
+
+def _read_cifar(folder: Path, fmt: _CifarFormat, split: str) -> _Arrays:
+    read = _read_cifar_binary if fmt.label_bytes else _read_cifar_pickle
+    parts = [read(folder / f, fmt) for f in (fmt.train if split == "train" else fmt.test)]
+    images = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([p[1] for p in parts])
+    meta = folder / fmt.meta
+    if fmt.label_bytes:
+        text = _read_bytes(meta).decode("utf-8", "replace")
+        classes = [line.strip() for line in text.splitlines() if line.strip()]
+    else:
+        names = _unpickle(meta).get(fmt.names_key)
+        if not isinstance(names, list):
+            raise DataError(f"{meta} has no {fmt.names_key.decode()} list; it is not CIFAR's meta file")
+        classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    return images, labels, classes
+
+
+def _read_cifar_binary(path: Path, fmt: _CifarFormat) -> tuple[np.ndarray, np.ndarray]:
+    """Records of ``label_bytes`` label bytes then 3072 pixels (1024 red, 1024 green, 1024 blue)."""
+    size = fmt.label_bytes + 3072
+    raw = np.frombuffer(_read_bytes(path), np.uint8)
+    if raw.size == 0 or raw.size % size:
+        raise DataError(
+            f"{path} holds {raw.size} bytes, not whole {size}-byte CIFAR records; it is truncated or corrupt"
+        )
+    records = raw.reshape(-1, size)
+    return records[:, fmt.label_bytes :], records[:, fmt.label_bytes - 1].astype(np.int64)
+
+
+def _read_cifar_pickle(path: Path, fmt: _CifarFormat) -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle(path)
+    data, labels = batch.get(b"data"), batch.get(fmt.labels_key)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path} has no uint8 'data' array of 3072-pixel rows; it is not a CIFAR batch")
+    labels = np.asarray(labels if labels is not None else [], dtype=np.int64)
+    if labels.shape != (len(data),):
+        raise DataError(f"{path} has {labels.size} {fmt.labels_key.decode()} for {len(data)} images")
+    return data, labels
+
+
+_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that can build numpy arrays and plain containers, and nothing else.
+
+    A pickle names the functions that rebuild it; a planted file could name os.system.
+    Refusing every other name means nothing in the file is ever run.
+    """
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return _PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which CIFAR files never do") from None
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            # encoding="bytes": the originals are Python 2 pickles with byte-string keys.
+            result = _CifarUnpickler(f, encoding="bytes").load()
+    except Exception as err:  # a damaged pickle can fail in many ways; all mean the same to the user
+        raise DataError(
+            f"{path} is not a valid CIFAR python file ({err}); it is corrupt or was tampered with: "
+            "delete it and get the official archive again"
+        ) from None
+    if not isinstance(result, dict):
+        raise DataError(f"{path} holds a {type(result).__name__}, not a CIFAR dict")
+    return result
+
+
+def _extract(archive: Path, folder: str, fallback: Path) -> Path:
+    """Unpack a CIFAR archive next to itself (or into ``fallback`` if that is read-only); returns the folder.
+
+    Refuses links, devices, absolute paths and '..' before writing anything.
+    """
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for m in members:
+                parts = PurePosixPath(m.name).parts
+                if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
+                    raise DataError(
+                        f"{archive} contains an unsafe entry {m.name!r} (absolute path, '..', link or device); "
+                        "it is not an official CIFAR archive: delete it and download the original"
+                    )
+            for dest in (archive.parent, fallback):
+                if (dest / folder).is_dir():
+                    return dest / folder
+                try:
+                    dest.mkdir(parents=True, exist_ok=True)
+                    tmp = Path(tempfile.mkdtemp(dir=dest, prefix=".extract-"))
+                except OSError:
+                    continue
+                try:
+                    # The "data" filter (Python >= 3.12, and security releases before) is a second guard.
+                    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                    tar.extractall(tmp, members=members, **safe)
+                    if not (tmp / folder).is_dir():
+                        raise DataError(f"{archive} has no {folder}/ folder; it is not the CIFAR archive its name says")
+                    os.replace(tmp / folder, dest / folder)  # atomic: no half-unpacked folder is ever found
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                return dest / folder
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{archive} cannot be unpacked ({err}); it is truncated or corrupt: delete it and get it again")
+    raise DataError(f"{archive}: no writable folder to unpack it into (tried {archive.parent} and {fallback})")
+
+
+# ----------------------------------------------------------------------------- SIGNS
+
+
+def _load_signs(name: str, split: str, root: str | Path | None, download: bool) -> _Arrays:
+    """The deeplearning.ai SIGNS files; they have no public download, so ``download`` changes nothing."""
+    file = f"{split}_signs.h5"
+    found = _locate(_search_dirs(name, root), [(file,)])
+    if found is None:
+        raise DataError(
+            f"signs: {file} not found (looked in {', '.join(map(str, _search_dirs(name, root)))}). "
+            "The SIGNS files (train_signs.h5, test_signs.h5) come with the deeplearning.ai course "
+            "'Convolutional Neural Networks' (its datasets/ folder) and cannot be downloaded here; "
+            "put them in --data-dir or $RESNETLAB_DATA."
+        )
+    path = found[0]
+    try:
+        with h5py.File(path, "r") as f:
+            images = np.asarray(f[f"{split}_set_x"])
+            labels = np.asarray(f[f"{split}_set_y"]).reshape(-1)
+            classes = [str(int(c)) for c in np.asarray(f["list_classes"]).reshape(-1)]
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise DataError(
+            f"{path} is not a SIGNS file ({err}); get the original train_signs.h5 / test_signs.h5"
+        ) from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or len(labels) != len(images):
+        raise DataError(f"{path}: {split}_set_x is {images.dtype} {images.shape} with {len(labels)} labels, "
+                        "not uint8 (N, H, W, 3) images with one label each")  # fmt: skip
+    return images.transpose(0, 3, 1, 2), labels.astype(np.int64), classes
+
+
+_LOADERS: dict[str, Callable[[str, str, str | Path | None, bool], _Arrays]] = {
+    "fashion-mnist": _load_idx,
+    "mnist": _load_idx,
+    "cifar10": _load_cifar,
+    "cifar100": _load_cifar,
+    "signs": _load_signs,
+}
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def _scan(folder: Path) -> dict[str, list[Path]]:
+    """Class name -> sorted image files under it (subfolders included, hidden entries skipped)."""
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return {
+        c: sorted(
+            p for p in (folder / c).rglob("*")
+            if p.suffix.lower() in _IMAGE_EXTENSIONS and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        )
+        for c in classes
+    }  # fmt: skip
+
+
+def _load_folder(
+    spec: str, split: str, image_size: int | None, channels: int | None, val_fraction: float, seed: int
+) -> FolderDataset:
+    path = Path(spec.removeprefix("folder:")).expanduser()
+    if split not in ("train", "val", "test"):
+        raise DataError(f"{spec}: the splits are 'train' and 'val' (or 'test'), not {split!r}")
+    if not path.is_dir():
+        raise DataError(f"{path} is not a folder; give folder:PATH with one subfolder of images per class")
+    held_out = next((path / s for s in ("val", "test") if (path / s).is_dir()), None)
+    if (path / "train").is_dir() and held_out is not None:
+        train = _scan(path / "train")
+        classes = _check_classes(path / "train", train)
+        if split == "train":
+            by_class = train
+        else:
+            by_class = _scan(held_out)
+            unknown = sorted(set(by_class) - set(classes))
+            if unknown:
+                raise DataError(f"{held_out} has classes missing from {path / 'train'}: {', '.join(unknown)}; "
+                                "add them to train/ or remove them")  # fmt: skip
+    else:
+        if not 0 <= val_fraction < 1:
+            raise DataError(f"the validation fraction must be in [0, 1), not {val_fraction}")
+        by_class = _scan(path)
+        classes = _check_classes(path, by_class)
+        by_class = {c: _split_class(files, c, val_fraction, seed)[split != "train"] for c, files in by_class.items()}
+    label = {c: i for i, c in enumerate(classes)}
+    samples = [(p, label[c]) for c in sorted(by_class) for p in by_class[c]]
+    return FolderDataset(samples, classes, image_size, channels, spec)
+
+
+def _check_classes(folder: Path, by_class: dict[str, list[Path]]) -> list[str]:
+    """The class names, once every class folder is known to hold images."""
+    if not by_class:
+        raise DataError(f"{folder} has no subfolders; put each class's images in a subfolder named after the class")
+    empty = [c for c, files in by_class.items() if not files]
+    if empty:
+        raise DataError(f"{folder}: class folder(s) {', '.join(empty)} hold no images "
+                        f"({', '.join(sorted(_IMAGE_EXTENSIONS))}); add images or remove them")  # fmt: skip
+    return sorted(by_class)
+
+
+def _split_class(files: list[Path], name: str, val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """(train, held-out) for one class: a seeded shuffle, then the last ``val_fraction`` held out.
+
+    Seeding with the class name keeps each class's split fixed when other classes change.
+    Every class with two or more images gets at least one held-out image, and keeps one for training.
+    """
+    shuffled = list(files)
+    random.Random(f"{seed}/{name}").shuffle(shuffled)
+    held = round(len(shuffled) * val_fraction)
+    if val_fraction > 0 and len(shuffled) > 1:
+        held = min(max(held, 1), len(shuffled) - 1)
+    cut = len(shuffled) - held
+    return sorted(shuffled[:cut]), sorted(shuffled[cut:])

@@ -1,0 +1,562 @@
+"""Dataset readers: every format built here on disk, byte for byte, then read back exactly."""
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import struct
+import tarfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnetlab import data
+from resnetlab.data import ArrayDataset, DataError, FolderDataset, get_dataset, load_image
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+SYSTEM_DIRS = dict(data._SYSTEM_DIRS)  # before the fixture below hides them
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No test sees the user's cache, $RESNETLAB_DATA, the system datasets, or the network."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RESNETLAB_DATA", raising=False)
+    monkeypatch.setattr(data, "_SYSTEM_DIRS", {})
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a test tried to reach the network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+
+
+# ----------------------------------------------------------------------------- writers of the real formats
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
+    """IDX as LeCun specifies it: 0, 0, type 0x08 (uint8), ndim, big-endian sizes, then the bytes."""
+    raw = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+def write_mnist(folder: Path, split: str = "train", n: int = 12, gz: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = "train" if split == "train" else "t10k"
+    images = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = RNG.integers(0, 10, n, dtype=np.uint8)
+    ext = ".gz" if gz else ""
+    write_idx(folder / f"{prefix}-images-idx3-ubyte{ext}", images, gz)
+    write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", labels, gz)
+    return images, labels
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes pickles as Python 2's cPickle wrote CIFAR's: strings as STRING opcodes, numpy.core names."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_string(self, obj):
+        raw = obj.encode("latin-1") if isinstance(obj, str) else obj
+        if len(raw) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
+        self.memoize(obj)
+
+    dispatch[bytes] = dispatch[str] = save_py2_string
+
+    def save_global(self, obj, name=None):
+        module = obj.__module__.replace("numpy._core", "numpy.core")
+        self.write(pickle.GLOBAL + f"{module}\n{obj.__name__}\n".encode())
+        self.memoize(obj)
+
+
+def py2_pickle(obj, path: Path) -> None:
+    with open(path, "wb") as f:
+        Py2Pickler(f, protocol=2).dump(obj)
+
+
+def cifar_arrays(n: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    return RNG.integers(0, 256, (n, 3072), dtype=np.uint8), RNG.integers(0, classes, n)
+
+
+def write_cifar10_py(folder: Path, n: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """cifar-10-batches-py with five train batches of n and a test batch of n."""
+    folder.mkdir(parents=True)
+    train = [cifar_arrays(n, 10) for _ in range(5)]
+    test = cifar_arrays(n, 10)
+    for i, (pixels, labels) in enumerate(train, 1):
+        batch = {b"batch_label": b"training batch %d of 5" % i, b"labels": labels.tolist(), b"data": pixels,
+                 b"filenames": [b"img_%d.png" % j for j in range(n)]}  # fmt: skip
+        py2_pickle(batch, folder / f"data_batch_{i}")
+    py2_pickle({b"batch_label": b"testing batch 1 of 1", b"labels": test[1].tolist(), b"data": test[0]},
+               folder / "test_batch")  # fmt: skip
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    py2_pickle({b"num_cases_per_batch": n, b"label_names": names, b"num_vis": 3072}, folder / "batches.meta")
+    train_x = np.concatenate([p for p, _ in train])
+    train_y = np.concatenate([y for _, y in train])
+    return train_x, train_y, test[0], test[1]
+
+
+def write_cifar100_binary(folder: Path, n: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """cifar-100-binary: records of coarse label, fine label, 3072 pixels."""
+    folder.mkdir(parents=True)
+    pixels, fine = cifar_arrays(n, 100)
+    coarse = fine // 5
+    records = np.concatenate([coarse[:, None], fine[:, None], pixels], axis=1).astype(np.uint8)
+    (folder / "train.bin").write_bytes(records.tobytes())
+    (folder / "fine_label_names.txt").write_text("\n".join(f"fine{i}" for i in range(100)) + "\n")
+    (folder / "coarse_label_names.txt").write_text("\n".join(f"coarse{i}" for i in range(20)) + "\n")
+    return pixels, fine, records
+
+
+def make_tar(archive: Path, source: Path) -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname=source.name)
+    return archive
+
+
+def save_image(path: Path, array: np.ndarray, **options) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **options)
+    return path
+
+
+# ----------------------------------------------------------------------------- MNIST-style IDX
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_pixels_labels_and_classes(tmp_path, gz):
+    images, labels = write_mnist(tmp_path, "test", gz=gz)
+    ds = get_dataset("mnist", "test", root=tmp_path, download=False)
+    assert isinstance(ds, ArrayDataset) and len(ds) == 12 and ds.name == "mnist"
+    assert ds.images.dtype == torch.uint8 and ds.images.shape == (12, 1, 28, 28)
+    assert torch.equal(ds.images[:, 0], torch.from_numpy(images))
+    assert ds.labels.dtype == torch.int64 and ds.labels.tolist() == labels.tolist()
+    assert ds.classes == [str(d) for d in range(10)]
+
+
+def test_fashion_classes_and_root_name_subfolder(tmp_path):
+    write_mnist(tmp_path / "fashion-mnist")
+    ds = get_dataset("fashion-mnist", root=tmp_path, download=False)
+    assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot" and len(ds.classes) == 10
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_truncated_idx_names_the_file(tmp_path, gz):
+    write_mnist(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(path.read_bytes())[:-100]
+    if gz:
+        path.write_bytes(gzip.compress(raw))
+    else:
+        path.unlink()
+        path = tmp_path / "train-images-idx3-ubyte"
+        path.write_bytes(raw)
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.*truncated"):
+        get_dataset("mnist", root=tmp_path, download=False)
+
+
+def test_cut_gzip_stream_and_bad_magic(tmp_path):
+    write_mnist(tmp_path)
+    labels = tmp_path / "train-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-20])
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz.*truncated or corrupt"):
+        get_dataset("mnist", root=tmp_path, download=False)
+    labels.write_bytes(gzip.compress(b"PK\x03\x04 a zip file"))
+    with pytest.raises(DataError, match="not an IDX file"):
+        get_dataset("mnist", root=tmp_path, download=False)
+
+
+def test_idx_count_mismatch(tmp_path):
+    write_mnist(tmp_path)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8), gz=True)
+    with pytest.raises(DataError, match="labels for the 12 images"):
+        get_dataset("mnist", root=tmp_path, download=False)
+
+
+def test_search_order(tmp_path, monkeypatch):
+    """root (--data-dir), then $RESNETLAB_DATA (DIR or DIR/<name>), then ~/.cache/resnetlab/<name>."""
+    write_mnist(tmp_path / "home" / ".cache" / "resnetlab" / "mnist", n=3)
+    assert len(get_dataset("mnist", download=False)) == 3
+    write_mnist(tmp_path / "env" / "mnist", n=4)
+    monkeypatch.setenv("RESNETLAB_DATA", str(tmp_path / "env"))
+    assert len(get_dataset("mnist", download=False)) == 4
+    write_mnist(tmp_path / "given", n=5)
+    assert len(get_dataset("mnist", root=tmp_path / "given", download=False)) == 5
+    monkeypatch.setattr(data, "_SYSTEM_DIRS", {"mnist": (str(tmp_path / "system"),)})
+    write_mnist(tmp_path / "system", n=6)
+    assert len(get_dataset("mnist", download=False)) == 4, "$RESNETLAB_DATA comes before the system folder"
+    monkeypatch.delenv("RESNETLAB_DATA")
+    assert len(get_dataset("mnist", download=False)) == 6, "the system folder comes before the cache"
+
+
+def test_missing_without_download_says_where_it_looked(tmp_path):
+    with pytest.raises(DataError, match=r"not found \(looked in .*given.*\)") as err:
+        get_dataset("fashion-mnist", root=tmp_path / "given", download=False)
+    assert "apt-get install dataset-fashion-mnist" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- downloads (network faked)
+
+
+def test_offline_download_names_both_remedies(tmp_path, monkeypatch):
+    def offline(url, timeout=None):
+        raise urllib.error.URLError(OSError(101, "Network is unreachable"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DataError) as err:
+        get_dataset("fashion-mnist")
+    message = str(err.value)
+    assert "could not download http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/" in message
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "--data-dir" in message and "$RESNETLAB_DATA" in message and "network" in message
+    assert "\n" not in message
+
+
+class FakeResponse(io.BytesIO):
+    def __init__(self, body: bytes) -> None:
+        super().__init__(body)
+        self.headers = {"Content-Length": str(len(body))}
+
+
+def test_download_checks_sha256_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: FakeResponse(b"<html>captive portal"))
+    with pytest.raises(DataError, match="SHA-256 is .* not the published"):
+        get_dataset("mnist", root=tmp_path)
+    assert list((tmp_path / "mnist").iterdir()) == [], "no partial or unverified file may remain"
+
+
+def test_download_verified_then_loaded(tmp_path, monkeypatch):
+    images, labels = write_mnist(tmp_path / "server", "test")
+    served = {p.name: p.read_bytes() for p in (tmp_path / "server").iterdir()}
+    sums = {name: hashlib.sha256(body).hexdigest() for name, body in served.items()}
+    monkeypatch.setitem(data._DOWNLOADS, "mnist", ("https://example.invalid/mnist/", sums))
+    fetched = []
+
+    def serve(url, timeout=None):
+        fetched.append(url)
+        return FakeResponse(served[url.rsplit("/", 1)[1]])
+
+    monkeypatch.setattr(urllib.request, "urlopen", serve)
+    ds = get_dataset("mnist", "test")  # into ~/.cache/resnetlab/mnist
+    assert torch.equal(ds.images[:, 0], torch.from_numpy(images)) and ds.labels.tolist() == labels.tolist()
+    assert sorted(p.name for p in (tmp_path / "home/.cache/resnetlab/mnist").iterdir()) == sorted(served)
+    assert len(fetched) == 2
+    get_dataset("mnist", "test")
+    assert len(fetched) == 2, "a second load reads the cache"
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+
+def test_cifar10_python_pickles_like_the_originals(tmp_path):
+    train_x, train_y, test_x, test_y = write_cifar10_py(tmp_path / "cifar-10-batches-py")
+    train = get_dataset("cifar10", root=tmp_path, download=False)
+    test = get_dataset("cifar10", "test", root=tmp_path, download=False)
+    assert train.images.shape == (20, 3, 32, 32) and len(test) == 4
+    assert torch.equal(train.images, torch.from_numpy(train_x.reshape(-1, 3, 32, 32)))
+    assert train.labels.tolist() == train_y.tolist() and test.labels.tolist() == test_y.tolist()
+    assert torch.equal(test.images[1, 2], torch.from_numpy(test_x[1, 2048:].reshape(32, 32))), "channel 2 is blue"
+    assert train.classes[:3] == ["airplane", "automobile", "bird"] and len(train.classes) == 10
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10_py(folder)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": Exploit()}, protocol=4))
+    with pytest.raises(DataError, match=r"test_batch is not a valid CIFAR python file .*system"):
+        get_dataset("cifar10", "test", root=tmp_path, download=False)
+    assert not marker.exists()
+
+
+def test_cifar100_binary_fine_labels(tmp_path):
+    pixels, fine, _ = write_cifar100_binary(tmp_path / "cifar100" / "cifar-100-binary")
+    ds = get_dataset("cifar100", root=tmp_path, download=False)
+    assert torch.equal(ds.images, torch.from_numpy(pixels.reshape(-1, 3, 32, 32)))
+    assert ds.labels.tolist() == fine.tolist()
+    assert ds.classes == [f"fine{i}" for i in range(100)]
+
+
+def test_cifar10_binary_and_truncated_record(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    expected = []
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)]:
+        pixels, labels = cifar_arrays(3, 10)
+        (folder / name).write_bytes(np.concatenate([labels[:, None], pixels], 1).astype(np.uint8).tobytes())
+        expected.append(labels)
+    (folder / "batches.meta.txt").write_text("airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n\n")
+    ds = get_dataset("cifar10", root=tmp_path, download=False)
+    assert ds.labels.tolist() == np.concatenate(expected).tolist() and ds.classes[-1] == "truck"
+    with open(folder / "data_batch_3.bin", "ab") as f:
+        f.write(b"\x01" * 10)
+    with pytest.raises(DataError, match="data_batch_3.bin holds 9229 bytes, not whole 3073-byte"):
+        get_dataset("cifar10", root=tmp_path, download=False)
+
+
+def test_cifar_tar_gz_is_extracted_next_to_it(tmp_path):
+    build = tmp_path / "build"
+    pixels, fine, _ = write_cifar100_binary(build / "cifar-100-binary")
+    store = tmp_path / "store"
+    store.mkdir()
+    make_tar(store / "cifar-100-binary.tar.gz", build / "cifar-100-binary")
+    ds = get_dataset("cifar100", root=store, download=False)
+    assert ds.labels.tolist() == fine.tolist()
+    assert (store / "cifar-100-binary" / "train.bin").is_file()
+    assert [p.name for p in store.iterdir() if p.name.startswith(".")] == [], "no temporary folder left"
+
+
+@pytest.mark.parametrize("evil", ["../escaped", "/tmp/absolute-resnetlab-test", "link"])
+def test_unsafe_archive_members_are_refused(tmp_path, evil):
+    store = tmp_path / "store"
+    store.mkdir()
+    with tarfile.open(store / "cifar-10-python.tar.gz", "w:gz") as tar:
+        member = tarfile.TarInfo(evil)
+        if evil == "link":
+            member.type, member.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(member)
+        else:
+            member.size = 3
+            tar.addfile(member, io.BytesIO(b"bad"))
+    with pytest.raises(DataError, match="unsafe entry"):
+        get_dataset("cifar10", root=store, download=False)
+    assert not (tmp_path / "escaped").exists() and not Path("/tmp/absolute-resnetlab-test").exists()
+    assert list(store.iterdir()) == [store / "cifar-10-python.tar.gz"]
+
+
+# ----------------------------------------------------------------------------- SIGNS
+
+
+def test_signs_h5(tmp_path):
+    x = RNG.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    y = np.array([0, 5, 2, 3, 1])
+    with h5py.File(tmp_path / "test_signs.h5", "w") as f:
+        f["test_set_x"], f["test_set_y"], f["list_classes"] = x, y, np.arange(6)
+    ds = get_dataset("signs", "test", root=tmp_path)
+    assert torch.equal(ds.images, torch.from_numpy(x).permute(0, 3, 1, 2))
+    assert ds.labels.tolist() == y.tolist() and ds.classes == ["0", "1", "2", "3", "4", "5"]
+    with pytest.raises(DataError, match="train_signs.h5 not found.*deeplearning.ai"):
+        get_dataset("signs", "train", root=tmp_path)
+    (tmp_path / "train_signs.h5").write_bytes(b"not hdf5")
+    with pytest.raises(DataError, match="train_signs.h5 is not a SIGNS file"):
+        get_dataset("signs", "train", root=tmp_path)
+
+
+# ----------------------------------------------------------------------------- conversions of named datasets
+
+
+def test_channels_and_size_of_array_datasets(tmp_path):
+    write_cifar10_py(tmp_path / "cifar-10-batches-py")
+    rgb = get_dataset("cifar10", "test", root=tmp_path)
+    gray = get_dataset("cifar10", "test", root=tmp_path, channels=1)
+    first = Image.fromarray(rgb.images[0].permute(1, 2, 0).numpy()).convert("L")
+    assert torch.equal(gray.images[0, 0], torch.from_numpy(np.array(first))), "same luma as PIL"
+    write_mnist(tmp_path, "test")
+    mnist = get_dataset("mnist", "test", root=tmp_path, channels=3, image_size=32)
+    assert mnist.images.shape == (12, 3, 32, 32) and mnist.images.dtype == torch.uint8
+    assert torch.equal(mnist.images[:, 0], mnist.images[:, 2])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "imagenet"}, "unknown dataset 'imagenet'"),
+        ({"name": "mnist", "split": "val"}, "'train' and a 'test' split"),
+        ({"name": "mnist", "channels": 2}, "channels must be 1"),
+        ({"name": "mnist", "image_size": 0}, "positive number of pixels"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(DataError, match=message):
+        get_dataset(**kwargs)
+
+
+# ----------------------------------------------------------------------------- image folders and load_image
+
+
+def make_folder(root: Path, counts: dict[str, int]) -> dict[str, list[Path]]:
+    """PNG and JPEG, RGB, RGBA and grayscale, of several sizes."""
+    made = {}
+    for c, n in counts.items():
+        made[c] = []
+        for i in range(n):
+            size = (10 + i % 3, 12)
+            if i % 3 == 0:
+                p = save_image(root / c / f"{i:03d}.png", RNG.integers(0, 256, (*size, 4), dtype=np.uint8))
+            elif i % 3 == 1:
+                p = save_image(root / c / f"{i:03d}.JPG", RNG.integers(0, 256, (*size, 3), dtype=np.uint8), quality=95)
+            else:
+                p = save_image(root / c / "nested" / f"{i:03d}.png", RNG.integers(0, 256, size, dtype=np.uint8))
+            made[c].append(p)
+    return made
+
+
+def test_folder_split_is_seeded_stratified_and_disjoint(tmp_path):
+    made = make_folder(tmp_path / "pics", {"cat": 10, "dog": 20, "eel": 1})
+    (tmp_path / "pics" / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / "pics" / ".hidden").mkdir()
+    spec = f"folder:{tmp_path / 'pics'}"
+    train = get_dataset(spec, "train", image_size=8, val_fraction=0.2, seed=1)
+    val = get_dataset(spec, "val", image_size=8, val_fraction=0.2, seed=1)
+    assert isinstance(train, FolderDataset) and train.classes == ["cat", "dog", "eel"] and train.name == spec
+    held = [label for _, label in val.samples]
+    assert (held.count(0), held.count(1), held.count(2)) == (2, 4, 0), "20% of each class; a lone image trains"
+    all_files = {p for files in made.values() for p in files}
+    assert {p for p, _ in train.samples} | {p for p, _ in val.samples} == all_files
+    assert not {p for p, _ in train.samples} & {p for p, _ in val.samples}
+    again = get_dataset(spec, "test", image_size=8, val_fraction=0.2, seed=1)
+    assert again.samples == val.samples, "same seed, same split ('test' = 'val')"
+    other = get_dataset(spec, "val", image_size=8, val_fraction=0.2, seed=2)
+    assert other.samples != val.samples
+    image, label = train[0]
+    assert image.shape == (3, 8, 8) and image.dtype == torch.uint8 and label == 0
+    arrays = train.to_arrays()
+    assert arrays.images.shape == (len(train), 3, 8, 8) and arrays.labels.tolist() == [lab for _, lab in train.samples]
+    batch, labels = next(iter(torch.utils.data.DataLoader(train, batch_size=4)))
+    assert batch.shape == (4, 3, 8, 8) and labels.tolist() == [0, 0, 0, 0]
+    pickle.dumps(train)  # what DataLoader workers need
+
+
+def test_folder_with_train_and_val_subfolders(tmp_path):
+    make_folder(tmp_path / "d" / "train", {"a": 2, "b": 3})
+    make_folder(tmp_path / "d" / "val", {"b": 1})
+    spec = f"folder:{tmp_path / 'd'}"
+    assert len(get_dataset(spec, "train")) == 5
+    val = get_dataset(spec, "val", channels=1, image_size=5)
+    assert val.classes == ["a", "b"] and [lab for _, lab in val.samples] == [1] and val[0][0].shape == (1, 5, 5)
+    make_folder(tmp_path / "d" / "val", {"zebra": 1})
+    with pytest.raises(DataError, match="classes missing from .*train: zebra"):
+        get_dataset(spec, "val")
+
+
+def test_folder_native_size_and_channel_guess(tmp_path):
+    for i in range(3):
+        save_image(tmp_path / "g" / "x" / f"{i}.png", np.full((6, 7), i, np.uint8))
+    ds = get_dataset(f"folder:{tmp_path / 'g'}", val_fraction=0)
+    assert ds.channels == 1 and ds.to_arrays().images.shape == (3, 1, 6, 7)
+    save_image(tmp_path / "g" / "x" / "big.png", np.zeros((9, 9), np.uint8))
+    with pytest.raises(DataError, match="different sizes.*--image-size"):
+        get_dataset(f"folder:{tmp_path / 'g'}", val_fraction=0).to_arrays()
+    with pytest.raises(DataError, match="this split has no images"):
+        get_dataset(f"folder:{tmp_path / 'g'}", "val", val_fraction=0)
+
+
+def test_folder_problems(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="has no subfolders"):
+        get_dataset(f"folder:{tmp_path / 'empty'}")
+    (tmp_path / "empty" / "cats").mkdir()
+    with pytest.raises(DataError, match="class folder.* cats hold no images"):
+        get_dataset(f"folder:{tmp_path / 'empty'}")
+    with pytest.raises(DataError, match="is not a folder"):
+        get_dataset(f"folder:{tmp_path / 'nowhere'}")
+    make_folder(tmp_path / "ok", {"a": 2})
+    with pytest.raises(DataError, match=r"fraction must be in \[0, 1\)"):
+        get_dataset(f"folder:{tmp_path / 'ok'}", val_fraction=1.5)
+
+
+def test_load_image_exact_pixels_and_resize(tmp_path):
+    rgb = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    path = save_image(tmp_path / "a.png", rgb)
+    assert torch.equal(load_image(path, 3, None), torch.from_numpy(rgb).permute(2, 0, 1))
+    small = load_image(path, 3, 4)
+    assert small.shape == (3, 4, 4) and small.dtype == torch.uint8
+    # Antialiased: shrinking a fine checkerboard gives grey, not a sample of black or white.
+    board = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)
+    assert abs(int(load_image(save_image(tmp_path / "b.png", board), 1, 8).float().mean()) - 127) < 3
+
+
+def test_load_image_odd_modes(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[0, 0] = (255, 0, 0, 255)  # the rest: transparent black
+    out = load_image(save_image(tmp_path / "rgba.png", rgba), 3, None)
+    assert out[:, 0, 0].tolist() == [255, 0, 0] and out[:, 3, 3].tolist() == [255, 255, 255]
+
+    gray16 = np.array([[0, 65535], [257 * 100, 257 * 200]], np.uint16)
+    out = load_image(save_image(tmp_path / "g16.png", gray16), 1, None)
+    assert out[0].tolist() == [[0, 255], [100, 200]], "16-bit is scaled, not clipped"
+
+    palette = Image.new("P", (3, 3), 1)
+    palette.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.putpixel((0, 0), 0)
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "p.png", transparency=0)
+    out = load_image(tmp_path / "p.png", 3, None)
+    assert out[:, 0, 0].tolist() == [255, 255, 255] and out[:, 1, 1].tolist() == [0, 0, 255]
+
+    Image.new("CMYK", (3, 2), (0, 255, 255, 0)).save(tmp_path / "c.tif")
+    assert load_image(tmp_path / "c.tif", 3, None)[:, 0, 0].tolist() == [255, 0, 0]
+    Image.new("1", (3, 3), 1).save(tmp_path / "bw.bmp")
+    assert load_image(tmp_path / "bw.bmp", 3, 2).unique().tolist() == [255]
+    Image.new("LA", (2, 2), (40, 255)).save(tmp_path / "la.png")
+    assert load_image(tmp_path / "la.png", 1, None).unique().tolist() == [40]
+
+
+def test_load_image_applies_exif_rotation(tmp_path):
+    img = Image.fromarray(np.zeros((2, 6, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees to display
+    img.save(tmp_path / "phone.jpg", exif=exif)
+    assert load_image(tmp_path / "phone.jpg", 3, None).shape == (3, 6, 2)
+
+
+def test_load_image_rejects_non_images(tmp_path):
+    (tmp_path / "fake.png").write_bytes(b"this is text")
+    with pytest.raises(DataError, match="fake.png is not a readable image"):
+        load_image(tmp_path / "fake.png", 3, 32)
+    good = save_image(tmp_path / "cut.png", RNG.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    good.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(DataError, match="cut.png is not a readable image"):
+        load_image(good, 3, 32)
+    with pytest.raises(DataError, match="does not exist"):
+        load_image(tmp_path / "missing.jpg", 3, 32)
+    make_folder(tmp_path / "f", {"a": 2})
+    (tmp_path / "f" / "a" / "broken.png").write_bytes(b"\x89PNG garbage")
+    ds = get_dataset(f"folder:{tmp_path / 'f'}", val_fraction=0, image_size=4)
+    with pytest.raises(DataError, match="broken.png is not a readable image"):
+        ds.to_arrays()
+
+
+# ----------------------------------------------------------------------------- the real Fashion-MNIST
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist package")
+def test_real_fashion_mnist(monkeypatch):
+    monkeypatch.setattr(data, "_SYSTEM_DIRS", SYSTEM_DIRS)
+    train = get_dataset("fashion-mnist", download=False)
+    test = get_dataset("fashion-mnist", "test", download=False)
+    assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
+    assert torch.bincount(train.labels).tolist() == [6000] * 10
+    assert torch.bincount(test.labels).tolist() == [1000] * 10
+
+
+# Debian ships the official deflate streams with the gzip header stripped (no name, new
+# mtime); these mtimes (2017-08-31) are what the official files' headers carried.
+OFFICIAL_MTIMES = {"train": 1504176606, "t10k": 1504176627}
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist package")
+@pytest.mark.parametrize("file", sorted(data._DOWNLOADS["fashion-mnist"][1]))
+def test_sha256_constants_match_the_debian_files(file):
+    debian = (DEBIAN_FASHION / file).read_bytes()
+    assert debian[:4] == b"\x1f\x8b\x08\x00", "header without a file name"
+    name = file.removesuffix(".gz").encode() + b"\0"
+    mtime = struct.pack("<I", OFFICIAL_MTIMES[file.split("-")[0]])
+    official = b"\x1f\x8b\x08\x08" + mtime + debian[8:10] + name + debian[10:]
+    assert hashlib.sha256(official).hexdigest() == data._DOWNLOADS["fashion-mnist"][1][file]
