@@ -1,0 +1,234 @@
+"""Architecture diagrams of a ``ResNet`` (Keras's ``plot_model``), read from the modules themselves.
+
+Graphviz lays the graph out; this module only says what is in it. The stem, each stage and each
+block are clusters; each convolution is one box holding the BN and ReLU that go with it, in the
+order the block applies them (pre-activation blocks put BN-ReLU first). The shortcut is its own
+path into the addition (⊕), drawn as in the 2015 paper's Figure 3: solid for the identity, dotted
+where it changes the shape. Plain blocks have neither.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import graphviz
+from torch import nn
+
+from .blocks import BasicBlock, Bottleneck, ZeroPadShortcut
+from .models import ResNet, count_parameters
+
+FORMATS = (".svg", ".png")
+
+# One colour a layer kind, so the eye finds the pattern of a block before reading it.
+_FILL = {
+    "conv": "#cfe2f3", "bn": "#fff2cc", "relu": "#f4cccc", "pool": "#d9ead3",
+    "fc": "#d9d2e9", "shortcut": "#eeeeee", "io": "#ffffff",
+}
+_FONT = "DejaVu Sans"
+_WIDTH = 120  # points
+
+Row = tuple[str, str]  # (layer kind, text)
+_BN: Row = ("bn", "BN")
+_RELU: Row = ("relu", "ReLU")
+
+
+def draw_model(model: ResNet, path: str | Path, collapse: bool = True, title: str | None = None) -> Path:
+    """Draw ``model`` to ``path``, an SVG or PNG file chosen by its suffix, and return the path.
+
+    With ``collapse`` a run of identical blocks is drawn once, labelled "× N", so that even
+    ResNet-152 fits on a page; without it every block is drawn. ``title`` (e.g. the model's
+    name) heads the figure above the depth and parameter count.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise ValueError(f"cannot draw {path.name!r}: the file name must end in {' or '.join(FORMATS)}")
+    graph = model_graph(model, collapse, title)
+    try:
+        data = graph.pipe(format=path.suffix.lower()[1:])
+    except graphviz.ExecutableNotFound:
+        raise RuntimeError("drawing needs Graphviz's `dot` program: install graphviz (e.g. apt install graphviz)") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def model_graph(model: ResNet, collapse: bool = True, title: str | None = None) -> graphviz.Digraph:
+    """The diagram of ``model`` as a graphviz ``Digraph`` (its ``.source`` is the DOT text)."""
+    g = graphviz.Digraph("resnet")
+    g.attr(label=_heading(model, title), labelloc="t", fontname=_FONT, fontsize="16",
+           ranksep="0.22", nodesep="0.3", newrank="true")
+    # Nodes of one group line up, so the main path runs straight down and shortcuts bend around it.
+    g.attr("node", shape="plain", fontname=_FONT, fontsize="11", group="main")
+    g.attr("edge", arrowsize="0.6", fontname=_FONT, fontsize="9", color="#444444")
+
+    last = _draw_stem(g, model)
+    for i, stage in enumerate(model.stages(), 1):
+        # Names go in the first box of each block rather than on the cluster: edges would cross them there.
+        with g.subgraph(name=f"cluster_layer{i}") as c:
+            c.attr(label="", style="rounded,filled", fillcolor="#f4f4f4", color="#aaaaaa")
+            j = 0
+            for run in _runs(list(stage), collapse):
+                names = f"layer{i}.{j}" if len(run) == 1 else f"× {len(run)}   layer{i}.{j}–{j + len(run) - 1}"
+                header = f"stage {i}: {names}" if j == 0 else names
+                last = _draw_block(g, c, run[0], f"layer{i}_{j}", header, len(run) > 1, last)
+                j += len(run)
+    _draw_head(g, model, last)
+    return g
+
+
+def _heading(model: ResNet, title: str | None) -> str:
+    # Weighted layers as the papers count them: the stem conv, the branch convs and the fc.
+    depth = 2 + sum(len(_convs(b)) for b in model.blocks())
+    kind = "pre-activation ResNet" if model.preact else "ResNet" if model.residual else "plain net"
+    line = f"{depth}-layer {kind}, {count_parameters(model) / 1e6:.2f} M parameters"
+    return f"{title}\n{line}" if title else line
+
+
+def _out_channels(block: BasicBlock | Bottleneck) -> int:
+    return _convs(block)[-1].out_channels
+
+
+def _convs(block: BasicBlock | Bottleneck) -> list[nn.Conv2d]:
+    return [block.conv1, block.conv2] + ([block.conv3] if isinstance(block, Bottleneck) else [])
+
+
+def _conv(conv: nn.Conv2d) -> Row:
+    k, s = conv.kernel_size[0], conv.stride[0]
+    return ("conv", f"{k}×{k} conv, {conv.out_channels}" + (f", /{s}" if s > 1 else ""))
+
+
+def _label(rows: list[Row], header: str | None = None) -> str:
+    """An HTML-like label: an optional bold header over the rows, stacked in one box and coloured by kind."""
+    # One minimum width for every box, so that the blocks read as a column of equal steps.
+    cells = "".join(
+        f'<TR><TD BGCOLOR="{_FILL[kind]}" WIDTH="{_WIDTH}">{html.escape(text)}</TD></TR>' for kind, text in rows
+    )
+    if header:
+        cells = f'<TR><TD BORDER="0" ALIGN="LEFT"><B>{html.escape(header)}</B></TD></TR>' + cells
+    return f'<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="4">{cells}</TABLE>>'
+
+
+def _branch(block: BasicBlock | Bottleneck) -> list[list[Row]]:
+    """The residual branch, one list of rows a convolution, in the block's own order."""
+    convs = _convs(block)
+    if block.preact:
+        return [[_BN, _RELU, _conv(c)] for c in convs]
+    units = [[_conv(c), _BN, _RELU] for c in convs]
+    units[-1].pop()  # post-activation: the last ReLU comes after the addition
+    return units
+
+
+def _shortcut(block: BasicBlock | Bottleneck) -> list[Row] | None:
+    """The shortcut's rows, or None for the identity (and for plain blocks)."""
+    ds = block.downsample
+    if ds is None:
+        return None
+    if isinstance(ds, ZeroPadShortcut):
+        rows = [("shortcut", "option A shortcut")]
+        if ds.stride > 1:
+            rows.append(("shortcut", f"subsample /{ds.stride}"))
+        return rows + [("shortcut", f"zero-pad to {_out_channels(block)} ch")]
+    return [("shortcut", "projection shortcut")] + [_conv(m) if isinstance(m, nn.Conv2d) else _BN for m in ds]
+
+
+def _signature(block: BasicBlock | Bottleneck) -> tuple:
+    """What the diagram shows of a block; equal signatures draw alike."""
+    shapes = tuple((c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in _convs(block))
+    shortcut = _shortcut(block)
+    return type(block), block.preact, block.residual, shapes, tuple(shortcut) if shortcut else None
+
+
+def _runs(blocks: list, collapse: bool) -> list[list]:
+    """Group consecutive blocks that draw alike (each block alone when not collapsing)."""
+    runs: list[list] = []
+    for b in blocks:
+        if collapse and runs and _signature(runs[-1][0]) == _signature(b):
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    return runs
+
+
+def _draw_block(
+    g: graphviz.Digraph, stage: graphviz.Digraph, block: BasicBlock | Bottleneck,
+    name: str, header: str, repeated: bool, source: str,
+) -> str:
+    """Draw ``block`` under ``header``, fed by node ``source``; return its output node."""
+    units = _branch(block)
+    shortcut = _shortcut(block) if block.residual else None
+    # A pre-activation shortcut that is not the identity reads the normalised input (blocks._finish),
+    # so the first BN-ReLU is drawn on its own, shared by both paths.
+    split = block.preact and shortcut is not None
+    if split:
+        units = [units[0][:2], units[0][2:]] + units[1:]
+    chain = [f"{name}_{k}" for k in range(len(units))]
+    add, relu = f"{name}_add", f"{name}_relu"
+    with stage.subgraph(name=f"cluster_{name}") as c:
+        # A thick border marks a box that stands for several identical blocks.
+        c.attr(label="", style="rounded,filled", fillcolor="#ffffff", color="#555555" if repeated else "#bbbbbb",
+               penwidth="2" if repeated else "1")
+        for k, (node, rows) in enumerate(zip(chain, units)):
+            c.node(node, _label(rows, header if k == 0 else None))
+        if block.residual:
+            c.node(add, "⊕", shape="circle", width="0.3", fixedsize="true", fontsize="16")
+            chain.append(add)
+        if shortcut is not None:
+            # Beside the branch's last box: the two paths run side by side into the addition.
+            with c.subgraph() as row:
+                row.attr(rank="same")
+                row.node(f"{name}_shortcut", _label(shortcut), group=name)
+                row.node(chain[len(units) - 1])
+        if not block.preact:
+            c.node(relu, _label([_RELU]))
+            chain.append(relu)
+    _link(g, [source] + chain)
+    fork = chain[0] if split else source
+    if block.residual and shortcut is None:
+        g.edge(fork, add, label=" identity", color="#1f5fa8", fontcolor="#1f5fa8", weight="0")
+    elif shortcut is not None:
+        g.edge(fork, f"{name}_shortcut", style="dotted", penwidth="1.5")
+        g.edge(f"{name}_shortcut", add, style="dotted", penwidth="1.5")
+    return chain[-1]
+
+
+def _draw_stem(g: graphviz.Digraph, model: ResNet) -> str:
+    """Input, stem conv (+BN, ReLU) and max pool; return the last node."""
+    g.node("input", _label([("io", f"input, {model.conv1.in_channels} channels")]))
+    rows = [_conv(model.conv1)]
+    if isinstance(model.bn1, nn.BatchNorm2d):
+        rows.append(_BN)
+    if isinstance(model.relu, nn.ReLU):
+        rows.append(_RELU)
+    nodes = [("stem_conv", rows)]
+    if isinstance(model.maxpool, nn.MaxPool2d):
+        k, s = model.maxpool.kernel_size, model.maxpool.stride
+        nodes.append(("stem_pool", [("pool", f"{k}×{k} max pool, /{s}")]))
+    with g.subgraph(name="cluster_stem") as c:
+        c.attr(label="", style="rounded,filled", fillcolor="#f4f4f4", color="#aaaaaa")
+        for k, (node, node_rows) in enumerate(nodes):
+            c.node(node, _label(node_rows, f"stem ({model.stem})" if k == 0 else None))
+    _link(g, ["input"] + [node for node, _ in nodes])
+    return nodes[-1][0]
+
+
+def _draw_head(g: graphviz.Digraph, model: ResNet, source: str) -> None:
+    """Final BN-ReLU (pre-activation nets), pooling and the classifier."""
+    nodes = []
+    if isinstance(model.final_bn, nn.BatchNorm2d):
+        nodes.append(("final_bn", [_BN, _RELU]))
+    if isinstance(model.avgpool, nn.AdaptiveAvgPool2d):
+        nodes.append(("pool", [("pool", "global avg pool")]))
+    else:
+        k = model.avgpool.kernel_size
+        nodes.append(("pool", [("pool", f"{k}×{k} avg pool, flatten")]))
+    nodes.append(("fc", [("fc", f"fc, {model.fc.out_features} classes")]))
+    for node, rows in nodes:
+        g.node(node, _label(rows))
+    _link(g, [source] + [node for node, _ in nodes])
+
+
+def _link(g: graphviz.Digraph, chain: list[str]) -> None:
+    """Edges along the main path."""
+    for a, b in zip(chain, chain[1:]):
+        g.edge(a, b)

@@ -1,0 +1,226 @@
+"""Figures of training runs: the curves of the papers' Figures 4 and 6, and confusion matrices.
+
+Every figure is saved twice by ``save_figure``: PNG to look at, SVG to put in a paper or a page.
+Figures are built with ``matplotlib.figure.Figure`` rather than pyplot, so drawing keeps no global
+state and leaks no open figures however many an experiment makes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+# Render without a display, unless the caller already chose a backend (a notebook, $MPLBACKEND).
+if "matplotlib.pyplot" not in sys.modules and "MPLBACKEND" not in os.environ:
+    matplotlib.use("Agg")
+
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import EngFormatter, MaxNLocator  # noqa: E402
+
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+_REQUIRED = ("epoch", "step", "train_loss", "train_acc")
+_SUFFIXES = (".png", ".svg", ".csv", ".pdf")
+_X_LABELS = {"step": "iterations", "epoch": "epochs"}
+CSV_COLUMNS = ("run", "epoch", "step", "train_loss", "test_loss", "train_error", "test_error")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The per-epoch rows of ``RUN_DIR/metrics.jsonl``, oldest first.
+
+    Raises ValueError naming the file when it is missing, empty, or has a line that is not a
+    JSON object with at least ``epoch``, ``step``, ``train_loss`` and ``train_acc``.
+    """
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        raise ValueError(f"{path} not found: not a training run, or no epoch has finished yet")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+        missing = [k for k in _REQUIRED if k not in row] if isinstance(row, dict) else list(_REQUIRED)
+        if missing:
+            raise ValueError(f"{path}, line {n}: not a metrics row (missing {', '.join(missing)})")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} is empty: no epoch has finished yet")
+    return rows
+
+
+def save_figure(fig: Figure, out: str | Path) -> list[Path]:
+    """Write ``fig`` as ``out.png`` and ``out.svg`` (a suffix on ``out`` is replaced) and return both paths."""
+    base = _base(out)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = [_with(base, ".png"), _with(base, ".svg")]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    # No date in the SVG, so that the same figure gives the same file.
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+    return paths
+
+
+def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, x: str = "step") -> list[Path]:
+    """Training curves of one or more runs, overlaid: loss and error (%) against iterations or epochs.
+
+    Writes ``out.png``, ``out.svg`` and ``out.csv`` (the numbers behind the figure) and returns their
+    paths. ``x`` is ``"step"`` (iterations, as the papers plot) or ``"epoch"``.
+    """
+    if x not in _X_LABELS:
+        raise ValueError(f"x must be one of {', '.join(_X_LABELS)}, got {x!r}")
+    if not run_dirs:
+        raise ValueError("plot_runs needs at least one run directory")
+    dirs = [Path(d) for d in run_dirs]
+    series = [_series(read_metrics(d)) for d in dirs]
+    configs = [_config(d) for d in dirs]
+    labels = [_run_label(d, c.get("model", "")) for d, c in zip(dirs, configs)]
+    datasets = {c.get("dataset") for c in configs}
+    dataset = datasets.pop() if len(datasets) == 1 else None
+    paths = save_figure(_curves_figure(list(zip(labels, series)), x, dataset), out)
+
+    csv_path = _with(_base(out), ".csv")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for run_dir, s in zip(dirs, series):
+            for values in zip(*(s[c] for c in CSV_COLUMNS[1:])):
+                writer.writerow([run_dir.name] + ["" if v is None else v for v in values])
+    return paths + [csv_path]
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], classes: list[str], out: str | Path, title: str) -> list[Path]:
+    """A confusion matrix as a heat map (rows: true class, columns: predicted), saved as PNG and SVG.
+
+    Colour is the fraction of each true class, so rare classes read as clearly as common ones;
+    the counts are written in the cells when there are at most 20 classes.
+    """
+    return save_figure(_confusion_figure(matrix, classes, title), out)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _base(out: str | Path) -> Path:
+    """``out`` without a figure or table suffix; other dots (``resnet20.fast``) stay in the name."""
+    out = Path(out)
+    return out.with_suffix("") if out.suffix.lower() in _SUFFIXES else out
+
+
+def _with(base: Path, suffix: str) -> Path:
+    return base.parent / (base.name + suffix)
+
+
+def _config(run_dir: Path) -> dict:
+    """The run's config.json, or {} where there is none (plots need only the metrics)."""
+    path = run_dir / CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return config
+
+
+def _run_label(run_dir: Path, model: str) -> str:
+    """The run's directory name, with its model when the name does not already say it."""
+    return run_dir.name if model in run_dir.name else f"{run_dir.name} ({model})"
+
+
+def _series(rows: list[dict]) -> dict[str, list]:
+    """Columns of the CSV from metrics rows; accuracy (a fraction) becomes error in percent."""
+    def error(acc: float | None) -> float | None:
+        # Rounded so that an accuracy of 0.91 reads 9.0, not 8.999999999999996.
+        return None if acc is None else round(100.0 * (1.0 - acc), 9)
+
+    return {
+        "epoch": [r["epoch"] for r in rows],
+        "step": [r["step"] for r in rows],
+        "train_loss": [r["train_loss"] for r in rows],
+        "test_loss": [r.get("test_loss") for r in rows],
+        "train_error": [error(r["train_acc"]) for r in rows],
+        "test_error": [error(r.get("test_acc")) for r in rows],
+    }
+
+
+def _points(xs: list, ys: list) -> tuple[list, list]:
+    """The points that have a value (test metrics are missing between evaluations)."""
+    kept = [(a, b) for a, b in zip(xs, ys) if b is not None]
+    return [a for a, _ in kept], [b for _, b in kept]
+
+
+def _curves_figure(runs: list[tuple[str, dict[str, list]]], x: str, dataset: str | None = None) -> Figure:
+    fig = Figure(figsize=(11, 4.4), layout="constrained")
+    loss_ax, err_ax = fig.subplots(1, 2)
+    # Loss: train solid, test dashed. Error: train dashed, test bold, as in the 2015 paper's Figure 6.
+    styles = {
+        loss_ax: {"train_loss": dict(ls="-", lw=1.5), "test_loss": dict(ls="--", lw=1.5)},
+        err_ax: {"train_error": dict(ls="--", lw=1.2), "test_error": dict(ls="-", lw=2.2)},
+    }
+    colours = matplotlib.colormaps["tab10"].colors
+    for i, (_, s) in enumerate(runs):
+        # Markers only while they can be told apart: short runs have few points.
+        marker = "o" if len(s[x]) <= 30 else None
+        for ax, columns in styles.items():
+            for column, style in columns.items():
+                ax.plot(*_points(s[x], s[column]), color=colours[i % 10], marker=marker, ms=3, **style)
+
+    losses = [v for _, s in runs for c in ("train_loss", "test_loss") for v in s[c] if v is not None]
+    if min(losses) > 0 and max(losses) / min(losses) > 10:
+        loss_ax.set_yscale("log")
+    err_ax.set_ylim(bottom=0)
+    for ax, what in ((loss_ax, "loss (cross-entropy)"), (err_ax, "error (%)")):
+        ax.set_xlabel(_X_LABELS[x])
+        ax.set_ylabel(what)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if x == "step":
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 64000 -> 64k
+        handles = [Line2D([], [], color="black", label=c.split("_")[0], **st) for c, st in styles[ax].items()]
+        ax.legend(handles=handles, loc="best", fontsize=9)
+    what = runs[0][0] if len(runs) == 1 else f"{len(runs)} runs"
+    fig.suptitle(f"Training curves: {what}" + (f" on {dataset}" if dataset else ""))
+    fig.legend(
+        handles=[Line2D([], [], color=colours[i % 10], lw=2, label=label) for i, (label, _) in enumerate(runs)],
+        loc="outside lower center", ncol=min(len(runs), 3), fontsize=9, frameon=False,
+    )
+    return fig
+
+
+def _confusion_figure(matrix: Sequence[Sequence[int]], classes: list[str], title: str) -> Figure:
+    n = len(classes)
+    if len(matrix) != n or any(len(row) != n for row in matrix):
+        raise ValueError(f"the confusion matrix must be {n}x{n} for {n} classes")
+    totals = [sum(row) for row in matrix]
+    fractions = [[c / t if t else 0.0 for c in row] for row, t in zip(matrix, totals)]
+    correct, seen = sum(matrix[i][i] for i in range(n)), sum(totals)
+
+    side = min(max(5.0, 0.45 * n + 2.5), 16.0)
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
+    if n <= 20:
+        for i, row in enumerate(matrix):
+            for j, count in enumerate(row):
+                dark = fractions[i][j] > 0.5
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    size = 9 if n <= 20 else 5
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", rotation_mode="anchor", fontsize=size)
+    ax.set_yticks(range(n), classes, fontsize=size)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    accuracy = f"accuracy {correct / seen:.2%} of {seen:,}" if seen else "no examples"
+    ax.set_title(f"{title}\n{accuracy}")
+    return fig

@@ -1,0 +1,141 @@
+"""Training curves and confusion matrices, drawn from run directories built here in the real formats."""
+
+import csv
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+from PIL import Image
+
+from resnetlab.plots import _confusion_figure, _curves_figure, plot_confusion, plot_runs, read_metrics, save_figure
+
+
+def make_run(root, name, model="resnet20", epochs=4, steps_per_epoch=100, eval_every=1, start_loss=2.0):
+    """A run directory as training writes it: config.json and one metrics line per epoch."""
+    run = root / name
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": model, "dataset": "cifar10"}))
+    lines = []
+    for epoch in range(1, epochs + 1):
+        evaluated = epoch % eval_every == 0
+        lines.append(json.dumps({
+            "epoch": epoch, "step": epoch * steps_per_epoch, "lr": 0.1,
+            "train_loss": start_loss / epoch, "train_acc": 0.5 + 0.1 * epoch,
+            "test_loss": start_loss / epoch + 0.1 if evaluated else None,
+            "test_acc": 0.45 + 0.1 * epoch if evaluated else None,
+            "time": 10.0 * epoch, "images_per_s": 5000.0,
+        }))
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return run
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_plot_runs_writes_figure_and_data(tmp_path):
+    a = make_run(tmp_path, "resnet20-cifar10")
+    b = make_run(tmp_path, "baseline", model="plain20", epochs=3, eval_every=2)
+    paths = plot_runs([a, b], tmp_path / "out" / "curves")
+    assert [p.name for p in paths] == ["curves.png", "curves.svg", "curves.csv"]
+    with Image.open(paths[0]) as image:
+        assert image.format == "PNG" and image.size[0] > 1000
+    assert ET.parse(paths[1]).getroot().tag.endswith("svg")
+
+    rows = read_csv(paths[2])
+    assert list(rows[0]) == ["run", "epoch", "step", "train_loss", "test_loss", "train_error", "test_error"]
+    assert [r["run"] for r in rows] == ["resnet20-cifar10"] * 4 + ["baseline"] * 3
+    assert [int(r["step"]) for r in rows[:4]] == [100, 200, 300, 400]
+    first = rows[0]
+    assert float(first["train_loss"]) == pytest.approx(2.0)
+    assert float(first["test_loss"]) == pytest.approx(2.1)
+    assert float(first["train_error"]) == pytest.approx(40.0)  # accuracy 0.6 -> 40 % error
+    assert float(first["test_error"]) == pytest.approx(45.0)
+    # Epochs without an evaluation leave the test cells empty, not zero.
+    assert rows[4]["test_error"] == rows[6]["test_error"] == rows[6]["test_loss"] == ""
+    assert float(rows[5]["test_error"]) == pytest.approx(35.0)
+
+
+def test_plot_runs_by_epoch_with_suffix(tmp_path):
+    run = make_run(tmp_path, "run")
+    paths = plot_runs([run], tmp_path / "figure.png", x="epoch")
+    assert sorted(p.name for p in paths) == ["figure.csv", "figure.png", "figure.svg"]
+    assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_out_keeps_dots_that_are_not_suffixes(tmp_path):
+    paths = plot_runs([make_run(tmp_path, "run")], tmp_path / "resnet20.fast")
+    assert paths[0].name == "resnet20.fast.png"
+
+
+def test_loss_axis_goes_logarithmic_past_one_decade(tmp_path):
+    series = {"step": [1, 2], "epoch": [1, 2], "test_loss": [None, None], "train_error": [50, 40], "test_error": [None, 45]}
+    wide = _curves_figure([("a", {**series, "train_loss": [5.0, 0.1]})], "step")
+    narrow = _curves_figure([("a", {**series, "train_loss": [2.0, 0.5]})], "step")
+    assert wide.axes[0].get_yscale() == "log" and narrow.axes[0].get_yscale() == "linear"
+
+
+def test_bad_x_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="step, epoch"):
+        plot_runs([make_run(tmp_path, "run")], tmp_path / "c", x="time")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "metrics.jsonl not found"),
+        ("", "metrics.jsonl is empty"),
+        ('{"epoch": 1, "step": 10, "train_loss": 1.0, "train_acc": 0.5}\n{"epoch": 2,\n', "line 2: not valid JSON"),
+        ('{"epoch": 1, "step": 10}\n', "line 1: not a metrics row .missing train_loss, train_acc"),
+        ("[1, 2]\n", "line 1: not a metrics row"),
+    ],
+)
+def test_bad_metrics_name_the_file(tmp_path, content, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    if content is not None:
+        (run / "metrics.jsonl").write_text(content)
+    with pytest.raises(ValueError, match=message) as error:
+        plot_runs([run], tmp_path / "c")
+    assert str(run / "metrics.jsonl") in str(error.value)
+
+
+def test_bad_config_names_the_file(tmp_path):
+    run = make_run(tmp_path, "run")
+    (run / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        plot_runs([run], tmp_path / "c")
+
+
+def test_read_metrics_skips_blank_lines(tmp_path):
+    run = make_run(tmp_path, "run", epochs=2)
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text() + "\n\n")
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+
+
+def test_plot_confusion(tmp_path):
+    matrix = [[8, 2, 0], [1, 9, 0], [0, 0, 0]]  # the last class never occurs: no division by zero
+    paths = plot_confusion(matrix, ["cat", "dog", "frog"], tmp_path / "confusion", "resnet20 on pets")
+    assert [p.name for p in paths] == ["confusion.png", "confusion.svg"]
+    with Image.open(paths[0]) as image:
+        assert image.format == "PNG"
+    ET.parse(paths[1])
+
+
+def test_confusion_counts_written_only_for_few_classes():
+    few = _confusion_figure([[5, 1], [2, 7]], ["a", "b"], "t")
+    assert sorted(t.get_text() for t in few.axes[0].texts) == ["1", "2", "5", "7"]
+    many = _confusion_figure([[1] * 21 for _ in range(21)], [str(i) for i in range(21)], "t")
+    assert len(many.axes[0].texts) == 0
+
+
+def test_confusion_shape_must_match_classes(tmp_path):
+    with pytest.raises(ValueError, match="3x3 for 3 classes"):
+        plot_confusion([[1, 2], [3, 4]], ["a", "b", "c"], tmp_path / "c", "t")
+
+
+def test_save_figure_writes_png_and_svg(tmp_path):
+    fig = _confusion_figure([[1]], ["only"], "t")
+    paths = save_figure(fig, tmp_path / "deep" / "dir" / "fig.svg")
+    assert [p.name for p in paths] == ["fig.png", "fig.svg"] and all(p.exists() for p in paths)
