@@ -7,7 +7,8 @@ import xml.etree.ElementTree as ET
 import pytest
 from PIL import Image
 
-from resnetlab.plots import _confusion_figure, _curves_figure, plot_confusion, plot_runs, read_metrics, save_figure
+from resnetlab.plots import _confusion_figure, _curves_figure, plot_confusion, plot_runs, save_figure
+from resnetlab.runs import read_metrics
 
 
 def make_run(root, name, model="resnet20", epochs=4, steps_per_epoch=100, eval_every=1, start_loss=2.0):

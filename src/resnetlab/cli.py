@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
+    p = sub.add_parser("diagram", help="draw a model's architecture to an SVG or PNG file (Graphviz)")
+    p.add_argument("model")
+    p.add_argument("-o", "--out", metavar="FILE.svg|png", help="default MODEL.svg")
+    p.add_argument("--expand", action="store_true", help="draw every block instead of collapsing identical ones")
+    p.add_argument("--num-classes", type=int)
+
+    p = sub.add_parser("plot", help="training curves of one or more runs (PNG, SVG and CSV)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--out", help="default RUN_DIR/curves for one run, ./curves for several")
+    p.add_argument("--x", choices=["step", "epoch"], default="step")
+
     p = sub.add_parser("demo", help="train resnet20 on Fashion-MNIST for a few minutes, evaluate, predict, plot")
     p.add_argument("--out", default="demo")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
@@ -144,6 +155,28 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"{pred.path}: {ranked}")
 
 
+def cmd_diagram(args: argparse.Namespace) -> None:
+    from .diagram import draw_model
+    from .models import create_model
+
+    model = create_model(args.model, num_classes=args.num_classes)
+    print(draw_model(model, args.out or f"{args.model}.svg", collapse=not args.expand, title=args.model))
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from .plots import plot_confusion, plot_runs
+
+    dirs = [Path(d) for d in args.run_dirs]
+    out = args.out or (dirs[0] / "curves" if len(dirs) == 1 else Path("curves"))
+    paths = plot_runs(dirs, out, x=args.x)
+    for d in dirs:  # evaluated runs get their confusion matrix redrawn too
+        if (d / "eval.json").exists():
+            ev = json.loads((d / "eval.json").read_text())
+            paths += plot_confusion(ev["confusion_matrix"], ev["classes"], d / "confusion", f"{d.name} on {ev['dataset']}")
+    for path in paths:
+        print(path)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -156,6 +189,8 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "predict": cmd_predict,
+    "diagram": cmd_diagram,
+    "plot": cmd_plot,
     "demo": cmd_demo,
 }
 

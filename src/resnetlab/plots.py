@@ -24,38 +24,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import EngFormatter, MaxNLocator  # noqa: E402
 
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
-_REQUIRED = ("epoch", "step", "train_loss", "train_acc")
+from .runs import CONFIG, read_metrics  # noqa: E402
+
 _SUFFIXES = (".png", ".svg", ".csv", ".pdf")
 _X_LABELS = {"step": "iterations", "epoch": "epochs"}
 CSV_COLUMNS = ("run", "epoch", "step", "train_loss", "test_loss", "train_error", "test_error")
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The per-epoch rows of ``RUN_DIR/metrics.jsonl``, oldest first.
-
-    Raises ValueError naming the file when it is missing, empty, or has a line that is not a
-    JSON object with at least ``epoch``, ``step``, ``train_loss`` and ``train_acc``.
-    """
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        raise ValueError(f"{path} not found: not a training run, or no epoch has finished yet")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
-        missing = [k for k in _REQUIRED if k not in row] if isinstance(row, dict) else list(_REQUIRED)
-        if missing:
-            raise ValueError(f"{path}, line {n}: not a metrics row (missing {', '.join(missing)})")
-        rows.append(row)
-    if not rows:
-        raise ValueError(f"{path} is empty: no epoch has finished yet")
-    return rows
 
 
 def save_figure(fig: Figure, out: str | Path) -> list[Path]:
@@ -163,10 +136,11 @@ def _points(xs: list, ys: list) -> tuple[list, list]:
 def _curves_figure(runs: list[tuple[str, dict[str, list]]], x: str, dataset: str | None = None) -> Figure:
     fig = Figure(figsize=(11, 4.4), layout="constrained")
     loss_ax, err_ax = fig.subplots(1, 2)
-    # Loss: train solid, test dashed. Error: train dashed, test bold, as in the 2015 paper's Figure 6.
+    # Both panels as the 2015 paper's Figure 6: train dashed and thin, test solid and bold.
+    train, test = dict(ls="--", lw=1.2), dict(ls="-", lw=2.2)
     styles = {
-        loss_ax: {"train_loss": dict(ls="-", lw=1.5), "test_loss": dict(ls="--", lw=1.5)},
-        err_ax: {"train_error": dict(ls="--", lw=1.2), "test_error": dict(ls="-", lw=2.2)},
+        loss_ax: {"train_loss": train, "test_loss": test},
+        err_ax: {"train_error": train, "test_error": test},
     }
     colours = matplotlib.colormaps["tab10"].colors
     for i, (_, s) in enumerate(runs):

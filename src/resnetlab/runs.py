@@ -4,6 +4,7 @@
     RUN_DIR/model.safetensors  the latest weights (safetensors: loading it runs no code)
     RUN_DIR/checkpoint.pt      optimizer, step, partial-epoch metrics: what --resume needs
     RUN_DIR/metrics.jsonl      one JSON line per epoch
+    RUN_DIR/grad_norms.json    per-layer gradient norms every N steps, when asked for
 
 Every file is written to a temporary name and renamed into place, so an interrupted write never
 leaves a half file where a good one was.
@@ -27,6 +28,8 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+GRAD_NORMS = "grad_norms.json"
+_REQUIRED_METRICS = ("epoch", "step", "train_loss", "train_acc")
 
 
 class RunError(Exception):
@@ -130,12 +133,32 @@ def load_checkpoint(run_dir: Path) -> dict:
         raise RunError(f"{path} cannot be read as a training checkpoint ({type(e).__name__})") from None
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The per-epoch metrics of a run, oldest first."""
+def read_metrics(run_dir: str | Path, missing_ok: bool = False) -> list[dict]:
+    """The per-epoch rows of ``RUN_DIR/metrics.jsonl``, oldest first.
+
+    Raises ValueError naming the file when it is missing (unless ``missing_ok``), empty, or has a
+    line that is not a JSON object with at least ``epoch``, ``step``, ``train_loss`` and ``train_acc``.
+    """
     path = Path(run_dir) / METRICS
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not path.is_file():
+        if missing_ok:
+            return []
+        raise ValueError(f"{path} not found: not a training run, or no epoch has finished yet")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+        missing = [k for k in _REQUIRED_METRICS if k not in row] if isinstance(row, dict) else list(_REQUIRED_METRICS)
+        if missing:
+            raise ValueError(f"{path}, line {n}: not a metrics row (missing {', '.join(missing)})")
+        rows.append(row)
+    if not rows and not missing_ok:
+        raise ValueError(f"{path} is empty: no epoch has finished yet")
+    return rows
 
 
 def append_metrics(run_dir: Path, row: dict) -> None:
@@ -146,6 +169,17 @@ def append_metrics(run_dir: Path, row: dict) -> None:
 
 def truncate_metrics(run_dir: Path, last_step: int) -> None:
     """Drop metric lines written after ``last_step`` (a resumed run writes them again)."""
-    rows = [r for r in read_metrics(run_dir) if r["step"] <= last_step]
+    rows = [r for r in read_metrics(run_dir, missing_ok=True) if r["step"] <= last_step]
     text = "".join(json.dumps(r) + "\n" for r in rows)
     atomic_write(run_dir / METRICS, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_grad_norms(run_dir: Path, up_to_step: int | None = None) -> dict:
+    """Recorded gradient norms ``{"layers", "steps", "norms"}``, keeping steps before ``up_to_step``."""
+    path = Path(run_dir) / GRAD_NORMS
+    log = json.loads(path.read_text()) if path.exists() else {"layers": [], "steps": [], "norms": []}
+    if up_to_step is not None:
+        keep = [i for i, s in enumerate(log["steps"]) if s < up_to_step]
+        log["steps"] = [log["steps"][i] for i in keep]
+        log["norms"] = [log["norms"][i] for i in keep]
+    return log

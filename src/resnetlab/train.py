@@ -49,6 +49,7 @@ class TrainConfig:
     deterministic: bool = False
     eval_every: int = 1  # epochs between test-set evaluations (the last epoch is always evaluated)
     progress: bool = True
+    grad_norm_every: int = 0  # record every weight's gradient norm every N steps (0: never)
     model_kwargs: dict = field(default_factory=dict)
 
 
@@ -179,6 +180,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
         "deterministic": config.deterministic,
         "compile": config.compile,
         "eval_every": config.eval_every,
+        "grad_norm_every": config.grad_norm_every,
         "device": str(device),
         "versions": {"resnetlab": __version__, "torch": torch.__version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -250,11 +252,20 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         runs.truncate_metrics(run_dir, step)
 
     forward = torch.compile(model) if saved["compile"] else model
-    history = runs.read_metrics(run_dir)
+    grad_every = saved.get("grad_norm_every", 0)
+    watched = [(n, p) for n, p in model.named_parameters() if p.ndim > 1]  # conv and fc weights, input to output
+    grad_log = runs.read_grad_norms(run_dir, step) if grad_every else None
+    pending_norms: list[torch.Tensor] = []
+    history = runs.read_metrics(run_dir, missing_ok=True)
     result_test: EvalResult | None = None
     num_epochs = math.ceil(total_steps / steps_per_epoch)
 
     def save_checkpoint() -> None:
+        if grad_log is not None:
+            grad_log["layers"] = [n for n, _ in watched]
+            grad_log["norms"] += [t.tolist() for t in pending_norms]
+            pending_norms.clear()
+            runs.write_json(run_dir / runs.GRAD_NORMS, grad_log)
         runs.save_weights(model, run_dir)
         runs.save_checkpoint(run_dir, {
             "model_name": saved["model"], "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -279,6 +290,10 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if grad_every and step % grad_every == 0:
+                    # Kept on the device until the epoch ends: no host sync inside the step.
+                    pending_norms.append(torch.stack([p.grad.detach().float().norm() for _, p in watched]))
+                    grad_log["steps"].append(step)
                 optimizer.step()
                 # Accumulate on the device; reading a number here would stall a GPU every step.
                 sums["loss"] += loss.detach() * len(y)
