@@ -39,7 +39,8 @@ class EvalResult:
 def autocast_for(device: torch.device):
     """bf16 autocast on CUDA (tensor cores, no loss scaling needed); full precision elsewhere."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        # No cast cache: CUDA graph capture requires it off, and each weight is cast once per pass anyway.
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return nullcontext()
 
 

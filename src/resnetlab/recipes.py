@@ -87,8 +87,8 @@ def get_recipe(name: str, **overrides) -> Recipe:
     if unknown:
         raise ValueError(f"recipe has no field(s) {', '.join(sorted(unknown))}")
     recipe = replace(recipe, **overrides)
-    for key in ("lr", "batch_size"):
-        if getattr(recipe, key) <= 0:
+    for key in ("lr", "batch_size", "steps", "epochs"):
+        if getattr(recipe, key) is not None and getattr(recipe, key) <= 0:
             raise ValueError(f"{key.replace('_', '-')} must be positive, got {getattr(recipe, key)}")
     return recipe
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__, runs
-from .evaluate import EvalResult, autocast_for, evaluate
+from .evaluate import EvalResult, evaluate
 from .loader import DeviceLoader, channel_stats
 from .recipes import Recipe, get_recipe, lr_at
+from .steps import GraphedTrainStep, TrainStep, make_optimizer
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -47,6 +47,7 @@ class TrainConfig:
     out: str | None = None
     compile: bool = False
     deterministic: bool = False
+    cuda_graph: bool = True  # on CUDA, replay the whole step as one CUDA graph
     eval_every: int = 1  # epochs between test-set evaluations (the last epoch is always evaluated)
     progress: bool = True
     grad_norm_every: int = 0  # record every weight's gradient norm every N steps (0: never)
@@ -179,6 +180,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
         "seed": config.seed,
         "deterministic": config.deterministic,
         "compile": config.compile,
+        "cuda_graph": config.cuda_graph,
         "eval_every": config.eval_every,
         "grad_norm_every": config.grad_norm_every,
         "device": str(device),
@@ -203,20 +205,6 @@ def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, sto
     return _run(saved, run_dir, train_set, test_set, pick_device(device), progress, stop_at, checkpoint)
 
 
-def _make_optimizer(recipe: Recipe, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    # No weight decay on BN parameters and biases: decaying a BN scale only fights the next layer's
-    # rescaling. The 2015 paper decays everything; at 1e-4 the difference is within noise.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = {"fused": True} if device.type == "cuda" else {}
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, **fused)
-    if recipe.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=recipe.lr, **fused)
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
-
-
 def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, progress: bool, stop_at: int | None, checkpoint: dict | None) -> TrainResult:
     recipe = Recipe(**{**saved["recipe"], "milestones": tuple(saved["recipe"]["milestones"])})
     seed_everything(saved["seed"], saved["deterministic"])
@@ -227,7 +215,10 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     model = runs.build_model(saved).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = _make_optimizer(recipe, model, device)
+    grad_every = saved.get("grad_norm_every", 0)
+    # The CUDA graph replays a fixed step: not with torch.compile (which has its own graphs) or norm recording.
+    graphed = device.type == "cuda" and saved.get("cuda_graph", True) and not saved["compile"] and not grad_every
+    optimizer = make_optimizer(recipe, model, device, tensor_lr=graphed)
     depth = _depth(saved["model"])
     total_steps, steps_per_epoch = saved["total_steps"], saved["steps_per_epoch"]
     train_loader = DeviceLoader(
@@ -241,18 +232,23 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     num_classes = len(saved["classes"])
 
     step, elapsed = 0, 0.0
-    zero = torch.zeros((), device=device)
-    sums = {"loss": zero.clone(), "correct": zero.clone(), "seen": zero.clone()}
     if checkpoint is not None:
         runs.load_state(model, checkpoint["model"], run_dir / runs.CHECKPOINT, saved["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step, elapsed = checkpoint["step"], checkpoint["elapsed"]
-        sums = {k: v.to(device) for k, v in checkpoint["sums"].items()}
         torch.set_rng_state(checkpoint["rng"])
         runs.truncate_metrics(run_dir, step)
 
     forward = torch.compile(model) if saved["compile"] else model
-    grad_every = saved.get("grad_norm_every", 0)
+    model.train()
+    if graphed:
+        train_step = GraphedTrainStep(forward, model, optimizer, recipe.label_smoothing, next(iter(train_loader)))
+    else:
+        train_step = TrainStep(forward, optimizer, recipe.label_smoothing, device)
+    if checkpoint is not None:
+        for k, v in checkpoint["sums"].items():
+            train_step.sums[k].copy_(v)
+    sums = train_step.sums
     watched = [(n, p) for n, p in model.named_parameters() if p.ndim > 1]  # conv and fc weights, input to output
     grad_log = runs.read_grad_norms(run_dir, step) if grad_every else None
     pending_norms: list[torch.Tensor] = []
@@ -273,7 +269,6 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             "rng": torch.get_rng_state(),
         })
 
-    model.train()
     started = time.perf_counter() - elapsed
     try:
         while step < total_steps:
@@ -283,22 +278,12 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             epoch_start = time.perf_counter()
             for x, y in train_loader.epoch(epoch, start_batch):
                 lr = lr_at(recipe, step, total_steps, depth)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with autocast_for(device):
-                    logits = forward(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
                 if grad_every and step % grad_every == 0:
                     # Kept on the device until the epoch ends: no host sync inside the step.
-                    pending_norms.append(torch.stack([p.grad.detach().float().norm() for _, p in watched]))
+                    pending_norms.append(train_step(x, y, lr, watched=[p for _, p in watched]))
                     grad_log["steps"].append(step)
-                optimizer.step()
-                # Accumulate on the device; reading a number here would stall a GPU every step.
-                sums["loss"] += loss.detach() * len(y)
-                sums["correct"] += (logits.detach().argmax(1) == y).sum()
-                sums["seen"] += len(y)
+                else:
+                    train_step(x, y, lr)
                 step += 1
                 bar.update()
                 if progress and (device.type == "cpu" or step % 50 == 0):
@@ -324,8 +309,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                 row["test_loss"], row["test_acc"] = result_test.loss, result_test.accuracy
             elapsed = time.perf_counter() - started
             row["time"] = elapsed
-            for k in sums:
-                sums[k].zero_()
+            train_step.reset_sums()
             runs.append_metrics(run_dir, row)
             history.append(row)
             save_checkpoint()

@@ -1,0 +1,112 @@
+"""Training on real data, resume equivalence, and the graphed step's equivalence with the eager one."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from resnetlab import runs
+from resnetlab.models import create_model
+from resnetlab.recipes import get_recipe
+from resnetlab.steps import GraphedTrainStep, TrainStep, make_optimizer
+from resnetlab.train import Interrupted, TrainConfig, resume, train
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+
+
+def tiny(tmp_path, name="run", **kw) -> TrainConfig:
+    """A run of a few seconds: resnet8 on 512 real images."""
+    base = dict(model="resnet8", recipe="he2016", limit_train=512, limit_test=256, batch_size=64, steps=20,
+                device="cpu", out=str(tmp_path / name), progress=False, deterministic=True, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_resnet20_reaches_80_percent_on_fashion_mnist_in_about_a_minute(tmp_path):
+    result = train(TrainConfig(
+        model="resnet20", limit_train=6000, epochs=3, eval_every=3, device="cpu",
+        out=str(tmp_path / "run"), progress=False,
+    ))
+    assert result.test.count == 10_000  # the whole real test set
+    assert result.test_accuracy >= 0.80
+
+
+@needs_fashion
+def test_run_directory_holds_everything_to_rebuild_and_resume(tmp_path):
+    result = train(tiny(tmp_path, steps=16))
+    run_dir = result.run_dir
+    config = runs.read_config(run_dir)
+    assert config["model"] == "resnet8" and config["classes"][0] == "T-shirt/top"
+    assert (config["channels"], config["image_size"]) == (1, 28)
+    assert len(config["mean"]) == 1 and 0.2 < config["mean"][0] < 0.4
+    model, _ = runs.load_model(run_dir)
+    weights = load_file(run_dir / runs.WEIGHTS)
+    assert torch.equal(weights["fc.weight"], model.fc.weight)
+    state = runs.load_checkpoint(run_dir)
+    assert state["step"] == 16 and "optimizer" in state
+    rows = runs.read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [8, 16]
+    assert rows[-1]["test_acc"] == pytest.approx(result.test_accuracy)
+    assert not list(run_dir.glob("*.tmp"))  # atomic writes leave no temporary files
+
+
+@needs_fashion
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    straight = train(tiny(tmp_path, "straight"))
+    with pytest.raises(Interrupted):
+        train(tiny(tmp_path, "resumed"), stop_at=11)  # mid-epoch: 8 steps an epoch
+    assert runs.load_checkpoint(tmp_path / "resumed")["step"] == 11
+    resumed = resume(tmp_path / "resumed", device="cpu", progress=False)
+    assert resumed.steps == straight.steps == 20
+    a, b = load_file(straight.run_dir / runs.WEIGHTS), load_file(resumed.run_dir / runs.WEIGHTS)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows_a, rows_b = runs.read_metrics(straight.run_dir), runs.read_metrics(resumed.run_dir)
+    assert [r["step"] for r in rows_b] == [r["step"] for r in rows_a]
+    assert rows_b[-1]["train_loss"] == pytest.approx(rows_a[-1]["train_loss"])
+
+
+@needs_fashion
+def test_gradient_norms_are_recorded(tmp_path):
+    result = train(tiny(tmp_path, steps=12, grad_norm_every=4))
+    log = runs.read_grad_norms(result.run_dir)
+    assert log["steps"] == [0, 4, 8]
+    assert log["layers"][0] == "conv1.weight" and log["layers"][-1] == "fc.weight"
+    assert all(len(row) == len(log["layers"]) and min(row) > 0 for row in log["norms"])
+
+
+def test_graphed_step_body_matches_the_eager_step():
+    """The graphed step's body, run without capture on the CPU, updates exactly as the eager step."""
+    torch.manual_seed(0)
+    recipe = get_recipe("fast", label_smoothing=0.1)
+    model_a = create_model("resnet8", in_chans=1)
+    model_b = copy.deepcopy(model_a)
+    device = torch.device("cpu")
+    eager = TrainStep(model_a, make_optimizer(recipe, model_a, device), recipe.label_smoothing, device)
+    batches = [(torch.randn(16, 1, 12, 12), torch.randint(0, 10, (16,))) for _ in range(6)]
+    graphed = GraphedTrainStep(model_b, model_b, make_optimizer(recipe, model_b, device, tensor_lr=True),
+                               recipe.label_smoothing, batches[0], capture=False)
+    for i, (x, y) in enumerate(batches):
+        lr = 0.05 * (i + 1)
+        eager(x, y, lr)
+        graphed(x, y, lr)
+    for (name, p), q in zip(model_a.named_parameters(), model_b.parameters()):
+        assert torch.allclose(p, q, atol=1e-5, rtol=1e-4), name
+    for buf_a, buf_b in zip(model_a.buffers(), model_b.buffers()):
+        assert torch.allclose(buf_a.float(), buf_b.float(), atol=1e-5), "BN statistics"
+    sums_a, sums_b = eager.read_sums(), graphed.read_sums()
+    assert sums_a["seen"] == sums_b["seen"] == 96
+    assert sums_a["loss"] == pytest.approx(sums_b["loss"], rel=1e-5)
+
+
+def test_graphed_step_needs_tensor_learning_rates():
+    model = create_model("resnet8")
+    recipe = get_recipe("fast")
+    with pytest.raises(ValueError, match="tensor learning rates"):
+        GraphedTrainStep(model, model, make_optimizer(recipe, model, torch.device("cpu")), 0.0,
+                         (torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)), capture=False)
