@@ -78,6 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="default RUN_DIR/curves for one run, ./curves for several")
     p.add_argument("--x", choices=["step", "epoch"], default="step")
 
+    p = sub.add_parser("bench", help="benchmarks against the typical PyTorch loop and torchvision")
+    bench = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    b = bench.add_parser("train", help="resnetlab's trainer against the typical script, same data and steps")
+    b.add_argument("--model", default="resnet20")
+    b.add_argument("--dataset", default="fashion-mnist")
+    b.add_argument("--data-dir")
+    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--steps", type=int, default=200)
+    b.add_argument("--recipe", default="fast")
+    b.add_argument("--workers", type=int, help="DataLoader workers of the typical loop (default: min(8, CPUs))")
+    b.add_argument("--limit-test", type=int, metavar="N")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    b.add_argument("--results", default="benchmarks/results", help="where the JSON result goes")
+    b = bench.add_parser("model", help="model-step throughput against torchvision's model (synthetic data)")
+    b.add_argument("--model", default="resnet50")
+    b.add_argument("--batch-size", type=int)
+    b.add_argument("--image-size", type=int, default=224)
+    b.add_argument("--steps", type=int)
+    b.add_argument("--compile", action="store_true")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    b.add_argument("--results", default="benchmarks/results")
+
     p = sub.add_parser("demo", help="train resnet20 on Fashion-MNIST for a few minutes, evaluate, predict, plot")
     p.add_argument("--out", default="demo")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
@@ -177,6 +199,18 @@ def cmd_plot(args: argparse.Namespace) -> None:
         print(path)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import bench_model, bench_train, save_result
+
+    if args.bench == "train":
+        result = bench_train(args.model, args.dataset, args.data_dir, args.batch_size, args.steps, args.device,
+                             args.recipe, args.workers, args.limit_test)
+    else:
+        result = bench_model(args.model, args.batch_size, args.image_size, args.steps, args.device, args.compile)
+    path = save_result(result, args.results)
+    print(f"result written to {path}", file=sys.stderr)  # stdout's last line stays the ratio
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -191,6 +225,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "diagram": cmd_diagram,
     "plot": cmd_plot,
+    "bench": cmd_bench,
     "demo": cmd_demo,
 }
 

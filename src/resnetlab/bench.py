@@ -1,0 +1,323 @@
+"""Benchmarks, side by side in one process: resnetlab against the loop most PyTorch scripts use.
+
+``bench_train``: the typical script (a torchvision-style dataset yielding PIL images, torchvision
+transforms, a DataLoader with worker processes, fp32, ``loss.item()`` every step) against
+resnetlab's trainer path (data on the device, batched augmentation, channels_last, bf16 and a
+CUDA-graphed step on GPUs). Both train the same model from the same initial weights on the same
+data with the same recipe and steps, and both are evaluated by the same code.
+
+``bench_model``: model-step throughput on synthetic data (training and inference) of resnetlab's
+model against torchvision's, with the same precision and memory format.
+
+Results go to ``benchmarks/results/`` as JSON with the device, versions and date.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .evaluate import autocast_for, evaluate
+from .loader import DeviceLoader, channel_stats
+from .models import create_model
+from .recipes import get_recipe, lr_at
+from .steps import GraphedTrainStep, TrainStep, make_optimizer
+
+RESULTS_DIR = Path("benchmarks/results")
+
+
+@dataclass
+class Timing:
+    """What one contender measured."""
+
+    name: str
+    ms_per_step: float
+    images_per_s: float
+    test_accuracy: float | None = None
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def environment(device: torch.device) -> dict:
+    """Where a benchmark ran: device name, versions, date."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    import torchvision
+
+    return {
+        "device": name,
+        "device_type": device.type,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "resnetlab": __version__,
+        "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _PILImages(torch.utils.data.Dataset):
+    """What torchvision's FashionMNIST/CIFAR10 ``__getitem__`` does: one PIL image per item, then the transform."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable) -> None:
+        self.images = images.permute(0, 2, 3, 1).squeeze(-1).numpy()  # HW or HWC, as torchvision stores them
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
+def _typical_loop(model: nn.Module, train_set, recipe, mean, std, steps: int, warmup: int, device: torch.device, workers: int) -> float:
+    """The usual script's training loop; returns seconds per step after ``warmup`` steps."""
+    import torchvision.transforms as T
+
+    size = train_set.images.shape[-1]
+    augment = []
+    if recipe.pad_crop:
+        augment.append(T.RandomCrop(size, padding=recipe.pad_crop))
+    if recipe.flip:
+        augment.append(T.RandomHorizontalFlip())
+    transform = T.Compose([*augment, T.ToTensor(), T.Normalize(mean, std)])
+    dataset = _PILImages(train_set.images, train_set.labels, transform)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=recipe.batch_size, shuffle=True, drop_last=True, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    model.train()
+    step, start = 0, None
+    while step < steps:
+        for x, y in loader:
+            if step == warmup:
+                _sync(device)
+                start = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(recipe, step, steps)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()  # the running-loss print every script has: a host sync each step
+            step += 1
+            if step == steps:
+                break
+    _sync(device)
+    return (time.perf_counter() - start) / (steps - warmup)
+
+
+def _resnetlab_loop(model: nn.Module, train_set, recipe, mean, std, steps: int, warmup: int, device: torch.device, seed: int) -> float:
+    """resnetlab's training path (what ``train`` runs per step); returns seconds per step after warm-up."""
+    channels_last = device.type in ("cuda", "cpu")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = DeviceLoader(train_set.images, train_set.labels, recipe.batch_size, mean, std, device, train=True,
+                          pad_crop=recipe.pad_crop, flip=recipe.flip, seed=seed, channels_last=channels_last)
+    graphed = device.type == "cuda"
+    optimizer = make_optimizer(recipe, model, device, tensor_lr=graphed)
+    model.train()
+    if graphed:
+        train_step = GraphedTrainStep(model, model, optimizer, recipe.label_smoothing, next(iter(loader)))
+    else:
+        train_step = TrainStep(model, optimizer, recipe.label_smoothing, device)
+    step, epoch, start = 0, 0, None
+    while step < steps:
+        for x, y in loader.epoch(epoch):
+            if step == warmup:
+                _sync(device)
+                start = time.perf_counter()
+            train_step(x, y, lr_at(recipe, step, steps))
+            step += 1
+            if step == steps:
+                break
+        epoch += 1
+    _sync(device)
+    return (time.perf_counter() - start) / (steps - warmup)
+
+
+def bench_train(
+    model_name: str = "resnet20",
+    dataset: str = "fashion-mnist",
+    data_dir: str | None = None,
+    batch_size: int = 128,
+    steps: int = 200,
+    device: str = "auto",
+    recipe_name: str = "fast",
+    workers: int | None = None,
+    limit_test: int | None = None,
+    seed: int = 0,
+    print_fn: Callable[[str], None] = print,
+) -> dict:
+    """Time the typical loop and resnetlab's loop on the same data, model and schedule; return the result dict."""
+    from .data import get_dataset
+    from .train import pick_device
+
+    dev = pick_device(device)
+    if steps < 10:
+        raise ValueError(f"--steps must be at least 10 to time anything, got {steps}")
+    recipe = get_recipe(recipe_name, batch_size=batch_size, steps=steps)
+    train_set = get_dataset(dataset, split="train", root=data_dir)
+    test_set = get_dataset(dataset, split="test", root=data_dir)
+    if limit_test:
+        test_set.images, test_set.labels = test_set.images[:limit_test], test_set.labels[:limit_test]
+    mean, std = channel_stats(train_set.images)
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    warmup = min(10, steps // 5)
+
+    torch.manual_seed(seed)
+    initial = create_model(model_name, num_classes=len(train_set.classes), in_chans=train_set.images.shape[1]).to(dev)
+    test_loader = DeviceLoader(test_set.images, test_set.labels, 500, mean, std, dev, train=False)
+    contenders = [
+        ("typical loop", f"DataLoader ({workers} workers) + torchvision transforms, fp32, eager",
+         lambda m: _typical_loop(m, train_set, recipe, mean, std, steps, warmup, dev, workers)),
+        ("resnetlab", _resnetlab_description(dev),
+         lambda m: _resnetlab_loop(m, train_set, recipe, mean, std, steps, warmup, dev, seed)),
+    ]
+    timings = []
+    for name, how, run in contenders:
+        model = copy.deepcopy(initial)
+        torch.manual_seed(seed)
+        seconds = run(model)
+        model = model.to(memory_format=torch.contiguous_format)
+        acc = evaluate(model, test_loader, len(train_set.classes)).accuracy
+        timings.append(Timing(name, seconds * 1e3, batch_size / seconds, acc))
+        print_fn(f"  {name}: {how}")
+
+    speedup = timings[0].ms_per_step / timings[1].ms_per_step
+    result = {
+        "benchmark": "train",
+        "model": model_name, "dataset": dataset, "batch_size": batch_size, "steps": steps,
+        "recipe": recipe_name, "workers": workers, "timed_steps": steps - warmup,
+        "test_examples": len(test_set.labels),
+        "contenders": {t.name: {**t.to_dict(), "how": how} for t, (_, how, _) in zip(timings, contenders)},
+        "speedup": speedup,
+        **environment(dev),
+    }
+    _print_table(timings, f"{model_name} on {dataset}, batch {batch_size}, {steps} steps, {result['device']}", print_fn)
+    print_fn(f"speedup vs typical loop: {speedup:.2f}x")
+    return result
+
+
+def _resnetlab_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "data on the GPU, batched augmentation, bf16 + channels_last, whole step in one CUDA graph"
+    return "data in memory, batched augmentation, channels_last, eager step, metrics summed without per-step reads"
+
+
+def _print_table(timings: list[Timing], title: str, print_fn: Callable[[str], None]) -> None:
+    print_fn(title)
+    print_fn(f"{'':<16}{'ms/step':>10}{'img/s':>12}{'test acc':>10}")
+    for t in timings:
+        acc = f"{t.test_accuracy:.2%}" if t.test_accuracy is not None else "-"
+        print_fn(f"{t.name:<16}{t.ms_per_step:>10.2f}{t.images_per_s:>12,.0f}{acc:>10}")
+
+
+def _time_calls(fn: Callable[[], None], iters: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / iters
+
+
+def bench_model(
+    model_name: str = "resnet50",
+    batch_size: int | None = None,
+    image_size: int = 224,
+    steps: int | None = None,
+    device: str = "auto",
+    compile: bool = False,
+    print_fn: Callable[[str], None] = print,
+) -> dict:
+    """Training and inference images/s of resnetlab's model and torchvision's, synthetic data, same precision."""
+    import torchvision
+
+    from .train import pick_device
+
+    dev = pick_device(device)
+    batch_size = batch_size or (256 if dev.type == "cuda" else 8)
+    steps = steps or (50 if dev.type == "cuda" else 3)
+    if not hasattr(torchvision.models, model_name):
+        raise ValueError(f"torchvision has no {model_name!r} to compare with; use resnet18/34/50/101/152")
+    x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch_size,), device=dev)
+    rows = []
+    for name, build in (("torchvision", getattr(torchvision.models, model_name)), ("resnetlab", lambda: create_model(model_name))):
+        model = build().to(dev).to(memory_format=torch.channels_last)
+        forward = torch.compile(model) if compile else model
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, **({"fused": True} if dev.type == "cuda" else {}))
+
+        def train_step() -> None:
+            with autocast_for(dev):
+                loss = F.cross_entropy(forward(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        @torch.no_grad()
+        def infer() -> None:
+            with autocast_for(dev):
+                forward(x)
+
+        model.train()
+        t_train = _time_calls(train_step, steps, max(1, steps // 5), dev)
+        model.eval()
+        t_infer = _time_calls(infer, steps, max(1, steps // 5), dev)
+        rows.append({"name": name, "train_images_per_s": batch_size / t_train, "infer_images_per_s": batch_size / t_infer})
+        del model, optimizer, forward
+
+    precision = "bf16 autocast" if dev.type == "cuda" else "fp32"
+    result = {
+        "benchmark": "model", "model": model_name, "batch_size": batch_size, "image_size": image_size,
+        "steps": steps, "precision": precision, "memory_format": "channels_last", "compile": compile,
+        "contenders": {r["name"]: r for r in rows},
+        "train_ratio": rows[1]["train_images_per_s"] / rows[0]["train_images_per_s"],
+        "infer_ratio": rows[1]["infer_images_per_s"] / rows[0]["infer_images_per_s"],
+        **environment(dev),
+    }
+    print_fn(f"{model_name}, {image_size}x{image_size}, batch {batch_size}, {precision}, channels_last, {result['device']}")
+    print_fn(f"{'':<14}{'train img/s':>14}{'infer img/s':>14}")
+    for r in rows:
+        print_fn(f"{r['name']:<14}{r['train_images_per_s']:>14,.1f}{r['infer_images_per_s']:>14,.1f}")
+    print_fn(f"resnetlab vs torchvision: training {result['train_ratio']:.2f}x, inference {result['infer_ratio']:.2f}x")
+    return result
+
+
+def save_result(result: dict, out_dir: str | Path = RESULTS_DIR) -> Path:
+    """Write a benchmark result as JSON named by benchmark, model, device type and date."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = result["date"].replace(":", "").replace("-", "")[:15]
+    path = out_dir / f"{result['benchmark']}-{result['model']}-{result['device_type']}-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

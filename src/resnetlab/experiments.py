@@ -1,0 +1,703 @@
+"""Experiments that show why residual learning works: ``resnetlab reproduce EXPERIMENT``.
+
+- ``degradation``: the 2015 paper's Figure 6. Deeper plain nets train worse; deeper ResNets do not.
+- ``depth``: its Table 6. Test error and parameters of residual nets from 20 to 110 layers.
+- ``gradients``: the seed notebook's Figure 1. Gradients fade towards the input of a deep plain net.
+- ``responses``: the 2015 paper's Figure 7. Residual branches respond more weakly than plain layers.
+
+Each experiment trains its nets into ``OUT/runs/<model>-s<seed>``, then writes its figures (PNG
+and SVG), the numbers behind them (CSV or JSON) and a ``report.md`` into ``OUT``. A run that already
+finished with the same settings is reused and an interrupted one is resumed, so a figure can be
+redrawn, or an experiment continued, without training again.
+
+Heavy libraries (torch, matplotlib) are imported inside the functions: the command line builds its
+parser from this module for every command, and ``resnetlab --help`` should stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .train import TrainConfig
+
+KINDS = ("plain", "residual")
+MIN_POINTS = 5  # evaluations per run below which a curve is too coarse to read
+
+
+# --- training the nets an experiment needs ------------------------------------------------------
+
+
+def model_name(kind: str, depth: int) -> str:
+    """The registered name of a CIFAR-style net: ``plain20`` or ``resnet20``."""
+    return f"{'plain' if kind == 'plain' else 'resnet'}{depth}"
+
+
+def _label(kind: str, depth: int) -> str:
+    """The 2015 paper's legend names: plain-20, ResNet-20."""
+    return f"{'plain' if kind == 'plain' else 'ResNet'}-{depth}"
+
+
+def _check_depths(depths: Iterable[int]) -> list[int]:
+    """The depths sorted and without repeats; every one must be a 6n+2 CIFAR depth."""
+    depths = sorted(set(depths))
+    if not depths:
+        raise ValueError("give at least one depth")
+    for d in depths:
+        if d < 8 or (d - 2) % 6:
+            raise ValueError(f"depth {d} is not a CIFAR net's 6n+2 layers: use 8, 14, 20, 32, 44, 56, 110, ...")
+    return depths
+
+
+def _check_seeds(seeds: int) -> None:
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+
+
+def train_or_reuse(config: TrainConfig) -> Path:
+    """Train ``config`` into ``config.out``; reuse the run there if it finished with the same settings.
+
+    A run with the same settings that stopped early is resumed. A run with other settings is an
+    error rather than something to overwrite or, worse, to plot as if it were the one asked for.
+    """
+    from . import runs
+    from .recipes import get_recipe
+    from .train import resume, train
+
+    run_dir = Path(config.out)
+    if not (run_dir / runs.CONFIG).exists():
+        return train(config).run_dir
+    saved = runs.read_config(run_dir)
+    recipe = get_recipe(config.recipe, epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr)
+    asked = {
+        "model": config.model, "dataset": config.dataset, "seed": config.seed,
+        "limit_train": config.limit_train, "limit_test": config.limit_test,
+        "grad_norm_every": config.grad_norm_every,
+        "recipe": json.loads(json.dumps(recipe.to_dict())),  # as config.json holds it: tuples are lists
+    }
+    differ = [key for key, value in asked.items() if saved.get(key) != value]
+    if differ:
+        raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(differ)}): delete it or pick another --out")
+    rows = runs.read_metrics(run_dir, missing_ok=True)
+    if rows and rows[-1]["step"] >= saved["total_steps"]:
+        print(f"reusing the finished run {run_dir}")
+        return run_dir
+    print(f"resuming {run_dir}")
+    return resume(run_dir, device=config.device, progress=config.progress).run_dir
+
+
+def _train_nets(base: TrainConfig, out: Path, models: Iterable[str], seeds: Iterable[int], **fields) -> dict[tuple[str, int], Path]:
+    """Train (or reuse) every model with every seed into ``OUT/runs/<model>-s<seed>``."""
+    from dataclasses import replace
+
+    done = {}
+    for model in models:
+        for seed in seeds:
+            run_dir = out / "runs" / f"{model}-s{seed}"
+            print(f"--- {model}, seed {seed}: {run_dir}")
+            done[model, seed] = train_or_reuse(replace(base, model=model, seed=seed, out=str(run_dir), eval_every=1, **fields))
+    return done
+
+
+def _error(accuracy: float | None) -> float | None:
+    """Accuracy (a fraction) as error in percent, rounded so that 0.91 reads 9.0 and not 8.999999999999996."""
+    return None if accuracy is None else round(100.0 * (1.0 - accuracy), 9)
+
+
+def _curve(run_dir: Path) -> list[dict]:
+    """A run's evaluations: step, training error and test error (%) at the end of each epoch."""
+    from .runs import read_metrics
+
+    return [{"step": r["step"], "train_error": _error(r["train_acc"]), "test_error": _error(r.get("test_acc"))} for r in read_metrics(run_dir)]
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    """``12.34 ± 0.56`` over seeds, or the single value."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _seeds_text(base: TrainConfig, seeds: int) -> str:
+    return f"seed {base.seed}" if seeds == 1 else f"seeds {base.seed}-{base.seed + seeds - 1}"
+
+
+def _setup_text(base: TrainConfig) -> str:
+    """One line saying what the nets were trained on, for reports and figure titles."""
+    parts = [base.dataset, f"recipe {base.recipe}"]
+    if base.steps:
+        parts.append(f"{base.steps:,} iterations")
+    elif base.epochs:
+        parts.append(f"{base.epochs:g} epochs")
+    if base.limit_train:
+        parts.append(f"first {base.limit_train:,} training images")
+    return ", ".join(parts)
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _write_text(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+# --- degradation (2015 paper, Figure 6) ---------------------------------------------------------
+
+
+def degradation_verdict(plain: dict[int, float], residual: dict[int, float]) -> tuple[bool | None, str]:
+    """Whether final training errors show degradation, and one sentence saying so from the numbers.
+
+    ``plain`` and ``residual`` map depth to final training error (%). Degradation shows when the
+    deepest plain net trains worse than the shallowest while the deepest residual net trains no
+    worse than its shallowest. ``None`` when a kind has fewer than two depths to compare.
+    """
+    if len(plain) < 2 or len(residual) < 2:
+        return None, "Degradation cannot be judged from one depth: give --depths at least two depths."
+    p_lo, p_hi, r_lo, r_hi = min(plain), max(plain), min(residual), max(residual)
+    plain_text = f"{_label('plain', p_hi)} ends at {plain[p_hi]:.2f}% training error against {plain[p_lo]:.2f}% for {_label('plain', p_lo)}"
+    residual_text = f"{_label('residual', r_hi)} ends at {residual[r_hi]:.2f}% against {residual[r_lo]:.2f}% for {_label('residual', r_lo)}"
+    if plain[p_hi] <= plain[p_lo]:
+        return False, f"Degradation does not show in these runs: {plain_text}, so depth did not hurt the plain nets ({residual_text})."
+    if residual[r_hi] > residual[r_lo]:
+        return False, (
+            f"Degradation does not show cleanly: {plain_text}, but the residual nets also train worse with depth "
+            f"({residual_text}); longer runs may separate them."
+        )
+    return True, f"Degradation shows: {plain_text}, while {residual_text}: depth hurts the plain nets only."
+
+
+def reproduce_degradation(base: TrainConfig, out: str | Path, depths: Sequence[int] = (20, 32, 44, 56), seeds: int = 1) -> list[Path]:
+    """Train plain and residual nets of each depth and draw the 2015 paper's Figure 6.
+
+    Writes ``degradation.png``/``.svg`` (training error dashed, test error bold, plain nets left,
+    ResNets right), ``degradation.csv`` (every evaluation of every run) and ``report.md`` (final
+    errors and whether degradation shows) into ``out``, and returns their paths.
+    """
+    depths, out = _check_depths(depths), Path(out)
+    _check_seeds(seeds)
+    seed_list = range(base.seed, base.seed + seeds)
+    models = [(kind, d) for kind in KINDS for d in depths]
+    run_dirs = _train_nets(base, out, [model_name(k, d) for k, d in models], seed_list)
+
+    records, curves, table = [], {}, []
+    final_train = {kind: {} for kind in KINDS}
+    for kind, depth in models:
+        per_seed = [_curve(run_dirs[model_name(kind, depth), s]) for s in seed_list]
+        records += [
+            {"model": model_name(kind, depth), "depth": depth, "kind": kind, "seed": s, **row}
+            for s, curve in zip(seed_list, per_seed) for row in curve
+        ]
+        # Seeds share the settings, so their evaluations fall on the same steps.
+        curves[kind, depth] = [
+            {"step": rows[0]["step"], **{c: statistics.mean(r[c] for r in rows) for c in ("train_error", "test_error")}}
+            for rows in zip(*per_seed)
+        ]
+        train_errors = [curve[-1]["train_error"] for curve in per_seed]
+        final_train[kind][depth] = statistics.mean(train_errors)
+        table.append((model_name(kind, depth), depth, kind, _mean_std(train_errors), _mean_std([c[-1]["test_error"] for c in per_seed])))
+    points = min(len(rows) for rows in curves.values())
+    if points < MIN_POINTS:
+        print(f"note: the curves have only {points} points, one an epoch: --limit-train makes epochs shorter")
+    title = f"Degradation (He et al. 2015, Figure 6): {_setup_text(base)}"
+    paths = _save(_degradation_figure(curves, title), out / "degradation")
+    paths.append(_write_csv(out / "degradation.csv", ["model", "depth", "kind", "seed", "step", "train_error", "test_error"], records))
+
+    _, sentence = degradation_verdict(final_train["plain"], final_train["residual"])
+    spread = " (mean ± std over seeds)" if seeds > 1 else ""
+    lines = [
+        "# Degradation: plain against residual nets (He et al. 2015, Figure 6)", "",
+        f"{_setup_text(base)}; {_seeds_text(base, seeds)}.", "",
+        *_table(["model", "depth", "kind", f"final train error (%){spread}", f"final test error (%){spread}"], table), "",
+        sentence, "",
+        "![training error (dashed) and test error (bold) against iterations](degradation.png)",
+    ]
+    paths.append(_write_text(out / "report.md", lines))
+    return paths
+
+
+def _degradation_figure(curves: dict[tuple[str, int], list[dict]], title: str) -> Figure:
+    from matplotlib.lines import Line2D
+
+    fig, axes = _figure(1, 2, (11, 4.6), sharey=True)
+    depths = sorted({d for _, d in curves})
+    colour = _colours(depths)
+    # The paper's line styles: training error dashed and thin, test error solid and bold.
+    train_style, test_style = dict(ls="--", lw=1.2), dict(ls="-", lw=2.2)
+    for ax, kind in zip(axes, KINDS):
+        for depth in depths:
+            rows = curves[kind, depth]
+            steps = [r["step"] for r in rows]
+            marker = dict(marker="o", ms=3) if len(rows) <= 30 else {}
+            ax.plot(steps, [r["train_error"] for r in rows], color=colour[depth], **train_style, **marker)
+            ax.plot(steps, [r["test_error"] for r in rows], color=colour[depth], **test_style, **marker)
+        handles = [Line2D([], [], color=colour[d], lw=2.2, label=_label(kind, d)) for d in depths]
+        handles += [Line2D([], [], color="black", label="train", **train_style), Line2D([], [], color="black", label="test", **test_style)]
+        ax.legend(handles=handles, fontsize=9, loc="best")
+        ax.set_title("plain networks" if kind == "plain" else "residual networks (ResNets)")
+        _iterations_axis(ax)
+    highest = max(r[c] for rows in curves.values() for r in rows for c in ("train_error", "test_error"))
+    axes[0].set_ylim(0, min(100.0, 1.05 * highest))
+    axes[0].set_ylabel("error (%)")
+    fig.suptitle(title)
+    return fig
+
+
+# --- depth (2015 paper, Table 6) ----------------------------------------------------------------
+
+
+def reproduce_depth(base: TrainConfig, out: str | Path, depths: Sequence[int] = (20, 32, 44, 56, 110), seeds: int = 3) -> list[Path]:
+    """Train residual nets of each depth with several seeds: the 2015 paper's Table 6.
+
+    Writes ``depth.md`` (parameters and test error, mean ± std over seeds), ``depth.json`` and
+    ``depth.png``/``.svg`` (test error against depth with error bars, parameters as labels).
+    """
+    from .models import count_parameters
+    from .runs import build_model, read_config
+
+    depths, out = _check_depths(depths), Path(out)
+    _check_seeds(seeds)
+    seed_list = range(base.seed, base.seed + seeds)
+    run_dirs = _train_nets(base, out, [model_name("residual", d) for d in depths], seed_list)
+
+    rows = []
+    for depth in depths:
+        model = model_name("residual", depth)
+        errors = [_curve(run_dirs[model, s])[-1]["test_error"] for s in seed_list]
+        parameters = count_parameters(build_model(read_config(run_dirs[model, base.seed])))
+        rows.append({
+            "model": model, "depth": depth, "parameters": parameters, "seeds": list(seed_list), "test_errors": errors,
+            "mean": statistics.mean(errors), "std": statistics.stdev(errors) if seeds > 1 else None,
+        })
+    (out / "depth.json").write_text(json.dumps({"setup": _setup_text(base), "rows": rows}, indent=2) + "\n")
+    paths = [out / "depth.json"]
+    paths += _save(_depth_figure(rows, f"Test error against depth (He et al. 2015, Table 6)\n{_setup_text(base)}"), out / "depth")
+
+    spread = "mean ± std" if seeds > 1 else "one run"
+    table = [
+        (r["model"], r["depth"], _parameters_text(r["parameters"]), _mean_std(r["test_errors"]), ", ".join(f"{e:.2f}" for e in r["test_errors"]))
+        for r in rows
+    ]
+    lines = [
+        "# Test error against depth (He et al. 2015, Table 6)", "",
+        f"Residual nets only; {_setup_text(base)}; {_seeds_text(base, seeds)}.", "",
+        *_table(["model", "layers", "parameters", f"test error (%), {spread}", "per seed (%)"], table), "",
+        "![test error against depth](depth.png)",
+    ]
+    paths.append(_write_text(out / "depth.md", lines))
+    return paths
+
+
+def _parameters_text(n: int) -> str:
+    """0.27M, as the paper's Table 6 writes parameter counts; thousands below 100k."""
+    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n / 1e3:.1f}k"
+
+
+def _depth_figure(rows: list[dict], title: str) -> Figure:
+    fig, (ax,) = _figure(1, 1, (7, 4.6))
+    depths = [r["depth"] for r in rows]
+    means = [r["mean"] for r in rows]
+    stds = [r["std"] or 0.0 for r in rows]
+    label = "ResNet, one run" if rows[0]["std"] is None else "ResNet, mean ± std over seeds"
+    ax.errorbar(depths, means, yerr=stds, fmt="o-", lw=2, capsize=5, color="tab:blue", label=label)
+    for r, std in zip(rows, stds):
+        ax.annotate(f"{_parameters_text(r['parameters'])} params", (r["depth"], r["mean"] + std), textcoords="offset points",
+                    xytext=(0, 8), ha="center", fontsize=9)
+    ax.set_xticks(depths)
+    ax.set_xlabel("depth (weight layers)")
+    ax.set_ylabel("test error (%)")
+    low, high = min(m - s for m, s in zip(means, stds)), max(m + s for m, s in zip(means, stds))
+    margin = max(0.5, 0.25 * (high - low))  # room for the labels above the points
+    ax.set_ylim(max(0.0, low - margin), min(100.0, high + 2 * margin))
+    ax.margins(x=0.1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="lower left")
+    ax.set_title(title, fontsize=11)
+    return fig
+
+
+# --- vanishing gradients (the seed notebook's Figure 1) -----------------------------------------
+
+
+def reproduce_gradients(base: TrainConfig, out: str | Path, depth: int = 56, every: int | None = None) -> list[Path]:
+    """Train a plain and a residual net recording every layer's gradient norm every ``every`` steps.
+
+    ``every`` defaults to a hundredth of the run. Writes ``gradients_first_layers.png``/``.svg``
+    (the first layers' gradient norms against iterations, log scale), ``gradients_heatmap.png``/``.svg``
+    (log10 gradient norm by layer and iteration, plain and residual side by side),
+    ``gradients.csv`` (one row per net and layer, one column per recorded step),
+    ``gradients.json`` and ``report.md`` (first-layer over last-layer gradient norm).
+    """
+    from .runs import read_grad_norms
+
+    (depth,), out = _check_depths([depth]), Path(out)
+    if every is not None and every < 1:
+        raise ValueError(f"--every must be at least 1, got {every}")
+    every = every or max(1, _planned_steps(base) // 100)
+    models = {kind: model_name(kind, depth) for kind in KINDS}
+    run_dirs = _train_nets(base, out, models.values(), [base.seed], grad_norm_every=every)
+    logs = {kind: read_grad_norms(run_dirs[models[kind], base.seed]) for kind in KINDS}
+
+    paths = _save(_first_layers_figure(logs, depth, _setup_text(base)), out / "gradients_first_layers")
+    paths += _save(_heatmap_figure(logs, depth, _setup_text(base)), out / "gradients_heatmap")
+    steps = logs["plain"]["steps"]
+    csv_rows = [
+        {"model": models[kind], "kind": kind, "layer_index": i, "layer": _layer_name(layer),
+         **{str(s): record[i] for s, record in zip(log["steps"], log["norms"])}}
+        for kind, log in logs.items() for i, layer in enumerate(log["layers"])
+    ]
+    paths.append(_write_csv(out / "gradients.csv", ["model", "kind", "layer_index", "layer", *map(str, steps)], csv_rows))
+    data = {"every": every, "models": {models[kind]: {"kind": kind, **log} for kind, log in logs.items()}}
+    (out / "gradients.json").write_text(json.dumps(data) + "\n")
+    paths.append(out / "gradients.json")
+
+    table = []
+    for kind, log in logs.items():
+        # The last conv rather than the classifier: an fc weight's norm is not comparable with a conv's.
+        last = max(i for i, name in enumerate(log["layers"]) if ".conv" in name)
+        ratios = [record[0] / record[last] for record in log["norms"]]
+        table.append((models[kind], _layer_name(log["layers"][0]), _layer_name(log["layers"][last]),
+                      f"{ratios[0]:.3g}", f"{statistics.median(ratios):.3g}"))
+    lines = [
+        f"# Vanishing gradients: {_label('plain', depth)} against {_label('residual', depth)}", "",
+        f"{_setup_text(base)}; the gradient norm of every conv and fc weight every "
+        f"{'iteration' if every == 1 else f'{every} iterations'} ({len(steps)} records).", "",
+        "The ratio is the first layer's gradient norm over the last conv layer's. The layers differ in "
+        "size, so compare the two nets rather than read the ratio alone: the lower it falls, the more "
+        "slowly the layers near the input learn.", "",
+        *_table(["model", "first layer", "last conv layer", "ratio at the first step", "median ratio over the run"], table), "",
+        "![gradient norms of the first layers](gradients_first_layers.png)", "",
+        "![log10 gradient norm by layer and iteration](gradients_heatmap.png)",
+    ]
+    paths.append(_write_text(out / "report.md", lines))
+    return paths
+
+
+def _planned_steps(config: TrainConfig) -> int:
+    """How many iterations ``train`` will run for ``config`` (as it works it out)."""
+    from .data import get_dataset
+    from .recipes import get_recipe
+
+    recipe = get_recipe(config.recipe, epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr)
+    if recipe.steps:
+        return recipe.steps
+    examples = config.limit_train or len(get_dataset(config.dataset, "train", root=config.data_dir))
+    return max(1, round(recipe.epochs * (examples // recipe.batch_size)))
+
+
+def _layer_name(parameter: str) -> str:
+    return parameter.removesuffix(".weight")
+
+
+def _first_layers_figure(logs: dict[str, dict], depth: int, setup: str, count: int = 3) -> Figure:
+    from matplotlib.lines import Line2D
+
+    fig, (ax,) = _figure(1, 1, (8, 4.8))
+    styles = {"plain": dict(ls="--", lw=1.2), "residual": dict(ls="-", lw=1.8)}
+    colours = _colours(range(count))
+    for kind, log in logs.items():
+        for i in range(count):
+            ax.plot(log["steps"], [record[i] for record in log["norms"]], color=colours[i], **styles[kind])
+    ax.set_yscale("log")
+    ax.set_ylabel("gradient norm (L2, log scale)")
+    _iterations_axis(ax)
+    layers = logs["plain"]["layers"]
+    handles = [Line2D([], [], color=colours[i], lw=2, label=_layer_name(layers[i])) for i in range(count)]
+    handles += [Line2D([], [], color="black", label=_label(kind, depth), **styles[kind]) for kind in KINDS]
+    ax.legend(handles=handles, fontsize=9, loc="best")
+    ax.set_title(f"Gradients of the first {count} layers: {_label('plain', depth)} against {_label('residual', depth)}\n{setup}", fontsize=11)
+    return fig
+
+
+def _heatmap_figure(logs: dict[str, dict], depth: int, setup: str) -> Figure:
+    import numpy as np
+
+    # Layers down the rows, records along the columns; a zero norm would be -inf on a log scale.
+    maps = {kind: np.log10(np.maximum(np.asarray(log["norms"], dtype=float).T, 1e-30)) for kind, log in logs.items()}
+    low, high = min(m.min() for m in maps.values()), max(m.max() for m in maps.values())
+    fig, axes = _figure(1, 2, (12, 5), sharey=True)
+    for ax, kind in zip(axes, KINDS):
+        steps, layers = logs[kind]["steps"], len(logs[kind]["layers"])
+        image = ax.imshow(
+            maps[kind], aspect="auto", origin="lower", interpolation="nearest", cmap="viridis", vmin=low, vmax=high,
+            extent=(steps[0], steps[-1] + (steps[1] - steps[0] if len(steps) > 1 else 1), -0.5, layers - 0.5),
+        )
+        ax.set_title(_label(kind, depth))
+        _iterations_axis(ax)
+        ax.grid(False)
+    axes[0].set_ylabel("layer index (0 = conv1 at the input, top = fc)")
+    fig.colorbar(image, ax=list(axes), label="log10 gradient norm (one colour scale for both)")
+    fig.suptitle(f"Gradient norm by layer and iteration\n{setup}")
+    return fig
+
+
+# --- responses (2015 paper, Figure 7) -----------------------------------------------------------
+
+
+def branch_response_stds(model, batches) -> list[float]:
+    """Standard deviation of each block's residual-branch response over ``batches``, in block order.
+
+    The response is the branch's output before the addition: after its last BN in post-activation
+    nets (the paper measures after BN, before the ReLU and the addition; in a plain net the same BN
+    ends the layer), and the last conv's output in pre-activation nets. The std is taken over every
+    value of the response map: images, channels and positions. The model runs in eval mode.
+    """
+    import torch
+
+    blocks = model.blocks()
+    sums = [torch.zeros(3, dtype=torch.float64) for _ in blocks]
+
+    def record(i: int):
+        def hook(module, inputs, output) -> None:
+            o = output.detach().double()
+            sums[i] += torch.stack([torch.tensor(float(o.numel()), dtype=torch.float64), o.sum(), (o * o).sum()]).cpu()
+        return hook
+
+    ends = [b.last_bn if not b.preact else getattr(b, "conv3", b.conv2) for b in blocks]
+    handles = [end.register_forward_hook(record(i)) for i, end in enumerate(ends)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    stds = []
+    for n, total, squares in (s.tolist() for s in sums):
+        if n == 0:
+            raise ValueError("nothing to measure: the data set is empty")
+        stds.append(math.sqrt(max(0.0, squares / n - (total / n) ** 2)))
+    return stds
+
+
+def reproduce_responses(
+    base: TrainConfig, out: str | Path, depths: Sequence[int] = (20, 56, 110), run_dirs: Sequence[str | Path] | None = None
+) -> list[Path]:
+    """Standard deviations of the residual-branch responses of plain and residual nets: Figure 7.
+
+    Trains plain and residual nets of each depth, or measures the trained runs ``run_dirs``
+    instead, on the test set (``base.limit_test`` images). Writes ``responses.png``/``.svg`` (std
+    by block, and the same sorted by magnitude), ``responses.csv``, ``responses.json`` and ``report.md``.
+    """
+    from .loader import DeviceLoader
+    from .runs import load_model
+    from .train import load_arrays, pick_device
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if run_dirs:
+        run_dirs = [Path(d) for d in run_dirs]
+    else:
+        depths = _check_depths(depths)
+        trained = _train_nets(base, out, [model_name(k, d) for k in KINDS for d in depths], [base.seed])
+        run_dirs = list(trained.values())
+
+    device = pick_device(base.device)
+    measured = []
+    for run_dir in run_dirs:
+        model, config = load_model(run_dir, device)
+        folder_size = config["image_size"] if config["dataset"].startswith("folder:") else None
+        # The training split is cut to one image: only the test split is measured.
+        _, test = load_arrays(config["dataset"], base.data_dir or config["data_dir"], folder_size, 1, base.limit_test, config["seed"])
+        batches = DeviceLoader(test.images, test.labels, 256, config["mean"], config["std"], device, train=False)
+        names = {id(m): name for name, m in model.named_modules()}
+        stds = branch_response_stds(model, batches)
+        measured.append({
+            "model": config["model"], "run": str(run_dir), "depth": _depth_of(config["model"]),
+            "kind": "residual" if model.residual else "plain", "test_images": len(test),
+            "blocks": [names[id(b)] for b in model.blocks()], "std": stds, "std_sorted": sorted(stds, reverse=True),
+        })
+
+    measured.sort(key=lambda m: (KINDS.index(m["kind"]), m["depth"]))
+    paths = _save(_responses_figure(measured), out / "responses")
+    (out / "responses.json").write_text(json.dumps({"models": measured}, indent=2) + "\n")
+    csv_rows = [
+        {"model": m["model"], "depth": m["depth"], "kind": m["kind"], "block_index": i, "block": block, "std": std, "sorted_std": ranked}
+        for m in measured for i, (block, std, ranked) in enumerate(zip(m["blocks"], m["std"], m["std_sorted"]))
+    ]
+    paths += [out / "responses.json", _write_csv(out / "responses.csv", list(csv_rows[0]), csv_rows)]
+
+    table = [(m["model"], m["kind"], len(m["std"]), f"{statistics.mean(m['std']):.3f}", f"{max(m['std']):.3f}") for m in measured]
+    lines = [
+        "# Responses of the residual branches (He et al. 2015, Figure 7)", "",
+        "Standard deviation over the test set of each block's branch output, after its last BN and "
+        "before the addition (in plain nets: before the ReLU).", "",
+        *_table(["model", "kind", "blocks", "mean std", "largest std"], table), "",
+        *_responses_sentences(measured), "",
+        "![response std by layer and sorted](responses.png)",
+    ]
+    paths.append(_write_text(out / "report.md", lines))
+    return paths
+
+
+def _depth_of(model: str) -> int:
+    """``resnet56`` -> 56."""
+    match = re.search(r"(\d+)$", model)
+    return int(match.group(1)) if match else 0
+
+
+def _responses_sentences(measured: list[dict]) -> list[str]:
+    """At each depth measured for both kinds: are the residual responses smaller, as the paper finds?"""
+    means = {(m["kind"], m["depth"]): statistics.mean(m["std"]) for m in measured}
+    lines = []
+    for depth in sorted({d for _, d in means}):
+        if ("plain", depth) not in means or ("residual", depth) not in means:
+            continue
+        plain, residual = means["plain", depth], means["residual", depth]
+        verb = "smaller than" if residual < plain else "not smaller than"
+        lines.append(f"At depth {depth} the residual responses are {verb} the plain ones (mean std {residual:.3f} against {plain:.3f}).")
+    return lines or ["No depth was measured for both a plain and a residual net, so they are not compared."]
+
+
+def _responses_figure(measured: list[dict]) -> Figure:
+    fig, (top, bottom) = _figure(2, 1, (9, 7.5), sharey=True)
+    colour = _colours(sorted({m["depth"] for m in measured}))
+    for m in measured:
+        style = dict(ls="--", lw=1.4) if m["kind"] == "plain" else dict(ls="-", lw=2)
+        marker = dict(marker="o", ms=3) if len(m["std"]) <= 30 else {}
+        label = _label(m["kind"], m["depth"])
+        index = range(1, len(m["std"]) + 1)
+        top.plot(index, m["std"], color=colour[m["depth"]], label=label, **style, **marker)
+        bottom.plot(index, m["std_sorted"], color=colour[m["depth"]], label=label, **style, **marker)
+    top.set_xlabel("layer index: block, input to output")
+    bottom.set_xlabel("layer index, sorted by magnitude")
+    for ax in (top, bottom):
+        ax.set_ylabel("std of the response")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9, ncol=2, loc="best")
+        ax.set_xlim(left=0.5)
+    stds = [s for m in measured for s in m["std"]]
+    if min(stds) > 0 and max(stds) / min(stds) > 10:
+        top.set_yscale("log")
+    top.set_title("Standard deviation of the residual-branch responses (He et al. 2015, Figure 7)\n"
+                  "after the branch's last BN, before the addition; plain nets dashed", fontsize=11)
+    return fig
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+def _figure(rows: int, cols: int, size: tuple[float, float], **kwargs) -> tuple[Figure, list]:
+    """A Figure (no pyplot state) and its axes as a flat list."""
+    from matplotlib.figure import Figure
+
+    from . import plots  # noqa: F401  (chooses a display-free backend where none is set)
+
+    fig = Figure(figsize=size, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, **kwargs)
+    return fig, [ax for row in axes for ax in row]
+
+
+def _colours(keys: Iterable) -> dict:
+    """One tab10 colour per key, in order: the same depth gets the same colour in every panel."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10"].colors
+    return {key: palette[i % len(palette)] for i, key in enumerate(keys)}
+
+
+def _iterations_axis(ax) -> None:
+    from matplotlib.ticker import EngFormatter
+
+    ax.set_xlabel("iterations")
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 64000 -> 64k
+    ax.grid(alpha=0.3)
+
+
+def _save(fig: Figure, out: Path) -> list[Path]:
+    from .plots import save_figure
+
+    return save_figure(fig, out)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``reproduce`` and its experiments to a command line; each sets ``func(args)`` to run it."""
+    from .cli import _add_train_flags
+    from .recipes import RECIPES
+
+    parser = subparsers.add_parser("reproduce", help="the experiments that show why residual learning works")
+    experiments = parser.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+
+    def add(name: str, help: str, func) -> argparse.ArgumentParser:
+        p = experiments.add_parser(name, help=help, description=help)
+        _add_train_flags(p, quick_only=True)
+        p.add_argument("--recipe", default="he2016", choices=list(RECIPES), help="training recipe (default he2016, the paper's)")
+        p.add_argument("--out", default=f"reproduce/{name}", metavar="DIR", help=f"where runs, figures and reports go (default reproduce/{name})")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("degradation", "plain and residual nets of growing depth: the 2015 paper's Figure 6", _cmd_degradation)
+    p.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56], metavar="D")
+    p.add_argument("--seeds", type=int, default=1, metavar="K", help="train each net with K seeds (--seed onwards)")
+
+    p = add("depth", "test error and parameters of deeper ResNets: the 2015 paper's Table 6", _cmd_depth)
+    p.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56, 110], metavar="D")
+    p.add_argument("--seeds", type=int, default=3, metavar="K", help="train each net with K seeds (--seed onwards)")
+
+    p = add("gradients", "gradient norms by layer of a plain and a residual net: vanishing gradients", _cmd_gradients)
+    p.add_argument("--depth", type=int, default=56)
+    p.add_argument("--every", type=int, metavar="STEPS", help="record gradient norms every STEPS iterations (default: 100 records)")
+
+    p = add("responses", "std of the residual-branch responses: the 2015 paper's Figure 7", _cmd_responses)
+    p.add_argument("--depths", type=int, nargs="+", default=[20, 56, 110], metavar="D")
+    p.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="measure these trained runs instead of training new nets")
+
+
+def _base_config(args: argparse.Namespace) -> TrainConfig:
+    from .train import TrainConfig
+
+    return TrainConfig(
+        dataset=args.dataset, data_dir=args.data_dir, recipe=args.recipe, epochs=args.epochs, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, limit_train=args.limit_train, limit_test=args.limit_test,
+        device=args.device, seed=args.seed, progress=sys.stderr.isatty(),
+    )
+
+
+def _print_paths(paths: list[Path]) -> None:
+    print("\nWhere the files are:")
+    for path in paths:
+        print(f"  {path}")
+
+
+def _cmd_degradation(args: argparse.Namespace) -> None:
+    _print_paths(reproduce_degradation(_base_config(args), args.out, args.depths, args.seeds))
+
+
+def _cmd_depth(args: argparse.Namespace) -> None:
+    _print_paths(reproduce_depth(_base_config(args), args.out, args.depths, args.seeds))
+
+
+def _cmd_gradients(args: argparse.Namespace) -> None:
+    _print_paths(reproduce_gradients(_base_config(args), args.out, args.depth, args.every))
+
+
+def _cmd_responses(args: argparse.Namespace) -> None:
+    _print_paths(reproduce_responses(_base_config(args), args.out, args.depths, args.runs))

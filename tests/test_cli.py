@@ -1,0 +1,137 @@
+"""The command line as a user meets it: train, eval, predict, and one clear line for every mistake."""
+
+import gzip
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnetlab.cli import main
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+QUICK = ["--model", "resnet8", "--limit-train", "256", "--limit-test", "200", "--batch-size", "64",
+         "--steps", "8", "--device", "cpu", "--no-progress"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def fails_cleanly(capsys, *argv, match: str) -> str:
+    code, out, err = run(capsys, *argv)
+    assert code == 2, (out, err)
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith("error: ") and match in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One quick run shared by the tests that read it."""
+    if not FASHION.exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *QUICK, "--out", str(run_dir)]) == 0
+    return run_dir
+
+
+def test_models_lists_every_name_with_parameters(capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "269,722" in lines["resnet20"] and "25,557,032" in lines["resnet50"]
+    assert {"resnet1202", "plain110", "preact_resnet1001", "signs_resnet50", "preact_resnet152"} <= set(lines)
+
+
+def test_summary_prints_keras_totals(capsys):
+    code, out, _ = run(capsys, "summary", "signs_resnet50")
+    assert code == 0 and "Total params: 23,600,006" in out and "Multiply-accumulates" in out
+
+
+@needs_fashion
+def test_train_eval_predict(trained, tmp_path, capsys):
+    config = json.loads((trained / "config.json").read_text())
+    assert config["model"] == "resnet8" and config["train_examples"] == 256
+
+    code, out, _ = run(capsys, "eval", trained, "--device", "cpu")
+    assert code == 0 and "accuracy" in out and "top-5" in out
+    report = json.loads((trained / "eval.json").read_text())
+    assert report["examples"] == 10_000
+    assert len(report["confusion_matrix"]) == 10 and sum(map(sum, report["confusion_matrix"])) == 10_000
+    assert report["error"] == pytest.approx(1 - report["accuracy"])
+    assert Image.open(trained / "confusion.png").size[0] > 200
+
+    # The user's own images: any size and colour mode.
+    rgb = tmp_path / "big.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 70, 3), dtype=np.uint8)).save(rgb)
+    rgba = tmp_path / "alpha.png"
+    Image.new("RGBA", (30, 30), (255, 0, 0, 128)).save(rgba)
+    code, out, _ = run(capsys, "predict", trained, rgb, rgba, "--top-k", "2", "--device", "cpu")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(str(rgb)) and lines[0].count("%") == 2
+
+    code, out, _ = run(capsys, "plot", trained)
+    assert code == 0 and (trained / "curves.png").exists() and (trained / "curves.csv").exists()
+
+
+def test_unknown_names_and_bad_values(capsys, tmp_path):
+    fails_cleanly(capsys, "train", "--model", "resnet21", "--out", tmp_path / "a", match="unknown model 'resnet21'")
+    fails_cleanly(capsys, "train", "--recipe", "quick", "--out", tmp_path / "b", match="unknown recipe 'quick'")
+    fails_cleanly(capsys, "train", "--dataset", "imagenet", "--out", tmp_path / "c", match="imagenet")
+    fails_cleanly(capsys, "train", "--epochs", "-1", "--out", tmp_path / "d", match="epochs must be positive")
+    fails_cleanly(capsys, "summary", "resnet5O", match="did you mean")
+    fails_cleanly(capsys, "eval", tmp_path / "nothing", match="not a run directory")
+    assert not (tmp_path / "a").exists()  # nothing written for a bad request
+
+
+def test_corrupt_dataset_files(capsys, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    if FASHION.exists():
+        for f in FASHION.glob("*.gz"):
+            shutil.copy(f, data / f.name)
+        raw = gzip.decompress((data / "train-images-idx3-ubyte.gz").read_bytes())
+        (data / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[: len(raw) // 2]))
+        fails_cleanly(capsys, "train", *QUICK, "--data-dir", data, "--out", tmp_path / "r", match="train-images-idx3-ubyte")
+
+
+@needs_fashion
+def test_predict_errors(trained, tmp_path, capsys):
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("this is not an image")
+    fails_cleanly(capsys, "predict", trained, not_image, match="notes.png")
+    fails_cleanly(capsys, "predict", trained, tmp_path / "missing.png", match="missing.png")
+
+
+@needs_fashion
+def test_weights_of_another_model_are_refused(trained, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["train", *QUICK, "--model", "resnet14", "--out", str(other)]) == 0
+    capsys.readouterr()
+    mixed = tmp_path / "mixed"
+    shutil.copytree(trained, mixed)
+    shutil.copy(other / "model.safetensors", mixed / "model.safetensors")
+    fails_cleanly(capsys, "eval", mixed, "--device", "cpu", match="does not hold resnet8 weights")
+    shutil.copy(other / "checkpoint.pt", mixed / "checkpoint.pt")
+    fails_cleanly(capsys, "train", "--resume", mixed, "--device", "cpu", match="resnet14")
+
+
+@needs_fashion
+def test_existing_run_is_never_overwritten(trained, capsys):
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in trained.iterdir() if p.is_file()}
+    fails_cleanly(capsys, "train", *QUICK, "--out", trained, match="already holds a run")
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in trained.iterdir() if p.is_file()}
+    assert before == after
+
+
+def test_debug_shows_the_traceback(capsys):
+    with pytest.raises(Exception, match="unknown model"):
+        main(["--debug", "summary", "resnet5O"])
