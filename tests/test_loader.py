@@ -81,3 +81,27 @@ def test_eval_loader_keeps_order_and_every_example():
     got = list(loader)
     assert torch.equal(torch.cat([b for _, b in got]), y)
     assert torch.allclose(torch.cat([a for a, _ in got]), x.float() / 255)
+
+
+def test_folder_loader_streams_the_same_batches_as_memory(tmp_path):
+    """A folder decoded by DataLoader workers gives exactly the batches of the same images held in memory."""
+    from PIL import Image
+
+    from resnetlab.data import get_dataset
+    from resnetlab.loader import FolderLoader, make_loader
+
+    rng = torch.Generator().manual_seed(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(12):
+            pixels = torch.randint(0, 256, (10, 10, 3), dtype=torch.uint8, generator=rng).numpy()
+            Image.fromarray(pixels).save(tmp_path / cls / f"{i}.png")
+    folder = get_dataset(f"folder:{tmp_path}", split="train", image_size=10, val_fraction=0.25, seed=0)
+    arrays = folder.to_arrays()
+    kwargs = dict(pad_crop=2, flip=True, seed=5)
+    streamed = make_loader(folder, 4, [0.5] * 3, [0.2] * 3, torch.device("cpu"), train=True, workers=0, **kwargs)
+    in_memory = make_loader(arrays, 4, [0.5] * 3, [0.2] * 3, torch.device("cpu"), train=True, **kwargs)
+    assert isinstance(streamed, FolderLoader) and not isinstance(in_memory, FolderLoader)
+    for (xa, ya), (xb, yb) in zip(streamed.epoch(1, start_batch=1), in_memory.epoch(1, start_batch=1), strict=True):
+        assert torch.equal(ya, yb)
+        assert torch.allclose(xa, xb)

@@ -161,29 +161,25 @@ def evaluate_run(
     device: str = "auto",
 ) -> EvalReport:
     """Evaluate a trained run on a test set and write ``eval.json`` and the confusion matrix beside it."""
-    from .data import ArrayDataset, get_dataset
-    from .loader import DeviceLoader
+    from .loader import dataset_shape, make_loader
     from .plots import plot_confusion
     from .runs import load_model, write_json
-    from .train import pick_device
+    from .train import load_split, pick_device
 
     run_dir = Path(run_dir)
     dev = pick_device(device)
     model, config = load_model(run_dir, dev)
     name = dataset or config["dataset"]
     folder_size = config["image_size"] if name.startswith("folder:") else None
-    test = get_dataset(name, split="test", root=data_dir or config.get("data_dir"), image_size=folder_size,
-                       channels=config["channels"] if folder_size else None, seed=config["seed"])
-    if not isinstance(test, ArrayDataset):
-        test = test.to_arrays()
-    if limit_test:
-        test = ArrayDataset(test.images[:limit_test], test.labels[:limit_test], test.classes, test.name)
-    if len(test.classes) != len(config["classes"]) or test.images.shape[1:] != (config["channels"], config["image_size"], config["image_size"]):
+    test = load_split(name, "test", data_dir or config.get("data_dir"), folder_size, limit_test, config["seed"])
+    expected = (len(config["classes"]), config["channels"], config["image_size"])
+    found = (len(test.classes), *dataset_shape(test))
+    if found != expected:
         raise ValueError(
-            f"{name} ({len(test.classes)} classes of {tuple(test.images.shape[1:])}) does not fit this run's model "
-            f"({len(config['classes'])} classes of {(config['channels'], config['image_size'], config['image_size'])})"
+            f"{name} ({found[0]} classes of {found[1]}x{found[2]}x{found[2]}) does not fit this run's model "
+            f"({expected[0]} classes of {expected[1]}x{expected[2]}x{expected[2]})"
         )
-    loader = DeviceLoader(test.images, test.labels, 256, config["mean"], config["std"], dev, train=False)
+    loader = make_loader(test, 256, config["mean"], config["std"], dev, train=False)
     result = evaluate(model, loader, len(config["classes"]))
     report = EvalReport(run_dir, name, config["classes"], result, [])
     write_json(run_dir / "eval.json", report.to_dict())

@@ -85,15 +85,17 @@ class DeviceLoader:
     ) -> None:
         if len(images) != len(labels):
             raise ValueError("images and labels differ in length")
-        if train and len(images) < batch_size:
-            raise ValueError(f"batch size {batch_size} is larger than the {len(images)} training examples")
-        self.device = torch.device(device)
-        self.size = images.shape[-1]
-        self.pad = pad_crop if train else 0
+        self._configure(labels, images.shape[-1], batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last)
         # Pad once for the whole dataset: each batch is then a single gather.
         images = images.to(self.device)
         self.images = F.pad(images, (self.pad,) * 4) if self.pad else images
+
+    def _configure(self, labels, size, batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last) -> None:
+        if train and len(labels) < batch_size:
+            raise ValueError(f"batch size {batch_size} is larger than the {len(labels)} training examples")
+        self.device = torch.device(device)
         self.labels = labels.to(self.device)
+        self.size, self.pad = size, pad_crop if train else 0
         self.batch_size, self.mean, self.std = batch_size, mean, std
         self.train, self.flip, self.seed = train, flip, seed
         self.channels_last = channels_last
@@ -120,19 +122,75 @@ class DeviceLoader:
         flip = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
         return EpochPlan(order, dy, dx, flip)
 
+    def _fetch(self, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images, labels) on the device for each batch of indices, already padded for the crop."""
+        for idx in batches:
+            idx = idx.to(self.device)
+            yield self.images[idx], self.labels[idx]
+
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (normalised float batch, labels) for one epoch, beginning at batch ``start_batch``."""
         p = self.plan(epoch)
-        p = EpochPlan(*(t.to(self.device) for t in (p.order, p.dy, p.dx, p.flip)))
-        for b in range(start_batch, len(self)):
-            idx = p.order[b * self.batch_size : (b + 1) * self.batch_size]
-            raw = self.images[idx]
+        bs = self.batch_size
+        batches = [p.order[b * bs : (b + 1) * bs] for b in range(start_batch, len(self))]
+        dy, dx, flip = (t.to(self.device) for t in (p.dy, p.dx, p.flip))
+        for idx, (raw, labels) in zip(batches, self._fetch(batches)):
             if self.train and (self.pad or self.flip):
-                raw = crop_and_flip(raw, p.dy[idx], p.dx[idx], p.flip[idx], self.size)
+                idx = idx.to(self.device)
+                raw = crop_and_flip(raw, dy[idx], dx[idx], flip[idx], self.size)
             x = normalize(raw, self.mean, self.std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[idx]
+            yield x, labels
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
+
+
+class FolderLoader(DeviceLoader):
+    """Batches of a dataset too big for memory (a folder of images), decoded by DataLoader workers.
+
+    Same epoch plans, augmentation and normalisation as ``DeviceLoader``; only where the uint8
+    pixels come from differs. ``dataset[i]`` must return (uint8 (C, H, W) image, label).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, labels: torch.Tensor, batch_size: int, mean: list[float],
+                 std: list[float], device: torch.device | str = "cpu", train: bool = True, pad_crop: int = 0,
+                 flip: bool = False, seed: int = 0, channels_last: bool = False, workers: int = 4) -> None:
+        size = dataset[0][0].shape[-1]
+        self._configure(labels, size, batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last)
+        self.dataset, self.workers = dataset, workers
+
+    def _fetch(self, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=[b.tolist() for b in batches], num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for images, labels in loader:
+            images = images.to(self.device, non_blocking=True)
+            yield (F.pad(images, (self.pad,) * 4) if self.pad else images), labels.to(self.device, non_blocking=True)
+
+
+def dataset_shape(ds) -> tuple[int, int]:
+    """(channels, side) of a dataset's images, in memory or in a folder."""
+    if hasattr(ds, "images"):
+        return int(ds.images.shape[1]), int(ds.images.shape[-1])
+    image = ds[0][0]
+    return int(image.shape[0]), int(image.shape[-1])
+
+
+def dataset_stats(ds, sample: int = 2000, seed: int = 0) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std: of every image in memory, of a seeded sample of a folder's."""
+    if hasattr(ds, "images"):
+        return channel_stats(ds.images)
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(len(ds), generator=g)[:sample].tolist()
+    return channel_stats(torch.stack([ds[i][0] for i in picks]))
+
+
+def make_loader(ds, batch_size: int, mean: list[float], std: list[float], device: torch.device, train: bool, **kwargs) -> DeviceLoader:
+    """A ``DeviceLoader`` for a dataset in memory, a ``FolderLoader`` for one left on disk."""
+    if hasattr(ds, "images"):
+        return DeviceLoader(ds.images, ds.labels, batch_size, mean, std, device, train=train, **kwargs)
+    labels = torch.tensor([label for _, label in ds.samples], dtype=torch.int64)
+    return FolderLoader(ds, labels, batch_size, mean, std, device, train=train, **kwargs)

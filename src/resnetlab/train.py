@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import __version__, runs
 from .evaluate import EvalResult, evaluate
-from .loader import DeviceLoader, channel_stats
+from .loader import dataset_shape, dataset_stats, make_loader
 from .recipes import Recipe, get_recipe, lr_at
 from .steps import GraphedTrainStep, TrainStep, make_optimizer
 
@@ -104,21 +104,35 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def load_arrays(dataset: str, data_dir: str | None, image_size: int | None, limit_train: int | None, limit_test: int | None, seed: int):
-    """Training and test sets as in-memory uint8 arrays, cut to the requested sizes."""
-    from .data import ArrayDataset, get_dataset
+IN_MEMORY_BYTES = 4 << 30  # folders whose decoded pixels fit in this stay in memory; bigger ones stream
+FOLDER_IMAGE_SIZE = 64
 
-    splits = []
-    for split, limit in (("train", limit_train), ("test", limit_test)):
-        ds = get_dataset(dataset, split=split, root=data_dir, image_size=image_size, seed=seed)
-        if not isinstance(ds, ArrayDataset):
-            ds = ds.to_arrays()
+
+def load_split(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None,
+               limit: int | None = None, seed: int = 0):
+    """One split cut to ``limit`` examples: uint8 arrays in memory, or a big image folder left on disk."""
+    from .data import ArrayDataset, FolderDataset, get_dataset
+
+    if dataset.startswith("folder:") and image_size is None:
+        image_size = FOLDER_IMAGE_SIZE  # batches need one size; photos rarely share one
+    if limit is not None and limit <= 0:
+        raise ValueError(f"--limit-{split} must be positive, got {limit}")
+    ds = get_dataset(dataset, split=split, root=data_dir, image_size=image_size, seed=seed)
+    if isinstance(ds, FolderDataset):
         if limit is not None:
-            if limit <= 0:
-                raise ValueError(f"--limit-{split} must be positive, got {limit}")
-            ds = ArrayDataset(ds.images[:limit], ds.labels[:limit], ds.classes, ds.name)
-        splits.append(ds)
-    return splits
+            ds = FolderDataset(ds.samples[:limit], ds.classes, ds.image_size, ds.channels, ds.name)
+        if len(ds) * ds.channels * image_size**2 <= IN_MEMORY_BYTES:
+            ds = ds.to_arrays()
+    elif limit is not None:
+        ds = ArrayDataset(ds.images[:limit], ds.labels[:limit], ds.classes, ds.name)
+    return ds
+
+
+def load_splits(dataset: str, data_dir: str | None, image_size: int | None, limit_train: int | None,
+                limit_test: int | None, seed: int):
+    """The training and test splits (see ``load_split``)."""
+    return [load_split(dataset, split, data_dir, image_size, limit, seed)
+            for split, limit in (("train", limit_train), ("test", limit_test))]
 
 
 def _new_run_dir(config: TrainConfig) -> Path:
@@ -147,16 +161,17 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     device = pick_device(config.device)
     from .models import create_model
 
-    train_set, test_set = load_arrays(
+    train_set, test_set = load_splits(
         config.dataset, config.data_dir, config.image_size, config.limit_train, config.limit_test, config.seed
     )
-    model_kwargs = {"num_classes": len(train_set.classes), "in_chans": train_set.images.shape[1], **config.model_kwargs}
+    channels, image_size = dataset_shape(train_set)
+    model_kwargs = {"num_classes": len(train_set.classes), "in_chans": channels, **config.model_kwargs}
     create_model(config.model, **model_kwargs)  # fail on a bad name before anything is written
     if len(train_set) < recipe.batch_size:
         raise ValueError(f"batch size {recipe.batch_size} is larger than the {len(train_set)} training examples")
     steps_per_epoch = len(train_set) // recipe.batch_size
     total_steps = recipe.steps or max(1, round(recipe.epochs * steps_per_epoch))
-    mean, std = channel_stats(train_set.images)
+    mean, std = dataset_stats(train_set, seed=config.seed)
 
     run_dir = _new_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,8 +181,8 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
         "dataset": config.dataset,
         "data_dir": config.data_dir,
         "classes": train_set.classes,
-        "channels": int(train_set.images.shape[1]),
-        "image_size": int(train_set.images.shape[-1]),
+        "channels": channels,
+        "image_size": image_size,
         "mean": mean,
         "std": std,
         "recipe": recipe.to_dict(),
@@ -198,7 +213,7 @@ def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, sto
     checkpoint = runs.load_checkpoint(run_dir)
     if checkpoint.get("model_name") != saved["model"]:
         raise runs.RunError(f"{run_dir / runs.CHECKPOINT} is a checkpoint of {checkpoint.get('model_name')}, not {saved['model']}")
-    train_set, test_set = load_arrays(
+    train_set, test_set = load_splits(
         saved["dataset"], saved["data_dir"], saved["image_size"] if saved["dataset"].startswith("folder:") else None,
         saved["limit_train"], saved["limit_test"], saved["seed"],
     )
@@ -221,13 +236,12 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     optimizer = make_optimizer(recipe, model, device, tensor_lr=graphed)
     depth = _depth(saved["model"])
     total_steps, steps_per_epoch = saved["total_steps"], saved["steps_per_epoch"]
-    train_loader = DeviceLoader(
-        train_set.images, train_set.labels, recipe.batch_size, saved["mean"], saved["std"], device,
-        train=True, pad_crop=recipe.pad_crop, flip=recipe.flip, seed=saved["seed"], channels_last=channels_last,
+    train_loader = make_loader(
+        train_set, recipe.batch_size, saved["mean"], saved["std"], device, train=True,
+        pad_crop=recipe.pad_crop, flip=recipe.flip, seed=saved["seed"], channels_last=channels_last,
     )
-    test_loader = DeviceLoader(
-        test_set.images, test_set.labels, max(256, recipe.batch_size), saved["mean"], saved["std"], device,
-        train=False, channels_last=channels_last,
+    test_loader = make_loader(
+        test_set, max(256, recipe.batch_size), saved["mean"], saved["std"], device, train=False, channels_last=channels_last,
     )
     num_classes = len(saved["classes"])
 
