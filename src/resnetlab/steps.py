@@ -112,6 +112,8 @@ class GraphedTrainStep(TrainStep):
 
     def _capture(self, model: nn.Module, warmup: int) -> None:
         saved_model = {k: v.clone() for k, v in model.state_dict().items()}
+        saved_optim = {p: {k: v.clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
+                       for p, st in self.optimizer.state.items()}
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -127,9 +129,13 @@ class GraphedTrainStep(TrainStep):
         with torch.no_grad():
             for k, v in model.state_dict().items():
                 v.copy_(saved_model[k])
-            for state in self.optimizer.state.values():
+            for p, state in self.optimizer.state.items():
                 for k, v in state.items():
-                    if isinstance(v, torch.Tensor):
+                    if not isinstance(v, torch.Tensor):
+                        continue
+                    if p in saved_optim:
+                        v.copy_(saved_optim[p][k])  # a resumed run's momentum
+                    else:
                         # A zero momentum buffer gives the same first update as a missing one (dampening 0).
                         v.zero_()
         self.reset_sums()
