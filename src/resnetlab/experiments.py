@@ -6,12 +6,12 @@
 - ``responses``: the 2015 paper's Figure 7. Residual branches respond more weakly than plain layers.
 
 Each experiment trains its nets into ``OUT/runs/<model>-s<seed>``, then writes its figures (PNG
-and SVG), the numbers behind them (CSV or JSON) and a ``report.md`` into ``OUT``. A run that already
+and SVG), the numbers behind them (CSV or JSON) and a Markdown report into ``OUT``. A run that already
 finished with the same settings is reused and an interrupted one is resumed, so a figure can be
 redrawn, or an experiment continued, without training again.
 
-Heavy libraries (torch, matplotlib) are imported inside the functions: the command line builds its
-parser from this module for every command, and ``resnetlab --help`` should stay instant.
+matplotlib is imported only when a figure is drawn: the command line builds its parser from this
+module for every command, and none of them should wait for a plotting library it does not use.
 """
 
 from __future__ import annotations
@@ -24,13 +24,22 @@ import re
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+import torch
+
+from . import runs
+from .data import get_dataset
+from .loader import make_loader
+from .models import ResNet, count_parameters
+from .recipes import RECIPES, Recipe, get_recipe
+from .train import TrainConfig, load_split, pick_device, resume, train
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from .train import TrainConfig
 
 KINDS = ("plain", "residual")
 MIN_POINTS = 5  # evaluations per run below which a curve is too coarse to read
@@ -39,7 +48,7 @@ MIN_POINTS = 5  # evaluations per run below which a curve is too coarse to read
 # --- training the nets an experiment needs ------------------------------------------------------
 
 
-def model_name(kind: str, depth: int) -> str:
+def _model_name(kind: str, depth: int) -> str:
     """The registered name of a CIFAR-style net: ``plain20`` or ``resnet20``."""
     return f"{'plain' if kind == 'plain' else 'resnet'}{depth}"
 
@@ -71,20 +80,15 @@ def train_or_reuse(config: TrainConfig) -> Path:
     A run with the same settings that stopped early is resumed. A run with other settings is an
     error rather than something to overwrite or, worse, to plot as if it were the one asked for.
     """
-    from . import runs
-    from .recipes import get_recipe
-    from .train import resume, train
-
     run_dir = Path(config.out)
     if not (run_dir / runs.CONFIG).exists():
         return train(config).run_dir
     saved = runs.read_config(run_dir)
-    recipe = get_recipe(config.recipe, epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr)
     asked = {
         "model": config.model, "dataset": config.dataset, "seed": config.seed,
         "limit_train": config.limit_train, "limit_test": config.limit_test,
         "grad_norm_every": config.grad_norm_every,
-        "recipe": json.loads(json.dumps(recipe.to_dict())),  # as config.json holds it: tuples are lists
+        "recipe": json.loads(json.dumps(_recipe(config).to_dict())),  # as config.json holds it: tuples are lists
     }
     differ = [key for key, value in asked.items() if saved.get(key) != value]
     if differ:
@@ -97,16 +101,22 @@ def train_or_reuse(config: TrainConfig) -> Path:
     return resume(run_dir, device=config.device, progress=config.progress).run_dir
 
 
-def _train_nets(base: TrainConfig, out: Path, models: Iterable[str], seeds: Iterable[int], **fields) -> dict[tuple[str, int], Path]:
-    """Train (or reuse) every model with every seed into ``OUT/runs/<model>-s<seed>``."""
-    from dataclasses import replace
+def _recipe(config: TrainConfig) -> Recipe:
+    """The recipe ``train`` will use for ``config``."""
+    return get_recipe(config.recipe, epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr)
 
+
+def _train_nets(
+    base: TrainConfig, out: Path, models: Iterable[str], seeds: Iterable[int], **fields
+) -> dict[tuple[str, int], Path]:
+    """Train (or reuse) every model with every seed into ``OUT/runs/<model>-s<seed>``."""
     done = {}
     for model in models:
         for seed in seeds:
             run_dir = out / "runs" / f"{model}-s{seed}"
             print(f"--- {model}, seed {seed}: {run_dir}")
-            done[model, seed] = train_or_reuse(replace(base, model=model, seed=seed, out=str(run_dir), eval_every=1, **fields))
+            config = replace(base, model=model, seed=seed, out=str(run_dir), eval_every=1, **fields)
+            done[model, seed] = train_or_reuse(config)
     return done
 
 
@@ -117,9 +127,10 @@ def _error(accuracy: float | None) -> float | None:
 
 def _curve(run_dir: Path) -> list[dict]:
     """A run's evaluations: step, training error and test error (%) at the end of each epoch."""
-    from .runs import read_metrics
-
-    return [{"step": r["step"], "train_error": _error(r["train_acc"]), "test_error": _error(r.get("test_acc"))} for r in read_metrics(run_dir)]
+    return [
+        {"step": r["step"], "train_error": _error(r["train_acc"]), "test_error": _error(r.get("test_acc"))}
+        for r in runs.read_metrics(run_dir)
+    ]
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -177,10 +188,18 @@ def degradation_verdict(plain: dict[int, float], residual: dict[int, float]) -> 
     if len(plain) < 2 or len(residual) < 2:
         return None, "Degradation cannot be judged from one depth: give --depths at least two depths."
     p_lo, p_hi, r_lo, r_hi = min(plain), max(plain), min(residual), max(residual)
-    plain_text = f"{_label('plain', p_hi)} ends at {plain[p_hi]:.2f}% training error against {plain[p_lo]:.2f}% for {_label('plain', p_lo)}"
-    residual_text = f"{_label('residual', r_hi)} ends at {residual[r_hi]:.2f}% against {residual[r_lo]:.2f}% for {_label('residual', r_lo)}"
+    plain_text = (
+        f"{_label('plain', p_hi)} ends at {plain[p_hi]:.2f}% training error "
+        f"against {plain[p_lo]:.2f}% for {_label('plain', p_lo)}"
+    )
+    residual_text = (
+        f"{_label('residual', r_hi)} ends at {residual[r_hi]:.2f}% "
+        f"against {residual[r_lo]:.2f}% for {_label('residual', r_lo)}"
+    )
     if plain[p_hi] <= plain[p_lo]:
-        return False, f"Degradation does not show in these runs: {plain_text}, so depth did not hurt the plain nets ({residual_text})."
+        return False, (
+            f"Degradation does not show in these runs: {plain_text}, so depth did not hurt the plain nets ({residual_text})."
+        )
     if residual[r_hi] > residual[r_lo]:
         return False, (
             f"Degradation does not show cleanly: {plain_text}, but the residual nets also train worse with depth "
@@ -189,7 +208,9 @@ def degradation_verdict(plain: dict[int, float], residual: dict[int, float]) -> 
     return True, f"Degradation shows: {plain_text}, while {residual_text}: depth hurts the plain nets only."
 
 
-def reproduce_degradation(base: TrainConfig, out: str | Path, depths: Sequence[int] = (20, 32, 44, 56), seeds: int = 1) -> list[Path]:
+def reproduce_degradation(
+    base: TrainConfig, out: str | Path, depths: Sequence[int] = (20, 32, 44, 56), seeds: int = 1
+) -> list[Path]:
     """Train plain and residual nets of each depth and draw the 2015 paper's Figure 6.
 
     Writes ``degradation.png``/``.svg`` (training error dashed, test error bold, plain nets left,
@@ -200,14 +221,14 @@ def reproduce_degradation(base: TrainConfig, out: str | Path, depths: Sequence[i
     _check_seeds(seeds)
     seed_list = range(base.seed, base.seed + seeds)
     models = [(kind, d) for kind in KINDS for d in depths]
-    run_dirs = _train_nets(base, out, [model_name(k, d) for k, d in models], seed_list)
+    run_dirs = _train_nets(base, out, [_model_name(k, d) for k, d in models], seed_list)
 
     records, curves, table = [], {}, []
     final_train = {kind: {} for kind in KINDS}
     for kind, depth in models:
-        per_seed = [_curve(run_dirs[model_name(kind, depth), s]) for s in seed_list]
+        per_seed = [_curve(run_dirs[_model_name(kind, depth), s]) for s in seed_list]
         records += [
-            {"model": model_name(kind, depth), "depth": depth, "kind": kind, "seed": s, **row}
+            {"model": _model_name(kind, depth), "depth": depth, "kind": kind, "seed": s, **row}
             for s, curve in zip(seed_list, per_seed) for row in curve
         ]
         # Seeds share the settings, so their evaluations fall on the same steps.
@@ -216,21 +237,23 @@ def reproduce_degradation(base: TrainConfig, out: str | Path, depths: Sequence[i
             for rows in zip(*per_seed)
         ]
         train_errors = [curve[-1]["train_error"] for curve in per_seed]
+        test_errors = [curve[-1]["test_error"] for curve in per_seed]
         final_train[kind][depth] = statistics.mean(train_errors)
-        table.append((model_name(kind, depth), depth, kind, _mean_std(train_errors), _mean_std([c[-1]["test_error"] for c in per_seed])))
+        table.append((_model_name(kind, depth), depth, kind, _mean_std(train_errors), _mean_std(test_errors)))
     points = min(len(rows) for rows in curves.values())
     if points < MIN_POINTS:
         print(f"note: the curves have only {points} points, one an epoch: --limit-train makes epochs shorter")
     title = f"Degradation (He et al. 2015, Figure 6): {_setup_text(base)}"
-    paths = _save(_degradation_figure(curves, title), out / "degradation")
-    paths.append(_write_csv(out / "degradation.csv", ["model", "depth", "kind", "seed", "step", "train_error", "test_error"], records))
+    paths = _save(_degradation_figure(curves, title + (f", mean of {seeds} seeds" if seeds > 1 else "")), out / "degradation")
+    columns = ["model", "depth", "kind", "seed", "step", "train_error", "test_error"]
+    paths.append(_write_csv(out / "degradation.csv", columns, records))
 
     _, sentence = degradation_verdict(final_train["plain"], final_train["residual"])
-    spread = " (mean ± std over seeds)" if seeds > 1 else ""
+    spread = ": errors are mean ± std over seeds" if seeds > 1 else ""
     lines = [
         "# Degradation: plain against residual nets (He et al. 2015, Figure 6)", "",
-        f"{_setup_text(base)}; {_seeds_text(base, seeds)}.", "",
-        *_table(["model", "depth", "kind", f"final train error (%){spread}", f"final test error (%){spread}"], table), "",
+        f"{_setup_text(base)}; {_seeds_text(base, seeds)}{spread}.", "",
+        *_table(["model", "depth", "kind", "final train error (%)", "final test error (%)"], table), "",
         sentence, "",
         "![training error (dashed) and test error (bold) against iterations](degradation.png)",
     ]
@@ -254,7 +277,8 @@ def _degradation_figure(curves: dict[tuple[str, int], list[dict]], title: str) -
             ax.plot(steps, [r["train_error"] for r in rows], color=colour[depth], **train_style, **marker)
             ax.plot(steps, [r["test_error"] for r in rows], color=colour[depth], **test_style, **marker)
         handles = [Line2D([], [], color=colour[d], lw=2.2, label=_label(kind, d)) for d in depths]
-        handles += [Line2D([], [], color="black", label="train", **train_style), Line2D([], [], color="black", label="test", **test_style)]
+        for what, style in (("train", train_style), ("test", test_style)):
+            handles.append(Line2D([], [], color="black", label=what, **style))
         ax.legend(handles=handles, fontsize=9, loc="best")
         ax.set_title("plain networks" if kind == "plain" else "residual networks (ResNets)")
         _iterations_axis(ax)
@@ -268,36 +292,37 @@ def _degradation_figure(curves: dict[tuple[str, int], list[dict]], title: str) -
 # --- depth (2015 paper, Table 6) ----------------------------------------------------------------
 
 
-def reproduce_depth(base: TrainConfig, out: str | Path, depths: Sequence[int] = (20, 32, 44, 56, 110), seeds: int = 3) -> list[Path]:
+def reproduce_depth(
+    base: TrainConfig, out: str | Path, depths: Sequence[int] = (20, 32, 44, 56, 110), seeds: int = 3
+) -> list[Path]:
     """Train residual nets of each depth with several seeds: the 2015 paper's Table 6.
 
     Writes ``depth.md`` (parameters and test error, mean ± std over seeds), ``depth.json`` and
     ``depth.png``/``.svg`` (test error against depth with error bars, parameters as labels).
     """
-    from .models import count_parameters
-    from .runs import build_model, read_config
-
     depths, out = _check_depths(depths), Path(out)
     _check_seeds(seeds)
     seed_list = range(base.seed, base.seed + seeds)
-    run_dirs = _train_nets(base, out, [model_name("residual", d) for d in depths], seed_list)
+    run_dirs = _train_nets(base, out, [_model_name("residual", d) for d in depths], seed_list)
 
     rows = []
     for depth in depths:
-        model = model_name("residual", depth)
+        model = _model_name("residual", depth)
         errors = [_curve(run_dirs[model, s])[-1]["test_error"] for s in seed_list]
-        parameters = count_parameters(build_model(read_config(run_dirs[model, base.seed])))
+        parameters = count_parameters(runs.build_model(runs.read_config(run_dirs[model, base.seed])))
         rows.append({
             "model": model, "depth": depth, "parameters": parameters, "seeds": list(seed_list), "test_errors": errors,
             "mean": statistics.mean(errors), "std": statistics.stdev(errors) if seeds > 1 else None,
         })
     (out / "depth.json").write_text(json.dumps({"setup": _setup_text(base), "rows": rows}, indent=2) + "\n")
     paths = [out / "depth.json"]
-    paths += _save(_depth_figure(rows, f"Test error against depth (He et al. 2015, Table 6)\n{_setup_text(base)}"), out / "depth")
+    title = f"Test error against depth (He et al. 2015, Table 6)\n{_setup_text(base)}"
+    paths += _save(_depth_figure(rows, title), out / "depth")
 
     spread = "mean ± std" if seeds > 1 else "one run"
     table = [
-        (r["model"], r["depth"], _parameters_text(r["parameters"]), _mean_std(r["test_errors"]), ", ".join(f"{e:.2f}" for e in r["test_errors"]))
+        (r["model"], r["depth"], _parameters_text(r["parameters"]), _mean_std(r["test_errors"]),
+         ", ".join(f"{e:.2f}" for e in r["test_errors"]))
         for r in rows
     ]
     lines = [
@@ -350,15 +375,13 @@ def reproduce_gradients(base: TrainConfig, out: str | Path, depth: int = 56, eve
     ``gradients.csv`` (one row per net and layer, one column per recorded step),
     ``gradients.json`` and ``report.md`` (first-layer over last-layer gradient norm).
     """
-    from .runs import read_grad_norms
-
     (depth,), out = _check_depths([depth]), Path(out)
     if every is not None and every < 1:
         raise ValueError(f"--every must be at least 1, got {every}")
     every = every or max(1, _planned_steps(base) // 100)
-    models = {kind: model_name(kind, depth) for kind in KINDS}
+    models = {kind: _model_name(kind, depth) for kind in KINDS}
     run_dirs = _train_nets(base, out, models.values(), [base.seed], grad_norm_every=every)
-    logs = {kind: read_grad_norms(run_dirs[models[kind], base.seed]) for kind in KINDS}
+    logs = {kind: runs.read_grad_norms(run_dirs[models[kind], base.seed]) for kind in KINDS}
 
     paths = _save(_first_layers_figure(logs, depth, _setup_text(base)), out / "gradients_first_layers")
     paths += _save(_heatmap_figure(logs, depth, _setup_text(base)), out / "gradients_heatmap")
@@ -397,10 +420,7 @@ def reproduce_gradients(base: TrainConfig, out: str | Path, depth: int = 56, eve
 
 def _planned_steps(config: TrainConfig) -> int:
     """How many iterations ``train`` will run for ``config`` (as it works it out)."""
-    from .data import get_dataset
-    from .recipes import get_recipe
-
-    recipe = get_recipe(config.recipe, epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr)
+    recipe = _recipe(config)
     if recipe.steps:
         return recipe.steps
     examples = config.limit_train or len(get_dataset(config.dataset, "train", root=config.data_dir))
@@ -427,13 +447,12 @@ def _first_layers_figure(logs: dict[str, dict], depth: int, setup: str, count: i
     handles = [Line2D([], [], color=colours[i], lw=2, label=_layer_name(layers[i])) for i in range(count)]
     handles += [Line2D([], [], color="black", label=_label(kind, depth), **styles[kind]) for kind in KINDS]
     ax.legend(handles=handles, fontsize=9, loc="best")
-    ax.set_title(f"Gradients of the first {count} layers: {_label('plain', depth)} against {_label('residual', depth)}\n{setup}", fontsize=11)
+    nets = f"{_label('plain', depth)} against {_label('residual', depth)}"
+    ax.set_title(f"Gradients of the first {count} layers: {nets}\n{setup}", fontsize=11)
     return fig
 
 
 def _heatmap_figure(logs: dict[str, dict], depth: int, setup: str) -> Figure:
-    import numpy as np
-
     # Layers down the rows, records along the columns; a zero norm would be -inf on a log scale.
     maps = {kind: np.log10(np.maximum(np.asarray(log["norms"], dtype=float).T, 1e-30)) for kind, log in logs.items()}
     low, high = min(m.min() for m in maps.values()), max(m.max() for m in maps.values())
@@ -456,7 +475,7 @@ def _heatmap_figure(logs: dict[str, dict], depth: int, setup: str) -> Figure:
 # --- responses (2015 paper, Figure 7) -----------------------------------------------------------
 
 
-def branch_response_stds(model, batches) -> list[float]:
+def branch_response_stds(model: ResNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
     """Standard deviation of each block's residual-branch response over ``batches``, in block order.
 
     The response is the branch's output before the addition: after its last BN in post-activation
@@ -464,8 +483,6 @@ def branch_response_stds(model, batches) -> list[float]:
     ends the layer), and the last conv's output in pre-activation nets. The std is taken over every
     value of the response map: images, channels and positions. The model runs in eval mode.
     """
-    import torch
-
     blocks = model.blocks()
     sums = [torch.zeros(3, dtype=torch.float64) for _ in blocks]
 
@@ -502,29 +519,27 @@ def reproduce_responses(
 
     Trains plain and residual nets of each depth, or measures the trained runs ``run_dirs``
     instead, on the test set (``base.limit_test`` images). Writes ``responses.png``/``.svg`` (std
-    by block, and the same sorted by magnitude), ``responses.csv``, ``responses.json`` and ``report.md``.
+    by block, and the same sorted by magnitude), ``responses.csv``, ``responses.json`` and
+    ``responses.md``, named apart from the other reports so that one ``out`` can serve
+    ``degradation`` and then ``responses`` on the same runs.
     """
-    from .loader import DeviceLoader
-    from .runs import load_model
-    from .train import load_arrays, pick_device
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if run_dirs:
         run_dirs = [Path(d) for d in run_dirs]
     else:
         depths = _check_depths(depths)
-        trained = _train_nets(base, out, [model_name(k, d) for k in KINDS for d in depths], [base.seed])
+        trained = _train_nets(base, out, [_model_name(k, d) for k in KINDS for d in depths], [base.seed])
         run_dirs = list(trained.values())
 
     device = pick_device(base.device)
     measured = []
     for run_dir in run_dirs:
-        model, config = load_model(run_dir, device)
+        model, config = runs.load_model(run_dir, device)
         folder_size = config["image_size"] if config["dataset"].startswith("folder:") else None
-        # The training split is cut to one image: only the test split is measured.
-        _, test = load_arrays(config["dataset"], base.data_dir or config["data_dir"], folder_size, 1, base.limit_test, config["seed"])
-        batches = DeviceLoader(test.images, test.labels, 256, config["mean"], config["std"], device, train=False)
+        data_dir = base.data_dir or config["data_dir"]
+        test = load_split(config["dataset"], "test", data_dir, folder_size, base.limit_test, config["seed"])
+        batches = make_loader(test, 256, config["mean"], config["std"], device, train=False)
         names = {id(m): name for name, m in model.named_modules()}
         stds = branch_response_stds(model, batches)
         measured.append({
@@ -537,7 +552,8 @@ def reproduce_responses(
     paths = _save(_responses_figure(measured), out / "responses")
     (out / "responses.json").write_text(json.dumps({"models": measured}, indent=2) + "\n")
     csv_rows = [
-        {"model": m["model"], "depth": m["depth"], "kind": m["kind"], "block_index": i, "block": block, "std": std, "sorted_std": ranked}
+        {"model": m["model"], "depth": m["depth"], "kind": m["kind"], "block_index": i, "block": block,
+         "std": std, "sorted_std": ranked}
         for m in measured for i, (block, std, ranked) in enumerate(zip(m["blocks"], m["std"], m["std_sorted"]))
     ]
     paths += [out / "responses.json", _write_csv(out / "responses.csv", list(csv_rows[0]), csv_rows)]
@@ -551,7 +567,7 @@ def reproduce_responses(
         *_responses_sentences(measured), "",
         "![response std by layer and sorted](responses.png)",
     ]
-    paths.append(_write_text(out / "report.md", lines))
+    paths.append(_write_text(out / "responses.md", lines))
     return paths
 
 
@@ -570,7 +586,9 @@ def _responses_sentences(measured: list[dict]) -> list[str]:
             continue
         plain, residual = means["plain", depth], means["residual", depth]
         verb = "smaller than" if residual < plain else "not smaller than"
-        lines.append(f"At depth {depth} the residual responses are {verb} the plain ones (mean std {residual:.3f} against {plain:.3f}).")
+        lines.append(
+            f"At depth {depth} the residual responses are {verb} the plain ones (mean std {residual:.3f} against {plain:.3f})."
+        )
     return lines or ["No depth was measured for both a plain and a residual net, so they are not compared."]
 
 
@@ -641,7 +659,6 @@ def _save(fig: Figure, out: Path) -> list[Path]:
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add ``reproduce`` and its experiments to a command line; each sets ``func(args)`` to run it."""
     from .cli import _add_train_flags
-    from .recipes import RECIPES
 
     parser = subparsers.add_parser("reproduce", help="the experiments that show why residual learning works")
     experiments = parser.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
@@ -650,7 +667,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         p = experiments.add_parser(name, help=help, description=help)
         _add_train_flags(p, quick_only=True)
         p.add_argument("--recipe", default="he2016", choices=list(RECIPES), help="training recipe (default he2016, the paper's)")
-        p.add_argument("--out", default=f"reproduce/{name}", metavar="DIR", help=f"where runs, figures and reports go (default reproduce/{name})")
+        p.add_argument("--out", default=f"reproduce/{name}", metavar="DIR",
+                       help=f"where runs, figures and reports go (default reproduce/{name})")
         p.set_defaults(func=func)
         return p
 
@@ -664,7 +682,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
     p = add("gradients", "gradient norms by layer of a plain and a residual net: vanishing gradients", _cmd_gradients)
     p.add_argument("--depth", type=int, default=56)
-    p.add_argument("--every", type=int, metavar="STEPS", help="record gradient norms every STEPS iterations (default: 100 records)")
+    p.add_argument("--every", type=int, metavar="STEPS", help="record gradient norms every STEPS iterations (default: 100 records a run)")
 
     p = add("responses", "std of the residual-branch responses: the 2015 paper's Figure 7", _cmd_responses)
     p.add_argument("--depths", type=int, nargs="+", default=[20, 56, 110], metavar="D")
@@ -672,8 +690,6 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _base_config(args: argparse.Namespace) -> TrainConfig:
-    from .train import TrainConfig
-
     return TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, recipe=args.recipe, epochs=args.epochs, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, limit_train=args.limit_train, limit_test=args.limit_test,

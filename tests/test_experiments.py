@@ -1,0 +1,190 @@
+"""The ``reproduce`` experiments, run through their command line on tiny real Fashion-MNIST jobs.
+
+Nets of depth 8 and 14 train for 10 steps of 16 images (2 steps an epoch, so 5 evaluations on 32
+test images). Later tests copy the degradation runs and reuse them rather than train again.
+"""
+
+import argparse
+import csv
+import json
+import shutil
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+from PIL import Image
+
+from resnetlab import experiments
+from resnetlab.experiments import branch_response_stds, degradation_verdict, train_or_reuse
+from resnetlab.models import create_model
+from resnetlab.train import TrainConfig
+
+QUICK = ["--limit-train", "32", "--batch-size", "16", "--steps", "10", "--limit-test", "32", "--device", "cpu"]
+
+
+def reproduce(*argv) -> None:
+    """Run ``resnetlab reproduce ARGV`` as the command line wires it."""
+    parser = argparse.ArgumentParser(prog="resnetlab")
+    experiments.add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["reproduce", *map(str, argv)])
+    args.func(args)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_figure(base):
+    with Image.open(base.with_suffix(".png")) as image:
+        assert image.format == "PNG" and image.size[0] > 800
+    assert ET.parse(base.with_suffix(".svg")).getroot().tag.endswith("svg")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Nets this small run faster on one thread, and many times faster on a busy machine, where
+    # two OpenMP threads spend their time waiting for each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def degradation(tmp_path_factory, one_thread):
+    out = tmp_path_factory.mktemp("degradation")
+    reproduce("degradation", "--depths", 14, 8, *QUICK, "--out", out)
+    return out
+
+
+def copy_runs(source, out, names):
+    for name in names:
+        shutil.copytree(source / "runs" / name, out / "runs" / name)
+
+
+def test_degradation_writes_the_figure_data_and_report(degradation):
+    assert_figure(degradation / "degradation")
+    rows = read_csv(degradation / "degradation.csv")
+    assert list(rows[0]) == ["model", "depth", "kind", "seed", "step", "train_error", "test_error"]
+    runs = {}
+    for r in rows:
+        runs.setdefault((r["model"], r["depth"], r["kind"], r["seed"]), []).append(r)
+    assert sorted(runs) == [
+        ("plain14", "14", "plain", "0"), ("plain8", "8", "plain", "0"),
+        ("resnet14", "14", "residual", "0"), ("resnet8", "8", "residual", "0"),
+    ]
+    for series in runs.values():
+        assert [int(r["step"]) for r in series] == [2, 4, 6, 8, 10]
+        assert all(0 <= float(r[c]) <= 100 for r in series for c in ("train_error", "test_error"))
+
+    report = (degradation / "report.md").read_text()
+    for model in ("plain8", "plain14", "resnet8", "resnet14"):
+        assert f"| {model} |" in report
+    # The sentence is the verdict on this very table, whichever way it went.
+    finals = {(s[-1]["kind"], int(s[-1]["depth"])): float(s[-1]["train_error"]) for s in runs.values()}
+    _, sentence = degradation_verdict(
+        {d: e for (k, d), e in finals.items() if k == "plain"}, {d: e for (k, d), e in finals.items() if k == "residual"}
+    )
+    assert sentence in report
+    assert (degradation / "runs" / "plain8-s0" / "model.safetensors").exists()
+
+
+def test_degradation_verdict_both_ways():
+    shows, sentence = degradation_verdict({20: 8.0, 56: 12.5}, {20: 7.0, 56: 4.0})
+    assert shows is True and sentence.startswith("Degradation shows") and "12.50%" in sentence
+    shows, sentence = degradation_verdict({20: 8.0, 56: 6.0}, {20: 7.0, 56: 4.0})
+    assert shows is False and "does not show" in sentence
+    shows, sentence = degradation_verdict({20: 8.0, 56: 12.5}, {20: 7.0, 56: 9.0})
+    assert shows is False and "residual nets also train worse" in sentence
+    # Equal errors for the residual nets still count as "no worse"; one depth cannot be judged.
+    assert degradation_verdict({20: 8.0, 56: 9.0}, {20: 5.0, 56: 5.0})[0] is True
+    assert degradation_verdict({20: 8.0}, {20: 5.0})[0] is None
+
+
+def test_responses_of_trained_runs(degradation, tmp_path):
+    out = tmp_path / "responses"
+    reproduce("responses", "--runs", *(degradation / "runs" / f"{m}-s0" for m in ("resnet14", "plain8", "resnet8", "plain14")),
+              "--limit-test", 32, "--device", "cpu", "--out", out)
+    assert_figure(out / "responses")
+    models = json.loads((out / "responses.json").read_text())["models"]
+    assert [(m["model"], m["kind"], m["depth"]) for m in models] == [
+        ("plain8", "plain", 8), ("plain14", "plain", 14), ("resnet8", "residual", 8), ("resnet14", "residual", 14),
+    ]
+    for m in models:
+        blocks = (m["depth"] - 2) // 2  # two weight layers a block, plus conv1 and fc
+        assert len(m["std"]) == len(m["blocks"]) == blocks and m["blocks"][0] == "layer1.0"
+        assert all(s > 0 for s in m["std"])
+        assert m["std_sorted"] == sorted(m["std"], reverse=True)
+    rows = read_csv(out / "responses.csv")
+    assert len(rows) == 3 + 6 + 3 + 6
+    assert "| resnet14 | residual | 6 |" in (out / "responses.md").read_text()
+
+
+def test_responses_trains_or_reuses_its_nets(degradation, tmp_path):
+    out = tmp_path / "responses"
+    copy_runs(degradation, out, ["plain8-s0", "resnet8-s0"])
+    reproduce("responses", "--depths", 8, *QUICK, "--out", out)  # same settings: nothing is trained again
+    assert [m["model"] for m in json.loads((out / "responses.json").read_text())["models"]] == ["plain8", "resnet8"]
+
+
+def test_depth_table(degradation, tmp_path, capsys):
+    out = tmp_path / "depth"
+    copy_runs(degradation, out, ["resnet8-s0", "resnet14-s0"])  # seed 1 trains, seed 0 is reused
+    reproduce("depth", "--depths", 8, 14, "--seeds", 2, *QUICK, "--out", out)
+    printed = capsys.readouterr().out
+    assert "reusing the finished run" in printed and str(out / "depth.md") in printed
+    assert_figure(out / "depth")
+    rows = json.loads((out / "depth.json").read_text())["rows"]
+    assert [(r["model"], r["depth"], r["seeds"]) for r in rows] == [("resnet8", 8, [0, 1]), ("resnet14", 14, [0, 1])]
+    assert rows[0]["parameters"] < rows[1]["parameters"]
+    for r in rows:
+        assert len(r["test_errors"]) == 2 and all(0 <= e <= 100 for e in r["test_errors"])
+        assert r["mean"] == pytest.approx(sum(r["test_errors"]) / 2) and r["std"] >= 0
+    table = (out / "depth.md").read_text()
+    assert "| resnet8 | 8 |" in table and "| resnet14 | 14 |" in table and "±" in table
+
+
+def test_gradients(tmp_path):
+    out = tmp_path / "gradients"
+    reproduce("gradients", "--depth", 8, *QUICK, "--out", out)
+    for name in ("gradients_first_layers", "gradients_heatmap"):
+        assert_figure(out / name)
+    rows = read_csv(out / "gradients.csv")
+    steps = list(rows[0])[4:]
+    assert [int(s) for s in steps] == list(range(10))  # a 10-step run records every step
+    for model in ("plain8", "resnet8"):
+        layers = [r for r in rows if r["model"] == model]
+        # One row per weight layer, input to output: conv1, six block convs, fc.
+        assert [int(r["layer_index"]) for r in layers] == list(range(8))
+        assert layers[0]["layer"] == "conv1" and layers[-1]["layer"] == "fc"
+        assert all(float(r[s]) > 0 for r in layers for s in steps)
+    data = json.loads((out / "gradients.json").read_text())
+    assert data["every"] == 1 and set(data["models"]) == {"plain8", "resnet8"}
+    report = (out / "report.md").read_text()
+    assert "| plain8 | conv1 | layer3.0.conv2 |" in report and "| resnet8 | conv1 | layer3.0.conv2 |" in report
+
+
+def test_branch_responses_are_measured_before_the_addition():
+    torch.manual_seed(0)
+    batches = [(torch.randn(8, 1, 28, 28), torch.zeros(8, dtype=torch.long))]
+    # A zero last-BN gamma makes every branch output exactly zero: the hook reads the branch, not the sum.
+    zeroed = create_model("resnet8", num_classes=10, in_chans=1, zero_init_residual=True)
+    assert branch_response_stds(zeroed, batches) == [0.0, 0.0, 0.0]
+    assert zeroed.training  # the mode is given back
+    preact = branch_response_stds(create_model("preact_resnet8", num_classes=10, in_chans=1), batches)
+    assert len(preact) == 3 and all(s > 0 for s in preact)
+
+
+def test_bad_arguments_fail_before_training(degradation, tmp_path):
+    with pytest.raises(ValueError, match="depth 10 is not"):
+        reproduce("degradation", "--depths", 8, 10, *QUICK, "--out", tmp_path)
+    with pytest.raises(ValueError, match="--seeds must be at least 1"):
+        reproduce("depth", "--seeds", 0, *QUICK, "--out", tmp_path)
+    with pytest.raises(ValueError, match="--every must be at least 1"):
+        reproduce("gradients", "--every", 0, *QUICK, "--out", tmp_path)
+    assert not (tmp_path / "runs").exists()
+    other = TrainConfig(model="plain8", recipe="he2016", steps=12, limit_train=32, batch_size=16, limit_test=32,
+                        device="cpu", out=str(degradation / "runs" / "plain8-s0"))
+    with pytest.raises(ValueError, match="holds a run with other settings \\(recipe\\)"):
+        train_or_reuse(other)
