@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     b.add_argument("--results", default="benchmarks/results")
 
+    from . import experiments
+
+    experiments.add_parsers(sub)
+
     p = sub.add_parser("demo", help="train resnet20 on Fashion-MNIST for a few minutes, evaluate, predict, plot")
     p.add_argument("--out", default="demo")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
@@ -233,7 +237,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        (args.func if hasattr(args, "func") else COMMANDS[args.command])(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
