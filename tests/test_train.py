@@ -110,3 +110,15 @@ def test_graphed_step_needs_tensor_learning_rates():
     with pytest.raises(ValueError, match="tensor learning rates"):
         GraphedTrainStep(model, model, make_optimizer(recipe, model, torch.device("cpu")), 0.0,
                          (torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)), capture=False)
+
+
+@needs_fashion
+def test_tensorboard_gets_the_epoch_metrics(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(tiny(tmp_path, steps=16))
+    events = EventAccumulator(str(result.run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train_loss")] == [8, 16]
+    assert events.Scalars("test_acc")[-1].value == pytest.approx(result.test_accuracy)

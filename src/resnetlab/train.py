@@ -283,12 +283,14 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             "rng": torch.get_rng_state(),
         })
 
+    board = _tensorboard(run_dir)
     started = time.perf_counter() - elapsed
     try:
         while step < total_steps:
             epoch, start_batch = divmod(step, steps_per_epoch)
             batches_left = min(steps_per_epoch - start_batch, total_steps - step)
-            bar = tqdm(total=batches_left, desc=f"epoch {epoch + 1}/{num_epochs}", leave=False, disable=not progress, unit="step")
+            bar = tqdm(total=batches_left * recipe.batch_size, desc=f"epoch {epoch + 1}/{num_epochs}", leave=False,
+                       disable=not progress, unit="img", unit_scale=True)  # the rate reads as images/s
             epoch_start = time.perf_counter()
             for x, y in train_loader.epoch(epoch, start_batch):
                 lr = lr_at(recipe, step, total_steps, depth)
@@ -299,7 +301,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                 else:
                     train_step(x, y, lr)
                 step += 1
-                bar.update()
+                bar.update(recipe.batch_size)
                 if progress and (device.type == "cpu" or step % 50 == 0):
                     bar.set_postfix(loss=f"{float(sums['loss'] / sums['seen']):.3f}", acc=f"{float(sums['correct'] / sums['seen']):.1%}")
                 if step >= total_steps or step == stop_at:
@@ -325,6 +327,11 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             row["time"] = elapsed
             train_step.reset_sums()
             runs.append_metrics(run_dir, row)
+            if board is not None:
+                for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s"):
+                    if row[key] is not None:
+                        board.add_scalar(key, row[key], step)
+                board.flush()
             history.append(row)
             save_checkpoint()
             tqdm.write(_epoch_line(row, num_epochs))
@@ -334,7 +341,19 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         elapsed = time.perf_counter() - started
         save_checkpoint()
         raise Interrupted(run_dir, step) from None
+    finally:
+        if board is not None:
+            board.close()
     return TrainResult(run_dir, step, elapsed, result_test, history)
+
+
+def _tensorboard(run_dir: Path):
+    """A TensorBoard writer into the run directory when TensorBoard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: metrics.jsonl always has the same numbers
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
 def _epoch_line(row: dict, num_epochs: int) -> str:
