@@ -43,6 +43,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; run files are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
