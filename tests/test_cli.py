@@ -135,3 +135,25 @@ def test_existing_run_is_never_overwritten(trained, capsys):
 def test_debug_shows_the_traceback(capsys):
     with pytest.raises(Exception, match="unknown model"):
         main(["--debug", "summary", "resnet5O"])
+
+
+def test_the_seed_notebook_workflow_on_signs_files(tmp_path, capsys):
+    """signs_resnet50 with the notebook's Adam recipe on SIGNS h5 files, then a prediction."""
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 32), ("test", 12)):
+        with h5py.File(tmp_path / f"{split}_signs.h5", "w") as f:
+            f[f"{split}_set_x"] = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+            f[f"{split}_set_y"] = (np.arange(n) % 6).astype(np.int64)
+            f["list_classes"] = np.arange(6)
+    run_dir = tmp_path / "run"
+    code, out, err = run(capsys, "train", "--model", "signs_resnet50", "--dataset", "signs", "--data-dir", tmp_path,
+                         "--recipe", "signs-adam", "--steps", "2", "--device", "cpu", "--no-progress", "--out", run_dir)
+    assert code == 0, err
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["recipe"]["optimizer"] == "adam" and config["recipe"]["batch_size"] == 32
+    assert (config["channels"], config["image_size"], config["classes"]) == (3, 64, ["0", "1", "2", "3", "4", "5"])
+    photo = tmp_path / "hand.jpg"
+    Image.fromarray(rng.integers(0, 256, (120, 90, 3), dtype=np.uint8)).save(photo)
+    code, out, _ = run(capsys, "predict", run_dir, photo, "--device", "cpu")
+    assert code == 0 and out.startswith(str(photo)) and out.count("%") == 3
