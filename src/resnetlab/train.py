@@ -249,9 +249,10 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     if checkpoint is not None:
         runs.load_state(model, checkpoint["model"], run_dir / runs.CHECKPOINT, saved["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        if graphed:  # the checkpoint's lr tensors were loaded onto the CPU; the graph must read device ones
-            for group in optimizer.param_groups:
-                group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        # A checkpoint may come from the other path (graphed runs keep lr in a tensor): match this one.
+        for group in optimizer.param_groups:
+            lr = float(group["lr"])
+            group["lr"] = torch.tensor(lr, device=device) if graphed else lr
         step, elapsed = checkpoint["step"], checkpoint["elapsed"]
         torch.set_rng_state(checkpoint["rng"])
         runs.truncate_metrics(run_dir, step)
