@@ -4,6 +4,10 @@ Small datasets live on the device as one uint8 tensor. Each epoch draws one perm
 every example's crop offset and flip up front from a generator seeded by (seed, epoch), so an
 epoch is the same whether it runs straight through or is resumed half way. Augmentation and
 normalisation then run on whole batches on the device: no per-image Python, no worker processes.
+
+Because every process can draw the same plan from (seed, epoch) without talking to the others,
+several processes (torchrun) need only take their own slice of each plan's order; the run
+directory is then written by rank 0 alone.
 """
 
 from __future__ import annotations
