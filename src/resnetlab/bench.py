@@ -56,7 +56,7 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+        name = f"{_cpu_name()}, {torch.get_num_threads()} threads"
     import torchvision
 
     return {
@@ -69,6 +69,17 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _cpu_name() -> str:
+    """The processor's marketing name where Linux tells it, else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} CPU"
 
 
 def _sync(device: torch.device) -> None:
