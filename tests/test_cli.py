@@ -157,3 +157,13 @@ def test_the_seed_notebook_workflow_on_signs_files(tmp_path, capsys):
     Image.fromarray(rng.integers(0, 256, (120, 90, 3), dtype=np.uint8)).save(photo)
     code, out, _ = run(capsys, "predict", run_dir, photo, "--device", "cpu")
     assert code == 0 and out.startswith(str(photo)) and out.count("%") == 3
+
+
+def test_debug_flag_works_after_the_command(capsys):
+    with pytest.raises(Exception, match="unknown model"):
+        main(["summary", "resnet5O", "--debug"])
+
+
+@needs_fashion
+def test_resume_refuses_flags_it_would_ignore(trained, capsys):
+    fails_cleanly(capsys, "train", "--resume", trained, "--epochs", "9", match="drop --epochs")

@@ -143,6 +143,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, resume, train
 
     if args.resume:
+        defaults = vars(build_parser().parse_args(["train"]))
+        ignored = [k for k, v in vars(args).items() if k not in ("resume", "device", "no_progress", "debug") and v != defaults.get(k)]
+        if ignored:
+            flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
+            raise ValueError(f"--resume continues the run as it was configured; drop {flags} (only --device may change)")
         result = resume(args.resume, device=args.device, progress=not args.no_progress)
     else:
         config = TrainConfig(
@@ -235,7 +240,10 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     try:
         (args.func if hasattr(args, "func") else COMMANDS[args.command])(args)
     except KeyboardInterrupt:
