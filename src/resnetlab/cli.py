@@ -182,8 +182,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     for pred in predict_images(model, config, args.images, args.top_k, device):
-        ranked = "  ".join(f"{c} {p:.1%}" for c, p in zip(pred.classes, pred.probabilities))
-        print(f"{pred.path}: {ranked}")
+        print(f"{pred.path}: {pred.ranked()}")
 
 
 def cmd_diagram(args: argparse.Namespace) -> None:

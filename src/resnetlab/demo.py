@@ -44,8 +44,7 @@ def run_demo(out: Path, device: str = "cpu") -> Path:
     dev = pick_device(device)
     model, config = load_model(run_dir, dev)
     for pred in predict_images(model, config, paths, top_k=3, device=dev):
-        ranked = "  ".join(f"{c} {p:.1%}" for c, p in zip(pred.classes, pred.probabilities))
-        print(f"  {Path(pred.path).name:<24} {ranked}")
+        print(f"  {Path(pred.path).name:<24} {pred.ranked()}")
 
     curves = plot_runs([run_dir], run_dir / "curves")
     print("\nWhere everything is:")

@@ -90,6 +90,10 @@ class Prediction:
     classes: list[str]
     probabilities: list[float]
 
+    def ranked(self) -> str:
+        """``"Sneaker 91.2%  Sandal 5.0%  ..."``, most likely first."""
+        return "  ".join(f"{c} {p:.1%}" for c, p in zip(self.classes, self.probabilities))
+
 
 @torch.no_grad()
 def predict_images(
