@@ -167,3 +167,25 @@ def test_debug_flag_works_after_the_command(capsys):
 @needs_fashion
 def test_resume_refuses_flags_it_would_ignore(trained, capsys):
     fails_cleanly(capsys, "train", "--resume", trained, "--epochs", "9", match="drop --epochs")
+
+
+class _Exploit:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@needs_fashion
+def test_a_checkpoint_that_carries_code_is_refused_without_running_it(trained, tmp_path, capsys):
+    import pickle
+
+    mixed = tmp_path / "evil"
+    shutil.copytree(trained, mixed)
+    marker = tmp_path / "code-ran"
+    (mixed / "checkpoint.pt").write_bytes(pickle.dumps({"model_name": "resnet8", "x": _Exploit(marker)}, protocol=2))
+    fails_cleanly(capsys, "train", "--resume", mixed, "--device", "cpu", match="cannot be read as a training checkpoint")
+    assert not marker.exists()
