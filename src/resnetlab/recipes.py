@@ -37,24 +37,23 @@ class Recipe:
         return asdict(self)
 
 
+_HE2016 = Recipe(
+    "he2016",
+    lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=128, steps=64_000,
+    milestones=(0.5, 0.75), warmup_steps=400, warmup_lr=0.01, warmup_min_depth=110,
+    pad_crop=4, flip=True,
+    notes="He et al. 2015, CIFAR-10 (Section 4.2): SGD 0.9, wd 1e-4, lr 0.1, /10 at 32k and 48k of 64k "
+    "iterations, batch 128, 0.01 for the first 400 iterations at 110+ layers, 4-pixel pad + crop + flip.",
+)
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
-        Recipe(
-            "he2016",
-            lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=128, steps=64_000,
-            milestones=(0.5, 0.75), warmup_steps=400, warmup_lr=0.01, warmup_min_depth=110,
-            pad_crop=4, flip=True,
-            notes="He et al. 2015, CIFAR-10 (Section 4.2): SGD 0.9, wd 1e-4, lr 0.1, /10 at 32k and 48k of 64k "
-            "iterations, batch 128, 0.01 for the first 400 iterations at 110+ layers, 4-pixel pad + crop + flip.",
-        ),
-        Recipe(
-            "he2016-preact",
-            lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=128, steps=64_000,
-            milestones=(0.5, 0.75), warmup_steps=400, warmup_lr=0.01, warmup_min_depth=110,
-            pad_crop=4, flip=True,
+        _HE2016,
+        replace(
+            _HE2016, name="he2016-preact",
             notes="He et al. 2016, CIFAR (Section 4 and appendix): the 2015 schedule, with the 0.01 warm-up "
-            "for ResNet-110 and ResNet-1001 until training error falls below 80% (about 400 iterations).",
+            "for the 110-layer and deeper nets until training error falls below 80% (about 400 iterations).",
         ),
         Recipe(
             "signs-adam",
