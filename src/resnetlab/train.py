@@ -266,7 +266,6 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     if checkpoint is not None:
         for k, v in checkpoint["sums"].items():
             train_step.sums[k].copy_(v)
-    sums = train_step.sums
     watched = [(n, p) for n, p in model.named_parameters() if p.ndim > 1]  # conv and fc weights, input to output
     grad_log = runs.read_grad_norms(run_dir, step) if grad_every else None
     pending_norms: list[torch.Tensor] = []
@@ -283,7 +282,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         runs.save_weights(model, run_dir)
         runs.save_checkpoint(run_dir, {
             "model_name": saved["model"], "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "step": step, "elapsed": elapsed, "sums": {k: v.cpu() for k, v in sums.items()},
+            "step": step, "elapsed": elapsed, "sums": {k: v.cpu() for k, v in train_step.sums.items()},
             "rng": torch.get_rng_state(),
         })
 
@@ -306,8 +305,9 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                     train_step(x, y, lr)
                 step += 1
                 bar.update(recipe.batch_size)
-                if progress and (device.type == "cpu" or step % 50 == 0):
-                    bar.set_postfix(loss=f"{float(sums['loss'] / sums['seen']):.3f}", acc=f"{float(sums['correct'] / sums['seen']):.1%}")
+                if progress and (device.type == "cpu" or step % 50 == 0):  # a read syncs a GPU: not every step
+                    totals = train_step.read_sums()
+                    bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.3f}", acc=f"{totals['correct'] / totals['seen']:.1%}")
                 if step >= total_steps or step == stop_at:
                     break
             bar.close()
@@ -316,10 +316,11 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                 elapsed = time.perf_counter() - started
                 save_checkpoint()
                 raise Interrupted(run_dir, step)
-            seen = float(sums["seen"])
+            totals = train_step.read_sums()
+            seen = totals["seen"]
             row = {
                 "epoch": round(step / steps_per_epoch, 4), "step": step, "lr": lr,
-                "train_loss": float(sums["loss"]) / seen, "train_acc": float(sums["correct"]) / seen,
+                "train_loss": totals["loss"] / seen, "train_acc": totals["correct"] / seen,
                 "test_loss": None, "test_acc": None,
                 "images_per_s": seen / max(1e-9, time.perf_counter() - epoch_start),
             }
