@@ -168,14 +168,13 @@ def evaluate_run(
     from .loader import dataset_shape, make_loader
     from .plots import plot_confusion
     from .runs import load_model, write_json
-    from .train import load_split, pick_device
+    from .train import load_split, pick_device, reload_size
 
     run_dir = Path(run_dir)
     dev = pick_device(device)
     model, config = load_model(run_dir, dev)
     name = dataset or config["dataset"]
-    folder_size = config["image_size"] if name.startswith("folder:") else None
-    test = load_split(name, "test", data_dir or config.get("data_dir"), folder_size, limit_test, config["seed"])
+    test = load_split(name, "test", data_dir or config.get("data_dir"), reload_size(name, config), limit_test, config["seed"])
     expected = (len(config["classes"]), config["channels"], config["image_size"])
     found = (len(test.classes), *dataset_shape(test))
     if found != expected:

@@ -128,6 +128,11 @@ def load_split(dataset: str, split: str, data_dir: str | None = None, image_size
     return ds
 
 
+def reload_size(dataset: str, config: dict) -> int | None:
+    """The side to resize to when reloading data for a run: its training size for folders, none for named datasets."""
+    return config["image_size"] if dataset.startswith("folder:") else None
+
+
 def load_splits(dataset: str, data_dir: str | None, image_size: int | None, limit_train: int | None,
                 limit_test: int | None, seed: int):
     """The training and test splits (see ``load_split``)."""
@@ -214,7 +219,7 @@ def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, sto
     if checkpoint.get("model_name") != saved["model"]:
         raise runs.RunError(f"{run_dir / runs.CHECKPOINT} is a checkpoint of {checkpoint.get('model_name')}, not {saved['model']}")
     train_set, test_set = load_splits(
-        saved["dataset"], saved["data_dir"], saved["image_size"] if saved["dataset"].startswith("folder:") else None,
+        saved["dataset"], saved["data_dir"], reload_size(saved["dataset"], saved),
         saved["limit_train"], saved["limit_test"], saved["seed"],
     )
     return _run(saved, run_dir, train_set, test_set, pick_device(device), progress, stop_at, checkpoint)
