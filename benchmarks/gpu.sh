@@ -1,25 +1,53 @@
 #!/usr/bin/env bash
-# The GPU measurements of docs/performance.md in one go, for a machine with a CUDA GPU.
+# The GPU measurements of docs/performance.md, for a machine with a CUDA GPU.
 # Data: copy the four Fashion-MNIST .gz files into data/fashion-mnist/ (ignored by git) first.
-# Usage: OUT=somewhere bash benchmarks/gpu.sh   (results land in $OUT, default benchmarks/results)
-set -euo pipefail
+# Usage: OUT=somewhere bash benchmarks/gpu.sh [STAGE...]   (default: every stage, in this order)
+#   tests    the CUDA tests (graphed step against eager, no host syncs, GPU run resumed on the CPU)
+#   train    bench train for resnet20/56/110, one epoch at batch 128: typical, eager, graphed, compiled
+#   model    bench model for ResNet-50, eager and compiled
+#   fast     the fast recipe end to end, timed
+#   he2016   resnet20's whole he2016 schedule (64k steps), timed
+# Each stage takes a few minutes; results land in $OUT (default benchmarks/results).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
 export RESNETLAB_DATA=${RESNETLAB_DATA:-$PWD/data}
 mkdir -p "$OUT"
-python -m pip install -q --no-deps -e .
+python3 -m pip install -q --no-deps -e . || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+stages=${*:-tests train model fast he2016}
+failed=0
 
-# 1. The trainer against the typical script, one epoch of Fashion-MNIST at batch 128.
-for model in resnet20 resnet56 resnet110; do
-    resnetlab bench train --model "$model" --batch-size 128 --steps 469 --device cuda --results "$OUT" | tee -a "$OUT/bench-train.txt"
+# run LOG COMMAND...: show and keep the command's output; remember a failure and go on.
+run() {
+    local log=$1; shift
+    "$@" 2>&1 | tee -a "$OUT/$log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "failed: $*"; failed=1; }
+}
+
+for stage in $stages; do
+    echo "== $stage"
+    case $stage in
+    tests)
+        run tests-gpu.txt python3 -m pytest -q tests/test_gpu.py ;;
+    train)
+        for model in resnet20 resnet56 resnet110; do
+            run bench-train.txt resnetlab bench train --model "$model" --batch-size 128 --steps 469 --device cuda \
+                --compile --results "$OUT"
+        done ;;
+    model)
+        run bench-model.txt resnetlab bench model --model resnet50 --device cuda --results "$OUT"
+        run bench-model.txt resnetlab bench model --model resnet50 --device cuda --compile --results "$OUT" ;;
+    fast)
+        # Evaluated once, at the end: the clock then counts training and one pass over the test set.
+        run fast.txt resnetlab train --model resnet20 --recipe fast --device cuda --eval-every 1000 \
+            --out "$OUT/runs/fast" --no-progress ;;
+    he2016)
+        run he2016.txt resnetlab train --model resnet20 --recipe he2016 --device cuda --eval-every 20 \
+            --out "$OUT/runs/he2016" --no-progress ;;
+    *)
+        echo "unknown stage $stage"; failed=1 ;;
+    esac
 done
-
-# 2. ResNet-50 model step against torchvision's, bf16 + channels_last, eager and compiled.
-resnetlab bench model --model resnet50 --device cuda --results "$OUT" | tee -a "$OUT/bench-model.txt"
-resnetlab bench model --model resnet50 --device cuda --compile --results "$OUT" | tee -a "$OUT/bench-model.txt"
-
-# 3. The fast recipe and the whole he2016 schedule of resnet20, with their wall times.
-resnetlab train --model resnet20 --recipe fast --device cuda --out "$OUT/runs/fast" --no-progress | tee "$OUT/fast.txt"
-resnetlab train --model resnet20 --recipe he2016 --device cuda --out "$OUT/runs/he2016" --no-progress --eval-every 20 | tee "$OUT/he2016.txt"
 rm -f "$OUT"/runs/*/checkpoint.pt "$OUT"/runs/*/model.safetensors  # keep metrics and configs, not weights
+exit $failed

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from resnetlab import runs
 from resnetlab.models import create_model
 from resnetlab.recipes import get_recipe
-from resnetlab.steps import GraphedTrainStep, TrainStep, make_optimizer
+from resnetlab.steps import GraphedTrainStep, TrainStep, build_train_step, make_optimizer
 from resnetlab.train import Interrupted, TrainConfig, resume, train
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -110,6 +110,31 @@ def test_graphed_step_needs_tensor_learning_rates():
     with pytest.raises(ValueError, match="tensor learning rates"):
         GraphedTrainStep(model, model, make_optimizer(recipe, model, torch.device("cpu")), 0.0,
                          (torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)), capture=False)
+
+
+def test_optimizer_state_of_the_graphed_path_continues_on_the_eager_path():
+    """A checkpoint written on a GPU (learning rates held in tensors) resumes on the CPU, momentum intact."""
+    torch.manual_seed(0)
+    recipe = get_recipe("fast")
+    cpu = torch.device("cpu")
+    model = create_model("resnet8", in_chans=1)
+    graphed = GraphedTrainStep(model, model, make_optimizer(recipe, model, cpu, tensor_lr=True), 0.0,
+                               (torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,))), capture=False)
+    graphed(torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,)), 0.05)
+    state = graphed.optimizer.state_dict()
+    assert isinstance(state["param_groups"][0]["lr"], torch.Tensor)
+    step = build_train_step(model, recipe, cpu, optimizer_state=state)
+    assert type(step) is TrainStep
+    assert all(type(g["lr"]) is float and g["lr"] == pytest.approx(0.05) for g in step.optimizer.param_groups)
+    p = model.conv1.weight
+    assert torch.equal(step.optimizer.state[p]["momentum_buffer"], graphed.optimizer.state[p]["momentum_buffer"])
+
+
+def test_a_graphed_step_needs_a_cuda_device():
+    model = create_model("resnet8")
+    with pytest.raises(ValueError, match="CUDA device"):
+        build_train_step(model, get_recipe("fast"), torch.device("cpu"), graphed=True,
+                         sample=(torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)))
 
 
 @needs_fashion

@@ -3,7 +3,7 @@
 ``bench_train``: the typical script (a torchvision-style dataset yielding PIL images, torchvision
 transforms, a DataLoader with worker processes, fp32, ``loss.item()`` every step) against
 resnetlab's trainer path (data on the device, batched augmentation, channels_last, bf16 and a
-CUDA-graphed step on GPUs). Both train the same model from the same initial weights on the same
+CUDA-graphed step on GPUs; on a GPU also eager, so each technique's share shows). Both train the same model from the same initial weights on the same
 data with the same recipe and steps, and both are evaluated by the same code.
 
 ``bench_model``: model-step throughput on synthetic data (training and inference) of resnetlab's
@@ -33,7 +33,7 @@ from .evaluate import autocast_for, evaluate
 from .loader import DeviceLoader, channel_stats
 from .models import create_model
 from .recipes import get_recipe, lr_at
-from .steps import GraphedTrainStep, TrainStep, make_optimizer
+from .steps import build_train_step
 
 RESULTS_DIR = Path("benchmarks/results")
 
@@ -144,20 +144,15 @@ def _typical_loop(model: nn.Module, train_set, recipe, mean, std, steps: int, wa
     return (time.perf_counter() - start) / (steps - warmup)
 
 
-def _resnetlab_loop(model: nn.Module, train_set, recipe, mean, std, steps: int, warmup: int, device: torch.device, seed: int) -> float:
-    """resnetlab's training path (what ``train`` runs per step); returns seconds per step after warm-up."""
+def _resnetlab_loop(model: nn.Module, train_set, recipe, mean, std, steps: int, warmup: int, device: torch.device,
+                    seed: int, graphed: bool, compile: bool) -> float:
+    """resnetlab's training path (the trainer's step and inner loop); returns seconds per step after warm-up."""
     channels_last = device.type in ("cuda", "cpu")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = DeviceLoader(train_set.images, train_set.labels, recipe.batch_size, mean, std, device, train=True,
                           pad_crop=recipe.pad_crop, flip=recipe.flip, seed=seed, channels_last=channels_last)
-    graphed = device.type == "cuda"
-    optimizer = make_optimizer(recipe, model, device, tensor_lr=graphed)
-    model.train()
-    if graphed:
-        train_step = GraphedTrainStep(model, model, optimizer, recipe.label_smoothing, next(iter(loader)))
-    else:
-        train_step = TrainStep(model, optimizer, recipe.label_smoothing, device)
+    train_step = build_train_step(model, recipe, device, graphed, next(iter(loader)) if graphed else None, compile)
     step, epoch, start = 0, 0, None
     while step < steps:
         for x, y in loader.epoch(epoch):
@@ -173,6 +168,34 @@ def _resnetlab_loop(model: nn.Module, train_set, recipe, mean, std, steps: int, 
     return (time.perf_counter() - start) / (steps - warmup)
 
 
+@dataclass
+class _Variant:
+    """One way of running resnetlab's loop in the benchmark."""
+
+    name: str
+    how: str
+    graphed: bool = False
+    compile: bool = False
+
+
+def _variants(device: torch.device, compile: bool) -> list[_Variant]:
+    """The rows after the typical loop; the trainer's default path is the one named "resnetlab"."""
+    if device.type != "cuda":
+        rows = [_Variant("resnetlab", "data in memory, batched augmentation, channels_last, eager step, "
+                                      "metrics summed without per-step reads")]
+        if compile:
+            rows.append(_Variant("+ compile", "the same, model through torch.compile", compile=True))
+        return rows
+    on_gpu = "data on the GPU, batched augmentation, bf16 + channels_last"
+    rows = [
+        _Variant("eager", f"{on_gpu}, eager step (--no-cuda-graph)"),
+        _Variant("resnetlab", f"{on_gpu}, whole step in one CUDA graph", graphed=True),
+    ]
+    if compile:
+        rows.append(_Variant("+ compile", f"{on_gpu}, torch.compile kernels in one CUDA graph", graphed=True, compile=True))
+    return rows
+
+
 def bench_train(
     model_name: str = "resnet20",
     dataset: str = "fashion-mnist",
@@ -184,9 +207,15 @@ def bench_train(
     workers: int | None = None,
     limit_test: int | None = None,
     seed: int = 0,
+    compile: bool = False,
     print_fn: Callable[[str], None] = print,
 ) -> dict:
-    """Time the typical loop and resnetlab's loop on the same data, model and schedule; return the result dict."""
+    """Time the typical loop and resnetlab's loop on the same data, model and schedule; return the result dict.
+
+    On a GPU resnetlab runs twice, eager and CUDA-graphed (and a third time compiled with
+    ``compile``), so the table shows what each technique buys. A variant that fails is reported
+    with its error and the others still run; the speedup line compares the trainer's default path.
+    """
     from .data import get_dataset
     from .train import pick_device
 
@@ -205,29 +234,41 @@ def bench_train(
     torch.manual_seed(seed)
     initial = create_model(model_name, num_classes=len(train_set.classes), in_chans=train_set.images.shape[1]).to(dev)
     test_loader = DeviceLoader(test_set.images, test_set.labels, 500, mean, std, dev, train=False)
-    contenders = [
-        ("typical loop", f"DataLoader ({workers} workers) + torchvision transforms, fp32, eager",
-         lambda m: _typical_loop(m, train_set, recipe, mean, std, steps, warmup, dev, workers)),
-        ("resnetlab", _resnetlab_description(dev),
-         lambda m: _resnetlab_loop(m, train_set, recipe, mean, std, steps, warmup, dev, seed)),
-    ]
-    timings = []
+    contenders = [("typical loop", f"DataLoader ({workers} workers) + torchvision transforms, fp32, eager",
+                   lambda m: _typical_loop(m, train_set, recipe, mean, std, steps, warmup, dev, workers))]
+    for v in _variants(dev, compile):
+        contenders.append((v.name, v.how, lambda m, v=v: _resnetlab_loop(
+            m, train_set, recipe, mean, std, steps, warmup, dev, seed, v.graphed, v.compile)))
+    timings, rows = [], {}
     for name, how, run in contenders:
         model = copy.deepcopy(initial)
         torch.manual_seed(seed)
-        seconds = run(model)
+        print_fn(f"  {name}: {how}")
+        try:
+            seconds = run(model)
+        except Exception as e:  # noqa: BLE001 - one failing variant must not lose the others' numbers
+            if name in ("typical loop", "resnetlab"):
+                raise
+            print_fn(f"  {name}: failed: {type(e).__name__}: {e}")
+            rows[name] = {"name": name, "how": how, "error": f"{type(e).__name__}: {e}"}
+            continue
         model = model.to(memory_format=torch.contiguous_format)
         acc = evaluate(model, test_loader, len(train_set.classes)).accuracy
-        timings.append(Timing(name, seconds * 1e3, batch_size / seconds, acc))
-        print_fn(f"  {name}: {how}")
+        timing = Timing(name, seconds * 1e3, batch_size / seconds, acc)
+        timings.append(timing)
+        rows[name] = {**timing.to_dict(), "how": how}
 
-    speedup = timings[0].ms_per_step / timings[1].ms_per_step
+    typical = rows["typical loop"]["ms_per_step"]
+    for row in rows.values():
+        if "ms_per_step" in row:
+            row["speedup"] = typical / row["ms_per_step"]
+    speedup = rows["resnetlab"]["speedup"]
     result = {
         "benchmark": "train",
         "model": model_name, "dataset": dataset, "batch_size": batch_size, "steps": steps,
         "recipe": recipe_name, "workers": workers, "timed_steps": steps - warmup,
         "test_examples": len(test_set.labels),
-        "contenders": {t.name: {**t.to_dict(), "how": how} for t, (_, how, _) in zip(timings, contenders)},
+        "contenders": rows,
         "speedup": speedup,
         **environment(dev),
     }
@@ -236,18 +277,13 @@ def bench_train(
     return result
 
 
-def _resnetlab_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return "data on the GPU, batched augmentation, bf16 + channels_last, whole step in one CUDA graph"
-    return "data in memory, batched augmentation, channels_last, eager step, metrics summed without per-step reads"
-
-
 def _print_table(timings: list[Timing], title: str, print_fn: Callable[[str], None]) -> None:
     print_fn(title)
-    print_fn(f"{'':<16}{'ms/step':>10}{'img/s':>12}{'test acc':>10}")
+    print_fn(f"{'':<16}{'ms/step':>10}{'img/s':>12}{'test acc':>10}{'speedup':>9}")
+    base = timings[0].ms_per_step
     for t in timings:
         acc = f"{t.test_accuracy:.2%}" if t.test_accuracy is not None else "-"
-        print_fn(f"{t.name:<16}{t.ms_per_step:>10.2f}{t.images_per_s:>12,.0f}{acc:>10}")
+        print_fn(f"{t.name:<16}{t.ms_per_step:>10.2f}{t.images_per_s:>12,.0f}{acc:>10}{base / t.ms_per_step:>8.2f}x")
 
 
 def _time_calls(fn: Callable[[], None], iters: int, warmup: int, device: torch.device) -> float:

@@ -33,6 +33,7 @@ def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> No
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, run the step eagerly instead of replaying a CUDA graph")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume)")
     p.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, only the per-epoch lines")
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, help="DataLoader workers of the typical loop (default: min(8, CPUs))")
     b.add_argument("--limit-test", type=int, metavar="N")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    b.add_argument("--compile", action="store_true", help="add a row with the model through torch.compile")
     b.add_argument("--results", default="benchmarks/results", help="where the JSON result goes")
     b = bench.add_parser("model", help="model-step throughput against torchvision's model (synthetic data)")
     b.add_argument("--model", default="resnet50")
@@ -155,8 +157,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, limit_train=args.limit_train, limit_test=args.limit_test,
             image_size=args.image_size, device=args.device, seed=args.seed, out=args.out,
-            compile=args.compile, deterministic=args.deterministic, eval_every=args.eval_every,
-            progress=not args.no_progress,
+            compile=args.compile, cuda_graph=not args.no_cuda_graph, deterministic=args.deterministic,
+            eval_every=args.eval_every, progress=not args.no_progress,
         )
         result = train(config)
     acc = result.test_accuracy
@@ -212,7 +214,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     if args.bench == "train":
         result = bench_train(args.model, args.dataset, args.data_dir, args.batch_size, args.steps, args.device,
-                             args.recipe, args.workers, args.limit_test)
+                             args.recipe, args.workers, args.limit_test, compile=args.compile)
     else:
         result = bench_model(args.model, args.batch_size, args.image_size, args.steps, args.device, args.compile)
     path = save_result(result, args.results)

@@ -25,10 +25,10 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean(1).tolist(), x.std(1).tolist()
 
 
-def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+def normalize(images: torch.Tensor, mean: list[float] | torch.Tensor, std: list[float] | torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float32, scaled to 0-1 and standardised per channel."""
-    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    m = torch.as_tensor(mean, device=images.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255 - m) / s
 
 
@@ -101,6 +101,8 @@ class DeviceLoader:
         self.labels = labels.to(self.device)
         self.size, self.pad = size, pad_crop if train else 0
         self.batch_size, self.mean, self.std = batch_size, mean, std
+        # Made once: a small tensor copied from the host on every batch would make the host wait for the GPU.
+        self._mean_std = [torch.tensor(v, device=self.device) for v in (mean, std)]
         self.train, self.flip, self.seed = train, flip, seed
         self.channels_last = channels_last
 
@@ -126,23 +128,26 @@ class DeviceLoader:
         flip = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
         return EpochPlan(order, dy, dx, flip)
 
-    def _fetch(self, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 images, labels) on the device for each batch of indices, already padded for the crop."""
-        for idx in batches:
-            idx = idx.to(self.device)
+    def _fetch(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images, labels) on the device for each batch, already padded for the crop.
+
+        Each batch comes as its indices twice: on the CPU and on the device.
+        """
+        for _, idx in batches:
             yield self.images[idx], self.labels[idx]
 
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (normalised float batch, labels) for one epoch, beginning at batch ``start_batch``."""
         p = self.plan(epoch)
-        bs = self.batch_size
-        batches = [p.order[b * bs : (b + 1) * bs] for b in range(start_batch, len(self))]
-        dy, dx, flip = (t.to(self.device) for t in (p.dy, p.dx, p.flip))
-        for idx, (raw, labels) in zip(batches, self._fetch(batches)):
+        # The plan crosses to the device in one copy per epoch: a copy from pageable host memory
+        # per batch would wait until the GPU had finished the step already queued.
+        order, dy, dx, flip = (t.to(self.device) for t in (p.order, p.dy, p.dx, p.flip))
+        spans = [slice(b * self.batch_size, (b + 1) * self.batch_size) for b in range(start_batch, len(self))]
+        batches = [(p.order[s], order[s]) for s in spans]
+        for (_, idx), (raw, labels) in zip(batches, self._fetch(batches)):
             if self.train and (self.pad or self.flip):
-                idx = idx.to(self.device)
                 raw = crop_and_flip(raw, dy[idx], dx[idx], flip[idx], self.size)
-            x = normalize(raw, self.mean, self.std)
+            x = normalize(raw, *self._mean_std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, labels
@@ -165,9 +170,9 @@ class FolderLoader(DeviceLoader):
         self._configure(labels, size, batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last)
         self.dataset, self.workers = dataset, workers
 
-    def _fetch(self, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _fetch(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=[b.tolist() for b in batches], num_workers=self.workers,
+            self.dataset, batch_sampler=[cpu.tolist() for cpu, _ in batches], num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
         )
         for images, labels in loader:

@@ -6,6 +6,8 @@ optimizer update and metric sums once, then replays them with one launch per ste
 exactly what ``TrainStep`` computes: the learning rate lives in a device tensor the optimizer reads,
 inputs are copied into fixed buffers, and the sums accumulate in place. On a CPU (or with
 ``capture=False``) it runs the very same body eagerly, which is how the tests check the two agree.
+
+``build_train_step`` is the one place that picks between them; the trainer and the benchmark both use it.
 """
 
 from __future__ import annotations
@@ -151,3 +153,35 @@ class GraphedTrainStep(TrainStep):
         else:
             self.optimizer.zero_grad(set_to_none=True)
             self._body(self.static_x, self.static_y)
+
+
+def build_train_step(
+    model: nn.Module,
+    recipe: Recipe,
+    device: torch.device,
+    graphed: bool = False,
+    sample: tuple[torch.Tensor, torch.Tensor] | None = None,
+    compile: bool = False,
+    optimizer_state: dict | None = None,
+) -> TrainStep:
+    """The training step a run uses: its optimizer, then the eager or the CUDA-graphed step.
+
+    A graphed step needs ``sample``, a training batch on the device: the graph is captured for its
+    shapes. ``optimizer_state`` (a checkpoint's) is loaded before any capture, since the graph
+    records the optimizer's state tensors themselves. With ``compile`` the model runs through
+    ``torch.compile``; graphed as well, the compiled kernels are captured in the step's graph.
+    """
+    if graphed and (device.type != "cuda" or sample is None):
+        raise ValueError("a CUDA-graphed step needs a CUDA device and a sample batch")
+    optimizer = make_optimizer(recipe, model, device, tensor_lr=graphed)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+        # A checkpoint may come from the other path (graphed runs keep lr in a tensor): match this one.
+        for group in optimizer.param_groups:
+            lr = float(group["lr"])
+            group["lr"] = torch.tensor(lr, device=device) if graphed else lr
+    forward = torch.compile(model) if compile else model
+    model.train()
+    if graphed:
+        return GraphedTrainStep(forward, model, optimizer, recipe.label_smoothing, sample)
+    return TrainStep(forward, optimizer, recipe.label_smoothing, device)

@@ -21,7 +21,7 @@ from . import __version__, runs
 from .evaluate import EvalResult, evaluate
 from .loader import dataset_shape, dataset_stats, make_loader
 from .recipes import Recipe, get_recipe, lr_at
-from .steps import GraphedTrainStep, TrainStep, make_optimizer
+from .steps import build_train_step
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -236,9 +236,8 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     grad_every = saved.get("grad_norm_every", 0)
-    # The CUDA graph replays a fixed step: not with torch.compile (which has its own graphs) or norm recording.
-    graphed = device.type == "cuda" and saved.get("cuda_graph", True) and not saved["compile"] and not grad_every
-    optimizer = make_optimizer(recipe, model, device, tensor_lr=graphed)
+    # The graph replays one fixed step: recording gradient norms needs the eager one.
+    graphed = device.type == "cuda" and saved.get("cuda_graph", True) and not grad_every
     depth = _depth(saved["model"])
     total_steps, steps_per_epoch = saved["total_steps"], saved["steps_per_epoch"]
     train_loader = make_loader(
@@ -253,21 +252,15 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     step, elapsed = 0, 0.0
     if checkpoint is not None:
         runs.load_state(model, checkpoint["model"], run_dir / runs.CHECKPOINT, saved["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        # A checkpoint may come from the other path (graphed runs keep lr in a tensor): match this one.
-        for group in optimizer.param_groups:
-            lr = float(group["lr"])
-            group["lr"] = torch.tensor(lr, device=device) if graphed else lr
         step, elapsed = checkpoint["step"], checkpoint["elapsed"]
         torch.set_rng_state(checkpoint["rng"])
         runs.truncate_metrics(run_dir, step)
 
-    forward = torch.compile(model) if saved["compile"] else model
-    model.train()
-    if graphed:
-        train_step = GraphedTrainStep(forward, model, optimizer, recipe.label_smoothing, next(iter(train_loader)))
-    else:
-        train_step = TrainStep(forward, optimizer, recipe.label_smoothing, device)
+    train_step = build_train_step(
+        model, recipe, device, graphed, next(iter(train_loader)) if graphed else None, saved["compile"],
+        optimizer_state=checkpoint["optimizer"] if checkpoint is not None else None,
+    )
+    forward, optimizer = train_step.forward, train_step.optimizer
     if checkpoint is not None:
         for k, v in checkpoint["sums"].items():
             train_step.sums[k].copy_(v)

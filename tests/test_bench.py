@@ -1,0 +1,70 @@
+"""The benchmarks as a user runs them: tables, the ratio line, and JSON results parsed back."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from resnetlab import bench
+from resnetlab.cli import main
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+QUICK = ["--model", "resnet8", "--batch-size", "64", "--steps", "10", "--workers", "0", "--limit-test", "300",
+         "--device", "cpu"]
+
+
+def only_result(folder: Path) -> dict:
+    (path,) = folder.glob("*.json")
+    return json.loads(path.read_text())
+
+
+@needs_fashion
+def test_bench_train_compares_both_loops_and_writes_the_result(tmp_path, capsys):
+    assert main(["bench", "train", *QUICK, "--results", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    ratio = re.fullmatch(r"speedup vs typical loop: (\d+\.\d\d)x", lines[-1])
+    assert ratio, lines[-1]
+    result = only_result(tmp_path)
+    assert list(result["contenders"]) == ["typical loop", "resnetlab"]
+    typical, ours = result["contenders"]["typical loop"], result["contenders"]["resnetlab"]
+    assert result["speedup"] == pytest.approx(typical["ms_per_step"] / ours["ms_per_step"])
+    assert float(ratio.group(1)) == pytest.approx(result["speedup"], abs=0.006)
+    for row in (typical, ours):
+        assert row["images_per_s"] == pytest.approx(64e3 / row["ms_per_step"])
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+    assert result["timed_steps"] == 8 and result["test_examples"] == 300
+    assert result["device_type"] == "cpu" and result["torch"] and result["date"].startswith("20")
+
+
+@needs_fashion
+def test_a_failing_variant_is_reported_and_the_others_still_count(tmp_path, monkeypatch):
+    # A CUDA-graphed variant cannot run on the CPU: it must fail alone, with its reason.
+    broken = bench._Variant("+ graph", "CUDA graph on a CPU", graphed=True)
+    monkeypatch.setattr(bench, "_variants", lambda device, compile: [bench._Variant("resnetlab", "eager"), broken])
+    printed = []
+    result = bench.bench_train("resnet8", batch_size=64, steps=10, device="cpu", workers=0, limit_test=300,
+                               print_fn=printed.append)
+    assert "CUDA device" in result["contenders"]["+ graph"]["error"]
+    assert any(line.startswith("  + graph: failed: ValueError") for line in printed)
+    assert printed[-1].startswith("speedup vs typical loop: ")
+
+
+def test_bench_model_compares_with_torchvision(tmp_path, capsys):
+    argv = ["bench", "model", "--model", "resnet18", "--batch-size", "2", "--image-size", "64", "--steps", "2",
+            "--device", "cpu", "--results", str(tmp_path)]
+    assert main(argv) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"resnetlab vs torchvision: training \d+\.\d\dx, inference \d+\.\d\dx", last), last
+    result = only_result(tmp_path)
+    assert set(result["contenders"]) == {"torchvision", "resnetlab"}
+    tv, ours = result["contenders"]["torchvision"], result["contenders"]["resnetlab"]
+    assert result["train_ratio"] == pytest.approx(ours["train_images_per_s"] / tv["train_images_per_s"])
+    assert result["precision"] == "fp32" and result["image_size"] == 64
+
+
+def test_bench_refuses_too_few_steps(capsys):
+    assert main(["bench", "train", "--steps", "5", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "at least 10" in err and "Traceback" not in err

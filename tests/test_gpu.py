@@ -1,0 +1,119 @@
+"""The CUDA paths: the graphed step against the eager one, no host syncs inside a step, GPU runs that resume.
+
+Skipped without a CUDA GPU; benchmarks/gpu.sh runs them first on a GPU machine.
+"""
+
+import copy
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetlab import runs
+from resnetlab.loader import DeviceLoader
+from resnetlab.models import create_model
+from resnetlab.recipes import get_recipe
+from resnetlab.steps import GraphedTrainStep, build_train_step
+from resnetlab.train import Interrupted, TrainConfig, resume, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = torch.device("cuda")
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@contextmanager
+def no_host_sync():
+    """Raise on any operation that makes the host wait for the GPU."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def fake_loader(n: int = 1024, batch_size: int = 64) -> DeviceLoader:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    return DeviceLoader(images, labels, batch_size, [0.3], [0.3], CUDA, train=True, pad_crop=2, flip=True,
+                        channels_last=True)
+
+
+def two_steps(compile: bool = False):
+    """An eager and a graphed step on identical copies of resnet8."""
+    torch.manual_seed(0)
+    recipe = get_recipe("fast")
+    loader = fake_loader()
+    model_a = create_model("resnet8", in_chans=1).to(CUDA).to(memory_format=torch.channels_last)
+    model_b = copy.deepcopy(model_a)
+    eager = build_train_step(model_a, recipe, CUDA, graphed=False)
+    graphed = build_train_step(model_b, recipe, CUDA, graphed=True, sample=next(iter(loader)), compile=compile)
+    return loader, (model_a, eager), (model_b, graphed)
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["graph", "compile+graph"])
+def test_graphed_step_follows_the_eager_step(compile):
+    loader, (model_a, eager), (model_b, graphed) = two_steps(compile)
+    assert isinstance(graphed, GraphedTrainStep) and graphed.graph is not None
+    for i, (x, y) in enumerate(loader.epoch(0)):
+        lr = 0.02 * (i + 1)
+        eager(x, y, lr)
+        graphed(x, y, lr)
+    sums_a, sums_b = eager.read_sums(), graphed.read_sums()
+    assert sums_a["seen"] == sums_b["seen"] == 1024  # warm-up and capture steps were not counted
+    # bf16 kernels chosen separately for each path: equal up to rounding, not bit for bit.
+    assert sums_b["loss"] == pytest.approx(sums_a["loss"], rel=2e-2)
+    for (name, p), q in zip(model_a.named_parameters(), model_b.parameters()):
+        assert torch.allclose(p, q, atol=2e-2, rtol=5e-2), name
+    bn_a, bn_b = model_a.bn1.num_batches_tracked, model_b.bn1.num_batches_tracked
+    assert int(bn_a) == int(bn_b) == len(loader)  # the warm-up steps were undone
+
+
+def test_capture_leaves_the_weights_as_they_were():
+    torch.manual_seed(0)
+    model = create_model("resnet8", in_chans=1).to(CUDA).to(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    build_train_step(model, get_recipe("fast"), CUDA, graphed=True, sample=next(iter(fake_loader())))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "graph"])
+def test_steps_never_wait_for_the_gpu(graphed):
+    """Batches and steps queue up on the GPU: no host sync between one step and the next."""
+    torch.manual_seed(0)
+    loader = fake_loader()
+    model = create_model("resnet8", in_chans=1).to(CUDA).to(memory_format=torch.channels_last)
+    batches = loader.epoch(0)
+    first = next(batches)  # the epoch's plan is copied to the device here, once
+    step = build_train_step(model, get_recipe("fast"), CUDA, graphed=graphed, sample=first)
+    step(*first, 0.1)
+    with no_host_sync():
+        for x, y in batches:
+            step(x, y, 0.1)
+
+
+def test_batches_on_the_gpu_equal_those_on_the_cpu():
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (300, 3, 16, 16), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (300,), generator=g)
+    kw = dict(batch_size=50, mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.2], train=True, pad_crop=4, flip=True, seed=7)
+    cpu = DeviceLoader(images, labels, device="cpu", **kw)
+    gpu = DeviceLoader(images, labels, device=CUDA, **kw)
+    for (xa, ya), (xb, yb) in zip(cpu.epoch(3, start_batch=2), gpu.epoch(3, start_batch=2)):
+        assert torch.equal(ya, yb.cpu())
+        assert torch.allclose(xa, xb.cpu(), atol=1e-6)
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_graphed_gpu_run_learns_and_resumes_on_the_cpu(tmp_path):
+    config = TrainConfig(model="resnet8", limit_train=4096, limit_test=1000, batch_size=128, epochs=2,
+                         device="cuda", out=str(tmp_path / "run"), progress=False)
+    with pytest.raises(Interrupted):
+        train(config, stop_at=40)  # mid-epoch: 32 steps an epoch
+    assert runs.read_config(tmp_path / "run")["cuda_graph"] is True
+    result = resume(tmp_path / "run", device="cpu", progress=False)  # a graphed checkpoint, continued eagerly
+    assert result.steps == 64
+    assert result.test_accuracy > 0.6
