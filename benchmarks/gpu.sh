@@ -5,9 +5,10 @@
 #   tests    the CUDA tests (graphed step against eager, no host syncs, GPU run resumed on the CPU)
 #   train    bench train for resnet20/56/110, one epoch at batch 128: typical, eager, graphed, compiled
 #   model    bench model for ResNet-50, eager and compiled
-#   fast     the fast recipe end to end, timed
-#   he2016   resnet20's whole he2016 schedule (64k steps), timed
-# Each stage takes a few minutes; results land in $OUT (default benchmarks/results).
+#   fast     the fast recipe end to end, timed (fast-compile: the same with --compile)
+#   he2016   resnet20's whole he2016 schedule (64k steps), timed (he2016-compile: with --compile)
+# Each stage takes a few minutes; results land in $OUT (default benchmarks/results). A run's
+# metrics.jsonl times training and evaluation; the log's "wall" line adds start-up and compilation.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
@@ -15,36 +16,39 @@ export RESNETLAB_DATA=${RESNETLAB_DATA:-$PWD/data}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-deps -e . || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-stages=${*:-tests train model fast he2016}
+stages=${*:-tests train model fast fast-compile he2016 he2016-compile}
 failed=0
 
 # run LOG COMMAND...: show and keep the command's output; remember a failure and go on.
 run() {
-    local log=$1; shift
+    local log=$1 t0=$SECONDS; shift
     "$@" 2>&1 | tee -a "$OUT/$log"
-    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "failed: $*"; failed=1; }
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "failed: $*" | tee -a "$OUT/$log"; failed=1; }
+    echo "wall $((SECONDS - t0)) s: $*" | tee -a "$OUT/$log"
 }
 
 for stage in $stages; do
     echo "== $stage"
+    compile=()
+    [[ $stage == *-compile ]] && compile=(--compile)
     case $stage in
     tests)
         run tests-gpu.txt python3 -m pytest -q tests/test_gpu.py ;;
     train)
         for model in resnet20 resnet56 resnet110; do
-            run bench-train.txt resnetlab bench train --model "$model" --batch-size 128 --steps 469 --device cuda \
+            run bench-train.txt python3 -m resnetlab bench train --model "$model" --batch-size 128 --steps 469 --device cuda \
                 --compile --results "$OUT"
         done ;;
     model)
-        run bench-model.txt resnetlab bench model --model resnet50 --device cuda --results "$OUT"
-        run bench-model.txt resnetlab bench model --model resnet50 --device cuda --compile --results "$OUT" ;;
-    fast)
+        run bench-model.txt python3 -m resnetlab bench model --model resnet50 --device cuda --results "$OUT"
+        run bench-model.txt python3 -m resnetlab bench model --model resnet50 --device cuda --compile --results "$OUT" ;;
+    fast | fast-compile)
         # Evaluated once, at the end: the clock then counts training and one pass over the test set.
-        run fast.txt resnetlab train --model resnet20 --recipe fast --device cuda --eval-every 1000 \
-            --out "$OUT/runs/fast" --no-progress ;;
-    he2016)
-        run he2016.txt resnetlab train --model resnet20 --recipe he2016 --device cuda --eval-every 20 \
-            --out "$OUT/runs/he2016" --no-progress ;;
+        run "$stage.txt" python3 -m resnetlab train --model resnet20 --recipe fast --device cuda --eval-every 1000 \
+            --out "$OUT/runs/$stage" --no-progress "${compile[@]}" ;;
+    he2016 | he2016-compile)
+        run "$stage.txt" python3 -m resnetlab train --model resnet20 --recipe he2016 --device cuda --eval-every 20 \
+            --out "$OUT/runs/$stage" --no-progress "${compile[@]}" ;;
     *)
         echo "unknown stage $stage"; failed=1 ;;
     esac

@@ -189,3 +189,13 @@ def test_a_checkpoint_that_carries_code_is_refused_without_running_it(trained, t
     (mixed / "checkpoint.pt").write_bytes(pickle.dumps({"model_name": "resnet8", "x": _Exploit(marker)}, protocol=2))
     fails_cleanly(capsys, "train", "--resume", mixed, "--device", "cpu", match="cannot be read as a training checkpoint")
     assert not marker.exists()
+
+
+def test_python_dash_m_runs_the_same_command_line():
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "resnetlab", "models", "resnet20"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "269,722" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "resnetlab", "summary", "resnet9000x"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
