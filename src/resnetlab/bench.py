@@ -243,6 +243,8 @@ def bench_train(
     for name, how, run in contenders:
         model = copy.deepcopy(initial)
         torch.manual_seed(seed)
+        # cuDNN's autotuner is one of resnetlab's settings (the trainer turns it on); scripts rarely do.
+        torch.backends.cudnn.benchmark = name != "typical loop"
         print_fn(f"  {name}: {how}")
         try:
             seconds = run(model)
@@ -316,6 +318,7 @@ def bench_model(
     steps = steps or (50 if dev.type == "cuda" else 3)
     if not hasattr(torchvision.models, model_name):
         raise ValueError(f"torchvision has no {model_name!r} to compare with; use resnet18/34/50/101/152")
+    torch.backends.cudnn.benchmark = True  # same settings for both: this compares the model code alone
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch_size,), device=dev)
     rows = []
