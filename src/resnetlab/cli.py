@@ -142,6 +142,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from . import distributed
     from .train import TrainConfig, resume, train
 
     if args.resume:
@@ -161,6 +162,10 @@ def cmd_train(args: argparse.Namespace) -> None:
             eval_every=args.eval_every, progress=not args.no_progress,
         )
         result = train(config)
+    world = distributed.world_from_env()
+    distributed.teardown(world)
+    if not world.is_main:
+        return
     acc = result.test_accuracy
     if acc is not None:
         print(f"test accuracy {acc:.2%}  test error {1 - acc:.2%}  ({result.steps} steps, {result.seconds:.0f} s)")

@@ -5,9 +5,8 @@ every example's crop offset and flip up front from a generator seeded by (seed, 
 epoch is the same whether it runs straight through or is resumed half way. Augmentation and
 normalisation then run on whole batches on the device: no per-image Python, no worker processes.
 
-Because every process can draw the same plan from (seed, epoch) without talking to the others,
-several processes (torchrun) need only take their own slice of each plan's order; the run
-directory is then written by rank 0 alone.
+Because every process draws the same plan from (seed, epoch) without talking to the others,
+several processes (torchrun) each take their own slice of every batch (``rank``, ``world``).
 """
 
 from __future__ import annotations
@@ -71,6 +70,8 @@ class DeviceLoader:
         flip: random horizontal flips.
         seed: with the epoch number, fixes every random choice of that epoch.
         channels_last: hand the model NHWC batches (faster convolutions on GPUs and on CPUs).
+        rank, world: with several processes, this one yields every ``world``-th example of each
+            training batch, starting at ``rank`` (``batch_size`` stays the global batch).
     """
 
     def __init__(
@@ -86,17 +87,24 @@ class DeviceLoader:
         flip: bool = False,
         seed: int = 0,
         channels_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         if len(images) != len(labels):
             raise ValueError("images and labels differ in length")
-        self._configure(labels, images.shape[-1], batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last)
+        self._configure(labels, images.shape[-1], batch_size, mean, std, device, train, pad_crop, flip, seed,
+                        channels_last, rank, world)
         # Pad once for the whole dataset: each batch is then a single gather.
         images = images.to(self.device)
         self.images = F.pad(images, (self.pad,) * 4) if self.pad else images
 
-    def _configure(self, labels, size, batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last) -> None:
+    def _configure(self, labels, size, batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last,
+                   rank, world) -> None:
         if train and len(labels) < batch_size:
             raise ValueError(f"batch size {batch_size} is larger than the {len(labels)} training examples")
+        if train and batch_size % world:
+            raise ValueError(f"batch size {batch_size} does not split evenly over {world} processes")
+        self.rank, self.world = (rank, world) if train else (0, 1)  # every process evaluates whole batches
         self.device = torch.device(device)
         self.labels = labels.to(self.device)
         self.size, self.pad = size, pad_crop if train else 0
@@ -143,7 +151,8 @@ class DeviceLoader:
         # per batch would wait until the GPU had finished the step already queued.
         order, dy, dx, flip = (t.to(self.device) for t in (p.order, p.dy, p.dx, p.flip))
         spans = [slice(b * self.batch_size, (b + 1) * self.batch_size) for b in range(start_batch, len(self))]
-        batches = [(p.order[s], order[s]) for s in spans]
+        shard = slice(self.rank, None, self.world)
+        batches = [(p.order[s][shard], order[s][shard]) for s in spans]
         for (_, idx), (raw, labels) in zip(batches, self._fetch(batches)):
             if self.train and (self.pad or self.flip):
                 raw = crop_and_flip(raw, dy[idx], dx[idx], flip[idx], self.size)
@@ -165,9 +174,11 @@ class FolderLoader(DeviceLoader):
 
     def __init__(self, dataset: torch.utils.data.Dataset, labels: torch.Tensor, batch_size: int, mean: list[float],
                  std: list[float], device: torch.device | str = "cpu", train: bool = True, pad_crop: int = 0,
-                 flip: bool = False, seed: int = 0, channels_last: bool = False, workers: int = 4) -> None:
+                 flip: bool = False, seed: int = 0, channels_last: bool = False, rank: int = 0, world: int = 1,
+                 workers: int = 4) -> None:
         size = dataset[0][0].shape[-1]
-        self._configure(labels, size, batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last)
+        self._configure(labels, size, batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last,
+                        rank, world)
         self.dataset, self.workers = dataset, workers
 
     def _fetch(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

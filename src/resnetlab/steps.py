@@ -163,6 +163,7 @@ def build_train_step(
     sample: tuple[torch.Tensor, torch.Tensor] | None = None,
     compile: bool = False,
     optimizer_state: dict | None = None,
+    processes: int = 1,
 ) -> TrainStep:
     """The training step a run uses: its optimizer, then the eager or the CUDA-graphed step.
 
@@ -170,9 +171,11 @@ def build_train_step(
     shapes. ``optimizer_state`` (a checkpoint's) is loaded before any capture, since the graph
     records the optimizer's state tensors themselves. With ``compile`` the model runs through
     ``torch.compile``; graphed as well, the compiled kernels are captured in the step's graph.
+    With several ``processes`` (torchrun) the model is wrapped in DistributedDataParallel, which
+    averages the gradients of all processes, and the step stays eager.
     """
-    if graphed and (device.type != "cuda" or sample is None):
-        raise ValueError("a CUDA-graphed step needs a CUDA device and a sample batch")
+    if graphed and (device.type != "cuda" or sample is None or processes > 1):
+        raise ValueError("a CUDA-graphed step needs a CUDA device, a sample batch and a single process")
     optimizer = make_optimizer(recipe, model, device, tensor_lr=graphed)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -180,7 +183,13 @@ def build_train_step(
         for group in optimizer.param_groups:
             lr = float(group["lr"])
             group["lr"] = torch.tensor(lr, device=device) if graphed else lr
-    forward = torch.compile(model) if compile else model
+    forward = model
+    if processes > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        forward = torch.compile(forward)
     model.train()
     if graphed:
         return GraphedTrainStep(forward, model, optimizer, recipe.label_smoothing, sample)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import __version__, runs
+from . import __version__, distributed, runs
 from .evaluate import EvalResult, evaluate
 from .loader import dataset_shape, dataset_stats, make_loader
 from .recipes import Recipe, get_recipe, lr_at
@@ -163,7 +163,8 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     )
     if config.eval_every < 1:
         raise ValueError(f"--eval-every must be at least 1, got {config.eval_every}")
-    device = pick_device(config.device)
+    world = distributed.world_from_env()
+    device = distributed.setup(world, pick_device(config.device))
     from .models import create_model
 
     train_set, test_set = load_splits(
@@ -178,8 +179,9 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     total_steps = recipe.steps or max(1, round(recipe.epochs * steps_per_epoch))
     mean, std = dataset_stats(train_set, seed=config.seed)
 
-    run_dir = _new_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = distributed.share(_new_run_dir(config), world)  # one name, though clocks may differ
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     saved = {
         "model": config.model,
         "model_kwargs": model_kwargs,
@@ -204,16 +206,19 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
         "eval_every": config.eval_every,
         "grad_norm_every": config.grad_norm_every,
         "device": str(device),
+        "processes": world.size,
         "versions": {"resnetlab": __version__, "torch": torch.__version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    runs.write_json(run_dir / runs.CONFIG, saved)
-    return _run(saved, run_dir, train_set, test_set, device, config.progress, stop_at, checkpoint=None)
+    if world.is_main:
+        runs.write_json(run_dir / runs.CONFIG, saved)
+    return _run(saved, run_dir, train_set, test_set, device, config.progress, stop_at, checkpoint=None, world=world)
 
 
 def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, stop_at: int | None = None) -> TrainResult:
     """Continue a run from its last checkpoint, with the same data, recipe and randomness."""
     run_dir = Path(run_dir)
+    world = distributed.world_from_env()
     saved = runs.read_config(run_dir)
     checkpoint = runs.load_checkpoint(run_dir)
     if checkpoint.get("model_name") != saved["model"]:
@@ -222,10 +227,12 @@ def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, sto
         saved["dataset"], saved["data_dir"], reload_size(saved["dataset"], saved),
         saved["limit_train"], saved["limit_test"], saved["seed"],
     )
-    return _run(saved, run_dir, train_set, test_set, pick_device(device), progress, stop_at, checkpoint)
+    device = distributed.setup(world, pick_device(device))
+    return _run(saved, run_dir, train_set, test_set, device, progress, stop_at, checkpoint, world)
 
 
-def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, progress: bool, stop_at: int | None, checkpoint: dict | None) -> TrainResult:
+def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, progress: bool, stop_at: int | None,
+         checkpoint: dict | None, world: distributed.World = distributed.World()) -> TrainResult:
     recipe = Recipe(**{**saved["recipe"], "milestones": tuple(saved["recipe"]["milestones"])})
     seed_everything(saved["seed"], saved["deterministic"])
     if device.type == "cuda":
@@ -236,13 +243,16 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     grad_every = saved.get("grad_norm_every", 0)
-    # The graph replays one fixed step: recording gradient norms needs the eager one.
-    graphed = device.type == "cuda" and saved.get("cuda_graph", True) and not grad_every
+    # The graph replays one fixed step: recording gradient norms needs the eager one, and so (here)
+    # does DistributedDataParallel, whose gradient averaging runs in hooks a graph would not replay.
+    graphed = device.type == "cuda" and saved.get("cuda_graph", True) and not grad_every and world.size == 1
+    progress = progress and world.is_main
     depth = _depth(saved["model"])
     total_steps, steps_per_epoch = saved["total_steps"], saved["steps_per_epoch"]
     train_loader = make_loader(
         train_set, recipe.batch_size, saved["mean"], saved["std"], device, train=True,
         pad_crop=recipe.pad_crop, flip=recipe.flip, seed=saved["seed"], channels_last=channels_last,
+        rank=world.rank, world=world.size,
     )
     test_loader = make_loader(
         test_set, max(256, recipe.batch_size), saved["mean"], saved["std"], device, train=False, channels_last=channels_last,
@@ -254,14 +264,17 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         runs.load_state(model, checkpoint["model"], run_dir / runs.CHECKPOINT, saved["model"])
         step, elapsed = checkpoint["step"], checkpoint["elapsed"]
         torch.set_rng_state(checkpoint["rng"])
-        runs.truncate_metrics(run_dir, step)
+        if world.is_main:
+            runs.truncate_metrics(run_dir, step)
 
     train_step = build_train_step(
         model, recipe, device, graphed, next(iter(train_loader)) if graphed else None, saved["compile"],
-        optimizer_state=checkpoint["optimizer"] if checkpoint is not None else None,
+        optimizer_state=checkpoint["optimizer"] if checkpoint is not None else None, processes=world.size,
     )
-    forward, optimizer = train_step.forward, train_step.optimizer
-    if checkpoint is not None:
+    optimizer = train_step.optimizer
+    # Process 0 evaluates alone, so not through DistributedDataParallel, which would wait for the others.
+    forward = train_step.forward if world.size == 1 else model
+    if checkpoint is not None and world.is_main:  # the saved sums are already those of every process
         for k, v in checkpoint["sums"].items():
             train_step.sums[k].copy_(v)
     watched = [(n, p) for n, p in model.named_parameters() if p.ndim > 1]  # conv and fc weights, input to output
@@ -271,7 +284,16 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     result_test: EvalResult | None = None
     num_epochs = math.ceil(total_steps / steps_per_epoch)
 
+    saved_step = step
+
     def save_checkpoint() -> None:
+        nonlocal saved_step
+        # Every process gets here at the same step; the checkpoint carries the sums of them all.
+        distributed.sum_across(train_step.sums, world)
+        if not world.is_main:
+            train_step.reset_sums()
+            pending_norms.clear()
+            return
         if grad_log is not None:
             grad_log["layers"] = [n for n, _ in watched]
             grad_log["norms"] += [t.tolist() for t in pending_norms]
@@ -283,8 +305,9 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             "step": step, "elapsed": elapsed, "sums": {k: v.cpu() for k, v in train_step.sums.items()},
             "rng": torch.get_rng_state(),
         })
+        saved_step = step
 
-    board = _tensorboard(run_dir)
+    board = _tensorboard(run_dir) if world.is_main else None
     started = time.perf_counter() - elapsed
     try:
         while step < total_steps:
@@ -314,6 +337,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                 elapsed = time.perf_counter() - started
                 save_checkpoint()
                 raise Interrupted(run_dir, step)
+            distributed.sum_across(train_step.sums, world)
             totals = train_step.read_sums()
             seen = totals["seen"]
             row = {
@@ -323,24 +347,28 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                 "images_per_s": seen / max(1e-9, time.perf_counter() - epoch_start),
             }
             last = step >= total_steps
-            if last or (epoch + 1) % saved["eval_every"] == 0:
+            if world.is_main and (last or (epoch + 1) % saved["eval_every"] == 0):
                 result_test = evaluate(forward, test_loader, num_classes)
                 row["test_loss"], row["test_acc"] = result_test.loss, result_test.accuracy
             elapsed = time.perf_counter() - started
             row["time"] = elapsed
             train_step.reset_sums()
-            runs.append_metrics(run_dir, row)
-            if board is not None:
-                for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s"):
-                    if row[key] is not None:
-                        board.add_scalar(key, row[key], step)
-                board.flush()
             history.append(row)
+            if world.is_main:
+                runs.append_metrics(run_dir, row)
+                if board is not None:
+                    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s"):
+                        if row[key] is not None:
+                            board.add_scalar(key, row[key], step)
+                    board.flush()
             save_checkpoint()
-            tqdm.write(_epoch_line(row, num_epochs))
+            if world.is_main:
+                tqdm.write(_epoch_line(row, num_epochs))
             if step == stop_at and not last:
                 raise Interrupted(run_dir, step)
     except KeyboardInterrupt:
+        if world.size > 1:  # the others may be inside a collective: the last checkpoint stays as it is
+            raise Interrupted(run_dir, saved_step) from None
         elapsed = time.perf_counter() - started
         save_checkpoint()
         raise Interrupted(run_dir, step) from None

@@ -1,0 +1,84 @@
+"""Several processes, one run: what ``torchrun`` needs from the trainer.
+
+``torchrun --nproc-per-node=N -m resnetlab train ...`` starts N copies of the trainer with RANK,
+WORLD_SIZE and LOCAL_RANK set. Each process draws the same epoch plan from (seed, epoch) and trains
+on its own slice of every batch (the recipe's batch size is the global one); DistributedDataParallel
+averages the gradients, so the weights stay identical everywhere. Process 0 alone writes the run
+directory and evaluates. One process (no torchrun) needs none of this and pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes of one run."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files and prints."""
+        return self.rank == 0
+
+
+def world_from_env() -> World:
+    """The world torchrun describes in the environment; a single process when it is not set."""
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them)") from None
+    return World(rank, size, local_rank)
+
+
+def setup(world: World, device: torch.device) -> torch.device:
+    """Join the process group (NCCL on CUDA, Gloo on the CPU) and return this process's device."""
+    if world.size == 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise ValueError(f"several processes need CUDA or the CPU, not {device.type}")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size)
+    return device
+
+
+def teardown(world: World) -> None:
+    """Leave the process group, once every process is done."""
+    if world.size > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def sum_across(tensors: dict[str, torch.Tensor], world: World) -> None:
+    """Add up each tensor over all processes, in place."""
+    if world.size > 1:
+        for t in tensors.values():
+            dist.all_reduce(t)
+
+
+def share(value, world: World):
+    """Process 0's ``value`` (any picklable object), on every process."""
+    if world.size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(world: World) -> None:
+    """Wait until every process gets here (say, until process 0 has written a file)."""
+    if world.size > 1:
+        dist.barrier()

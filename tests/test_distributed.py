@@ -1,0 +1,99 @@
+"""Several processes (torchrun): batches split without overlap, gradients averaged, one run directory."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from resnetlab import runs
+from resnetlab.loader import DeviceLoader
+from resnetlab.models import create_model
+from resnetlab.recipes import get_recipe
+from resnetlab.steps import build_train_step, make_optimizer
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+RECIPE = get_recipe("fast", label_smoothing=0.1)
+
+
+def fake_data(n: int = 256):
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 1, 12, 12), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def loader(rank: int = 0, world: int = 1) -> DeviceLoader:
+    images, labels = fake_data()
+    return DeviceLoader(images, labels, 32, [0.5], [0.25], train=True, pad_crop=2, flip=True, seed=5, rank=rank, world=world)
+
+
+def test_each_process_gets_its_own_slice_of_every_batch():
+    whole = list(loader().epoch(1))
+    parts = [list(loader(rank, 2).epoch(1)) for rank in (0, 1)]
+    assert len(parts[0]) == len(parts[1]) == len(whole) == 8
+    for (x, y), (x0, y0), (x1, y1) in zip(whole, *parts):
+        assert x0.shape[0] == x1.shape[0] == 16
+        assert torch.equal(x[0::2], x0) and torch.equal(x[1::2], x1)
+        assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1)
+
+
+def test_the_batch_must_split_evenly_over_the_processes():
+    images, labels = fake_data()
+    with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
+        DeviceLoader(images, labels, 32, [0.5], [0.25], train=True, rank=0, world=3)
+
+
+def _train_three_steps(rank: int, folder: str) -> None:
+    """One of two processes: three steps through the trainer's step, then its weights to a file."""
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = create_model("resnet8", in_chans=1)
+    step = build_train_step(model, RECIPE, torch.device("cpu"), processes=2)
+    for i, (x, y) in zip(range(3), loader(rank, 2).epoch(0)):
+        step(x, y, 0.05 * (i + 1))
+    torch.save({k: v.detach() for k, v in model.named_parameters()}, f"{folder}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_processes_take_the_step_of_one_process_with_their_gradients_averaged(tmp_path):
+    mp.spawn(_train_three_steps, args=(str(tmp_path),), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+    # The same three steps in one process: each half batch through the net on its own (batch norm
+    # sees what one process sees), the two losses averaged, as DistributedDataParallel averages gradients.
+    torch.manual_seed(0)
+    model = create_model("resnet8", in_chans=1)
+    optimizer = make_optimizer(RECIPE, model, torch.device("cpu"))
+    for i, (x, y) in zip(range(3), loader().epoch(0)):
+        for group in optimizer.param_groups:
+            group["lr"] = 0.05 * (i + 1)
+        optimizer.zero_grad()
+        halves = [F.cross_entropy(model(x[r::2]), y[r::2], label_smoothing=0.1) for r in (0, 1)]
+        (sum(halves) / 2).backward()
+        optimizer.step()
+    for name, p in model.named_parameters():
+        assert torch.equal(ranks[0][name], ranks[1][name]), f"processes disagree on {name}"
+        assert torch.allclose(ranks[0][name], p.detach(), atol=1e-5, rtol=1e-4), name
+    assert not torch.equal(ranks[0]["fc.weight"], create_model("resnet8", in_chans=1).fc.weight)  # it did train
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_torchrun_trains_one_run_written_by_process_zero(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "resnetlab",
+           "train", "--model", "resnet8", "--limit-train", "1024", "--limit-test", "1000", "--batch-size", "64",
+           "--epochs", "2", "--device", "cpu", "--out", str(out), "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("run directory:") == 1  # printed by process 0 only
+    config = runs.read_config(out)
+    assert config["processes"] == 2
+    rows = runs.read_metrics(out)
+    assert [r["step"] for r in rows] == [16, 32]  # 1,024 images in global batches of 64
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[1]["test_acc"] > 0.4
+    model, _ = runs.load_model(out)  # the weights process 0 wrote load back
+    assert model.fc.out_features == 10
