@@ -97,3 +97,46 @@ def test_torchrun_trains_one_run_written_by_process_zero(tmp_path):
     assert rows[1]["test_acc"] > 0.4
     model, _ = runs.load_model(out)  # the weights process 0 wrote load back
     assert model.fc.out_features == 10
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_as_process(rank: int, port: int, out: str, stop_at: int | None, resume_it: bool) -> None:
+    """One of two processes of a torchrun-like launch: train (maybe stopping early) or resume."""
+    import os
+
+    from resnetlab.train import Interrupted, TrainConfig, resume, train
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        if resume_it:
+            resume(out, device="cpu", progress=False)
+        else:
+            train(TrainConfig(model="resnet8", limit_train=512, limit_test=200, batch_size=64, steps=20, recipe="he2016",
+                              device="cpu", out=out, progress=False, seed=3), stop_at=stop_at)
+    except Interrupted:
+        pass
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_two_processes_stopped_mid_epoch_resume_to_the_same_run(tmp_path):
+    straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
+    for out, stop_at, resume_it in ((straight, None, False), (stopped, 11, False), (stopped, None, True)):
+        mp.spawn(_run_as_process, args=(_free_port(), out, stop_at, resume_it), nprocs=2)
+        if stop_at:
+            assert runs.load_checkpoint(Path(out))["step"] == 11  # mid-epoch: 8 steps an epoch
+    a, b = (runs.read_metrics(d) for d in (straight, stopped))
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [8, 16, 20]
+    for ra, rb in zip(a, b):  # the stopped epoch's sums came through the checkpoint, from both processes
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5)
+        assert rb["train_acc"] == pytest.approx(ra["train_acc"])
+    wa, wb = (runs.load_model(d)[0].state_dict() for d in (straight, stopped))
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
