@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
+    p = sub.add_parser("export", help="write a trained run as ONNX (normalisation inside), checked with ONNX Runtime")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--out", metavar="FILE.onnx", help="default RUN_DIR/model.onnx")
+    p.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
+
     p = sub.add_parser("diagram", help="draw a model's architecture to an SVG or PNG file (Graphviz)")
     p.add_argument("model")
     p.add_argument("-o", "--out", metavar="FILE.svg|png", help="default MODEL.svg")
@@ -192,6 +197,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"{pred.path}: {pred.ranked()}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_onnx
+
+    print(export_onnx(args.run_dir, args.out, check=not args.no_check).text())
+
+
 def cmd_diagram(args: argparse.Namespace) -> None:
     from .diagram import draw_model
     from .models import create_model
@@ -238,6 +249,7 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "predict": cmd_predict,
+    "export": cmd_export,
     "diagram": cmd_diagram,
     "plot": cmd_plot,
     "bench": cmd_bench,

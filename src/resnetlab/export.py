@@ -1,0 +1,111 @@
+"""A trained run as one ONNX file that carries its own preprocessing, checked against PyTorch.
+
+The exported graph takes images scaled to 0-1, shape (batch, channels, side, side), any batch size,
+and normalises them with the training set's statistics itself, so a deployment needs no numbers from
+the run directory. The class names, statistics and input size also travel in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .runs import atomic_write, load_model
+
+INPUT, OUTPUT = "image", "logits"
+
+
+class Preprocessed(nn.Module):
+    """A model with its run's normalisation in front: it takes images scaled to 0-1."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model((image - self.mean) / self.std)
+
+
+@dataclass
+class ExportReport:
+    """What ``export_onnx`` wrote and how closely ONNX Runtime agrees with PyTorch."""
+
+    path: Path
+    input_shape: tuple[str | int, ...]
+    max_abs_diff: float | None  # None when ONNX Runtime is not installed
+
+    def text(self) -> str:
+        shape = "x".join(str(d) for d in self.input_shape)
+        lines = [f"wrote {self.path} (input {INPUT!r}: {shape} float32 scaled to 0-1, output {OUTPUT!r})"]
+        if self.max_abs_diff is None:
+            lines.append("not checked: install onnxruntime to compare it with PyTorch")
+        else:
+            lines.append(f"ONNX Runtime matches PyTorch: largest logit difference {self.max_abs_diff:.2e}")
+        return "\n".join(lines)
+
+
+def export_onnx(run_dir: str | Path, out: str | Path | None = None, check: bool = True, tolerance: float = 1e-3) -> ExportReport:
+    """Write the run's model as ONNX (default ``RUN_DIR/model.onnx``) and check it with ONNX Runtime.
+
+    Raises RuntimeError when the exporter's packages are missing or the check finds the outputs
+    differ by more than ``tolerance``; the file is only put in place once it is complete.
+    """
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (torch's exporter needs it; asking here gives a clear message)
+    except ImportError:
+        raise RuntimeError("ONNX export needs the onnx and onnxscript packages: pip install 'resnetlab[export]'") from None
+    run_dir = Path(run_dir)
+    path = Path(out) if out else run_dir / "model.onnx"
+    if path.suffix != ".onnx":
+        raise ValueError(f"the export goes to a .onnx file, not {path.name}")
+    model, config = load_model(run_dir)
+    wrapped = Preprocessed(model, config["mean"], config["std"]).eval()
+    side, channels = config["image_size"], config["channels"]
+    example = torch.rand(2, channels, side, side, generator=torch.Generator().manual_seed(0))
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+            program = torch.onnx.export(
+                wrapped, (example,), input_names=[INPUT], output_names=[OUTPUT],
+                dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+            )
+        proto = program.model_proto
+        onnx.helper.set_model_props(proto, {
+            "resnetlab.model": config["model"],
+            "resnetlab.classes": json.dumps(config["classes"]),
+            "resnetlab.mean": json.dumps(config["mean"]),
+            "resnetlab.std": json.dumps(config["std"]),
+            "resnetlab.input": f"{channels}x{side}x{side} float32 scaled to 0-1, normalised inside the graph",
+        })
+        onnx.save(proto, tmp)
+        if check:
+            diff = _compare(tmp, wrapped, channels, side)
+            if diff is not None and diff > tolerance:
+                raise RuntimeError(f"ONNX Runtime and PyTorch disagree by {diff:.2e} (over {tolerance:g}); nothing written")
+            report.max_abs_diff = diff
+
+    report = ExportReport(path, ("batch", channels, side, side), None)
+    atomic_write(path, write)
+    return report
+
+
+@torch.no_grad()
+def _compare(path: str, model: nn.Module, channels: int, side: int) -> float | None:
+    """Largest difference of the logits of ONNX Runtime and PyTorch on a few random images."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = torch.rand(5, channels, side, side, generator=torch.Generator().manual_seed(1))  # not the export's batch size
+    (logits,) = session.run([OUTPUT], {INPUT: x.numpy()})
+    return float((torch.from_numpy(logits) - model(x)).abs().max())

@@ -1,0 +1,71 @@
+"""ONNX export: the file ONNX Runtime runs gives the trained model's answers on real images."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetlab.cli import main
+from resnetlab.data import get_dataset
+from resnetlab.export import export_onnx
+from resnetlab.loader import normalize
+from resnetlab.runs import load_model
+from resnetlab.train import TrainConfig, train
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "run"
+    train(TrainConfig(model="resnet8", limit_train=512, limit_test=200, batch_size=64, steps=16, device="cpu",
+                      out=str(out), progress=False))
+    return out
+
+
+def test_onnx_runtime_gives_the_models_logits_on_real_test_images(run_dir, capsys):
+    assert main(["export", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "ONNX Runtime matches PyTorch" in out
+    path = run_dir / "model.onnx"
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    model, config = load_model(run_dir)
+    assert json.loads(meta["resnetlab.classes"]) == config["classes"]
+    assert json.loads(meta["resnetlab.mean"]) == config["mean"]
+
+    test = get_dataset("fashion-mnist", split="test")
+    images = test.images[:7]  # a batch size the export never saw
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"image": (images.float() / 255).numpy()})
+    with torch.no_grad():
+        expected = model(normalize(images, config["mean"], config["std"]))
+    assert logits.shape == (7, 10)
+    assert torch.allclose(torch.from_numpy(logits), expected, atol=1e-4)
+    assert torch.equal(torch.from_numpy(logits).argmax(1), expected.argmax(1))
+
+
+def test_a_failed_check_leaves_the_previous_export_in_place(run_dir, tmp_path):
+    path = tmp_path / "kept.onnx"
+    path.write_bytes(b"an earlier export")
+    with pytest.raises(RuntimeError, match="disagree"):
+        export_onnx(run_dir, path, tolerance=0.0)  # no two runtimes agree to the last bit
+    assert path.read_bytes() == b"an earlier export"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_export_errors_are_one_line(run_dir, tmp_path, capsys, monkeypatch):
+    assert main(["export", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert main(["export", str(run_dir), "-o", str(tmp_path / "model.txt")]) == 2
+    assert ".onnx" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if it were not installed
+    assert main(["export", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'resnetlab[export]'" in err and "Traceback" not in err
