@@ -12,7 +12,6 @@ from resnetlab.data import get_dataset
 from resnetlab.export import export_onnx
 from resnetlab.loader import normalize
 from resnetlab.runs import load_model
-from resnetlab.train import TrainConfig, train
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -20,12 +19,9 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "run"
-    train(TrainConfig(model="resnet8", limit_train=512, limit_test=200, batch_size=64, steps=16, device="cpu",
-                      out=str(out), progress=False))
-    return out
+@pytest.fixture
+def run_dir(trained_run):
+    return trained_run
 
 
 def test_onnx_runtime_gives_the_models_logits_on_real_test_images(run_dir, capsys):

@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
+    p = sub.add_parser("serve", help="a prediction page for a trained run, in your browser")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let other machines in")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+
     p = sub.add_parser("export", help="write a trained run as ONNX (normalisation inside), checked with ONNX Runtime")
     p.add_argument("run_dir")
     p.add_argument("-o", "--out", metavar="FILE.onnx", help="default RUN_DIR/model.onnx")
@@ -197,6 +204,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"{pred.path}: {pred.ranked()}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serve import serve
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    serve(args.run_dir, args.host, args.port, args.top_k, args.device)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_onnx
 
@@ -250,6 +265,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "predict": cmd_predict,
     "export": cmd_export,
+    "serve": cmd_serve,
     "diagram": cmd_diagram,
     "plot": cmd_plot,
     "bench": cmd_bench,

@@ -27,7 +27,7 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, NamedTuple, Sequence
+from typing import BinaryIO, Callable, NamedTuple, Sequence
 
 import h5py
 import numpy as np
@@ -190,16 +190,19 @@ def get_dataset(
     return ArrayDataset(images, torch.from_numpy(labels.astype(np.int64)), classes, name)
 
 
-def load_image(path: str | Path, channels: int | None, image_size: int | None) -> torch.Tensor:
+def load_image(path: str | Path | BinaryIO, channels: int | None, image_size: int | None) -> torch.Tensor:
     """Decode one image file of any mode into a uint8 tensor (channels, image_size, image_size).
 
-    Transparent pixels are put on white, 16-bit and float images are scaled to 8 bits,
-    the EXIF rotation is applied, and resizing is antialiased (bilinear). ``None`` keeps
-    the stored size, or the image's own colours (1 channel if grayscale, else 3).
+    ``path`` may also be an open binary file (an upload, say). Transparent pixels are put on white,
+    16-bit and float images are scaled to 8 bits, the EXIF rotation is applied, and resizing is
+    antialiased (bilinear). ``None`` keeps the stored size, or the image's own colours (1 channel
+    if grayscale, else 3).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist or is not a file")
+    if isinstance(path, (str, Path)):
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path} does not exist or is not a file")
+    name = path if isinstance(path, Path) else "the image"
     try:
         with Image.open(path) as img:
             img.load()  # decode now, so a truncated file fails here, with its name
@@ -213,7 +216,7 @@ def load_image(path: str | Path, channels: int | None, image_size: int | None) -
                 img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
             array = np.array(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path} is not a readable image ({err}); remove it or re-save it as PNG or JPEG") from None
+        raise DataError(f"{name} is not a readable image ({err}); remove it or re-save it as PNG or JPEG") from None
     tensor = torch.from_numpy(array)
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 

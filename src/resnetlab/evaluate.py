@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import torch.nn.functional as F
@@ -97,12 +98,14 @@ class Prediction:
 
 @torch.no_grad()
 def predict_images(
-    model: nn.Module, config: dict, paths: Sequence[str | Path], top_k: int = 3, device: torch.device | str = "cpu"
+    model: nn.Module, config: dict, paths: Sequence[str | Path | BinaryIO], top_k: int = 3,
+    device: torch.device | str = "cpu", names: Sequence[str] | None = None,
 ) -> list[Prediction]:
     """Classify image files with a trained model, preprocessing them exactly as its training data.
 
     Any size or colour mode is converted to the model's channels and resized to its input size,
-    then normalised with the training set's statistics stored in the run's config.
+    then normalised with the training set's statistics stored in the run's config. ``paths`` may
+    also be open binary files; ``names`` then labels the predictions (default: the paths).
     """
     from .data import load_image  # the decoder shared with folder datasets
 
@@ -114,10 +117,11 @@ def predict_images(
         probs = model(x).float().softmax(1)
     k = min(top_k, probs.shape[1])
     top = probs.topk(k, 1)
-    names = config["classes"]
+    labels = names if names is not None else [str(p) for p in paths]
+    classes = config["classes"]
     return [
-        Prediction(str(p), [names[i] for i in idx.tolist()], val.tolist())
-        for p, idx, val in zip(paths, top.indices, top.values)
+        Prediction(label, [classes[i] for i in idx.tolist()], val.tolist())
+        for label, idx, val in zip(labels, top.indices, top.values)
     ]
 
 

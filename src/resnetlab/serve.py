@@ -1,0 +1,160 @@
+"""A prediction page for a trained run: drop images in a browser, see the classes the model gives them.
+
+``resnetlab serve RUN_DIR`` starts Python's own HTTP server (no web framework to install):
+
+    GET  /          the page
+    GET  /info      the run as JSON: model, classes, input size
+    POST /predict   an image file as the request body -> JSON top-k classes
+
+so scripts can use it too: ``curl --data-binary @shoe.png http://127.0.0.1:8000/predict``.
+It listens on 127.0.0.1 unless told otherwise: it is a tool for one machine, not a public service.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import torch
+
+from .data import DataError
+from .evaluate import predict_images
+from .runs import load_model
+
+MAX_UPLOAD = 20 << 20  # bytes; bigger bodies are refused before they are read
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>resnetlab: {model}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 46rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
+#drop {{ border: 2px dashed #888; border-radius: 8px; padding: 2rem; text-align: center; cursor: pointer; }}
+#drop.over {{ background: #eef4ff; }}
+.result {{ display: flex; gap: 1rem; align-items: center; margin: 1rem 0; }}
+.result img {{ width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; border: 1px solid #ddd; }}
+.bar {{ background: #4a7bd0; height: 0.9rem; border-radius: 3px; }}
+td {{ padding: 0.1rem 0.4rem; }} .error {{ color: #b00020; }}
+</style></head><body>
+<h1>{model}</h1>
+<p>Trained on {dataset}: {classes}. Images are converted to {channels} channel(s) and resized to {size}x{size}.</p>
+<label id="drop">Drop images here, or click to choose<input id="files" type="file" accept="image/*" multiple hidden></label>
+<div id="results"></div>
+<script>
+const drop = document.getElementById("drop"), input = document.getElementById("files");
+drop.ondragover = e => {{ e.preventDefault(); drop.classList.add("over"); }};
+drop.ondragleave = () => drop.classList.remove("over");
+drop.ondrop = e => {{ e.preventDefault(); drop.classList.remove("over"); [...e.dataTransfer.files].forEach(classify); }};
+input.onchange = () => [...input.files].forEach(classify);
+async function classify(file) {{
+  const row = document.createElement("div"); row.className = "result";
+  const img = document.createElement("img"); img.src = URL.createObjectURL(file); row.appendChild(img);
+  const out = document.createElement("div"); out.textContent = file.name + ": ..."; row.appendChild(out);
+  document.getElementById("results").prepend(row);
+  const reply = await fetch("predict", {{ method: "POST", body: file, headers: {{ "X-Filename": encodeURIComponent(file.name) }} }});
+  const data = await reply.json();
+  if (!reply.ok) {{ out.innerHTML = ""; out.className = "error"; out.textContent = file.name + ": " + data.error; return; }}
+  const table = document.createElement("table");
+  for (const p of data.predictions) {{
+    const tr = table.insertRow();
+    tr.insertCell().textContent = p.class;
+    tr.insertCell().innerHTML = `<div class="bar" style="width:${{Math.max(2, 200 * p.probability)}}px"></div>`;
+    tr.insertCell().textContent = (100 * p.probability).toFixed(1) + "%";
+  }}
+  out.textContent = file.name; out.appendChild(table);
+}}
+</script></body></html>
+"""
+
+
+class PredictionServer(ThreadingHTTPServer):
+    """An HTTP server holding one trained model."""
+
+    daemon_threads = True
+
+    def __init__(self, run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5,
+                 device: torch.device | str = "cpu") -> None:
+        self.model, self.config = load_model(run_dir, device)
+        self.device, self.top_k = torch.device(device), top_k
+        self.lock = threading.Lock()  # one forward pass at a time: threads would only fight over the cores
+        super().__init__((host, port), _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def page(self) -> str:
+        c = self.config
+        return PAGE.format(model=c["model"], dataset=c["dataset"], classes=", ".join(c["classes"]),
+                           channels=c["channels"], size=c["image_size"])
+
+    def info(self) -> dict:
+        c = self.config
+        return {k: c[k] for k in ("model", "dataset", "classes", "channels", "image_size")}
+
+    def predict(self, data: bytes, name: str) -> dict:
+        """Top-k classes of one encoded image; DataError when it is not an image."""
+        with self.lock:
+            (pred,) = predict_images(self.model, self.config, [io.BytesIO(data)], self.top_k, self.device, names=[name])
+        return {"name": name, "predictions": [{"class": c, "probability": p}
+                                              for c, p in zip(pred.classes, pred.probabilities)]}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: PredictionServer
+
+    def do_GET(self) -> None:
+        if self.path in ("/", "/index.html"):
+            self._send(HTTPStatus.OK, self.server.page().encode(), "text/html; charset=utf-8")
+        elif self.path == "/info":
+            self._json(HTTPStatus.OK, self.server.info())
+        else:
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path}; try / or POST /predict"})
+
+    def do_POST(self) -> None:
+        if self.path != "/predict":
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"POST goes to /predict, not {self.path}"})
+            return
+        size = int(self.headers.get("Content-Length") or 0)
+        if size <= 0:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "send an image file as the request body"})
+            return
+        if size > MAX_UPLOAD:
+            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"{size:,} bytes is over the {MAX_UPLOAD:,}-byte limit"})
+            return
+        from urllib.parse import unquote
+
+        name = unquote(self.headers.get("X-Filename", "upload"))
+        try:
+            self._json(HTTPStatus.OK, self.server.predict(self.rfile.read(size), name))
+        except DataError as e:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+
+    def _json(self, status: HTTPStatus, data: dict) -> None:
+        self._send(status, json.dumps(data).encode(), "application/json")
+
+    def _send(self, status: HTTPStatus, body: bytes, kind: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # one short line per request, not Apache's format
+        print(f"{self.command} {self.path} {args[1] if len(args) > 1 else ''}".rstrip(), flush=True)
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5, device: str = "cpu") -> None:
+    """Serve the prediction page until Ctrl-C."""
+    from .train import pick_device
+
+    try:
+        server = PredictionServer(run_dir, host, port, top_k, pick_device(device))
+    except OSError as e:
+        raise RuntimeError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
+    print(f"serving {server.config['model']} from {run_dir} at {server.url}  (Ctrl-C stops)", flush=True)
+    with server:
+        server.serve_forever()

@@ -1,0 +1,83 @@
+"""The prediction page: the page itself, and the same answers as `resnetlab predict` over HTTP."""
+
+import io
+import json
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from resnetlab.cli import main
+from resnetlab.data import get_dataset
+from resnetlab.evaluate import predict_images
+from resnetlab.runs import load_model
+from resnetlab.serve import PredictionServer
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+
+
+@pytest.fixture
+def run_dir(trained_run):
+    return trained_run
+
+
+@pytest.fixture
+def server(run_dir):
+    srv = PredictionServer(run_dir, port=0, top_k=10)  # port 0: any free port
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def request(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers or {})) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_the_page_names_the_model_and_its_classes(server):
+    status, body = request(server.url)
+    page = body.decode()
+    assert status == 200 and "<title>resnetlab: resnet8</title>" in page and "Ankle boot" in page
+    status, body = request(server.url + "info")
+    assert json.loads(body)["classes"][9] == "Ankle boot"
+
+
+def test_an_uploaded_png_gets_the_answer_predict_gives(server, run_dir, tmp_path):
+    image = get_dataset("fashion-mnist", split="test").images[0, 0].numpy()
+    path = tmp_path / "boot.png"
+    Image.fromarray(image).resize((100, 100)).save(path)  # any size: it is resized as in training
+    status, body = request(server.url + "predict", path.read_bytes(), {"X-Filename": "boot%20one.png"})
+    assert status == 200
+    reply = json.loads(body)
+    assert reply["name"] == "boot one.png"
+    model, config = load_model(run_dir)
+    (expected,) = predict_images(model, config, [path], top_k=10)
+    assert [p["class"] for p in reply["predictions"]] == expected.classes
+    assert [p["probability"] for p in reply["predictions"]] == pytest.approx(expected.probabilities)
+    assert sum(p["probability"] for p in reply["predictions"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_bad_requests_get_a_reason_and_the_server_goes_on(server):
+    status, body = request(server.url + "predict", b"this is not an image")
+    assert status == 400 and "not a readable image" in json.loads(body)["error"]
+    status, body = request(server.url + "nowhere")
+    assert status == 404 and "error" in json.loads(body)
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(buffer, "JPEG")
+    status, body = request(server.url + "predict", buffer.getvalue())  # still serving, colour photo too
+    assert status == 200 and len(json.loads(body)["predictions"]) == 10
+
+
+def test_serve_refuses_a_missing_run_in_one_line(tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "nothing"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
