@@ -273,7 +273,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     )
     optimizer = train_step.optimizer
     # Process 0 evaluates alone, so not through DistributedDataParallel, which would wait for the others.
-    forward = train_step.forward if world.size == 1 else model
+    eval_model = train_step.forward if world.size == 1 else model
     if checkpoint is not None and world.is_main:  # the saved sums are already those of every process
         for k, v in checkpoint["sums"].items():
             train_step.sums[k].copy_(v)
@@ -348,7 +348,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             }
             last = step >= total_steps
             if world.is_main and (last or (epoch + 1) % saved["eval_every"] == 0):
-                result_test = evaluate(forward, test_loader, num_classes)
+                result_test = evaluate(eval_model, test_loader, num_classes)
                 row["test_loss"], row["test_acc"] = result_test.loss, result_test.accuracy
             elapsed = time.perf_counter() - started
             row["time"] = elapsed
