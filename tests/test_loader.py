@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from resnetlab.loader import DeviceLoader, channel_stats, crop_and_flip, normalize
+from resnetlab.loader import DeviceLoader, channel_stats, crop_and_flip, normalize, random_boxes, resized_crop
 
 
 def images(n=10, c=1, size=6):
@@ -105,3 +105,62 @@ def test_folder_loader_streams_the_same_batches_as_memory(tmp_path):
     for (xa, ya), (xb, yb) in zip(streamed.epoch(1, start_batch=1), in_memory.epoch(1, start_batch=1), strict=True):
         assert torch.equal(ya, yb)
         assert torch.allclose(xa, xb)
+
+
+def test_resized_crop_of_the_whole_image_is_the_image_and_its_mirror():
+    x = images(size=8)
+    n = len(x)
+    whole = torch.tensor([[0.5, 0.5, 1.0, 1.0]]).repeat(n, 1)
+    out = resized_crop(x, whole, torch.zeros(n, dtype=torch.bool), 8)
+    assert torch.allclose(out, x.float(), atol=1e-3)
+    mirrored = resized_crop(x, whole, torch.ones(n, dtype=torch.bool), 8)
+    assert torch.allclose(mirrored, x.flip(-1).float(), atol=1e-3)
+
+
+def test_resized_crop_of_a_quarter_lands_on_its_pixels():
+    x = images(size=8)
+    n = len(x)
+    top_left = torch.tensor([[0.25, 0.25, 0.5, 0.5]]).repeat(n, 1)  # centre, width, height as fractions
+    out = resized_crop(x, top_left, torch.zeros(n, dtype=torch.bool), 4)
+    assert torch.allclose(out, x[:, :, :4, :4].float(), atol=1e-3)
+    bottom_right = torch.tensor([[0.75, 0.75, 0.5, 0.5]]).repeat(n, 1)
+    zoomed = resized_crop(x, bottom_right, torch.zeros(n, dtype=torch.bool), 8)  # 4x4 pixels blown up to 8x8
+    expected = F.interpolate(x[:, :, 4:, 4:].float(), size=8, mode="bilinear", align_corners=False)
+    # The first row and column reach half a pixel past the box, into the image around it.
+    assert torch.allclose(zoomed[..., 1:, 1:], expected[..., 1:, 1:], atol=1e-3)
+
+
+def test_random_boxes_lie_inside_the_image_with_the_asked_area():
+    boxes = random_boxes(5000, (0.08, 1.0), torch.Generator().manual_seed(0))
+    cx, cy, w, h = boxes.unbind(1)
+    assert (cx - w / 2 >= -1e-6).all() and (cx + w / 2 <= 1 + 1e-6).all()
+    assert (cy - h / 2 >= -1e-6).all() and (cy + h / 2 <= 1 + 1e-6).all()
+    inside = (w < 1) & (h < 1)  # boxes not clipped by the image keep their drawn area and aspect
+    area, ratio = (w * h)[inside], (w / h)[inside]
+    assert area.min() >= 0.08 - 1e-6 and area.max() <= 1.0
+    assert ratio.min() >= 3 / 4 - 1e-4 and ratio.max() <= 4 / 3 + 1e-4
+    assert torch.equal(boxes, random_boxes(5000, (0.08, 1.0), torch.Generator().manual_seed(0)))
+
+
+def test_scale_augmentation_in_the_loader():
+    x, y = images(n=64, c=3, size=16), torch.arange(64) % 10
+    kw = dict(mean=[0.5] * 3, std=[0.25] * 3, train=True, flip=True, seed=2)
+    plain = DeviceLoader(x, y, 16, **kw)
+    scaled = DeviceLoader(x, y, 16, scale_crop=(0.25, 0.5), **kw)
+    assert plain.plan(0).boxes is None
+    assert torch.equal(plain.plan(0).order, scaled.plan(0).order)  # the other draws stay as they were
+    (xa, ya), (xb, yb) = next(iter(plain)), next(iter(scaled))
+    assert xb.shape == xa.shape and torch.equal(ya, yb) and not torch.allclose(xa, xb)
+    assert torch.equal(torch.cat([b for b, _ in scaled.epoch(1)]), torch.cat([b for b, _ in scaled.epoch(1)]))
+    test = DeviceLoader(x, y, 16, scale_crop=(0.25, 0.5), **{**kw, "train": False})
+    assert test.plan(0).boxes is None  # evaluation sees whole images
+
+
+def test_scale_crop_is_checked():
+    import pytest
+
+    x, y = images(n=8), torch.zeros(8, dtype=torch.long)
+    with pytest.raises(ValueError, match="replaces pad_crop"):
+        DeviceLoader(x, y, 4, [0.5], [0.25], pad_crop=2, scale_crop=(0.5, 1.0))
+    with pytest.raises(ValueError, match="area fractions"):
+        DeviceLoader(x, y, 4, [0.5], [0.25], scale_crop=(0.0, 1.0))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from resnetlab.recipes import RECIPES, get_recipe, lr_at
+from resnetlab.recipes import RECIPES, Recipe, get_recipe, lr_at
 
 
 def test_he2016_is_the_paper_schedule():
@@ -46,4 +46,22 @@ def test_overrides_and_errors():
         get_recipe("nope")
     with pytest.raises(ValueError, match="batch-size must be positive"):
         get_recipe("fast", batch_size=0)
-    assert set(RECIPES) == {"he2016", "he2016-preact", "signs-adam", "fast"}
+    assert set(RECIPES) == {"he2016", "he2016-preact", "signs-adam", "imagenet", "fast"}
+
+
+def test_imagenet_is_torchvisions_reference_recipe():
+    r = get_recipe("imagenet")
+    assert (r.lr, r.momentum, r.weight_decay, r.batch_size, r.epochs) == (0.1, 0.9, 1e-4, 256, 90)
+    assert (r.scale_crop, r.flip, r.pad_crop) == ((0.08, 1.0), True, 0)
+    per_epoch = 5005  # ImageNet's 1,281,167 images in batches of 256
+    total = 90 * per_epoch
+    assert lr_at(r, 30 * per_epoch - 1, total) == 0.1
+    assert lr_at(r, 30 * per_epoch, total) == pytest.approx(0.01)
+    assert lr_at(r, 60 * per_epoch, total) == pytest.approx(0.001)
+
+
+def test_a_recipe_survives_a_json_round_trip():
+    import json
+
+    for r in RECIPES.values():
+        assert Recipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r

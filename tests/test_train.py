@@ -72,6 +72,20 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
 
 
 @needs_fashion
+def test_scale_augmentation_runs_resume_to_the_same_weights(tmp_path):
+    """The imagenet recipe's random boxes come from the epoch plan too: a resumed run sees the same ones."""
+    kw = dict(recipe="imagenet", batch_size=64, steps=12)
+    straight = train(tiny(tmp_path, "straight", **kw))
+    assert runs.read_config(straight.run_dir)["recipe"]["scale_crop"] == [0.08, 1.0]
+    with pytest.raises(Interrupted):
+        train(tiny(tmp_path, "resumed", **kw), stop_at=5)
+    resumed = resume(tmp_path / "resumed", device="cpu", progress=False)
+    a, b = load_file(straight.run_dir / runs.WEIGHTS), load_file(resumed.run_dir / runs.WEIGHTS)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@needs_fashion
 def test_gradient_norms_are_recorded(tmp_path):
     result = train(tiny(tmp_path, steps=12, grad_norm_every=4))
     log = runs.read_grad_norms(result.run_dir)

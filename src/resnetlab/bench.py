@@ -112,6 +112,8 @@ def _typical_loop(model: nn.Module, train_set, recipe, mean, std, steps: int, wa
     augment = []
     if recipe.pad_crop:
         augment.append(T.RandomCrop(size, padding=recipe.pad_crop))
+    if recipe.scale_crop:
+        augment.append(T.RandomResizedCrop(size, scale=recipe.scale_crop))
     if recipe.flip:
         augment.append(T.RandomHorizontalFlip())
     transform = T.Compose([*augment, T.ToTensor(), T.Normalize(mean, std)])
@@ -151,7 +153,8 @@ def _resnetlab_loop(model: nn.Module, train_set, recipe, mean, std, steps: int, 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = DeviceLoader(train_set.images, train_set.labels, recipe.batch_size, mean, std, device, train=True,
-                          pad_crop=recipe.pad_crop, flip=recipe.flip, seed=seed, channels_last=channels_last)
+                          pad_crop=recipe.pad_crop, scale_crop=recipe.scale_crop, flip=recipe.flip, seed=seed,
+                          channels_last=channels_last)
     train_step = build_train_step(model, recipe, device, graphed, next(iter(loader)) if graphed else None, compile)
     step, epoch, start = 0, 0, None
     while step < steps:

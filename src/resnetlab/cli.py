@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from .recipes import RECIPES
+
 
 def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> None:
     """The flags of ``resnetlab train``; experiments take the quick-run subset."""
@@ -27,7 +29,7 @@ def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> No
     if quick_only:
         return
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--recipe", default="fast", help="he2016, he2016-preact, signs-adam or fast (default)")
+    p.add_argument("--recipe", default="fast", help=f"{', '.join(RECIPES)} (default fast)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--image-size", type=int, help="folder datasets: resize images to this side (default 64)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET-TIME)")

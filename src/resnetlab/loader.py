@@ -11,6 +11,7 @@ several processes (torchrun) each take their own slice of every batch (``rank``,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -47,6 +48,37 @@ def crop_and_flip(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip
     return padded[batch, chan, rows, cols]
 
 
+def resized_crop(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
+    """Cut a box out of each image and resize it to ``size x size`` (bilinear), mirroring where ``flip``.
+
+    ``boxes`` holds (centre x, centre y, width, height) per image, as fractions of the image side.
+    One ``grid_sample`` does the whole batch: each box is an affine map from output to input
+    coordinates. Returns float images on the 0-255 scale.
+    """
+    n = images.shape[0]
+    cx, cy, w, h = boxes.to(torch.float32).unbind(1)
+    theta = torch.zeros(n, 2, 3, device=images.device)
+    theta[:, 0, 0] = torch.where(flip, -w, w)
+    theta[:, 0, 2] = 2 * cx - 1
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = 2 * cy - 1
+    grid = F.affine_grid(theta, [n, images.shape[1], size, size], align_corners=False)
+    return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_boxes(n: int, scale: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+    """(n, 4) crop boxes for ``resized_crop``: area a uniform fraction in ``scale`` of the image,
+    aspect ratio log-uniform in [3/4, 4/3] (torchvision's RandomResizedCrop), sides clipped to the
+    image, placed uniformly inside it."""
+    area = torch.empty(n).uniform_(*scale, generator=generator)
+    ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator).exp()
+    w = (area * ratio).sqrt().clamp(max=1.0)
+    h = (area / ratio).sqrt().clamp(max=1.0)
+    cx = w / 2 + torch.rand(n, generator=generator) * (1 - w)
+    cy = h / 2 + torch.rand(n, generator=generator) * (1 - h)
+    return torch.stack([cx, cy, w, h], 1)
+
+
 @dataclass
 class EpochPlan:
     """Everything random about one epoch: the order of the examples and how each is augmented."""
@@ -55,6 +87,7 @@ class EpochPlan:
     dy: torch.Tensor
     dx: torch.Tensor
     flip: torch.Tensor
+    boxes: torch.Tensor | None = None  # scale augmentation's crop boxes, when it is on
 
 
 class DeviceLoader:
@@ -67,6 +100,8 @@ class DeviceLoader:
         mean, std: per-channel normalisation (0-1 scale).
         train: shuffle, augment and drop the last partial batch; otherwise keep order, no augmentation.
         pad_crop: zero padding for the random crop (0 = no crop).
+        scale_crop: (smallest, largest) area fraction of a random box, cut out and resized back to
+            the full side (scale augmentation, as torchvision's RandomResizedCrop); replaces pad_crop.
         flip: random horizontal flips.
         seed: with the epoch number, fixes every random choice of that epoch.
         channels_last: hand the model NHWC batches (faster convolutions on GPUs and on CPUs).
@@ -89,17 +124,23 @@ class DeviceLoader:
         channels_last: bool = False,
         rank: int = 0,
         world: int = 1,
+        scale_crop: tuple[float, float] | None = None,
     ) -> None:
         if len(images) != len(labels):
             raise ValueError("images and labels differ in length")
         self._configure(labels, images.shape[-1], batch_size, mean, std, device, train, pad_crop, flip, seed,
-                        channels_last, rank, world)
+                        channels_last, rank, world, scale_crop)
         # Pad once for the whole dataset: each batch is then a single gather.
         images = images.to(self.device)
         self.images = F.pad(images, (self.pad,) * 4) if self.pad else images
 
     def _configure(self, labels, size, batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last,
-                   rank, world) -> None:
+                   rank, world, scale_crop) -> None:
+        if scale_crop is not None and not 0 < scale_crop[0] <= scale_crop[1] <= 1:
+            raise ValueError(f"scale_crop must be two area fractions 0 < low <= high <= 1, got {scale_crop}")
+        if scale_crop is not None and pad_crop:
+            raise ValueError("scale_crop replaces pad_crop: set one of them")
+        self.scale = tuple(scale_crop) if train and scale_crop is not None else None
         if train and len(labels) < batch_size:
             raise ValueError(f"batch size {batch_size} is larger than the {len(labels)} training examples")
         if train and batch_size % world:
@@ -134,7 +175,8 @@ class DeviceLoader:
         dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
         dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
         flip = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
-        return EpochPlan(order, dy, dx, flip)
+        boxes = random_boxes(n, self.scale, g) if self.scale else None  # drawn last: other plans stay as they were
+        return EpochPlan(order, dy, dx, flip, boxes)
 
     def _fetch(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 images, labels) on the device for each batch, already padded for the crop.
@@ -150,11 +192,14 @@ class DeviceLoader:
         # The plan crosses to the device in one copy per epoch: a copy from pageable host memory
         # per batch would wait until the GPU had finished the step already queued.
         order, dy, dx, flip = (t.to(self.device) for t in (p.order, p.dy, p.dx, p.flip))
+        boxes = p.boxes.to(self.device) if p.boxes is not None else None
         spans = [slice(b * self.batch_size, (b + 1) * self.batch_size) for b in range(start_batch, len(self))]
         shard = slice(self.rank, None, self.world)
         batches = [(p.order[s][shard], order[s][shard]) for s in spans]
         for (_, idx), (raw, labels) in zip(batches, self._fetch(batches)):
-            if self.train and (self.pad or self.flip):
+            if boxes is not None:
+                raw = resized_crop(raw, boxes[idx], flip[idx], self.size)
+            elif self.train and (self.pad or self.flip):
                 raw = crop_and_flip(raw, dy[idx], dx[idx], flip[idx], self.size)
             x = normalize(raw, *self._mean_std)
             if self.channels_last:
@@ -175,10 +220,10 @@ class FolderLoader(DeviceLoader):
     def __init__(self, dataset: torch.utils.data.Dataset, labels: torch.Tensor, batch_size: int, mean: list[float],
                  std: list[float], device: torch.device | str = "cpu", train: bool = True, pad_crop: int = 0,
                  flip: bool = False, seed: int = 0, channels_last: bool = False, rank: int = 0, world: int = 1,
-                 workers: int = 4) -> None:
+                 scale_crop: tuple[float, float] | None = None, workers: int = 4) -> None:
         size = dataset[0][0].shape[-1]
         self._configure(labels, size, batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last,
-                        rank, world)
+                        rank, world, scale_crop)
         self.dataset, self.workers = dataset, workers
 
     def _fetch(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

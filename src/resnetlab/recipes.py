@@ -29,12 +29,21 @@ class Recipe:
     warmup_lr: float = 0.01
     warmup_min_depth: int = 0  # the warm-up applies to nets this deep and deeper
     pad_crop: int = 0  # pixels of zero padding for the random crop; 0 disables it
+    scale_crop: tuple[float, float] | None = None  # area range of a random box resized to full size (replaces pad_crop)
     flip: bool = False
     label_smoothing: float = 0.0
     notes: str = field(default="", compare=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recipe:
+        """The recipe ``to_dict`` (and a JSON round trip) gave."""
+        data = {**data, "milestones": tuple(data.get("milestones", ()))}
+        if data.get("scale_crop") is not None:
+            data["scale_crop"] = tuple(data["scale_crop"])
+        return cls(**data)
 
 
 _HE2016 = Recipe(
@@ -60,6 +69,15 @@ RECIPES: dict[str, Recipe] = {
             optimizer="adam", lr=1e-3, momentum=0.0, weight_decay=0.0, batch_size=32, epochs=10,
             schedule="constant",
             notes="The seed notebook: Adam (Keras defaults), categorical cross-entropy, batch 32, 10 epochs.",
+        ),
+        Recipe(
+            "imagenet",
+            lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=256, epochs=90, milestones=(1 / 3, 2 / 3),
+            scale_crop=(0.08, 1.0), flip=True,
+            notes="torchvision's reference recipe for its ResNet weights, for image folders (folder:PATH with "
+            "--image-size 224): SGD 0.9, lr 0.1 /10 every 30 of 90 epochs, wd 1e-4, batch 256, random box of "
+            "8-100% of the area resized to full size + flip. The 2015 paper's scale augmentation (shorter side "
+            "256-480, 224 crop) is close to it.",
         ),
         Recipe(
             "fast",

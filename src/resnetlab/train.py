@@ -233,7 +233,7 @@ def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, sto
 
 def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, progress: bool, stop_at: int | None,
          checkpoint: dict | None, world: distributed.World = distributed.World()) -> TrainResult:
-    recipe = Recipe(**{**saved["recipe"], "milestones": tuple(saved["recipe"]["milestones"])})
+    recipe = Recipe.from_dict(saved["recipe"])
     seed_everything(saved["seed"], saved["deterministic"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not saved["deterministic"]
@@ -251,8 +251,8 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     total_steps, steps_per_epoch = saved["total_steps"], saved["steps_per_epoch"]
     train_loader = make_loader(
         train_set, recipe.batch_size, saved["mean"], saved["std"], device, train=True,
-        pad_crop=recipe.pad_crop, flip=recipe.flip, seed=saved["seed"], channels_last=channels_last,
-        rank=world.rank, world=world.size,
+        pad_crop=recipe.pad_crop, scale_crop=recipe.scale_crop, flip=recipe.flip, seed=saved["seed"],
+        channels_last=channels_last, rank=world.rank, world=world.size,
     )
     test_loader = make_loader(
         test_set, max(256, recipe.batch_size), saved["mean"], saved["std"], device, train=False, channels_last=channels_last,
