@@ -56,4 +56,6 @@ def run_demo(out: Path, device: str = "cpu") -> Path:
     print(f"  sample images     {image_dir}")
     print(f"\nTest accuracy {result.test_accuracy:.2%} after {result.seconds:.0f} s of training.")
     print(f"Next: resnetlab predict {run_dir} YOUR_IMAGE.png")
+    print(f"  or: resnetlab serve {run_dir}     (a page to drop images on)")
+    print(f"  or: resnetlab export {run_dir}    (ONNX, checked against PyTorch)")
     return run_dir
