@@ -1,5 +1,6 @@
 """Device-side batches: augmentation properties, normalisation, determinism."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -83,7 +84,8 @@ def test_eval_loader_keeps_order_and_every_example():
     assert torch.allclose(torch.cat([a for a, _ in got]), x.float() / 255)
 
 
-def test_folder_loader_streams_the_same_batches_as_memory(tmp_path):
+@pytest.mark.parametrize("crop", [{"pad_crop": 2}, {"scale_crop": (0.3, 1.0)}], ids=["pad-crop", "scale-crop"])
+def test_folder_loader_streams_the_same_batches_as_memory(tmp_path, crop):
     """A folder decoded by DataLoader workers gives exactly the batches of the same images held in memory."""
     from PIL import Image
 
@@ -98,7 +100,7 @@ def test_folder_loader_streams_the_same_batches_as_memory(tmp_path):
             Image.fromarray(pixels).save(tmp_path / cls / f"{i}.png")
     folder = get_dataset(f"folder:{tmp_path}", split="train", image_size=10, val_fraction=0.25, seed=0)
     arrays = folder.to_arrays()
-    kwargs = dict(pad_crop=2, flip=True, seed=5)
+    kwargs = dict(flip=True, seed=5, **crop)
     streamed = make_loader(folder, 4, [0.5] * 3, [0.2] * 3, torch.device("cpu"), train=True, workers=0, **kwargs)
     in_memory = make_loader(arrays, 4, [0.5] * 3, [0.2] * 3, torch.device("cpu"), train=True, **kwargs)
     assert isinstance(streamed, FolderLoader) and not isinstance(in_memory, FolderLoader)
@@ -157,8 +159,6 @@ def test_scale_augmentation_in_the_loader():
 
 
 def test_scale_crop_is_checked():
-    import pytest
-
     x, y = images(n=8), torch.zeros(8, dtype=torch.long)
     with pytest.raises(ValueError, match="replaces pad_crop"):
         DeviceLoader(x, y, 4, [0.5], [0.25], pad_crop=2, scale_crop=(0.5, 1.0))
