@@ -14,7 +14,11 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
 export RESNETLAB_DATA=${RESNETLAB_DATA:-$PWD/data}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-deps -e . || exit 1
+# Offline machines cannot fetch build tools: build with the ones installed, else run from src/.
+if ! python3 -m pip install -q --no-deps --no-build-isolation -e .; then
+    echo "pip could not install the project here; running it from src/ instead"
+    export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 stages=${*:-tests train model fast fast-compile he2016 he2016-compile}
 failed=0
