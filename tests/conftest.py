@@ -1,10 +1,18 @@
 """Fixtures shared by several test files."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def fashion_mnist_here() -> bool:
+    """Whether the Fashion-MNIST files are in Debian's folder or under $RESNETLAB_DATA (a GPU machine's copy)."""
+    data = os.environ.get("RESNETLAB_DATA")
+    folders = [FASHION] + ([Path(data), Path(data) / "fashion-mnist"] if data else [])
+    return any((d / "t10k-images-idx3-ubyte.gz").exists() for d in folders)
 
 
 @pytest.fixture(scope="session")

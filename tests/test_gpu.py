@@ -5,10 +5,10 @@ Skipped without a CUDA GPU; benchmarks/gpu.sh runs them first on a GPU machine.
 
 import copy
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import fashion_mnist_here
 
 from resnetlab import runs
 from resnetlab.loader import DeviceLoader
@@ -19,7 +19,6 @@ from resnetlab.train import Interrupted, TrainConfig, resume, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 @contextmanager
@@ -110,7 +109,7 @@ def test_batches_on_the_gpu_equal_those_on_the_cpu(crop):
         assert torch.allclose(xa, xb.cpu(), atol=1e-6 if "pad_crop" in crop else 1e-3)
 
 
-@pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(not fashion_mnist_here(), reason="no Fashion-MNIST files (Debian's package or $RESNETLAB_DATA)")
 def test_graphed_gpu_run_learns_and_resumes_on_the_cpu(tmp_path):
     config = TrainConfig(model="resnet8", limit_train=4096, limit_test=1000, batch_size=128, epochs=2,
                          device="cuda", out=str(tmp_path / "run"), progress=False)
