@@ -22,7 +22,7 @@ def only_result(folder: Path) -> dict:
 
 @needs_fashion
 def test_bench_train_compares_both_loops_and_writes_the_result(tmp_path, capsys):
-    assert main(["bench", "train", *QUICK, "--results", str(tmp_path)]) == 0
+    assert main(["bench", "train", *QUICK, "--repeat", "3", "--results", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     ratio = re.fullmatch(r"speedup vs typical loop: (\d+\.\d\d)x", lines[-1])
     assert ratio, lines[-1]
@@ -32,6 +32,8 @@ def test_bench_train_compares_both_loops_and_writes_the_result(tmp_path, capsys)
     assert result["speedup"] == pytest.approx(typical["ms_per_step"] / ours["ms_per_step"])
     assert float(ratio.group(1)) == pytest.approx(result["speedup"], abs=0.006)
     for row in (typical, ours):
+        assert len(row["ms_per_step_runs"]) == 3
+        assert row["ms_per_step"] == pytest.approx(sorted(row["ms_per_step_runs"])[1])  # the median
         assert row["images_per_s"] == pytest.approx(64e3 / row["ms_per_step"])
         assert 0.0 <= row["test_accuracy"] <= 1.0
     assert result["timed_steps"] == 8 and result["test_examples"] == 300
@@ -64,7 +66,8 @@ def test_bench_model_compares_with_torchvision(tmp_path, capsys):
     assert result["precision"] == "fp32" and result["image_size"] == 64
 
 
-def test_bench_refuses_too_few_steps(capsys):
-    assert main(["bench", "train", "--steps", "5", "--device", "cpu"]) == 2
+@pytest.mark.parametrize("flag,value", [("--steps", "5"), ("--repeat", "0")])
+def test_bench_refuses_what_it_cannot_time(capsys, flag, value):
+    assert main(["bench", "train", flag, value, "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "at least 10" in err and "Traceback" not in err
+    assert err.startswith("error: ") and f"{flag} must be at least" in err and "Traceback" not in err

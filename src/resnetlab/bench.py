@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -211,9 +212,13 @@ def bench_train(
     limit_test: int | None = None,
     seed: int = 0,
     compile: bool = False,
+    repeat: int = 1,
     print_fn: Callable[[str], None] = print,
 ) -> dict:
     """Time the typical loop and resnetlab's loop on the same data, model and schedule; return the result dict.
+
+    With ``repeat`` > 1 every contender runs that many times, in alternating rounds, and the
+    median time counts (shared machines are noisy).
 
     On a GPU resnetlab runs twice, eager and CUDA-graphed (and a third time compiled with
     ``compile``), so the table shows what each technique buys. A variant that fails is reported
@@ -225,6 +230,8 @@ def bench_train(
     dev = pick_device(device)
     if steps < 10:
         raise ValueError(f"--steps must be at least 10 to time anything, got {steps}")
+    if repeat < 1:
+        raise ValueError(f"--repeat must be at least 1, got {repeat}")
     recipe = get_recipe(recipe_name, batch_size=batch_size, steps=steps)
     train_set = get_dataset(dataset, split="train", root=data_dir)
     test_set = get_dataset(dataset, split="test", root=data_dir)
@@ -242,26 +249,38 @@ def bench_train(
     for v in _variants(dev, compile):
         contenders.append((v.name, v.how, lambda m, v=v: _resnetlab_loop(
             m, train_set, recipe, mean, std, steps, warmup, dev, seed, v.graphed, v.compile)))
-    timings, rows = [], {}
-    for name, how, run in contenders:
-        model = copy.deepcopy(initial)
-        torch.manual_seed(seed)
-        # cuDNN's autotuner is one of resnetlab's settings (the trainer turns it on); scripts rarely do.
-        torch.backends.cudnn.benchmark = name != "typical loop"
-        print_fn(f"  {name}: {how}")
-        try:
-            seconds = run(model)
-        except Exception as e:  # noqa: BLE001 - one failing variant must not lose the others' numbers
-            if name in ("typical loop", "resnetlab"):
-                raise
-            print_fn(f"  {name}: failed: {type(e).__name__}: {e}")
-            rows[name] = {"name": name, "how": how, "error": f"{type(e).__name__}: {e}"}
-            continue
-        model = model.to(memory_format=torch.contiguous_format)
-        acc = evaluate(model, test_loader, len(train_set.classes)).accuracy
-        timing = Timing(name, seconds * 1e3, batch_size / seconds, acc)
-        timings.append(timing)
-        rows[name] = {**timing.to_dict(), "how": how}
+    rows: dict[str, dict] = {}
+    runs: dict[str, list[float]] = {name: [] for name, _, _ in contenders}
+    for round_ in range(repeat):
+        # Rounds alternate the contenders, so a slow spell of a shared machine hits both alike.
+        for name, how, run in contenders:
+            if "error" in rows.get(name, {}):
+                continue
+            model = copy.deepcopy(initial)
+            torch.manual_seed(seed)
+            # cuDNN's autotuner is one of resnetlab's settings (the trainer turns it on); scripts rarely do.
+            torch.backends.cudnn.benchmark = name != "typical loop"
+            if round_ == 0:
+                print_fn(f"  {name}: {how}")
+            try:
+                runs[name].append(run(model))
+            except Exception as e:  # one failing variant must not lose the others' numbers
+                if name in ("typical loop", "resnetlab"):
+                    raise
+                print_fn(f"  {name}: failed: {type(e).__name__}: {e}")
+                rows[name] = {"name": name, "how": how, "error": f"{type(e).__name__}: {e}"}
+                continue
+            if round_ == 0:  # the same seed and data every round: one evaluation says it
+                model = model.to(memory_format=torch.contiguous_format)
+                rows[name] = {"name": name, "how": how,
+                              "test_accuracy": evaluate(model, test_loader, len(train_set.classes)).accuracy}
+    timings = []
+    for name, seconds in runs.items():
+        if seconds:
+            median = statistics.median(seconds)
+            timing = Timing(name, median * 1e3, batch_size / median, rows[name]["test_accuracy"])
+            timings.append(timing)
+            rows[name].update(timing.to_dict(), ms_per_step_runs=[t * 1e3 for t in seconds])
 
     typical = rows["typical loop"]["ms_per_step"]
     for row in rows.values():
@@ -271,7 +290,7 @@ def bench_train(
     result = {
         "benchmark": "train",
         "model": model_name, "dataset": dataset, "batch_size": batch_size, "steps": steps,
-        "recipe": recipe_name, "workers": workers, "timed_steps": steps - warmup,
+        "recipe": recipe_name, "workers": workers, "timed_steps": steps - warmup, "repeat": repeat,
         "test_examples": len(test_set.labels),
         "contenders": rows,
         "speedup": speedup,

@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit-test", type=int, metavar="N")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     b.add_argument("--compile", action="store_true", help="add a row with the model through torch.compile")
+    b.add_argument("--repeat", type=int, default=1, help="run each contender N times, alternating; report the median")
     b.add_argument("--results", default="benchmarks/results", help="where the JSON result goes")
     b = bench.add_parser("model", help="model-step throughput against torchvision's model (synthetic data)")
     b.add_argument("--model", default="resnet50")
@@ -247,7 +248,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     if args.bench == "train":
         result = bench_train(args.model, args.dataset, args.data_dir, args.batch_size, args.steps, args.device,
-                             args.recipe, args.workers, args.limit_test, compile=args.compile)
+                             args.recipe, args.workers, args.limit_test, compile=args.compile,
+                             repeat=args.repeat)
     else:
         result = bench_model(args.model, args.batch_size, args.image_size, args.steps, args.device, args.compile)
     path = save_result(result, args.results)
