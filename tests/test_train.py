@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from resnetlab import runs
 from resnetlab.models import create_model
 from resnetlab.recipes import get_recipe
-from resnetlab.steps import GraphedTrainStep, TrainStep, build_train_step, make_optimizer
+from resnetlab.steps import GraphedTrainStep, TrainStep, build_train_step, load_optimizer_state, make_optimizer
 from resnetlab.train import Interrupted, TrainConfig, resume, train
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -142,6 +142,23 @@ def test_optimizer_state_of_the_graphed_path_continues_on_the_eager_path():
     assert all(type(g["lr"]) is float and g["lr"] == pytest.approx(0.05) for g in step.optimizer.param_groups)
     p = model.conv1.weight
     assert torch.equal(step.optimizer.state[p]["momentum_buffer"], graphed.optimizer.state[p]["momentum_buffer"])
+
+
+def test_an_eager_checkpoint_keeps_the_graphed_paths_fused_update():
+    """Loading an eager run's optimizer state must not bring its unfused, float-lr update into a graph."""
+    torch.manual_seed(0)
+    recipe = get_recipe("fast")
+    cpu = torch.device("cpu")
+    model = create_model("resnet8", in_chans=1)
+    eager = TrainStep(model, make_optimizer(recipe, model, cpu), 0.0, cpu)
+    eager(torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,)), 0.03)
+    graph_ready = make_optimizer(recipe, model, cpu, tensor_lr=True)
+    load_optimizer_state(graph_ready, eager.optimizer.state_dict())
+    for group in graph_ready.param_groups:
+        assert group["fused"] is True
+        assert isinstance(group["lr"], torch.Tensor) and float(group["lr"]) == pytest.approx(0.03)
+    p = model.conv1.weight
+    assert torch.equal(graph_ready.state[p]["momentum_buffer"], eager.optimizer.state[p]["momentum_buffer"])
 
 
 def test_a_graphed_step_needs_a_cuda_device():

@@ -155,6 +155,28 @@ class GraphedTrainStep(TrainStep):
             self._body(self.static_x, self.static_y)
 
 
+# Optimizer settings that say how the update runs, not what it computes.
+_HOW_TO_RUN = ("fused", "foreach", "capturable", "differentiable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a checkpoint's optimizer state, keeping how ``optimizer`` was built to run.
+
+    The checkpoint may come from the other path: the graphed one keeps the learning rate in a
+    tensor and uses fused kernels. Loading would bring those settings along; a graph capture would
+    then meet an unfused update that reads the rate back to the host, and an eager CPU run would
+    meet a CUDA-side rate. So the momentum comes from the checkpoint and the rest stays this run's.
+    """
+    own = [{k: g[k] for k in _HOW_TO_RUN if k in g} for g in optimizer.param_groups]
+    tensor_lr = [isinstance(g["lr"], torch.Tensor) for g in optimizer.param_groups]
+    device = next(iter(optimizer.param_groups[0]["params"])).device
+    optimizer.load_state_dict(state)
+    for group, settings, as_tensor in zip(optimizer.param_groups, own, tensor_lr):
+        group.update(settings)
+        lr = float(group["lr"])
+        group["lr"] = torch.tensor(lr, device=device) if as_tensor else lr
+
+
 def build_train_step(
     model: nn.Module,
     recipe: Recipe,
@@ -178,11 +200,7 @@ def build_train_step(
         raise ValueError("a CUDA-graphed step needs a CUDA device, a sample batch and a single process")
     optimizer = make_optimizer(recipe, model, device, tensor_lr=graphed)
     if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-        # A checkpoint may come from the other path (graphed runs keep lr in a tensor): match this one.
-        for group in optimizer.param_groups:
-            lr = float(group["lr"])
-            group["lr"] = torch.tensor(lr, device=device) if graphed else lr
+        load_optimizer_state(optimizer, optimizer_state)
     forward = model
     if processes > 1:
         from torch.nn.parallel import DistributedDataParallel
