@@ -119,3 +119,22 @@ def test_graphed_gpu_run_learns_and_resumes_on_the_cpu(tmp_path):
     result = resume(tmp_path / "run", device="cpu", progress=False)  # a graphed checkpoint, continued eagerly
     assert result.steps == 64
     assert result.test_accuracy > 0.6
+
+
+@pytest.mark.parametrize("recipe", ["fast", "signs-adam"])
+def test_a_cpu_checkpoint_continues_in_a_cuda_graph(recipe):
+    """Optimizer state saved by an eager CPU run (float lr, unfused, step counts on the CPU) is captured fine."""
+    torch.manual_seed(0)
+    r = get_recipe(recipe)
+    cpu_model = create_model("resnet8", in_chans=1)
+    cpu_step = build_train_step(cpu_model, r, torch.device("cpu"))
+    for _ in range(2):
+        cpu_step(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,)), 1e-3)
+    loader = fake_loader()
+    model = copy.deepcopy(cpu_model).to(CUDA).to(memory_format=torch.channels_last)
+    step = build_train_step(model, r, CUDA, graphed=True, sample=next(iter(loader)),
+                            optimizer_state=cpu_step.optimizer.state_dict())
+    for x, y in loader.epoch(0):
+        step(x, y, 1e-3)
+    assert step.read_sums()["seen"] == 1024
+    assert all(torch.isfinite(p).all() for p in model.parameters())

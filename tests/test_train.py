@@ -178,3 +178,22 @@ def test_tensorboard_gets_the_epoch_metrics(tmp_path):
     events.Reload()
     assert [e.step for e in events.Scalars("train_loss")] == [8, 16]
     assert events.Scalars("test_acc")[-1].value == pytest.approx(result.test_accuracy)
+
+
+def test_an_eager_adam_checkpoint_continues_in_a_capturable_adam():
+    torch.manual_seed(0)
+    recipe = get_recipe("signs-adam")
+    cpu = torch.device("cpu")
+    model = create_model("resnet8", in_chans=1)
+    eager = TrainStep(model, make_optimizer(recipe, model, cpu), 0.0, cpu)
+    for _ in range(2):
+        eager(torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,)), 1e-3)
+    graph_ready = make_optimizer(recipe, model, cpu, tensor_lr=True)
+    load_optimizer_state(graph_ready, eager.optimizer.state_dict())
+    assert all(g["capturable"] and g["fused"] for g in graph_ready.param_groups)
+    step = graph_ready.state[model.conv1.weight]["step"]
+    assert step.dtype == torch.float32 and float(step) == 2.0
+    graph_ready.zero_grad()
+    torch.nn.functional.cross_entropy(model(torch.randn(8, 1, 12, 12)), torch.randint(0, 10, (8,))).backward()
+    graph_ready.step()  # the capturable, fused update runs on the loaded state
+    assert float(graph_ready.state[model.conv1.weight]["step"]) == 3.0

@@ -175,6 +175,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
         group.update(settings)
         lr = float(group["lr"])
         group["lr"] = torch.tensor(lr, device=device) if as_tensor else lr
+        if group.get("capturable") or group.get("fused"):  # Adam's step count must then sit beside the weights
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                if "step" in state:
+                    state["step"] = state["step"].to(p.device, torch.float32)
 
 
 def build_train_step(
