@@ -65,3 +65,15 @@ def test_export_errors_are_one_line(run_dir, tmp_path, capsys, monkeypatch):
     assert main(["export", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "pip install 'resnetlab[export]'" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_deep_pre_activation_net_exports(tmp_path):
+    """Barely trained, preact_resnet110's logits run to millions: the check scales with them."""
+    from resnetlab.train import TrainConfig, train
+
+    out = tmp_path / "deep"
+    train(TrainConfig(model="preact_resnet110", limit_train=64, limit_test=32, batch_size=16, steps=2, device="cpu",
+                      out=str(out), progress=False))
+    report = export_onnx(out)
+    assert report.max_abs_diff is not None and report.path.exists()
