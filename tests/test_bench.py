@@ -64,6 +64,7 @@ def test_bench_model_compares_with_torchvision(tmp_path, capsys):
     tv, ours = result["contenders"]["torchvision"], result["contenders"]["resnetlab"]
     assert result["train_ratio"] == pytest.approx(ours["train_images_per_s"] / tv["train_images_per_s"])
     assert result["precision"] == "fp32" and result["image_size"] == 64
+    assert result["trainer_step"]["train_images_per_s"] > 0 and "eager" in result["trainer_step"]["how"]
 
 
 @pytest.mark.parametrize("flag,value", [("--steps", "5"), ("--repeat", "0")])

@@ -7,7 +7,8 @@ CUDA-graphed step on GPUs; on a GPU also eager, so each technique's share shows)
 data with the same recipe and steps, and both are evaluated by the same code.
 
 ``bench_model``: model-step throughput on synthetic data (training and inference) of resnetlab's
-model against torchvision's, with the same precision and memory format.
+model against torchvision's, with the same precision and memory format, and of the trainer's own
+step (fused update, CUDA graph) on the same batch.
 
 Results go to ``benchmarks/results/`` as JSON with the device, versions and date.
 """
@@ -368,6 +369,16 @@ def bench_model(
         rows.append({"name": name, "train_images_per_s": batch_size / t_train, "infer_images_per_s": batch_size / t_infer})
         del model, optimizer, forward
 
+    # The trainer's own step on the same model and batch: the update fused and, on CUDA, the whole
+    # step (forward, backward, optimizer, metric sums) replayed as one CUDA graph.
+    graphed = dev.type == "cuda"
+    model = create_model(model_name).to(dev).to(memory_format=torch.channels_last)
+    step = build_train_step(model, get_recipe("he2016"), dev, graphed, sample=(x, y), compile=compile)
+    t_step = _time_calls(lambda: step(x, y, 0.01), steps, max(1, steps // 5), dev)
+    trainer = {"how": "build_train_step: " + ("fused SGD, one CUDA graph" if graphed else "eager, metrics on the device"),
+               "train_images_per_s": batch_size / t_step}
+    del model, step
+
     precision = "bf16 autocast" if dev.type == "cuda" else "fp32"
     result = {
         "benchmark": "model", "model": model_name, "batch_size": batch_size, "image_size": image_size,
@@ -375,12 +386,14 @@ def bench_model(
         "contenders": {r["name"]: r for r in rows},
         "train_ratio": rows[1]["train_images_per_s"] / rows[0]["train_images_per_s"],
         "infer_ratio": rows[1]["infer_images_per_s"] / rows[0]["infer_images_per_s"],
+        "trainer_step": trainer,
         **environment(dev),
     }
     print_fn(f"{model_name}, {image_size}x{image_size}, batch {batch_size}, {precision}, channels_last, {result['device']}")
     print_fn(f"{'':<14}{'train img/s':>14}{'infer img/s':>14}")
     for r in rows:
         print_fn(f"{r['name']:<14}{r['train_images_per_s']:>14,.1f}{r['infer_images_per_s']:>14,.1f}")
+    print_fn(f"{'trainer step':<14}{trainer['train_images_per_s']:>14,.1f}{'-':>14}  ({trainer['how']})")
     print_fn(f"resnetlab vs torchvision: training {result['train_ratio']:.2f}x, inference {result['infer_ratio']:.2f}x")
     return result
 
