@@ -81,3 +81,19 @@ def test_serve_refuses_a_missing_run_in_one_line(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "nothing"), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_class_names_cannot_inject_markup(run_dir, tmp_path):
+    import shutil
+
+    from resnetlab import runs
+
+    odd = tmp_path / "odd"
+    shutil.copytree(run_dir, odd)
+    config = runs.read_config(odd)
+    config["classes"][0] = "<script>alert(1)</script>"
+    runs.write_json(odd / runs.CONFIG, config)
+    server = PredictionServer(odd, port=0)
+    page = server.page()
+    server.server_close()
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page

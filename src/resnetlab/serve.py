@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+from html import escape
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -88,8 +89,9 @@ class PredictionServer(ThreadingHTTPServer):
 
     def page(self) -> str:
         c = self.config
-        return PAGE.format(model=c["model"], dataset=c["dataset"], classes=", ".join(c["classes"]),
-                           channels=c["channels"], size=c["image_size"])
+        # Class and folder names are the user's own: escaped, so a name like "<b>" shows as written.
+        return PAGE.format(model=escape(c["model"]), dataset=escape(c["dataset"]),
+                           classes=escape(", ".join(c["classes"])), channels=c["channels"], size=c["image_size"])
 
     def info(self) -> dict:
         c = self.config
