@@ -65,3 +65,16 @@ def test_a_recipe_survives_a_json_round_trip():
 
     for r in RECIPES.values():
         assert Recipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def test_recipes_are_described_in_one_line(capsys):
+    from resnetlab.cli import main
+    from resnetlab.recipes import describe_recipe
+
+    assert describe_recipe(get_recipe("he2016")) == (
+        "sgd (momentum 0.9) lr 0.1, batch 128, 64,000 steps, multistep /10 at 50%, 75%, wd 0.0001, pad 4 + crop + flip"
+    )
+    assert "random-resized crop 0.08-1 + flip" in describe_recipe(get_recipe("imagenet"))
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{name}: " in out for name in RECIPES) and "Section 4.2" in out

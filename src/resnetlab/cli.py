@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the models with their parameter counts")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
 
+    sub.add_parser("recipes", help="list the training recipes with their hyperparameters and sources")
+
     p = sub.add_parser("summary", help="Keras-style model summary with multiply-adds")
     p.add_argument("model")
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
@@ -125,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     return parser
+
+
+def cmd_recipes(args: argparse.Namespace) -> None:
+    import textwrap
+
+    from .recipes import describe_recipe
+
+    for name, recipe in RECIPES.items():
+        print(f"{name}: {describe_recipe(recipe)}")
+        print(textwrap.fill(recipe.notes, width=100, initial_indent="    ", subsequent_indent="    "))
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -264,6 +276,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "models": cmd_models,
+    "recipes": cmd_recipes,
     "summary": cmd_summary,
     "train": cmd_train,
     "eval": cmd_eval,

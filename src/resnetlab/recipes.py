@@ -92,6 +92,27 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def describe_recipe(recipe: Recipe) -> str:
+    """One line of the hyperparameters that matter, e.g. ``sgd lr 0.1, momentum 0.9, ...``."""
+    length = f"{recipe.steps:,} steps" if recipe.steps else f"{recipe.epochs:g} epochs"
+    optimizer = recipe.optimizer
+    if optimizer == "sgd" and recipe.momentum:
+        optimizer += f" (momentum {recipe.momentum:g}{', Nesterov' if recipe.nesterov else ''})"
+    parts = [f"{optimizer} lr {recipe.lr:g}", f"batch {recipe.batch_size}", length, recipe.schedule]
+    if recipe.milestones:
+        parts[-1] += " /" + f"{1 / recipe.gamma:g} at " + ", ".join(f"{m:.0%}" for m in recipe.milestones)
+    if recipe.weight_decay:
+        parts.append(f"wd {recipe.weight_decay:g}")
+    augment = [f"pad {recipe.pad_crop} + crop"] if recipe.pad_crop else []
+    augment += [f"random-resized crop {recipe.scale_crop[0]:g}-{recipe.scale_crop[1]:g}"] if recipe.scale_crop else []
+    augment += ["flip"] if recipe.flip else []
+    if augment:
+        parts.append(" + ".join(augment))
+    if recipe.label_smoothing:
+        parts.append(f"label smoothing {recipe.label_smoothing:g}")
+    return ", ".join(parts)
+
+
 def get_recipe(name: str, **overrides) -> Recipe:
     """The named recipe, with the given fields replaced (``None`` values are ignored)."""
     if name not in RECIPES:
