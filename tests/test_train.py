@@ -144,16 +144,23 @@ def test_optimizer_state_of_the_graphed_path_continues_on_the_eager_path():
     assert torch.equal(step.optimizer.state[p]["momentum_buffer"], graphed.optimizer.state[p]["momentum_buffer"])
 
 
-def test_an_eager_checkpoint_keeps_the_graphed_paths_fused_update():
-    """Loading an eager run's optimizer state must not bring its unfused, float-lr update into a graph."""
+def eager_state_in_a_graph_ready_optimizer(recipe_name: str, steps: int, lr: float):
+    """(model, eager step, tensor-lr optimizer loaded with the eager step's state after ``steps`` steps)."""
     torch.manual_seed(0)
-    recipe = get_recipe("fast")
+    recipe = get_recipe(recipe_name)
     cpu = torch.device("cpu")
     model = create_model("resnet8", in_chans=1)
     eager = TrainStep(model, make_optimizer(recipe, model, cpu), 0.0, cpu)
-    eager(torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,)), 0.03)
+    for _ in range(steps):
+        eager(torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,)), lr)
     graph_ready = make_optimizer(recipe, model, cpu, tensor_lr=True)
     load_optimizer_state(graph_ready, eager.optimizer.state_dict())
+    return model, eager, graph_ready
+
+
+def test_an_eager_checkpoint_keeps_the_graphed_paths_fused_update():
+    """Loading an eager run's optimizer state must not bring its unfused, float-lr update into a graph."""
+    model, eager, graph_ready = eager_state_in_a_graph_ready_optimizer("fast", steps=1, lr=0.03)
     for group in graph_ready.param_groups:
         assert group["fused"] is True
         assert isinstance(group["lr"], torch.Tensor) and float(group["lr"]) == pytest.approx(0.03)
@@ -181,15 +188,7 @@ def test_tensorboard_gets_the_epoch_metrics(tmp_path):
 
 
 def test_an_eager_adam_checkpoint_continues_in_a_capturable_adam():
-    torch.manual_seed(0)
-    recipe = get_recipe("signs-adam")
-    cpu = torch.device("cpu")
-    model = create_model("resnet8", in_chans=1)
-    eager = TrainStep(model, make_optimizer(recipe, model, cpu), 0.0, cpu)
-    for _ in range(2):
-        eager(torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,)), 1e-3)
-    graph_ready = make_optimizer(recipe, model, cpu, tensor_lr=True)
-    load_optimizer_state(graph_ready, eager.optimizer.state_dict())
+    model, _, graph_ready = eager_state_in_a_graph_ready_optimizer("signs-adam", steps=2, lr=1e-3)
     assert all(g["capturable"] and g["fused"] for g in graph_ready.param_groups)
     step = graph_ready.state[model.conv1.weight]["step"]
     assert step.dtype == torch.float32 and float(step) == 2.0
