@@ -3,8 +3,9 @@
 ``bench_train``: the typical script (a torchvision-style dataset yielding PIL images, torchvision
 transforms, a DataLoader with worker processes, fp32, ``loss.item()`` every step) against
 resnetlab's trainer path (data on the device, batched augmentation, channels_last, bf16 and a
-CUDA-graphed step on GPUs; on a GPU also eager, so each technique's share shows). Both train the same model from the same initial weights on the same
-data with the same recipe and steps, and both are evaluated by the same code.
+CUDA-graphed step on GPUs; on a GPU also eager, so each technique's share shows). Both train the
+same model from the same initial weights on the same data with the same recipe and steps, and both
+are evaluated by the same code.
 
 ``bench_model``: model-step throughput on synthetic data (training and inference) of resnetlab's
 model against torchvision's, with the same precision and memory format, and of the trainer's own
@@ -48,6 +49,7 @@ class Timing:
     ms_per_step: float
     images_per_s: float
     test_accuracy: float | None = None
+    speedup: float = 1.0  # the typical loop's time per step over this one's
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -218,12 +220,11 @@ def bench_train(
 ) -> dict:
     """Time the typical loop and resnetlab's loop on the same data, model and schedule; return the result dict.
 
-    With ``repeat`` > 1 every contender runs that many times, in alternating rounds, and the
-    median time counts (shared machines are noisy).
-
     On a GPU resnetlab runs twice, eager and CUDA-graphed (and a third time compiled with
     ``compile``), so the table shows what each technique buys. A variant that fails is reported
     with its error and the others still run; the speedup line compares the trainer's default path.
+    With ``repeat`` > 1 every contender runs that many times, in alternating rounds, and the
+    median time counts (shared machines are noisy).
     """
     from .data import get_dataset
     from .train import pick_device
@@ -276,17 +277,13 @@ def bench_train(
                 rows[name] = {"name": name, "how": how,
                               "test_accuracy": evaluate(model, test_loader, len(train_set.classes)).accuracy}
     timings = []
+    typical = statistics.median(runs["typical loop"])
     for name, seconds in runs.items():
         if seconds:
             median = statistics.median(seconds)
-            timing = Timing(name, median * 1e3, batch_size / median, rows[name]["test_accuracy"])
+            timing = Timing(name, median * 1e3, batch_size / median, rows[name]["test_accuracy"], typical / median)
             timings.append(timing)
             rows[name].update(timing.to_dict(), ms_per_step_runs=[t * 1e3 for t in seconds])
-
-    typical = rows["typical loop"]["ms_per_step"]
-    for row in rows.values():
-        if "ms_per_step" in row:
-            row["speedup"] = typical / row["ms_per_step"]
     speedup = rows["resnetlab"]["speedup"]
     result = {
         "benchmark": "train",
@@ -305,10 +302,9 @@ def bench_train(
 def _print_table(timings: list[Timing], title: str, print_fn: Callable[[str], None]) -> None:
     print_fn(title)
     print_fn(f"{'':<16}{'ms/step':>10}{'img/s':>12}{'test acc':>10}{'speedup':>9}")
-    base = timings[0].ms_per_step
     for t in timings:
         acc = f"{t.test_accuracy:.2%}" if t.test_accuracy is not None else "-"
-        print_fn(f"{t.name:<16}{t.ms_per_step:>10.2f}{t.images_per_s:>12,.0f}{acc:>10}{base / t.ms_per_step:>8.2f}x")
+        print_fn(f"{t.name:<16}{t.ms_per_step:>10.2f}{t.images_per_s:>12,.0f}{acc:>10}{t.speedup:>8.2f}x")
 
 
 def _time_calls(fn: Callable[[], None], iters: int, warmup: int, device: torch.device) -> float:
