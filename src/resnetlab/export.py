@@ -71,6 +71,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, check: bool 
     wrapped = Preprocessed(model, config["mean"], config["std"]).eval()
     side, channels = config["image_size"], config["channels"]
     example = torch.rand(2, channels, side, side, generator=torch.Generator().manual_seed(0))
+    report = ExportReport(path, ("batch", channels, side, side), None)
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
@@ -98,7 +99,6 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, check: bool 
                                        f"(over {tolerance:g} of that); nothing written")
                 report.max_abs_diff = diff
 
-    report = ExportReport(path, ("batch", channels, side, side), None)
     atomic_write(path, write)
     return report
 
