@@ -288,10 +288,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
 
     def save_checkpoint() -> None:
         nonlocal saved_step
-        # Every process gets here at the same step; the checkpoint carries the sums of them all.
-        distributed.sum_across(train_step.sums, world)
-        if not world.is_main:
-            train_step.reset_sums()
+        if not world.is_main:  # process 0 writes; the sums it saves are already those of every process
             pending_norms.clear()
             return
         if grad_log is not None:
@@ -335,6 +332,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             epoch_done = step % steps_per_epoch == 0 or step >= total_steps
             if step == stop_at and not epoch_done:
                 elapsed = time.perf_counter() - started
+                distributed.sum_across(train_step.sums, world)  # the partial epoch's sums, of every process
                 save_checkpoint()
                 raise Interrupted(run_dir, step)
             distributed.sum_across(train_step.sums, world)
