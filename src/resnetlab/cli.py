@@ -29,6 +29,9 @@ def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> No
     if quick_only:
         return
     p.add_argument("--model", default="resnet20")
+    p.add_argument("--weights", metavar="TAG|FILE",
+                   help="start from torchvision's ImageNet weights (DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2; resnet18-152) "
+                        "or a weights file; normalises inputs with the published weights' statistics")
     p.add_argument("--recipe", default="fast", help=f"{', '.join(RECIPES)} (default fast)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--image-size", type=int, help="folder datasets: resize images to this side (default 64)")
@@ -66,10 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-test", type=int, metavar="N")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
-    p = sub.add_parser("predict", help="classify your own images with a trained run")
-    p.add_argument("run_dir")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--top-k", type=int, default=3)
+    p = sub.add_parser(
+        "predict", help="classify your own images with a trained run, or with torchvision's ImageNet weights",
+        usage="resnetlab predict RUN_DIR IMAGE... | resnetlab predict --pretrained MODEL[:TAG] IMAGE...",
+    )
+    p.add_argument("inputs", nargs="+", metavar="RUN_DIR IMAGE", help="a run directory, then images")
+    p.add_argument("--pretrained", metavar="MODEL[:TAG]",
+                   help="use published ImageNet weights instead of a run, e.g. resnet50 or resnet50:IMAGENET1K_V1 "
+                        "(downloaded once into torch's cache); every positional argument is then an image")
+    p.add_argument("--top-k", type=int, default=None, help="classes shown per image (default 3, or 5 with --pretrained)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
     p = sub.add_parser("serve", help="a prediction page for a trained run, in your browser")
@@ -186,7 +194,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             weight_decay=args.weight_decay, limit_train=args.limit_train, limit_test=args.limit_test,
             image_size=args.image_size, device=args.device, seed=args.seed, out=args.out,
             compile=args.compile, cuda_graph=not args.no_cuda_graph, deterministic=args.deterministic,
-            eval_every=args.eval_every, progress=not args.no_progress,
+            eval_every=args.eval_every, progress=not args.no_progress, weights=args.weights,
         )
         result = train(config)
     world = distributed.world_from_env()
@@ -207,15 +215,24 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .evaluate import predict_images
+    from .evaluate import predict_images, predict_published
     from .runs import load_model
     from .train import pick_device
 
+    top_k = args.top_k or (5 if args.pretrained else 3)
+    if top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {top_k}")
     device = pick_device(args.device)
-    model, config = load_model(args.run_dir, device)
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
-    for pred in predict_images(model, config, args.images, args.top_k, device):
+    if args.pretrained:
+        model_name, _, tag = args.pretrained.partition(":")
+        predictions = predict_published(model_name, tag or "DEFAULT", args.inputs, top_k, device)
+    else:
+        run_dir, *images = args.inputs
+        if not images:
+            raise ValueError(f"no images given: resnetlab predict {run_dir} IMAGE... (or --pretrained MODEL IMAGE...)")
+        model, config = load_model(run_dir, device)
+        predictions = predict_images(model, config, images, top_k, device)
+    for pred in predictions:
         print(f"{pred.path}: {pred.ranked()}")
 
 

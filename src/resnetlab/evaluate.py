@@ -112,13 +112,40 @@ def predict_images(
     device = torch.device(device)
     images = torch.stack([load_image(p, config["channels"], config["image_size"]) for p in paths])
     x = normalize(images.to(device), config["mean"], config["std"])
-    model = model.to(device).eval()
-    with autocast_for(device):
-        probs = model(x).float().softmax(1)
-    k = min(top_k, probs.shape[1])
-    top = probs.topk(k, 1)
     labels = names if names is not None else [str(p) for p in paths]
-    classes = config["classes"]
+    return _rank(model.to(device).eval(), x, labels, config["classes"], top_k)
+
+
+@torch.no_grad()
+def predict_published(
+    model_name: str, tag: str, paths: Sequence[str | Path | BinaryIO], top_k: int = 5,
+    device: torch.device | str = "cpu", names: Sequence[str] | None = None,
+) -> list[Prediction]:
+    """Classify image files with torchvision's published ImageNet weights (``tag``, e.g. ``DEFAULT``).
+
+    Each image gets the preprocessing those weights were trained with (torchvision's own
+    transform: shorter side resized, centre crop, ImageNet statistics) and the ImageNet class names.
+    """
+    import torchvision
+
+    from .data import load_image
+    from .models import create_model
+    from .pretrained import pretrained_info
+
+    device = torch.device(device)
+    info = pretrained_info(model_name, tag)
+    preprocess = torchvision.models.get_model_weights(model_name)[info.tag].transforms()
+    x = torch.stack([preprocess(load_image(p, 3, None)) for p in paths]).to(device)
+    model = create_model(model_name, weights=tag).to(device).eval()
+    labels = names if names is not None else [str(p) for p in paths]
+    return _rank(model, x, labels, info.categories, top_k)
+
+
+def _rank(model: nn.Module, x: torch.Tensor, labels: Sequence[str], classes: Sequence[str], top_k: int) -> list[Prediction]:
+    """The ``top_k`` classes of each input, most likely first."""
+    with autocast_for(x.device):
+        probs = model(x).float().softmax(1)
+    top = probs.topk(min(top_k, probs.shape[1]), 1)
     return [
         Prediction(label, [classes[i] for i in idx.tolist()], val.tolist())
         for label, idx, val in zip(labels, top.indices, top.values)

@@ -167,14 +167,28 @@ def describe_model(name: str) -> str:
 _CIFAR_NAME = re.compile(r"^(resnet|plain|preact_resnet)(\d+)$")
 
 
-def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None, **overrides) -> ResNet:
-    """Build a registered model by name.
+def create_model(
+    name: str, num_classes: int | None = None, in_chans: int | None = None, weights: str | None = None, **overrides
+) -> ResNet:
+    """Build a registered model by name, optionally with starting weights.
 
     ``num_classes`` and ``in_chans`` default to the model family's own (1000 and 3 for ImageNet,
     10 and 3 for CIFAR, 6 and 3 for SIGNS). Other keyword arguments override the builder's, e.g.
     ``create_model("resnet50", stride_in_1x1=True)`` for the paper's stride placement.
     Names like ``resnet74`` or ``plain200`` that fit the CIFAR depth formulas build on the fly.
+
+    ``weights`` is torchvision's published tag (``"IMAGENET1K_V1"``, ``"IMAGENET1K_V2"``,
+    ``"DEFAULT"``) for resnet18 to resnet152, downloaded once into torch's cache, or a weights
+    file (.safetensors, .pth). Another class count keeps a fresh classifier; ``in_chans=1`` gets
+    conv1 summed over colours (see ``resnetlab.pretrained``).
     """
+    if weights is not None:
+        from .pretrained import WeightsError, is_file_spec, load_weights
+
+        if overrides.get("stride_in_1x1") and not is_file_spec(weights):
+            # The tensors would fit, but they were trained with the stride on the 3x3: another network.
+            raise WeightsError("torchvision's weights were trained with the stride on the 3x3; drop stride_in_1x1")
+        return load_weights(create_model(name, num_classes, in_chans, **overrides), name, weights)
     if num_classes is not None:
         overrides["num_classes"] = num_classes
     if in_chans is not None:

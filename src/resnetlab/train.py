@@ -20,6 +20,7 @@ from tqdm import tqdm
 from . import __version__, distributed, runs
 from .evaluate import EvalResult, evaluate
 from .loader import dataset_shape, dataset_stats, make_loader
+from .pretrained import input_stats, is_file_spec, load_weights
 from .recipes import Recipe, get_recipe, lr_at
 from .steps import build_train_step
 
@@ -52,6 +53,7 @@ class TrainConfig:
     progress: bool = True
     grad_norm_every: int = 0  # record every weight's gradient norm every N steps (0: never)
     model_kwargs: dict = field(default_factory=dict)
+    weights: str | None = None  # starting weights: a torchvision tag (IMAGENET1K_V2, DEFAULT) or a file
 
 
 @dataclass
@@ -172,12 +174,15 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     )
     channels, image_size = dataset_shape(train_set)
     model_kwargs = {"num_classes": len(train_set.classes), "in_chans": channels, **config.model_kwargs}
-    create_model(config.model, **model_kwargs)  # fail on a bad name before anything is written
+    # Fail on a bad name or unusable weights before anything is written (this also fetches them once).
+    create_model(config.model, weights=config.weights, **model_kwargs)
     if len(train_set) < recipe.batch_size:
         raise ValueError(f"batch size {recipe.batch_size} is larger than the {len(train_set)} training examples")
     steps_per_epoch = len(train_set) // recipe.batch_size
     total_steps = recipe.steps or max(1, round(recipe.epochs * steps_per_epoch))
-    mean, std = dataset_stats(train_set, seed=config.seed)
+    # Published weights expect the statistics they were trained with, not this dataset's.
+    published = config.weights and input_stats(config.model, config.weights, channels)
+    mean, std = published or dataset_stats(train_set, seed=config.seed)
 
     run_dir = distributed.share(_new_run_dir(config), world)  # one name, though clocks may differ
     if world.is_main:
@@ -185,6 +190,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     saved = {
         "model": config.model,
         "model_kwargs": model_kwargs,
+        "weights": config.weights and (str(Path(config.weights).resolve()) if is_file_spec(config.weights) else config.weights),
         "dataset": config.dataset,
         "data_dir": config.data_dir,
         "classes": train_set.classes,
@@ -239,7 +245,10 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         torch.backends.cudnn.benchmark = not saved["deterministic"]
     channels_last = device.type in ("cuda", "cpu")
 
-    model = runs.build_model(saved).to(device)
+    model = runs.build_model(saved)
+    if checkpoint is None and saved.get("weights"):
+        load_weights(model, saved["model"], saved["weights"], progress=False)
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     grad_every = saved.get("grad_norm_every", 0)

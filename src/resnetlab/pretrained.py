@@ -1,0 +1,174 @@
+"""Starting weights: torchvision's published ImageNet weights, or a weights file of your own.
+
+The ImageNet ResNets share torchvision's state_dict keys, so torchvision's weights load as they
+are. They are fetched the way torchvision fetches them (same URL, same cache file under
+``torch.hub.get_dir()/checkpoints``, SHA-256 prefix checked on download) but read with
+``weights_only=True``, so a tampered file cannot run code.
+
+A model built for other data keeps what fits: a different number of classes gets a fresh
+classifier, and one input channel gets ``conv1`` summed over the red, green and blue filters
+(a grey pixel is a colour pixel with three equal values).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+# Names whose layout is torchvision's, so its published weights fit them.
+TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+class WeightsError(Exception):
+    """Weights that cannot be found, fetched, read or fitted to the model; the message says why."""
+
+
+@dataclass
+class PretrainedInfo:
+    """What a set of published weights expects of its input, and what its outputs mean."""
+
+    tag: str  # e.g. "IMAGENET1K_V2"
+    categories: list[str]
+    mean: list[float]
+    std: list[float]
+    resize_size: int  # shorter side before the centre crop
+    crop_size: int
+    accuracy: float | None  # ImageNet top-1 (%), as torchvision publishes it
+
+
+def is_file_spec(weights: str) -> bool:
+    """True when ``weights`` names a file rather than a published tag like ``IMAGENET1K_V2``."""
+    return os.sep in weights or "." in weights or Path(weights).exists()
+
+
+def _published(model_name: str, tag: str):
+    """torchvision's weights enum member for ``model_name`` and ``tag`` (``DEFAULT`` allowed)."""
+    import torchvision
+
+    if model_name not in TORCHVISION_MODELS:
+        raise WeightsError(
+            f"torchvision publishes no weights for {model_name}; these take a tag: {', '.join(TORCHVISION_MODELS)}. "
+            "For other models pass a weights file (.safetensors, .pth)"
+        )
+    enum = torchvision.models.get_model_weights(model_name)
+    try:
+        return enum[tag.upper()]
+    except KeyError:
+        tags = ", ".join(["DEFAULT", *(w.name for w in enum)])
+        raise WeightsError(f"{model_name} has no published weights {tag!r}; choose one of {tags}") from None
+
+
+def pretrained_info(model_name: str, tag: str) -> PretrainedInfo:
+    """The preprocessing and class names that published weights were trained with."""
+    weights = _published(model_name, tag)
+    preprocess = weights.transforms()
+    metrics = weights.meta.get("_metrics", {}).get("ImageNet-1K", {})
+    return PretrainedInfo(
+        tag=weights.name,
+        categories=list(weights.meta["categories"]),
+        mean=list(preprocess.mean),
+        std=list(preprocess.std),
+        resize_size=preprocess.resize_size[0],
+        crop_size=preprocess.crop_size[0],
+        accuracy=metrics.get("acc@1"),
+    )
+
+
+def fetch_published(model_name: str, tag: str, progress: bool = True) -> Path:
+    """The cached file of published weights, downloaded (and its hash checked) if not there yet."""
+    weights = _published(model_name, tag)
+    filename = weights.url.rsplit("/", 1)[-1]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    match = torch.hub.HASH_REGEX.search(filename)  # torchvision's names end in the SHA-256's first digits
+    try:
+        # Writes to a temporary name and renames on success, so a broken download leaves nothing behind.
+        torch.hub.download_url_to_file(weights.url, str(path), match.group(1) if match else None, progress=progress)
+    except OSError as err:  # URLError and HTTPError are OSErrors too
+        reason = getattr(err, "reason", None) or err
+        raise WeightsError(
+            f"could not download {weights.url} ({reason}); fetch it yourself and put it at {path}"
+        ) from None
+    except RuntimeError as err:  # the hash check
+        raise WeightsError(f"{weights.url} arrived damaged or changed ({err}); run again") from None
+    return path
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict from a .safetensors file or a torch.save file, without running code from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path} does not exist or is not a file")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # damaged files fail in many ways; all mean the same to the user
+        raise WeightsError(f"{path} is not a readable weights file ({type(err).__name__}: {err})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # checkpoints that wrap the weights (Lightning and others)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} holds no state_dict (a mapping of names to tensors)")
+    # Saved from DistributedDataParallel or torch.compile: the same weights under a prefix.
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool = True) -> nn.Module:
+    """Load published weights (a tag such as ``IMAGENET1K_V2`` or ``DEFAULT``) or a file into ``model``.
+
+    Every tensor must fit except the classifier, which stays freshly initialised when the class
+    count differs, and ``conv1``, which is summed over colours for a one-channel model.
+    """
+    if is_file_spec(weights):
+        source, state = weights, read_state_dict(weights)
+    else:
+        path = fetch_published(model_name, weights, progress)
+        source, state = f"{model_name} {weights.upper()} ({path})", read_state_dict(path)
+    own = model.state_dict()
+    state = dict(state)
+    for key in ("fc.weight", "fc.bias"):
+        if key in state and key in own and state[key].shape != own[key].shape:
+            del state[key]  # another task's classes: keep the fresh head
+    conv = state.get("conv1.weight")
+    if conv is not None and "conv1.weight" in own and conv.shape[1] == 3 and own["conv1.weight"].shape[1] == 1:
+        state["conv1.weight"] = conv.sum(1, keepdim=True)
+    missing = sorted(set(own) - set(state) - {"fc.weight", "fc.bias"})
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise WeightsError(
+            f"{source} does not hold {model_name} weights: {len(missing)} missing and {len(unexpected)} "
+            f"unexpected tensors (first: {first})"
+        )
+    wrong = [k for k in state if state[k].shape != own[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise WeightsError(
+            f"{source} does not fit {model_name}: {k} is {tuple(state[k].shape)} there, {tuple(own[k].shape)} here"
+        )
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def input_stats(model_name: str, weights: str, channels: int) -> tuple[list[float], list[float]] | None:
+    """The normalisation published weights expect, for ``channels`` input channels; None for files.
+
+    One channel gets the colour statistics' averages, since its conv1 was summed over colours.
+    """
+    if is_file_spec(weights):
+        return None
+    info = pretrained_info(model_name, weights)
+    if channels == 1:
+        return [sum(info.mean) / 3], [sum(info.std) / 3]
+    return info.mean, info.std

@@ -1,0 +1,209 @@
+"""Starting weights: torchvision's published files (fetched, cached, hash-checked), weights files, fine-tuning."""
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import resnetlab
+from resnetlab import pretrained
+from resnetlab.cli import main
+from resnetlab.pretrained import WeightsError
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+# The file torchvision's resnet18 IMAGENET1K_V1 weights are cached under (its URL's last part).
+RESNET18_FILE = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> Path:
+    """An empty torch.hub cache, so no test touches (or depends on) the user's."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    return tmp_path / "hub" / "checkpoints"
+
+
+@pytest.fixture
+def published(hub) -> torchvision.models.ResNet:
+    """torchvision's resnet18 with seeded random weights, saved where its published weights are cached.
+
+    Real published weights cannot be downloaded here; these stand in for them, in the same file format.
+    """
+    torch.manual_seed(7)  # not the trainer's seed, so a fresh initialisation cannot pass for these weights
+    reference = torchvision.models.resnet18().eval()
+    with torch.no_grad():  # BN statistics other than 0 and 1, so that loading them is checked too
+        for m in reference.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    hub.mkdir(parents=True)
+    torch.save(reference.state_dict(), hub / RESNET18_FILE)
+    return reference
+
+
+def test_published_weights_give_torchvision_outputs(published):
+    model = resnetlab.create_model("resnet18", weights="IMAGENET1K_V1").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), published(x), rtol=0, atol=1e-5)
+
+
+def test_default_tag_names_the_current_weights():
+    info = pretrained.pretrained_info("resnet50", "DEFAULT")
+    assert info.tag == "IMAGENET1K_V2" and len(info.categories) == 1000
+    assert (info.resize_size, info.crop_size) == (232, 224)
+    assert info.mean == [0.485, 0.456, 0.406] and info.std == [0.229, 0.224, 0.225]
+
+
+def test_other_classes_and_one_channel_keep_what_fits(published):
+    model = resnetlab.create_model("resnet18", num_classes=10, in_chans=1, weights="IMAGENET1K_V1").eval()
+    assert model.fc.out_features == 10
+    # A grey image is a colour image with three equal channels: summed conv1 filters see it the same way.
+    grey = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(grey), published_features(published, grey.expand(-1, 3, -1, -1)),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def published_features(net: torchvision.models.ResNet, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's resnet up to its last feature map (before pooling)."""
+    return torch.nn.Sequential(*list(net.children())[:-2])(x)
+
+
+def test_download_checks_the_hash_and_fills_the_cache(hub, tmp_path, monkeypatch):
+    payload = tmp_path / "served.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), payload)
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    for name, good in ((f"resnet18-{digest[:8]}.pth", True), (f"resnet18-{'0' * 8}.pth", False)):
+        served = tmp_path / "server" / name
+        served.parent.mkdir(exist_ok=True)
+        served.write_bytes(payload.read_bytes())
+        fake = SimpleNamespace(url=served.as_uri(), name="IMAGENET1K_V1")
+        monkeypatch.setattr(pretrained, "_published", lambda model_name, tag: fake)
+        if good:
+            path = pretrained.fetch_published("resnet18", "IMAGENET1K_V1", progress=False)
+            assert path == hub / name and path.read_bytes() == payload.read_bytes()
+        else:
+            with pytest.raises(WeightsError, match="damaged or changed"):
+                pretrained.fetch_published("resnet18", "IMAGENET1K_V1", progress=False)
+    assert sorted(p.name for p in hub.iterdir()) == [f"resnet18-{digest[:8]}.pth"]  # no partial file left behind
+
+
+def test_unreachable_download_says_where_to_put_the_file(hub, monkeypatch):
+    fake = SimpleNamespace(url=(hub.parent / "nowhere" / RESNET18_FILE).as_uri(), name="IMAGENET1K_V1")
+    monkeypatch.setattr(pretrained, "_published", lambda model_name, tag: fake)
+    with pytest.raises(WeightsError, match=f"put it at {hub / RESNET18_FILE}"):
+        resnetlab.create_model("resnet18", weights="IMAGENET1K_V1")
+
+
+@pytest.mark.parametrize(
+    "name, weights, kwargs, match",
+    [
+        ("resnet20", "DEFAULT", {}, "publishes no weights for resnet20"),
+        ("resnet18", "IMAGENET1K_V9", {}, "choose one of DEFAULT, IMAGENET1K_V1"),
+        ("resnet50", "IMAGENET1K_V2", {"stride_in_1x1": True}, "stride on the 3x3"),
+    ],
+)
+def test_unusable_tags_are_refused(hub, name, weights, kwargs, match):
+    with pytest.raises(WeightsError, match=match):
+        resnetlab.create_model(name, weights=weights, **kwargs)
+
+
+def test_weights_files_of_every_kind(tmp_path):
+    torch.manual_seed(1)
+    source = resnetlab.create_model("resnet20", num_classes=10, in_chans=1).eval()
+    state = source.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "w.safetensors")
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp.pth")  # DistributedDataParallel's keys
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "wrapped.ckpt")
+    x = torch.randn(2, 1, 28, 28)
+    for file in ("w.safetensors", "ddp.pth", "wrapped.ckpt"):
+        model = resnetlab.create_model("resnet20", num_classes=10, in_chans=1, weights=str(tmp_path / file)).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+
+
+def test_bad_weights_files_are_refused_without_running_them(tmp_path):
+    torch.save(resnetlab.create_model("resnet20").state_dict(), tmp_path / "r20.pth")
+    with pytest.raises(WeightsError, match="does not hold resnet32 weights"):
+        resnetlab.create_model("resnet32", weights=str(tmp_path / "r20.pth"))
+    torch.save(resnetlab.create_model("resnet20", num_classes=100).state_dict(), tmp_path / "r20c100.pth")
+    model = resnetlab.create_model("resnet20", num_classes=10, weights=str(tmp_path / "r20c100.pth"))
+    assert model.fc.out_features == 10  # another task's head is left out, the rest loads
+    torch.save(resnetlab.create_model("resnet20", in_chans=1).state_dict(), tmp_path / "grey.pth")
+    with pytest.raises(WeightsError, match=r"conv1.weight is \(16, 1, 3, 3\) there, \(16, 3, 3, 3\) here"):
+        resnetlab.create_model("resnet20", weights=str(tmp_path / "grey.pth"))
+
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps(Exploit(str(marker))))
+    with pytest.raises(WeightsError, match="not a readable weights file"):
+        resnetlab.create_model("resnet20", weights=str(tmp_path / "evil.pth"))
+    assert not marker.exists()
+    with pytest.raises(WeightsError, match="does not exist"):
+        resnetlab.create_model("resnet20", weights=str(tmp_path / "missing.safetensors"))
+
+
+class Exploit:
+    """A pickle that would create a file when unpickled by an unrestricted loader."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_predict_with_published_weights_matches_torchvision(published, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (180, 260, 3), dtype=np.uint8)).save(photo)
+    from resnetlab.evaluate import predict_published
+
+    [pred] = predict_published("resnet18", "IMAGENET1K_V1", [photo], top_k=5)
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    x = weights.transforms()(torchvision.transforms.functional.pil_to_tensor(Image.open(photo)))[None]
+    with torch.no_grad():
+        probs = published(x).softmax(1)[0]
+    top = probs.topk(5)
+    assert pred.classes == [weights.meta["categories"][i] for i in top.indices.tolist()]
+    np.testing.assert_allclose(pred.probabilities, top.values.tolist(), rtol=1e-4)
+
+    assert main(["predict", "--pretrained", "resnet18:IMAGENET1K_V1", str(photo), str(photo), "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [f"{photo}: {pred.ranked()}"] * 2
+
+
+def test_predict_without_images_or_with_unknown_weights_fails_cleanly(hub, tmp_path, capsys):
+    assert main(["predict", str(tmp_path)]) == 2
+    assert "no images given" in capsys.readouterr().err
+    assert main(["predict", "--pretrained", "plain18", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: torchvision publishes no weights for plain18") and err.count("\n") == 1
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fine_tuning_starts_from_the_published_weights(published, tmp_path, capsys):
+    out = tmp_path / "run"
+    # A tiny lr barely moves the weights, so the run's convolutions must still be the published ones
+    # (conv1 summed to grey); a fresh initialisation would differ by tenths.
+    code = main(["train", "--model", "resnet18", "--weights", "IMAGENET1K_V1", "--limit-train", "128", "--limit-test", "64",
+                 "--batch-size", "64", "--steps", "2", "--lr", "1e-7", "--device", "cpu", "--no-progress", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert config["weights"] == "IMAGENET1K_V1"
+    np.testing.assert_allclose(config["mean"], [np.mean([0.485, 0.456, 0.406])])
+    np.testing.assert_allclose(config["std"], [np.mean([0.229, 0.224, 0.225])])
+    trained = load_file(out / "model.safetensors")
+    reference = published.state_dict()
+    torch.testing.assert_close(trained["conv1.weight"], reference["conv1.weight"].sum(1, keepdim=True), rtol=0, atol=1e-4)
+    for key, value in reference.items():
+        if key.endswith(".weight") and value.ndim == 4 and key != "conv1.weight":
+            torch.testing.assert_close(trained[key], value, rtol=0, atol=1e-4, msg=key)
+    assert trained["fc.weight"].shape == (10, 512)
