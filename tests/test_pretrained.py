@@ -164,9 +164,10 @@ def test_predict_with_published_weights_matches_torchvision(published, tmp_path,
     rng = np.random.default_rng(0)
     photo = tmp_path / "photo.png"
     Image.fromarray(rng.integers(0, 256, (180, 260, 3), dtype=np.uint8)).save(photo)
-    from resnetlab.evaluate import predict_published
+    from resnetlab.evaluate import load_published, predict_images
 
-    [pred] = predict_published("resnet18", "IMAGENET1K_V1", [photo], top_k=5)
+    model, config = load_published("resnet18:IMAGENET1K_V1")
+    [pred] = predict_images(model, config, [photo], top_k=5)
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     x = weights.transforms()(torchvision.transforms.functional.pil_to_tensor(Image.open(photo)))[None]
     with torch.no_grad():
@@ -186,6 +187,8 @@ def test_predict_without_images_or_with_unknown_weights_fails_cleanly(hub, tmp_p
     assert main(["predict", "--pretrained", "plain18", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: torchvision publishes no weights for plain18") and err.count("\n") == 1
+    assert main(["serve"]) == 2
+    assert "give a run directory or --pretrained" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
@@ -207,3 +210,31 @@ def test_fine_tuning_starts_from_the_published_weights(published, tmp_path, caps
         if key.endswith(".weight") and value.ndim == 4 and key != "conv1.weight":
             torch.testing.assert_close(trained[key], value, rtol=0, atol=1e-4, msg=key)
     assert trained["fc.weight"].shape == (10, 512)
+
+
+def test_serve_published_weights_answers_as_predict_does(published, tmp_path):
+    import threading
+    import urllib.request
+
+    from resnetlab.evaluate import load_published, predict_images
+    from resnetlab.serve import PredictionServer
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (120, 90, 3), dtype=np.uint8)).save(photo)
+    server = PredictionServer(None, port=0, top_k=5, pretrained="resnet18:IMAGENET1K_V1")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with urllib.request.urlopen(server.url) as reply:
+            page = reply.read().decode()
+        with urllib.request.urlopen(server.url + "info") as reply:
+            info = json.loads(reply.read())
+        with urllib.request.urlopen(urllib.request.Request(server.url + "predict", data=photo.read_bytes())) as reply:
+            answer = json.loads(reply.read())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "tench" in page and "and 980 more" in page and "centre-cropped to 224x224" in page
+    assert (info["image_size"], info["resize_size"], len(info["classes"])) == (224, 256, 1000)
+    [pred] = predict_images(*load_published("resnet18:IMAGENET1K_V1"), [photo], top_k=5)
+    assert [p["class"] for p in answer["predictions"]] == pred.classes
+    np.testing.assert_allclose([p["probability"] for p in answer["predictions"]], pred.probabilities, rtol=1e-5)

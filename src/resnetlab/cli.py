@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
     p = sub.add_parser("serve", help="a prediction page for a trained run, in your browser")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="?")
+    p.add_argument("--pretrained", metavar="MODEL[:TAG]", help="serve torchvision's ImageNet weights instead of a run")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let other machines in")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--top-k", type=int, default=5)
@@ -215,7 +216,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .evaluate import predict_images, predict_published
+    from .evaluate import load_published, predict_images
     from .runs import load_model
     from .train import pick_device
 
@@ -224,15 +225,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
     device = pick_device(args.device)
     if args.pretrained:
-        model_name, _, tag = args.pretrained.partition(":")
-        predictions = predict_published(model_name, tag or "DEFAULT", args.inputs, top_k, device)
+        images = args.inputs
+        model, config = load_published(args.pretrained, device)
     else:
         run_dir, *images = args.inputs
         if not images:
             raise ValueError(f"no images given: resnetlab predict {run_dir} IMAGE... (or --pretrained MODEL IMAGE...)")
         model, config = load_model(run_dir, device)
-        predictions = predict_images(model, config, images, top_k, device)
-    for pred in predictions:
+    for pred in predict_images(model, config, images, top_k, device):
         print(f"{pred.path}: {pred.ranked()}")
 
 
@@ -241,7 +241,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
-    serve(args.run_dir, args.host, args.port, args.top_k, args.device)
+    if (args.run_dir is None) == (args.pretrained is None):
+        raise ValueError("give a run directory or --pretrained MODEL[:TAG], not both or neither")
+    serve(args.run_dir, args.host, args.port, args.top_k, args.device, pretrained=args.pretrained)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -104,41 +104,46 @@ def predict_images(
     """Classify image files with a trained model, preprocessing them exactly as its training data.
 
     Any size or colour mode is converted to the model's channels and resized to its input size,
-    then normalised with the training set's statistics stored in the run's config. ``paths`` may
-    also be open binary files; ``names`` then labels the predictions (default: the paths).
+    then normalised with the training set's statistics stored in the run's config. A config with
+    ``resize_size`` (published weights, see ``load_published``) gets torchvision's evaluation
+    preprocessing instead: shorter side resized, then the centre cropped to ``image_size``.
+    ``paths`` may also be open binary files; ``names`` then labels the predictions (default: the paths).
     """
+    from torchvision.transforms.functional import center_crop, resize  # what torchvision's presets call
+
     from .data import load_image  # the decoder shared with folder datasets
 
     device = torch.device(device)
-    images = torch.stack([load_image(p, config["channels"], config["image_size"]) for p in paths])
+    channels, size, resize_to = config["channels"], config["image_size"], config.get("resize_size")
+    if resize_to:
+        images = torch.stack([
+            center_crop(resize(load_image(p, channels, None), [resize_to], antialias=True), [size]) for p in paths
+        ])
+    else:
+        images = torch.stack([load_image(p, channels, size) for p in paths])
     x = normalize(images.to(device), config["mean"], config["std"])
     labels = names if names is not None else [str(p) for p in paths]
     return _rank(model.to(device).eval(), x, labels, config["classes"], top_k)
 
 
-@torch.no_grad()
-def predict_published(
-    model_name: str, tag: str, paths: Sequence[str | Path | BinaryIO], top_k: int = 5,
-    device: torch.device | str = "cpu", names: Sequence[str] | None = None,
-) -> list[Prediction]:
-    """Classify image files with torchvision's published ImageNet weights (``tag``, e.g. ``DEFAULT``).
+def load_published(spec: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """A model with torchvision's published weights, ``spec`` being ``MODEL`` or ``MODEL:TAG``, and its config.
 
-    Each image gets the preprocessing those weights were trained with (torchvision's own
-    transform: shorter side resized, centre crop, ImageNet statistics) and the ImageNet class names.
+    The config has the keys of a run's config.json that prediction reads (classes, channels,
+    image_size, mean, std), plus ``resize_size`` for torchvision's resize-then-crop.
     """
-    import torchvision
-
-    from .data import load_image
     from .models import create_model
     from .pretrained import pretrained_info
 
-    device = torch.device(device)
-    info = pretrained_info(model_name, tag)
-    preprocess = torchvision.models.get_model_weights(model_name)[info.tag].transforms()
-    x = torch.stack([preprocess(load_image(p, 3, None)) for p in paths]).to(device)
-    model = create_model(model_name, weights=tag).to(device).eval()
-    labels = names if names is not None else [str(p) for p in paths]
-    return _rank(model, x, labels, info.categories, top_k)
+    model_name, _, tag = spec.partition(":")
+    info = pretrained_info(model_name, tag or "DEFAULT")
+    model = create_model(model_name, weights=info.tag)
+    config = {
+        "model": model_name, "weights": info.tag, "dataset": f"ImageNet-1k (torchvision {info.tag})",
+        "classes": info.categories, "channels": 3, "image_size": info.crop_size, "resize_size": info.resize_size,
+        "mean": info.mean, "std": info.std,
+    }
+    return model.to(device).eval(), config
 
 
 def _rank(model: nn.Module, x: torch.Tensor, labels: Sequence[str], classes: Sequence[str], top_k: int) -> list[Prediction]:

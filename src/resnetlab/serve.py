@@ -1,6 +1,7 @@
 """A prediction page for a trained run: drop images in a browser, see the classes the model gives them.
 
-``resnetlab serve RUN_DIR`` starts Python's own HTTP server (no web framework to install):
+``resnetlab serve RUN_DIR`` (or ``--pretrained resnet50`` for torchvision's ImageNet weights) starts
+Python's own HTTP server (no web framework to install):
 
     GET  /          the page
     GET  /info      the run as JSON: model, classes, input size
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .data import DataError
-from .evaluate import predict_images
+from .evaluate import load_published, predict_images
 from .runs import load_model
 
 MAX_UPLOAD = 20 << 20  # bytes; bigger bodies are refused before they are read
@@ -40,7 +41,7 @@ body {{ font-family: system-ui, sans-serif; max-width: 46rem; margin: 2rem auto;
 td {{ padding: 0.1rem 0.4rem; }} .error {{ color: #b00020; }}
 </style></head><body>
 <h1>{model}</h1>
-<p>Trained on {dataset}: {classes}. Images are converted to {channels} channel(s) and resized to {size}x{size}.</p>
+<p>Trained on {dataset}: {classes}. Images are converted to {channels} channel(s) and {sizing}.</p>
 <label id="drop">Drop images here, or click to choose<input id="files" type="file" accept="image/*" multiple hidden></label>
 <div id="results"></div>
 <script>
@@ -71,13 +72,13 @@ async function classify(file) {{
 
 
 class PredictionServer(ThreadingHTTPServer):
-    """An HTTP server holding one trained model."""
+    """An HTTP server holding one trained model: a run's, or published weights (``pretrained="resnet50"``)."""
 
     daemon_threads = True
 
-    def __init__(self, run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5,
-                 device: torch.device | str = "cpu") -> None:
-        self.model, self.config = load_model(run_dir, device)
+    def __init__(self, run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5,
+                 device: torch.device | str = "cpu", pretrained: str | None = None) -> None:
+        self.model, self.config = load_published(pretrained, device) if pretrained else load_model(run_dir, device)
         self.device, self.top_k = torch.device(device), top_k
         self.lock = threading.Lock()  # one forward pass at a time: threads would only fight over the cores
         super().__init__((host, port), _Handler)
@@ -89,13 +90,19 @@ class PredictionServer(ThreadingHTTPServer):
 
     def page(self) -> str:
         c = self.config
+        classes = ", ".join(c["classes"][:20]) + (f" and {len(c['classes']) - 20} more" if len(c["classes"]) > 20 else "")
+        size = c["image_size"]
+        if c.get("resize_size"):
+            sizing = f"resized to {c['resize_size']} pixels on the shorter side, then centre-cropped to {size}x{size}"
+        else:
+            sizing = f"resized to {size}x{size}"
         # Class and folder names are the user's own: escaped, so a name like "<b>" shows as written.
-        return PAGE.format(model=escape(c["model"]), dataset=escape(c["dataset"]),
-                           classes=escape(", ".join(c["classes"])), channels=c["channels"], size=c["image_size"])
+        return PAGE.format(model=escape(c["model"]), dataset=escape(c["dataset"]), classes=escape(classes),
+                           channels=c["channels"], sizing=sizing)
 
     def info(self) -> dict:
         c = self.config
-        return {k: c[k] for k in ("model", "dataset", "classes", "channels", "image_size")}
+        return {k: c[k] for k in ("model", "dataset", "classes", "channels", "image_size", "resize_size") if k in c}
 
     def predict(self, data: bytes, name: str) -> dict:
         """Top-k classes of one encoded image; DataError when it is not an image."""
@@ -149,14 +156,16 @@ class _Handler(BaseHTTPRequestHandler):
         print(f"{self.command} {self.path} {args[1] if len(args) > 1 else ''}".rstrip(), flush=True)
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5, device: str = "cpu") -> None:
-    """Serve the prediction page until Ctrl-C."""
+def serve(run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5, device: str = "cpu",
+          pretrained: str | None = None) -> None:
+    """Serve the prediction page of a run (or of published weights) until Ctrl-C."""
     from .train import pick_device
 
     try:
-        server = PredictionServer(run_dir, host, port, top_k, pick_device(device))
+        server = PredictionServer(run_dir, host, port, top_k, pick_device(device), pretrained=pretrained)
     except OSError as e:
         raise RuntimeError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
-    print(f"serving {server.config['model']} from {run_dir} at {server.url}  (Ctrl-C stops)", flush=True)
+    source = server.config.get("weights") if pretrained else run_dir
+    print(f"serving {server.config['model']} ({source}) at {server.url}  (Ctrl-C stops)", flush=True)
     with server:
         server.serve_forever()
