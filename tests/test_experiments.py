@@ -188,3 +188,51 @@ def test_bad_arguments_fail_before_training(degradation, tmp_path):
                         device="cpu", out=str(degradation / "runs" / "plain8-s0"))
     with pytest.raises(ValueError, match="holds a run with other settings \\(recipe\\)"):
         train_or_reuse(other)
+
+
+def test_ablation_studies_train_each_variant_and_compare_with_the_paper(tmp_path, capsys):
+    out = tmp_path / "orders"
+    reproduce("orders", "--depth", 8, "--variants", "post", "bn_after_add", *QUICK, "--out", out)
+    report = (out / "report.md").read_text()
+    assert "| original (Fig. 4a) |" in report and "| BN after addition (4b) |" in report
+    assert "The paper did not train ResNet-8" in report  # its numbers are for ResNet-110 and -164 only
+    rows = json.loads((out / "orders.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["post", "bn_after_add"] and rows[0]["paper_test_error"] is None
+    for row in rows:
+        config = json.loads((out / "runs" / f"resnet8-basic-{row['variant']}-s0" / "config.json").read_text())
+        assert config["model_kwargs"]["order"] == row["variant"]
+        assert 0 <= row["test_errors"][0] <= 100
+    assert {r["variant"] for r in read_csv(out / "orders.csv")} == {"post", "bn_after_add"}
+    assert_figure(out / "orders")
+
+    # Run again: both runs are reused, not trained again.
+    capsys.readouterr()
+    reproduce("orders", "--depth", 8, "--variants", "post", "bn_after_add", *QUICK, "--out", out)
+    assert capsys.readouterr().out.count("reusing the finished run") == 2
+
+    # A run trained with other model options is never passed off as the one asked for.
+    shutil.copytree(out / "runs" / "resnet8-basic-post-s0", tmp_path / "gate" / "runs" / "resnet8-basic-gate-6-s0")
+    with pytest.raises(ValueError, match="other settings \\(model option mixing, model option gate_bias\\)"):
+        reproduce("shortcuts", "--depth", 8, "--variants", "gate-6", *QUICK, "--out", tmp_path / "gate")
+
+
+def test_ablation_reports_the_papers_numbers_for_its_own_nets(monkeypatch, tmp_path):
+    # The training itself is tested above; here each run is a stand-in that ends at a known error.
+    def fake_run(config):
+        run_dir = experiments.Path(config.out)
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "step": 1, "train_loss": 1.0,
+                                                           "train_acc": 0.9, "test_acc": 0.8}) + "\n")
+        return run_dir
+
+    monkeypatch.setattr(experiments, "train_or_reuse", fake_run)
+    experiments.reproduce_variants(TrainConfig(), tmp_path / "a", "orders", depth=164, block="bottleneck")
+    rows = json.loads((tmp_path / "a" / "orders.json").read_text())["rows"]
+    assert [r["paper_test_error"] for r in rows] == ["5.93", "6.50", "6.14", "5.91", "5.46"]
+    experiments.reproduce_variants(TrainConfig(), tmp_path / "b", "shortcuts", depth=110)
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "| shortcut-only gating, b_g = -6 (2d) | 10.00 | 20.00 | 6.91 |" in report
+    with pytest.raises(ValueError, match="unknown orders variant"):
+        experiments.reproduce_variants(TrainConfig(), tmp_path / "c", "orders", keys=["sideways"])
+    with pytest.raises(ValueError, match="not a CIFAR net's 9n\\+2 layers"):
+        experiments.reproduce_variants(TrainConfig(), tmp_path / "c", "orders", depth=14, block="bottleneck")

@@ -5,6 +5,9 @@ constructor arguments, so one class covers each block shape:
 
 - ``preact=False`` is the 2015 unit: conv-BN-ReLU ..., conv-BN, add, ReLU.
 - ``preact=True`` is the 2016 unit: BN-ReLU-conv ..., add, nothing after the add.
+- ``order`` names any of the 2016 paper's five activation orders (its Figure 4), the two above included.
+- ``mixing`` names how the shortcut and the branch are combined (the 2016 paper's Figure 2):
+  plain addition, constant scaling, exclusive or shortcut-only gating, dropout on the shortcut.
 - ``residual=False`` removes the shortcut: the "plain" twin used to show degradation.
 
 Attribute names follow torchvision (``conv1``, ``bn1``, ``downsample.0``) so that
@@ -18,6 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 SHORTCUTS = ("A", "B", "C")
+# The 2016 paper's Figure 4, (a) to (e): where BN and ReLU sit relative to the addition.
+ORDERS = ("post", "bn_after_add", "relu_before_add", "relu_preact", "preact")
+# Its Figure 2: how shortcut s and branch F(x) combine. The 1x1-conv shortcut, (e) there, is shortcut="C".
+MIXINGS = ("add", "scale", "gate", "shortcut_gate", "dropout")
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
@@ -85,26 +92,111 @@ def make_shortcut(
 
 
 class _Block(nn.Module):
-    """What all blocks share: the add, the shortcut choice and the activation order."""
+    """What all blocks share: the activation order, the shortcut, and how the two paths combine.
+
+    Subclasses make ``self.convs`` and ``self.bns`` (one BN per conv, torchvision's names) and the
+    branch runs through them in the order ``self.order`` gives:
+
+    ========================  ==============================================  ==============
+    order (2016, Figure 4)    branch                                          after the add
+    ========================  ==============================================  ==============
+    ``post`` (a, 2015)        conv-BN-ReLU ... conv-BN                        ReLU
+    ``bn_after_add`` (b)      conv-BN-ReLU ... conv                           BN, ReLU
+    ``relu_before_add`` (c)   conv-BN-ReLU ... conv-BN-ReLU                   nothing
+    ``relu_preact`` (d)       ReLU-conv-BN ... ReLU-conv-BN                   nothing
+    ``preact`` (e, 2016)      BN-ReLU-conv ... BN-ReLU-conv                   nothing
+    ========================  ==============================================  ==============
+    """
 
     expansion = 1
 
-    def _finish(self, out: torch.Tensor, x: torch.Tensor, preacted: torch.Tensor) -> torch.Tensor:
-        if self.residual:
-            if self.downsample is None:
-                out = out + x
-            else:
-                # A pre-activation projection reads the normalised input, a post-activation one the raw input.
-                out = out + self.downsample(preacted if self.preact else x)
-        return out if self.preact else F.relu(out)
+    def _configure(self, order: str | None, preact: bool, residual: bool, mixing: str, scales: tuple[float, float],
+                   gate_bias: float, shortcut_dropout: float) -> None:
+        order = order or ("preact" if preact else "post")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        if mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
+        self.order, self.preact, self.residual = order, order == "preact", residual
+        self.mixing, self.scales, self.gate_bias, self.shortcut_dropout = mixing, tuple(scales), gate_bias, shortcut_dropout
+
+    def _add_shortcut(self, in_planes: int, out_planes: int, stride: int, shortcut: str, bias: bool) -> None:
+        """The shortcut (and gate) after the branch's layers, so summaries list them in torchvision's order."""
+        self.downsample = make_shortcut(in_planes, out_planes, stride, shortcut, self.preact, bias) if self.residual else None
+        # Gates are 1x1 convolutions of the block's input, one gate per output value (2016 paper, Section 3.1).
+        self.gate = conv1x1(in_planes, out_planes, stride, bias=True) if self.residual and "gate" in self.mixing else None
+        self.stride = stride
+
+    def _bn_planes(self, conv_in: int, conv_out: int) -> int:
+        """The channels a conv's BN sees: its input in full pre-activation, its output otherwise."""
+        return conv_in if self.preact else conv_out
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        # Post-activation: the BN after the last conv. Pre-activation: the BN before it; a zero
+        # gamma there zeroes the last conv's input, so the branch starts at zero either way.
+        return self.bns[-1]
+
+    @property
+    def branch_end(self) -> nn.Module:
+        """The module whose output is the branch F(x) as it reaches the addition (before a final ReLU)."""
+        return self.convs[-1] if self.order in ("preact", "bn_after_add") else self.bns[-1]
+
+    def init_gate(self) -> None:
+        """Set the gate's bias: very negative starts the block close to its shortcut (the paper's best, -6)."""
+        if self.gate is not None:
+            nn.init.constant_(self.gate.bias, self.gate_bias)
 
     def zero_init_last_bn(self) -> None:
         """Start the residual branch at zero so that the block begins as the identity (Goyal et al. 2017)."""
         nn.init.zeros_(self.last_bn.weight)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        order, last = self.order, len(self.convs) - 1
+        if order == "preact":
+            preacted = F.relu(self.bns[0](x))
+            out = self.convs[0](preacted)
+            for bn, conv in zip(self.bns[1:], self.convs[1:]):
+                out = conv(F.relu(bn(out)))
+        else:
+            preacted = x
+            out = x
+            for k, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+                if order == "relu_preact":
+                    out = bn(conv(F.relu(out)))
+                    continue
+                out = conv(out)
+                if k < last or order != "bn_after_add":
+                    out = bn(out)
+                if k < last or order == "relu_before_add":
+                    out = F.relu(out)
+        if self.residual:
+            # A pre-activation projection reads the normalised input, a post-activation one the raw input.
+            s = x if self.downsample is None else self.downsample(preacted if self.preact else x)
+            out = self._mix(s, out, x)
+        if order == "bn_after_add":
+            out = self.bns[-1](out)
+        return F.relu(out) if order in ("post", "bn_after_add") else out
+
+    def _mix(self, s: torch.Tensor, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.mixing == "add":
+            return s + branch
+        if self.mixing == "scale":
+            return self.scales[0] * s + self.scales[1] * branch
+        if self.mixing == "dropout":
+            return F.dropout(s, self.shortcut_dropout, self.training) + branch
+        g = torch.sigmoid(self.gate(x))
+        return (1 - g) * s + (g * branch if self.mixing == "gate" else branch)
+
 
 class BasicBlock(_Block):
-    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets)."""
+    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets).
+
+    ``order``: see ``_Block`` (``preact=True`` is ``order="preact"``). ``mixing``: ``"add"``;
+    ``"scale"``, ``scales[0] * s + scales[1] * F(x)``; ``"gate"``, ``(1 - g) * s + g * F(x)``;
+    ``"shortcut_gate"``, ``(1 - g) * s + F(x)``, with ``g = sigmoid(1x1 conv(x) + b)``, ``b``
+    starting at ``gate_bias``; ``"dropout"``, dropout of rate ``shortcut_dropout`` on ``s``.
+    """
 
     expansion = 1
 
@@ -117,36 +209,28 @@ class BasicBlock(_Block):
         preact: bool = False,
         residual: bool = True,
         bias: bool = False,
+        order: str | None = None,
+        mixing: str = "add",
+        scales: tuple[float, float] = (0.5, 0.5),
+        gate_bias: float = -6.0,
+        shortcut_dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        self.preact, self.residual = preact, residual
         out_planes = planes * self.expansion
-        # Pre-activation normalises the block's input; post-activation normalises each conv's output.
-        self.bn1 = nn.BatchNorm2d(in_planes if preact else planes)
+        self._configure(order, preact, residual, mixing, scales, gate_bias, shortcut_dropout)
+        self.bn1 = nn.BatchNorm2d(self._bn_planes(in_planes, planes))
         self.conv1 = conv3x3(in_planes, planes, stride, bias)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = nn.BatchNorm2d(self._bn_planes(planes, out_planes))
         self.conv2 = conv3x3(planes, out_planes, 1, bias)
-        self.downsample = (
-            make_shortcut(in_planes, out_planes, stride, shortcut, preact, bias) if residual else None
-        )
-        self.stride = stride
+        self._add_shortcut(in_planes, out_planes, stride, shortcut, bias)
 
     @property
-    def last_bn(self) -> nn.BatchNorm2d:
-        # Post-activation: the BN after the last conv. Pre-activation: the BN before it; a zero
-        # gamma there zeroes the last conv's input, so the branch starts at zero either way.
-        return self.bn2
+    def convs(self) -> list[nn.Conv2d]:
+        return [self.conv1, self.conv2]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.preact:
-            preacted = F.relu(self.bn1(x))
-            out = self.conv1(preacted)
-            out = self.conv2(F.relu(self.bn2(out)))
-        else:
-            preacted = x
-            out = F.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-        return self._finish(out, x, preacted)
+    @property
+    def bns(self) -> list[nn.BatchNorm2d]:
+        return [self.bn1, self.bn2]
 
 
 class Bottleneck(_Block):
@@ -154,7 +238,8 @@ class Bottleneck(_Block):
 
     ``stride_in_1x1=True`` puts the stride on the first 1x1 as in the paper, Caffe and Keras
     ("ResNet v1"); the default puts it on the 3x3 as torchvision does ("v1.5"), which costs
-    more multiply-adds and gains about half a point of ImageNet accuracy.
+    more multiply-adds and gains about half a point of ImageNet accuracy. ``order`` and
+    ``mixing`` as for ``BasicBlock``.
     """
 
     expansion = 4
@@ -169,38 +254,31 @@ class Bottleneck(_Block):
         residual: bool = True,
         bias: bool = False,
         stride_in_1x1: bool = False,
+        order: str | None = None,
+        mixing: str = "add",
+        scales: tuple[float, float] = (0.5, 0.5),
+        gate_bias: float = -6.0,
+        shortcut_dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        self.preact, self.residual = preact, residual
         out_planes = planes * self.expansion
+        self._configure(order, preact, residual, mixing, scales, gate_bias, shortcut_dropout)
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.bn1 = nn.BatchNorm2d(in_planes if preact else planes)
+        self.bn1 = nn.BatchNorm2d(self._bn_planes(in_planes, planes))
         self.conv1 = conv1x1(in_planes, planes, s1, bias)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes, s3, bias)
-        self.bn3 = nn.BatchNorm2d(planes if preact else out_planes)
+        self.bn3 = nn.BatchNorm2d(self._bn_planes(planes, out_planes))
         self.conv3 = conv1x1(planes, out_planes, 1, bias)
-        self.downsample = (
-            make_shortcut(in_planes, out_planes, stride, shortcut, preact, bias) if residual else None
-        )
-        self.stride = stride
+        self._add_shortcut(in_planes, out_planes, stride, shortcut, bias)
 
     @property
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn3
+    def convs(self) -> list[nn.Conv2d]:
+        return [self.conv1, self.conv2, self.conv3]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.preact:
-            preacted = F.relu(self.bn1(x))
-            out = self.conv1(preacted)
-            out = self.conv2(F.relu(self.bn2(out)))
-            out = self.conv3(F.relu(self.bn3(out)))
-        else:
-            preacted = x
-            out = F.relu(self.bn1(self.conv1(x)))
-            out = F.relu(self.bn2(self.conv2(out)))
-            out = self.bn3(self.conv3(out))
-        return self._finish(out, x, preacted)
+    @property
+    def bns(self) -> list[nn.BatchNorm2d]:
+        return [self.bn1, self.bn2, self.bn3]
 
 
 class ResidualMLPBlock(nn.Module):

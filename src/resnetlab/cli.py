@@ -14,6 +14,23 @@ from pathlib import Path
 from .recipes import RECIPES
 
 
+def _model_arg(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as JSON where it parses (numbers, true, [0.5, 1]), else as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="a model option, repeatable: order=bn_after_add, mixing=gate, gate_bias=-6, shortcut=B, "
+                        "zero_init_residual=true (see resnetlab.create_model)")
+
+
 def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> None:
     """The flags of ``resnetlab train``; experiments take the quick-run subset."""
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, cifar100, signs or folder:PATH")
@@ -29,6 +46,7 @@ def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> No
     if quick_only:
         return
     p.add_argument("--model", default="resnet20")
+    _add_model_args(p)
     p.add_argument("--weights", metavar="TAG|FILE",
                    help="start from torchvision's ImageNet weights (DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2; resnet18-152) "
                         "or a weights file; normalises inputs with the published weights' statistics")
@@ -58,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
     p.add_argument("--num-classes", type=int)
+    _add_model_args(p)
 
     p = sub.add_parser("train", help="train a model and write a run directory")
     _add_train_flags(p)
@@ -98,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", metavar="FILE.svg|png", help="default MODEL.svg")
     p.add_argument("--expand", action="store_true", help="draw every block instead of collapsing identical ones")
     p.add_argument("--num-classes", type=int)
+    _add_model_args(p)
 
     p = sub.add_parser("plot", help="training curves of one or more runs (PNG, SVG and CSV)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -167,7 +187,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
     from .models import create_model
     from .summary import summary
 
-    model = create_model(args.model, num_classes=args.num_classes)
+    model = create_model(args.model, num_classes=args.num_classes, **dict(args.model_arg))
     if args.input_size:
         size = tuple(args.input_size)
     elif args.model == "signs_resnet50":
@@ -196,6 +216,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             image_size=args.image_size, device=args.device, seed=args.seed, out=args.out,
             compile=args.compile, cuda_graph=not args.no_cuda_graph, deterministic=args.deterministic,
             eval_every=args.eval_every, progress=not args.no_progress, weights=args.weights,
+            model_kwargs=dict(args.model_arg),
         )
         result = train(config)
     world = distributed.world_from_env()
@@ -256,7 +277,7 @@ def cmd_diagram(args: argparse.Namespace) -> None:
     from .diagram import draw_model
     from .models import create_model
 
-    model = create_model(args.model, num_classes=args.num_classes)
+    model = create_model(args.model, num_classes=args.num_classes, **dict(args.model_arg))
     print(draw_model(model, args.out or f"{args.model}.svg", collapse=not args.expand, title=args.model))
 
 

@@ -81,6 +81,10 @@ def _heading(model: ResNet, title: str | None) -> str:
     # Weighted layers as the papers count them: the stem conv, the branch convs and the fc.
     depth = 2 + sum(len(_convs(b)) for b in model.blocks())
     kind = "pre-activation ResNet" if model.preact else "ResNet" if model.residual else "plain net"
+    variant = [model.order.replace("_", " ")] if model.order not in ("post", "preact") else []
+    variant += [f"{model.mixing.replace('_', ' ')} shortcut"] if model.residual and model.mixing != "add" else []
+    if variant:
+        kind += f" ({', '.join(variant)})"
     line = f"{depth}-layer {kind}, {count_parameters(model) / 1e6:.2f} M parameters"
     return f"{title}\n{line}" if title else line
 
@@ -90,7 +94,7 @@ def _out_channels(block: BasicBlock | Bottleneck) -> int:
 
 
 def _convs(block: BasicBlock | Bottleneck) -> list[nn.Conv2d]:
-    return [block.conv1, block.conv2] + ([block.conv3] if isinstance(block, Bottleneck) else [])
+    return block.convs
 
 
 def _conv(conv: nn.Conv2d) -> Row:
@@ -110,33 +114,57 @@ def _label(rows: list[Row], header: str | None = None) -> str:
 
 
 def _branch(block: BasicBlock | Bottleneck) -> list[list[Row]]:
-    """The residual branch, one list of rows a convolution, in the block's own order."""
+    """The residual branch, one list of rows a convolution, in the block's own order (blocks._Block)."""
     convs = _convs(block)
-    if block.preact:
-        return [[_BN, _RELU, _conv(c)] for c in convs]
-    units = [[_conv(c), _BN, _RELU] for c in convs]
-    units[-1].pop()  # post-activation: the last ReLU comes after the addition
+    if block.order == "preact":
+        units = [[_BN, _RELU, _conv(c)] for c in convs]
+    elif block.order == "relu_preact":
+        units = [[_RELU, _conv(c), _BN] for c in convs]
+    else:
+        units = [[_conv(c), _BN, _RELU] for c in convs]
+        if block.order == "post":
+            units[-1].pop()  # the last ReLU comes after the addition
+        elif block.order == "bn_after_add":
+            del units[-1][1:]  # the last BN and ReLU come after the addition
+    if block.residual and block.mixing == "scale":
+        units[-1].append(("shortcut", f"× {block.scales[1]:g}"))
+    elif block.residual and block.mixing == "gate":
+        units[-1].append(("shortcut", "× g"))
     return units
 
 
+def _after_add(block: BasicBlock | Bottleneck) -> list[Row]:
+    """What the block applies after the addition."""
+    return {"post": [_RELU], "bn_after_add": [_BN, _RELU]}.get(block.order, [])
+
+
 def _shortcut(block: BasicBlock | Bottleneck) -> list[Row] | None:
-    """The shortcut's rows, or None for the identity (and for plain blocks)."""
+    """The shortcut's rows, or None for the plain identity (and for plain blocks)."""
     ds = block.downsample
     if ds is None:
-        return None
-    if isinstance(ds, ZeroPadShortcut):
+        rows = []
+    elif isinstance(ds, ZeroPadShortcut):
         rows = [("shortcut", "option A shortcut")]
         if ds.stride > 1:
             rows.append(("shortcut", f"subsample /{ds.stride}"))
-        return rows + [("shortcut", f"zero-pad to {_out_channels(block)} ch")]
-    return [("shortcut", "projection shortcut")] + [_conv(m) if isinstance(m, nn.Conv2d) else _BN for m in ds]
+        rows.append(("shortcut", f"zero-pad to {_out_channels(block)} ch"))
+    else:
+        rows = [("shortcut", "projection shortcut")] + [_conv(m) if isinstance(m, nn.Conv2d) else _BN for m in ds]
+    if block.mixing == "scale":
+        rows.append(("shortcut", f"× {block.scales[0]:g}"))
+    elif block.mixing in ("gate", "shortcut_gate"):
+        stride = f", /{block.stride}" if block.stride > 1 else ""
+        rows += [("shortcut", f"g = σ(1×1 conv{stride} + b)"), ("shortcut", "× (1 − g)")]
+    elif block.mixing == "dropout":
+        rows.append(("shortcut", f"dropout {block.shortcut_dropout:g}"))
+    return rows or None
 
 
 def _signature(block: BasicBlock | Bottleneck) -> tuple:
     """What the diagram shows of a block; equal signatures draw alike."""
     shapes = tuple((c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in _convs(block))
     shortcut = _shortcut(block)
-    return type(block), block.preact, block.residual, shapes, tuple(shortcut) if shortcut else None
+    return type(block), tuple(map(tuple, _branch(block))), block.residual, shapes, tuple(shortcut) if shortcut else None
 
 
 def _runs(blocks: list, collapse: bool) -> list[list]:
@@ -159,7 +187,7 @@ def _draw_block(
     shortcut = _shortcut(block) if block.residual else None
     # A pre-activation shortcut that is not the identity reads the normalised input (blocks._finish),
     # so the first BN-ReLU is drawn on its own, shared by both paths.
-    split = block.preact and shortcut is not None
+    split = block.preact and block.downsample is not None
     if split:
         units = [units[0][:2], units[0][2:]] + units[1:]
     chain = [f"{name}_{k}" for k in range(len(units))]
@@ -179,8 +207,8 @@ def _draw_block(
                 row.attr(rank="same")
                 row.node(f"{name}_shortcut", _label(shortcut), group=name)
                 row.node(chain[len(units) - 1])
-        if not block.preact:
-            c.node(relu, _label([_RELU]))
+        if _after_add(block):
+            c.node(relu, _label(_after_add(block)))
             chain.append(relu)
     _link(g, [source] + chain)
     fork = chain[0] if split else source

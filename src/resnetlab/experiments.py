@@ -4,6 +4,8 @@
 - ``depth``: its Table 6. Test error and parameters of residual nets from 20 to 110 layers.
 - ``gradients``: the seed notebook's Figure 1. Gradients fade towards the input of a deep plain net.
 - ``responses``: the 2015 paper's Figure 7. Residual branches respond more weakly than plain layers.
+- ``orders``: the 2016 paper's Table 2. Where BN and ReLU sit around the addition (its Figure 4).
+- ``shortcuts``: its Table 1. Scaled, gated, projected or dropped-out shortcuts against the identity.
 
 Each experiment trains its nets into ``OUT/runs/<model>-s<seed>``, then writes its figures (PNG
 and SVG), the numbers behind them (CSV or JSON) and a Markdown report into ``OUT``. A run that already
@@ -91,6 +93,8 @@ def train_or_reuse(config: TrainConfig) -> Path:
         "recipe": json.loads(json.dumps(_recipe(config).to_dict())),  # as config.json holds it: tuples are lists
     }
     differ = [key for key, value in asked.items() if saved.get(key) != value]
+    saved_options = saved.get("model_kwargs", {})
+    differ += [f"model option {k}" for k, v in json.loads(json.dumps(config.model_kwargs)).items() if saved_options.get(k) != v]
     if differ:
         raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(differ)}): delete it or pick another --out")
     rows = runs.read_metrics(run_dir, missing_ok=True)
@@ -478,10 +482,11 @@ def _heatmap_figure(logs: dict[str, dict], depth: int, setup: str) -> Figure:
 def branch_response_stds(model: ResNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
     """Standard deviation of each block's residual-branch response over ``batches``, in block order.
 
-    The response is the branch's output before the addition: after its last BN in post-activation
-    nets (the paper measures after BN, before the ReLU and the addition; in a plain net the same BN
-    ends the layer), and the last conv's output in pre-activation nets. The std is taken over every
-    value of the response map: images, channels and positions. The model runs in eval mode.
+    The response is the branch's output before the addition (``block.branch_end``): after its last
+    BN in post-activation nets (the paper measures after BN, before the ReLU and the addition; in a
+    plain net the same BN ends the layer), and the last conv's output in pre-activation nets. The
+    std is taken over every value of the response map: images, channels and positions. The model
+    runs in eval mode.
     """
     blocks = model.blocks()
     sums = [torch.zeros(3, dtype=torch.float64) for _ in blocks]
@@ -492,8 +497,7 @@ def branch_response_stds(model: ResNet, batches: Iterable[tuple[torch.Tensor, to
             sums[i] += torch.stack([torch.tensor(float(o.numel()), dtype=torch.float64), o.sum(), (o * o).sum()]).cpu()
         return hook
 
-    ends = [b.last_bn if not b.preact else getattr(b, "conv3", b.conv2) for b in blocks]
-    handles = [end.register_forward_hook(record(i)) for i, end in enumerate(ends)]
+    handles = [b.branch_end.register_forward_hook(record(i)) for i, b in enumerate(blocks)]
     was_training = model.training
     model.eval()
     try:
@@ -652,6 +656,122 @@ def _save(fig: Figure, out: Path) -> list[Path]:
     return save_figure(fig, out)
 
 
+# --- the 2016 paper's ablations (Tables 1 and 2) ------------------------------------------------
+
+
+# key, label, model options, the paper's CIFAR-10 test error (%) for ResNet-110 and for ResNet-164 (bottleneck).
+ORDER_VARIANTS = [
+    ("post", "original (Fig. 4a)", {"order": "post"}, "6.61", "5.93"),
+    ("bn_after_add", "BN after addition (4b)", {"order": "bn_after_add"}, "8.17", "6.50"),
+    ("relu_before_add", "ReLU before addition (4c)", {"order": "relu_before_add"}, "7.84", "6.14"),
+    ("relu_preact", "ReLU-only pre-activation (4d)", {"order": "relu_preact"}, "6.71", "5.91"),
+    ("preact", "full pre-activation (4e)", {"order": "preact"}, "6.37", "5.46"),
+]
+# The paper reports "fail" for a test error above 20%. Its Table 1 is on ResNet-110 only.
+SHORTCUT_VARIANTS = [
+    ("original", "original (Fig. 2a)", {}, "6.61", None),
+    ("scale-0.5-0.5", "constant scaling, 0.5 and 0.5 (2b)", {"mixing": "scale", "scales": [0.5, 0.5]}, "12.35", None),
+    ("scale-0.5-1", "constant scaling, 0.5 and 1 (2b)", {"mixing": "scale", "scales": [0.5, 1.0]}, "fail", None),
+    ("gate-6", "exclusive gating, b_g = -6 (2c)", {"mixing": "gate", "gate_bias": -6.0}, "8.70", None),
+    ("shortcut-gate-0", "shortcut-only gating, b_g = 0 (2d)", {"mixing": "shortcut_gate", "gate_bias": 0.0}, "12.86", None),
+    ("shortcut-gate-6", "shortcut-only gating, b_g = -6 (2d)", {"mixing": "shortcut_gate", "gate_bias": -6.0}, "6.91", None),
+    ("conv-shortcut", "1x1 conv shortcut (2e)", {"shortcut": "C"}, "12.22", None),
+    ("dropout", "dropout shortcut, 0.5 (2f)", {"mixing": "dropout", "shortcut_dropout": 0.5}, "fail", None),
+]
+STUDIES = {
+    "orders": ("Activation orders (He et al. 2016, Table 2)", ORDER_VARIANTS),
+    "shortcuts": ("Shortcut types (He et al. 2016, Table 1)", SHORTCUT_VARIANTS),
+}
+
+
+def reproduce_variants(
+    base: TrainConfig, out: str | Path, study: str, depth: int = 110, block: str = "basic",
+    keys: Sequence[str] | None = None, seeds: int = 1,
+) -> list[Path]:
+    """Train one CIFAR-style net in each variant of a 2016 ablation (``orders`` or ``shortcuts``).
+
+    Writes ``{study}.png``/``.svg`` (training error dashed, test error bold, one colour a variant),
+    ``{study}.csv`` (every evaluation), ``{study}.json`` and ``report.md`` (final errors beside the
+    paper's, where the paper trained the same net: ResNet-110, or ResNet-164 with bottlenecks).
+    """
+    title, variants = STUDIES[study]
+    if keys:
+        unknown = sorted(set(keys) - {v[0] for v in variants})
+        if unknown:
+            raise ValueError(f"unknown {study} variant(s) {', '.join(unknown)}; choose from {', '.join(v[0] for v in variants)}")
+        variants = [v for v in variants if v[0] in keys]
+    per_block = {"basic": 6, "bottleneck": 9}[block]
+    if depth < 8 or (depth - 2) % per_block:
+        raise ValueError(f"depth {depth} is not a CIFAR net's {per_block}n+2 layers for {block} blocks")
+    _check_seeds(seeds)
+    out, model, seed_list = Path(out), f"resnet{depth}", range(base.seed, base.seed + seeds)
+    column = {(110, "basic"): 0, (164, "bottleneck"): 1}.get((depth, block))  # which of the paper's numbers
+    net = f"ResNet-{depth}" + (" (bottleneck)" if block == "bottleneck" else "")
+
+    curves, records, rows = {}, [], []
+    for key, label, options, *paper in variants:
+        per_seed = []
+        for seed in seed_list:
+            run_dir = out / "runs" / f"{model}-{block}-{key}-s{seed}"
+            print(f"--- {net}, {label}, seed {seed}: {run_dir}")
+            config = replace(base, model=model, seed=seed, out=str(run_dir), eval_every=1,
+                             model_kwargs={"block": block, **options})
+            per_seed.append(_curve(train_or_reuse(config)))
+        records += [{"variant": key, "seed": s, **r} for s, curve in zip(seed_list, per_seed) for r in curve]
+        curves[label] = [
+            {"step": rs[0]["step"], **{c: statistics.mean(r[c] for r in rs) for c in ("train_error", "test_error")}}
+            for rs in zip(*per_seed)
+        ]
+        train_errors = [c[-1]["train_error"] for c in per_seed]
+        test_errors = [c[-1]["test_error"] for c in per_seed]
+        rows.append({
+            "variant": key, "label": label, "options": options, "train_errors": train_errors, "test_errors": test_errors,
+            "paper_test_error": paper[column] if column is not None else None,
+        })
+
+    setup = f"{net}, {_setup_text(base)}"
+    (out / f"{study}.json").write_text(json.dumps({"study": study, "setup": setup, "rows": rows}, indent=2) + "\n")
+    paths = [out / f"{study}.json"]
+    paths += _save(_variants_figure(curves, f"{title}\n{setup}"), out / study)
+    paths.append(_write_csv(out / f"{study}.csv", ["variant", "seed", "step", "train_error", "test_error"], records))
+    paper_note = (
+        "The paper's column is its CIFAR-10 result at the end of the full schedule (\"fail\": above 20%); "
+        "runs on other data or shorter schedules are compared by their order, not their values."
+        if any(r["paper_test_error"] for r in rows) else f"The paper did not train {net} in this study: no numbers of its own."
+    )
+    table = [(r["label"], _mean_std(r["train_errors"]), _mean_std(r["test_errors"]), r["paper_test_error"] or "—")
+             for r in rows]
+    lines = [
+        f"# {title}", "", f"{setup}; {_seeds_text(base, seeds)}.", "",
+        *_table(["variant", "final train error (%)", "final test error (%)", "paper, CIFAR-10 test error (%)"], table), "",
+        paper_note, "", f"![training error (dashed) and test error (bold) against iterations]({study}.png)",
+    ]
+    paths.append(_write_text(out / "report.md", lines))
+    return paths
+
+
+def _variants_figure(curves: dict[str, list[dict]], title: str) -> Figure:
+    from matplotlib.lines import Line2D
+
+    fig, (ax,) = _figure(1, 1, (8, 5))
+    colour = _colours(curves)
+    train_style, test_style = dict(ls="--", lw=1.2), dict(ls="-", lw=2.2)
+    for label, rows in curves.items():
+        steps = [r["step"] for r in rows]
+        marker = dict(marker="o", ms=3) if len(rows) <= 30 else {}
+        ax.plot(steps, [r["train_error"] for r in rows], color=colour[label], **train_style, **marker)
+        ax.plot(steps, [r["test_error"] for r in rows], color=colour[label], **test_style, **marker)
+    handles = [Line2D([], [], color=colour[label], lw=2.2, label=label) for label in curves]
+    handles += [Line2D([], [], color="black", label=what, **style) for what, style in (("train", train_style), ("test", test_style))]
+    ax.legend(handles=handles, fontsize=8, loc="best")
+    highest = max(r[c] for rows in curves.values() for r in rows for c in ("train_error", "test_error"))
+    ax.set_ylim(0, min(100.0, 1.05 * highest))
+    ax.set_ylabel("error (%)")
+    _iterations_axis(ax)
+    ax.set_title(title, fontsize=11)
+    return fig
+
+
 # --- command line -------------------------------------------------------------------------------
 
 
@@ -687,6 +807,15 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--depths", type=int, nargs="+", default=[20, 56, 110], metavar="D")
     p.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="measure these trained runs instead of training new nets")
 
+    for study, (title, variants) in STUDIES.items():
+        p = add(study, f"{title[0].lower()}{title[1:]}: one net in each variant", _cmd_variants)
+        p.set_defaults(study=study)
+        p.add_argument("--depth", type=int, default=110)
+        p.add_argument("--block", choices=["basic", "bottleneck"], default="basic",
+                       help="basic (6n+2 layers) or bottleneck (9n+2; the paper's ResNet-164 is --depth 164 --block bottleneck)")
+        p.add_argument("--variants", nargs="+", metavar="KEY", help=f"a subset: {', '.join(v[0] for v in variants)}")
+        p.add_argument("--seeds", type=int, default=1, metavar="K", help="train each net with K seeds (--seed onwards)")
+
 
 def _base_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
@@ -716,3 +845,7 @@ def _cmd_gradients(args: argparse.Namespace) -> None:
 
 def _cmd_responses(args: argparse.Namespace) -> None:
     _print_paths(reproduce_responses(_base_config(args), args.out, args.depths, args.runs))
+
+
+def _cmd_variants(args: argparse.Namespace) -> None:
+    _print_paths(reproduce_variants(_base_config(args), args.out, args.study, args.depth, args.block, args.variants, args.seeds))

@@ -35,6 +35,10 @@ class ResNet(nn.Module):
             ``"keras"`` (the seed notebook's: 7x7/2 conv with bias, unpadded max pool).
         shortcut: ``"A"``, ``"B"`` or ``"C"`` (see ``blocks.make_shortcut``).
         preact: 2016 pre-activation units, with one BN-ReLU after the last stage.
+        order: any activation order of the 2016 paper's Figure 4 (``blocks.ORDERS``); ``"preact"`` is
+            ``preact=True``, ``"relu_preact"`` gets a ReLU after the last stage.
+        mixing: how shortcut and branch combine (``blocks.MIXINGS``, the 2016 paper's Figure 2), with
+            ``scales``, ``gate_bias`` and ``shortcut_dropout`` as in ``blocks.BasicBlock``.
         residual: ``False`` builds the plain twin (no shortcuts at all).
         stride_in_1x1: bottleneck stride on the first 1x1 (paper) instead of the 3x3 (torchvision).
         zero_init_residual: start every residual branch at zero (its last BN's gamma = 0).
@@ -55,13 +59,20 @@ class ResNet(nn.Module):
         stride_in_1x1: bool = False,
         zero_init_residual: bool = False,
         bias: bool = False,
+        order: str | None = None,
+        mixing: str = "add",
+        scales: tuple[float, float] = (0.5, 0.5),
+        gate_bias: float = -6.0,
+        shortcut_dropout: float = 0.5,
     ) -> None:
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if len(layers) != len(widths):
             raise ValueError("layers and widths must have one entry per stage")
-        self.preact, self.residual, self.stem = preact, residual, stem
+        order = order or ("preact" if preact else "post")
+        preact = order == "preact"
+        self.preact, self.residual, self.stem, self.order, self.mixing = preact, residual, stem, order, mixing
         self.num_classes = num_classes
 
         width = widths[0]
@@ -79,7 +90,8 @@ class ResNet(nn.Module):
         else:
             self.maxpool = nn.Identity()
 
-        block_kwargs: dict = dict(shortcut=shortcut, preact=preact, residual=residual, bias=bias)
+        block_kwargs: dict = dict(shortcut=shortcut, residual=residual, bias=bias, order=order, mixing=mixing,
+                                  scales=scales, gate_bias=gate_bias, shortcut_dropout=shortcut_dropout)
         if block is Bottleneck:
             block_kwargs["stride_in_1x1"] = stride_in_1x1
         in_planes = width
@@ -94,6 +106,8 @@ class ResNet(nn.Module):
         self.num_features = in_planes
 
         self.final_bn = nn.BatchNorm2d(in_planes) if preact else nn.Identity()
+        # Units that end in the addition leave the last one un-activated: the head gets the ReLU (2016 paper).
+        self.final_relu = order in ("preact", "relu_preact")
         # Keras layout: a fixed 2x2 average pool and flatten, exact for 64x64 inputs; elsewhere global pooling.
         self.avgpool = nn.AvgPool2d(2) if stem == "keras" else nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
@@ -109,6 +123,9 @@ class ResNet(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if residual:
+            for block_module in self.blocks():
+                block_module.init_gate()
         if zero_init_residual and residual:
             for block_module in self.blocks():
                 block_module.zero_init_last_bn()
@@ -126,7 +143,7 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in self.stages():
             x = stage(x)
-        if self.preact:
+        if self.final_relu:
             x = torch.relu(self.final_bn(x))
         return x
 
@@ -200,10 +217,9 @@ def create_model(
         kind, depth = match.group(1), int(match.group(2))
         if kind == "preact_resnet" and (depth - 2) % 9 == 0 and (depth - 2) % 6 != 0:
             overrides.setdefault("block", "bottleneck")
-        try:
+        layers_per_block = 3 if overrides.get("block") == "bottleneck" else 2
+        if depth >= 8 and (depth - 2) % (3 * layers_per_block) == 0:
             return cifar_resnet(depth, preact=kind == "preact_resnet", residual=kind != "plain", **overrides)
-        except ValueError:
-            pass
     close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `resnetlab models` lists them"
     raise UnknownModelError(f"unknown model {name!r}{hint}")
