@@ -5,6 +5,7 @@ import torch
 import torchvision
 
 from resnetlab import UnknownModelError, cifar_resnet, count_parameters, create_model, list_models
+from resnetlab.blocks import Bottleneck
 from resnetlab.summary import count_macs, non_trainable_count
 
 CIFAR_PARAMS = {
@@ -37,9 +38,30 @@ def test_parameter_counts(name, expected):
     assert count_parameters(on_meta(name)) == expected
 
 
-@pytest.mark.parametrize("name, paper", [("preact_resnet164", 1.7e6), ("preact_resnet1001", 10.2e6)])
-def test_preact_cifar_parameter_counts_match_2016_paper(name, paper):
-    assert count_parameters(on_meta(name)) == pytest.approx(paper, rel=0.02)
+@pytest.mark.parametrize("name, paper", [("preact_resnet164", 1.7e6), ("preact_resnet1001", 10.2e6),
+                                         ("resnet164", 1.7e6), ("resnet1001", 10.2e6)])
+def test_bottleneck_cifar_parameter_counts_match_2016_paper(name, paper):
+    model = on_meta(name)
+    assert count_parameters(model) == pytest.approx(paper, rel=0.02)
+    assert all(isinstance(b, Bottleneck) for b in model.blocks())  # Table 3's nets, not 6n+2 basic-block ones
+    assert model.preact == name.startswith("preact")
+
+
+@pytest.mark.parametrize("name", ["resnet200", "preact_resnet200"])
+def test_resnet200_has_200_layers(name):
+    model = on_meta(name)
+    assert 2 + sum(len(b.convs) for b in model.blocks()) == 200 and model.preact == name.startswith("preact")
+
+
+def test_resnet200_is_torchvision_layout():
+    torch.manual_seed(200)
+    reference = torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [3, 24, 36, 3]).eval()
+    ours = create_model("resnet200").eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    assert count_parameters(ours) == 64_673_832
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=1e-4, atol=1e-5)
 
 
 def test_signs_resnet50_counts_like_keras():

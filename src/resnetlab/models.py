@@ -1,11 +1,13 @@
 """The named networks of both ResNet papers and the seed notebook, built from one ``ResNet`` class.
 
 - ImageNet family (2015 paper, Table 1): ``resnet18`` ... ``resnet152``, their plain twins
-  ``plain18``/``plain34`` (Figure 4) and pre-activation twins ``preact_resnet18`` ... ``preact_resnet152``.
+  ``plain18``/``plain34`` (Figure 4) and pre-activation twins ``preact_resnet18`` ... ``preact_resnet152``;
+  ``resnet200`` and ``preact_resnet200`` (2016 paper, Table 5).
 - CIFAR family (2015 paper, Section 4.2): 6n+2 layers, 16-32-64 channels, option A shortcuts:
-  ``resnet20`` ... ``resnet1202`` and ``plain20`` ... ``plain110``; pre-activation nets of the
-  2016 paper: ``preact_resnet110`` (basic blocks, 6n+2) and ``preact_resnet164``/``preact_resnet1001``
-  (bottlenecks, 9n+2). Any other depth: ``cifar_resnet(depth, ...)`` or ``create_model("resnet74")``.
+  ``resnet20`` ... ``resnet1202`` and ``plain20`` ... ``plain110``; the 2016 paper's Table 3:
+  ``preact_resnet110`` (basic blocks, 6n+2) and ``resnet164``/``resnet1001`` with their pre-activation
+  twins ``preact_resnet164``/``preact_resnet1001`` (bottlenecks, 9n+2). Any other depth:
+  ``cifar_resnet(depth, ...)`` or ``create_model("resnet74")``.
 - ``signs_resnet50``: the seed notebook's Keras ResNet-50 for 64x64x3 SIGNS images and 6 classes.
 """
 
@@ -238,6 +240,7 @@ _IMAGENET = {
     50: (Bottleneck, [3, 4, 6, 3]),
     101: (Bottleneck, [3, 4, 23, 3]),
     152: (Bottleneck, [3, 8, 36, 3]),
+    200: (Bottleneck, [3, 24, 36, 3]),  # the 2016 paper's Table 5
 }
 
 
@@ -274,6 +277,12 @@ def resnet101(**kwargs) -> ResNet:
 def resnet152(**kwargs) -> ResNet:
     """ResNet-152 (2015 paper, Table 1), torchvision stride (v1.5); stride_in_1x1=True for the paper's."""
     return _imagenet(152, **kwargs)
+
+
+@register_model
+def resnet200(**kwargs) -> ResNet:
+    """ResNet-200 (2016 paper, Table 5: the original unit), torchvision's layout and stride."""
+    return _imagenet(200, **kwargs)
 
 
 @register_model
@@ -316,6 +325,12 @@ def preact_resnet101(**kwargs) -> ResNet:
 def preact_resnet152(**kwargs) -> ResNet:
     """ResNet-152 with the 2016 paper's pre-activation units (the 2016 paper's Table 5)."""
     return _imagenet(152, preact=True, **kwargs)
+
+
+@register_model
+def preact_resnet200(**kwargs) -> ResNet:
+    """ResNet-200 with the 2016 paper's pre-activation units (its Table 5)."""
+    return _imagenet(200, preact=True, **kwargs)
 
 
 # --- CIFAR family (2015 paper Section 4.2, 2016 paper Section 4) --------------------------------
@@ -368,6 +383,10 @@ for _depth in (20, 32, 44, 56, 110):
     _register_cifar(f"plain{_depth}", _depth, f"The {_depth}-layer plain CIFAR net (2015 paper, Figure 6).", residual=False)
 _register_cifar("preact_resnet110", 110, "Pre-activation ResNet-110 (2016 paper, Table 3), basic blocks.", preact=True)
 for _depth in (164, 1001):
+    _register_cifar(
+        f"resnet{_depth}", _depth,
+        f"Bottleneck ResNet-{_depth} for CIFAR with the original unit (2016 paper, Table 3).", block="bottleneck",
+    )
     _register_cifar(
         f"preact_resnet{_depth}", _depth,
         f"Pre-activation bottleneck ResNet-{_depth} for CIFAR (2016 paper, Table 3).",
