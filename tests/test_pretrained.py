@@ -55,6 +55,15 @@ def test_published_weights_give_torchvision_outputs(published):
         torch.testing.assert_close(model(x), published(x), rtol=0, atol=1e-5)
 
 
+def test_pretrained_true_means_the_default_weights(published):
+    # resnet18 has one set of published weights, so DEFAULT is IMAGENET1K_V1, the file the fixture wrote.
+    assert pretrained.pretrained_info("resnet18", "DEFAULT").tag == "IMAGENET1K_V1"
+    model = resnetlab.create_model("resnet18", pretrained=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), published(x), rtol=0, atol=1e-5)
+
+
 def test_default_tag_names_the_current_weights():
     info = pretrained.pretrained_info("resnet50", "DEFAULT")
     assert info.tag == "IMAGENET1K_V2" and len(info.categories) == 1000

@@ -187,7 +187,8 @@ _CIFAR_NAME = re.compile(r"^(resnet|plain|preact_resnet)(\d+)$")
 
 
 def create_model(
-    name: str, num_classes: int | None = None, in_chans: int | None = None, weights: str | None = None, **overrides
+    name: str, num_classes: int | None = None, in_chans: int | None = None, weights: str | None = None,
+    pretrained: bool = False, **overrides,
 ) -> ResNet:
     """Build a registered model by name, optionally with starting weights.
 
@@ -199,8 +200,11 @@ def create_model(
     ``weights`` is torchvision's published tag (``"IMAGENET1K_V1"``, ``"IMAGENET1K_V2"``,
     ``"DEFAULT"``) for resnet18 to resnet152, downloaded once into torch's cache, or a weights
     file (.safetensors, .pth). Another class count keeps a fresh classifier; ``in_chans=1`` gets
-    conv1 summed over colours (see ``resnetlab.pretrained``).
+    conv1 summed over colours (see ``resnetlab.pretrained``). ``pretrained=True`` is ``weights="DEFAULT"``,
+    as in timm.
     """
+    if pretrained and weights is None:
+        weights = "DEFAULT"
     if weights is not None:
         from .pretrained import WeightsError, is_file_spec, load_weights
 
