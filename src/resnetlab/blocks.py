@@ -152,31 +152,37 @@ class _Block(nn.Module):
         nn.init.zeros_(self.last_bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        order, last = self.order, len(self.convs) - 1
-        if order == "preact":
-            preacted = F.relu(self.bns[0](x))
-            out = self.convs[0](preacted)
-            for bn, conv in zip(self.bns[1:], self.convs[1:]):
-                out = conv(F.relu(bn(out)))
-        else:
-            preacted = x
-            out = x
-            for k, (conv, bn) in enumerate(zip(self.convs, self.bns)):
-                if order == "relu_preact":
-                    out = bn(conv(F.relu(out)))
-                    continue
-                out = conv(out)
-                if k < last or order != "bn_after_add":
-                    out = bn(out)
-                if k < last or order == "relu_before_add":
-                    out = F.relu(out)
+        out, preacted = self._branch(x)
         if self.residual:
             # A pre-activation projection reads the normalised input, a post-activation one the raw input.
             s = x if self.downsample is None else self.downsample(preacted if self.preact else x)
             out = self._mix(s, out, x)
-        if order == "bn_after_add":
+        if self.order == "bn_after_add":
             out = self.bns[-1](out)
-        return F.relu(out) if order in ("post", "bn_after_add") else out
+        return F.relu(out) if self.order in ("post", "bn_after_add") else out
+
+    def _branch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """F(x), and the normalised input that a pre-activation projection shortcut reads."""
+        convs, bns, order = self.convs, self.bns, self.order
+        if order == "preact":
+            preacted = F.relu(bns[0](x))
+            out = convs[0](preacted)
+            for bn, conv in zip(bns[1:], convs[1:]):
+                out = conv(F.relu(bn(out)))
+            return out, preacted
+        out = x
+        if order == "relu_preact":
+            for conv, bn in zip(convs, bns):
+                out = bn(conv(F.relu(out)))
+            return out, x
+        # The other three orders are conv-BN-ReLU units that differ only in the last one.
+        for conv, bn in zip(convs[:-1], bns[:-1]):
+            out = F.relu(bn(conv(out)))
+        out = convs[-1](out)
+        if order == "bn_after_add":
+            return out, x  # its BN and ReLU come after the addition
+        out = bns[-1](out)
+        return (F.relu(out) if order == "relu_before_add" else out), x
 
     def _mix(self, s: torch.Tensor, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.mixing == "add":
