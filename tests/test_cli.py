@@ -48,6 +48,7 @@ def test_models_lists_every_name_with_parameters(capsys):
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert "269,722" in lines["resnet20"] and "25,557,032" in lines["resnet50"]
     assert {"resnet1202", "plain110", "preact_resnet1001", "signs_resnet50", "preact_resnet152"} <= set(lines)
+    assert "IMAGENET1K_V1, IMAGENET1K_V2" in lines["resnet50"] and "IMAGENET1K" not in lines["resnet56"]
 
 
 def test_summary_prints_keras_totals(capsys):

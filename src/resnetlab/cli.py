@@ -172,15 +172,17 @@ def cmd_models(args: argparse.Namespace) -> None:
     import torch
 
     from .models import count_parameters, create_model, describe_model, list_models
+    from .pretrained import published_tags
 
     names = list_models(args.pattern)
     if not names:
         raise ValueError(f"no model matches {args.pattern!r}")
-    print(f"{'model':<20}{'parameters':>14}  description")
+    print(f"{'model':<20}{'parameters':>14}  {'ImageNet weights':<30}description")
     for name in names:
         with torch.device("meta"):  # counts need shapes only: no memory, no init time
             model = create_model(name)
-        print(f"{name:<20}{count_parameters(model):>14,}  {describe_model(name)}")
+        tags = ", ".join(published_tags(name)) or "-"
+        print(f"{name:<20}{count_parameters(model):>14,}  {tags:<30}{describe_model(name)}")
 
 
 def cmd_summary(args: argparse.Namespace) -> None:

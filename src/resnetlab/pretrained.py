@@ -59,8 +59,17 @@ def _published(model_name: str, tag: str):
     try:
         return enum[tag.upper()]
     except KeyError:
-        tags = ", ".join(["DEFAULT", *(w.name for w in enum)])
+        tags = ", ".join(["DEFAULT", *published_tags(model_name)])
         raise WeightsError(f"{model_name} has no published weights {tag!r}; choose one of {tags}") from None
+
+
+def published_tags(model_name: str) -> list[str]:
+    """torchvision's weight tags for ``model_name`` (``DEFAULT`` aside); none for other models."""
+    import torchvision
+
+    if model_name not in TORCHVISION_MODELS:
+        return []
+    return [w.name for w in torchvision.models.get_model_weights(model_name)]
 
 
 def pretrained_info(model_name: str, tag: str) -> PretrainedInfo:
