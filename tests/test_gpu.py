@@ -40,21 +40,26 @@ def fake_loader(n: int = 1024, batch_size: int = 64, scale: bool = False) -> Dev
     return DeviceLoader(images, labels, batch_size, [0.3], [0.3], CUDA, train=True, flip=True, channels_last=True, **crop)
 
 
-def two_steps(compile: bool = False):
-    """An eager and a graphed step on identical copies of resnet8."""
+def two_steps(compile: bool = False, **options):
+    """An eager and a graphed step on identical copies of resnet8 (with model ``options``)."""
     torch.manual_seed(0)
     recipe = get_recipe("fast")
     loader = fake_loader()
-    model_a = create_model("resnet8", in_chans=1).to(CUDA).to(memory_format=torch.channels_last)
+    model_a = create_model("resnet8", in_chans=1, **options).to(CUDA).to(memory_format=torch.channels_last)
     model_b = copy.deepcopy(model_a)
     eager = build_train_step(model_a, recipe, CUDA, graphed=False)
     graphed = build_train_step(model_b, recipe, CUDA, graphed=True, sample=next(iter(loader)), compile=compile)
     return loader, (model_a, eager), (model_b, graphed)
 
 
-@pytest.mark.parametrize("compile", [False, True], ids=["graph", "compile+graph"])
-def test_graphed_step_follows_the_eager_step(compile):
-    loader, (model_a, eager), (model_b, graphed) = two_steps(compile)
+@pytest.mark.parametrize(
+    "compile, options",
+    [(False, {}), (True, {}), (False, {"order": "bn_after_add", "mixing": "gate"}),
+     (False, {"order": "relu_preact", "mixing": "shortcut_gate"}), (False, {"order": "preact", "shortcut": "C"})],
+    ids=["graph", "compile+graph", "bn-after-add+gate", "relu-preact+shortcut-gate", "preact+conv-shortcut"],
+)
+def test_graphed_step_follows_the_eager_step(compile, options):
+    loader, (model_a, eager), (model_b, graphed) = two_steps(compile, **options)
     assert isinstance(graphed, GraphedTrainStep) and graphed.graph is not None
     for i, (x, y) in enumerate(loader.epoch(0)):
         lr = 0.005 * (i + 1)  # small steps: bf16 rounding differences stay small too
@@ -66,7 +71,8 @@ def test_graphed_step_follows_the_eager_step(compile):
     assert sums_b["loss"] == pytest.approx(sums_a["loss"], rel=2e-2)
     for (name, p), q in zip(model_a.named_parameters(), model_b.parameters()):
         assert torch.allclose(p, q, atol=2e-2, rtol=5e-2), name
-    bn_a, bn_b = model_a.bn1.num_batches_tracked, model_b.bn1.num_batches_tracked
+    bn_a, bn_b = (next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).num_batches_tracked
+                  for model in (model_a, model_b))
     assert int(bn_a) == int(bn_b) == len(loader)  # the warm-up steps were undone
 
 
