@@ -170,6 +170,20 @@ def test_resume_refuses_flags_it_would_ignore(trained, capsys):
     fails_cleanly(capsys, "train", "--resume", trained, "--epochs", "9", match="drop --epochs")
 
 
+def test_folder_training_takes_workers_and_resume_may_change_them(tmp_path, capsys):
+    for c, red in (("a", 200), ("b", 0)):
+        (tmp_path / "photos" / c).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (12, 12), (red, i * 30, 0)).save(tmp_path / "photos" / c / f"{i}.png")
+    run_dir = tmp_path / "run"
+    code, out, err = run(capsys, "train", "--model", "resnet8", "--dataset", f"folder:{tmp_path / 'photos'}", "--image-size", 12,
+                         "--workers", 0, "--steps", 4, "--batch-size", 4, "--device", "cpu", "--no-progress", "--out", run_dir)
+    assert code == 0, err
+    code, out, err = run(capsys, "train", "--resume", run_dir, "--workers", 1, "--no-progress")
+    assert code == 0 and f"run directory: {run_dir}" in out, err
+    fails_cleanly(capsys, "train", "--resume", run_dir, "--image-size", 16, match="only --device and --workers may change")
+
+
 class _Exploit:
     """Unpickling this would create a file: proof that code ran."""
 

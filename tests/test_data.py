@@ -560,3 +560,25 @@ def test_sha256_constants_match_the_debian_files(file):
     mtime = struct.pack("<I", OFFICIAL_MTIMES[file.split("-")[0]])
     official = b"\x1f\x8b\x08\x08" + mtime + debian[8:10] + name + debian[10:]
     assert hashlib.sha256(official).hexdigest() == data._DOWNLOADS["fashion-mnist"][1][file]
+
+
+def test_big_jpegs_decode_at_a_reduced_scale_to_the_same_picture(tmp_path):
+    # A smooth 1600x1200 "photo": decoding it at 1/4 scale (libjpeg's draft mode) then resizing to 200
+    # must give the picture a full decode and resize gives, to within JPEG rounding.
+    y, x = np.mgrid[0:1200, 0:1600]
+    photo = np.stack([x / 7 % 256, y / 5 % 256, (x + y) / 11 % 256], -1).astype(np.uint8)
+    path = save_image(tmp_path / "photo.jpg", photo, quality=92)
+    fast = load_image(path, 3, 200).float()
+    with Image.open(path) as img:
+        img.load()  # no draft: the whole image decoded
+        full = torch.from_numpy(np.array(img.convert("RGB").resize((200, 200), Image.Resampling.BILINEAR)))
+    assert fast.shape == (3, 200, 200)
+    assert (fast - full.permute(2, 0, 1).float()).abs().mean() < 1.0
+    with Image.open(path) as img:
+        img.draft(None, (200, 200))
+        assert img.size == (400, 300)  # the reduced decode really happens (1/4 scale, still above 200)
+
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError, match="cut.jpg is not a readable image"):
+        load_image(truncated, 3, 200)

@@ -1,5 +1,7 @@
 """Device-side batches: augmentation properties, normalisation, determinism."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -164,3 +166,21 @@ def test_scale_crop_is_checked():
         DeviceLoader(x, y, 4, [0.5], [0.25], pad_crop=2, scale_crop=(0.5, 1.0))
     with pytest.raises(ValueError, match="area fractions"):
         DeviceLoader(x, y, 4, [0.5], [0.25], scale_crop=(0.0, 1.0))
+
+
+def test_folder_workers_default_to_the_cpus_and_refuse_negatives(tmp_path):
+    from PIL import Image
+
+    from resnetlab.data import get_dataset
+    from resnetlab.loader import make_loader
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(4):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / cls / f"{i}.png")
+    folder = get_dataset(f"folder:{tmp_path}", split="train", image_size=8, val_fraction=0.25, seed=0)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert make_loader(folder, 2, [0.5] * 3, [0.2] * 3, torch.device("cpu"), train=True).workers == min(16, cpus)
+    assert make_loader(folder, 2, [0.5] * 3, [0.2] * 3, torch.device("cpu"), train=True, workers=3).workers == 3
+    with pytest.raises(ValueError, match="--workers must be 0"):
+        make_loader(folder, 2, [0.5] * 3, [0.2] * 3, torch.device("cpu"), train=True, workers=-1)

@@ -53,6 +53,7 @@ def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> No
     p.add_argument("--recipe", default="fast", help=f"{', '.join(RECIPES)} (default fast)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--image-size", type=int, help="folder datasets: resize images to this side (default 64)")
+    p.add_argument("--workers", type=int, help="folder datasets: processes decoding images (default: one a CPU, up to 16)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -205,11 +206,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.resume:
         defaults = vars(build_parser().parse_args(["train"]))
-        ignored = [k for k, v in vars(args).items() if k not in ("resume", "device", "no_progress", "debug") and v != defaults.get(k)]
+        may_change = ("resume", "device", "workers", "no_progress", "debug")
+        ignored = [k for k, v in vars(args).items() if k not in may_change and v != defaults.get(k)]
         if ignored:
             flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
-            raise ValueError(f"--resume continues the run as it was configured; drop {flags} (only --device may change)")
-        result = resume(args.resume, device=args.device, progress=not args.no_progress)
+            raise ValueError(f"--resume continues the run as it was configured; drop {flags} (only --device and --workers may change)")
+        result = resume(args.resume, device=args.device, progress=not args.no_progress, workers=args.workers)
     else:
         config = TrainConfig(
             model=args.model, dataset=args.dataset, data_dir=args.data_dir, recipe=args.recipe,
@@ -218,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             image_size=args.image_size, device=args.device, seed=args.seed, out=args.out,
             compile=args.compile, cuda_graph=not args.no_cuda_graph, deterministic=args.deterministic,
             eval_every=args.eval_every, progress=not args.no_progress, weights=args.weights,
-            model_kwargs=dict(args.model_arg),
+            model_kwargs=dict(args.model_arg), workers=args.workers,
         )
         result = train(config)
     world = distributed.world_from_env()

@@ -205,6 +205,10 @@ def load_image(path: str | Path | BinaryIO, channels: int | None, image_size: in
     name = path if isinstance(path, Path) else "the image"
     try:
         with Image.open(path) as img:
+            if image_size is not None and img.format == "JPEG":
+                # libjpeg can decode at 1/2, 1/4 or 1/8 scale, never below the size asked for: a phone
+                # photo shrunk to 224 decodes about four times faster, and the resize below still antialiases.
+                img.draft(None, (image_size, image_size))
             img.load()  # decode now, so a truncated file fails here, with its name
             gray = img.mode in _GRAY_MODES
             # Phones store the rotation in EXIF; without this their photos arrive sideways.

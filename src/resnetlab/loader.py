@@ -12,6 +12,7 @@ several processes (torchrun) each take their own slice of every batch (``rank``,
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -253,9 +254,17 @@ def dataset_stats(ds, sample: int = 2000, seed: int = 0) -> tuple[list[float], l
     return channel_stats(torch.stack([ds[i][0] for i in picks]))
 
 
-def make_loader(ds, batch_size: int, mean: list[float], std: list[float], device: torch.device, train: bool, **kwargs) -> DeviceLoader:
-    """A ``DeviceLoader`` for a dataset in memory, a ``FolderLoader`` for one left on disk."""
+def make_loader(ds, batch_size: int, mean: list[float], std: list[float], device: torch.device, train: bool,
+                workers: int | None = None, **kwargs) -> DeviceLoader:
+    """A ``DeviceLoader`` for a dataset in memory, a ``FolderLoader`` for one left on disk.
+
+    ``workers`` (folders only) decode images in parallel; by default one a CPU, up to 16.
+    """
     if hasattr(ds, "images"):
         return DeviceLoader(ds.images, ds.labels, batch_size, mean, std, device, train=train, **kwargs)
     labels = torch.tensor([label for _, label in ds.samples], dtype=torch.int64)
-    return FolderLoader(ds, labels, batch_size, mean, std, device, train=train, **kwargs)
+    if workers is None:
+        workers = min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if workers < 0:
+        raise ValueError(f"--workers must be 0 (decode in the training process) or more, got {workers}")
+    return FolderLoader(ds, labels, batch_size, mean, std, device, train=train, workers=workers, **kwargs)

@@ -54,6 +54,7 @@ class TrainConfig:
     grad_norm_every: int = 0  # record every weight's gradient norm every N steps (0: never)
     model_kwargs: dict = field(default_factory=dict)
     weights: str | None = None  # starting weights: a torchvision tag (IMAGENET1K_V2, DEFAULT) or a file
+    workers: int | None = None  # folder datasets: processes decoding images (default: one a CPU, up to 16)
 
 
 @dataclass
@@ -218,11 +219,16 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     }
     if world.is_main:
         runs.write_json(run_dir / runs.CONFIG, saved)
-    return _run(saved, run_dir, train_set, test_set, device, config.progress, stop_at, checkpoint=None, world=world)
+    return _run(saved, run_dir, train_set, test_set, device, config.progress, stop_at, checkpoint=None, world=world,
+                workers=config.workers)
 
 
-def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, stop_at: int | None = None) -> TrainResult:
-    """Continue a run from its last checkpoint, with the same data, recipe and randomness."""
+def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, stop_at: int | None = None,
+           workers: int | None = None) -> TrainResult:
+    """Continue a run from its last checkpoint, with the same data, recipe and randomness.
+
+    ``device`` and ``workers`` may differ from the first run's: they change where and how fast, not what.
+    """
     run_dir = Path(run_dir)
     world = distributed.world_from_env()
     saved = runs.read_config(run_dir)
@@ -234,11 +240,11 @@ def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, sto
         saved["limit_train"], saved["limit_test"], saved["seed"],
     )
     device = distributed.setup(world, pick_device(device))
-    return _run(saved, run_dir, train_set, test_set, device, progress, stop_at, checkpoint, world)
+    return _run(saved, run_dir, train_set, test_set, device, progress, stop_at, checkpoint, world, workers)
 
 
 def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, progress: bool, stop_at: int | None,
-         checkpoint: dict | None, world: distributed.World = distributed.World()) -> TrainResult:
+         checkpoint: dict | None, world: distributed.World = distributed.World(), workers: int | None = None) -> TrainResult:
     recipe = Recipe.from_dict(saved["recipe"])
     seed_everything(saved["seed"], saved["deterministic"])
     if device.type == "cuda":
@@ -261,10 +267,11 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     train_loader = make_loader(
         train_set, recipe.batch_size, saved["mean"], saved["std"], device, train=True,
         pad_crop=recipe.pad_crop, scale_crop=recipe.scale_crop, flip=recipe.flip, seed=saved["seed"],
-        channels_last=channels_last, rank=world.rank, world=world.size,
+        channels_last=channels_last, rank=world.rank, world=world.size, workers=workers,
     )
     test_loader = make_loader(
         test_set, max(256, recipe.batch_size), saved["mean"], saved["std"], device, train=False, channels_last=channels_last,
+        workers=workers,
     )
     num_classes = len(saved["classes"])
 
