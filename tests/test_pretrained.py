@@ -198,6 +198,8 @@ def test_predict_without_images_or_with_unknown_weights_fails_cleanly(hub, tmp_p
     assert err.startswith("error: torchvision publishes no weights for plain18") and err.count("\n") == 1
     assert main(["serve"]) == 2
     assert "give a run directory or --pretrained" in capsys.readouterr().err
+    assert main(["predict", "--pretrained", "resnet18", str(tmp_path / "x.png"), "--top-k", "0"]) == 2
+    assert "--top-k must be at least 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")

@@ -245,7 +245,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .runs import load_model
     from .train import pick_device
 
-    top_k = args.top_k or (5 if args.pretrained else 3)
+    top_k = args.top_k if args.top_k is not None else (5 if args.pretrained else 3)
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
     device = pick_device(args.device)
