@@ -249,3 +249,40 @@ def test_serve_published_weights_answers_as_predict_does(published, tmp_path):
     [pred] = predict_images(*load_published("resnet18:IMAGENET1K_V1"), [photo], top_k=5)
     assert [p["class"] for p in answer["predictions"]] == pred.classes
     np.testing.assert_allclose([p["probability"] for p in answer["predictions"]], pred.probabilities, rtol=1e-5)
+
+
+def test_eval_published_weights_on_an_imagenet_folder_as_torchvision_measures(published, tmp_path, capsys):
+    # The 1000 class folders, named so that they sort in class order; only the first 12 images are evaluated.
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "val"
+    for i in range(1000):
+        (folder / f"n{i:08d}").mkdir(parents=True)
+        size = (260, 190) if i % 2 else (170, 240)
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"n{i:08d}" / "a.png")
+    out = tmp_path / "report"
+    code = main(["eval", "--pretrained", "resnet18:IMAGENET1K_V1", "--dataset", f"folder:{folder}", "--limit-test", "12",
+                 "--device", "cpu", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert "12 test images" in capsys.readouterr().out
+    confusion = json.loads((out / "eval.json").read_text())["confusion_matrix"]
+    predicted = [row.index(1) for row in confusion[:12]]  # one image a class: each row holds its one prediction
+
+    preprocess = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+    images = [preprocess(torchvision.transforms.functional.pil_to_tensor(Image.open(folder / f"n{i:08d}" / "a.png")))
+              for i in range(12)]
+    with torch.no_grad():
+        assert predicted == published(torch.stack(images)).argmax(1).tolist()
+
+
+def test_eval_published_weights_needs_the_thousand_classes(hub, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    for c in ("cat", "dog"):
+        (photos / c).mkdir(parents=True)
+        Image.new("RGB", (20, 20)).save(photos / c / "a.png")
+    published_file = hub / RESNET18_FILE
+    published_file.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), published_file)
+    assert main(["eval", "--pretrained", "resnet18", "--dataset", f"folder:{photos}", "--device", "cpu"]) == 2
+    assert "has 2 class folders" in capsys.readouterr().err
+    assert main(["eval", "--pretrained", "resnet18", "--device", "cpu"]) == 2
+    assert "--pretrained needs --dataset folder:PATH" in capsys.readouterr().err

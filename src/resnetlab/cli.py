@@ -82,8 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and write a run directory")
     _add_train_flags(p)
 
-    p = sub.add_parser("eval", help="evaluate a trained run on its test set")
-    p.add_argument("run_dir")
+    p = sub.add_parser("eval", help="evaluate a trained run on its test set (or torchvision's weights on an ImageNet folder)")
+    p.add_argument("run_dir", nargs="?")
+    p.add_argument("--pretrained", metavar="MODEL[:TAG]",
+                   help="evaluate torchvision's ImageNet weights instead of a run, on --dataset folder:PATH "
+                        "(the 1000 ImageNet class folders), preprocessed as torchvision measured them")
+    p.add_argument("--out", metavar="DIR", help="with --pretrained: write eval.json here")
     p.add_argument("--dataset", help="another dataset with the same classes (default: the run's)")
     p.add_argument("--data-dir")
     p.add_argument("--limit-test", type=int, metavar="N")
@@ -234,9 +238,19 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_run
+    from .evaluate import evaluate_published, evaluate_run
 
-    report = evaluate_run(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, limit_test=args.limit_test, device=args.device)
+    if (args.run_dir is None) == (args.pretrained is None):
+        raise ValueError("give a run directory or --pretrained MODEL[:TAG], not both or neither")
+    if args.pretrained:
+        if not args.dataset:
+            raise ValueError("--pretrained needs --dataset folder:PATH, a folder of the 1000 ImageNet classes")
+        report = evaluate_published(args.pretrained, args.dataset, args.data_dir, args.limit_test, args.device, args.out)
+    else:
+        if args.out:
+            raise ValueError("--out is for --pretrained; a run's evaluation is written into its run directory")
+        report = evaluate_run(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, limit_test=args.limit_test,
+                              device=args.device)
     print(report.text())
 
 

@@ -126,6 +126,7 @@ class FolderDataset(torch.utils.data.Dataset):
         image_size: int | None,
         channels: int | None,
         name: str,
+        resize_to: int | None = None,
     ) -> None:
         if not samples:
             raise DataError(f"{name}: this split has no images; add images (or a validation fraction above 0)")
@@ -135,13 +136,18 @@ class FolderDataset(torch.utils.data.Dataset):
         # Batches need one channel count; when none is asked for, a sample of the folder decides.
         self.channels = channels or _guess_channels([p for p, _ in self.samples])
         self.name = name
+        self.resize_to = resize_to  # see load_image: resize the shorter side, then crop the centre
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def subset(self, count: int) -> FolderDataset:
+        """The first ``count`` images, decoded the same way."""
+        return FolderDataset(self.samples[:count], self.classes, self.image_size, self.channels, self.name, self.resize_to)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
-        return load_image(path, self.channels, self.image_size), label
+        return load_image(path, self.channels, self.image_size, self.resize_to), label
 
     def to_arrays(self) -> ArrayDataset:
         """Decode every image into memory; they must share one size unless ``image_size`` is set."""
@@ -190,14 +196,24 @@ def get_dataset(
     return ArrayDataset(images, torch.from_numpy(labels.astype(np.int64)), classes, name)
 
 
-def load_image(path: str | Path | BinaryIO, channels: int | None, image_size: int | None) -> torch.Tensor:
+def load_image(
+    path: str | Path | BinaryIO, channels: int | None, image_size: int | None, resize_to: int | None = None
+) -> torch.Tensor:
     """Decode one image file of any mode into a uint8 tensor (channels, image_size, image_size).
 
     ``path`` may also be an open binary file (an upload, say). Transparent pixels are put on white,
     16-bit and float images are scaled to 8 bits, the EXIF rotation is applied, and resizing is
     antialiased (bilinear). ``None`` keeps the stored size, or the image's own colours (1 channel
-    if grayscale, else 3).
+    if grayscale, else 3). With ``resize_to``, the image keeps its proportions instead: torchvision's
+    evaluation preprocessing, shorter side resized to ``resize_to``, then the centre ``image_size``
+    square cropped (what its published weights were measured with).
     """
+    if resize_to is not None:
+        from torchvision.transforms.functional import center_crop, resize  # what torchvision's presets call
+
+        if image_size is None or resize_to < image_size:
+            raise DataError(f"a centre crop of {image_size} needs a resize to at least that, not {resize_to}")
+        return center_crop(resize(load_image(path, channels, None), [resize_to], antialias=True), [image_size])
     if isinstance(path, (str, Path)):
         path = Path(path)
         if not path.is_file():

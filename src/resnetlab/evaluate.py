@@ -109,18 +109,10 @@ def predict_images(
     preprocessing instead: shorter side resized, then the centre cropped to ``image_size``.
     ``paths`` may also be open binary files; ``names`` then labels the predictions (default: the paths).
     """
-    from torchvision.transforms.functional import center_crop, resize  # what torchvision's presets call
-
     from .data import load_image  # the decoder shared with folder datasets
 
     device = torch.device(device)
-    channels, size, resize_to = config["channels"], config["image_size"], config.get("resize_size")
-    if resize_to:
-        images = torch.stack([
-            center_crop(resize(load_image(p, channels, None), [resize_to], antialias=True), [size]) for p in paths
-        ])
-    else:
-        images = torch.stack([load_image(p, channels, size) for p in paths])
+    images = torch.stack([load_image(p, config["channels"], config["image_size"], config.get("resize_size")) for p in paths])
     x = normalize(images.to(device), config["mean"], config["std"])
     labels = names if names is not None else [str(p) for p in paths]
     return _rank(model.to(device).eval(), x, labels, config["classes"], top_k)
@@ -187,8 +179,12 @@ class EvalReport:
         lines.append(f"accuracy {r.accuracy:.2%}  error {r.error:.2%}  loss {r.loss:.4f}")
         if r.top5 is not None:
             lines.append(f"top-5 accuracy {r.top5:.2%}")
-        width = max(len(c) for c in self.classes) + 2
-        lines += [f"  {c:<{width}}{a:.2%}" for c, a in zip(self.classes, r.per_class_accuracy())]
+        per_class = list(zip(self.classes, r.per_class_accuracy()))
+        if len(per_class) > 20:  # ImageNet's thousand lines would bury the totals: the hardest classes only
+            lines.append("lowest per-class accuracies (eval.json has them all):")
+            per_class = sorted(per_class, key=lambda ca: ca[1])[:10]
+        width = max(len(c) for c, _ in per_class) + 2
+        lines += [f"  {c:<{width}}{a:.2%}" for c, a in per_class]
         lines += [f"wrote {f}" for f in self.files]
         return "\n".join(lines)
 
@@ -224,4 +220,49 @@ def evaluate_run(
     write_json(run_dir / "eval.json", report.to_dict())
     report.files.append(run_dir / "eval.json")
     report.files += plot_confusion(result.confusion, config["classes"], run_dir / "confusion", f"{config['model']} on {name}")
+    return report
+
+
+def evaluate_published(
+    spec: str, dataset: str, data_dir: str | None = None, limit_test: int | None = None, device: str = "auto",
+    out: str | Path | None = None,
+) -> EvalReport:
+    """Evaluate torchvision's published weights (``MODEL`` or ``MODEL:TAG``) on an ImageNet-style folder.
+
+    Images are preprocessed as torchvision measured those weights (shorter side resized, centre
+    crop, ImageNet statistics), so the accuracy is comparable with the one torchvision publishes.
+    ``dataset`` is ``folder:PATH`` with the 1000 ImageNet class folders named by WordNet ID
+    (n01440764, ...), whose sorted order is torchvision's class order; a PATH with train/ and
+    val/ is evaluated on val/. With ``out``, ``eval.json`` is written there.
+    """
+    from .data import DataError, get_dataset
+    from .loader import make_loader
+    from .runs import write_json
+    from .train import pick_device
+
+    if not dataset.startswith("folder:"):
+        raise DataError(f"published ImageNet weights are evaluated on an ImageNet-style folder (folder:PATH), not {dataset}")
+    dev = pick_device(device)
+    model, config = load_published(spec, dev)
+    path = Path(dataset.removeprefix("folder:")).expanduser()
+    split = "test" if (path / "train").is_dir() and any((path / s).is_dir() for s in ("val", "test")) else "train"
+    # A folder without train/ and val/ is the evaluation set itself: nothing held out, all of it evaluated.
+    ds = get_dataset(dataset, split=split, root=data_dir, image_size=config["image_size"], channels=3, val_fraction=0.0)
+    if len(ds.classes) != len(config["classes"]):
+        raise DataError(
+            f"{path} has {len(ds.classes)} class folders; {config['model']}'s ImageNet weights need all "
+            f"{len(config['classes'])}, one folder each named by WordNet ID (n01440764, ...), so that their "
+            "sorted order is torchvision's class order"
+        )
+    ds.resize_to = config["resize_size"]
+    if limit_test is not None:
+        if limit_test <= 0:
+            raise ValueError(f"--limit-test must be positive, got {limit_test}")
+        ds = ds.subset(limit_test)
+    loader = make_loader(ds, 256, config["mean"], config["std"], dev, train=False, channels_last=dev.type in ("cuda", "cpu"))
+    result = evaluate(model, loader, len(config["classes"]))
+    report = EvalReport(Path(f"{config['model']}:{config['weights']}"), dataset, config["classes"], result, [])
+    if out is not None:
+        write_json(Path(out) / "eval.json", {"model": config["model"], "weights": config["weights"], **report.to_dict()})
+        report.files.append(Path(out) / "eval.json")
     return report

@@ -123,7 +123,7 @@ def load_split(dataset: str, split: str, data_dir: str | None = None, image_size
     ds = get_dataset(dataset, split=split, root=data_dir, image_size=image_size, seed=seed)
     if isinstance(ds, FolderDataset):
         if limit is not None:
-            ds = FolderDataset(ds.samples[:limit], ds.classes, ds.image_size, ds.channels, ds.name)
+            ds = ds.subset(limit)
         if len(ds) * ds.channels * image_size**2 <= IN_MEMORY_BYTES:
             ds = ds.to_arrays()
     elif limit is not None:
