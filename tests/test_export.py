@@ -77,3 +77,21 @@ def test_a_deep_pre_activation_net_exports(tmp_path):
                       out=str(out), progress=False))
     report = export_onnx(out)
     assert report.max_abs_diff is not None and report.path.exists()
+
+
+def test_export_published_weights(tmp_path, monkeypatch, capsys):
+    """torchvision's published weights export like a run: normalisation inside, ImageNet's classes in the metadata."""
+    import torchvision
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    (hub / "checkpoints").mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), hub / "checkpoints" / weights.url.rsplit("/", 1)[-1])
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--pretrained", "resnet18"]) == 0
+    assert "ONNX Runtime matches PyTorch" in capsys.readouterr().out
+    props = {p.key: p.value for p in onnx.load(tmp_path / "resnet18-IMAGENET1K_V1.onnx").metadata_props}
+    assert json.loads(props["resnetlab.classes"]) == weights.meta["categories"]
+    assert "resize the shorter side to 256 and crop the centre first" in props["resnetlab.input"]
+    assert main(["export"]) == 2

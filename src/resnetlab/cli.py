@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
 
     p = sub.add_parser("export", help="write a trained run as ONNX (normalisation inside), checked with ONNX Runtime")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="?")
+    p.add_argument("--pretrained", metavar="MODEL[:TAG]", help="export torchvision's ImageNet weights instead of a run")
     p.add_argument("-o", "--out", metavar="FILE.onnx", help="default RUN_DIR/model.onnx")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
 
@@ -161,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     return parser
+
+
+def _check_one_source(args: argparse.Namespace) -> None:
+    """A command that reads a run or published weights got exactly one of them."""
+    if (args.run_dir is None) == (args.pretrained is None):
+        raise ValueError("give a run directory or --pretrained MODEL[:TAG], not both or neither")
 
 
 def cmd_recipes(args: argparse.Namespace) -> None:
@@ -240,8 +247,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_published, evaluate_run
 
-    if (args.run_dir is None) == (args.pretrained is None):
-        raise ValueError("give a run directory or --pretrained MODEL[:TAG], not both or neither")
+    _check_one_source(args)
     if args.pretrained:
         if not args.dataset:
             raise ValueError("--pretrained needs --dataset folder:PATH, a folder of the 1000 ImageNet classes")
@@ -280,15 +286,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
-    if (args.run_dir is None) == (args.pretrained is None):
-        raise ValueError("give a run directory or --pretrained MODEL[:TAG], not both or neither")
+    _check_one_source(args)
     serve(args.run_dir, args.host, args.port, args.top_k, args.device, pretrained=args.pretrained)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_onnx
 
-    print(export_onnx(args.run_dir, args.out, check=not args.no_check).text())
+    _check_one_source(args)
+    print(export_onnx(args.run_dir, args.out, check=not args.no_check, pretrained=args.pretrained).text())
 
 
 def cmd_diagram(args: argparse.Namespace) -> None:

@@ -51,23 +51,31 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def export_onnx(run_dir: str | Path, out: str | Path | None = None, check: bool = True, tolerance: float = 1e-3) -> ExportReport:
+def export_onnx(run_dir: str | Path | None, out: str | Path | None = None, check: bool = True, tolerance: float = 1e-3,
+                pretrained: str | None = None) -> ExportReport:
     """Write the run's model as ONNX (default ``RUN_DIR/model.onnx``) and check it with ONNX Runtime.
 
-    Raises RuntimeError when the exporter's packages are missing or the check finds the logits
-    differ by more than ``tolerance`` times their size (at least 1); the file is only put in place
-    once it is complete and checked.
+    ``pretrained="resnet50"`` (or ``"resnet50:IMAGENET1K_V1"``) exports torchvision's published
+    weights instead (default ``MODEL-TAG.onnx``); their input is the centre crop, and the resize
+    before it is named in the metadata. Raises RuntimeError when the exporter's packages are
+    missing or the check finds the logits differ by more than ``tolerance`` times their size (at
+    least 1); the file is only put in place once it is complete and checked.
     """
     try:
         import onnx
         import onnxscript  # noqa: F401  (torch's exporter needs it; asking here gives a clear message)
     except ImportError:
         raise RuntimeError("ONNX export needs the onnx and onnxscript packages: pip install 'resnetlab[export]'") from None
-    run_dir = Path(run_dir)
-    path = Path(out) if out else run_dir / "model.onnx"
+    if pretrained:
+        from .evaluate import load_published
+
+        model, config = load_published(pretrained)
+        path = Path(out) if out else Path(f"{config['model']}-{config['weights']}.onnx")
+    else:
+        model, config = load_model(run_dir)
+        path = Path(out) if out else Path(run_dir) / "model.onnx"
     if path.suffix != ".onnx":
         raise ValueError(f"the export goes to a .onnx file, not {path.name}")
-    model, config = load_model(run_dir)
     wrapped = Preprocessed(model, config["mean"], config["std"]).eval()
     side, channels = config["image_size"], config["channels"]
     example = torch.rand(2, channels, side, side, generator=torch.Generator().manual_seed(0))
@@ -86,7 +94,8 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, check: bool 
             "resnetlab.classes": json.dumps(config["classes"]),
             "resnetlab.mean": json.dumps(config["mean"]),
             "resnetlab.std": json.dumps(config["std"]),
-            "resnetlab.input": f"{channels}x{side}x{side} float32 scaled to 0-1, normalised inside the graph",
+            "resnetlab.input": f"{channels}x{side}x{side} float32 scaled to 0-1, normalised inside the graph"
+            + (f"; resize the shorter side to {config['resize_size']} and crop the centre first" if "resize_size" in config else ""),
         })
         onnx.save(proto, tmp)
         if check:
