@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from resnetlab.blocks import BasicBlock, Bottleneck, ResidualMLPBlock, ZeroPadShortcut, make_shortcut
@@ -136,3 +137,31 @@ def test_mlp_block_identity_when_branch_silenced():
     x = torch.randn(3, 6)
     with torch.no_grad():
         assert torch.allclose(m(x), x)
+
+
+def test_notebook_identity_block_widths_kernel_and_keras_padding():
+    from resnetlab.blocks import identity_block
+
+    block = identity_block(6, f=2, filters=(2, 4, 6)).eval()
+    x = torch.randn(3, 6, 4, 4)
+    assert block(x).shape == x.shape
+    # Weights and biases, BN gamma and beta: (6*2+2) + 2*2 + (2*4*2*2+4) + 2*4 + (4*6+6) + 2*6, by hand.
+    assert n_params(block) == 14 + 4 + 36 + 8 + 30 + 12
+    # Keras's "same" for an even kernel pads one row and column at the bottom and right only.
+    h = torch.randn(1, 2, 4, 4)
+    expected = F.conv2d(F.pad(h, (0, 1, 0, 1)), block.conv2.weight, block.conv2.bias)
+    torch.testing.assert_close(block.conv2(h), expected)
+    with pytest.raises(ValueError, match="must equal F3"):
+        identity_block(5, f=3, filters=(2, 4, 6))
+
+
+def test_notebook_convolutional_block_projects_with_stride():
+    from resnetlab.blocks import convolutional_block
+
+    block = convolutional_block(3, f=3, filters=(2, 4, 6), s=2)
+    assert block(torch.randn(2, 3, 8, 8)).shape == (2, 6, 4, 4)
+    assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1)  # Keras: the stride on the first 1x1
+    # (3*2+2) + 4 + (2*4*3*3+4) + 8 + (4*6+6) + 12 + shortcut (3*6+6) + 12
+    assert n_params(block) == 8 + 4 + 76 + 8 + 30 + 12 + 24 + 12
+    same_shape = convolutional_block(6, f=3, filters=(2, 2, 6), s=1)
+    assert same_shape.downsample is not None  # the notebook's block projects even when the shape allows the identity

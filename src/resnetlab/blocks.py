@@ -245,7 +245,9 @@ class Bottleneck(_Block):
     ``stride_in_1x1=True`` puts the stride on the first 1x1 as in the paper, Caffe and Keras
     ("ResNet v1"); the default puts it on the 3x3 as torchvision does ("v1.5"), which costs
     more multiply-adds and gains about half a point of ImageNet accuracy. ``order`` and
-    ``mixing`` as for ``BasicBlock``.
+    ``mixing`` as for ``BasicBlock``. ``filters=(F1, F2, F3)`` and ``kernel_size`` free the three
+    convolutions' widths and the middle kernel, as the seed notebook's blocks allow (see
+    ``identity_block``); by default they are ``(planes, planes, 4 * planes)`` and 3.
     """
 
     expansion = 4
@@ -265,17 +267,23 @@ class Bottleneck(_Block):
         scales: tuple[float, float] = (0.5, 0.5),
         gate_bias: float = -6.0,
         shortcut_dropout: float = 0.5,
+        filters: tuple[int, int, int] | None = None,
+        kernel_size: int = 3,
     ) -> None:
         super().__init__()
-        out_planes = planes * self.expansion
+        f1, f2, out_planes = filters or (planes, planes, planes * self.expansion)
         self._configure(order, preact, residual, mixing, scales, gate_bias, shortcut_dropout)
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.bn1 = nn.BatchNorm2d(self._bn_planes(in_planes, planes))
-        self.conv1 = conv1x1(in_planes, planes, s1, bias)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, s3, bias)
-        self.bn3 = nn.BatchNorm2d(self._bn_planes(planes, out_planes))
-        self.conv3 = conv1x1(planes, out_planes, 1, bias)
+        if kernel_size % 2 == 0 and s3 > 1:
+            raise ValueError(f"an even kernel ({kernel_size}) keeps the size only unstrided: use stride_in_1x1=True")
+        self.bn1 = nn.BatchNorm2d(self._bn_planes(in_planes, f1))
+        self.conv1 = conv1x1(in_planes, f1, s1, bias)
+        self.bn2 = nn.BatchNorm2d(self._bn_planes(f1, f2))
+        # Keras's padding="same": an even kernel gets the extra row and column at the bottom and right.
+        padding = kernel_size // 2 if kernel_size % 2 else "same"
+        self.conv2 = nn.Conv2d(f1, f2, kernel_size, stride=s3, padding=padding, bias=bias)
+        self.bn3 = nn.BatchNorm2d(self._bn_planes(f2, out_planes))
+        self.conv3 = conv1x1(f2, out_planes, 1, bias)
         self._add_shortcut(in_planes, out_planes, stride, shortcut, bias)
 
     @property
@@ -285,6 +293,24 @@ class Bottleneck(_Block):
     @property
     def bns(self) -> list[nn.BatchNorm2d]:
         return [self.bn1, self.bn2, self.bn3]
+
+
+def identity_block(in_channels: int, f: int, filters: tuple[int, int, int], bias: bool = True) -> Bottleneck:
+    """The seed notebook's identity block: 1x1 conv (F1), f x f conv (F2), 1x1 conv (F3), each with
+    BN, ReLU between, and the input added back before the last ReLU. Input and output have the same
+    shape, so ``in_channels`` must equal F3. Conv biases as in Keras.
+    """
+    if in_channels != filters[2]:
+        raise ValueError(f"an identity block keeps its input's shape: in_channels ({in_channels}) must equal F3 ({filters[2]})")
+    return Bottleneck(in_channels, filters[0], bias=bias, stride_in_1x1=True, filters=tuple(filters), kernel_size=f)
+
+
+def convolutional_block(in_channels: int, f: int, filters: tuple[int, int, int], s: int = 2, bias: bool = True) -> Bottleneck:
+    """The seed notebook's convolutional block: the identity block's three convolutions, the first with
+    stride ``s``, and a 1x1 conv (stride ``s``) + BN on the shortcut so that the shapes match.
+    """
+    return Bottleneck(in_channels, filters[0], stride=s, shortcut="C", bias=bias, stride_in_1x1=True,
+                      filters=tuple(filters), kernel_size=f)
 
 
 class ResidualMLPBlock(nn.Module):
