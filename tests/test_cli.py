@@ -170,6 +170,18 @@ def test_resume_refuses_flags_it_would_ignore(trained, capsys):
     fails_cleanly(capsys, "train", "--resume", trained, "--epochs", "9", match="drop --epochs")
 
 
+@needs_fashion
+def test_recipe_args_reach_the_run(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, out, err = run(capsys, "train", *QUICK, "--recipe-arg", "schedule=cosine", "--recipe-arg", "label_smoothing=0.2",
+                         "--out", run_dir)
+    assert code == 0, err
+    recipe = json.loads((run_dir / "config.json").read_text())["recipe"]
+    assert (recipe["schedule"], recipe["label_smoothing"]) == ("cosine", 0.2)
+    fails_cleanly(capsys, "train", *QUICK, "--recipe-arg", "colour=red", "--out", tmp_path / "other", match="no field colour")
+    assert not (tmp_path / "other").exists()
+
+
 def test_folder_training_takes_workers_and_resume_may_change_them(tmp_path, capsys):
     for c, red in (("a", 200), ("b", 0)):
         (tmp_path / "photos" / c).mkdir(parents=True)

@@ -78,3 +78,23 @@ def test_recipes_are_described_in_one_line(capsys):
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
     assert all(f"{name}: " in out for name in RECIPES) and "Section 4.2" in out
+
+
+def test_cosine_falls_from_lr_to_zero_as_half_a_cosine():
+    r = get_recipe("he2016", schedule="cosine", warmup_steps=0)
+    assert lr_at(r, 0, 1000) == pytest.approx(0.1)
+    assert lr_at(r, 500, 1000) == pytest.approx(0.05)
+    assert lr_at(r, 250, 1000) == pytest.approx(0.05 * (1 + 2**-0.5))
+    assert lr_at(r, 999, 1000) < 1e-5
+    assert lr_at(get_recipe("he2016", schedule="cosine"), 10, 1000, depth=110) == 0.01  # the paper's warm-up still first
+
+
+def test_any_field_can_be_overridden_and_bad_ones_are_named():
+    r = get_recipe("fast", label_smoothing=0.2, milestones=[0.3, 0.6], scale_crop=[0.5, 1.0], optimizer="adam")
+    assert (r.label_smoothing, r.milestones, r.scale_crop, r.optimizer) == (0.2, (0.3, 0.6), (0.5, 1.0), "adam")
+    with pytest.raises(ValueError, match="recipes have no field colour; they have optimizer, lr"):
+        get_recipe("fast", colour="red")
+    with pytest.raises(ValueError, match="schedule must be one of multistep, onecycle, cosine, constant"):
+        get_recipe("fast", schedule="linear")
+    with pytest.raises(ValueError, match="optimizer must be one of sgd, adam"):
+        get_recipe("fast", optimizer="lion")

@@ -14,7 +14,7 @@ from pathlib import Path
 from .recipes import RECIPES
 
 
-def _model_arg(text: str) -> tuple[str, object]:
+def _key_value(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` with VALUE read as JSON where it parses (numbers, true, [0.5, 1]), else as text."""
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -26,7 +26,7 @@ def _model_arg(text: str) -> tuple[str, object]:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--model-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="a model option, repeatable: order=bn_after_add, mixing=gate, gate_bias=-6, shortcut=B, "
                         "zero_init_residual=true (see resnetlab.create_model)")
 
@@ -51,6 +51,9 @@ def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> No
                    help="start from torchvision's ImageNet weights (DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2; resnet18-152) "
                         "or a weights file; normalises inputs with the published weights' statistics")
     p.add_argument("--recipe", default="fast", help=f"{', '.join(RECIPES)} (default fast)")
+    p.add_argument("--recipe-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other recipe field, repeatable: schedule=cosine, label_smoothing=0.1, momentum=0.95, "
+                        "milestones=[0.3,0.6,0.9], optimizer=adam (`resnetlab recipes` shows them)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--image-size", type=int, help="folder datasets: resize images to this side (default 64)")
     p.add_argument("--workers", type=int, help="folder datasets: processes decoding images (default: one a CPU, up to 16)")
@@ -231,7 +234,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             image_size=args.image_size, device=args.device, seed=args.seed, out=args.out,
             compile=args.compile, cuda_graph=not args.no_cuda_graph, deterministic=args.deterministic,
             eval_every=args.eval_every, progress=not args.no_progress, weights=args.weights,
-            model_kwargs=dict(args.model_arg), workers=args.workers,
+            model_kwargs=dict(args.model_arg), recipe_overrides=dict(args.recipe_arg), workers=args.workers,
         )
         result = train(config)
     world = distributed.world_from_env()

@@ -107,7 +107,8 @@ def train_or_reuse(config: TrainConfig) -> Path:
 
 def _recipe(config: TrainConfig) -> Recipe:
     """The recipe ``train`` will use for ``config``."""
-    return get_recipe(config.recipe, epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr)
+    return get_recipe(config.recipe, epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+                      weight_decay=config.weight_decay, **config.recipe_overrides)
 
 
 def _train_nets(

@@ -6,7 +6,11 @@ of one step, so the schedule needs no state of its own and resuming needs nothin
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
+
+SCHEDULES = ("multistep", "onecycle", "cosine", "constant")
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,7 @@ class Recipe:
     batch_size: int = 128
     steps: int | None = None  # iterations, as the papers count; or
     epochs: float | None = None  # passes over the training set
-    schedule: str = "multistep"  # "multistep", "onecycle" or "constant"
+    schedule: str = "multistep"  # "multistep", "onecycle", "cosine" or "constant"
     milestones: tuple[float, ...] = ()  # fractions of the run where the lr drops by `gamma`
     gamma: float = 0.1
     warmup_steps: int = 0  # steps at `warmup_lr` before the real lr (the papers' 110+ layer warm-up)
@@ -123,13 +127,22 @@ def get_recipe(name: str, **overrides) -> Recipe:
         overrides.setdefault("epochs", None)
     elif "epochs" in overrides:
         overrides["steps"] = None
-    unknown = set(overrides) - set(recipe.to_dict())
+    fields = [k for k in recipe.to_dict() if k not in ("name", "notes")]
+    unknown = set(overrides) - set(fields)
     if unknown:
-        raise ValueError(f"recipe has no field(s) {', '.join(sorted(unknown))}")
+        raise ValueError(f"recipes have no field {', '.join(sorted(unknown))}; they have {', '.join(fields)}")
+    # From JSON or the command line, sequences arrive as lists.
+    for key in ("milestones", "scale_crop"):
+        if isinstance(overrides.get(key), list):
+            overrides[key] = tuple(overrides[key])
     recipe = replace(recipe, **overrides)
     for key in ("lr", "batch_size", "steps", "epochs"):
         if getattr(recipe, key) is not None and getattr(recipe, key) <= 0:
             raise ValueError(f"{key.replace('_', '-')} must be positive, got {getattr(recipe, key)}")
+    if recipe.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {recipe.schedule!r}")
+    if recipe.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {recipe.optimizer!r}")
     return recipe
 
 
@@ -142,6 +155,9 @@ def lr_at(recipe: Recipe, step: int, total_steps: int, depth: int = 0) -> float:
     if recipe.schedule == "multistep":
         drops = sum(step >= m * total_steps for m in recipe.milestones)
         return recipe.lr * recipe.gamma**drops
+    if recipe.schedule == "cosine":
+        # Half a cosine from lr down to zero over the run (Loshchilov and Hutter 2017, without restarts).
+        return recipe.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
     if recipe.schedule == "onecycle":
         peak = max(1, int(0.25 * total_steps))
         if step < peak:

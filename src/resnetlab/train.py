@@ -53,6 +53,7 @@ class TrainConfig:
     progress: bool = True
     grad_norm_every: int = 0  # record every weight's gradient norm every N steps (0: never)
     model_kwargs: dict = field(default_factory=dict)
+    recipe_overrides: dict = field(default_factory=dict)  # any other recipe field, e.g. {"schedule": "cosine"}
     weights: str | None = None  # starting weights: a torchvision tag (IMAGENET1K_V2, DEFAULT) or a file
     workers: int | None = None  # folder datasets: processes decoding images (default: one a CPU, up to 16)
 
@@ -162,7 +163,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
     recipe = get_recipe(
         config.recipe, epochs=config.epochs, steps=config.steps, batch_size=config.batch_size,
-        lr=config.lr, weight_decay=config.weight_decay,
+        lr=config.lr, weight_decay=config.weight_decay, **config.recipe_overrides,
     )
     if config.eval_every < 1:
         raise ValueError(f"--eval-every must be at least 1, got {config.eval_every}")
