@@ -25,45 +25,50 @@ def _key_value(text: str) -> tuple[str, object]:
         return key, value
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     p.add_argument("--model-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="a model option, repeatable: order=bn_after_add, mixing=gate, gate_bias=-6, shortcut=B, "
                         "zero_init_residual=true (see resnetlab.create_model)")
 
 
 def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> None:
-    """The flags of ``resnetlab train``; experiments take the quick-run subset."""
-    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, cifar100, signs or folder:PATH")
-    p.add_argument("--data-dir", help="where the dataset files are (default: $RESNETLAB_DATA, Debian's folder, ~/.cache/resnetlab)")
-    p.add_argument("--epochs", type=float, help="passes over the training set (overrides the recipe)")
-    p.add_argument("--steps", type=int, help="iterations (overrides the recipe and --epochs)")
-    p.add_argument("--limit-train", type=int, metavar="N", help="use the first N training examples")
-    p.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test examples")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    """The flags of ``resnetlab train``, in groups; experiments take the quick-run subset."""
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, cifar100, signs or folder:PATH")
+    data.add_argument("--data-dir", help="where the dataset files are (default: $RESNETLAB_DATA, Debian's folder, ~/.cache/resnetlab)")
+    data.add_argument("--limit-train", type=int, metavar="N", help="use the first N training examples")
+    data.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test examples")
+    recipe = p.add_argument_group("recipe (each flag overrides the recipe's value)")
+    recipe.add_argument("--epochs", type=float, help="passes over the training set")
+    recipe.add_argument("--steps", type=int, help="iterations (instead of --epochs)")
+    recipe.add_argument("--batch-size", type=int)
+    recipe.add_argument("--lr", type=float)
+    where = p.add_argument_group("run")
+    where.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    where.add_argument("--seed", type=int, default=0)
     if quick_only:
         return
-    p.add_argument("--model", default="resnet20")
-    _add_model_args(p)
-    p.add_argument("--weights", metavar="TAG|FILE",
-                   help="start from torchvision's ImageNet weights (DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2; resnet18-152) "
-                        "or a weights file; normalises inputs with the published weights' statistics")
-    p.add_argument("--recipe", default="fast", help=f"{', '.join(RECIPES)} (default fast)")
-    p.add_argument("--recipe-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="any other recipe field, repeatable: schedule=cosine, label_smoothing=0.1, momentum=0.95, "
-                        "milestones=[0.3,0.6,0.9], optimizer=adam (`resnetlab recipes` shows them)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--image-size", type=int, help="folder datasets: resize images to this side (default 64)")
-    p.add_argument("--workers", type=int, help="folder datasets: processes decoding images (default: one a CPU, up to 16)")
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET-TIME)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, run the step eagerly instead of replaying a CUDA graph")
-    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume)")
-    p.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar, only the per-epoch lines")
+    data.add_argument("--image-size", type=int, help="folder datasets: resize images to this side (default 64)")
+    data.add_argument("--workers", type=int, help="folder datasets: processes decoding images (default: one a CPU, up to 16)")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", default="resnet20", help="any name `resnetlab models` lists (default resnet20)")
+    _add_model_args(model)
+    model.add_argument("--weights", metavar="TAG|FILE",
+                       help="start from torchvision's ImageNet weights (DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2; "
+                            "resnet18-152) or a weights file; normalises inputs with the published weights' statistics")
+    recipe.add_argument("--recipe", default="fast", help=f"{', '.join(RECIPES)} (default fast)")
+    recipe.add_argument("--weight-decay", type=float)
+    recipe.add_argument("--recipe-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="any other recipe field, repeatable: schedule=cosine, label_smoothing=0.1, momentum=0.95, "
+                             "milestones=[0.3,0.6,0.9], optimizer=adam (`resnetlab recipes` shows them)")
+    where.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET-TIME)")
+    where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    where.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS")
+    where.add_argument("--no-progress", action="store_true", help="no progress bar, only the per-epoch lines")
+    speed = p.add_argument_group("speed")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the model")
+    speed.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, run the step eagerly instead of replaying a CUDA graph")
+    speed.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume)")
 
 
 def build_parser() -> argparse.ArgumentParser:
