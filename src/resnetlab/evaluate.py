@@ -38,8 +38,11 @@ class EvalResult:
 
 
 def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA (tensor cores, no loss scaling needed); full precision elsewhere."""
-    if device.type == "cuda":
+    """bf16 autocast on CUDA GPUs with bf16 tensor cores (no loss scaling needed); full precision elsewhere.
+
+    GPUs before Ampere (V100, T4) lack bf16 tensor cores: there bf16 would be slower than fp32, not faster.
+    """
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
         # No cast cache: CUDA graph capture requires it off, and each weight is cast once per pass anyway.
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return nullcontext()
