@@ -165,3 +165,22 @@ def test_notebook_convolutional_block_projects_with_stride():
     assert n_params(block) == 8 + 4 + 76 + 8 + 30 + 12 + 24 + 12
     same_shape = convolutional_block(6, f=3, filters=(2, 2, 6), s=1)
     assert same_shape.downsample is not None  # the notebook's block projects even when the shape allows the identity
+
+
+def test_the_notebook_resnet50_is_made_of_its_two_blocks():
+    """signs_resnet50's stages are the notebook's convolutional_block then identity_blocks, weight for weight."""
+    from resnetlab.blocks import convolutional_block, identity_block
+    from resnetlab.models import create_model
+
+    model = create_model("signs_resnet50").eval()
+    stages = [(64, (64, 64, 256), 1), (256, (128, 128, 512), 2), (512, (256, 256, 1024), 2), (1024, (512, 512, 2048), 2)]
+    x = torch.randn(2, 64, 15, 15)  # what the stem gives a 64x64 image
+    for stage, (in_channels, filters, s) in zip(model.stages(), stages):
+        ours = [convolutional_block(in_channels, 3, filters, s=s)] + [identity_block(filters[2], 3, filters) for _ in stage[1:]]
+        for mine, theirs in zip(ours, stage, strict=True):
+            mine.load_state_dict(theirs.state_dict(), strict=True)  # same tensors under the same names
+            mine.eval()
+        with torch.no_grad():
+            y = torch.nn.Sequential(*ours)(x)
+            torch.testing.assert_close(y, stage(x))
+        x = y
