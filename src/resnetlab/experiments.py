@@ -754,7 +754,7 @@ def reproduce_variants(
 def _variants_figure(curves: dict[str, list[dict]], title: str) -> Figure:
     from matplotlib.lines import Line2D
 
-    fig, (ax,) = _figure(1, 1, (8, 5))
+    fig, (ax,) = _figure(1, 1, (10, 5))
     colour = _colours(curves)
     train_style, test_style = dict(ls="--", lw=1.2), dict(ls="-", lw=2.2)
     for label, rows in curves.items():
@@ -764,7 +764,8 @@ def _variants_figure(curves: dict[str, list[dict]], title: str) -> Figure:
         ax.plot(steps, [r["test_error"] for r in rows], color=colour[label], **test_style, **marker)
     handles = [Line2D([], [], color=colour[label], lw=2.2, label=label) for label in curves]
     handles += [Line2D([], [], color="black", label=what, **style) for what, style in (("train", train_style), ("test", test_style))]
-    ax.legend(handles=handles, fontsize=8, loc="best")
+    # Beside the axes: eight variants' curves leave no empty corner inside them.
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     highest = max(r[c] for rows in curves.values() for r in rows for c in ("train_error", "test_error"))
     ax.set_ylim(0, min(100.0, 1.05 * highest))
     ax.set_ylabel("error (%)")
