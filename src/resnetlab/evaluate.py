@@ -161,6 +161,7 @@ class EvalReport:
     classes: list[str]
     result: EvalResult
     files: list[Path]
+    reference: str | None = None  # what the evaluated weights are published to reach, when known
 
     def to_dict(self) -> dict:
         r = self.result
@@ -188,6 +189,7 @@ class EvalReport:
             per_class = sorted(per_class, key=lambda ca: ca[1])[:10]
         width = max(len(c) for c, _ in per_class) + 2
         lines += [f"  {c:<{width}}{a:.2%}" for c, a in per_class]
+        lines += [self.reference] if self.reference else []
         lines += [f"wrote {f}" for f in self.files]
         return "\n".join(lines)
 
@@ -240,6 +242,7 @@ def evaluate_published(
     """
     from .data import DataError, get_dataset
     from .loader import make_loader
+    from .pretrained import pretrained_info
     from .runs import write_json
     from .train import pick_device
 
@@ -264,7 +267,10 @@ def evaluate_published(
         ds = ds.subset(limit_test)
     loader = make_loader(ds, 256, config["mean"], config["std"], dev, train=False, channels_last=dev.type in ("cuda", "cpu"))
     result = evaluate(model, loader, len(config["classes"]))
-    report = EvalReport(Path(f"{config['model']}:{config['weights']}"), dataset, config["classes"], result, [])
+    info = pretrained_info(config["model"], config["weights"])
+    reference = (f"torchvision publishes {info.accuracy:.2f}% top-1 for these weights on ImageNet's 50,000 validation images"
+                 if info.accuracy is not None else None)
+    report = EvalReport(Path(f"{config['model']}:{config['weights']}"), dataset, config["classes"], result, [], reference)
     if out is not None:
         write_json(Path(out) / "eval.json", {"model": config["model"], "weights": config["weights"], **report.to_dict()})
         report.files.append(Path(out) / "eval.json")
