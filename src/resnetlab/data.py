@@ -641,6 +641,12 @@ def _scan(folder: Path) -> dict[str, list[Path]]:
     }  # fmt: skip
 
 
+def own_held_out(path: Path) -> Path | None:
+    """PATH's val/ (or test/) folder when PATH splits its images itself (train/ beside it); else None."""
+    held_out = next((path / s for s in ("val", "test") if (path / s).is_dir()), None)
+    return held_out if (path / "train").is_dir() else None
+
+
 def _load_folder(
     spec: str, split: str, image_size: int | None, channels: int | None, val_fraction: float, seed: int
 ) -> FolderDataset:
@@ -649,8 +655,8 @@ def _load_folder(
         raise DataError(f"{spec}: the splits are 'train' and 'val' (or 'test'), not {split!r}")
     if not path.is_dir():
         raise DataError(f"{path} is not a folder; give folder:PATH with one subfolder of images per class")
-    held_out = next((path / s for s in ("val", "test") if (path / s).is_dir()), None)
-    if (path / "train").is_dir() and held_out is not None:
+    held_out = own_held_out(path)
+    if held_out is not None:
         train = _scan(path / "train")
         classes = _check_classes(path / "train", train)
         if split == "train":

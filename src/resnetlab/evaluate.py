@@ -125,7 +125,8 @@ def load_published(spec: str, device: torch.device | str = "cpu") -> tuple[nn.Mo
     """A model with torchvision's published weights, ``spec`` being ``MODEL`` or ``MODEL:TAG``, and its config.
 
     The config has the keys of a run's config.json that prediction reads (classes, channels,
-    image_size, mean, std), plus ``resize_size`` for torchvision's resize-then-crop.
+    image_size, mean, std), plus ``resize_size`` for torchvision's resize-then-crop and
+    ``published_top1``, the ImageNet accuracy torchvision publishes for the weights.
     """
     from .models import create_model
     from .pretrained import pretrained_info
@@ -136,7 +137,7 @@ def load_published(spec: str, device: torch.device | str = "cpu") -> tuple[nn.Mo
     config = {
         "model": model_name, "weights": info.tag, "dataset": f"ImageNet-1k (torchvision {info.tag})",
         "classes": info.categories, "channels": 3, "image_size": info.crop_size, "resize_size": info.resize_size,
-        "mean": info.mean, "std": info.std,
+        "mean": info.mean, "std": info.std, "published_top1": info.accuracy,
     }
     return model.to(device).eval(), config
 
@@ -240,9 +241,8 @@ def evaluate_published(
     (n01440764, ...), whose sorted order is torchvision's class order; a PATH with train/ and
     val/ is evaluated on val/. With ``out``, ``eval.json`` is written there.
     """
-    from .data import DataError, get_dataset
+    from .data import DataError, get_dataset, own_held_out
     from .loader import make_loader
-    from .pretrained import pretrained_info
     from .runs import write_json
     from .train import pick_device
 
@@ -251,8 +251,8 @@ def evaluate_published(
     dev = pick_device(device)
     model, config = load_published(spec, dev)
     path = Path(dataset.removeprefix("folder:")).expanduser()
-    split = "test" if (path / "train").is_dir() and any((path / s).is_dir() for s in ("val", "test")) else "train"
     # A folder without train/ and val/ is the evaluation set itself: nothing held out, all of it evaluated.
+    split = "test" if own_held_out(path) is not None else "train"
     ds = get_dataset(dataset, split=split, root=data_dir, image_size=config["image_size"], channels=3, val_fraction=0.0)
     if len(ds.classes) != len(config["classes"]):
         raise DataError(
@@ -267,9 +267,9 @@ def evaluate_published(
         ds = ds.subset(limit_test)
     loader = make_loader(ds, 256, config["mean"], config["std"], dev, train=False, channels_last=dev.type in ("cuda", "cpu"))
     result = evaluate(model, loader, len(config["classes"]))
-    info = pretrained_info(config["model"], config["weights"])
-    reference = (f"torchvision publishes {info.accuracy:.2f}% top-1 for these weights on ImageNet's 50,000 validation images"
-                 if info.accuracy is not None else None)
+    top1 = config["published_top1"]
+    reference = (f"torchvision publishes {top1:.2f}% top-1 for these weights on ImageNet's 50,000 validation images"
+                 if top1 is not None else None)
     report = EvalReport(Path(f"{config['model']}:{config['weights']}"), dataset, config["classes"], result, [], reference)
     if out is not None:
         write_json(Path(out) / "eval.json", {"model": config["model"], "weights": config["weights"], **report.to_dict()})
