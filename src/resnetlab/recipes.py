@@ -44,10 +44,12 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
         """The recipe ``to_dict`` (and a JSON round trip) gave."""
-        data = {**data, "milestones": tuple(data.get("milestones", ()))}
-        if data.get("scale_crop") is not None:
-            data["scale_crop"] = tuple(data["scale_crop"])
-        return cls(**data)
+        return cls(**_tuples(data))
+
+
+def _tuples(fields: dict) -> dict:
+    """``fields`` with the sequence fields as tuples: from JSON or the command line they arrive as lists."""
+    return {k: tuple(v) if k in ("milestones", "scale_crop") and isinstance(v, list) else v for k, v in fields.items()}
 
 
 _HE2016 = Recipe(
@@ -131,11 +133,7 @@ def get_recipe(name: str, **overrides) -> Recipe:
     unknown = set(overrides) - set(fields)
     if unknown:
         raise ValueError(f"recipes have no field {', '.join(sorted(unknown))}; they have {', '.join(fields)}")
-    # From JSON or the command line, sequences arrive as lists.
-    for key in ("milestones", "scale_crop"):
-        if isinstance(overrides.get(key), list):
-            overrides[key] = tuple(overrides[key])
-    recipe = replace(recipe, **overrides)
+    recipe = replace(recipe, **_tuples(overrides))
     for key in ("lr", "batch_size", "steps", "epochs"):
         if getattr(recipe, key) is not None and getattr(recipe, key) <= 0:
             raise ValueError(f"{key.replace('_', '-')} must be positive, got {getattr(recipe, key)}")
