@@ -85,6 +85,51 @@ def test_scale_augmentation_runs_resume_to_the_same_weights(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_folders_with_scale_augmentation_train_on_crops_and_evaluate_on_centre_crops(tmp_path):
+    """The imagenet recipe on a folder: training crops come from the stored images (resumable, like
+    every plan), held-out images keep their proportions and lose their edges to the centre crop."""
+    from PIL import Image, ImageDraw
+
+    from resnetlab.data import get_dataset
+    from resnetlab.evaluate import predict_images
+    from resnetlab.loader import normalize
+    from resnetlab.train import load_split, reload_sizes
+
+    photos = tmp_path / "photos"
+    for name, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200))):
+        (photos / name).mkdir(parents=True)
+        for i in range(10):
+            wide = i % 2 == 0
+            img = Image.new("RGB", (60, 24) if wide else (24, 60), colour)
+            # Green bands at the ends of the long side: a squash to a square keeps them, a centre crop does not.
+            ends = [(0, 0, 5, 23), (54, 0, 59, 23)] if wide else [(0, 0, 23, 5), (0, 54, 23, 59)]
+            for box in ends:
+                ImageDraw.Draw(img).rectangle(box, fill=(0, 255, 0))
+            img.save(photos / name / f"{i}.png")
+    kw = dict(dataset=f"folder:{photos}", recipe="imagenet", image_size=16, batch_size=4, steps=6, workers=0)
+    straight = train(tiny(tmp_path, "straight", **kw))
+    assert straight.history[-1]["train_loss"] == pytest.approx(straight.history[-1]["train_loss"])  # not NaN
+    config = runs.read_config(straight.run_dir)
+    assert config["std"][1] == 1.0  # green never shows in the centre crops: left unscaled
+    assert (config["image_size"], config["resize_size"]) == (16, 18)  # torchvision's 224 -> 256, scaled
+    test = load_split(config["dataset"], "test", limit=None, seed=config["seed"], **reload_sizes(config["dataset"], config))
+    assert test.images.shape[1:] == (3, 16, 16) and len(test) == 2  # one a class held out
+    assert test.images[:, 1].max() == 0  # no green: the centre crop of the proportioned image
+    model, _ = runs.load_model(straight.run_dir)
+    held_out = [p for p, _ in get_dataset(config["dataset"], "test", seed=config["seed"]).samples]
+    answers = predict_images(model, config, held_out, top_k=1)  # prediction preprocesses as evaluation does
+    with torch.no_grad():
+        probs = model.eval()(normalize(test.images, config["mean"], config["std"])).softmax(1)
+    assert [a.classes[0] for a in answers] == [config["classes"][k] for k in probs.argmax(1).tolist()]
+    assert [a.probabilities[0] for a in answers] == pytest.approx(probs.max(1).values.tolist(), rel=1e-5)
+    with pytest.raises(Interrupted):
+        train(tiny(tmp_path, "resumed", **kw), stop_at=5)  # mid-epoch: 4 steps an epoch
+    resumed = resume(tmp_path / "resumed", device="cpu", progress=False)
+    a, b = load_file(straight.run_dir / runs.WEIGHTS), load_file(resumed.run_dir / runs.WEIGHTS)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 @needs_fashion
 def test_gradient_norms_are_recorded(tmp_path):
     result = train(tiny(tmp_path, steps=12, grad_norm_every=4))

@@ -214,6 +214,57 @@ def load_image(
         if image_size is None or resize_to < image_size:
             raise DataError(f"a centre crop of {image_size} needs a resize to at least that, not {resize_to}")
         return center_crop(resize(load_image(path, channels, None), [resize_to], antialias=True), [image_size])
+    img = _decode(path, channels, (lambda upright: (image_size, image_size)) if image_size is not None else None)
+    if image_size is not None:
+        # Pillow widens the bilinear kernel when shrinking: that is the antialiasing.
+        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return _to_tensor(img)
+
+
+def load_random_crop(
+    path: str | Path, channels: int | None, size: int, seed: int, scale: tuple[float, float],
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """torchvision's RandomResizedCrop of the image as stored, drawn from ``seed``: uint8 (channels, size, size).
+
+    The box (area a fraction in ``scale`` of the whole image, aspect ratio in ``ratio``, in pixels)
+    is chosen by torchvision's own ``RandomResizedCrop.get_params`` under ``torch.manual_seed(seed)``,
+    so the crop is the one torchvision would cut with that seed, whichever process decodes it.
+    A JPEG much larger than the box needs is decoded at 1/2, 1/4 or 1/8 scale, the box scaled with it.
+    """
+    from torchvision.transforms import RandomResizedCrop
+    from torchvision.transforms.functional import resized_crop
+
+    box: list[int] = []
+    full: list[int] = []
+
+    def draft(upright: tuple[int, int]) -> tuple[int, int]:
+        width, height = full[:] = upright
+        with torch.random.fork_rng(devices=[]):
+            # What torch.manual_seed does to the CPU generator, without its costly calls to seed every GPU.
+            torch.default_generator.manual_seed(seed)
+            # get_params reads only the shape: an expanded view gives it one without allocating the image.
+            box[:] = RandomResizedCrop.get_params(torch.empty(1, 1, 1).expand(1, height, width), list(scale), list(ratio))
+        shrink = max(1.0, min(box[2], box[3]) / size)  # never decode the box below ``size`` pixels
+        return math.ceil(width / shrink), math.ceil(height / shrink)
+
+    img = _decode(path, channels, draft)
+    top, left, height, width = box
+    sx, sy = img.size[0] / full[0], img.size[1] / full[1]
+    top, left, height, width = round(top * sy), round(left * sx), max(1, round(height * sy)), max(1, round(width * sx))
+    return _to_tensor(resized_crop(img, top, left, height, width, [size, size], antialias=True))
+
+
+def _decode(
+    path: str | Path | BinaryIO, channels: int | None,
+    draft: Callable[[tuple[int, int]], tuple[int, int]] | None = None,
+) -> Image.Image:
+    """Decode an image upright (EXIF rotation applied), transparency on white, converted to L or RGB.
+
+    ``draft`` is told the upright (width, height) before decoding and answers the smallest size the
+    caller will use; libjpeg decodes JPEGs at least twice that large at 1/2, 1/4 or 1/8 scale, several
+    times faster.
+    """
     if isinstance(path, (str, Path)):
         path = Path(path)
         if not path.is_file():
@@ -221,23 +272,25 @@ def load_image(
     name = path if isinstance(path, Path) else "the image"
     try:
         with Image.open(path) as img:
-            if image_size is not None and img.format == "JPEG":
-                # libjpeg can decode at 1/2, 1/4 or 1/8 scale, never below the size asked for: a phone
-                # photo shrunk to 224 decodes about four times faster, and the resize below still antialiases.
-                img.draft(None, (image_size, image_size))
+            if draft is not None:
+                turned = img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap the sides
+                need = draft(img.size[::-1] if turned else img.size)
+                if img.format == "JPEG":
+                    img.draft(None, need[::-1] if turned else need)
             img.load()  # decode now, so a truncated file fails here, with its name
             gray = img.mode in _GRAY_MODES
             # Phones store the rotation in EXIF; without this their photos arrive sideways.
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)
             img = _flatten_mode(img)
-            img = img.convert("L" if (channels or (1 if gray else 3)) == 1 else "RGB")
-            if image_size is not None:
-                # Pillow widens the bilinear kernel when shrinking: that is the antialiasing.
-                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            array = np.array(img)
+            # convert() copies even to the same mode: the copy outlives the file, which closing destroys.
+            return img.convert("L" if (channels or (1 if gray else 3)) == 1 else "RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{name} is not a readable image ({err}); remove it or re-save it as PNG or JPEG") from None
-    tensor = torch.from_numpy(array)
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    """uint8 (C, H, W) from an L or RGB image."""
+    tensor = torch.from_numpy(np.array(img))
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
 

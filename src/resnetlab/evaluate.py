@@ -108,8 +108,9 @@ def predict_images(
 
     Any size or colour mode is converted to the model's channels and resized to its input size,
     then normalised with the training set's statistics stored in the run's config. A config with
-    ``resize_size`` (published weights, see ``load_published``) gets torchvision's evaluation
-    preprocessing instead: shorter side resized, then the centre cropped to ``image_size``.
+    ``resize_size`` (published weights, see ``load_published``, and folders trained with scale
+    augmentation) gets torchvision's evaluation preprocessing instead: shorter side resized, then
+    the centre cropped to ``image_size``.
     ``paths`` may also be open binary files; ``names`` then labels the predictions (default: the paths).
     """
     from .data import load_image  # the decoder shared with folder datasets
@@ -206,13 +207,14 @@ def evaluate_run(
     from .loader import dataset_shape, make_loader
     from .plots import plot_confusion
     from .runs import load_model, write_json
-    from .train import load_split, pick_device, reload_size
+    from .train import load_split, pick_device, reload_sizes
 
     run_dir = Path(run_dir)
     dev = pick_device(device)
     model, config = load_model(run_dir, dev)
     name = dataset or config["dataset"]
-    test = load_split(name, "test", data_dir or config.get("data_dir"), reload_size(name, config), limit_test, config["seed"])
+    test = load_split(name, "test", data_dir or config.get("data_dir"), limit=limit_test, seed=config["seed"],
+                      **reload_sizes(name, config))
     expected = (len(config["classes"]), config["channels"], config["image_size"])
     found = (len(test.classes), *dataset_shape(test))
     if found != expected:

@@ -38,7 +38,7 @@ from .data import get_dataset
 from .loader import make_loader
 from .models import ResNet, count_parameters
 from .recipes import RECIPES, Recipe, get_recipe
-from .train import TrainConfig, load_split, pick_device, reload_size, resume, train
+from .train import TrainConfig, load_split, pick_device, reload_sizes, resume, train
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -542,7 +542,8 @@ def reproduce_responses(
     for run_dir in run_dirs:
         model, config = runs.load_model(run_dir, device)
         data_dir = base.data_dir or config["data_dir"]
-        test = load_split(config["dataset"], "test", data_dir, reload_size(config["dataset"], config), base.limit_test, config["seed"])
+        test = load_split(config["dataset"], "test", data_dir, limit=base.limit_test, seed=config["seed"],
+                          **reload_sizes(config["dataset"], config))
         batches = make_loader(test, 256, config["mean"], config["std"], device, train=False)
         names = {id(m): name for name, m in model.named_modules()}
         stds = branch_response_stds(model, batches)

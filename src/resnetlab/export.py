@@ -95,7 +95,7 @@ def export_onnx(run_dir: str | Path | None, out: str | Path | None = None, check
             "resnetlab.mean": json.dumps(config["mean"]),
             "resnetlab.std": json.dumps(config["std"]),
             "resnetlab.input": f"{channels}x{side}x{side} float32 scaled to 0-1, normalised inside the graph"
-            + (f"; resize the shorter side to {config['resize_size']} and crop the centre first" if "resize_size" in config else ""),
+            + (f"; resize the shorter side to {config['resize_size']} and crop the centre first" if config.get("resize_size") else ""),
         })
         onnx.save(proto, tmp)
         if check:

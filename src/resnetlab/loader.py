@@ -21,9 +21,14 @@ import torch.nn.functional as F
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of uint8 images (N, C, H, W), on the 0-1 scale."""
+    """Per-channel mean and standard deviation of uint8 images (N, C, H, W), on the 0-1 scale.
+
+    A channel that never varies gets a standard deviation of 1 (left unscaled): dividing by zero
+    would turn every batch into NaNs.
+    """
     x = images.float().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
-    return x.mean(1).tolist(), x.std(1).tolist()
+    std = x.std(1)
+    return x.mean(1).tolist(), torch.where(std > 0, std, 1.0).tolist()
 
 
 def normalize(images: torch.Tensor, mean: list[float] | torch.Tensor, std: list[float] | torch.Tensor) -> torch.Tensor:
@@ -89,6 +94,7 @@ class EpochPlan:
     dx: torch.Tensor
     flip: torch.Tensor
     boxes: torch.Tensor | None = None  # scale augmentation's crop boxes, when it is on
+    crop_seeds: torch.Tensor | None = None  # folders: instead of boxes, a seed for each image's crop from its file
 
 
 class DeviceLoader:
@@ -179,7 +185,7 @@ class DeviceLoader:
         boxes = random_boxes(n, self.scale, g) if self.scale else None  # drawn last: other plans stay as they were
         return EpochPlan(order, dy, dx, flip, boxes)
 
-    def _fetch(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _fetch(self, batches: list[tuple[torch.Tensor, torch.Tensor]], plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 images, labels) on the device for each batch, already padded for the crop.
 
         Each batch comes as its indices twice: on the CPU and on the device.
@@ -197,7 +203,7 @@ class DeviceLoader:
         spans = [slice(b * self.batch_size, (b + 1) * self.batch_size) for b in range(start_batch, len(self))]
         shard = slice(self.rank, None, self.world)
         batches = [(p.order[s][shard], order[s][shard]) for s in spans]
-        for (_, idx), (raw, labels) in zip(batches, self._fetch(batches)):
+        for (_, idx), (raw, labels) in zip(batches, self._fetch(batches, p)):
             if boxes is not None:
                 raw = resized_crop(raw, boxes[idx], flip[idx], self.size)
             elif self.train and (self.pad or self.flip):
@@ -214,8 +220,9 @@ class DeviceLoader:
 class FolderLoader(DeviceLoader):
     """Batches of a dataset too big for memory (a folder of images), decoded by DataLoader workers.
 
-    Same epoch plans, augmentation and normalisation as ``DeviceLoader``; only where the uint8
-    pixels come from differs. ``dataset[i]`` must return (uint8 (C, H, W) image, label).
+    Same epoch plans, augmentation and normalisation as ``DeviceLoader``, but scale augmentation
+    crops each image from its file in the workers (``data.load_random_crop``, torchvision's
+    RandomResizedCrop), seeded by the plan. ``dataset[i]`` must return (uint8 (C, H, W) image, label).
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, labels: torch.Tensor, batch_size: int, mean: list[float],
@@ -227,14 +234,39 @@ class FolderLoader(DeviceLoader):
                         rank, world, scale_crop)
         self.dataset, self.workers = dataset, workers
 
-    def _fetch(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def plan(self, epoch: int) -> EpochPlan:
+        p = super().plan(epoch)
+        if p.boxes is not None:
+            # Crop each image from its file, as torchvision does, rather than from a copy squashed to
+            # the training size: a small box of a photo keeps its detail and its proportions.
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) ^ 0x5EED)
+            p.boxes, p.crop_seeds = None, torch.randint(0, 2**62, (self.num_examples,), generator=g)
+        return p
+
+    def _fetch(self, batches: list[tuple[torch.Tensor, torch.Tensor]], plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        dataset, keys = self.dataset, [cpu.tolist() for cpu, _ in batches]
+        if plan.crop_seeds is not None:
+            dataset = _RandomCrops(self.dataset, self.size, self.scale)
+            keys = [list(zip(k, plan.crop_seeds[cpu].tolist())) for k, (cpu, _) in zip(keys, batches)]
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=[cpu.tolist() for cpu, _ in batches], num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
+            dataset, batch_sampler=keys, num_workers=self.workers, pin_memory=self.device.type == "cuda",
         )
         for images, labels in loader:
             images = images.to(self.device, non_blocking=True)
             yield (F.pad(images, (self.pad,) * 4) if self.pad else images), labels.to(self.device, non_blocking=True)
+
+
+class _RandomCrops(torch.utils.data.Dataset):
+    """A folder's images as torchvision's RandomResizedCrop cuts them: item (index, seed) -> (crop, label)."""
+
+    def __init__(self, dataset, size: int, scale: tuple[float, float]) -> None:
+        self.dataset, self.size, self.scale = dataset, size, scale
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        from .data import load_random_crop
+
+        path, label = self.dataset.samples[key[0]]
+        return load_random_crop(path, self.dataset.channels, self.size, key[1], self.scale), label
 
 
 def dataset_shape(ds) -> tuple[int, int]:

@@ -113,8 +113,12 @@ FOLDER_IMAGE_SIZE = 64
 
 
 def load_split(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None,
-               limit: int | None = None, seed: int = 0):
-    """One split cut to ``limit`` examples: uint8 arrays in memory, or a big image folder left on disk."""
+               limit: int | None = None, seed: int = 0, resize_to: int | None = None):
+    """One split cut to ``limit`` examples: uint8 arrays in memory, or a big image folder left on disk.
+
+    ``resize_to`` (folders) keeps each image's proportions: shorter side resized to it, centre cropped
+    to ``image_size``; a training split is then always left on disk, for crops from the stored images.
+    """
     from .data import ArrayDataset, FolderDataset, get_dataset
 
     if dataset.startswith("folder:") and image_size is None:
@@ -123,24 +127,40 @@ def load_split(dataset: str, split: str, data_dir: str | None = None, image_size
         raise ValueError(f"--limit-{split} must be positive, got {limit}")
     ds = get_dataset(dataset, split=split, root=data_dir, image_size=image_size, seed=seed)
     if isinstance(ds, FolderDataset):
+        ds.resize_to = resize_to
         if limit is not None:
             ds = ds.subset(limit)
-        if len(ds) * ds.channels * image_size**2 <= IN_MEMORY_BYTES:
+        on_disk = resize_to is not None and split == "train"
+        if not on_disk and len(ds) * ds.channels * image_size**2 <= IN_MEMORY_BYTES:
             ds = ds.to_arrays()
     elif limit is not None:
         ds = ArrayDataset(ds.images[:limit], ds.labels[:limit], ds.classes, ds.name)
     return ds
 
 
-def reload_size(dataset: str, config: dict) -> int | None:
-    """The side to resize to when reloading data for a run: its training size for folders, none for named datasets."""
-    return config["image_size"] if dataset.startswith("folder:") else None
+def held_out_resize(dataset: str, image_size: int | None, recipe: Recipe) -> int | None:
+    """The shorter side held-out images are resized to before their centre crop, or None (squashed to the size).
+
+    Folders trained with scale augmentation are evaluated as torchvision evaluates its ImageNet
+    models: shorter side to 8/7 of the crop (256 for 224), then the centre crop.
+    """
+    if not dataset.startswith("folder:") or recipe.scale_crop is None:
+        return None
+    return round((image_size or FOLDER_IMAGE_SIZE) / 0.875)
 
 
-def load_splits(dataset: str, data_dir: str | None, image_size: int | None, limit_train: int | None,
-                limit_test: int | None, seed: int):
+def reload_sizes(dataset: str, config: dict) -> dict:
+    """``load_split``'s sizing for reloading a run's data: a folder's training size and held-out resize;
+    nothing for named datasets, which keep their stored size."""
+    if not dataset.startswith("folder:"):
+        return {}
+    return {"image_size": config["image_size"], "resize_to": config.get("resize_size")}
+
+
+def load_splits(dataset: str, data_dir: str | None, limit_train: int | None, limit_test: int | None, seed: int,
+                image_size: int | None = None, resize_to: int | None = None):
     """The training and test splits (see ``load_split``)."""
-    return [load_split(dataset, split, data_dir, image_size, limit, seed)
+    return [load_split(dataset, split, data_dir, image_size, limit, seed, resize_to)
             for split, limit in (("train", limit_train), ("test", limit_test))]
 
 
@@ -171,8 +191,9 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     device = distributed.setup(world, pick_device(config.device))
     from .models import create_model
 
+    resize_to = held_out_resize(config.dataset, config.image_size, recipe)
     train_set, test_set = load_splits(
-        config.dataset, config.data_dir, config.image_size, config.limit_train, config.limit_test, config.seed
+        config.dataset, config.data_dir, config.limit_train, config.limit_test, config.seed, config.image_size, resize_to
     )
     channels, image_size = dataset_shape(train_set)
     model_kwargs = {"num_classes": len(train_set.classes), "in_chans": channels, **config.model_kwargs}
@@ -198,6 +219,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
         "classes": train_set.classes,
         "channels": channels,
         "image_size": image_size,
+        "resize_size": resize_to,
         "mean": mean,
         "std": std,
         "recipe": recipe.to_dict(),
@@ -237,8 +259,8 @@ def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, sto
     if checkpoint.get("model_name") != saved["model"]:
         raise runs.RunError(f"{run_dir / runs.CHECKPOINT} is a checkpoint of {checkpoint.get('model_name')}, not {saved['model']}")
     train_set, test_set = load_splits(
-        saved["dataset"], saved["data_dir"], reload_size(saved["dataset"], saved),
-        saved["limit_train"], saved["limit_test"], saved["seed"],
+        saved["dataset"], saved["data_dir"], saved["limit_train"], saved["limit_test"], saved["seed"],
+        **reload_sizes(saved["dataset"], saved),
     )
     device = distributed.setup(world, pick_device(device))
     return _run(saved, run_dir, train_set, test_set, device, progress, stop_at, checkpoint, world, workers)
