@@ -251,14 +251,20 @@ def test_serve_published_weights_answers_as_predict_does(published, tmp_path):
     np.testing.assert_allclose([p["probability"] for p in answer["predictions"]], pred.probabilities, rtol=1e-5)
 
 
-def test_eval_published_weights_on_an_imagenet_folder_as_torchvision_measures(published, tmp_path, capsys):
-    # The 1000 class folders, named so that they sort in class order; only the first 12 images are evaluated.
+@pytest.fixture
+def imagenet_val(tmp_path) -> Path:
+    """The 1000 class folders, named so that they sort in class order, one image each (tests evaluate the first few)."""
     rng = np.random.default_rng(2)
     folder = tmp_path / "val"
     for i in range(1000):
         (folder / f"n{i:08d}").mkdir(parents=True)
         size = (260, 190) if i % 2 else (170, 240)
         Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"n{i:08d}" / "a.png")
+    return folder
+
+
+def test_eval_published_weights_on_an_imagenet_folder_as_torchvision_measures(published, imagenet_val, tmp_path, capsys):
+    folder = imagenet_val
     out = tmp_path / "report"
     code = main(["eval", "--pretrained", "resnet18:IMAGENET1K_V1", "--dataset", f"folder:{folder}", "--limit-test", "12",
                  "--device", "cpu", "--out", str(out)])
@@ -273,6 +279,27 @@ def test_eval_published_weights_on_an_imagenet_folder_as_torchvision_measures(pu
               for i in range(12)]
     with torch.no_grad():
         assert predicted == published(torch.stack(images)).argmax(1).tolist()
+
+
+def test_ten_crop_testing_of_published_weights_averages_torchvisions_ten_crops(published, imagenet_val, tmp_path, capsys):
+    out = tmp_path / "report"
+    code = main(["eval", "--pretrained", "resnet18", "--dataset", f"folder:{imagenet_val}", "--limit-test", "3",
+                 "--ten-crop", "--device", "cpu", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert "(one centre crop)" in capsys.readouterr().out  # the published number is not a 10-crop one
+    report = json.loads((out / "eval.json").read_text())
+    assert report["views"] == "10-crop testing" and report["examples"] == 3
+
+    views = torchvision.transforms.Compose([torchvision.transforms.Resize(256), torchvision.transforms.TenCrop(224)])
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    losses = []
+    for i in range(3):
+        image = torchvision.transforms.functional.pil_to_tensor(Image.open(imagenet_val / f"n{i:08d}" / "a.png"))
+        crops = torch.stack(views(image)).float() / 255
+        with torch.no_grad():
+            probs = published((crops - mean) / std).softmax(1).mean(0)
+        losses.append(-probs[i].log().item())
+    assert report["loss"] == pytest.approx(np.mean(losses), rel=1e-4)
 
 
 def test_eval_published_weights_needs_the_thousand_classes(hub, tmp_path, capsys):

@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--limit-test", type=int, metavar="N")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    views = p.add_mutually_exclusive_group()
+    views.add_argument("--ten-crop", action="store_true",
+                       help="average each image's scores over 10 crops (corners, centre, mirrored): the 2015 paper's Table 3")
+    views.add_argument("--scales", type=int, nargs="*", metavar="SIDE",
+                       help="average scores over whole images resized to these shorter sides and mirrored (default: "
+                            "the 2015 paper's 224 256 384 480 640, its fully-convolutional testing)")
 
     p = sub.add_parser(
         "predict", help="classify your own images with a trained run, or with torchvision's ImageNet weights",
@@ -253,18 +259,23 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_published, evaluate_run
+    from .evaluate import PAPER_SCALES, evaluate_published, evaluate_run
 
     _check_one_source(args)
+    views = "ten-crop" if args.ten_crop else "scales" if args.scales is not None else None
+    scales = tuple(args.scales or PAPER_SCALES)
+    if min(scales) < 1:
+        raise ValueError(f"--scales are image sides in pixels, not {min(scales)}")
     if args.pretrained:
         if not args.dataset:
             raise ValueError("--pretrained needs --dataset folder:PATH, a folder of the 1000 ImageNet classes")
-        report = evaluate_published(args.pretrained, args.dataset, args.data_dir, args.limit_test, args.device, args.out)
+        report = evaluate_published(args.pretrained, args.dataset, args.data_dir, args.limit_test, args.device, args.out,
+                                    views, scales)
     else:
         if args.out:
             raise ValueError("--out is for --pretrained; a run's evaluation is written into its run directory")
         report = evaluate_run(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, limit_test=args.limit_test,
-                              device=args.device)
+                              device=args.device, views=views, scales=scales)
     print(report.text())
 
 

@@ -48,6 +48,40 @@ def autocast_for(device: torch.device):
     return nullcontext()
 
 
+class _Tally:
+    """Loss, correct answers, top-5 hits and confusion of (logits, labels) pairs, summed on the device."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.sums: dict[str, torch.Tensor] | None = None
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        k = self.num_classes
+        if self.sums is None:
+            zero = torch.zeros((), device=y.device)
+            self.sums = {"loss": zero.clone(), "correct": zero.clone(), "top5": zero.clone(),
+                         "confusion": torch.zeros(k * k, dtype=torch.long, device=y.device)}
+        s = self.sums
+        s["loss"] += F.cross_entropy(logits, y, reduction="sum")
+        pred = logits.argmax(1)
+        s["correct"] += (pred == y).sum()
+        if k > 5:
+            s["top5"] += (logits.topk(5, 1).indices == y[:, None]).any(1).sum()
+        s["confusion"] += torch.bincount(y * k + pred, minlength=k * k)
+
+    def result(self) -> EvalResult:
+        if self.sums is None:
+            raise ValueError("nothing to evaluate: the test set is empty")
+        s, k = self.sums, self.num_classes
+        n = int(s["confusion"].sum())
+        return EvalResult(
+            loss=float(s["loss"]) / n,
+            accuracy=float(s["correct"]) / n,
+            top5=float(s["top5"]) / n if k > 5 else None,
+            confusion=s["confusion"].view(k, k).tolist(),
+        )
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int) -> EvalResult:
     """Run ``model`` in eval mode over (inputs, labels) batches.
@@ -56,34 +90,91 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     """
     was_training = model.training
     model.eval()
-    loss_sum = correct = top5 = None
-    confusion = None
+    tally = _Tally(num_classes)
     try:
         for x, y in batches:
             with autocast_for(x.device):
                 logits = model(x)
-            logits = logits.float()
-            if confusion is None:
-                zero = torch.zeros((), device=x.device)
-                loss_sum, correct, top5 = zero.clone(), zero.clone(), zero.clone()
-                confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=x.device)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            pred = logits.argmax(1)
-            correct += (pred == y).sum()
-            if num_classes > 5:
-                top5 += (logits.topk(5, 1).indices == y[:, None]).any(1).sum()
-            confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
+            tally.add(logits.float(), y)
     finally:
         model.train(was_training)
-    if confusion is None:
-        raise ValueError("nothing to evaluate: the test set is empty")
-    n = int(confusion.sum())
-    return EvalResult(
-        loss=float(loss_sum) / n,
-        accuracy=float(correct) / n,
-        top5=float(top5) / n if num_classes > 5 else None,
-        confusion=confusion.view(num_classes, num_classes).tolist(),
-    )
+    return tally.result()
+
+
+# Test-time views (He et al. 2015, Section 3.4): "standard 10-crop testing" for the comparisons of
+# Table 3, and for the best results the fully-convolutional form, "scores averaged at multiple scales
+# (images are resized such that the shorter side is in {224, 256, 384, 480, 640})".
+PAPER_SCALES: tuple[int, ...] = (224, 256, 384, 480, 640)
+
+
+def view_batches(path: str | Path, channels: int, image_size: int, resize_to: int | None, views: str,
+                 scales: Sequence[int] = PAPER_SCALES) -> list[torch.Tensor]:
+    """The uint8 views of one image file whose scores evaluation averages, as batches (V, C, H, W).
+
+    ``"ten-crop"``: the shorter side resized to ``resize_to``, then the four corner and the centre
+    ``image_size`` crops and their mirror images (torchvision's ``ten_crop``). ``"scales"``: the
+    whole image with its shorter side resized to each of ``scales``, and its mirror image; the
+    network takes any size (global average pooling), which is the paper's fully-convolutional form.
+    """
+    from torchvision.transforms.functional import resize, ten_crop
+
+    from .data import load_image
+
+    image = load_image(path, channels, None)
+    if views == "ten-crop":
+        return [torch.stack(ten_crop(resize(image, [resize_to], antialias=True), [image_size]))]
+    if views == "scales":
+        return [torch.stack([r, r.flip(-1)]) for r in (resize(image, [s], antialias=True) for s in scales)]
+    raise ValueError(f"unknown test-time views {views!r}: choose ten-crop or scales")
+
+
+def describe_views(views: str | None, scales: Sequence[int] = PAPER_SCALES) -> str | None:
+    """How scores are averaged, in words (None: one view)."""
+    if views == "scales":
+        return f"scores averaged over shorter sides {', '.join(map(str, scales))} and their mirror images"
+    return "10-crop testing" if views == "ten-crop" else None
+
+
+class _Views(torch.utils.data.Dataset):
+    """A folder's test images as lists of view batches, decoded by DataLoader workers."""
+
+    def __init__(self, dataset, image_size: int, resize_to: int | None, views: str, scales: Sequence[int]) -> None:
+        self.dataset, self.image_size, self.resize_to, self.views, self.scales = dataset, image_size, resize_to, views, scales
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[list[torch.Tensor], int]:
+        path, label = self.dataset.samples[i]
+        return view_batches(path, self.dataset.channels, self.image_size, self.resize_to, self.views, self.scales), label
+
+
+@torch.no_grad()
+def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float], num_classes: int, views: str,
+                   scales: Sequence[int] = PAPER_SCALES, resize_to: int | None = None,
+                   device: torch.device | str = "cpu", workers: int = 0) -> EvalResult:
+    """Evaluate on a folder dataset with each image's class probabilities averaged over its views.
+
+    The loss is the cross-entropy of the averaged probabilities. See ``view_batches`` for the views.
+    """
+    if views == "ten-crop" and (resize_to is None or resize_to <= dataset.image_size):
+        raise ValueError("ten-crop testing cuts crops from an image resized larger than the model's input: it needs "
+                         "a run trained with a scaling recipe (imagenet) on a folder, or --pretrained")
+    device = torch.device(device)
+    model.eval()
+    tally = _Tally(num_classes)
+    items = _Views(dataset, dataset.image_size, resize_to, views, scales)
+    for batches, label in torch.utils.data.DataLoader(items, batch_size=None, num_workers=workers):
+        probs = torch.zeros(num_classes, device=device)
+        count = 0
+        for batch in batches:
+            x = normalize(batch.to(device), mean, std)
+            with autocast_for(device):
+                probs += model(x).float().softmax(1).sum(0)
+            count += len(batch)
+        # Clamped: a probability that underflowed to zero would make the loss infinite.
+        tally.add((probs / count).clamp_min(1e-30).log()[None], torch.tensor([label], device=device))
+    return tally.result()
 
 
 @dataclass
@@ -164,11 +255,13 @@ class EvalReport:
     result: EvalResult
     files: list[Path]
     reference: str | None = None  # what the evaluated weights are published to reach, when known
+    views: str | None = None  # how scores were averaged over views of each image, when they were
 
     def to_dict(self) -> dict:
         r = self.result
         return {
             "dataset": self.dataset,
+            "views": self.views or "one view, as in training",
             "examples": r.count,
             "loss": r.loss,
             "accuracy": r.accuracy,
@@ -181,7 +274,7 @@ class EvalReport:
 
     def text(self) -> str:
         r = self.result
-        lines = [f"{self.run_dir} on {self.dataset} ({r.count} test images)"]
+        lines = [f"{self.run_dir} on {self.dataset} ({r.count} test images{', ' + self.views if self.views else ''})"]
         lines.append(f"accuracy {r.accuracy:.2%}  error {r.error:.2%}  loss {r.loss:.4f}")
         if r.top5 is not None:
             lines.append(f"top-5 accuracy {r.top5:.2%}")
@@ -202,8 +295,14 @@ def evaluate_run(
     data_dir: str | None = None,
     limit_test: int | None = None,
     device: str = "auto",
+    views: str | None = None,
+    scales: Sequence[int] = PAPER_SCALES,
 ) -> EvalReport:
-    """Evaluate a trained run on a test set and write ``eval.json`` and the confusion matrix beside it."""
+    """Evaluate a trained run on a test set and write ``eval.json`` and the confusion matrix beside it.
+
+    ``views`` ("ten-crop" or "scales", see ``view_batches``) averages each image's scores over several
+    views of it; that needs image files, so a run trained on a folder.
+    """
     from .loader import dataset_shape, make_loader
     from .plots import plot_confusion
     from .runs import load_model, write_json
@@ -213,8 +312,10 @@ def evaluate_run(
     dev = pick_device(device)
     model, config = load_model(run_dir, dev)
     name = dataset or config["dataset"]
+    if views is not None and not name.startswith("folder:"):
+        raise ValueError(f"test-time views (--ten-crop, --scales) are cut from image files: {name} is not a folder")
     test = load_split(name, "test", data_dir or config.get("data_dir"), limit=limit_test, seed=config["seed"],
-                      **reload_sizes(name, config))
+                      on_disk=views is not None, **reload_sizes(name, config))
     expected = (len(config["classes"]), config["channels"], config["image_size"])
     found = (len(test.classes), *dataset_shape(test))
     if found != expected:
@@ -222,9 +323,12 @@ def evaluate_run(
             f"{name} ({found[0]} classes of {found[1]}x{found[2]}x{found[2]}) does not fit this run's model "
             f"({expected[0]} classes of {expected[1]}x{expected[2]}x{expected[2]})"
         )
-    loader = make_loader(test, 256, config["mean"], config["std"], dev, train=False)
-    result = evaluate(model, loader, len(config["classes"]))
-    report = EvalReport(run_dir, name, config["classes"], result, [])
+    if views is None:
+        result = evaluate(model, make_loader(test, 256, config["mean"], config["std"], dev, train=False), len(config["classes"]))
+    else:
+        result = evaluate_views(model, test, config["mean"], config["std"], len(config["classes"]), views, scales,
+                                config.get("resize_size"), dev)
+    report = EvalReport(run_dir, name, config["classes"], result, [], views=describe_views(views, scales))
     write_json(run_dir / "eval.json", report.to_dict())
     report.files.append(run_dir / "eval.json")
     report.files += plot_confusion(result.confusion, config["classes"], run_dir / "confusion", f"{config['model']} on {name}")
@@ -233,7 +337,7 @@ def evaluate_run(
 
 def evaluate_published(
     spec: str, dataset: str, data_dir: str | None = None, limit_test: int | None = None, device: str = "auto",
-    out: str | Path | None = None,
+    out: str | Path | None = None, views: str | None = None, scales: Sequence[int] = PAPER_SCALES,
 ) -> EvalReport:
     """Evaluate torchvision's published weights (``MODEL`` or ``MODEL:TAG``) on an ImageNet-style folder.
 
@@ -241,7 +345,7 @@ def evaluate_published(
     crop, ImageNet statistics), so the accuracy is comparable with the one torchvision publishes.
     ``dataset`` is ``folder:PATH`` with the 1000 ImageNet class folders named by WordNet ID
     (n01440764, ...), whose sorted order is torchvision's class order; a PATH with train/ and
-    val/ is evaluated on val/. With ``out``, ``eval.json`` is written there.
+    val/ is evaluated on val/. With ``out``, ``eval.json`` is written there. ``views`` as for ``evaluate_run``.
     """
     from .data import DataError, get_dataset, own_held_out
     from .loader import make_loader
@@ -267,12 +371,17 @@ def evaluate_published(
         if limit_test <= 0:
             raise ValueError(f"--limit-test must be positive, got {limit_test}")
         ds = ds.subset(limit_test)
-    loader = make_loader(ds, 256, config["mean"], config["std"], dev, train=False, channels_last=dev.type in ("cuda", "cpu"))
-    result = evaluate(model, loader, len(config["classes"]))
+    if views is None:
+        loader = make_loader(ds, 256, config["mean"], config["std"], dev, train=False, channels_last=dev.type in ("cuda", "cpu"))
+        result = evaluate(model, loader, len(config["classes"]))
+    else:
+        result = evaluate_views(model, ds, config["mean"], config["std"], len(config["classes"]), views, scales,
+                                config["resize_size"], dev)
     top1 = config["published_top1"]
     reference = (f"torchvision publishes {top1:.2f}% top-1 for these weights on ImageNet's 50,000 validation images"
-                 if top1 is not None else None)
-    report = EvalReport(Path(f"{config['model']}:{config['weights']}"), dataset, config["classes"], result, [], reference)
+                 + (" (one centre crop)" if views else "") if top1 is not None else None)
+    report = EvalReport(Path(f"{config['model']}:{config['weights']}"), dataset, config["classes"], result, [], reference,
+                        describe_views(views, scales))
     if out is not None:
         write_json(Path(out) / "eval.json", {"model": config["model"], "weights": config["weights"], **report.to_dict()})
         report.files.append(Path(out) / "eval.json")

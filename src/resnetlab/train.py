@@ -113,11 +113,12 @@ FOLDER_IMAGE_SIZE = 64
 
 
 def load_split(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None,
-               limit: int | None = None, seed: int = 0, resize_to: int | None = None):
+               limit: int | None = None, seed: int = 0, resize_to: int | None = None, on_disk: bool = False):
     """One split cut to ``limit`` examples: uint8 arrays in memory, or a big image folder left on disk.
 
     ``resize_to`` (folders) keeps each image's proportions: shorter side resized to it, centre cropped
     to ``image_size``; a training split is then always left on disk, for crops from the stored images.
+    ``on_disk`` leaves any folder on disk, however small.
     """
     from .data import ArrayDataset, FolderDataset, get_dataset
 
@@ -130,7 +131,7 @@ def load_split(dataset: str, split: str, data_dir: str | None = None, image_size
         ds.resize_to = resize_to
         if limit is not None:
             ds = ds.subset(limit)
-        on_disk = resize_to is not None and split == "train"
+        on_disk = on_disk or (resize_to is not None and split == "train")
         if not on_disk and len(ds) * ds.channels * image_size**2 <= IN_MEMORY_BYTES:
             ds = ds.to_arrays()
     elif limit is not None:

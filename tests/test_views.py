@@ -1,0 +1,96 @@
+"""Test-time views (He et al. 2015, Section 3.4): 10-crop testing and multi-scale fully-convolutional scores."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from resnetlab import runs
+from resnetlab.cli import main
+from resnetlab.data import get_dataset
+from resnetlab.evaluate import evaluate_run
+from resnetlab.loader import normalize
+from resnetlab.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A run of the imagenet recipe on a folder of photos of mixed proportions (held out: 2 a class)."""
+    root = tmp_path_factory.mktemp("views")
+    rng = np.random.default_rng(4)
+    for c in ("ant", "bee", "cow"):
+        (root / "photos" / c).mkdir(parents=True)
+        for i in range(20):
+            h, w = (30, 47) if i % 2 else (52, 33)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "photos" / c / f"{i}.png")
+    result = train(TrainConfig(model="resnet8", dataset=f"folder:{root / 'photos'}", recipe="imagenet", image_size=24,
+                               batch_size=8, steps=6, workers=0, device="cpu", out=str(root / "run"), progress=False))
+    return result.run_dir
+
+
+def expected(run_dir, views) -> tuple[float, float]:
+    """Loss and accuracy written out by hand with torchvision's transforms: softmax averaged over each image's views."""
+    model, config = runs.load_model(run_dir)
+    losses, hits = [], []
+    for path, label in get_dataset(config["dataset"], "test", seed=config["seed"]).samples:
+        image = T.PILToTensor()(Image.open(path).convert("RGB"))
+        crops = torch.stack(views(image, config))
+        with torch.no_grad():
+            probs = model.eval()(normalize(crops, config["mean"], config["std"])).softmax(1).mean(0)
+        losses.append(-probs[label].log().item())
+        hits.append(probs.argmax().item() == label)
+    return float(np.mean(losses)), float(np.mean(hits))
+
+
+def test_ten_crop_testing_averages_torchvisions_ten_crops(folder_run):
+    config = runs.read_config(folder_run)
+    assert config["resize_size"] == 27  # 24 / 0.875
+    report = evaluate_run(folder_run, device="cpu", views="ten-crop")
+    loss, accuracy = expected(folder_run, lambda image, c: T.TenCrop(c["image_size"])(T.Resize(c["resize_size"])(image)))
+    assert report.result.count == 6
+    assert report.result.loss == pytest.approx(loss, rel=1e-5)
+    assert report.result.accuracy == pytest.approx(accuracy)
+    assert json.loads((folder_run / "eval.json").read_text())["views"] == "10-crop testing"
+
+
+def test_multi_scale_testing_averages_whole_images_at_each_scale_and_their_mirrors(folder_run):
+    report = evaluate_run(folder_run, device="cpu", views="scales", scales=(24, 40))
+
+    def whole_images(image, _):
+        resized = [T.Resize(s)(image) for s in (24, 40)]
+        return [v for r in resized for v in (r, r.flip(-1))]
+
+    # Views of different sizes cannot share a batch: average them one at a time.
+    model, config = runs.load_model(folder_run)
+    losses = []
+    for path, label in get_dataset(config["dataset"], "test", seed=config["seed"]).samples:
+        views = whole_images(T.PILToTensor()(Image.open(path).convert("RGB")), config)
+        with torch.no_grad():
+            probs = torch.stack([model.eval()(normalize(v[None], config["mean"], config["std"]))[0].softmax(0) for v in views])
+        losses.append(-probs.mean(0)[label].log().item())
+    assert views[0].shape[1:] in ((24, 37), (37, 24))  # whole images, proportions kept
+    assert report.result.loss == pytest.approx(float(np.mean(losses)), rel=1e-5)
+
+
+def test_views_are_refused_where_they_cannot_be_cut(folder_run, tmp_path, capsys):
+    squashed = tmp_path / "squashed"
+    config = runs.read_config(folder_run)
+    train(TrainConfig(model="resnet8", dataset=config["dataset"], image_size=24, batch_size=8, steps=1, workers=0,
+                      device="cpu", out=str(squashed), progress=False))
+    assert runs.read_config(squashed)["resize_size"] is None  # the fast recipe squashes: no larger image to crop from
+    assert main(["eval", str(squashed), "--ten-crop", "--device", "cpu"]) == 2
+    assert "ten-crop testing cuts crops from an image resized larger" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):  # one kind of views at a time (argparse's own message)
+        main(["eval", str(folder_run), "--ten-crop", "--scales", "--device", "cpu"])
+    assert "not allowed with argument --ten-crop" in capsys.readouterr().err
+    assert main(["eval", str(folder_run), "--scales", "0", "--device", "cpu"]) == 2
+    assert "--scales are image sides in pixels" in capsys.readouterr().err
+
+
+def test_eval_cli_prints_how_scores_were_averaged(folder_run, capsys):
+    assert main(["eval", str(folder_run), "--scales", "24", "32", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "(6 test images, scores averaged over shorter sides 24, 32 and their mirror images)" in printed
