@@ -15,10 +15,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+from torchvision import transforms as T
 
 from resnetlab import data
-from resnetlab.data import ArrayDataset, DataError, FolderDataset, get_dataset, load_image
+from resnetlab.data import ArrayDataset, DataError, FolderDataset, get_dataset, load_image, load_random_crop
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 SYSTEM_DIRS = dict(data._SYSTEM_DIRS)  # before the fixture below hides them
@@ -514,6 +515,25 @@ def test_load_image_applies_exif_rotation(tmp_path):
     exif[0x0112] = 6  # Orientation: rotate 90 degrees to display
     img.save(tmp_path / "phone.jpg", exif=exif)
     assert load_image(tmp_path / "phone.jpg", 3, None).shape == (3, 6, 2)
+
+
+def test_random_crops_of_a_big_turned_jpeg_are_torchvisions_crops_of_the_upright_photo(tmp_path):
+    # A 1600x1200 phone photo stored sideways (EXIF orientation 6): the crop box is drawn on the upright
+    # 1200x1600 picture, as torchvision draws it after ImageOps.exif_transpose; small boxes decode at a
+    # reduced scale, so the pixels agree to within JPEG rounding, not exactly.
+    y, x = np.mgrid[0:1200, 0:1600]
+    photo = np.stack([x / 7 % 256, y / 5 % 256, (x + y) / 11 % 256], -1).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = save_image(tmp_path / "phone.jpg", photo, quality=92, exif=exif)
+    upright = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    assert upright.size == (1200, 1600)
+    for seed in range(4):
+        ours = load_random_crop(path, 3, 96, seed, (0.08, 1.0)).float()
+        torch.manual_seed(seed)
+        theirs = T.PILToTensor()(T.RandomResizedCrop(96)(upright)).float()
+        assert ours.shape == (3, 96, 96)
+        assert (ours - theirs).abs().mean() < 1.5, seed
 
 
 def test_load_image_rejects_non_images(tmp_path):

@@ -25,6 +25,8 @@ import tarfile
 import tempfile
 import urllib.request
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, NamedTuple, Sequence
@@ -214,7 +216,12 @@ def load_image(
         if image_size is None or resize_to < image_size:
             raise DataError(f"a centre crop of {image_size} needs a resize to at least that, not {resize_to}")
         return center_crop(resize(load_image(path, channels, None), [resize_to], antialias=True), [image_size])
-    img = _decode(path, channels, (lambda upright: (image_size, image_size)) if image_size is not None else None)
+    with _opened(path) as img:
+        if image_size is not None and img.format == "JPEG":
+            # libjpeg can decode at 1/2, 1/4 or 1/8 scale, never below the size asked for: a phone
+            # photo shrunk to 224 decodes about four times faster, and the resize below still antialiases.
+            img.draft(None, (image_size, image_size))
+        img = _upright(img, channels)
     if image_size is not None:
         # Pillow widens the bilinear kernel when shrinking: that is the antialiasing.
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
@@ -235,36 +242,28 @@ def load_random_crop(
     from torchvision.transforms import RandomResizedCrop
     from torchvision.transforms.functional import resized_crop
 
-    box: list[int] = []
-    full: list[int] = []
-
-    def draft(upright: tuple[int, int]) -> tuple[int, int]:
-        width, height = full[:] = upright
+    with _opened(path) as img:
+        turned = img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap the sides
+        width, height = img.size[::-1] if turned else img.size
         with torch.random.fork_rng(devices=[]):
             # What torch.manual_seed does to the CPU generator, without its costly calls to seed every GPU.
             torch.default_generator.manual_seed(seed)
             # get_params reads only the shape: an expanded view gives it one without allocating the image.
-            box[:] = RandomResizedCrop.get_params(torch.empty(1, 1, 1).expand(1, height, width), list(scale), list(ratio))
-        shrink = max(1.0, min(box[2], box[3]) / size)  # never decode the box below ``size`` pixels
-        return math.ceil(width / shrink), math.ceil(height / shrink)
+            box = RandomResizedCrop.get_params(torch.empty(1, 1, 1).expand(1, height, width), list(scale), list(ratio))
+        if img.format == "JPEG":
+            shrink = max(1.0, min(box[2], box[3]) / size)  # never decode the box below ``size`` pixels
+            need = (math.ceil(width / shrink), math.ceil(height / shrink))
+            img.draft(None, need[::-1] if turned else need)
+        img = _upright(img, channels)
+    sx, sy = img.width / width, img.height / height
+    top, left, h, w = round(box[0] * sy), round(box[1] * sx), max(1, round(box[2] * sy)), max(1, round(box[3] * sx))
+    return _to_tensor(resized_crop(img, top, left, h, w, [size, size], antialias=True))
 
-    img = _decode(path, channels, draft)
-    top, left, height, width = box
-    sx, sy = img.size[0] / full[0], img.size[1] / full[1]
-    top, left, height, width = round(top * sy), round(left * sx), max(1, round(height * sy)), max(1, round(width * sx))
-    return _to_tensor(resized_crop(img, top, left, height, width, [size, size], antialias=True))
 
-
-def _decode(
-    path: str | Path | BinaryIO, channels: int | None,
-    draft: Callable[[tuple[int, int]], tuple[int, int]] | None = None,
-) -> Image.Image:
-    """Decode an image upright (EXIF rotation applied), transparency on white, converted to L or RGB.
-
-    ``draft`` is told the upright (width, height) before decoding and answers the smallest size the
-    caller will use; libjpeg decodes JPEGs at least twice that large at 1/2, 1/4 or 1/8 scale, several
-    times faster.
-    """
+@contextmanager
+def _opened(path: str | Path | BinaryIO) -> Iterator[Image.Image]:
+    """An image file opened lazily (size and format known, pixels not yet decoded); any failure to read
+    it, here or while the caller decodes it, becomes one ``DataError`` that names the file."""
     if isinstance(path, (str, Path)):
         path = Path(path)
         if not path.is_file():
@@ -272,20 +271,23 @@ def _decode(
     name = path if isinstance(path, Path) else "the image"
     try:
         with Image.open(path) as img:
-            if draft is not None:
-                turned = img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap the sides
-                need = draft(img.size[::-1] if turned else img.size)
-                if img.format == "JPEG":
-                    img.draft(None, need[::-1] if turned else need)
-            img.load()  # decode now, so a truncated file fails here, with its name
-            gray = img.mode in _GRAY_MODES
-            # Phones store the rotation in EXIF; without this their photos arrive sideways.
-            ImageOps.exif_transpose(img, in_place=True)
-            img = _flatten_mode(img)
-            # convert() copies even to the same mode: the copy outlives the file, which closing destroys.
-            return img.convert("L" if (channels or (1 if gray else 3)) == 1 else "RGB")
+            yield img
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{name} is not a readable image ({err}); remove it or re-save it as PNG or JPEG") from None
+
+
+def _upright(img: Image.Image, channels: int | None) -> Image.Image:
+    """Decode an opened image upright (EXIF rotation applied), transparency on white, in L or RGB.
+
+    ``channels`` None keeps the image's own colours: L if grayscale, else RGB.
+    """
+    img.load()  # decode now, so a truncated file fails inside _opened, with its name
+    gray = img.mode in _GRAY_MODES
+    # Phones store the rotation in EXIF; without this their photos arrive sideways.
+    ImageOps.exif_transpose(img, in_place=True)
+    img = _flatten_mode(img)
+    # convert() copies even to the same mode: the copy outlives the file, which closing destroys.
+    return img.convert("L" if (channels or (1 if gray else 3)) == 1 else "RGB")
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:
