@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 from torchvision import transforms as T
 
 from resnetlab import data
-from resnetlab.data import ArrayDataset, DataError, FolderDataset, get_dataset, load_image, load_random_crop
+from resnetlab.data import ArrayDataset, DataError, FolderDataset, get_dataset, load_image, load_jitter_crop, load_random_crop
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 SYSTEM_DIRS = dict(data._SYSTEM_DIRS)  # before the fixture below hides them
@@ -534,6 +534,24 @@ def test_random_crops_of_a_big_turned_jpeg_are_torchvisions_crops_of_the_upright
         theirs = T.PILToTensor()(T.RandomResizedCrop(96)(upright)).float()
         assert ours.shape == (3, 96, 96)
         assert (ours - theirs).abs().mean() < 1.5, seed
+
+
+def test_scale_jitter_resizes_the_shorter_side_then_crops_at_random(tmp_path):
+    # 90x60 with the column number as red: after a resize of the shorter side (60) to 40, a 20-pixel
+    # crop spans a third of the columns' range, and two seeds pick different places.
+    red = np.tile(np.linspace(0, 255, 90), (60, 1))
+    path = save_image(tmp_path / "wide.png", np.stack([red, red * 0, red * 0], -1).astype(np.uint8))
+    crops = [load_jitter_crop(path, 3, 20, seed, (40, 40)) for seed in range(6)]
+    assert all(c.shape == (3, 20, 20) for c in crops)
+    spans = [float(c[0, 0, -1]) - float(c[0, 0, 0]) for c in crops]
+    assert spans == pytest.approx([255 * 19 / 60] * 6, abs=4)  # 20 of 60 resized columns, less one step
+    assert len({float(c[0, 0, 0]) for c in crops}) > 1
+    # With a range of sides: torchvision's Resize and RandomCrop under the same seed.
+    for seed in range(4):
+        torch.manual_seed(seed)
+        side = int(torch.randint(30, 61, ()))
+        expected = T.PILToTensor()(T.RandomCrop(20)(T.Resize(side)(Image.open(path).convert("RGB"))))
+        assert torch.equal(load_jitter_crop(path, 3, 20, seed, (30, 60)), expected)
 
 
 def test_load_image_rejects_non_images(tmp_path):

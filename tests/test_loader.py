@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnetlab.loader import DeviceLoader, channel_stats, crop_and_flip, normalize, random_boxes, resized_crop
+from resnetlab.loader import DeviceLoader, channel_stats, colour_pca, crop_and_flip, normalize, random_boxes, resized_crop
 
 
 def images(n=10, c=1, size=6):
@@ -206,7 +206,7 @@ def test_scale_augmentation_in_the_loader():
 
 def test_scale_crop_is_checked():
     x, y = images(n=8), torch.zeros(8, dtype=torch.long)
-    with pytest.raises(ValueError, match="replaces pad_crop"):
+    with pytest.raises(ValueError, match="three kinds of crop: set one of them"):
         DeviceLoader(x, y, 4, [0.5], [0.25], pad_crop=2, scale_crop=(0.5, 1.0))
     with pytest.raises(ValueError, match="area fractions"):
         DeviceLoader(x, y, 4, [0.5], [0.25], scale_crop=(0.0, 1.0))
@@ -228,3 +228,35 @@ def test_folder_workers_default_to_the_cpus_and_refuse_negatives(tmp_path):
     assert make_loader(folder, 2, [0.5] * 3, [0.2] * 3, torch.device("cpu"), train=True, workers=3).workers == 3
     with pytest.raises(ValueError, match="--workers must be 0"):
         make_loader(folder, 2, [0.5] * 3, [0.2] * 3, torch.device("cpu"), train=True, workers=-1)
+
+
+def test_colour_pca_finds_the_direction_colours_vary_along():
+    # Pixels spread along (1, 1, 0)/sqrt(2) (std 40 grey levels) plus a little noise on every channel.
+    g = torch.Generator().manual_seed(0)
+    along = torch.randn(20_000, generator=g) * 40
+    noise = torch.randn(3, 20_000, generator=g) * 2
+    pixels = (128 + torch.stack([along, along, torch.zeros_like(along)]) / 2**0.5 + noise).round().clamp(0, 255)
+    images = pixels.to(torch.uint8).T.reshape(200, 100, 3).permute(0, 2, 1)[..., None]  # (200, 3, 100, 1)
+    pca = colour_pca(images)
+    eigval, eigvec = torch.tensor(pca["eigval"]), torch.tensor(pca["eigvec"])
+    assert eigval[0] == pytest.approx((40 / 255) ** 2, rel=0.05) and eigval[1] < eigval[0] / 100
+    assert abs(eigvec[:, 0] @ torch.tensor([1.0, 1.0, 0.0]) / 2**0.5) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_colour_noise_shifts_each_image_along_the_components():
+    """AlexNet's lighting: image i moves by sum_k alpha_ik * eigval_k * eigvec_k, alpha ~ N(0, lighting)."""
+    x = torch.full((32, 3, 4, 4), 100, dtype=torch.uint8)
+    y = torch.zeros(32, dtype=torch.long)
+    pca = {"eigval": [0.2, 0.02, 0.004], "eigvec": torch.linalg.qr(torch.randn(3, 3))[0].tolist()}
+    mean, std = [0.4, 0.4, 0.4], [0.2, 0.25, 0.5]
+    plain = DeviceLoader(x, y, 32, mean, std, seed=1)
+    noisy = DeviceLoader(x, y, 32, mean, std, seed=1, lighting=0.1, colour_pca=pca)
+    plan = noisy.plan(0)
+    assert plan.lighting.shape == (32, 3) and plan.lighting.std() == pytest.approx(0.1, rel=0.3)
+    assert torch.equal(plan.order, plain.plan(0).order)  # the colour draws come after the rest
+    (a, _), (b, _) = next(iter(plain)), next(iter(noisy))
+    eigval, eigvec = torch.tensor(pca["eigval"]), torch.tensor(pca["eigvec"])
+    expected = (plan.lighting[plan.order] * eigval) @ eigvec.T / torch.tensor(std)
+    assert torch.allclose(b - a, expected[:, :, None, None].expand_as(a), atol=1e-5)
+    test = DeviceLoader(x, y, 32, mean, std, train=False, lighting=0.1, colour_pca=pca)
+    assert torch.equal(next(iter(test))[0], a)  # no noise at evaluation

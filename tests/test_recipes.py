@@ -2,7 +2,7 @@
 
 import pytest
 
-from resnetlab.recipes import RECIPES, Recipe, get_recipe, lr_at
+from resnetlab.recipes import RECIPES, Recipe, describe_recipe, get_recipe, lr_at
 
 
 def test_he2016_is_the_paper_schedule():
@@ -46,7 +46,7 @@ def test_overrides_and_errors():
         get_recipe("nope")
     with pytest.raises(ValueError, match="batch-size must be positive"):
         get_recipe("fast", batch_size=0)
-    assert set(RECIPES) == {"he2016", "he2016-preact", "signs-adam", "imagenet", "fast"}
+    assert set(RECIPES) == {"he2016", "he2016-preact", "signs-adam", "imagenet", "he2015-imagenet", "fast"}
 
 
 def test_imagenet_is_torchvisions_reference_recipe():
@@ -60,6 +60,14 @@ def test_imagenet_is_torchvisions_reference_recipe():
     assert lr_at(r, 60 * per_epoch, total) == pytest.approx(0.001)
 
 
+def test_he2015_imagenet_is_the_papers_section_3_4():
+    r = get_recipe("he2015-imagenet")
+    assert (r.lr, r.momentum, r.weight_decay, r.batch_size, r.steps) == (0.1, 0.9, 1e-4, 256, 600_000)
+    assert (r.scale_jitter, r.flip, r.lighting, r.pad_crop, r.scale_crop) == ((256, 480), True, 0.1, 0, None)
+    assert [lr_at(r, s, r.steps) for s in (149_999, 150_000, 300_000, 450_000)] == pytest.approx([0.1, 0.01, 1e-3, 1e-4])
+    assert "shorter side 256-480 + crop + flip + PCA colour noise 0.1" in describe_recipe(r)
+
+
 def test_a_recipe_survives_a_json_round_trip():
     import json
 
@@ -69,7 +77,6 @@ def test_a_recipe_survives_a_json_round_trip():
 
 def test_recipes_are_described_in_one_line(capsys):
     from resnetlab.cli import main
-    from resnetlab.recipes import describe_recipe
 
     assert describe_recipe(get_recipe("he2016")) == (
         "sgd (momentum 0.9) lr 0.1, batch 128, 64,000 steps, multistep /10 at 50%, 75%, wd 0.0001, pad 4 + crop + flip"

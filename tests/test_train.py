@@ -24,6 +24,20 @@ def tiny(tmp_path, name="run", **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+def stopped_and_resumed(tmp_path, stop_at: int, **kw):
+    """A run stopped after ``stop_at`` steps, then resumed to its end."""
+    with pytest.raises(Interrupted):
+        train(tiny(tmp_path, "resumed", **kw), stop_at=stop_at)
+    return resume(tmp_path / "resumed", device="cpu", progress=False)
+
+
+def assert_same_weights(a_dir: Path, b_dir: Path) -> None:
+    a, b = load_file(a_dir / runs.WEIGHTS), load_file(b_dir / runs.WEIGHTS)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 @needs_fashion
 @pytest.mark.slow
 def test_resnet20_reaches_80_percent_on_fashion_mnist_in_about_a_minute(tmp_path):
@@ -62,10 +76,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     assert runs.load_checkpoint(tmp_path / "resumed")["step"] == 11
     resumed = resume(tmp_path / "resumed", device="cpu", progress=False)
     assert resumed.steps == straight.steps == 20
-    a, b = load_file(straight.run_dir / runs.WEIGHTS), load_file(resumed.run_dir / runs.WEIGHTS)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(straight.run_dir, resumed.run_dir)
     rows_a, rows_b = runs.read_metrics(straight.run_dir), runs.read_metrics(resumed.run_dir)
     assert [r["step"] for r in rows_b] == [r["step"] for r in rows_a]
     assert rows_b[-1]["train_loss"] == pytest.approx(rows_a[-1]["train_loss"])
@@ -77,12 +88,7 @@ def test_scale_augmentation_runs_resume_to_the_same_weights(tmp_path):
     kw = dict(recipe="imagenet", batch_size=64, steps=12)
     straight = train(tiny(tmp_path, "straight", **kw))
     assert runs.read_config(straight.run_dir)["recipe"]["scale_crop"] == [0.08, 1.0]
-    with pytest.raises(Interrupted):
-        train(tiny(tmp_path, "resumed", **kw), stop_at=5)
-    resumed = resume(tmp_path / "resumed", device="cpu", progress=False)
-    a, b = load_file(straight.run_dir / runs.WEIGHTS), load_file(resumed.run_dir / runs.WEIGHTS)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(straight.run_dir, stopped_and_resumed(tmp_path, 5, **kw).run_dir)
 
 
 def test_folders_with_scale_augmentation_train_on_crops_and_evaluate_on_centre_crops(tmp_path):
@@ -122,12 +128,39 @@ def test_folders_with_scale_augmentation_train_on_crops_and_evaluate_on_centre_c
         probs = model.eval()(normalize(test.images, config["mean"], config["std"])).softmax(1)
     assert [a.classes[0] for a in answers] == [config["classes"][k] for k in probs.argmax(1).tolist()]
     assert [a.probabilities[0] for a in answers] == pytest.approx(probs.max(1).values.tolist(), rel=1e-5)
-    with pytest.raises(Interrupted):
-        train(tiny(tmp_path, "resumed", **kw), stop_at=5)  # mid-epoch: 4 steps an epoch
-    resumed = resume(tmp_path / "resumed", device="cpu", progress=False)
-    a, b = load_file(straight.run_dir / runs.WEIGHTS), load_file(resumed.run_dir / runs.WEIGHTS)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(straight.run_dir, stopped_and_resumed(tmp_path, 5, **kw).run_dir)  # mid-epoch: 4 steps an epoch
+
+
+def test_the_2015_imagenet_recipe_trains_on_a_folder_and_resumes_to_the_same_weights(tmp_path, capsys):
+    """Scale jitter from the files, colour noise along this folder's own colour components, resumable."""
+    from PIL import Image
+
+    from resnetlab.cli import main
+
+    photos = tmp_path / "photos"
+    rng = torch.Generator().manual_seed(0)
+    for name in ("sea", "sand"):
+        (photos / name).mkdir(parents=True)
+        for i in range(10):
+            h, w = (40, 56) if i % 2 else (64, 40)
+            pixels = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=rng)
+            pixels[..., 2 if name == "sea" else 0] //= 4  # the classes differ in colour
+            Image.fromarray(pixels.numpy()).save(photos / name / f"{i}.png")
+    kw = dict(dataset=f"folder:{photos}", recipe="he2015-imagenet", image_size=16, batch_size=4, steps=6, workers=0,
+              recipe_overrides={"scale_jitter": (19, 35)})
+    straight = train(tiny(tmp_path, "straight", **kw))
+    config = runs.read_config(straight.run_dir)
+    assert config["resize_size"] == 18 and len(config["colour_pca"]["eigval"]) == 3
+    assert_same_weights(straight.run_dir, stopped_and_resumed(tmp_path, 5, **kw).run_dir)
+
+    quick = ["--model", "resnet8", "--recipe", "he2015-imagenet", "--steps", "1", "--batch-size", "4", "--device", "cpu"]
+    assert main(["train", *quick, "--dataset", f"folder:{photos}", "--image-size", "288", "--out", str(tmp_path / "big")]) == 2
+    assert "at least the training size 288; the paper's 256-480 for 224-pixel crops is --recipe-arg scale_jitter=[330,618]" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "big").exists()
+    if FASHION.exists():
+        assert main(["train", *quick, "--dataset", "fashion-mnist", "--out", str(tmp_path / "named")]) == 2
+        assert "scale jitter resizes image files: it needs a folder dataset" in capsys.readouterr().err
 
 
 @needs_fashion

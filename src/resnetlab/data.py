@@ -260,6 +260,28 @@ def load_random_crop(
     return _to_tensor(resized_crop(img, top, left, h, w, [size, size], antialias=True))
 
 
+def load_jitter_crop(path: str | Path, channels: int | None, size: int, seed: int, sides: tuple[int, int]) -> torch.Tensor:
+    """The 2015 paper's scale augmentation, drawn from ``seed``: uint8 (channels, size, size).
+
+    The image is resized so that its shorter side is a whole number drawn uniformly from ``sides``
+    (256 to 480 in the paper), then a ``size`` square is cut at a uniformly random place
+    (torchvision's ``Resize`` and ``RandomCrop``). A JPEG far larger is decoded at a reduced scale.
+    """
+    from torchvision.transforms import RandomCrop
+    from torchvision.transforms.functional import crop, resize
+
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # see load_random_crop
+        side = int(torch.randint(sides[0], sides[1] + 1, ()))
+        with _opened(path) as img:
+            if img.format == "JPEG":
+                img.draft(None, (side, side))  # both sides stay at least ``side``
+            img = _upright(img, channels)
+        img = resize(img, [side], antialias=True)
+        top, left, h, w = RandomCrop.get_params(img, (size, size))
+    return _to_tensor(crop(img, top, left, h, w))
+
+
 @contextmanager
 def _opened(path: str | Path | BinaryIO) -> Iterator[Image.Image]:
     """An image file opened lazily (size and format known, pixels not yet decoded); any failure to read

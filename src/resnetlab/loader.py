@@ -31,6 +31,20 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean(1).tolist(), torch.where(std > 0, std, 1.0).tolist()
 
 
+def colour_pca(images: torch.Tensor, pixels: int = 1_000_000, seed: int = 0) -> dict[str, list]:
+    """Principal components of the pixel colours of uint8 images (N, C, H, W), on the 0-1 scale: what
+    AlexNet's colour noise (``lighting``) moves pixels along. A seeded sample of ``pixels`` pixels.
+
+    Returns {"eigval": [C], "eigvec": [C][C]}, the eigenvectors as columns, largest eigenvalue first.
+    """
+    x = images.transpose(0, 1).reshape(images.shape[1], -1)
+    g = torch.Generator().manual_seed(seed)
+    if x.shape[1] > pixels:
+        x = x[:, torch.randint(0, x.shape[1], (pixels,), generator=g)]
+    eigval, eigvec = torch.linalg.eigh(torch.cov(x.double() / 255))
+    return {"eigval": eigval.flip(0).clamp(min=0).tolist(), "eigvec": eigvec.flip(1).tolist()}
+
+
 def normalize(images: torch.Tensor, mean: list[float] | torch.Tensor, std: list[float] | torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float32, scaled to 0-1 and standardised per channel."""
     m = torch.as_tensor(mean, device=images.device).view(1, -1, 1, 1)
@@ -95,6 +109,7 @@ class EpochPlan:
     flip: torch.Tensor
     boxes: torch.Tensor | None = None  # scale augmentation's crop boxes, when it is on
     crop_seeds: torch.Tensor | None = None  # folders: instead of boxes, a seed for each image's crop from its file
+    lighting: torch.Tensor | None = None  # (N, C) weights of the colour components, when colour noise is on
 
 
 class DeviceLoader:
@@ -109,7 +124,11 @@ class DeviceLoader:
         pad_crop: zero padding for the random crop (0 = no crop).
         scale_crop: (smallest, largest) area fraction of a random box, cut out and resized back to
             the full side (scale augmentation, as torchvision's RandomResizedCrop); replaces pad_crop.
+        scale_jitter: (shortest, longest) shorter side of a folder image before a random crop
+            (the 2015 paper's scale augmentation); ``FolderLoader`` only.
         flip: random horizontal flips.
+        lighting: std of AlexNet's colour noise: each image moves along the principal components
+            ``colour_pca`` (from the training set) by N(0, lighting) times each one's eigenvalue.
         seed: with the epoch number, fixes every random choice of that epoch.
         channels_last: hand the model NHWC batches (faster convolutions on GPUs and on CPUs).
         rank, world: with several processes, this one yields every ``world``-th example of each
@@ -132,22 +151,32 @@ class DeviceLoader:
         rank: int = 0,
         world: int = 1,
         scale_crop: tuple[float, float] | None = None,
+        lighting: float = 0.0,
+        colour_pca: dict | None = None,
     ) -> None:
         if len(images) != len(labels):
             raise ValueError("images and labels differ in length")
         self._configure(labels, images.shape[-1], batch_size, mean, std, device, train, pad_crop, flip, seed,
-                        channels_last, rank, world, scale_crop)
+                        channels_last, rank, world, scale_crop, None, lighting, colour_pca)
         # Pad once for the whole dataset: each batch is then a single gather.
         images = images.to(self.device)
         self.images = F.pad(images, (self.pad,) * 4) if self.pad else images
 
     def _configure(self, labels, size, batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last,
-                   rank, world, scale_crop) -> None:
+                   rank, world, scale_crop, scale_jitter, lighting, colour_pca) -> None:
         if scale_crop is not None and not 0 < scale_crop[0] <= scale_crop[1] <= 1:
             raise ValueError(f"scale_crop must be two area fractions 0 < low <= high <= 1, got {scale_crop}")
-        if scale_crop is not None and pad_crop:
-            raise ValueError("scale_crop replaces pad_crop: set one of them")
+        if sum(x is not None and x != 0 for x in (pad_crop, scale_crop, scale_jitter)) > 1:
+            raise ValueError("pad_crop, scale_crop and scale_jitter are three kinds of crop: set one of them")
+        if lighting and colour_pca is None:
+            raise ValueError("colour noise (lighting) needs the training set's colour components (colour_pca)")
         self.scale = tuple(scale_crop) if train and scale_crop is not None else None
+        self.jitter = tuple(scale_jitter) if train and scale_jitter is not None else None
+        self.lighting = lighting if train else 0.0
+        if self.lighting:
+            # Each component scaled by its eigenvalue, as rows: a batch's colour shifts are then one matmul.
+            eigval, eigvec = (torch.tensor(colour_pca[k], dtype=torch.float32) for k in ("eigval", "eigvec"))
+            self._components = (eigvec * eigval).T.contiguous().to(device)
         if train and len(labels) < batch_size:
             raise ValueError(f"batch size {batch_size} is larger than the {len(labels)} training examples")
         if train and batch_size % world:
@@ -182,8 +211,10 @@ class DeviceLoader:
         dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
         dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
         flip = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
-        boxes = random_boxes(n, self.scale, g) if self.scale else None  # drawn last: other plans stay as they were
-        return EpochPlan(order, dy, dx, flip, boxes)
+        # Drawn after the rest, so that turning them on leaves the other draws as they were.
+        boxes = random_boxes(n, self.scale, g) if self.scale else None
+        lighting = torch.randn(n, len(self._mean_std[0]), generator=g) * self.lighting if self.lighting else None
+        return EpochPlan(order, dy, dx, flip, boxes, lighting=lighting)
 
     def _fetch(self, batches: list[tuple[torch.Tensor, torch.Tensor]], plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 images, labels) on the device for each batch, already padded for the crop.
@@ -200,6 +231,7 @@ class DeviceLoader:
         # per batch would wait until the GPU had finished the step already queued.
         order, dy, dx, flip = (t.to(self.device) for t in (p.order, p.dy, p.dx, p.flip))
         boxes = p.boxes.to(self.device) if p.boxes is not None else None
+        lighting = p.lighting.to(self.device) if p.lighting is not None else None
         spans = [slice(b * self.batch_size, (b + 1) * self.batch_size) for b in range(start_batch, len(self))]
         shard = slice(self.rank, None, self.world)
         batches = [(p.order[s][shard], order[s][shard]) for s in spans]
@@ -209,6 +241,9 @@ class DeviceLoader:
             elif self.train and (self.pad or self.flip):
                 raw = crop_and_flip(raw, dy[idx], dx[idx], flip[idx], self.size)
             x = normalize(raw, *self._mean_std)
+            if lighting is not None:  # the colour shift on the 0-1 scale, divided by std as the pixels were
+                shift = (lighting[idx] @ self._components) / self._mean_std[1]
+                x = x + shift[:, :, None, None]
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, labels
@@ -228,15 +263,19 @@ class FolderLoader(DeviceLoader):
     def __init__(self, dataset: torch.utils.data.Dataset, labels: torch.Tensor, batch_size: int, mean: list[float],
                  std: list[float], device: torch.device | str = "cpu", train: bool = True, pad_crop: int = 0,
                  flip: bool = False, seed: int = 0, channels_last: bool = False, rank: int = 0, world: int = 1,
-                 scale_crop: tuple[float, float] | None = None, workers: int = 4) -> None:
+                 scale_crop: tuple[float, float] | None = None, workers: int = 4,
+                 scale_jitter: tuple[int, int] | None = None, lighting: float = 0.0, colour_pca: dict | None = None) -> None:
         size = dataset[0][0].shape[-1]
         self._configure(labels, size, batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last,
-                        rank, world, scale_crop)
+                        rank, world, scale_crop, scale_jitter, lighting, colour_pca)
+        if self.jitter is not None and self.jitter[0] < size:
+            raise ValueError(f"scale jitter's shorter sides {self.jitter[0]}-{self.jitter[1]} must be at least the "
+                             f"training size {size}")
         self.dataset, self.workers = dataset, workers
 
     def plan(self, epoch: int) -> EpochPlan:
         p = super().plan(epoch)
-        if p.boxes is not None:
+        if p.boxes is not None or self.jitter is not None:
             # Crop each image from its file, as torchvision does, rather than from a copy squashed to
             # the training size: a small box of a photo keeps its detail and its proportions.
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) ^ 0x5EED)
@@ -246,7 +285,7 @@ class FolderLoader(DeviceLoader):
     def _fetch(self, batches: list[tuple[torch.Tensor, torch.Tensor]], plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         dataset, keys = self.dataset, [cpu.tolist() for cpu, _ in batches]
         if plan.crop_seeds is not None:
-            dataset = _RandomCrops(self.dataset, self.size, self.scale)
+            dataset = _RandomCrops(self.dataset, self.size, self.scale, self.jitter)
             keys = [list(zip(k, plan.crop_seeds[cpu].tolist())) for k, (cpu, _) in zip(keys, batches)]
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=keys, num_workers=self.workers, pin_memory=self.device.type == "cuda",
@@ -257,16 +296,19 @@ class FolderLoader(DeviceLoader):
 
 
 class _RandomCrops(torch.utils.data.Dataset):
-    """A folder's images as torchvision's RandomResizedCrop cuts them: item (index, seed) -> (crop, label)."""
+    """A folder's images cut by scale augmentation, ``scale`` (RandomResizedCrop) or ``jitter`` (the
+    2015 paper's): item (index, seed) -> (crop, label)."""
 
-    def __init__(self, dataset, size: int, scale: tuple[float, float]) -> None:
-        self.dataset, self.size, self.scale = dataset, size, scale
+    def __init__(self, dataset, size: int, scale: tuple[float, float] | None, jitter: tuple[int, int] | None) -> None:
+        self.dataset, self.size, self.scale, self.jitter = dataset, size, scale, jitter
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        from .data import load_random_crop
+        from .data import load_jitter_crop, load_random_crop
 
-        path, label = self.dataset.samples[key[0]]
-        return load_random_crop(path, self.dataset.channels, self.size, key[1], self.scale), label
+        (path, label), seed, channels = self.dataset.samples[key[0]], key[1], self.dataset.channels
+        if self.jitter is not None:
+            return load_jitter_crop(path, channels, self.size, seed, self.jitter), label
+        return load_random_crop(path, channels, self.size, seed, self.scale), label
 
 
 def dataset_shape(ds) -> tuple[int, int]:
@@ -279,11 +321,20 @@ def dataset_shape(ds) -> tuple[int, int]:
 
 def dataset_stats(ds, sample: int = 2000, seed: int = 0) -> tuple[list[float], list[float]]:
     """Per-channel mean and std: of every image in memory, of a seeded sample of a folder's."""
+    return channel_stats(_stats_images(ds, sample, seed))
+
+
+def dataset_colour_pca(ds, sample: int = 2000, seed: int = 0) -> dict[str, list]:
+    """``colour_pca`` of a dataset's images: all of them in memory, a seeded sample of a folder's."""
+    return colour_pca(_stats_images(ds, sample, seed), seed=seed)
+
+
+def _stats_images(ds, sample: int, seed: int) -> torch.Tensor:
     if hasattr(ds, "images"):
-        return channel_stats(ds.images)
+        return ds.images
     g = torch.Generator().manual_seed(seed)
     picks = torch.randperm(len(ds), generator=g)[:sample].tolist()
-    return channel_stats(torch.stack([ds[i][0] for i in picks]))
+    return torch.stack([ds[i][0] for i in picks])
 
 
 def make_loader(ds, batch_size: int, mean: list[float], std: list[float], device: torch.device, train: bool,
@@ -293,6 +344,8 @@ def make_loader(ds, batch_size: int, mean: list[float], std: list[float], device
     ``workers`` (folders only) decode images in parallel; by default one a CPU, up to 16.
     """
     if hasattr(ds, "images"):
+        if kwargs.pop("scale_jitter", None) is not None and train:
+            raise ValueError("scale jitter resizes image files: it needs a folder dataset (folder:PATH)")
         return DeviceLoader(ds.images, ds.labels, batch_size, mean, std, device, train=train, **kwargs)
     labels = torch.tensor([label for _, label in ds.samples], dtype=torch.int64)
     if workers is None:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import __version__, distributed, runs
 from .evaluate import EvalResult, evaluate
-from .loader import dataset_shape, dataset_stats, make_loader
+from .loader import dataset_colour_pca, dataset_shape, dataset_stats, make_loader
 from .pretrained import input_stats, is_file_spec, load_weights
 from .recipes import Recipe, get_recipe, lr_at
 from .steps import build_train_step
@@ -145,7 +145,7 @@ def held_out_resize(dataset: str, image_size: int | None, recipe: Recipe) -> int
     Folders trained with scale augmentation are evaluated as torchvision evaluates its ImageNet
     models: shorter side to 8/7 of the crop (256 for 224), then the centre crop.
     """
-    if not dataset.startswith("folder:") or recipe.scale_crop is None:
+    if not dataset.startswith("folder:") or (recipe.scale_crop is None and recipe.scale_jitter is None):
         return None
     return round((image_size or FOLDER_IMAGE_SIZE) / 0.875)
 
@@ -163,6 +163,17 @@ def load_splits(dataset: str, data_dir: str | None, limit_train: int | None, lim
     """The training and test splits (see ``load_split``)."""
     return [load_split(dataset, split, data_dir, image_size, limit, seed, resize_to)
             for split, limit in (("train", limit_train), ("test", limit_test))]
+
+
+def _check_scale_jitter(sides: tuple[int, int], dataset: str, image_size: int) -> None:
+    """Scale jitter resizes image files, and its crop must fit in the smallest resized image."""
+    if not dataset.startswith("folder:"):
+        raise ValueError(f"scale jitter resizes image files: it needs a folder dataset (folder:PATH), not {dataset}")
+    low, high = sides
+    if not image_size <= low <= high:
+        scaled = ",".join(str(math.ceil(side * image_size / 224)) for side in (256, 480))
+        raise ValueError(f"scale jitter's shorter sides {low}-{high} must be at least the training size {image_size}; "
+                         f"the paper's 256-480 for 224-pixel crops is --recipe-arg scale_jitter=[{scaled}] at this size")
 
 
 def _new_run_dir(config: TrainConfig) -> Path:
@@ -200,6 +211,8 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     model_kwargs = {"num_classes": len(train_set.classes), "in_chans": channels, **config.model_kwargs}
     # Fail on a bad name or unusable weights before anything is written (this also fetches them once).
     create_model(config.model, weights=config.weights, **model_kwargs)
+    if recipe.scale_jitter is not None:
+        _check_scale_jitter(recipe.scale_jitter, config.dataset, image_size)
     if len(train_set) < recipe.batch_size:
         raise ValueError(f"batch size {recipe.batch_size} is larger than the {len(train_set)} training examples")
     steps_per_epoch = len(train_set) // recipe.batch_size
@@ -207,6 +220,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     # Published weights expect the statistics they were trained with, not this dataset's.
     published = config.weights and input_stats(config.model, config.weights, channels)
     mean, std = published or dataset_stats(train_set, seed=config.seed)
+    pca = dataset_colour_pca(train_set, seed=config.seed) if recipe.lighting else None
 
     run_dir = distributed.share(_new_run_dir(config), world)  # one name, though clocks may differ
     if world.is_main:
@@ -223,6 +237,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
         "resize_size": resize_to,
         "mean": mean,
         "std": std,
+        "colour_pca": pca,
         "recipe": recipe.to_dict(),
         "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch,
@@ -290,7 +305,8 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     total_steps, steps_per_epoch = saved["total_steps"], saved["steps_per_epoch"]
     train_loader = make_loader(
         train_set, recipe.batch_size, saved["mean"], saved["std"], device, train=True,
-        pad_crop=recipe.pad_crop, scale_crop=recipe.scale_crop, flip=recipe.flip, seed=saved["seed"],
+        pad_crop=recipe.pad_crop, scale_crop=recipe.scale_crop, scale_jitter=recipe.scale_jitter, flip=recipe.flip,
+        lighting=recipe.lighting, colour_pca=saved.get("colour_pca"), seed=saved["seed"],
         channels_last=channels_last, rank=world.rank, world=world.size, workers=workers,
     )
     test_loader = make_loader(
