@@ -313,4 +313,4 @@ def test_eval_published_weights_needs_the_thousand_classes(hub, tmp_path, capsys
     assert main(["eval", "--pretrained", "resnet18", "--dataset", f"folder:{photos}", "--device", "cpu"]) == 2
     assert "has 2 class folders" in capsys.readouterr().err
     assert main(["eval", "--pretrained", "resnet18", "--device", "cpu"]) == 2
-    assert "--pretrained needs --dataset folder:PATH" in capsys.readouterr().err
+    assert "--pretrained needs --dataset imagenet, or folder:PATH" in capsys.readouterr().err

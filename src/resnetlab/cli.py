@@ -34,7 +34,7 @@ def _add_model_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> Non
 def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> None:
     """The flags of ``resnetlab train``, in groups; experiments take the quick-run subset."""
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, cifar100, signs or folder:PATH")
+    data.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, cifar100, signs, imagenet or folder:PATH")
     data.add_argument("--data-dir", help="where the dataset files are (default: $RESNETLAB_DATA, Debian's folder, ~/.cache/resnetlab)")
     data.add_argument("--limit-train", type=int, metavar="N", help="use the first N training examples")
     data.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test examples")
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a trained run on its test set (or torchvision's weights on an ImageNet folder)")
     p.add_argument("run_dir", nargs="?")
     p.add_argument("--pretrained", metavar="MODEL[:TAG]",
-                   help="evaluate torchvision's ImageNet weights instead of a run, on --dataset folder:PATH "
+                   help="evaluate torchvision's ImageNet weights instead of a run, on --dataset imagenet or folder:PATH "
                         "(the 1000 ImageNet class folders), preprocessed as torchvision measured them")
     p.add_argument("--out", metavar="DIR", help="with --pretrained: write eval.json here")
     p.add_argument("--dataset", help="another dataset with the same classes (default: the run's)")
@@ -268,7 +268,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise ValueError(f"--scales are image sides in pixels, not {min(scales)}")
     if args.pretrained:
         if not args.dataset:
-            raise ValueError("--pretrained needs --dataset folder:PATH, a folder of the 1000 ImageNet classes")
+            raise ValueError("--pretrained needs --dataset imagenet, or folder:PATH of the 1000 ImageNet classes")
         report = evaluate_published(args.pretrained, args.dataset, args.data_dir, args.limit_test, args.device, args.out,
                                     views, scales)
     else:

@@ -185,10 +185,11 @@ def get_dataset(
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), not {channels!r}")
     if image_size is not None and image_size < 1:
         raise DataError(f"image size must be a positive number of pixels, not {image_size!r}")
+    name = resolve_dataset(name, root)
     if name.startswith("folder:"):
         return _load_folder(name, split, image_size, channels, val_fraction, seed)
     if name not in _LOADERS:
-        raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, or folder:PATH")
+        raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, imagenet, or folder:PATH")
     if split not in ("train", "test"):
         raise DataError(f"{name} has a 'train' and a 'test' split, not {split!r}")
     images, labels, classes = _LOADERS[name](name, split, root, download)
@@ -700,6 +701,60 @@ _LOADERS: dict[str, Callable[[str, str, str | Path | None, bool], _Arrays]] = {
     "cifar100": _load_cifar,
     "signs": _load_signs,
 }
+
+
+# ----------------------------------------------------------------------------- ImageNet
+
+# ImageNet cannot be downloaded without an account at image-net.org; these are the files it gives.
+IMAGENET_ARCHIVES = ("ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_img_val.tar", "ILSVRC2012_img_train.tar")
+
+
+def resolve_dataset(name: str, root: str | Path | None = None) -> str:
+    """``imagenet`` becomes ``folder:DIR``, its folders prepared from the archives (``prepare_imagenet``);
+    other names are returned as they are."""
+    return f"folder:{prepare_imagenet(root)}" if name == "imagenet" else name
+
+
+def prepare_imagenet(root: str | Path | None = None) -> Path:
+    """The ImageNet 2012 folder, with train/ and val/ holding one subfolder per WordNet ID.
+
+    Looked for where the other datasets are (``root``, ``$RESNETLAB_DATA``, the cache). A folder with
+    the official archives (``IMAGENET_ARCHIVES``) is prepared once, by torchvision's own ImageNet
+    functions, which check each archive's MD5 and sort the validation images into class folders
+    with the devkit's ground truth. Each split is extracted beside its final name and renamed when
+    complete, so an interrupted preparation starts that split again instead of using half of it.
+    The training archive is 138 GB: extracting it takes hours and as much disk again.
+    """
+    dirs = _search_dirs("imagenet", root)
+    for folder in dirs:
+        if (folder / "train").is_dir() and (folder / "val").is_dir():
+            return folder
+    archives = next((d for d in dirs if any((d / a).is_file() for a in IMAGENET_ARCHIVES)), None)
+    if archives is None:
+        raise DataError(
+            f"imagenet: neither train/ and val/ folders nor the archives {', '.join(IMAGENET_ARCHIVES)} were found "
+            f"(looked in {', '.join(map(str, dirs))}). ImageNet needs an account: download the archives from "
+            "https://image-net.org/challenges/LSVRC/2012/2012-downloads.php into --data-dir or $RESNETLAB_DATA"
+        )
+    try:
+        import scipy.io  # noqa: F401  (torchvision reads the devkit's meta.mat with it)
+    except ImportError:
+        raise DataError("reading ImageNet's devkit needs scipy: pip install scipy (or 'resnetlab[imagenet]')") from None
+    from torchvision.datasets import imagenet
+
+    try:
+        if not (archives / imagenet.META_FILE).is_file():
+            imagenet.parse_devkit_archive(archives)
+        for split, parse in (("val", imagenet.parse_val_archive), ("train", imagenet.parse_train_archive)):
+            if not (archives / split).is_dir():
+                partial = archives / f"{split}.partial"
+                shutil.rmtree(partial, ignore_errors=True)
+                print(f"imagenet: extracting the {split} images into {archives / split} (once)", flush=True)
+                parse(archives, folder=partial.name)
+                partial.rename(archives / split)
+    except RuntimeError as err:  # torchvision's words for a missing or corrupt archive (wrong MD5)
+        raise DataError(f"imagenet: {err}") from None
+    return archives
 
 
 # ----------------------------------------------------------------------------- image folders

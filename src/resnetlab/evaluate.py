@@ -306,12 +306,13 @@ def evaluate_run(
     from .loader import dataset_shape, make_loader
     from .plots import plot_confusion
     from .runs import load_model, write_json
+    from .data import resolve_dataset
     from .train import load_split, pick_device, reload_sizes
 
     run_dir = Path(run_dir)
     dev = pick_device(device)
     model, config = load_model(run_dir, dev)
-    name = dataset or config["dataset"]
+    name = resolve_dataset(dataset, data_dir) if dataset else config["dataset"]
     if views is not None and not name.startswith("folder:"):
         raise ValueError(f"test-time views (--ten-crop, --scales) are cut from image files: {name} is not a folder")
     test = load_split(name, "test", data_dir or config.get("data_dir"), limit=limit_test, seed=config["seed"],
@@ -347,13 +348,15 @@ def evaluate_published(
     (n01440764, ...), whose sorted order is torchvision's class order; a PATH with train/ and
     val/ is evaluated on val/. With ``out``, ``eval.json`` is written there. ``views`` as for ``evaluate_run``.
     """
-    from .data import DataError, get_dataset, own_held_out
+    from .data import DataError, get_dataset, own_held_out, resolve_dataset
     from .loader import make_loader
     from .runs import write_json
     from .train import pick_device
 
+    dataset = resolve_dataset(dataset, data_dir)
     if not dataset.startswith("folder:"):
-        raise DataError(f"published ImageNet weights are evaluated on an ImageNet-style folder (folder:PATH), not {dataset}")
+        raise DataError(f"published ImageNet weights are evaluated on imagenet or an ImageNet-style folder "
+                        f"(folder:PATH), not {dataset}")
     dev = pick_device(device)
     model, config = load_published(spec, dev)
     path = Path(dataset.removeprefix("folder:")).expanduser()

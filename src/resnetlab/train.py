@@ -201,7 +201,11 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
         raise ValueError(f"--eval-every must be at least 1, got {config.eval_every}")
     world = distributed.world_from_env()
     device = distributed.setup(world, pick_device(config.device))
+    from .data import resolve_dataset
     from .models import create_model
+
+    # imagenet names a folder prepared from its archives: by process 0 alone, the others wait for its name.
+    config.dataset = distributed.share(resolve_dataset(config.dataset, config.data_dir) if world.is_main else None, world)
 
     resize_to = held_out_resize(config.dataset, config.image_size, recipe)
     train_set, test_set = load_splits(
