@@ -377,7 +377,7 @@ def test_channels_and_size_of_array_datasets(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"name": "imagenet"}, "unknown dataset 'imagenet'"),
+        ({"name": "imagenet22k"}, "unknown dataset 'imagenet22k': choose one of fashion-mnist, .*, imagenet, or folder:PATH"),
         ({"name": "mnist", "split": "val"}, "'train' and a 'test' split"),
         ({"name": "mnist", "channels": 2}, "channels must be 1"),
         ({"name": "mnist", "image_size": 0}, "positive number of pixels"),

@@ -131,6 +131,18 @@ def test_confusion_counts_written_only_for_few_classes():
     assert len(many.axes[0].texts) == 0
 
 
+def test_a_thousand_classes_are_numbered_not_named(tmp_path):
+    n = 1000
+    matrix = [[5 if i == j else 0 for j in range(n)] for i in range(n)]
+    names = [f"n{i:08d}" for i in range(n)]
+    fig = _confusion_figure(matrix, names, "ImageNet")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert not {t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()} & set(names)
+    assert "index" in ax.get_xlabel()
+    ET.parse(plot_confusion(matrix, names, tmp_path / "c", "ImageNet")[1])
+
+
 def test_confusion_shape_must_match_classes(tmp_path):
     with pytest.raises(ValueError, match="3x3 for 3 classes"):
         plot_confusion([[1, 2], [3, 4]], ["a", "b", "c"], tmp_path / "c", "t")

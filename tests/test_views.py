@@ -94,3 +94,22 @@ def test_eval_cli_prints_how_scores_were_averaged(folder_run, capsys):
     assert main(["eval", str(folder_run), "--scales", "24", "32", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "(6 test images, scores averaged over shorter sides 24, 32 and their mirror images)" in printed
+
+
+def test_a_papers_imagenet_net_is_evaluated_beside_the_papers_numbers(tmp_path, capsys):
+    """A 1000-class resnet34 run tested with 10 crops prints the 2015 paper's Table 3 row; other views, none."""
+    rng = np.random.default_rng(5)
+    for i in range(1000):
+        (tmp_path / "photos" / f"n{i:08d}").mkdir(parents=True)
+        for k in range(2):  # one for training, one held out
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "photos" / f"n{i:08d}" / f"{k}.png")
+    run = tmp_path / "run"
+    train(TrainConfig(model="resnet34", dataset=f"folder:{tmp_path / 'photos'}", recipe="imagenet", image_size=16,
+                      batch_size=4, steps=1, limit_train=8, limit_test=2, workers=0, device="cpu", out=str(run),
+                      progress=False))
+    assert main(["eval", str(run), "--ten-crop", "--limit-test", "2", "--device", "cpu"]) == 0
+    assert ("the 2015 paper reports 24.52% top-1 and 7.46% top-5 error for its resnet34 tested this way on ImageNet's "
+            "validation set (Table 3)") in capsys.readouterr().out
+    assert json.loads((run / "eval.json").read_text())["reference"].startswith("the 2015 paper reports 24.52%")
+    assert main(["eval", str(run), "--scales", "16", "24", "--limit-test", "2", "--device", "cpu"]) == 0
+    assert "the 2015 paper reports" not in capsys.readouterr().out  # Table 4 used the paper's five scales

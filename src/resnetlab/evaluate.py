@@ -107,6 +107,34 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 PAPER_SCALES: tuple[int, ...] = (224, 256, 384, 480, 640)
 
 
+# The 2015 paper's ImageNet validation errors (top-1, top-5, in %) of its own nets, by test-time views:
+# 10-crop (Table 3; the 34-layer ResNet with projection shortcuts where dimensions grow, option B,
+# as these models have) and multi-scale fully-convolutional (Table 4, single models).
+PAPER_IMAGENET_ERRORS: dict[tuple[str, str], tuple[float, float, str]] = {
+    ("plain34", "ten-crop"): (28.54, 10.02, "Table 3"),
+    ("resnet34", "ten-crop"): (24.52, 7.46, "Table 3"),
+    ("resnet50", "ten-crop"): (22.85, 6.71, "Table 3"),
+    ("resnet101", "ten-crop"): (21.75, 6.05, "Table 3"),
+    ("resnet152", "ten-crop"): (21.43, 5.71, "Table 3"),
+    ("resnet34", "scales"): (21.84, 5.71, "Table 4"),
+    ("resnet50", "scales"): (20.74, 5.25, "Table 4"),
+    ("resnet101", "scales"): (19.87, 4.60, "Table 4"),
+    ("resnet152", "scales"): (19.38, 4.49, "Table 4"),
+}
+
+
+def paper_reference(model: str, views: str | None, scales: Sequence[int], num_classes: int) -> str | None:
+    """What the 2015 paper reports for ``model`` tested this way on ImageNet, or None when it reports nothing."""
+    if num_classes != 1000 or (views == "scales" and tuple(scales) != PAPER_SCALES):
+        return None
+    found = PAPER_IMAGENET_ERRORS.get((model, views))
+    if found is None:
+        return None
+    top1, top5, table = found
+    return (f"the 2015 paper reports {top1:.2f}% top-1 and {top5:.2f}% top-5 error for its {model} tested this way "
+            f"on ImageNet's validation set ({table}), that is {100 - top1:.2f}% and {100 - top5:.2f}% accuracy")
+
+
 def view_batches(path: str | Path, channels: int, image_size: int, resize_to: int | None, views: str,
                  scales: Sequence[int] = PAPER_SCALES) -> list[torch.Tensor]:
     """The uint8 views of one image file whose scores evaluation averages, as batches (V, C, H, W).
@@ -254,7 +282,7 @@ class EvalReport:
     classes: list[str]
     result: EvalResult
     files: list[Path]
-    reference: str | None = None  # what the evaluated weights are published to reach, when known
+    reference: str | None = None  # what the weights are published, or the paper reports, to reach, when known
     views: str | None = None  # how scores were averaged over views of each image, when they were
 
     def to_dict(self) -> dict:
@@ -262,6 +290,7 @@ class EvalReport:
         return {
             "dataset": self.dataset,
             "views": self.views or "one view, as in training",
+            "reference": self.reference,
             "examples": r.count,
             "loss": r.loss,
             "accuracy": r.accuracy,
@@ -329,7 +358,8 @@ def evaluate_run(
     else:
         result = evaluate_views(model, test, config["mean"], config["std"], len(config["classes"]), views, scales,
                                 config.get("resize_size"), dev)
-    report = EvalReport(run_dir, name, config["classes"], result, [], views=describe_views(views, scales))
+    reference = paper_reference(config["model"], views, scales, len(config["classes"]))
+    report = EvalReport(run_dir, name, config["classes"], result, [], reference, describe_views(views, scales))
     write_json(run_dir / "eval.json", report.to_dict())
     report.files.append(run_dir / "eval.json")
     report.files += plot_confusion(result.confusion, config["classes"], run_dir / "confusion", f"{config['model']} on {name}")

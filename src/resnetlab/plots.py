@@ -70,11 +70,15 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, x: str = "step") 
     return paths + [csv_path]
 
 
+MAX_NAMED_CLASSES = 60  # more classes than this are numbered on a confusion matrix's axes, not named
+
+
 def plot_confusion(matrix: Sequence[Sequence[int]], classes: list[str], out: str | Path, title: str) -> list[Path]:
     """A confusion matrix as a heat map (rows: true class, columns: predicted), saved as PNG and SVG.
 
     Colour is the fraction of each true class, so rare classes read as clearly as common ones;
-    the counts are written in the cells when there are at most 20 classes.
+    the counts are written in the cells when there are at most 20 classes, the names on the axes
+    when there are at most ``MAX_NAMED_CLASSES``.
     """
     return save_figure(_confusion_figure(matrix, classes, title), out)
 
@@ -190,11 +194,16 @@ def _confusion_figure(matrix: Sequence[Sequence[int]], classes: list[str], title
             for j, count in enumerate(row):
                 dark = fractions[i][j] > 0.5
                 ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color="white" if dark else "black")
-    size = 9 if n <= 20 else 5
-    ax.set_xticks(range(n), classes, rotation=45, ha="right", rotation_mode="anchor", fontsize=size)
-    ax.set_yticks(range(n), classes, fontsize=size)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    if n <= MAX_NAMED_CLASSES:
+        size = 9 if n <= 20 else 5
+        ax.set_xticks(range(n), classes, rotation=45, ha="right", rotation_mode="anchor", fontsize=size)
+        ax.set_yticks(range(n), classes, fontsize=size)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+    else:
+        # ImageNet's thousand names would print over each other, and laying them out takes minutes.
+        ax.set_xlabel("predicted class (index into the classes of eval.json)")
+        ax.set_ylabel("true class (index)")
     accuracy = f"accuracy {correct / seen:.2%} of {seen:,}" if seen else "no examples"
     ax.set_title(f"{title}\n{accuracy}")
     return fig
