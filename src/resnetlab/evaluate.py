@@ -177,14 +177,23 @@ class _Views(torch.utils.data.Dataset):
         return view_batches(path, self.dataset.channels, self.image_size, self.resize_to, self.views, self.scales), label
 
 
+def _stack_views(items: list[tuple[list[torch.Tensor], int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Collate images' views: for each kind of view (each scale), the images' batches stacked (B, V, C, H, W)."""
+    kinds = len(items[0][0])
+    return [torch.stack([views[k] for views, _ in items]) for k in range(kinds)], torch.tensor([label for _, label in items])
+
+
 @torch.no_grad()
 def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float], num_classes: int, views: str,
                    scales: Sequence[int] = PAPER_SCALES, resize_to: int | None = None,
-                   device: torch.device | str = "cpu", workers: int = 0) -> EvalResult:
+                   device: torch.device | str = "cpu", workers: int | None = None) -> EvalResult:
     """Evaluate on a folder dataset with each image's class probabilities averaged over its views.
 
-    The loss is the cross-entropy of the averaged probabilities. See ``view_batches`` for the views.
+    The loss is the cross-entropy of the averaged probabilities. See ``view_batches`` for the views;
+    ``workers`` decode images in parallel (by default one a CPU, up to 16).
     """
+    from .loader import default_workers
+
     if views == "ten-crop" and (resize_to is None or resize_to <= dataset.image_size):
         raise ValueError("ten-crop testing cuts crops from an image resized larger than the model's input: it needs "
                          "a run trained with a scaling recipe (imagenet) on a folder, or --pretrained")
@@ -192,16 +201,21 @@ def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float
     model.eval()
     tally = _Tally(num_classes)
     items = _Views(dataset, dataset.image_size, resize_to, views, scales)
-    for batches, label in torch.utils.data.DataLoader(items, batch_size=None, num_workers=workers):
-        probs = torch.zeros(num_classes, device=device)
+    # Ten crops are all one size, so 32 images' crops share a batch; whole images at several scales
+    # come in as many sizes as proportions, so they go one image at a time.
+    loader = torch.utils.data.DataLoader(items, batch_size=32 if views == "ten-crop" else 1, collate_fn=_stack_views,
+                                         num_workers=default_workers() if workers is None else workers)
+    for kinds, labels in loader:
+        probs = torch.zeros(len(labels), num_classes, device=device)
         count = 0
-        for batch in batches:
-            x = normalize(batch.to(device), mean, std)
+        for batch in kinds:
+            n, v = batch.shape[:2]
+            x = normalize(batch.flatten(0, 1).to(device), mean, std)
             with autocast_for(device):
-                probs += model(x).float().softmax(1).sum(0)
-            count += len(batch)
+                probs += model(x).float().softmax(1).view(n, v, -1).sum(1)
+            count += v
         # Clamped: a probability that underflowed to zero would make the loss infinite.
-        tally.add((probs / count).clamp_min(1e-30).log()[None], torch.tensor([label], device=device))
+        tally.add((probs / count).clamp_min(1e-30).log(), labels.to(device))
     return tally.result()
 
 

@@ -349,7 +349,12 @@ def make_loader(ds, batch_size: int, mean: list[float], std: list[float], device
         return DeviceLoader(ds.images, ds.labels, batch_size, mean, std, device, train=train, **kwargs)
     labels = torch.tensor([label for _, label in ds.samples], dtype=torch.int64)
     if workers is None:
-        workers = min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        workers = default_workers()
     if workers < 0:
         raise ValueError(f"--workers must be 0 (decode in the training process) or more, got {workers}")
     return FolderLoader(ds, labels, batch_size, mean, std, device, train=train, workers=workers, **kwargs)
+
+
+def default_workers() -> int:
+    """Processes that decode image files: one for each CPU this process may use, up to 16."""
+    return min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
