@@ -346,10 +346,10 @@ def evaluate_run(
     ``views`` ("ten-crop" or "scales", see ``view_batches``) averages each image's scores over several
     views of it; that needs image files, so a run trained on a folder.
     """
+    from .data import resolve_dataset
     from .loader import dataset_shape, make_loader
     from .plots import plot_confusion
     from .runs import load_model, write_json
-    from .data import resolve_dataset
     from .train import load_split, pick_device, reload_sizes
 
     run_dir = Path(run_dir)

@@ -256,8 +256,9 @@ class FolderLoader(DeviceLoader):
     """Batches of a dataset too big for memory (a folder of images), decoded by DataLoader workers.
 
     Same epoch plans, augmentation and normalisation as ``DeviceLoader``, but scale augmentation
-    crops each image from its file in the workers (``data.load_random_crop``, torchvision's
-    RandomResizedCrop), seeded by the plan. ``dataset[i]`` must return (uint8 (C, H, W) image, label).
+    crops each image from its file in the workers, seeded by the plan: ``scale_crop`` with
+    torchvision's RandomResizedCrop (``data.load_random_crop``), ``scale_jitter`` as the 2015 paper
+    (``data.load_jitter_crop``). ``dataset[i]`` must return (uint8 (C, H, W) image, label).
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, labels: torch.Tensor, batch_size: int, mean: list[float],
