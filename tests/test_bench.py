@@ -72,3 +72,28 @@ def test_bench_refuses_what_it_cannot_time(capsys, flag, value):
     assert main(["bench", "train", flag, value, "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and f"{flag} must be at least" in err and "Traceback" not in err
+
+
+def test_bench_decode_times_both_pipelines_on_each_size_and_crop(tmp_path, capsys):
+    printed = []
+    result = bench.bench_decode(size=32, count=2, repeat=2, sizes=((60, 40), (300, 200)), print_fn=printed.append)
+    assert [(r["images"], r["crop"]) for r in result["rows"]] == [
+        ("60x40", "random-resized crop"), ("60x40", "scale jitter"),
+        ("300x200", "random-resized crop"), ("300x200", "scale jitter"),
+    ]
+    for r in result["rows"]:
+        assert r["speedup"] == pytest.approx(r["torchvision_ms_per_image"] / r["resnetlab_ms_per_image"])
+    assert result["scale_jitter"] == [37, 69] and result["device_type"] == "cpu"
+    assert len(printed) == 2 + 4
+
+    photos = tmp_path / "photos" / "only"
+    photos.mkdir(parents=True)
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (90, 70), (i * 80, 0, 0)).save(photos / f"{i}.png")
+    assert main(["bench", "decode", "--folder", str(tmp_path / "photos"), "--size", "32", "--count", "2",
+                 "--repeat", "1", "--results", str(tmp_path / "results")]) == 0
+    saved = only_result(tmp_path / "results")
+    assert saved["images"] == "the user's folder" and len(saved["rows"]) == 2
+    assert "random-resized crop" in capsys.readouterr().out

@@ -11,6 +11,10 @@ are evaluated by the same code.
 model against torchvision's, with the same precision and memory format, and of the trainer's own
 step (fused update, CUDA graph) on the same batch.
 
+``bench_decode``: training crops cut from image files, torchvision's ImageFolder pipeline
+against resnetlab's (crop parameters drawn first, JPEGs decoded at a reduced scale where the crop
+allows).
+
 Results go to ``benchmarks/results/`` as JSON with the device, versions and date.
 """
 
@@ -391,6 +395,111 @@ def bench_model(
         print_fn(f"{r['name']:<14}{r['train_images_per_s']:>14,.1f}{r['infer_images_per_s']:>14,.1f}")
     print_fn(f"{'trainer step':<14}{trainer['train_images_per_s']:>14,.1f}{'-':>14}  ({trainer['how']})")
     print_fn(f"resnetlab vs torchvision: training {result['train_ratio']:.2f}x, inference {result['infer_ratio']:.2f}x")
+    return result
+
+
+# Photo sizes the decode benchmark makes when given no folder: ImageNet's typical image, a phone's.
+DECODE_SIZES: tuple[tuple[int, int], ...] = ((500, 375), (4000, 3000))
+
+
+def _synthetic_photos(folder: Path, sizes: tuple[tuple[int, int], ...], count: int) -> dict[str, list[Path]]:
+    """JPEGs (quality 90) of smooth colour ramps with grain, ``count`` of each size: a photo's entropy, roughly."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    photos = {}
+    for width, height in sizes:
+        y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+        paths = []
+        for i in range(count):
+            ramps = np.stack([x * (1 + i % 3) / width, y / height, (x + y) / (width + height)], -1) * 255
+            pixels = np.clip(ramps + rng.normal(0, 12, ramps.shape), 0, 255).astype(np.uint8)
+            path = folder / f"{width}x{height}-{i}.jpg"
+            Image.fromarray(pixels).save(path, quality=90)
+            paths.append(path)
+        photos[f"{width}x{height}"] = paths
+    return photos
+
+
+def bench_decode(
+    folder: str | Path | None = None,
+    size: int = 224,
+    count: int = 20,
+    repeat: int = 3,
+    sizes: tuple[tuple[int, int], ...] = DECODE_SIZES,
+    print_fn: Callable[[str], None] = print,
+) -> dict:
+    """Training crops from image files, one process: torchvision's ImageFolder pipeline against resnetlab's.
+
+    Both cut the same kinds of crop from the same files: RandomResizedCrop(``size``) (the
+    ``imagenet`` recipe) and the 2015 paper's scale jitter (shorter side 8/7 to 15/7 of ``size``,
+    then a random crop; ``he2015-imagenet``). torchvision's pipeline is the one its reference
+    scripts use: PIL open and convert to RGB, the transform, then PILToTensor. ``folder`` times the
+    user's own images (its first ``count``); otherwise synthetic JPEGs of ``sizes`` are made.
+    """
+    import tempfile
+
+    from torchvision import transforms as T
+
+    from .data import load_jitter_crop, load_random_crop
+
+    if count < 1 or repeat < 1:
+        raise ValueError("--count and --repeat must be at least 1")
+    jitter = (round(size * 8 / 7), round(size * 15 / 7))  # 256-480 for 224
+    with tempfile.TemporaryDirectory() as tmp:
+        if folder is None:
+            photos = _synthetic_photos(Path(tmp), sizes, count)
+        else:
+            from .data import get_dataset
+
+            found = get_dataset(f"folder:{folder}", "train", val_fraction=0.0)
+            photos = {str(folder): [path for path, _ in found.samples[:count]]}
+
+        def torchvision_crops(paths: list[Path], transform: Callable) -> None:
+            from PIL import Image
+
+            for path in paths:
+                with open(path, "rb") as f:
+                    T.PILToTensor()(transform(Image.open(f).convert("RGB")))
+
+        contenders = {
+            "random-resized crop": (
+                lambda paths: torchvision_crops(paths, T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip()])),
+                lambda paths: [load_random_crop(p, 3, size, i, (0.08, 1.0)) for i, p in enumerate(paths)],
+            ),
+            "scale jitter": (
+                lambda paths: torchvision_crops(paths, T.Compose([
+                    T.RandomChoice([T.Resize(s) for s in range(jitter[0], jitter[1] + 1)]),
+                    T.RandomCrop(size), T.RandomHorizontalFlip(),
+                ])),
+                lambda paths: [load_jitter_crop(p, 3, size, i, jitter) for i, p in enumerate(paths)],
+            ),
+        }
+        rows = []
+        for photo_size, paths in photos.items():
+            for crop, (theirs, ours) in contenders.items():
+                runs: dict[str, list[float]] = {"torchvision": [], "resnetlab": []}
+                for _ in range(repeat):  # alternating, so that a busy moment hurts both alike
+                    for name, fn in (("torchvision", theirs), ("resnetlab", ours)):
+                        start = time.perf_counter()
+                        fn(paths)
+                        runs[name].append(1e3 * (time.perf_counter() - start) / len(paths))
+                tv, rl = statistics.median(runs["torchvision"]), statistics.median(runs["resnetlab"])
+                rows.append({"images": photo_size, "crop": crop, "torchvision_ms_per_image": tv,
+                             "resnetlab_ms_per_image": rl, "speedup": tv / rl})
+    device = torch.device("cpu")
+    result = {
+        "benchmark": "decode", "model": f"crop{size}", "crop_size": size, "images_per_size": count, "repeat": repeat,
+        "images": "the user's folder" if folder is not None else "synthetic JPEGs (quality 90)",
+        "scale_jitter": list(jitter), "rows": rows, **environment(device),
+    }
+    result["device"] = f"{_cpu_name()}, one process"
+    print_fn(f"training crops of {size} from image files, one process, {result['device']}")
+    print_fn(f"{'images':<12}{'crop':<22}{'torchvision ms':>16}{'resnetlab ms':>14}{'speedup':>9}")
+    for r in rows:
+        print_fn(f"{r['images']:<12}{r['crop']:<22}{r['torchvision_ms_per_image']:>16.2f}"
+                 f"{r['resnetlab_ms_per_image']:>14.2f}{r['speedup']:>8.2f}x")
     return result
 
 

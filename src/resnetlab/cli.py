@@ -167,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compile", action="store_true")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     b.add_argument("--results", default="benchmarks/results")
+    b = bench.add_parser("decode", help="training crops from image files against torchvision's ImageFolder pipeline")
+    b.add_argument("--folder", help="time your own images (default: synthetic JPEGs of ImageNet's and a phone's size)")
+    b.add_argument("--size", type=int, default=224, help="crop side")
+    b.add_argument("--count", type=int, default=20, help="images of each size")
+    b.add_argument("--repeat", type=int, default=3, help="passes of each contender, alternating; report the median")
+    b.add_argument("--results", default="benchmarks/results")
 
     from . import experiments
 
@@ -339,12 +345,14 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import bench_model, bench_train, save_result
+    from .bench import bench_decode, bench_model, bench_train, save_result
 
     if args.bench == "train":
         result = bench_train(args.model, args.dataset, args.data_dir, args.batch_size, args.steps, args.device,
                              args.recipe, args.workers, args.limit_test, compile=args.compile,
                              repeat=args.repeat)
+    elif args.bench == "decode":
+        result = bench_decode(args.folder, args.size, args.count, args.repeat)
     else:
         result = bench_model(args.model, args.batch_size, args.image_size, args.steps, args.device, args.compile)
     path = save_result(result, args.results)
