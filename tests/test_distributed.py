@@ -40,6 +40,33 @@ def test_each_process_gets_its_own_slice_of_every_batch():
         assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1)
 
 
+@pytest.mark.parametrize("crop", [{"scale_crop": (0.08, 1.0)}, {"scale_jitter": (20, 30)}], ids=["scale-crop", "jitter"])
+def test_crops_from_files_are_the_same_whichever_process_cuts_them(tmp_path, crop):
+    """Each process decodes only its slice of a folder batch, and cuts exactly the crops one process would."""
+    from PIL import Image
+
+    from resnetlab.data import get_dataset
+    from resnetlab.loader import make_loader
+
+    g = torch.Generator().manual_seed(1)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(8):
+            Image.fromarray(torch.randint(0, 256, (24 + 4 * i, 40, 3), dtype=torch.uint8, generator=g).numpy()).save(
+                tmp_path / c / f"{i}.png")
+    folder = get_dataset(f"folder:{tmp_path}", "train", image_size=16, val_fraction=0.0)
+    pca = {"eigval": [0.05, 0.01, 0.001], "eigvec": torch.eye(3).tolist()}
+
+    def batches(rank: int = 0, world: int = 1):
+        return list(make_loader(folder, 8, [0.5] * 3, [0.25] * 3, torch.device("cpu"), train=True, workers=0, flip=True,
+                                seed=2, lighting=0.1, colour_pca=pca, rank=rank, world=world, **crop).epoch(1))
+
+    whole, parts = batches(), [batches(rank, 2) for rank in (0, 1)]
+    for (x, y), (x0, y0), (x1, y1) in zip(whole, *parts, strict=True):
+        assert torch.equal(x[0::2], x0) and torch.equal(x[1::2], x1)
+        assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1)
+
+
 def test_the_batch_must_split_evenly_over_the_processes():
     images, labels = fake_data()
     with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
