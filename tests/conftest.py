@@ -1,6 +1,7 @@
 """Fixtures shared by several test files."""
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,21 @@ def fashion_mnist_here() -> bool:
     data = os.environ.get("RESNETLAB_DATA")
     folders = [FASHION] + ([Path(data), Path(data) / "fashion-mnist"] if data else [])
     return any((d / "t10k-images-idx3-ubyte.gz").exists() for d in folders)
+
+
+def noise_photos(root: Path, classes: Sequence[str], per_class: int, shape: Callable[[int], tuple[int, int]],
+                 seed: int = 0) -> Path:
+    """A folder of random-pixel RGB PNGs, one subfolder per class; image ``i`` is ``shape(i)`` (height, width)."""
+    import torch
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = torch.randint(0, 256, (*shape(i), 3), dtype=torch.uint8, generator=g)
+            Image.fromarray(pixels.numpy()).save(root / c / f"{i}.png")
+    return root
 
 
 @pytest.fixture(scope="session")

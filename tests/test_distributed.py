@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import noise_photos
 
 from resnetlab import runs
 from resnetlab.loader import DeviceLoader
@@ -43,17 +44,10 @@ def test_each_process_gets_its_own_slice_of_every_batch():
 @pytest.mark.parametrize("crop", [{"scale_crop": (0.08, 1.0)}, {"scale_jitter": (20, 30)}], ids=["scale-crop", "jitter"])
 def test_crops_from_files_are_the_same_whichever_process_cuts_them(tmp_path, crop):
     """Each process decodes only its slice of a folder batch, and cuts exactly the crops one process would."""
-    from PIL import Image
-
     from resnetlab.data import get_dataset
     from resnetlab.loader import make_loader
 
-    g = torch.Generator().manual_seed(1)
-    for c in ("a", "b"):
-        (tmp_path / c).mkdir()
-        for i in range(8):
-            Image.fromarray(torch.randint(0, 256, (24 + 4 * i, 40, 3), dtype=torch.uint8, generator=g).numpy()).save(
-                tmp_path / c / f"{i}.png")
+    noise_photos(tmp_path, ("a", "b"), 8, lambda i: (24 + 4 * i, 40))
     folder = get_dataset(f"folder:{tmp_path}", "train", image_size=16, val_fraction=0.0)
     pca = {"eigval": [0.05, 0.01, 0.001], "eigvec": torch.eye(3).tolist()}
 

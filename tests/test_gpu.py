@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import fashion_mnist_here
+from conftest import fashion_mnist_here, noise_photos
 
 from resnetlab import runs
 from resnetlab.loader import DeviceLoader
@@ -118,17 +118,11 @@ def test_batches_on_the_gpu_equal_those_on_the_cpu(crop):
 @pytest.mark.parametrize("crop", [{"scale_crop": (0.08, 1.0)}, {"scale_jitter": (20, 30)}], ids=["scale-crop", "jitter"])
 def test_folder_crops_and_colour_noise_on_the_gpu_equal_those_on_the_cpu(tmp_path, crop):
     """Crops cut from files by workers, pinned and copied to the GPU, then coloured there, as on the CPU."""
-    from PIL import Image
-
     from resnetlab.data import get_dataset
     from resnetlab.loader import make_loader
 
+    noise_photos(tmp_path, ("a", "b"), 12, lambda i: (24 + 2 * i, 36))
     g = torch.Generator().manual_seed(2)
-    for c in ("a", "b"):
-        (tmp_path / c).mkdir()
-        for i in range(12):
-            pixels = torch.randint(0, 256, (24 + 2 * i, 36, 3), dtype=torch.uint8, generator=g)
-            Image.fromarray(pixels.numpy()).save(tmp_path / c / f"{i}.png")
     folder = get_dataset(f"folder:{tmp_path}", "train", image_size=16, val_fraction=0.0)
     pca = {"eigval": [0.05, 0.01, 0.001], "eigvec": torch.linalg.qr(torch.randn(3, 3, generator=g))[0].tolist()}
     kw = dict(train=True, flip=True, seed=4, lighting=0.1, colour_pca=pca, workers=2, channels_last=True, **crop)

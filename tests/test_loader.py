@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import noise_photos
 
 from resnetlab.loader import DeviceLoader, channel_stats, colour_pca, crop_and_flip, normalize, random_boxes, resized_crop
 
@@ -96,17 +97,10 @@ def test_eval_loader_keeps_order_and_every_example():
 
 def test_folder_loader_streams_the_same_batches_as_memory(tmp_path):
     """A folder decoded by DataLoader workers gives exactly the batches of the same images held in memory."""
-    from PIL import Image
-
     from resnetlab.data import get_dataset
     from resnetlab.loader import FolderLoader, make_loader
 
-    rng = torch.Generator().manual_seed(0)
-    for cls in ("cat", "dog"):
-        (tmp_path / cls).mkdir()
-        for i in range(12):
-            pixels = torch.randint(0, 256, (10, 10, 3), dtype=torch.uint8, generator=rng).numpy()
-            Image.fromarray(pixels).save(tmp_path / cls / f"{i}.png")
+    noise_photos(tmp_path, ("cat", "dog"), 12, lambda i: (10, 10))
     folder = get_dataset(f"folder:{tmp_path}", split="train", image_size=10, val_fraction=0.25, seed=0)
     arrays = folder.to_arrays()
     kwargs = dict(flip=True, seed=5, pad_crop=2)
@@ -127,13 +121,7 @@ def test_folder_scale_crops_are_torchvisions_random_resized_crops_of_the_stored_
     from resnetlab.data import get_dataset
     from resnetlab.loader import make_loader
 
-    rng = torch.Generator().manual_seed(0)
-    for cls in ("cat", "dog"):
-        (tmp_path / cls).mkdir()
-        for i in range(6):
-            h, w = (40, 90) if i % 2 else (70, 30)  # wide and tall, neither the training size
-            pixels = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=rng).numpy()
-            Image.fromarray(pixels).save(tmp_path / cls / f"{i}.png")
+    noise_photos(tmp_path, ("cat", "dog"), 6, lambda i: (40, 90) if i % 2 else (70, 30))  # wide and tall, not square
     folder = get_dataset(f"folder:{tmp_path}", split="train", image_size=16, val_fraction=0.0)
     mean, std = [0.5] * 3, [0.25] * 3
     loader = make_loader(folder, 4, mean, std, torch.device("cpu"), train=True, workers=0, flip=True, seed=3,
