@@ -226,3 +226,12 @@ def test_python_dash_m_runs_the_same_command_line():
     assert ok.returncode == 0 and "269,722" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "resnetlab", "summary", "resnet9000x"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+@needs_fashion
+def test_data_describes_a_named_dataset(capsys):
+    assert main(["data", "fashion-mnist"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["train", "60,000", "images", "1x28x28", "uint8"]
+    assert lines[2].split() == ["test", "10,000", "images", "1x28x28", "uint8"]
+    assert lines[3].startswith("  10 classes, 6,000 to 6,000 training images each: T-shirt/top, Trouser")

@@ -116,3 +116,11 @@ def test_missing_imagenet_says_where_to_get_it(tmp_path, monkeypatch):
     monkeypatch.delenv("RESNETLAB_DATA", raising=False)
     with pytest.raises(DataError, match="ImageNet needs an account: download the archives from https://image-net.org"):
         get_dataset("imagenet", "train", root=tmp_path / "empty")
+
+
+def test_data_command_prepares_imagenet_and_describes_it(archives, capsys):
+    assert main(["data", "imagenet", "--data-dir", str(archives)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"imagenet: folder:{archives}" and (archives / "train").is_dir()
+    assert out[1].split()[:3] == ["train", "6", "images"] and out[2].split()[:4] == ["held", "out", "5", "images"]
+    assert out[3] == "  3 classes, 2 to 2 training images each: n01000000, n02000000, n03000000"

@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("recipes", help="list the training recipes with their hyperparameters and sources")
 
+    p = sub.add_parser("data", help="find (or prepare) a dataset and show its splits, classes and image sizes")
+    p.add_argument("dataset", help="fashion-mnist, mnist, cifar10, cifar100, signs, imagenet or folder:PATH")
+    p.add_argument("--data-dir")
+
     p = sub.add_parser("summary", help="Keras-style model summary with multiply-adds")
     p.add_argument("model")
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
@@ -198,6 +202,27 @@ def cmd_recipes(args: argparse.Namespace) -> None:
     for name, recipe in RECIPES.items():
         print(f"{name}: {describe_recipe(recipe)}")
         print(textwrap.fill(recipe.notes, width=100, initial_indent="    ", subsequent_indent="    "))
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from collections import Counter
+
+    from .data import resolve_dataset
+    from .train import load_split
+
+    name = resolve_dataset(args.dataset, args.data_dir)  # imagenet: prepared here, once, before any training
+    print(name if name == args.dataset else f"{args.dataset}: {name}")
+    for split, title in (("train", "train"), ("test", "held out" if name.startswith("folder:") else "test")):
+        ds = load_split(name, split, args.data_dir, on_disk=True)
+        if hasattr(ds, "images"):
+            labels, form = ds.labels.tolist(), "x".join(map(str, ds.images.shape[1:])) + " uint8"
+        else:
+            labels, form = [label for _, label in ds.samples], "image files (resized to --image-size, 64 by default)"
+        print(f"  {title:<10}{len(ds):>10,} images  {form}")
+        if split == "train":
+            per_class = Counter(labels)
+    names = ", ".join(ds.classes[:8]) + (", ..." if len(ds.classes) > 8 else "")
+    print(f"  {len(ds.classes)} classes, {min(per_class.values()):,} to {max(per_class.values()):,} training images each: {names}")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -368,6 +393,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 COMMANDS = {
     "models": cmd_models,
     "recipes": cmd_recipes,
+    "data": cmd_data,
     "summary": cmd_summary,
     "train": cmd_train,
     "eval": cmd_eval,

@@ -21,6 +21,7 @@ import os
 import pickle
 import random
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -749,7 +750,7 @@ def prepare_imagenet(root: str | Path | None = None) -> Path:
             if not (archives / split).is_dir():
                 partial = archives / f"{split}.partial"
                 shutil.rmtree(partial, ignore_errors=True)
-                print(f"imagenet: extracting the {split} images into {archives / split} (once)", flush=True)
+                print(f"imagenet: extracting the {split} images into {archives / split} (once)", file=sys.stderr)
                 parse(archives, folder=partial.name)
                 partial.rename(archives / split)
     except RuntimeError as err:  # torchvision's words for a missing or corrupt archive (wrong MD5)
