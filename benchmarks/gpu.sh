@@ -7,6 +7,7 @@
 #   model    bench model for ResNet-50, eager and compiled
 #   fast     the fast recipe end to end, timed (fast-compile: the same with --compile)
 #   he2016   resnet20's whole he2016 schedule (64k steps), timed (he2016-compile: with --compile)
+#   decode   bench decode: training crops from JPEG files on this machine's CPU (not in the default list)
 # Each stage takes a few minutes; results land in $OUT (default benchmarks/results). A run's
 # metrics.jsonl times training and evaluation; the log's "wall" line adds start-up and compilation.
 set -uo pipefail
@@ -54,6 +55,8 @@ for stage in $stages; do
                 --epochs "$epochs" --device cuda --eval-every 1000 --out "$OUT/runs/$stage-$epochs" --no-progress \
                 "${compile[@]}"
         done ;;
+    decode)
+        run bench-decode.txt python3 -m resnetlab bench decode --results "$OUT" ;;
     he2016 | he2016-compile)
         run "$stage.txt" python3 -m resnetlab train --model resnet20 --recipe he2016 --device cuda --eval-every 20 \
             --out "$OUT/runs/$stage" --no-progress "${compile[@]}" ;;
