@@ -102,6 +102,16 @@ def test_train_and_eval_take_imagenet_by_name(archives, tmp_path, capsys):
     assert "(5 test images, 10-crop testing)" in capsys.readouterr().out
 
 
+def test_the_papers_recipe_crops_224_pixels_unless_told(archives, tmp_path):
+    from resnetlab import runs
+    from resnetlab.train import TrainConfig, train
+
+    train(TrainConfig(model="resnet8", dataset="imagenet", data_dir=str(archives), recipe="he2015-imagenet", steps=1,
+                      batch_size=3, workers=0, device="cpu", out=str(tmp_path / "run"), progress=False))
+    config = runs.read_config(tmp_path / "run")
+    assert (config["image_size"], config["resize_size"]) == (224, 256)
+
+
 def test_a_corrupt_archive_is_named_and_nothing_half_made_is_left(archives, capsys):
     (archives / "ILSVRC2012_img_val.tar").write_bytes(b"truncated")
     with pytest.raises(DataError, match="ILSVRC2012_img_val.tar is not present in the root directory or is corrupted"):

@@ -48,7 +48,7 @@ def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> No
     where.add_argument("--seed", type=int, default=0)
     if quick_only:
         return
-    data.add_argument("--image-size", type=int, help="folder datasets: resize images to this side (default 64)")
+    data.add_argument("--image-size", type=int, help="folder datasets: resize images to this side (default 64; 224 with a scaling recipe)")
     data.add_argument("--workers", type=int, help="folder datasets: processes decoding images (default: one a CPU, up to 16)")
     model = p.add_argument_group("model")
     model.add_argument("--model", default="resnet20", help="any name `resnetlab models` lists (default resnet20)")

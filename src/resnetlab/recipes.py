@@ -82,16 +82,17 @@ RECIPES: dict[str, Recipe] = {
             "imagenet",
             lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=256, epochs=90, milestones=(1 / 3, 2 / 3),
             scale_crop=(0.08, 1.0), flip=True,
-            notes="torchvision's reference recipe for its ResNet weights, for image folders (folder:PATH with "
-            "--image-size 224): SGD 0.9, lr 0.1 /10 every 30 of 90 epochs, wd 1e-4, batch 256, random box of "
-            "8-100% of the area resized to full size + flip. The 2015 paper's scale augmentation (shorter side "
-            "256-480, 224 crop) is close to it.",
+            notes="torchvision's reference recipe for its ResNet weights, for image folders (imagenet or "
+            "folder:PATH; 224-pixel crops unless --image-size): SGD 0.9, lr 0.1 /10 every 30 of 90 epochs, wd "
+            "1e-4, batch 256, random box of 8-100% of the area resized to full size + flip; held-out images "
+            "resized to 256 and centre-cropped. he2015-imagenet is the 2015 paper's own.",
         ),
         Recipe(
             "he2015-imagenet",
             lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=256, steps=600_000, milestones=(0.25, 0.5, 0.75),
             scale_jitter=(256, 480), flip=True, lighting=0.1,
-            notes="He et al. 2015, ImageNet (Section 3.4), for image folders (folder:PATH with --image-size 224): "
+            notes="He et al. 2015, ImageNet (Section 3.4), for image folders (imagenet or folder:PATH; 224-pixel "
+            "crops unless --image-size): "
             "SGD 0.9, wd 1e-4, batch 256, lr 0.1 divided by 10 'when the error plateaus' within 60x10^4 "
             "iterations (fixed here at every 30 epochs' worth, 15, 30 and 45x10^4, the cadence of torchvision's "
             "reference); shorter side drawn from [256, 480], a random 224 crop, flip, AlexNet's PCA colour noise "

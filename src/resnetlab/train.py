@@ -109,7 +109,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 IN_MEMORY_BYTES = 4 << 30  # folders whose decoded pixels fit in this stay in memory; bigger ones stream
-FOLDER_IMAGE_SIZE = 64
+FOLDER_IMAGE_SIZE = 64  # the side folder images are resized to unless told
+IMAGENET_IMAGE_SIZE = 224  # the same with a scaling recipe (imagenet, he2015-imagenet)
 
 
 def load_split(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None,
@@ -207,10 +208,12 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     # imagenet names a folder prepared from its archives: by process 0 alone, the others wait for its name.
     config.dataset = distributed.share(resolve_dataset(config.dataset, config.data_dir) if world.is_main else None, world)
 
-    resize_to = held_out_resize(config.dataset, config.image_size, recipe)
-    train_set, test_set = load_splits(
-        config.dataset, config.data_dir, config.limit_train, config.limit_test, config.seed, config.image_size, resize_to
-    )
+    size = config.image_size
+    if size is None and config.dataset.startswith("folder:") and (recipe.scale_crop or recipe.scale_jitter):
+        size = IMAGENET_IMAGE_SIZE  # the scaling recipes are ImageNet's, whose crops are 224 pixels
+    resize_to = held_out_resize(config.dataset, size, recipe)
+    train_set, test_set = load_splits(config.dataset, config.data_dir, config.limit_train, config.limit_test, config.seed,
+                                      size, resize_to)
     channels, image_size = dataset_shape(train_set)
     model_kwargs = {"num_classes": len(train_set.classes), "in_chans": channels, **config.model_kwargs}
     # Fail on a bad name or unusable weights before anything is written (this also fetches them once).
