@@ -3,7 +3,9 @@
 ``get_dataset(name, split)`` is the one entry point. The named datasets come back
 whole as an ``ArrayDataset`` (small enough to keep on the device); ``folder:PATH``
 comes back as a ``FolderDataset`` that decodes lazily, because a user's folder can
-be large. Every problem a user can fix raises ``DataError`` with one message that
+be large, and so does ``imagenet``, a folder prepared once from ImageNet's own
+archives. Training crops can be cut straight from the files (``load_random_crop``,
+``load_jitter_crop``). Every problem a user can fix raises ``DataError`` with one message that
 says which file, what is wrong, and what to do.
 
 Files are looked for, in order, in ``root`` (the CLI's --data-dir), ``$RESNETLAB_DATA``,
@@ -175,7 +177,8 @@ def get_dataset(
     val_fraction: float = 0.1,
     seed: int = 0,
 ) -> ArrayDataset | FolderDataset:
-    """Load one split of a named dataset (see ``DATASETS``) or of ``folder:PATH``.
+    """Load one split of a named dataset (see ``DATASETS``), of ``imagenet`` (see ``prepare_imagenet``;
+    a folder dataset) or of ``folder:PATH``.
 
     ``split`` is "train" or "test"; for folders "val" is the same as "test": the held-out
     part, either PATH's own val/ (or test/) subfolder or a seeded, stratified
