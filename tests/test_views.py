@@ -113,3 +113,20 @@ def test_a_papers_imagenet_net_is_evaluated_beside_the_papers_numbers(tmp_path, 
     assert json.loads((run / "eval.json").read_text())["reference"].startswith("the 2015 paper reports 24.52%")
     assert main(["eval", str(run), "--scales", "16", "24", "--limit-test", "2", "--device", "cpu"]) == 0
     assert "the 2015 paper reports" not in capsys.readouterr().out  # Table 4 used the paper's five scales
+
+
+def test_predict_averages_the_same_views_as_eval(folder_run, capsys):
+    """predict --ten-crop on the held-out files gives the probabilities eval's 10-crop testing averaged."""
+    from resnetlab.evaluate import predict_images
+
+    model, config = runs.load_model(folder_run)
+    held_out = get_dataset(config["dataset"], "test", seed=config["seed"]).samples
+    answers = predict_images(model, config, [p for p, _ in held_out], top_k=3, views="ten-crop")
+    for (path, label), answer in zip(held_out, answers, strict=True):
+        image = T.PILToTensor()(Image.open(path).convert("RGB"))
+        crops = torch.stack(T.TenCrop(config["image_size"])(T.Resize(config["resize_size"])(image)))
+        with torch.no_grad():
+            probs = model.eval()(normalize(crops, config["mean"], config["std"])).softmax(1).mean(0)
+        assert answer.probabilities == pytest.approx(sorted(probs.tolist(), reverse=True), rel=1e-5)
+    assert main(["predict", str(folder_run), str(held_out[0][0]), "--scales", "24", "32", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith(f"{held_out[0][0]}: ")

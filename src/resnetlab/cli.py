@@ -104,12 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--limit-test", type=int, metavar="N")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    views = p.add_mutually_exclusive_group()
-    views.add_argument("--ten-crop", action="store_true",
-                       help="average each image's scores over 10 crops (corners, centre, mirrored): the 2015 paper's Table 3")
-    views.add_argument("--scales", type=int, nargs="*", metavar="SIDE",
-                       help="average scores over whole images resized to these shorter sides and mirrored (default: "
-                            "the 2015 paper's 224 256 384 480 640, its fully-convolutional testing)")
+    _add_view_flags(p)
 
     p = sub.add_parser(
         "predict", help="classify your own images with a trained run, or with torchvision's ImageNet weights",
@@ -121,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(downloaded once into torch's cache); every positional argument is then an image")
     p.add_argument("--top-k", type=int, default=None, help="classes shown per image (default 3, or 5 with --pretrained)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _add_view_flags(p)
 
     p = sub.add_parser("serve", help="a prediction page for a trained run, in your browser")
     p.add_argument("run_dir", nargs="?")
@@ -225,6 +221,25 @@ def cmd_data(args: argparse.Namespace) -> None:
     print(f"  {len(ds.classes)} classes, {min(per_class.values()):,} to {max(per_class.values()):,} training images each: {names}")
 
 
+def _add_view_flags(p: argparse.ArgumentParser) -> None:
+    views = p.add_mutually_exclusive_group()
+    views.add_argument("--ten-crop", action="store_true",
+                       help="average each image's scores over 10 crops (corners, centre, mirrored): the 2015 paper's Table 3")
+    views.add_argument("--scales", type=int, nargs="*", metavar="SIDE",
+                       help="average scores over whole images resized to these shorter sides and mirrored (default: "
+                            "the 2015 paper's 224 256 384 480 640, its fully-convolutional testing)")
+
+
+def _views(args: argparse.Namespace) -> tuple[str | None, tuple[int, ...]]:
+    """The test-time views the flags ask for, and the scales."""
+    from .evaluate import PAPER_SCALES
+
+    scales = tuple(args.scales or PAPER_SCALES)
+    if min(scales) < 1:
+        raise ValueError(f"--scales are image sides in pixels, not {min(scales)}")
+    return ("ten-crop" if args.ten_crop else "scales" if args.scales is not None else None), scales
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     import torch
 
@@ -290,13 +305,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .evaluate import PAPER_SCALES, evaluate_published, evaluate_run
+    from .evaluate import evaluate_published, evaluate_run
 
     _check_one_source(args)
-    views = "ten-crop" if args.ten_crop else "scales" if args.scales is not None else None
-    scales = tuple(args.scales or PAPER_SCALES)
-    if min(scales) < 1:
-        raise ValueError(f"--scales are image sides in pixels, not {min(scales)}")
+    views, scales = _views(args)
     if args.pretrained:
         if not args.dataset:
             raise ValueError("--pretrained needs --dataset imagenet, or folder:PATH of the 1000 ImageNet classes")
@@ -327,7 +339,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if not images:
             raise ValueError(f"no images given: resnetlab predict {run_dir} IMAGE... (or --pretrained MODEL IMAGE...)")
         model, config = load_model(run_dir, device)
-    for pred in predict_images(model, config, images, top_k, device):
+    views, scales = _views(args)
+    for pred in predict_images(model, config, images, top_k, device, views=views, scales=scales):
         print(f"{pred.path}: {pred.ranked()}")
 
 

@@ -194,9 +194,7 @@ def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float
     """
     from .loader import default_workers
 
-    if views == "ten-crop" and (resize_to is None or resize_to <= dataset.image_size):
-        raise ValueError("ten-crop testing cuts crops from an image resized larger than the model's input: it needs "
-                         "a run trained with a scaling recipe (imagenet) on a folder, or --pretrained")
+    _check_views(views, resize_to, dataset.image_size)
     device = torch.device(device)
     model.eval()
     tally = _Tally(num_classes)
@@ -206,17 +204,29 @@ def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float
     loader = torch.utils.data.DataLoader(items, batch_size=32 if views == "ten-crop" else 1, collate_fn=_stack_views,
                                          num_workers=default_workers() if workers is None else workers)
     for kinds, labels in loader:
-        probs = torch.zeros(len(labels), num_classes, device=device)
-        count = 0
-        for batch in kinds:
-            n, v = batch.shape[:2]
-            x = normalize(batch.flatten(0, 1).to(device), mean, std)
-            with autocast_for(device):
-                probs += model(x).float().softmax(1).view(n, v, -1).sum(1)
-            count += v
         # Clamped: a probability that underflowed to zero would make the loss infinite.
-        tally.add((probs / count).clamp_min(1e-30).log(), labels.to(device))
+        tally.add(_view_probs(model, kinds, mean, std, device).clamp_min(1e-30).log(), labels.to(device))
     return tally.result()
+
+
+def _check_views(views: str | None, resize_to: int | None, image_size: int) -> None:
+    if views == "ten-crop" and (resize_to is None or resize_to <= image_size):
+        raise ValueError("ten-crop testing cuts crops from an image resized larger than the model's input: it needs "
+                         "a run trained with a scaling recipe (imagenet) on a folder, or --pretrained")
+
+
+def _view_probs(model: nn.Module, kinds: Sequence[torch.Tensor], mean: list[float], std: list[float],
+                device: torch.device) -> torch.Tensor:
+    """(N, classes) probabilities of N images averaged over their views; ``kinds`` holds one
+    (N, V, C, H, W) uint8 batch for each kind of view (each scale)."""
+    probs, count = 0.0, 0
+    for batch in kinds:
+        n, v = batch.shape[:2]
+        x = normalize(batch.flatten(0, 1).to(device), mean, std)
+        with autocast_for(device):
+            probs = probs + model(x).float().softmax(1).view(n, v, -1).sum(1)
+        count += v
+    return probs / count
 
 
 @dataclass
@@ -235,7 +245,8 @@ class Prediction:
 @torch.no_grad()
 def predict_images(
     model: nn.Module, config: dict, paths: Sequence[str | Path | BinaryIO], top_k: int = 3,
-    device: torch.device | str = "cpu", names: Sequence[str] | None = None,
+    device: torch.device | str = "cpu", names: Sequence[str] | None = None, views: str | None = None,
+    scales: Sequence[int] = PAPER_SCALES,
 ) -> list[Prediction]:
     """Classify image files with a trained model, preprocessing them exactly as its training data.
 
@@ -245,14 +256,26 @@ def predict_images(
     augmentation) gets torchvision's evaluation preprocessing instead: shorter side resized, then
     the centre cropped to ``image_size``.
     ``paths`` may also be open binary files; ``names`` then labels the predictions (default: the paths).
+    ``views`` averages each image's probabilities over views of it, as ``evaluate_views`` does.
     """
     from .data import load_image  # the decoder shared with folder datasets
 
     device = torch.device(device)
-    images = torch.stack([load_image(p, config["channels"], config["image_size"], config.get("resize_size")) for p in paths])
-    x = normalize(images.to(device), config["mean"], config["std"])
+    model = model.to(device).eval()
+    size, resize_to, mean, std = config["image_size"], config.get("resize_size"), config["mean"], config["std"]
+    if views is None:
+        images = torch.stack([load_image(p, config["channels"], size, resize_to) for p in paths])
+        probs = _view_probs(model, [images[:, None]], mean, std, device)  # one view of each image
+    else:
+        _check_views(views, resize_to, size)
+        # One image at a time: whole images at several scales differ in size from one image to the next.
+        probs = torch.cat([
+            _view_probs(model, [b[None] for b in view_batches(p, config["channels"], size, resize_to, views, scales)],
+                        mean, std, device)
+            for p in paths
+        ])
     labels = names if names is not None else [str(p) for p in paths]
-    return _rank(model.to(device).eval(), x, labels, config["classes"], top_k)
+    return _rank(probs, labels, config["classes"], top_k)
 
 
 def load_published(spec: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
@@ -276,10 +299,8 @@ def load_published(spec: str, device: torch.device | str = "cpu") -> tuple[nn.Mo
     return model.to(device).eval(), config
 
 
-def _rank(model: nn.Module, x: torch.Tensor, labels: Sequence[str], classes: Sequence[str], top_k: int) -> list[Prediction]:
-    """The ``top_k`` classes of each input, most likely first."""
-    with autocast_for(x.device):
-        probs = model(x).float().softmax(1)
+def _rank(probs: torch.Tensor, labels: Sequence[str], classes: Sequence[str], top_k: int) -> list[Prediction]:
+    """The ``top_k`` classes of each image's probabilities, most likely first."""
     top = probs.topk(min(top_k, probs.shape[1]), 1)
     return [
         Prediction(label, [classes[i] for i in idx.tolist()], val.tolist())
