@@ -163,6 +163,39 @@ def test_the_2015_imagenet_recipe_trains_on_a_folder_and_resumes_to_the_same_wei
         assert "scale jitter resizes image files: it needs a folder dataset" in capsys.readouterr().err
 
 
+def test_an_unreadable_file_mid_run_saves_the_run_and_says_how_to_go_on(tmp_path, capsys):
+    """A training image spoiled after the run started: one line naming it, the steps done kept; once it
+    is mended, the resumed run ends with the weights of a run that never stopped."""
+    from conftest import noise_photos
+
+    from resnetlab.cli import main
+
+    photos = noise_photos(tmp_path / "photos", ("a", "b"), 12, lambda i: (30, 40 + i))
+    kw = dict(dataset=f"folder:{photos}", recipe="imagenet", image_size=16, batch_size=4, steps=10, workers=1)
+    straight = train(tiny(tmp_path, "straight", **kw))
+    with pytest.raises(Interrupted):
+        train(tiny(tmp_path, "resumed", **kw), stop_at=2)
+    # The first image of the 4th of the first epoch's 5 batches (22 training images, batches of 4).
+    from resnetlab.data import get_dataset
+    from resnetlab.loader import make_loader
+
+    train_images = get_dataset(f"folder:{photos}", "train", image_size=16, seed=3)
+    order = make_loader(train_images, 4, [0.5] * 3, [0.2] * 3, torch.device("cpu"), train=True, workers=0, seed=3,
+                        scale_crop=(0.08, 1.0), flip=True).plan(0).order
+    victim = train_images.samples[int(order[12])][0]
+    good = victim.read_bytes()
+    victim.write_bytes(good[:60])  # cut short, as a copy that failed half way leaves it
+    assert main(["train", "--resume", str(tmp_path / "resumed"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {victim} is not a readable image") and "Traceback" not in err
+    step = runs.load_checkpoint(tmp_path / "resumed")["step"]
+    assert step == 3 and f"The run is saved at step 3; continue it with: resnetlab train --resume" in err
+    victim.write_bytes(good)
+    resumed = resume(tmp_path / "resumed", device="cpu", progress=False)
+    assert resumed.steps == 10
+    assert_same_weights(straight.run_dir, resumed.run_dir)
+
+
 @needs_fashion
 def test_gradient_norms_are_recorded(tmp_path):
     result = train(tiny(tmp_path, steps=12, grad_norm_every=4))

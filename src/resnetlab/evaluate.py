@@ -192,7 +192,7 @@ def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float
     The loss is the cross-entropy of the averaged probabilities. See ``view_batches`` for the views;
     ``workers`` decode images in parallel (by default one a CPU, up to 16).
     """
-    from .loader import default_workers
+    from .loader import decode_in_workers, default_workers
 
     _check_views(views, resize_to, dataset.image_size)
     device = torch.device(device)
@@ -201,8 +201,8 @@ def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float
     items = _Views(dataset, dataset.image_size, resize_to, views, scales)
     # Ten crops are all one size, so 32 images' crops share a batch; whole images at several scales
     # come in as many sizes as proportions, so they go one image at a time.
-    loader = torch.utils.data.DataLoader(items, batch_size=32 if views == "ten-crop" else 1, collate_fn=_stack_views,
-                                         num_workers=default_workers() if workers is None else workers)
+    loader = decode_in_workers(items, _stack_views, batch_size=32 if views == "ten-crop" else 1,
+                               num_workers=default_workers() if workers is None else workers)
     for kinds, labels in loader:
         # Clamped: a probability that underflowed to zero would make the loss infinite.
         tally.add(_view_probs(model, kinds, mean, std, device).clamp_min(1e-30).log(), labels.to(device))

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import default_collate
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -288,12 +290,51 @@ class FolderLoader(DeviceLoader):
         if plan.crop_seeds is not None:
             dataset = _RandomCrops(self.dataset, self.size, self.scale, self.jitter)
             keys = [list(zip(k, plan.crop_seeds[cpu].tolist())) for k, (cpu, _) in zip(keys, batches)]
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=keys, num_workers=self.workers, pin_memory=self.device.type == "cuda",
-        )
+        loader = decode_in_workers(dataset, batch_sampler=keys, num_workers=self.workers,
+                                   pin_memory=self.device.type == "cuda")
         for images, labels in loader:
             images = images.to(self.device, non_blocking=True)
             yield (F.pad(images, (self.pad,) * 4) if self.pad else images), labels.to(self.device, non_blocking=True)
+
+
+def decode_in_workers(dataset: torch.utils.data.Dataset, collate_fn: Callable = default_collate,
+                      **kwargs) -> Iterator:
+    """The batches of a ``DataLoader`` over ``dataset`` (``kwargs`` are its own).
+
+    A file a worker cannot read stops the iteration with that file's own ``DataError`` (one line),
+    instead of the DataLoader's copy of it, which carries the worker's traceback in its message.
+    """
+    from .data import DataError
+
+    loader = torch.utils.data.DataLoader(_Reporting(dataset), collate_fn=partial(_collate_reported, collate_fn), **kwargs)
+    for batch in loader:
+        if isinstance(batch, DataError):
+            raise batch
+        yield batch
+
+
+class _Reporting(torch.utils.data.Dataset):
+    """``dataset``'s items, or the ``DataError`` an item raised, returned rather than raised."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        from .data import DataError
+
+        try:
+            return self.dataset[key]
+        except DataError as err:
+            return err
+
+
+def _collate_reported(collate_fn: Callable, items: list):
+    from .data import DataError
+
+    return next((item for item in items if isinstance(item, DataError)), None) or collate_fn(items)
 
 
 class _RandomCrops(torch.utils.data.Dataset):

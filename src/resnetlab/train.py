@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, distributed, runs
+from .data import ArrayDataset, DataError, FolderDataset, get_dataset, resolve_dataset
 from .evaluate import EvalResult, evaluate
 from .loader import dataset_colour_pca, dataset_shape, dataset_stats, make_loader
 from .pretrained import input_stats, is_file_spec, load_weights
@@ -121,8 +122,6 @@ def load_split(dataset: str, split: str, data_dir: str | None = None, image_size
     to ``image_size``; a training split is then always left on disk, for crops from the stored images.
     ``on_disk`` leaves any folder on disk, however small.
     """
-    from .data import ArrayDataset, FolderDataset, get_dataset
-
     if dataset.startswith("folder:") and image_size is None:
         image_size = FOLDER_IMAGE_SIZE  # batches need one size; photos rarely share one
     if limit is not None and limit <= 0:
@@ -202,7 +201,6 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
         raise ValueError(f"--eval-every must be at least 1, got {config.eval_every}")
     world = distributed.world_from_env()
     device = distributed.setup(world, pick_device(config.device))
-    from .data import resolve_dataset
     from .models import create_model
 
     # imagenet names a folder prepared from its archives: by process 0 alone, the others wait for its name.
@@ -433,6 +431,12 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         elapsed = time.perf_counter() - started
         save_checkpoint()
         raise Interrupted(run_dir, step) from None
+    except DataError as err:  # a file that cannot be read, met mid-run: keep what was trained
+        if world.size == 1:
+            elapsed = time.perf_counter() - started
+            save_checkpoint()
+        raise DataError(f"{err}. The run is saved at step {saved_step}; continue it with: "
+                        f"resnetlab train --resume {run_dir}") from None
     finally:
         if board is not None:
             board.close()
