@@ -235,3 +235,25 @@ def test_data_describes_a_named_dataset(capsys):
     assert lines[1].split() == ["train", "60,000", "images", "1x28x28", "uint8"]
     assert lines[2].split() == ["test", "10,000", "images", "1x28x28", "uint8"]
     assert lines[3].startswith("  10 classes, 6,000 to 6,000 training images each: T-shirt/top, Trouser")
+
+
+@needs_fashion
+def test_data_export_writes_a_folder_that_trains_with_the_same_pixels_and_labels(tmp_path, capsys):
+    import torch
+
+    from resnetlab.data import get_dataset
+
+    out = tmp_path / "fm"
+    assert main(["data", "fashion-mnist", "--export", str(out), "--limit-train", "40", "--limit-test", "15"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote 55 images to {out}")
+    original = get_dataset("fashion-mnist", "train")
+    exported = get_dataset(f"folder:{out}", "train")  # stored size and colours: 1x28x28
+    assert exported.classes[0] == "0-T-shirt-top" and exported.classes[9] == "9-Ankle boot"
+    assert len(exported) == 40 and not (tmp_path / "fm.partial").exists()
+    for path, label in exported.samples:
+        n = int(path.stem)  # the image's place in the split
+        assert label == int(original.labels[n])
+        assert torch.equal(exported[exported.samples.index((path, label))][0], original.images[n])
+    assert len(get_dataset(f"folder:{out}", "val")) == 15
+    fails_cleanly(capsys, "data", "fashion-mnist", "--export", str(out), match="already exists; give a new folder")
+    fails_cleanly(capsys, "data", f"folder:{out}", "--export", str(tmp_path / "again"), match="already a folder")

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="find (or prepare) a dataset and show its splits, classes and image sizes")
     p.add_argument("dataset", help="fashion-mnist, mnist, cifar10, cifar100, signs, imagenet or folder:PATH")
     p.add_argument("--data-dir")
+    p.add_argument("--export", metavar="DIR", help="write a named dataset as an image folder: DIR/train/ and DIR/val/")
+    p.add_argument("--limit-train", type=int, metavar="N", help="with --export: the first N training images")
+    p.add_argument("--limit-test", type=int, metavar="N", help="with --export: the first N test images")
 
     p = sub.add_parser("summary", help="Keras-style model summary with multiply-adds")
     p.add_argument("model")
@@ -207,6 +210,16 @@ def cmd_data(args: argparse.Namespace) -> None:
     from .train import load_split
 
     name = resolve_dataset(args.dataset, args.data_dir)  # imagenet: prepared here, once, before any training
+    if args.export:
+        if name.startswith("folder:"):
+            raise ValueError(f"{args.dataset} is already a folder of images; --export writes the named datasets as one")
+        from .data import export_folder
+
+        splits = {"train": load_split(name, "train", args.data_dir, limit=args.limit_train),
+                  "val": load_split(name, "test", args.data_dir, limit=args.limit_test)}
+        out = export_folder(splits, args.export)
+        print(f"wrote {sum(len(ds) for ds in splits.values()):,} images to {out}; train on them with --dataset folder:{out}")
+        return
     print(name if name == args.dataset else f"{args.dataset}: {name}")
     for split, title in (("train", "train"), ("test", "held out" if name.startswith("folder:") else "test")):
         ds = load_split(name, split, args.data_dir, on_disk=True)

@@ -707,6 +707,30 @@ _LOADERS: dict[str, Callable[[str, str, str | Path | None, bool], _Arrays]] = {
 }
 
 
+def export_folder(splits: dict[str, ArrayDataset], out: str | Path) -> Path:
+    """Write datasets held in memory as an image folder: ``out/SPLIT/CLASS/N.png`` for each split.
+
+    Class folders are named ``INDEX-NAME`` (a slash in a name becomes a dash), so that their sorted
+    order is the dataset's class order and ``folder:OUT`` gives every image its label. The folder is
+    written beside ``out`` and renamed when complete; an existing ``out`` is never written into.
+    """
+    out = Path(out).expanduser()
+    if out.exists():
+        raise DataError(f"{out} already exists; give a new folder to export into")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for split, ds in splits.items():
+        width = len(str(len(ds.classes) - 1))
+        folders = [partial / split / f"{i:0{width}d}-{name.replace('/', '-')}" for i, name in enumerate(ds.classes)]
+        for folder in folders:
+            folder.mkdir(parents=True)
+        for n, (image, label) in enumerate(zip(ds.images, ds.labels.tolist())):
+            pixels = image.permute(1, 2, 0).numpy()  # (H, W, C), as Pillow takes them
+            Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(folders[label] / f"{n}.png")
+    partial.rename(out)
+    return out
+
+
 # ----------------------------------------------------------------------------- ImageNet
 
 # ImageNet cannot be downloaded without an account at image-net.org; these are the files it gives.
