@@ -177,10 +177,9 @@ class _Views(torch.utils.data.Dataset):
         return view_batches(path, self.dataset.channels, self.image_size, self.resize_to, self.views, self.scales), label
 
 
-def _stack_views(items: list[tuple[list[torch.Tensor], int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Collate images' views: for each kind of view (each scale), the images' batches stacked (B, V, C, H, W)."""
-    kinds = len(items[0][0])
-    return [torch.stack([views[k] for views, _ in items]) for k in range(kinds)], torch.tensor([label for _, label in items])
+def _as_lists(items: list[tuple[list[torch.Tensor], int]]) -> tuple[list[list[torch.Tensor]], torch.Tensor]:
+    """Collate images' views as they are (``_view_probs`` batches those of one shape)."""
+    return [views for views, _ in items], torch.tensor([label for _, label in items])
 
 
 @torch.no_grad()
@@ -199,13 +198,10 @@ def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float
     model.eval()
     tally = _Tally(num_classes)
     items = _Views(dataset, dataset.image_size, resize_to, views, scales)
-    # Ten crops are all one size, so 32 images' crops share a batch; whole images at several scales
-    # come in as many sizes as proportions, so they go one image at a time.
-    loader = decode_in_workers(items, _stack_views, batch_size=32 if views == "ten-crop" else 1,
-                               num_workers=default_workers() if workers is None else workers)
-    for kinds, labels in loader:
+    loader = decode_in_workers(items, _as_lists, batch_size=32, num_workers=default_workers() if workers is None else workers)
+    for images, labels in loader:
         # Clamped: a probability that underflowed to zero would make the loss infinite.
-        tally.add(_view_probs(model, kinds, mean, std, device).clamp_min(1e-30).log(), labels.to(device))
+        tally.add(_view_probs(model, images, mean, std, device).clamp_min(1e-30).log(), labels.to(device))
     return tally.result()
 
 
@@ -215,17 +211,27 @@ def _check_views(views: str | None, resize_to: int | None, image_size: int) -> N
                          "a run trained with a scaling recipe (imagenet) on a folder, or --pretrained")
 
 
-def _view_probs(model: nn.Module, kinds: Sequence[torch.Tensor], mean: list[float], std: list[float],
+def _view_probs(model: nn.Module, images: Sequence[Sequence[torch.Tensor]], mean: list[float], std: list[float],
                 device: torch.device) -> torch.Tensor:
-    """(N, classes) probabilities of N images averaged over their views; ``kinds`` holds one
-    (N, V, C, H, W) uint8 batch for each kind of view (each scale)."""
-    probs, count = 0.0, 0
-    for batch in kinds:
-        n, v = batch.shape[:2]
-        x = normalize(batch.flatten(0, 1).to(device), mean, std)
-        with autocast_for(device):
-            probs = probs + model(x).float().softmax(1).view(n, v, -1).sum(1)
-        count += v
+    """(N, classes) probabilities of N images, each averaged over its views.
+
+    ``images[i]`` holds image i's uint8 views (V, C, H, W), one batch for each kind of view (each
+    scale). Views of one kind and one shape go through the model together: ten crops always do,
+    whole images at a scale do when they share their proportions.
+    """
+    probs, count = None, 0
+    for kind in range(len(images[0])):
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, views in enumerate(images):
+            by_shape.setdefault(tuple(views[kind].shape), []).append(i)
+        for (v, *_), members in by_shape.items():
+            batch = torch.stack([images[i][kind] for i in members]).flatten(0, 1)
+            with autocast_for(device):
+                p = model(normalize(batch.to(device), mean, std)).float().softmax(1)
+            if probs is None:
+                probs = torch.zeros(len(images), p.shape[1], device=device)
+            probs[torch.tensor(members, device=device)] += p.view(len(members), v, -1).sum(1)
+        count += images[0][kind].shape[0]
     return probs / count
 
 
@@ -264,16 +270,11 @@ def predict_images(
     model = model.to(device).eval()
     size, resize_to, mean, std = config["image_size"], config.get("resize_size"), config["mean"], config["std"]
     if views is None:
-        images = torch.stack([load_image(p, config["channels"], size, resize_to) for p in paths])
-        probs = _view_probs(model, [images[:, None]], mean, std, device)  # one view of each image
+        images = [[load_image(p, config["channels"], size, resize_to)[None]] for p in paths]  # one view of each
     else:
         _check_views(views, resize_to, size)
-        # One image at a time: whole images at several scales differ in size from one image to the next.
-        probs = torch.cat([
-            _view_probs(model, [b[None] for b in view_batches(p, config["channels"], size, resize_to, views, scales)],
-                        mean, std, device)
-            for p in paths
-        ])
+        images = [view_batches(p, config["channels"], size, resize_to, views, scales) for p in paths]
+    probs = _view_probs(model, images, mean, std, device)
     labels = names if names is not None else [str(p) for p in paths]
     return _rank(probs, labels, config["classes"], top_k)
 
