@@ -134,3 +134,20 @@ def test_data_command_prepares_imagenet_and_describes_it(archives, capsys):
     assert out[0] == f"imagenet: folder:{archives}" and (archives / "train").is_dir()
     assert out[1].split()[:3] == ["train", "6", "images"] and out[2].split()[:4] == ["held", "out", "5", "images"]
     assert out[3] == "  3 classes, 2 to 2 training images each: n01000000, n02000000, n03000000"
+
+
+def test_imagenet_prepared_by_torchvision_is_named_as_torchvision_names_its_classes(tmp_path):
+    """With its meta.bin, a prepared ImageNet's 1000 WordNet folders read as torchvision's class names."""
+    import torch
+    from torchvision.models import ResNet50_Weights
+
+    root = tmp_path / "imagenet"
+    wnids = [f"n{i:08d}" for i in range(1000)]
+    for split in ("train", "val"):
+        for wnid in wnids:
+            (root / split / wnid).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(root / split / wnid / "a.png")
+    assert get_dataset(f"folder:{root}", "train").classes == wnids  # no meta.bin: the folder names
+    torch.save(({w: (f"name of {w}",) for w in wnids}, wnids), root / imagenet.META_FILE)  # torchvision's format
+    names = get_dataset(f"folder:{root}", "test").classes
+    assert names == ResNet50_Weights.IMAGENET1K_V1.meta["categories"] and names[0] == "tench"

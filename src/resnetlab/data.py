@@ -835,7 +835,26 @@ def _load_folder(
         by_class = {c: _split_class(files, c, val_fraction, seed)[split != "train"] for c, files in by_class.items()}
     label = {c: i for i, c in enumerate(classes)}
     samples = [(p, label[c]) for c in sorted(by_class) for p in by_class[c]]
-    return FolderDataset(samples, classes, image_size, channels, spec)
+    return FolderDataset(samples, _imagenet_names(path, classes), image_size, channels, spec)
+
+
+def _imagenet_names(folder: Path, wnids: list[str]) -> list[str]:
+    """The class names torchvision gives ImageNet's 1000 classes ("tench", ...) where ``folder`` is
+    ImageNet as torchvision prepares it (its meta.bin lists the same WordNet IDs); else ``wnids``."""
+    from torchvision.datasets import imagenet
+
+    meta = folder / imagenet.META_FILE
+    if len(wnids) != 1000 or not meta.is_file():
+        return wnids
+    try:
+        wnid_to_classes, _ = torch.load(meta, weights_only=True)
+    except (OSError, RuntimeError, EOFError, TypeError, ValueError, pickle.UnpicklingError):  # not torchvision's file
+        return wnids
+    if sorted(wnid_to_classes) != wnids:
+        return wnids
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def _check_classes(folder: Path, by_class: dict[str, list[Path]]) -> list[str]:
