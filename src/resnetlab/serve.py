@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import io
 import json
-from html import escape
 import threading
+from html import escape
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
