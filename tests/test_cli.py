@@ -257,3 +257,4 @@ def test_data_export_writes_a_folder_that_trains_with_the_same_pixels_and_labels
     assert len(get_dataset(f"folder:{out}", "val")) == 15
     fails_cleanly(capsys, "data", "fashion-mnist", "--export", str(out), match="already exists; give a new folder")
     fails_cleanly(capsys, "data", f"folder:{out}", "--export", str(tmp_path / "again"), match="already a folder")
+    fails_cleanly(capsys, "data", "fashion-mnist", "--limit-train", "5", match="go with --export")

@@ -209,6 +209,8 @@ def cmd_data(args: argparse.Namespace) -> None:
     from .data import resolve_dataset
     from .train import load_split
 
+    if not args.export and (args.limit_train or args.limit_test):
+        raise ValueError("--limit-train and --limit-test go with --export: without it, data describes the whole dataset")
     name = resolve_dataset(args.dataset, args.data_dir)  # imagenet: prepared here, once, before any training
     if args.export:
         if name.startswith("folder:"):
