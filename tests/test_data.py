@@ -620,3 +620,21 @@ def test_big_jpegs_decode_at_a_reduced_scale_to_the_same_picture(tmp_path):
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(DataError, match="cut.jpg is not a readable image"):
         load_image(truncated, 3, 200)
+
+
+def test_folder_samples_are_a_sequence_of_paths_and_labels_that_keeps_odd_file_names(tmp_path):
+    # Held as arrays (no object per image, which DataLoader workers would each copy), read back as pairs;
+    # a file name that is not UTF-8 (Latin-1 "café") still reaches its file.
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for name in ("a.png", "b.png"):
+            Image.new("RGB", (4, 4), (200 if cls == "dog" else 0, 0, 0)).save(tmp_path / cls / name)
+    odd = os.path.join(os.fsencode(tmp_path / "dog"), b"caf\xe9.png")
+    Image.new("RGB", (4, 4), (200, 0, 0)).save(os.fsdecode(odd))
+    ds = get_dataset(f"folder:{tmp_path}", "train", image_size=4, val_fraction=0.0)
+    assert len(ds.samples) == 5 and [label for _, label in ds.samples] == [0, 0, 1, 1, 1]
+    assert ds.samples[1] == (tmp_path / "cat" / "b.png", 0)
+    assert ds.samples[2:4] == [(tmp_path / "dog" / "a.png", 1), (tmp_path / "dog" / "b.png", 1)]
+    odd_index = [os.fsencode(path) for path, _ in ds.samples].index(odd)
+    assert ds[odd_index][0][0].float().mean() == 200
+    assert ds.subset(2).samples == list(ds.samples)[:2]

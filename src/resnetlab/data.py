@@ -28,11 +28,11 @@ import tarfile
 import tempfile
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, NamedTuple, Sequence
+from typing import BinaryIO, Callable, NamedTuple
 
 import h5py
 import numpy as np
@@ -117,6 +117,33 @@ class ArrayDataset:
         return len(self.labels)
 
 
+class Samples(Sequence):
+    """A folder dataset's (path, label) pairs, held as two numpy arrays.
+
+    A list of a million Path objects takes about 400 bytes an image, and every DataLoader worker
+    ends up with a private copy of it: reading a Python object writes its reference count, which
+    unshares the memory page it sits on. Arrays of bytes and ints have no per-image objects to touch.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[str | Path, int]]) -> None:
+        self.paths = np.array([os.fsencode(p) for p, _ in pairs], dtype=bytes)
+        self.labels = np.array([int(label) for _, label in pairs], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Samples(list(zip(map(os.fsdecode, self.paths[i]), self.labels[i].tolist())))
+        return Path(os.fsdecode(self.paths[i])), int(self.labels[i])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Samples({len(self)} images)"
+
+
 class FolderDataset(torch.utils.data.Dataset):
     """The user's own images, one subfolder per class; decodes lazily (for big folders used with DataLoader workers).
 
@@ -135,7 +162,7 @@ class FolderDataset(torch.utils.data.Dataset):
     ) -> None:
         if not samples:
             raise DataError(f"{name}: this split has no images; add images (or a validation fraction above 0)")
-        self.samples = [(Path(p), int(label)) for p, label in samples]
+        self.samples = samples if isinstance(samples, Samples) else Samples(samples)
         self.classes = list(classes)
         self.image_size = image_size
         # Batches need one channel count; when none is asked for, a sample of the folder decides.

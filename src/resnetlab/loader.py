@@ -389,7 +389,7 @@ def make_loader(ds, batch_size: int, mean: list[float], std: list[float], device
         if kwargs.pop("scale_jitter", None) is not None and train:
             raise ValueError("scale jitter resizes image files: it needs a folder dataset (folder:PATH)")
         return DeviceLoader(ds.images, ds.labels, batch_size, mean, std, device, train=train, **kwargs)
-    labels = torch.tensor([label for _, label in ds.samples], dtype=torch.int64)
+    labels = torch.from_numpy(ds.samples.labels)
     if workers is None:
         workers = default_workers()
     if workers < 0:
