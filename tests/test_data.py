@@ -638,3 +638,15 @@ def test_folder_samples_are_a_sequence_of_paths_and_labels_that_keeps_odd_file_n
     odd_index = [os.fsencode(path) for path, _ in ds.samples].index(odd)
     assert ds[odd_index][0][0].float().mean() == 200
     assert ds.subset(2).samples == list(ds.samples)[:2]
+
+
+def test_folder_files_are_ordered_folder_by_folder_as_pathlib_orders_them(tmp_path):
+    # A plain string sort would put "a-b/x.png" and "a.png" before "a/x.png" ('-' and '.' sort before '/');
+    # the order decides the seeded split, so it must stay pathlib's, whatever lists the files.
+    for rel in ("cls/a/x.png", "cls/a-b/x.png", "cls/a.png", "cls/B.png", "other/y.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (2, 2)).save(tmp_path / rel)
+    ds = get_dataset(f"folder:{tmp_path}", "train", image_size=2, val_fraction=0.0)
+    files = [path for path, label in ds.samples if label == 0]
+    assert files == sorted(tmp_path / rel for rel in ("cls/a/x.png", "cls/a-b/x.png", "cls/a.png", "cls/B.png"))
+    assert [p.relative_to(tmp_path / "cls").as_posix() for p in files] == ["B.png", "a/x.png", "a-b/x.png", "a.png"]

@@ -815,17 +815,33 @@ def prepare_imagenet(root: str | Path | None = None) -> Path:
 # ----------------------------------------------------------------------------- image folders
 
 
-def _scan(folder: Path) -> dict[str, list[Path]]:
+def _scan(folder: Path) -> dict[str, list[str]]:
     """Class name -> sorted image files under it (subfolders included, hidden entries skipped)."""
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    return {
-        c: sorted(
-            p for p in (folder / c).rglob("*")
-            if p.suffix.lower() in _IMAGE_EXTENSIONS and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        )
-        for c in classes
-    }  # fmt: skip
+    return {c: sorted(_image_files(folder / c), key=_path_order) for c in _class_names(folder)}
+
+
+def _path_order(path: str) -> list[str]:
+    """Sort key that orders file paths as ``pathlib.Path`` does (folder by folder), without making one a file."""
+    return path.split(os.sep)
+
+
+def _class_names(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _image_files(top: Path | str) -> Iterator[str]:
+    """Image files under ``top``, its subfolders included, hidden ones skipped.
+
+    ``os.scandir`` knows which entries are folders without a stat per file: ImageNet's 1.28 million
+    files are listed several times faster than with ``Path.rglob``.
+    """
+    for entry in os.scandir(top):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            yield from _image_files(entry.path)
+        elif os.path.splitext(entry.name)[1].lower() in _IMAGE_EXTENSIONS and entry.is_file():
+            yield entry.path
 
 
 def own_held_out(path: Path) -> Path | None:
@@ -844,11 +860,13 @@ def _load_folder(
         raise DataError(f"{path} is not a folder; give folder:PATH with one subfolder of images per class")
     held_out = own_held_out(path)
     if held_out is not None:
-        train = _scan(path / "train")
-        classes = _check_classes(path / "train", train)
         if split == "train":
-            by_class = train
+            by_class = _scan(path / "train")
+            classes = _check_classes(path / "train", by_class)
         else:
+            # The classes are train/'s folders; listing every training file just to name them would
+            # cost ImageNet half a minute.
+            classes = _check_classes(path / "train", {c: [None] for c in _class_names(path / "train")})
             by_class = _scan(held_out)
             unknown = sorted(set(by_class) - set(classes))
             if unknown:
@@ -868,10 +886,12 @@ def _load_folder(
 def _imagenet_names(folder: Path, wnids: list[str]) -> list[str]:
     """The class names torchvision gives ImageNet's 1000 classes ("tench", ...) where ``folder`` is
     ImageNet as torchvision prepares it (its meta.bin lists the same WordNet IDs); else ``wnids``."""
+    if len(wnids) != 1000:
+        return wnids
     from torchvision.datasets import imagenet
 
     meta = folder / imagenet.META_FILE
-    if len(wnids) != 1000 or not meta.is_file():
+    if not meta.is_file():
         return wnids
     try:
         wnid_to_classes, _ = torch.load(meta, weights_only=True)
@@ -884,7 +904,7 @@ def _imagenet_names(folder: Path, wnids: list[str]) -> list[str]:
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def _check_classes(folder: Path, by_class: dict[str, list[Path]]) -> list[str]:
+def _check_classes(folder: Path, by_class: dict[str, list]) -> list[str]:
     """The class names, once every class folder is known to hold images."""
     if not by_class:
         raise DataError(f"{folder} has no subfolders; put each class's images in a subfolder named after the class")
@@ -895,7 +915,7 @@ def _check_classes(folder: Path, by_class: dict[str, list[Path]]) -> list[str]:
     return sorted(by_class)
 
 
-def _split_class(files: list[Path], name: str, val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+def _split_class(files: list[str], name: str, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """(train, held-out) for one class: a seeded shuffle, then the last ``val_fraction`` held out.
 
     Seeding with the class name keeps each class's split fixed when other classes change.
@@ -907,4 +927,4 @@ def _split_class(files: list[Path], name: str, val_fraction: float, seed: int) -
     if val_fraction > 0 and len(shuffled) > 1:
         held = min(max(held, 1), len(shuffled) - 1)
     cut = len(shuffled) - held
-    return sorted(shuffled[:cut]), sorted(shuffled[cut:])
+    return sorted(shuffled[:cut], key=_path_order), sorted(shuffled[cut:], key=_path_order)
