@@ -248,3 +248,16 @@ def test_colour_noise_shifts_each_image_along_the_components():
     assert torch.allclose(b - a, expected[:, :, None, None].expand_as(a), atol=1e-5)
     test = DeviceLoader(x, y, 32, mean, std, train=False, lighting=0.1, colour_pca=pca)
     assert torch.equal(next(iter(test))[0], a)  # no noise at evaluation
+
+
+def test_a_folders_statistics_come_from_a_seeded_sample_decoded_by_workers(tmp_path):
+    from resnetlab.data import get_dataset
+    from resnetlab.loader import stats_sample
+
+    noise_photos(tmp_path, ("a", "b", "c"), 10, lambda i: (20 + i, 30))
+    folder = get_dataset(f"folder:{tmp_path}", "train", image_size=12, val_fraction=0.0)
+    sample = stats_sample(folder, sample=7, seed=4, workers=2)
+    picks = torch.randperm(30, generator=torch.Generator().manual_seed(4))[:7].tolist()
+    assert torch.equal(sample, torch.stack([folder[i][0] for i in picks]))
+    arrays = folder.to_arrays()
+    assert stats_sample(arrays, sample=7) is arrays.images  # in memory: every image

@@ -361,22 +361,16 @@ def dataset_shape(ds) -> tuple[int, int]:
     return int(image.shape[0]), int(image.shape[-1])
 
 
-def dataset_stats(ds, sample: int = 2000, seed: int = 0) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std: of every image in memory, of a seeded sample of a folder's."""
-    return channel_stats(_stats_images(ds, sample, seed))
-
-
-def dataset_colour_pca(ds, sample: int = 2000, seed: int = 0) -> dict[str, list]:
-    """``colour_pca`` of a dataset's images: all of them in memory, a seeded sample of a folder's."""
-    return colour_pca(_stats_images(ds, sample, seed), seed=seed)
-
-
-def _stats_images(ds, sample: int, seed: int) -> torch.Tensor:
+def stats_sample(ds, sample: int = 2000, seed: int = 0, workers: int | None = None) -> torch.Tensor:
+    """The uint8 images a dataset's statistics are taken from: all of them in memory, or a seeded
+    sample of ``sample`` images of a folder, decoded by ``workers`` processes (default one a CPU)."""
     if hasattr(ds, "images"):
         return ds.images
     g = torch.Generator().manual_seed(seed)
     picks = torch.randperm(len(ds), generator=g)[:sample].tolist()
-    return torch.stack([ds[i][0] for i in picks])
+    batches = decode_in_workers(torch.utils.data.Subset(ds, picks), batch_size=64,
+                                num_workers=default_workers() if workers is None else workers)
+    return torch.cat([images for images, _ in batches])
 
 
 def make_loader(ds, batch_size: int, mean: list[float], std: list[float], device: torch.device, train: bool,

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import __version__, distributed, runs
 from .data import ArrayDataset, DataError, FolderDataset, get_dataset, resolve_dataset
 from .evaluate import EvalResult, evaluate
-from .loader import dataset_colour_pca, dataset_shape, dataset_stats, make_loader
+from .loader import channel_stats, colour_pca, dataset_shape, make_loader, stats_sample
 from .pretrained import input_stats, is_file_spec, load_weights
 from .recipes import Recipe, get_recipe, lr_at
 from .steps import build_train_step
@@ -224,8 +224,10 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     total_steps = recipe.steps or max(1, round(recipe.epochs * steps_per_epoch))
     # Published weights expect the statistics they were trained with, not this dataset's.
     published = config.weights and input_stats(config.model, config.weights, channels)
-    mean, std = published or dataset_stats(train_set, seed=config.seed)
-    pca = dataset_colour_pca(train_set, seed=config.seed) if recipe.lighting else None
+    # One decoded sample of the training images for the normalisation and the colour components.
+    sample = stats_sample(train_set, seed=config.seed, workers=config.workers) if not published or recipe.lighting else None
+    mean, std = published or channel_stats(sample)
+    pca = colour_pca(sample, seed=config.seed) if recipe.lighting else None
 
     run_dir = distributed.share(_new_run_dir(config), world)  # one name, though clocks may differ
     if world.is_main:
