@@ -130,3 +130,27 @@ def test_predict_averages_the_same_views_as_eval(folder_run, capsys):
         assert answer.probabilities == pytest.approx(sorted(probs.tolist(), reverse=True), rel=1e-5)
     assert main(["predict", str(folder_run), str(held_out[0][0]), "--scales", "24", "32", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith(f"{held_out[0][0]}: ")
+
+
+def test_the_prediction_page_averages_the_views_it_was_started_with(folder_run):
+    import threading
+    import urllib.request
+
+    from resnetlab.evaluate import predict_images
+    from resnetlab.serve import PredictionServer
+
+    server = PredictionServer(folder_run, port=0, top_k=3, views="ten-crop")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert "scores averaged over views (10-crop testing)" in server.page()
+        model, config = runs.load_model(folder_run)
+        path = get_dataset(config["dataset"], "test", seed=config["seed"]).samples[0][0]
+        with urllib.request.urlopen(urllib.request.Request(server.url + "predict", data=path.read_bytes())) as reply:
+            answer = json.loads(reply.read())
+    finally:
+        server.shutdown()
+        server.server_close()
+    (expected,) = predict_images(model, config, [path], top_k=3, views="ten-crop")
+    (single,) = predict_images(model, config, [path], top_k=3)
+    assert [p["probability"] for p in answer["predictions"]] == pytest.approx(expected.probabilities, rel=1e-5)
+    assert expected.probabilities != pytest.approx(single.probabilities, rel=1e-5)  # the views changed the answer

@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    _add_view_flags(p)
 
     p = sub.add_parser("export", help="write a trained run as ONNX (normalisation inside), checked with ONNX Runtime")
     p.add_argument("run_dir", nargs="?")
@@ -365,7 +366,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     _check_one_source(args)
-    serve(args.run_dir, args.host, args.port, args.top_k, args.device, pretrained=args.pretrained)
+    views, scales = _views(args)
+    serve(args.run_dir, args.host, args.port, args.top_k, args.device, pretrained=args.pretrained, views=views,
+          scales=scales)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

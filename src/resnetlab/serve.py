@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+from collections.abc import Sequence
 from html import escape
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .data import DataError
-from .evaluate import load_published, predict_images
+from .evaluate import PAPER_SCALES, describe_views, load_published, predict_images
 from .runs import load_model
 
 MAX_UPLOAD = 20 << 20  # bytes; bigger bodies are refused before they are read
@@ -77,9 +78,11 @@ class PredictionServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5,
-                 device: torch.device | str = "cpu", pretrained: str | None = None) -> None:
+                 device: torch.device | str = "cpu", pretrained: str | None = None, views: str | None = None,
+                 scales: Sequence[int] = PAPER_SCALES) -> None:
         self.model, self.config = load_published(pretrained, device) if pretrained else load_model(run_dir, device)
         self.device, self.top_k = torch.device(device), top_k
+        self.views, self.scales = views, tuple(scales)  # test-time views each upload is averaged over (predict's)
         self.lock = threading.Lock()  # one forward pass at a time: threads would only fight over the cores
         super().__init__((host, port), _Handler)
 
@@ -96,6 +99,8 @@ class PredictionServer(ThreadingHTTPServer):
             sizing = f"resized to {c['resize_size']} pixels on the shorter side, then centre-cropped to {size}x{size}"
         else:
             sizing = f"resized to {size}x{size}"
+        if self.views:
+            sizing += f"; scores averaged over views ({describe_views(self.views, self.scales)})"
         # Class and folder names are the user's own: escaped, so a name like "<b>" shows as written.
         return PAGE.format(model=escape(c["model"]), dataset=escape(c["dataset"]), classes=escape(classes),
                            channels=c["channels"], sizing=sizing)
@@ -107,7 +112,8 @@ class PredictionServer(ThreadingHTTPServer):
     def predict(self, data: bytes, name: str) -> dict:
         """Top-k classes of one encoded image; DataError when it is not an image."""
         with self.lock:
-            (pred,) = predict_images(self.model, self.config, [io.BytesIO(data)], self.top_k, self.device, names=[name])
+            (pred,) = predict_images(self.model, self.config, [io.BytesIO(data)], self.top_k, self.device, names=[name],
+                                     views=self.views, scales=self.scales)
         return {"name": name, "predictions": [{"class": c, "probability": p}
                                               for c, p in zip(pred.classes, pred.probabilities)]}
 
@@ -157,12 +163,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5, device: str = "cpu",
-          pretrained: str | None = None) -> None:
-    """Serve the prediction page of a run (or of published weights) until Ctrl-C."""
+          pretrained: str | None = None, views: str | None = None, scales: Sequence[int] = PAPER_SCALES) -> None:
+    """Serve the prediction page of a run (or of published weights) until Ctrl-C; ``views`` as for ``predict_images``."""
     from .train import pick_device
 
     try:
-        server = PredictionServer(run_dir, host, port, top_k, pick_device(device), pretrained=pretrained)
+        server = PredictionServer(run_dir, host, port, top_k, pick_device(device), pretrained=pretrained, views=views,
+                                  scales=scales)
     except OSError as e:
         raise RuntimeError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
     source = server.config.get("weights") if pretrained else run_dir
