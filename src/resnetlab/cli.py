@@ -229,7 +229,7 @@ def cmd_data(args: argparse.Namespace) -> None:
         if hasattr(ds, "images"):
             labels, form = ds.labels.tolist(), "x".join(map(str, ds.images.shape[1:])) + " uint8"
         else:
-            labels, form = [label for _, label in ds.samples], "image files (resized to --image-size, 64 by default)"
+            labels, form = ds.samples.labels.tolist(), "image files (resized to --image-size, 64 by default)"
         print(f"  {title:<10}{len(ds):>10,} images  {form}")
         if split == "train":
             per_class = Counter(labels)

@@ -166,7 +166,7 @@ class FolderDataset(torch.utils.data.Dataset):
         self.classes = list(classes)
         self.image_size = image_size
         # Batches need one channel count; when none is asked for, a sample of the folder decides.
-        self.channels = channels or _guess_channels([p for p, _ in self.samples])
+        self.channels = channels or _guess_channels(self.samples)
         self.name = name
         self.resize_to = resize_to  # see load_image: resize the shorter side, then crop the centre
 
@@ -190,8 +190,7 @@ class FolderDataset(torch.utils.data.Dataset):
                 f"{self.name}: images have {len(sizes)} different sizes (e.g. {sorted(sizes)[:2]}); "
                 "set an image size (--image-size) so they are resized to one"
             )
-        labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
-        return ArrayDataset(torch.stack(images), labels, list(self.classes), self.name)
+        return ArrayDataset(torch.stack(images), torch.from_numpy(self.samples.labels), list(self.classes), self.name)
 
 
 def get_dataset(
@@ -366,10 +365,10 @@ def _flatten_mode(img: Image.Image) -> Image.Image:
     return img
 
 
-def _guess_channels(paths: Sequence[Path], sample: int = 64) -> int:
+def _guess_channels(samples: Samples, sample: int = 64) -> int:
     """1 if every image of an even sample of the folder is grayscale, else 3 (reads headers only)."""
-    step = max(1, len(paths) // sample)
-    for path in paths[::step]:
+    step = max(1, len(samples) // sample)
+    for path, _ in samples[::step]:
         try:
             with Image.open(path) as img:
                 if img.mode not in _GRAY_MODES:
