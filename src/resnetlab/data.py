@@ -276,9 +276,7 @@ def load_random_crop(
     with _opened(path) as img:
         turned = img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap the sides
         width, height = img.size[::-1] if turned else img.size
-        with torch.random.fork_rng(devices=[]):
-            # What torch.manual_seed does to the CPU generator, without its costly calls to seed every GPU.
-            torch.default_generator.manual_seed(seed)
+        with _seeded(seed):
             # get_params reads only the shape: an expanded view gives it one without allocating the image.
             box = RandomResizedCrop.get_params(torch.empty(1, 1, 1).expand(1, height, width), list(scale), list(ratio))
         if img.format == "JPEG":
@@ -301,8 +299,7 @@ def load_jitter_crop(path: str | Path, channels: int | None, size: int, seed: in
     from torchvision.transforms import RandomCrop
     from torchvision.transforms.functional import crop, resize
 
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # see load_random_crop
+    with _seeded(seed):
         side = int(torch.randint(sides[0], sides[1] + 1, ()))
         with _opened(path) as img:
             if img.format == "JPEG":
@@ -311,6 +308,16 @@ def load_jitter_crop(path: str | Path, channels: int | None, size: int, seed: in
         img = resize(img, [side], antialias=True)
         top, left, h, w = RandomCrop.get_params(img, (size, size))
     return _to_tensor(crop(img, top, left, h, w))
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """torch's CPU generator seeded with ``seed`` inside, as it was outside: torchvision's random
+    transforms then draw what they would after ``torch.manual_seed(seed)``, without that call's
+    costly seeding of every GPU."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
 
 
 @contextmanager
