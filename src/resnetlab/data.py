@@ -872,7 +872,7 @@ def _load_folder(
         else:
             # The classes are train/'s folders; listing every training file just to name them would
             # cost ImageNet half a minute.
-            classes = _check_classes(path / "train", {c: [None] for c in _class_names(path / "train")})
+            classes = _require_classes(path / "train", _class_names(path / "train"))
             by_class = _scan(held_out)
             unknown = sorted(set(by_class) - set(classes))
             if unknown:
@@ -910,15 +910,21 @@ def _imagenet_names(folder: Path, wnids: list[str]) -> list[str]:
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def _check_classes(folder: Path, by_class: dict[str, list]) -> list[str]:
+def _check_classes(folder: Path, by_class: dict[str, list[str]]) -> list[str]:
     """The class names, once every class folder is known to hold images."""
-    if not by_class:
-        raise DataError(f"{folder} has no subfolders; put each class's images in a subfolder named after the class")
+    _require_classes(folder, list(by_class))
     empty = [c for c, files in by_class.items() if not files]
     if empty:
         raise DataError(f"{folder}: class folder(s) {', '.join(empty)} hold no images "
                         f"({', '.join(sorted(_IMAGE_EXTENSIONS))}); add images or remove them")  # fmt: skip
     return sorted(by_class)
+
+
+def _require_classes(folder: Path, names: list[str]) -> list[str]:
+    """``names``, the class folders of ``folder``, unless it has none."""
+    if not names:
+        raise DataError(f"{folder} has no subfolders; put each class's images in a subfolder named after the class")
+    return names
 
 
 def _split_class(files: list[str], name: str, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
