@@ -271,9 +271,8 @@ class FolderLoader(DeviceLoader):
         size = dataset[0][0].shape[-1]
         self._configure(labels, size, batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last,
                         rank, world, scale_crop, scale_jitter, lighting, colour_pca)
-        if self.jitter is not None and self.jitter[0] < size:
-            raise ValueError(f"scale jitter's shorter sides {self.jitter[0]}-{self.jitter[1]} must be at least the "
-                             f"training size {size}")
+        if self.jitter is not None:
+            check_scale_jitter(self.jitter, size, from_files=True)
         self.dataset, self.workers = dataset, workers
 
     def plan(self, epoch: int) -> EpochPlan:
@@ -353,6 +352,18 @@ class _RandomCrops(torch.utils.data.Dataset):
         return load_random_crop(path, channels, self.size, seed, self.scale), label
 
 
+def check_scale_jitter(sides: tuple[int, int], size: int, from_files: bool) -> None:
+    """Scale jitter resizes image files (``from_files``), and its ``size`` crop must fit in the smallest
+    resized image."""
+    if not from_files:
+        raise ValueError("scale jitter resizes image files: it needs a folder dataset (folder:PATH)")
+    low, high = sides
+    if not size <= low <= high:
+        scaled = ",".join(str(math.ceil(side * size / 224)) for side in (256, 480))
+        raise ValueError(f"scale jitter's shorter sides {low}-{high} must be at least the training size {size}; "
+                         f"the paper's 256-480 for 224-pixel crops is --recipe-arg scale_jitter=[{scaled}] at this size")
+
+
 def dataset_shape(ds) -> tuple[int, int]:
     """(channels, side) of a dataset's images, in memory or in a folder."""
     if hasattr(ds, "images"):
@@ -380,8 +391,9 @@ def make_loader(ds, batch_size: int, mean: list[float], std: list[float], device
     ``workers`` (folders only) decode images in parallel; by default one a CPU, up to 16.
     """
     if hasattr(ds, "images"):
-        if kwargs.pop("scale_jitter", None) is not None and train:
-            raise ValueError("scale jitter resizes image files: it needs a folder dataset (folder:PATH)")
+        sides = kwargs.pop("scale_jitter", None)
+        if sides is not None and train:
+            check_scale_jitter(sides, int(ds.images.shape[-1]), from_files=False)
         return DeviceLoader(ds.images, ds.labels, batch_size, mean, std, device, train=train, **kwargs)
     labels = torch.from_numpy(ds.samples.labels)
     if workers is None:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import __version__, distributed, runs
 from .data import ArrayDataset, DataError, FolderDataset, get_dataset, resolve_dataset
 from .evaluate import EvalResult, evaluate
-from .loader import channel_stats, colour_pca, dataset_shape, make_loader, stats_sample
+from .loader import channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, stats_sample
 from .pretrained import input_stats, is_file_spec, load_weights
 from .recipes import Recipe, get_recipe, lr_at
 from .steps import build_train_step
@@ -165,17 +165,6 @@ def load_splits(dataset: str, data_dir: str | None, limit_train: int | None, lim
             for split, limit in (("train", limit_train), ("test", limit_test))]
 
 
-def _check_scale_jitter(sides: tuple[int, int], dataset: str, image_size: int) -> None:
-    """Scale jitter resizes image files, and its crop must fit in the smallest resized image."""
-    if not dataset.startswith("folder:"):
-        raise ValueError(f"scale jitter resizes image files: it needs a folder dataset (folder:PATH), not {dataset}")
-    low, high = sides
-    if not image_size <= low <= high:
-        scaled = ",".join(str(math.ceil(side * image_size / 224)) for side in (256, 480))
-        raise ValueError(f"scale jitter's shorter sides {low}-{high} must be at least the training size {image_size}; "
-                         f"the paper's 256-480 for 224-pixel crops is --recipe-arg scale_jitter=[{scaled}] at this size")
-
-
 def _new_run_dir(config: TrainConfig) -> Path:
     if config.out:
         out = Path(config.out)
@@ -216,8 +205,8 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     model_kwargs = {"num_classes": len(train_set.classes), "in_chans": channels, **config.model_kwargs}
     # Fail on a bad name or unusable weights before anything is written (this also fetches them once).
     create_model(config.model, weights=config.weights, **model_kwargs)
-    if recipe.scale_jitter is not None:
-        _check_scale_jitter(recipe.scale_jitter, config.dataset, image_size)
+    if recipe.scale_jitter is not None:  # here, before anything is written, rather than when the loader is made
+        check_scale_jitter(recipe.scale_jitter, image_size, from_files=config.dataset.startswith("folder:"))
     if len(train_set) < recipe.batch_size:
         raise ValueError(f"batch size {recipe.batch_size} is larger than the {len(train_set)} training examples")
     steps_per_epoch = len(train_set) // recipe.batch_size
