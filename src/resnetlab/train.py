@@ -139,15 +139,18 @@ def load_split(dataset: str, split: str, data_dir: str | None = None, image_size
     return ds
 
 
-def held_out_resize(dataset: str, image_size: int | None, recipe: Recipe) -> int | None:
-    """The shorter side held-out images are resized to before their centre crop, or None (squashed to the size).
+def folder_sizes(dataset: str, image_size: int | None, recipe: Recipe) -> tuple[int | None, int | None]:
+    """The side a dataset is trained at (None: ``load_split``'s default) and the shorter side its
+    held-out images are resized to before their centre crop (None: squashed to the side).
 
-    Folders trained with scale augmentation are evaluated as torchvision evaluates its ImageNet
-    models: shorter side to 8/7 of the crop (256 for 224), then the centre crop.
+    Folders trained with scale augmentation are ImageNet's way: 224-pixel crops unless told, and
+    held-out images evaluated as torchvision evaluates its ImageNet models, shorter side to 8/7 of
+    the crop (256 for 224), then the centre crop.
     """
     if not dataset.startswith("folder:") or (recipe.scale_crop is None and recipe.scale_jitter is None):
-        return None
-    return round((image_size or FOLDER_IMAGE_SIZE) / 0.875)
+        return image_size, None
+    size = image_size or IMAGENET_IMAGE_SIZE
+    return size, round(size / 0.875)
 
 
 def reload_sizes(dataset: str, config: dict) -> dict:
@@ -195,10 +198,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     # imagenet names a folder prepared from its archives: by process 0 alone, the others wait for its name.
     config.dataset = distributed.share(resolve_dataset(config.dataset, config.data_dir) if world.is_main else None, world)
 
-    size = config.image_size
-    if size is None and config.dataset.startswith("folder:") and (recipe.scale_crop or recipe.scale_jitter):
-        size = IMAGENET_IMAGE_SIZE  # the scaling recipes are ImageNet's, whose crops are 224 pixels
-    resize_to = held_out_resize(config.dataset, size, recipe)
+    size, resize_to = folder_sizes(config.dataset, config.image_size, recipe)
     train_set, test_set = load_splits(config.dataset, config.data_dir, config.limit_train, config.limit_test, config.seed,
                                       size, resize_to)
     channels, image_size = dataset_shape(train_set)
