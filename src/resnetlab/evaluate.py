@@ -166,15 +166,16 @@ def describe_views(views: str | None, scales: Sequence[int] = PAPER_SCALES) -> s
 class _Views(torch.utils.data.Dataset):
     """A folder's test images as lists of view batches, decoded by DataLoader workers."""
 
-    def __init__(self, dataset, image_size: int, resize_to: int | None, views: str, scales: Sequence[int]) -> None:
-        self.dataset, self.image_size, self.resize_to, self.views, self.scales = dataset, image_size, resize_to, views, scales
+    def __init__(self, dataset, resize_to: int | None, views: str, scales: Sequence[int]) -> None:
+        self.dataset, self.resize_to, self.views, self.scales = dataset, resize_to, views, scales
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> tuple[list[torch.Tensor], int]:
         path, label = self.dataset.samples[i]
-        return view_batches(path, self.dataset.channels, self.image_size, self.resize_to, self.views, self.scales), label
+        ds = self.dataset
+        return view_batches(path, ds.channels, ds.image_size, self.resize_to, self.views, self.scales), label
 
 
 def _as_lists(items: list[tuple[list[torch.Tensor], int]]) -> tuple[list[list[torch.Tensor]], torch.Tensor]:
@@ -197,7 +198,7 @@ def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float
     device = torch.device(device)
     model.eval()
     tally = _Tally(num_classes)
-    items = _Views(dataset, dataset.image_size, resize_to, views, scales)
+    items = _Views(dataset, resize_to, views, scales)
     loader = decode_in_workers(items, _as_lists, batch_size=32, num_workers=default_workers() if workers is None else workers)
     for images, labels in loader:
         # Clamped: a probability that underflowed to zero would make the loss infinite.
@@ -369,7 +370,7 @@ def evaluate_run(
     views of it; that needs image files, so a run trained on a folder.
     """
     from .data import resolve_dataset
-    from .loader import dataset_shape, make_loader
+    from .loader import dataset_shape
     from .plots import plot_confusion
     from .runs import load_model, write_json
     from .train import load_split, pick_device, reload_sizes
@@ -389,17 +390,26 @@ def evaluate_run(
             f"{name} ({found[0]} classes of {found[1]}x{found[2]}x{found[2]}) does not fit this run's model "
             f"({expected[0]} classes of {expected[1]}x{expected[2]}x{expected[2]})"
         )
-    if views is None:
-        result = evaluate(model, make_loader(test, 256, config["mean"], config["std"], dev, train=False), len(config["classes"]))
-    else:
-        result = evaluate_views(model, test, config["mean"], config["std"], len(config["classes"]), views, scales,
-                                config.get("resize_size"), dev)
+    result = _score(model, test, config, views, scales, dev)
     reference = paper_reference(config["model"], views, scales, len(config["classes"]))
     report = EvalReport(run_dir, name, config["classes"], result, [], reference, describe_views(views, scales))
     write_json(run_dir / "eval.json", report.to_dict())
     report.files.append(run_dir / "eval.json")
     report.files += plot_confusion(result.confusion, config["classes"], run_dir / "confusion", f"{config['model']} on {name}")
     return report
+
+
+def _score(model: nn.Module, ds, config: dict, views: str | None, scales: Sequence[int], device: torch.device) -> EvalResult:
+    """A test set scored as a run's or published weights' ``config`` says: each image once, in the
+    trainer's batches (channels_last where the trainer uses it), or averaged over ``views``."""
+    from .loader import make_loader
+
+    if views is None:
+        loader = make_loader(ds, 256, config["mean"], config["std"], device, train=False,
+                             channels_last=device.type in ("cuda", "cpu"))
+        return evaluate(model, loader, len(config["classes"]))
+    return evaluate_views(model, ds, config["mean"], config["std"], len(config["classes"]), views, scales,
+                          config.get("resize_size"), device)
 
 
 def evaluate_published(
@@ -415,7 +425,6 @@ def evaluate_published(
     val/ is evaluated on val/. With ``out``, ``eval.json`` is written there. ``views`` as for ``evaluate_run``.
     """
     from .data import DataError, get_dataset, own_held_out, resolve_dataset
-    from .loader import make_loader
     from .runs import write_json
     from .train import pick_device
 
@@ -440,12 +449,7 @@ def evaluate_published(
         if limit_test <= 0:
             raise ValueError(f"--limit-test must be positive, got {limit_test}")
         ds = ds.subset(limit_test)
-    if views is None:
-        loader = make_loader(ds, 256, config["mean"], config["std"], dev, train=False, channels_last=dev.type in ("cuda", "cpu"))
-        result = evaluate(model, loader, len(config["classes"]))
-    else:
-        result = evaluate_views(model, ds, config["mean"], config["std"], len(config["classes"]), views, scales,
-                                config["resize_size"], dev)
+    result = _score(model, ds, config, views, scales, dev)
     top1 = config["published_top1"]
     reference = (f"torchvision publishes {top1:.2f}% top-1 for these weights on ImageNet's 50,000 validation images"
                  + (" (one centre crop)" if views else "") if top1 is not None else None)
