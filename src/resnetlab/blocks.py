@@ -298,19 +298,27 @@ class Bottleneck(_Block):
 def identity_block(in_channels: int, f: int, filters: tuple[int, int, int], bias: bool = True) -> Bottleneck:
     """The seed notebook's identity block: 1x1 conv (F1), f x f conv (F2), 1x1 conv (F3), each with
     BN, ReLU between, and the input added back before the last ReLU. Input and output have the same
-    shape, so ``in_channels`` must equal F3. Conv biases as in Keras.
+    shape, so ``in_channels`` must equal F3. Conv biases and batch-norm epsilon (1e-3) as in Keras.
     """
     if in_channels != filters[2]:
         raise ValueError(f"an identity block keeps its input's shape: in_channels ({in_channels}) must equal F3 ({filters[2]})")
-    return Bottleneck(in_channels, filters[0], bias=bias, stride_in_1x1=True, filters=tuple(filters), kernel_size=f)
+    return _keras_eps(Bottleneck(in_channels, filters[0], bias=bias, stride_in_1x1=True, filters=tuple(filters), kernel_size=f))
 
 
 def convolutional_block(in_channels: int, f: int, filters: tuple[int, int, int], s: int = 2, bias: bool = True) -> Bottleneck:
     """The seed notebook's convolutional block: the identity block's three convolutions, the first with
     stride ``s``, and a 1x1 conv (stride ``s``) + BN on the shortcut so that the shapes match.
     """
-    return Bottleneck(in_channels, filters[0], stride=s, shortcut="C", bias=bias, stride_in_1x1=True,
-                      filters=tuple(filters), kernel_size=f)
+    return _keras_eps(Bottleneck(in_channels, filters[0], stride=s, shortcut="C", bias=bias, stride_in_1x1=True,
+                                 filters=tuple(filters), kernel_size=f))
+
+
+def _keras_eps(block: Bottleneck) -> Bottleneck:
+    """Keras's BatchNormalization default epsilon, so that the notebook's weights give the notebook's outputs."""
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = 1e-3
+    return block
 
 
 class ResidualMLPBlock(nn.Module):

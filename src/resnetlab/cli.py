@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     _add_view_flags(p)
 
+    p = sub.add_parser("import", help="read a Keras model in the seed notebook's layout (model.save's .h5 or .keras) into a run directory")
+    p.add_argument("file", help="the Keras file, e.g. the notebook's resnet50.h5")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/FILE-NAME)")
+    p.add_argument("--dataset", default="signs", help="what `resnetlab eval` tests it on (default signs)")
+    p.add_argument("--classes", help="comma-separated output names (default 0, 1, ...: SIGNS's)")
+
     p = sub.add_parser("export", help="write a trained run as ONNX (normalisation inside), checked with ONNX Runtime")
     p.add_argument("run_dir", nargs="?")
     p.add_argument("--pretrained", metavar="MODEL[:TAG]", help="export torchvision's ImageNet weights instead of a run")
@@ -371,6 +377,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
           scales=scales)
 
 
+def cmd_import(args: argparse.Namespace) -> None:
+    from .keras_weights import import_keras
+
+    out = Path(args.out) if args.out else Path("runs") / Path(args.file).stem
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    run_dir, keras = import_keras(args.file, out, args.dataset, classes)
+    shape = f"{keras.image_size}x{keras.image_size}x{keras.model_kwargs.get('in_chans', 3)}"
+    print(f"{args.file} (Keras {keras.keras_version}): signs_resnet50 {keras.model_kwargs or ''}, {shape} images scaled to 0-1")
+    if keras.batch_stats:
+        print(f"note: {len(keras.batch_stats)} of its batch norms were called with training=True (as the notebook's "
+              "blocks are), so Keras normalises them with each batch's own statistics even in predict() and "
+              "evaluate(); resnetlab uses the moving averages stored in the file, as Keras does with training=False")
+    print(f"run directory: {run_dir}  (resnetlab eval {run_dir}; resnetlab predict {run_dir} IMAGE...)")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_onnx
 
@@ -430,6 +451,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "predict": cmd_predict,
     "export": cmd_export,
+    "import": cmd_import,
     "serve": cmd_serve,
     "diagram": cmd_diagram,
     "plot": cmd_plot,

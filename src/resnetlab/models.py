@@ -45,6 +45,7 @@ class ResNet(nn.Module):
         stride_in_1x1: bottleneck stride on the first 1x1 (paper) instead of the 3x3 (torchvision).
         zero_init_residual: start every residual branch at zero (its last BN's gamma = 0).
         bias: conv biases, as in Keras (``signs_resnet50``).
+        bn_eps: the epsilon of every batch norm (PyTorch's 1e-5; Keras's default is 1e-3).
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class ResNet(nn.Module):
         scales: tuple[float, float] = (0.5, 0.5),
         gate_bias: float = -6.0,
         shortcut_dropout: float = 0.5,
+        bn_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if stem not in STEMS:
@@ -113,6 +115,9 @@ class ResNet(nn.Module):
         # Keras layout: a fixed 2x2 average pool and flatten, exact for 64x64 inputs; elsewhere global pooling.
         self.avgpool = nn.AvgPool2d(2) if stem == "keras" else nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.eps = bn_eps
 
         if self.fc.weight.is_meta:
             return  # built only to count or trace shapes: there are no values to initialise
@@ -402,12 +407,20 @@ for _depth in (164, 1001):
 
 
 @register_model
-def signs_resnet50(num_classes: int = 6, in_chans: int = 3, **kwargs) -> ResNet:
+def signs_resnet50(
+    num_classes: int = 6,
+    in_chans: int = 3,
+    layers: Sequence[int] = (3, 4, 6, 3),
+    widths: Sequence[int] = (64, 128, 256, 512),
+    **kwargs,
+) -> ResNet:
     """The seed notebook's Keras ResNet-50 for 64x64 SIGNS images.
 
     Its layout: ZeroPadding2D(3) + 7x7/2 conv, conv biases everywhere, the stride on the first 1x1
-    of each convolutional block, a 2x2 average pool, flatten and a dense layer. Keras reports
-    23,600,006 parameters: 23,546,886 trainable plus 53,120 BN moving statistics.
+    of each convolutional block, Keras's batch-norm epsilon (1e-3), a 2x2 average pool, flatten and a
+    dense layer. Keras reports 23,600,006 parameters: 23,546,886 trainable plus 53,120 BN moving
+    statistics. ``layers`` and ``widths`` (each stage's F1; F3 is 4 x F1) give the notebook's layout
+    at other sizes, as ``resnetlab import`` needs for Keras files of such variants.
     """
-    kwargs = {"stem": "keras", "bias": True, "stride_in_1x1": True, **kwargs}
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes, in_chans=in_chans, **kwargs)
+    kwargs = {"stem": "keras", "bias": True, "stride_in_1x1": True, "bn_eps": 1e-3, **kwargs}
+    return ResNet(Bottleneck, list(layers), widths=list(widths), num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from .keras_weights import KerasError, is_keras_file, read_keras
+
 # Names whose layout is torchvision's, so its published weights fit them.
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -111,10 +113,16 @@ def fetch_published(model_name: str, tag: str, progress: bool = True) -> Path:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state_dict from a .safetensors file or a torch.save file, without running code from it."""
+    """A state_dict from a .safetensors file, a torch.save file or a Keras model in the seed notebook's
+    layout (.h5, .keras; see ``keras_weights``), without running code from it."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path} does not exist or is not a file")
+    if is_keras_file(path):
+        try:
+            return read_keras(path).state_dict
+        except KerasError as err:
+            raise WeightsError(str(err)) from None
     try:
         if path.suffix == ".safetensors":
             state = load_file(path)
@@ -133,13 +141,27 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _keras_weights(path: str) -> tuple[str, dict[str, torch.Tensor], float]:
+    """How to name a Keras file in errors, its state_dict, and its batch norms' epsilon (which a
+    state_dict does not carry, so the model must have been built with it)."""
+    try:
+        keras = read_keras(path)
+    except KerasError as err:
+        raise WeightsError(str(err)) from None
+    source = f"{path} (Keras: signs_resnet50 {keras.model_kwargs or 'as in the notebook'})"
+    return source, keras.state_dict, keras.model_kwargs.get("bn_eps", 1e-3)
+
+
 def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool = True) -> nn.Module:
     """Load published weights (a tag such as ``IMAGENET1K_V2`` or ``DEFAULT``) or a file into ``model``.
 
     Every tensor must fit except the classifier, which stays freshly initialised when the class
     count differs, and ``conv1``, which is summed over colours for a one-channel model.
     """
-    if is_file_spec(weights):
+    eps = None
+    if is_keras_file(weights):
+        source, state, eps = _keras_weights(weights)
+    elif is_file_spec(weights):
         source, state = weights, read_state_dict(weights)
     else:
         path = fetch_published(model_name, weights, progress)
@@ -166,17 +188,21 @@ def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool
         raise WeightsError(
             f"{source} does not fit {model_name}: {k} is {tuple(state[k].shape)} there, {tuple(own[k].shape)} here"
         )
+    if eps is not None and any(m.eps != eps for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        raise WeightsError(f"{source}'s batch norms use epsilon {eps}: build the model with bn_eps={eps} "
+                           f"(`resnetlab import {weights}` records it)")
     model.load_state_dict(state, strict=False)
     return model
 
 
 def input_stats(model_name: str, weights: str, channels: int) -> tuple[list[float], list[float]] | None:
-    """The normalisation published weights expect, for ``channels`` input channels; None for files.
+    """The normalisation published weights expect, for ``channels`` input channels; None for files
+    other than Keras models, which get the notebook's 0-1 scaling and nothing more.
 
     One channel gets the colour statistics' averages, since its conv1 was summed over colours.
     """
     if is_file_spec(weights):
-        return None
+        return ([0.0] * channels, [1.0] * channels) if is_keras_file(weights) else None
     info = pretrained_info(model_name, weights)
     if channels == 1:
         return [sum(info.mean) / 3], [sum(info.std) / 3]

@@ -1,0 +1,427 @@
+"""Keras models in the seed notebook's layout, read into ``signs_resnet50``.
+
+Reads a whole model as Keras saves it (``model.save``): the HDF5 file of tf.keras 2 and Keras 3
+(``.h5``, the notebook's ``resnet50.h5``) or Keras 3's ``.keras`` archive. Layers are matched by
+walking the model's graph from its input, not by name or by their order in the file: the
+notebook's layers carry Keras's automatic names (``conv2d_17``, ...), the file lists a block's
+shortcut between its main-path layers, and a convolutional block's last conv and its shortcut
+conv can have the same shape. Every layer is checked against what ``signs_resnet50`` computes
+(kernel, stride, padding, activation), so a model that loads computes what Keras computes.
+
+Nothing in the file runs: the graph is JSON and the weights are HDF5 arrays.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+# signs_resnet50's defaults: model_kwargs name only what a file changes.
+_DEFAULTS = {"num_classes": 6, "in_chans": 3, "layers": [3, 4, 6, 3], "widths": [64, 128, 256, 512], "bn_eps": 1e-3}
+
+
+class KerasError(Exception):
+    """A Keras file that cannot be read, or whose model is not in the notebook's layout."""
+
+
+@dataclass
+class _Layer:
+    name: str
+    kind: str  # Keras's class name: Conv2D, BatchNormalization, ...
+    config: dict
+    inputs: list[str]  # the layers whose outputs it takes
+    call_kwargs: dict  # what the model's code passed when calling it, e.g. {"training": True}
+
+
+@dataclass
+class KerasModel:
+    """A Keras file's model in resnetlab's terms: ``create_model("signs_resnet50", **model_kwargs)``."""
+
+    model_kwargs: dict
+    state_dict: dict[str, torch.Tensor]
+    image_size: int
+    keras_version: str
+    batch_stats: list[str] = field(default_factory=list)  # BN layers called with training=True
+
+
+def is_keras_file(path: str | Path) -> bool:
+    """True for the suffixes Keras saves whole models under."""
+    return Path(path).suffix.lower() in KERAS_SUFFIXES
+
+
+def read_keras(path: str | Path) -> KerasModel:
+    """The notebook-layout ResNet a Keras file holds: its ``signs_resnet50`` arguments and weights."""
+    import h5py  # here, so that importing the models never loads it
+
+    path = Path(path)
+    if not path.is_file():
+        raise KerasError(f"{path} does not exist or is not a file")
+    try:
+        if path.suffix.lower() == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                config = json.loads(archive.read("config.json"))
+                version = json.loads(archive.read("metadata.json")).get("keras_version", "3")
+                weights_file = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+        else:
+            weights_file = h5py.File(path, "r")
+            if "model_config" not in weights_file.attrs:
+                weights_only = "layer_names" in weights_file.attrs or "layers" in weights_file or "model_weights" in weights_file
+                weights_file.close()
+                if weights_only:
+                    raise KerasError(f"{path} holds weights without the model's graph (saved by save_weights); "
+                                     "save the whole model with model.save() and import that")
+                raise KerasError(f"{path} is an HDF5 file but not a Keras model (it has no model_config)")
+            config = json.loads(_text(weights_file.attrs["model_config"]))
+            version = _text(weights_file.attrs.get("keras_version", "2"))
+        layers = _layers(config, path)
+        with weights_file:
+            weights = _keras3_weights(weights_file, layers) if path.suffix.lower() == ".keras" else _legacy_weights(weights_file)
+            return _convert(layers, weights, version, path)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise KerasError(f"{path} is not a model file saved whole by Keras ({type(err).__name__}: {err})") from None
+
+
+# --- the file formats -----------------------------------------------------------------------------
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _layers(config: dict, path: Path) -> dict[str, _Layer]:
+    """The layers of a functional model's config, in the order Keras lists them."""
+    if config.get("class_name") not in ("Functional", "Model") or "layers" not in config.get("config", {}):
+        raise KerasError(
+            f"{path} holds a Keras {config.get('class_name')} model; only functional models "
+            "(built from Input(...) as the notebook's ResNet50) can be read"
+        )
+    layers = {}
+    for entry in config["config"]["layers"]:
+        inputs, kwargs = [], {}
+        for node in entry.get("inbound_nodes", []):
+            if isinstance(node, dict):  # Keras 3: {"args": [tensor, ...], "kwargs": {...}}
+                args = node["args"][0] if node["args"] and isinstance(node["args"][0], list) else node["args"]
+                inputs += [a["config"]["keras_history"][0] for a in args if isinstance(a, dict)]
+                kwargs.update(node.get("kwargs", {}))
+            else:  # tf.keras 2: [[layer_name, node_index, tensor_index, kwargs], ...]
+                for name, _, _, *rest in node:
+                    inputs.append(name)
+                    kwargs.update(rest[0] if rest else {})
+        layers[entry["name"]] = _Layer(entry["name"], entry["class_name"], entry["config"], inputs, kwargs)
+    return layers
+
+
+# A layer's stored arrays by Keras's names (kernel, bias, gamma, ...), given its name, class and config.
+_Weights = Callable[[str, str, dict], dict[str, np.ndarray]]
+
+
+def _legacy_weights(f: "h5py.File") -> _Weights:
+    """Weights of the HDF5 format model.save writes: ``model_weights/LAYER/LAYER/kernel:0``."""
+    group = f["model_weights"]
+
+    def get(layer: str, kind: str, config: dict) -> dict[str, np.ndarray]:
+        names = [_text(n) for n in group[layer].attrs.get("weight_names", [])]
+        # "conv2d/kernel:0" (tf.keras 2) or "conv2d/kernel" (Keras 3): keep "kernel".
+        return {n.rsplit("/", 1)[-1].split(":")[0]: np.asarray(group[layer][n]) for n in names}
+
+    return get
+
+
+_VARIABLES = {
+    "Conv2D": ("kernel", "bias"),
+    "Dense": ("kernel", "bias"),
+    "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
+}
+
+
+def _keras3_weights(f: "h5py.File", layers: dict[str, _Layer]) -> _Weights:
+    """Weights of a .keras archive: ``layers/NAME/vars/0, 1, ...`` in the order the layer made them.
+
+    NAME is not the layer's name but its class in snake case, numbered in the model's layer order
+    (conv2d, conv2d_1, ...), which is how Keras 3 addresses them so that files do not depend on
+    the names a session generated.
+    """
+    top = f["layers"] if "layers" in f else f["_layer_checkpoint_dependencies"]  # the latter: Keras 3.0
+    stored_as, used = {}, {}
+    for layer in layers.values():
+        base = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", layer.kind)).lower()
+        stored_as[layer.name] = f"{base}_{used[base]}" if base in used else base
+        used[base] = used.get(base, 0) + 1
+
+    def get(layer: str, kind: str, config: dict) -> dict[str, np.ndarray]:
+        group = top.get(stored_as[layer])
+        stored = group["vars"] if group is not None and "vars" in group else {}
+        names = list(_VARIABLES.get(kind, ()))
+        if kind == "BatchNormalization":  # a BN without scale or centre has no gamma or beta
+            names = [n for n in names if (n != "gamma" or config.get("scale", True)) and (n != "beta" or config.get("center", True))]
+        elif not config.get("use_bias", True):
+            names.remove("bias")
+        return {name: np.asarray(stored[str(i)]) for i, name in enumerate(names) if str(i) in stored}
+
+    return get
+
+
+# --- the graph walk -------------------------------------------------------------------------------
+
+
+class _Graph:
+    """A functional model's layers, followed from its input, each checked against the notebook's and
+    its weights stored under resnetlab's names."""
+
+    def __init__(self, layers: dict[str, _Layer], weights: _Weights, path: Path) -> None:
+        self.layers, self.path = layers, path
+        self._weights = weights
+        self.state: dict[str, torch.Tensor] = {}  # what the walk has read so far, under resnetlab's names
+        self.epsilons: set[float] = set()
+        self.batch_stats: list[str] = []  # batch norms called with training=True
+        self.consumers: dict[str, list[str]] = {name: [] for name in layers}
+        for layer in layers.values():
+            for source in layer.inputs:
+                self.consumers[source].append(layer.name)
+
+    def fail(self, layer: _Layer, wanted: str) -> KerasError:
+        return KerasError(
+            f"{self.path} is not in the seed notebook's ResNet layout that signs_resnet50 reads: "
+            f"its layer {layer.name!r} is a {layer.kind} {_describe(layer)}, where {wanted} belongs"
+        )
+
+    def next(self, layer: _Layer, wanted: str) -> _Layer:
+        """The one layer that takes ``layer``'s output."""
+        after = self.consumers[layer.name]
+        if len(after) != 1:
+            raise KerasError(f"{self.path}: {wanted} should follow {layer.name!r}, but {len(after)} layers take its output")
+        return self.layers[after[0]]
+
+    def expect(self, layer: _Layer, kind: str, wanted: str, **config) -> _Layer:
+        """``layer`` itself, after checking its class and the config values that change its output."""
+        if layer.kind != kind or any(_normal(layer.config.get(k)) != _normal(v) for k, v in config.items()):
+            raise self.fail(layer, wanted)
+        return layer
+
+    def tensors(self, layer: _Layer, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """``layer``'s stored arrays ``names`` as float32 tensors."""
+        stored = self._weights(layer.name, layer.kind, layer.config)
+        missing = [n for n in names if n not in stored]
+        if missing:
+            raise KerasError(f"{self.path}: layer {layer.name!r} has no stored {', '.join(missing)}")
+        return {n: torch.from_numpy(np.array(stored[n], dtype=np.float32)) for n in names}
+
+    def conv(self, layer: _Layer, key: str) -> None:
+        """Store a conv's kernel and bias as resnetlab's ``key``."""
+        config = layer.config
+        if (_normal(config.get("dilation_rate", (1, 1))) not in ((1, 1), 1) or config.get("groups", 1) != 1
+                or config.get("data_format", "channels_last") != "channels_last"):
+            raise self.fail(layer, "an undilated, ungrouped, channels-last conv")
+        if not config.get("use_bias", True):
+            raise KerasError(f"{self.path}: conv {layer.name!r} has no bias; the notebook's convs (and signs_resnet50's) have one")
+        tensors = self.tensors(layer, ("kernel", "bias"))
+        self.state[f"{key}.weight"] = tensors["kernel"].permute(3, 2, 0, 1).contiguous()  # HWIO -> OIHW
+        self.state[f"{key}.bias"] = tensors["bias"]
+
+    def batch_norm(self, layer: _Layer, key: str) -> None:
+        """Store a batch norm's scale, offset and moving statistics as resnetlab's ``key``."""
+        self.expect(layer, "BatchNormalization", "BatchNormalization(axis=3)")
+        if _normal(layer.config.get("axis")) not in (3, -1, (3,), (-1,)):
+            raise self.fail(layer, "BatchNormalization over the channels (axis=3)")
+        stats = self.tensors(layer, ("moving_mean", "moving_variance"))
+        stored = self._weights(layer.name, layer.kind, layer.config)
+        ones = torch.ones_like(stats["moving_mean"])
+        # A layer built with scale=False or center=False stores no gamma or beta.
+        gamma = torch.from_numpy(np.array(stored["gamma"], dtype=np.float32)) if "gamma" in stored else ones
+        beta = torch.from_numpy(np.array(stored["beta"], dtype=np.float32)) if "beta" in stored else 0 * ones
+        self.state.update({f"{key}.weight": gamma, f"{key}.bias": beta, f"{key}.running_mean": stats["moving_mean"],
+                           f"{key}.running_var": stats["moving_variance"], f"{key}.num_batches_tracked": torch.tensor(0)})
+        self.epsilons.add(float(layer.config.get("epsilon", 1e-3)))
+        if layer.call_kwargs.get("training") is True:
+            self.batch_stats.append(layer.name)
+
+
+def _normal(value):
+    """Config values compared the same whether Keras wrote 3, [3, 3] or (3, 3)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_normal(v) for v in value)
+    return value
+
+
+def _describe(layer: _Layer) -> str:
+    keys = ("filters", "kernel_size", "strides", "padding", "pool_size", "activation", "units")
+    shown = {k: layer.config[k] for k in keys if k in layer.config}
+    return json.dumps(shown) if shown else ""
+
+
+def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: Path) -> KerasModel:
+    """Walk the graph from its input: the stem, then block after block, then the classifier."""
+    graph = _Graph(layers, weights, path)
+    inputs = [layer for layer in layers.values() if layer.kind == "InputLayer"]
+    if len(inputs) != 1:
+        raise KerasError(f"{path}: the model has {len(inputs)} inputs; the notebook's ResNet has one")
+    shape = inputs[0].config.get("batch_input_shape") or inputs[0].config.get("batch_shape")
+    if not shape or len(shape) != 4 or shape[1] != shape[2]:
+        raise KerasError(f"{path}: the model's input is {shape}; signs_resnet50 takes square images (N, H, W, C)")
+    side, in_chans = shape[1], shape[3]
+
+    layer, width = _stem(graph, inputs[0])
+    stages: list[list[int]] = []  # each block's F1, grouped by stage
+    while len(graph.consumers[layer.name]) == 2:  # a block starts where the shortcut leaves the main path
+        layer = _block(graph, layer, stages)
+    if not stages:
+        raise KerasError(f"{path}: no residual block follows the stem")
+    num_classes = _head(graph, layer, 4 * stages[-1][0], side)
+
+    widths = [stage[0] for stage in stages]
+    if any(len(set(stage)) != 1 for stage in stages) or widths != [width * 2**i for i in range(len(widths))]:
+        raise KerasError(f"{path}: the stem has {width} filters and the stages' F1 are {stages}; "
+                         "signs_resnet50 needs the stem's width, doubling at every stage")
+    if len(graph.epsilons) != 1:
+        raise KerasError(f"{path}: the batch norms use several epsilons ({sorted(graph.epsilons)}); signs_resnet50 has one")
+    found = {"num_classes": num_classes, "in_chans": in_chans, "layers": [len(s) for s in stages],
+             "widths": widths, "bn_eps": graph.epsilons.pop()}
+    kwargs = {k: v for k, v in found.items() if v != _DEFAULTS[k]}
+    return KerasModel(kwargs, graph.state, side, version, graph.batch_stats)
+
+
+def _stem(graph: _Graph, input_layer: _Layer) -> tuple[_Layer, int]:
+    """ZeroPadding2D(3), 7x7/2 conv, BN, ReLU, 3x3/2 max pool: the last layer, and the conv's filters."""
+    layer = graph.expect(graph.next(input_layer, "ZeroPadding2D((3, 3))"), "ZeroPadding2D", "ZeroPadding2D((3, 3))",
+                         padding=((3, 3), (3, 3)))
+    conv = graph.expect(graph.next(layer, "the 7x7 conv"), "Conv2D", "a 7x7/2 'valid' conv",
+                        kernel_size=(7, 7), strides=(2, 2), padding="valid", activation="linear")
+    graph.conv(conv, "conv1")
+    bn = graph.next(conv, "BatchNormalization")
+    graph.batch_norm(bn, "bn1")
+    layer = _relu(graph, graph.next(bn, "ReLU"))
+    layer = graph.expect(graph.next(layer, "MaxPooling2D"), "MaxPooling2D", "a 3x3/2 'valid' max pool",
+                         pool_size=(3, 3), strides=(2, 2), padding="valid")
+    return layer, conv.config["filters"]
+
+
+def _block(graph: _Graph, start: _Layer, stages: list[list[int]]) -> _Layer:
+    """The block whose input is ``start``'s output: a convolutional block (projection shortcut) opens a
+    new stage, an identity block joins the current one. Returns the block's closing ReLU."""
+    path = graph.path
+    branches = [_branch(graph, graph.layers[name]) for name in graph.consumers[start.name]]
+    if len({b[-1].name for b in branches}) != 1:
+        raise KerasError(f"{path}: the two paths leaving {start.name!r} do not meet in one Add layer")
+    add = branches[0][-1]
+    main, shortcut = sorted((b[:-1] for b in branches), key=len, reverse=True)
+    if shortcut:
+        stages.append([])
+    elif not stages:
+        raise KerasError(f"{path}: the first block after the stem has no projection shortcut; the notebook's is a convolutional block")
+    s, b = len(stages), len(stages[-1])
+    stride = (1 if s == 1 else 2) if b == 0 else 1  # the first stage keeps the stem's size
+    if len(main) != 8:
+        raise KerasError(f"{path}: the block after {start.name!r} has {len(main)} layers on its main path; "
+                         "the notebook's has 8 (3 conv, 3 BN, 2 ReLU)")
+    c1, n1, r1, c2, n2, r2, c3, n3 = main
+    graph.expect(c1, "Conv2D", f"a 1x1/{stride} 'valid' conv", kernel_size=(1, 1), strides=(stride, stride), padding="valid", activation="linear")
+    graph.expect(c2, "Conv2D", "a 3x3 'same' conv", kernel_size=(3, 3), strides=(1, 1), padding="same", activation="linear")
+    graph.expect(c3, "Conv2D", "a 1x1 conv", kernel_size=(1, 1), strides=(1, 1), padding="valid", activation="linear")
+    f1, f2, f3 = (c.config["filters"] for c in (c1, c2, c3))
+    if f2 != f1 or f3 != 4 * f1:
+        raise KerasError(f"{path}: a block's filters are {[f1, f2, f3]}; signs_resnet50's are [F1, F1, 4 x F1]")
+    stages[-1].append(f1)
+    prefix = f"layer{s}.{b}"
+    for i, (conv, norm) in enumerate(((c1, n1), (c2, n2), (c3, n3)), 1):
+        graph.conv(conv, f"{prefix}.conv{i}")
+        graph.batch_norm(norm, f"{prefix}.bn{i}")
+    _relu(graph, r1)
+    _relu(graph, r2)
+    if shortcut:
+        conv, norm = shortcut
+        graph.expect(conv, "Conv2D", f"a 1x1/{stride} shortcut conv", kernel_size=(1, 1), strides=(stride, stride), padding="valid", activation="linear")
+        graph.conv(conv, f"{prefix}.downsample.0")
+        graph.batch_norm(norm, f"{prefix}.downsample.1")
+    return _relu(graph, graph.next(add, "ReLU"))
+
+
+def _head(graph: _Graph, layer: _Layer, channels: int, side: int) -> int:
+    """2x2 average pool, flatten, dense: the number of classes."""
+    layer = graph.expect(graph.next(layer, "AveragePooling2D((2, 2))"), "AveragePooling2D", "AveragePooling2D((2, 2))",
+                         pool_size=(2, 2), padding="valid")
+    layer = graph.expect(graph.next(layer, "Flatten"), "Flatten", "Flatten()")
+    dense = graph.next(layer, "the Dense classifier")
+    if dense.kind != "Dense" or dense.config.get("activation") not in ("softmax", "linear"):
+        raise graph.fail(dense, "a Dense classifier (softmax or linear)")
+    tensors = graph.tensors(dense, ("kernel", "bias"))
+    if tensors["kernel"].shape[0] != channels:
+        raise KerasError(f"{graph.path}: the classifier takes {tensors['kernel'].shape[0]} features, not the {channels} "
+                         f"channels of one pixel: signs_resnet50 reads models for 64x64 images (this one takes {side}x{side})")
+    graph.state["fc.weight"], graph.state["fc.bias"] = tensors["kernel"].t().contiguous(), tensors["bias"]
+    return dense.config["units"]
+
+
+def _branch(graph: _Graph, layer: _Layer) -> list[_Layer]:
+    """The layers from ``layer`` to the Add it leads to, the Add last."""
+    path = [layer]
+    while layer.kind != "Add":
+        layer = graph.next(layer, "an Add closing the block")
+        path.append(layer)
+        if len(path) > 9:
+            raise KerasError(f"{graph.path}: no Add closes the block that starts at {path[0].name!r}")
+    return path
+
+
+def _relu(graph: _Graph, layer: _Layer) -> _Layer:
+    if layer.kind == "ReLU" and not layer.config.get("max_value") and not layer.config.get("negative_slope"):
+        return layer
+    return graph.expect(layer, "Activation", "Activation('relu')", activation="relu")
+
+
+# --- a run directory ------------------------------------------------------------------------------
+
+
+def import_keras(path: str | Path, out: str | Path, dataset: str = "signs", classes: list[str] | None = None) -> tuple[Path, KerasModel]:
+    """Write a Keras file's model as a run directory that ``eval``, ``predict``, ``serve`` and ``export`` take.
+
+    Inputs are scaled to 0-1 and not normalised further, as the notebook feeds its model
+    (``X_train = X_train_orig / 255.``). ``dataset`` is what ``eval`` tests on by default;
+    ``classes`` names the outputs (default their indices, which are SIGNS's class names).
+    """
+    from datetime import datetime, timezone
+
+    from . import __version__
+    from .models import create_model
+    from .runs import CONFIG, save_weights, write_json
+
+    out = Path(out)
+    if (out / CONFIG).exists():
+        raise KerasError(f"{out} already holds a run; give a new directory with --out")
+    keras = read_keras(path)
+    kwargs = {**_DEFAULTS, **keras.model_kwargs}
+    num_classes, channels = kwargs["num_classes"], kwargs["in_chans"]
+    names = classes or [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise KerasError(f"{len(names)} class names given for a model with {num_classes} outputs")
+    model = create_model("signs_resnet50", **{"num_classes": num_classes, "in_chans": channels, **keras.model_kwargs})
+    model.load_state_dict(keras.state_dict)
+    save_weights(model, out)
+    write_json(out / CONFIG, {
+        "model": "signs_resnet50",
+        "model_kwargs": {"num_classes": num_classes, "in_chans": channels, **keras.model_kwargs},
+        "weights": None,
+        "imported_from": str(Path(path).resolve()),
+        "keras_version": keras.keras_version,
+        "dataset": dataset,
+        "data_dir": None,
+        "classes": names,
+        "channels": channels,
+        "image_size": keras.image_size,
+        "resize_size": None,
+        "mean": [0.0] * channels,
+        "std": [1.0] * channels,
+        "colour_pca": None,
+        "seed": 0,
+        "versions": {"resnetlab": __version__, "torch": torch.__version__},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    return out, keras

@@ -1,0 +1,111 @@
+"""The seed notebook's ResNet-50 as its Keras code builds it, for tests that read Keras files.
+
+``keras`` is the Keras module to build with: Keras 3, or tf.keras 2 (``tf_keras``) for the fixture
+that ``fixtures/make_keras_fixture.py`` writes. The blocks call their batch norms with
+``training=True`` by default, as the 2021 notebook does.
+"""
+
+import numpy as np
+
+
+def main_path(keras, X, f, filters, s, training):
+    """The three conv-BN layers both blocks share, the first with stride ``s``; the last BN un-activated."""
+    L = keras.layers
+    for i, (F, kernel, padding) in enumerate(zip(filters, (1, f, 1), ("valid", "same", "valid"))):
+        X = L.Conv2D(F, kernel, strides=(s, s) if i == 0 else (1, 1), padding=padding)(X)
+        X = L.BatchNormalization(axis=3)(X, training=training)
+        if i < 2:
+            X = L.Activation("relu")(X)
+    return X
+
+
+def identity_block(keras, X, f, filters, training=True):
+    X_shortcut = X
+    X = main_path(keras, X, f, filters, 1, training)
+    X = keras.layers.Add()([X, X_shortcut])
+    return keras.layers.Activation("relu")(X)
+
+
+def convolutional_block(keras, X, f, filters, s=2, training=True):
+    L = keras.layers
+    X_shortcut = X
+    X = main_path(keras, X, f, filters, s, training)
+    X_shortcut = L.Conv2D(filters[2], 1, strides=(s, s), padding="valid")(X_shortcut)
+    X_shortcut = L.BatchNormalization(axis=3)(X_shortcut, training=training)
+    X = L.Add()([X, X_shortcut])
+    return L.Activation("relu")(X)
+
+
+def ResNet50(keras, input_shape=(64, 64, 3), classes=6, width=64, layers=(3, 4, 6, 3), training=True):
+    """The notebook's ResNet50 (width 64, layers 3-4-6-3); smaller widths and depths for small files."""
+    L = keras.layers
+    X_input = L.Input(input_shape)
+    X = L.ZeroPadding2D((3, 3))(X_input)
+    X = L.Conv2D(width, (7, 7), strides=(2, 2))(X)
+    X = L.BatchNormalization(axis=3)(X)
+    X = L.Activation("relu")(X)
+    X = L.MaxPooling2D((3, 3), strides=(2, 2))(X)
+    for stage, n in enumerate(layers):
+        w = width * 2**stage
+        X = convolutional_block(keras, X, 3, [w, w, 4 * w], s=1 if stage == 0 else 2, training=training)
+        for _ in range(n - 1):
+            X = identity_block(keras, X, 3, [w, w, 4 * w], training=training)
+    X = L.AveragePooling2D((2, 2))(X)
+    X = L.Flatten()(X)
+    X = L.Dense(classes, activation="softmax")(X)
+    return keras.models.Model(inputs=X_input, outputs=X)
+
+
+def randomise(model, seed=0):
+    """Weights and batch-norm statistics far from their initial values, so that a wrong mapping shows."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if type(layer).__name__ == "BatchNormalization":
+            gamma, beta, mean, var = weights
+            weights = [rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
+                       rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, var.shape)]
+        else:  # kernels scaled by fan-in (He) so that activations keep their range; small biases
+            weights = [rng.normal(0, np.sqrt(2 / np.prod(w.shape[:-1])) if w.ndim > 1 else 0.05, w.shape) for w in weights]
+        layer.set_weights([w.astype("float32") for w in weights])
+
+
+def test_images():
+    """Three 64x64 RGB images unlike each other: noise, a yellow square on black, a horizontal ramp."""
+    rng = np.random.default_rng(1)
+    images = np.zeros((3, 64, 64, 3), dtype=np.uint8)
+    images[0] = rng.integers(0, 256, (64, 64, 3))
+    images[1, 16:48, 8:40] = (250, 200, 40)
+    images[2] = np.linspace(0, 255, 64).astype(np.uint8)[None, :, None]
+    return images
+
+
+def write_keras3_files(out):
+    """Keras 3 files for the tests (run in a subprocess, so Keras's global state stays out of the tests):
+    a small notebook model saved as .keras and .h5, the full-size notebook model, the small one's
+    weights alone, a model of another layout, and Keras's predictions for the same images."""
+    import os
+    from pathlib import Path
+
+    os.environ["KERAS_BACKEND"] = "torch"
+    import keras
+
+    out = Path(out)
+    images = test_images()
+    results = {"images": images}
+    for name, shape in (("small", dict(width=4, layers=(1, 2, 1, 1))), ("full", {})):
+        model = ResNet50(keras, **shape)
+        randomise(model)
+        inference = ResNet50(keras, training=False, **shape)
+        inference.set_weights(model.get_weights())
+        results[f"{name}_probs"] = np.asarray(inference.predict(images / 255.0, verbose=0))
+        results[f"{name}_count"] = model.count_params()
+        model.save(out / f"{name}.keras")
+        if name == "small":
+            model.save(out / "small.h5")
+            model.save_weights(out / "small.weights.h5")
+    L = keras.layers
+    inputs = L.Input((64, 64, 3))
+    other = keras.models.Model(inputs, L.Dense(6)(L.Flatten()(L.Conv2D(8, 3)(inputs))))
+    other.save(out / "other.keras")
+    np.savez(out / "predictions.npz", **results)

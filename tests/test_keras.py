@@ -1,0 +1,166 @@
+"""Keras models in the seed notebook's layout, read into signs_resnet50: predictions equal Keras's."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import resnetlab
+from resnetlab.cli import main
+from resnetlab.keras_weights import KerasError, read_keras
+from resnetlab.pretrained import WeightsError
+from resnetlab.runs import load_model
+
+HERE = Path(__file__).parent
+TF_KERAS2 = HERE / "fixtures" / "notebook_tf_keras2.h5"  # written by fixtures/make_keras_fixture.py
+SMALL = {"layers": [1, 2, 1, 1], "widths": [4, 8, 16, 32]}
+
+
+@pytest.fixture(scope="module")
+def keras3(tmp_path_factory) -> Path:
+    """Files that Keras 3 itself writes (see keras_notebook.write_keras3_files)."""
+    if importlib.util.find_spec("keras") is None:  # not imported here: Keras would pick its backend for the tests' process
+        pytest.skip("Keras 3 is not installed (pip install keras)")
+    out = tmp_path_factory.mktemp("keras3")
+    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import keras_notebook; keras_notebook.write_keras3_files({str(out)!r})"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return out
+
+
+def probabilities(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    """The model's softmax for uint8 (N, H, W, C) images scaled to 0-1, as the notebook feeds them."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        return torch.softmax(model.eval()(x), 1).numpy()
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_tf_keras2_file_predicts_what_keras_predicts():
+    """The format of the notebook's own resnet50.h5: layers named conv2d_N, a block's shortcut listed
+    between its main-path layers, batch norms called with training=True."""
+    expected = np.load(TF_KERAS2.with_suffix(".npz"))
+    keras = read_keras(TF_KERAS2)
+    assert keras.model_kwargs == {"layers": [1, 2, 1, 1], "widths": [2, 4, 8, 16]}
+    assert keras.image_size == 64 and keras.keras_version == str(expected["keras_version"])
+    assert len(keras.batch_stats) == 5 * 3 + 4  # every block's BN and every shortcut's; not the stem's
+    model = resnetlab.create_model("signs_resnet50", **keras.model_kwargs)
+    model.load_state_dict(keras.state_dict)
+    np.testing.assert_allclose(probabilities(model, expected["images"]), expected["probs"], rtol=1e-4, atol=1e-7)
+    # The check bites: the first block's last conv and its shortcut conv have the same shape here,
+    # and swapping them (with their batch norms) moves the answers far beyond the tolerance.
+    state = dict(keras.state_dict)
+    for main, shortcut in (("conv3", "downsample.0"), ("bn3", "downsample.1")):
+        for name in ("weight", "bias"):
+            a, b = f"layer1.0.{main}.{name}", f"layer1.0.{shortcut}.{name}"
+            assert state[a].shape == state[b].shape
+            state[a], state[b] = state[b], state[a]
+    model.load_state_dict(state)
+    assert not np.allclose(probabilities(model, expected["images"]), expected["probs"], rtol=1e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_keras3_files_predict_what_keras_predicts(keras3, suffix):
+    expected = np.load(keras3 / "predictions.npz")
+    model = resnetlab.create_model("signs_resnet50", weights=str(keras3 / f"small{suffix}"), **SMALL)
+    np.testing.assert_allclose(probabilities(model, expected["images"]), expected["small_probs"], rtol=1e-4, atol=1e-7)
+
+
+def test_the_full_size_notebook_model(keras3):
+    """The notebook's ResNet50 itself: signs_resnet50 with no arguments, Keras's parameter count."""
+    expected = np.load(keras3 / "predictions.npz")
+    keras = read_keras(keras3 / "full.keras")
+    assert keras.model_kwargs == {}
+    assert sum(t.numel() for k, t in keras.state_dict.items() if not k.endswith("num_batches_tracked")) == expected["full_count"] == 23_600_006
+    model = resnetlab.create_model("signs_resnet50", weights=str(keras3 / "full.keras"))
+    np.testing.assert_allclose(probabilities(model, expected["images"]), expected["full_probs"], rtol=1e-4, atol=1e-7)
+
+
+def test_import_writes_a_run_that_eval_predict_and_export_take(tmp_path, capsys):
+    """resnetlab import, then the commands every run takes: predict's probabilities are Keras's, and
+    eval's loss on SIGNS-format files is Keras's cross-entropy."""
+    expected = np.load(TF_KERAS2.with_suffix(".npz"))
+    images, probs = expected["images"], expected["probs"]
+    run_dir = tmp_path / "notebook"
+    code, out, err = run(capsys, "import", TF_KERAS2, "--out", run_dir)
+    assert code == 0, err
+    assert "19 of its batch norms were called with training=True" in out
+
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    code, out, err = run(capsys, "predict", run_dir, *paths, "--top-k", "6", "--device", "cpu")
+    assert code == 0, err
+    for line, p in zip(out.splitlines(), probs):
+        shown = dict(zip(line.split()[1::2], line.split()[2::2]))
+        assert shown == {str(c): f"{100 * p[c]:.1f}%" for c in range(6)}
+
+    labels = np.array([0, 2, 3])
+    for split in ("train", "test"):
+        with h5py.File(tmp_path / f"{split}_signs.h5", "w") as f:
+            f[f"{split}_set_x"], f[f"{split}_set_y"], f["list_classes"] = images, labels, np.arange(6)
+    code, out, err = run(capsys, "eval", run_dir, "--data-dir", tmp_path, "--device", "cpu")
+    assert code == 0, err
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert report["loss"] == pytest.approx(-np.log(probs[np.arange(3), labels]).mean(), abs=1e-5)
+    assert report["accuracy"] == pytest.approx((probs.argmax(1) == labels).mean())
+
+    pytest.importorskip("onnxruntime")
+    code, out, err = run(capsys, "export", run_dir)  # checks ONNX Runtime's output against PyTorch's
+    assert code == 0, err
+
+
+def test_fine_tuning_from_a_keras_file_scales_inputs_as_the_notebook(tmp_path, capsys, keras3):
+    images = np.load(keras3 / "predictions.npz")["images"]
+    for split in ("train", "test"):
+        with h5py.File(tmp_path / f"{split}_signs.h5", "w") as f:
+            f[f"{split}_set_x"], f[f"{split}_set_y"], f["list_classes"] = np.repeat(images, 4, 0), np.arange(12) % 6, np.arange(6)
+    code, out, err = run(capsys, "train", "--model", "signs_resnet50", "--model-arg", "layers=[1,2,1,1]",
+                         "--model-arg", "widths=[4,8,16,32]", "--weights", keras3 / "small.keras", "--dataset", "signs",
+                         "--data-dir", tmp_path, "--steps", "1", "--batch-size", "4", "--device", "cpu", "--no-progress", "--out", tmp_path / "run")
+    assert code == 0, err
+    model, config = load_model(tmp_path / "run")
+    assert config["mean"] == [0.0] * 3 and config["std"] == [1.0] * 3
+
+
+def test_files_that_cannot_be_read(tmp_path, keras3, capsys):
+    with pytest.raises(KerasError, match="weights without the model's graph.*model.save"):
+        read_keras(keras3 / "small.weights.h5")
+    with pytest.raises(KerasError, match="layer 'conv2d[_0-9]*' is a Conv2D .*where ZeroPadding2D"):
+        read_keras(keras3 / "other.keras")
+    signs = tmp_path / "train_signs.h5"
+    with h5py.File(signs, "w") as f:
+        f["train_set_x"] = np.zeros((1, 64, 64, 3), np.uint8)
+    with pytest.raises(KerasError, match="not a Keras model"):
+        read_keras(signs)
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(TF_KERAS2.read_bytes()[:5000])
+    with pytest.raises(KerasError, match="not a model file saved whole by Keras"):
+        read_keras(broken)
+    with pytest.raises(WeightsError, match=r"small.keras \(Keras: signs_resnet50 .*layers.*\) does not hold signs_resnet50 weights"):
+        resnetlab.create_model("signs_resnet50", weights=str(keras3 / "small.keras"))
+    with pytest.raises(WeightsError, match="epsilon 0.001: build the model with bn_eps=0.001"):
+        resnetlab.create_model("signs_resnet50", weights=str(keras3 / "small.keras"), bn_eps=1e-5, **SMALL)
+
+    run_dir = tmp_path / "run"
+    assert run(capsys, "import", TF_KERAS2, "--out", run_dir)[0] == 0
+    weights = (run_dir / "model.safetensors").read_bytes()
+    code, out, err = run(capsys, "import", keras3 / "small.keras", "--out", run_dir)
+    assert code == 2 and err.count("\n") == 1 and "already holds a run" in err
+    assert (run_dir / "model.safetensors").read_bytes() == weights
+    code, out, err = run(capsys, "import", broken, "--out", tmp_path / "new")
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "new").exists()
+    code, out, err = run(capsys, "import", TF_KERAS2, "--out", tmp_path / "named", "--classes", "a,b")
+    assert code == 2 and "2 class names given for a model with 6 outputs" in err
