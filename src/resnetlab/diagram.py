@@ -245,12 +245,17 @@ def _draw_head(g: graphviz.Digraph, model: ResNet, source: str) -> None:
     nodes = []
     if isinstance(model.final_bn, nn.BatchNorm2d):
         nodes.append(("final_bn", [_BN, _RELU]))
-    if isinstance(model.avgpool, nn.AdaptiveAvgPool2d):
-        nodes.append(("pool", [("pool", "global avg pool")]))
+    if model.out_indices is not None:  # a backbone (features_only): its outputs are feature maps
+        names = ", ".join(model.feature_info[i]["module"] for i in model.out_indices)
+        nodes.append(("out", [("io", f"feature maps of {names}")]))
     else:
-        k = model.avgpool.kernel_size
-        nodes.append(("pool", [("pool", f"{k}×{k} avg pool, flatten")]))
-    nodes.append(("fc", [("fc", f"fc, {model.fc.out_features} classes")]))
+        if isinstance(model.avgpool, nn.AdaptiveAvgPool2d):
+            nodes.append(("pool", [("pool", "global avg pool")]))
+        else:
+            k = model.avgpool.kernel_size
+            nodes.append(("pool", [("pool", f"{k}×{k} avg pool, flatten")]))
+        classes = f"{model.fc.out_features} classes" if isinstance(model.fc, nn.Linear) else "none: pooled features out"
+        nodes.append(("fc", [("fc", f"fc, {classes}")]))
     for node, rows in nodes:
         g.node(node, _label(rows))
     _link(g, [source] + [node for node, _ in nodes])

@@ -46,6 +46,9 @@ class ResNet(nn.Module):
         zero_init_residual: start every residual branch at zero (its last BN's gamma = 0).
         bias: conv biases, as in Keras (``signs_resnet50``).
         bn_eps: the epsilon of every batch norm (PyTorch's 1e-5; Keras's default is 1e-3).
+        features_only: a backbone without pooling and classifier, whose forward returns the feature
+            maps at ``out_indices`` of ``feature_info`` (as timm's ``features_only``).
+        out_indices: which feature maps: 0 is the stem's, 1 and on each stage's (default all stages).
     """
 
     def __init__(
@@ -68,6 +71,8 @@ class ResNet(nn.Module):
         gate_bias: float = -6.0,
         shortcut_dropout: float = 0.5,
         bn_eps: float = 1e-5,
+        features_only: bool = False,
+        out_indices: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if stem not in STEMS:
@@ -108,6 +113,14 @@ class ResNet(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         self.num_stages = len(layers)
         self.num_features = in_planes
+        # What each feature map is, timm's way: index 0 the stem's output (before any max pool), then the stages'.
+        stem_reduction = 1 if stem == "cifar" else 2
+        pool = 1 if stem == "cifar" else 2
+        self.feature_info = [{"module": "relu", "num_chs": width, "reduction": stem_reduction}] + [
+            {"module": f"layer{i + 1}", "num_chs": w * block.expansion, "reduction": stem_reduction * pool * 2**i}
+            for i, w in enumerate(widths)
+        ]
+        self.out_indices = self._check_indices(out_indices) if features_only else None
 
         self.final_bn = nn.BatchNorm2d(in_planes) if preact else nn.Identity()
         # Units that end in the addition leave the last one un-activated: the head gets the ReLU (2016 paper).
@@ -115,11 +128,13 @@ class ResNet(nn.Module):
         # Keras layout: a fixed 2x2 average pool and flatten, exact for 64x64 inputs; elsewhere global pooling.
         self.avgpool = nn.AvgPool2d(2) if stem == "keras" else nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
+        if features_only:  # a backbone has no head, so its state_dict has no classifier either
+            self.avgpool = self.fc = None
         for m in self.modules():
             if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 m.eps = bn_eps
 
-        if self.fc.weight.is_meta:
+        if self.conv1.weight.is_meta:
             return  # built only to count or trace shapes: there are no values to initialise
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -145,18 +160,55 @@ class ResNet(nn.Module):
         """Every block of every stage, in order."""
         return [b for stage in self.stages() for b in stage]
 
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """The feature maps at ``indices`` of ``feature_info`` (default every stage's), shallowest first.
+
+        Stops after the deepest one asked for. The last stage's map of a pre-activation net is taken
+        after its final BN-ReLU, as ``forward_features`` gives it.
+        """
+        wanted = self._check_indices(indices)
+        x = self.relu(self.bn1(self.conv1(x)))
+        features = [x] if 0 in wanted else []
+        x = self.maxpool(x)
+        for i, stage in enumerate(self.stages()[: max(wanted)], 1):
+            x = stage(x)
+            if i == self.num_stages and self.final_relu:
+                x = torch.relu(self.final_bn(x))
+            if i in wanted:
+                features.append(x)
+        return features
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map after the last stage (and the final BN-ReLU of pre-activation nets)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        for stage in self.stages():
-            x = stage(x)
-        if self.final_relu:
-            x = torch.relu(self.final_bn(x))
-        return x
+        return self.forward_intermediates(x, [self.num_stages])[0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.avgpool(self.forward_features(x))
-        return self.fc(torch.flatten(x, 1))
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool the last feature map and classify it; ``pre_logits`` stops before the classifier."""
+        x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.out_indices is not None:
+            return self.forward_intermediates(x, self.out_indices)
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        """The classifier (``fc``)."""
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier for ``num_classes`` classes; 0 makes ``forward`` return the pooled features."""
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _check_indices(self, indices: Sequence[int] | None) -> list[int]:
+        if indices is None:
+            return list(range(1, self.num_stages + 1))
+        indices = list(indices)
+        if not indices or any(not 0 <= i <= self.num_stages for i in indices) or len(set(indices)) != len(indices):
+            raise ValueError(f"feature indices must be distinct, from 0 (the stem) to {self.num_stages} "
+                             f"(the last stage), got {indices}")
+        return sorted(indices)
 
 
 # --- registry -----------------------------------------------------------------------------------
@@ -206,7 +258,8 @@ def create_model(
     ``"DEFAULT"``) for resnet18 to resnet152, downloaded once into torch's cache, or a weights
     file (.safetensors, .pth). Another class count keeps a fresh classifier; ``in_chans=1`` gets
     conv1 summed over colours (see ``resnetlab.pretrained``). ``pretrained=True`` is ``weights="DEFAULT"``,
-    as in timm.
+    as in timm. ``features_only=True`` (with ``out_indices``) builds a backbone whose forward returns
+    the feature maps ``feature_info`` describes, loading a classifier's weights without its head.
     """
     if pretrained and weights is None:
         weights = "DEFAULT"

@@ -169,8 +169,8 @@ def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool
     own = model.state_dict()
     state = dict(state)
     for key in ("fc.weight", "fc.bias"):
-        if key in state and key in own and state[key].shape != own[key].shape:
-            del state[key]  # another task's classes: keep the fresh head
+        if key in state and (key not in own or state[key].shape != own[key].shape):
+            del state[key]  # another task's classes (keep the fresh head), or a backbone without one
     conv = state.get("conv1.weight")
     if conv is not None and "conv1.weight" in own and conv.shape[1] == 3 and own["conv1.weight"].shape[1] == 1:
         state["conv1.weight"] = conv.sum(1, keepdim=True)

@@ -195,6 +195,9 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     device = distributed.setup(world, pick_device(config.device))
     from .models import create_model
 
+    if config.model_kwargs.get("features_only"):
+        raise ValueError("features_only builds a backbone without a classifier, which has nothing to train on labels; "
+                         "train the classifier, then load its model.safetensors with create_model(..., features_only=True, weights=...)")
     # imagenet names a folder prepared from its archives: by process 0 alone, the others wait for its name.
     config.dataset = distributed.share(resolve_dataset(config.dataset, config.data_dir) if world.is_main else None, world)
 

@@ -1,0 +1,77 @@
+"""The backbone API timm users reach for: feature maps by stage, features_only, the classifier's hooks."""
+
+import pytest
+import torch
+import torchvision
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from resnetlab import create_model
+
+
+def test_intermediates_equal_torchvisions_feature_extractor():
+    """resnet50's stem and stage outputs are those torchvision's feature extractor takes from its own resnet50."""
+    ours = create_model("resnet50").eval()
+    theirs = torchvision.models.resnet50()
+    theirs.load_state_dict(ours.state_dict())
+    nodes = {"relu": "stem", "layer1": "1", "layer2": "2", "layer3": "3", "layer4": "4"}
+    extractor = create_feature_extractor(theirs.eval(), return_nodes=nodes)
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        expected = list(extractor(x).values())
+        got = ours.forward_intermediates(x, range(5))
+    assert len(got) == 5
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name, side", [("resnet18", 96), ("resnet50", 96), ("plain34", 96), ("preact_resnet50", 96),
+                                        ("resnet20", 32), ("preact_resnet164", 32), ("signs_resnet50", 64)])
+def test_feature_info_describes_the_maps(name, side):
+    model = create_model(name).eval()
+    x = torch.randn(1, 3, side, side)
+    with torch.no_grad():
+        maps = model.forward_intermediates(x, range(len(model.feature_info)))
+        assert [(m.shape[1], side // m.shape[-1]) for m in maps] == [(i["num_chs"], i["reduction"]) for i in model.feature_info]
+        # The deepest map is what the classifier pools: a pre-activation net's after its final BN-ReLU.
+        torch.testing.assert_close(maps[-1], model.forward_features(x))
+        torch.testing.assert_close(model.forward_head(maps[-1]), model(x))
+
+
+def test_features_only_is_a_backbone_that_loads_a_classifiers_weights(tmp_path):
+    full = create_model("resnet18").eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save(full.state_dict(), path)
+    backbone = create_model("resnet18", features_only=True, out_indices=(2, 4), weights=str(path)).eval()
+    assert not any(k.startswith("fc.") for k in backbone.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        got = backbone(x)
+        expected = full.forward_intermediates(x, (2, 4))
+    assert [m.shape[1] for m in got] == [128, 512]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="from 0 \\(the stem\\) to 4"):
+        create_model("resnet18", features_only=True, out_indices=(1, 5))
+    with pytest.raises(ValueError, match="distinct"):
+        full.forward_intermediates(x, (1, 1))
+
+
+def test_reset_classifier():
+    model = create_model("resnet20").eval()
+    x = torch.randn(2, 3, 32, 32)
+    model.reset_classifier(0)
+    with torch.no_grad():
+        pooled = model(x)
+        assert pooled.shape == (2, model.num_features) and torch.equal(pooled, model.forward_head(model.forward_features(x), pre_logits=True))
+    model.reset_classifier(7)
+    assert model(x).shape == (2, 7) and model.get_classifier() is model.fc and model.num_classes == 7
+
+
+def test_a_backbone_is_drawn_ending_in_its_maps_and_is_not_trained():
+    from resnetlab.diagram import model_graph
+    from resnetlab.train import TrainConfig, train
+
+    source = model_graph(create_model("resnet18", features_only=True, out_indices=(1, 4))).source
+    assert "feature maps of layer1, layer4" in source and "classes" not in source
+    with pytest.raises(ValueError, match="features_only builds a backbone without a classifier"):
+        train(TrainConfig(model="resnet8", model_kwargs={"features_only": True}, steps=1, device="cpu", progress=False))
