@@ -104,6 +104,25 @@ def write_keras3_files(out):
         if name == "small":
             model.save(out / "small.h5")
             model.save_weights(out / "small.weights.h5")
+    # Keras Applications' ResNet50 with random weights, saved as Keras 2 saved its published ImageNet
+    # weights (save_weights to HDF5: every layer's group at the top), and its answers for 224x224 images
+    # under its own "caffe" preprocessing. (Random batch-norm statistics let the activations grow
+    # through 16 blocks, so the answers are compared as logits, relative to their size.)
+    from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
+    import h5py
+
+    applications = keras.applications.ResNet50(weights=None, classifier_activation=None)  # logits: softmax saturates
+    randomise(applications, seed=3)
+    with h5py.File(out / "resnet50_weights_tf_dim_ordering_tf_kernels.h5", "w") as f:
+        save_weights_to_hdf5_group(f, applications)
+    rng = np.random.default_rng(4)
+    photos = np.stack([rng.integers(0, 256, (224, 224, 3)), np.repeat(np.linspace(0, 255, 224)[:, None, None], 224, 1).repeat(3, 2)])
+    photos[1, 60:160, 40:120] = (240, 30, 30)  # a red block on a vertical ramp
+    photos = photos.astype(np.uint8)
+    results["photos"] = photos
+    preprocessed = keras.applications.resnet50.preprocess_input(photos.astype("float32"))
+    results["applications_logits"] = np.asarray(applications.predict(preprocessed, verbose=0))
+
     L = keras.layers
     inputs = L.Input((64, 64, 3))
     other = keras.models.Model(inputs, L.Dense(6)(L.Flatten()(L.Conv2D(8, 3)(inputs))))

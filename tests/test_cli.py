@@ -4,6 +4,8 @@ import gzip
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +260,11 @@ def test_data_export_writes_a_folder_that_trains_with_the_same_pixels_and_labels
     fails_cleanly(capsys, "data", "fashion-mnist", "--export", str(out), match="already exists; give a new folder")
     fails_cleanly(capsys, "data", f"folder:{out}", "--export", str(tmp_path / "again"), match="already a folder")
     fails_cleanly(capsys, "data", "fashion-mnist", "--limit-train", "5", match="go with --export")
+
+
+def test_a_reader_that_stops_early_is_no_error():
+    """`resnetlab models | head -1`: the listing goes on after the reader has gone; no error, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "resnetlab", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"model ")
+    proc.stdout.close()  # while the listing is still counting parameters, model by model
+    assert proc.stderr.read() == b"" and proc.wait() == 1

@@ -164,3 +164,58 @@ def test_files_that_cannot_be_read(tmp_path, keras3, capsys):
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "new").exists()
     code, out, err = run(capsys, "import", TF_KERAS2, "--out", tmp_path / "named", "--classes", "a,b")
     assert code == 2 and "2 class names given for a model with 6 outputs" in err
+
+
+@pytest.fixture()
+def keras_home(keras3, tmp_path, monkeypatch) -> Path:
+    """Keras's cache with the ResNet50 weights file in it, as keras.applications leaves it."""
+    models = tmp_path / "keras" / "models"
+    models.mkdir(parents=True)
+    (models / "resnet50_weights_tf_dim_ordering_tf_kernels.h5").symlink_to(keras3 / "resnet50_weights_tf_dim_ordering_tf_kernels.h5")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    return models
+
+
+def test_keras_applications_weights_predict_what_keras_predicts(keras3, keras_home):
+    """resnet50 with weights="KERAS": the paper's layout with conv biases, fed RGB pixels normalised as
+    Keras's BGR "caffe" preprocessing does, answers as keras.applications.ResNet50."""
+    from resnetlab.evaluate import load_published
+
+    expected = np.load(keras3 / "predictions.npz")
+    model, config = load_published("resnet50:KERAS")
+    assert model.layer2[0].conv1.stride == (2, 2) and model.layer2[0].conv2.stride == (1, 1)  # stride on the 1x1
+    assert model.conv1.bias is not None and model.bn1.eps == 1.001e-5
+    assert config["classes"][:2] == ["tench", "goldfish"] and config["published_by"] == "Keras Applications"
+    x = torch.from_numpy(expected["photos"]).permute(0, 3, 1, 2).float() / 255
+    mean, std = torch.tensor(config["mean"])[:, None, None], torch.tensor(config["std"])[:, None, None]
+    logits = expected["applications_logits"]
+    tolerance = dict(rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+    with torch.no_grad():
+        np.testing.assert_allclose(model((x - mean) / std).numpy(), logits, **tolerance)
+        # The check bites: conv1's colour filters left in Keras's BGR order give other answers.
+        model.conv1.weight.copy_(model.conv1.weight.flip(1))
+        assert not np.allclose(model((x - mean) / std).numpy(), logits, **tolerance)
+
+
+def test_keras_applications_weights_fine_tune_and_download(keras3, keras_home, tmp_path, monkeypatch, capsys):
+    code, out, err = run(capsys, "models")
+    assert any(line.startswith("resnet50 ") and "KERAS" in line for line in out.splitlines())
+    grey = resnetlab.create_model("resnet50", num_classes=10, in_chans=1, weights="KERAS")
+    assert grey.conv1.weight.shape[1] == 1 and grey.fc.out_features == 10
+
+    # Not in Keras's cache: downloaded into torch's, and a file with another MD5 is refused and removed.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    fetched = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        fetched.append(url)
+        Path(dst).write_bytes(b"not the published file")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    with pytest.raises(WeightsError, match="arrived damaged or changed.*MD5"):
+        resnetlab.create_model("resnet50", weights="KERAS")
+    assert fetched == ["https://storage.googleapis.com/tensorflow/keras-applications/resnet/resnet50_weights_tf_dim_ordering_tf_kernels.h5"]
+    assert not any((tmp_path / "hub").rglob("*.h5*"))
+    with pytest.raises(WeightsError, match="Keras Applications publish ImageNet weights for resnet50, resnet101, resnet152, not resnet18"):
+        resnetlab.create_model("resnet18", weights="KERAS")

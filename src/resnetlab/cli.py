@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -54,8 +55,9 @@ def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> No
     model.add_argument("--model", default="resnet20", help="any name `resnetlab models` lists (default resnet20)")
     _add_model_args(model)
     model.add_argument("--weights", metavar="TAG|FILE",
-                       help="start from torchvision's ImageNet weights (DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2; "
-                            "resnet18-152) or a weights file; normalises inputs with the published weights' statistics")
+                       help="start from torchvision's ImageNet weights (DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2; resnet18-152), "
+                            "Keras Applications' (KERAS; resnet50-152) or a weights file; normalises inputs with the "
+                            "published weights' statistics")
     recipe.add_argument("--recipe", default="fast", help=f"{', '.join(RECIPES)} (default fast)")
     recipe.add_argument("--weight-decay", type=float)
     recipe.add_argument("--recipe-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
@@ -97,11 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and write a run directory")
     _add_train_flags(p)
 
-    p = sub.add_parser("eval", help="evaluate a trained run on its test set (or torchvision's weights on an ImageNet folder)")
+    p = sub.add_parser("eval", help="evaluate a trained run on its test set (or published weights on an ImageNet folder)")
     p.add_argument("run_dir", nargs="?")
     p.add_argument("--pretrained", metavar="MODEL[:TAG]",
-                   help="evaluate torchvision's ImageNet weights instead of a run, on --dataset imagenet or folder:PATH "
-                        "(the 1000 ImageNet class folders), preprocessed as torchvision measured them")
+                   help="evaluate published ImageNet weights instead of a run (resnet50, resnet50:IMAGENET1K_V1, "
+                        "resnet50:KERAS), on --dataset imagenet or folder:PATH (the 1000 ImageNet class folders), "
+                        "preprocessed as their publisher measured them")
     p.add_argument("--out", metavar="DIR", help="with --pretrained: write eval.json here")
     p.add_argument("--dataset", help="another dataset with the same classes (default: the run's)")
     p.add_argument("--data-dir")
@@ -110,20 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_view_flags(p)
 
     p = sub.add_parser(
-        "predict", help="classify your own images with a trained run, or with torchvision's ImageNet weights",
+        "predict", help="classify your own images with a trained run, or with published ImageNet weights",
         usage="resnetlab predict RUN_DIR IMAGE... | resnetlab predict --pretrained MODEL[:TAG] IMAGE...",
     )
     p.add_argument("inputs", nargs="+", metavar="RUN_DIR IMAGE", help="a run directory, then images")
     p.add_argument("--pretrained", metavar="MODEL[:TAG]",
-                   help="use published ImageNet weights instead of a run, e.g. resnet50 or resnet50:IMAGENET1K_V1 "
-                        "(downloaded once into torch's cache); every positional argument is then an image")
+                   help="use published ImageNet weights instead of a run, e.g. resnet50, resnet50:IMAGENET1K_V1 or "
+                        "resnet50:KERAS (downloaded once); every positional argument is then an image")
     p.add_argument("--top-k", type=int, default=None, help="classes shown per image (default 3, or 5 with --pretrained)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_view_flags(p)
 
     p = sub.add_parser("serve", help="a prediction page for a trained run, in your browser")
     p.add_argument("run_dir", nargs="?")
-    p.add_argument("--pretrained", metavar="MODEL[:TAG]", help="serve torchvision's ImageNet weights instead of a run")
+    p.add_argument("--pretrained", metavar="MODEL[:TAG]", help="serve published ImageNet weights instead of a run")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let other machines in")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--top-k", type=int, default=5)
@@ -138,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a trained run as ONNX (normalisation inside), checked with ONNX Runtime")
     p.add_argument("run_dir", nargs="?")
-    p.add_argument("--pretrained", metavar="MODEL[:TAG]", help="export torchvision's ImageNet weights instead of a run")
+    p.add_argument("--pretrained", metavar="MODEL[:TAG]", help="export published ImageNet weights instead of a run")
     p.add_argument("-o", "--out", metavar="FILE.onnx", help="default RUN_DIR/model.onnx")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
 
@@ -271,12 +274,13 @@ def cmd_models(args: argparse.Namespace) -> None:
     names = list_models(args.pattern)
     if not names:
         raise ValueError(f"no model matches {args.pattern!r}")
-    print(f"{'model':<20}{'parameters':>14}  {'ImageNet weights':<30}description")
+    tags = {name: ", ".join(published_tags(name)) or "-" for name in names}
+    width = max(len("ImageNet weights"), *map(len, tags.values())) + 2
+    print(f"{'model':<20}{'parameters':>14}  {'ImageNet weights':<{width}}description")
     for name in names:
         with torch.device("meta"):  # counts need shapes only: no memory, no init time
             model = create_model(name)
-        tags = ", ".join(published_tags(name)) or "-"
-        print(f"{name:<20}{count_parameters(model):>14,}  {tags:<30}{describe_model(name)}")
+        print(f"{name:<20}{count_parameters(model):>14,}  {tags[name]:<{width}}{describe_model(name)}")
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -470,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `resnetlab models | head`: the reader has gone, which is no error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush stays quiet
+        return 1
     except Exception as e:  # every failure reaches the user as one line; --debug shows the rest
         if args.debug:
             raise

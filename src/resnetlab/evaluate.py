@@ -281,11 +281,11 @@ def predict_images(
 
 
 def load_published(spec: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """A model with torchvision's published weights, ``spec`` being ``MODEL`` or ``MODEL:TAG``, and its config.
+    """A model with published weights, ``spec`` being ``MODEL`` or ``MODEL:TAG``, and its config.
 
     The config has the keys of a run's config.json that prediction reads (classes, channels,
-    image_size, mean, std), plus ``resize_size`` for torchvision's resize-then-crop and
-    ``published_top1``, the ImageNet accuracy torchvision publishes for the weights.
+    image_size, mean, std), plus ``resize_size`` for torchvision's resize-then-crop,
+    ``published_top1``, the ImageNet accuracy published for the weights, and ``published_by``.
     """
     from .models import create_model
     from .pretrained import pretrained_info
@@ -294,9 +294,9 @@ def load_published(spec: str, device: torch.device | str = "cpu") -> tuple[nn.Mo
     info = pretrained_info(model_name, tag or "DEFAULT")
     model = create_model(model_name, weights=info.tag)
     config = {
-        "model": model_name, "weights": info.tag, "dataset": f"ImageNet-1k (torchvision {info.tag})",
+        "model": model_name, "weights": info.tag, "dataset": f"ImageNet-1k ({info.source} {info.tag})",
         "classes": info.categories, "channels": 3, "image_size": info.crop_size, "resize_size": info.resize_size,
-        "mean": info.mean, "std": info.std, "published_top1": info.accuracy,
+        "mean": info.mean, "std": info.std, "published_top1": info.accuracy, "published_by": info.source,
     }
     return model.to(device).eval(), config
 
@@ -416,10 +416,10 @@ def evaluate_published(
     spec: str, dataset: str, data_dir: str | None = None, limit_test: int | None = None, device: str = "auto",
     out: str | Path | None = None, views: str | None = None, scales: Sequence[int] = PAPER_SCALES,
 ) -> EvalReport:
-    """Evaluate torchvision's published weights (``MODEL`` or ``MODEL:TAG``) on an ImageNet-style folder.
+    """Evaluate published weights (``MODEL`` or ``MODEL:TAG``) on an ImageNet-style folder.
 
-    Images are preprocessed as torchvision measured those weights (shorter side resized, centre
-    crop, ImageNet statistics), so the accuracy is comparable with the one torchvision publishes.
+    Images are preprocessed as the weights were measured (shorter side resized, centre crop, the
+    weights' own normalisation), so the accuracy is comparable with the published one.
     ``dataset`` is ``folder:PATH`` with the 1000 ImageNet class folders named by WordNet ID
     (n01440764, ...), whose sorted order is torchvision's class order; a PATH with train/ and
     val/ is evaluated on val/. With ``out``, ``eval.json`` is written there. ``views`` as for ``evaluate_run``.
@@ -450,9 +450,14 @@ def evaluate_published(
             raise ValueError(f"--limit-test must be positive, got {limit_test}")
         ds = ds.subset(limit_test)
     result = _score(model, ds, config, views, scales, dev)
+    from .pretrained import is_keras_tag
+
     top1 = config["published_top1"]
-    reference = (f"torchvision publishes {top1:.2f}% top-1 for these weights on ImageNet's 50,000 validation images"
-                 + (" (one centre crop)" if views else "") if top1 is not None else None)
+    references = [f"{config['published_by']} publishes {top1:.2f}% top-1 for these weights on ImageNet's 50,000 "
+                  "validation images" + (" (one centre crop)" if views else "") if top1 is not None else None]
+    if is_keras_tag(config["weights"]):  # the paper's layout, and for ResNet-50 the paper's own weights
+        references.append(paper_reference(config["model"], views, scales, len(config["classes"])))
+    reference = "; ".join(r for r in references if r) or None
     report = EvalReport(Path(f"{config['model']}:{config['weights']}"), dataset, config["classes"], result, [], reference,
                         describe_views(views, scales))
     if out is not None:

@@ -84,7 +84,8 @@ def read_keras(path: str | Path) -> KerasModel:
             version = _text(weights_file.attrs.get("keras_version", "2"))
         layers = _layers(config, path)
         with weights_file:
-            weights = _keras3_weights(weights_file, layers) if path.suffix.lower() == ".keras" else _legacy_weights(weights_file)
+            weights = (_keras3_weights(weights_file, layers) if path.suffix.lower() == ".keras"
+                       else _legacy_weights(weights_file["model_weights"]))
             return _convert(layers, weights, version, path)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
         raise KerasError(f"{path} is not a model file saved whole by Keras ({type(err).__name__}: {err})") from None
@@ -124,9 +125,9 @@ def _layers(config: dict, path: Path) -> dict[str, _Layer]:
 _Weights = Callable[[str, str, dict], dict[str, np.ndarray]]
 
 
-def _legacy_weights(f: "h5py.File") -> _Weights:
-    """Weights of the HDF5 format model.save writes: ``model_weights/LAYER/LAYER/kernel:0``."""
-    group = f["model_weights"]
+def _legacy_weights(group: "h5py.Group") -> _Weights:
+    """Weights of the HDF5 format of model.save (under ``model_weights``) and of Keras 2's save_weights
+    (at the top): ``LAYER/LAYER/kernel:0`` and so on, each layer's names in its ``weight_names``."""
 
     def get(layer: str, kind: str, config: dict) -> dict[str, np.ndarray]:
         names = [_text(n) for n in group[layer].attrs.get("weight_names", [])]
@@ -425,3 +426,72 @@ def import_keras(path: str | Path, out: str | Path, dataset: str = "signs", clas
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
     return out, keras
+
+
+# --- Keras Applications' ImageNet ResNets ---------------------------------------------------------
+
+# The files keras.applications.ResNet50/101/152(weights="imagenet") fetch, with the MD5s Keras checks.
+# Their layout is the 2015 paper's (the stride on the first 1x1, as its Caffe models), with conv
+# biases and batch-norm epsilon 1.001e-5; Keras's ResNet-50 weights are ported from the Caffe
+# models the paper's authors released.
+KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+KERAS_APPLICATIONS = {
+    "resnet50": ("resnet50_weights_tf_dim_ordering_tf_kernels.h5", "2cb95161c43110f7111970584f804107"),
+    "resnet101": ("resnet101_weights_tf_dim_ordering_tf_kernels.h5", "f1aeb4b969a6efcfb50fad2f0c20cfc5"),
+    "resnet152": ("resnet152_weights_tf_dim_ordering_tf_kernels.h5", "100835be76be38e30d865e96f2aaae62"),
+}
+KERAS_APPLICATIONS_LAYOUT = {"stride_in_1x1": True, "bias": True, "bn_eps": 1.001e-5}
+# Keras's "caffe" preprocessing: BGR pixels 0-255 less the ImageNet mean. With conv1's colour filters
+# put in RGB order, that is normalisation of RGB pixels scaled to 0-1 by this mean and std.
+KERAS_APPLICATIONS_MEAN = [123.68 / 255, 116.779 / 255, 103.939 / 255]
+KERAS_APPLICATIONS_STD = [1 / 255] * 3
+
+
+def read_keras_applications(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict for resnet50/101/152 built with ``KERAS_APPLICATIONS_LAYOUT`` from a Keras
+    Applications weights file (layers named ``conv2_block1_0_conv`` ...; with or without the classifier)."""
+    import h5py
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            group = f["model_weights"] if "model_weights" in f else f
+            weights = _legacy_weights(group)
+            names = [_text(n) for n in group.attrs["layer_names"]]
+            state = {}
+            for name in names:
+                key = _keras_applications_key(name)
+                if key is None:
+                    continue
+                stored = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in weights(name, "", {}).items()}
+                if name.endswith("_conv"):
+                    state[f"{key}.weight"], state[f"{key}.bias"] = stored["kernel"].permute(3, 2, 0, 1).contiguous(), stored["bias"]
+                elif name.endswith("_bn"):
+                    state.update({f"{key}.weight": stored["gamma"], f"{key}.bias": stored["beta"],
+                                  f"{key}.running_mean": stored["moving_mean"], f"{key}.running_var": stored["moving_variance"],
+                                  f"{key}.num_batches_tracked": torch.tensor(0)})
+                else:  # the classifier
+                    state["fc.weight"], state["fc.bias"] = stored["kernel"].t().contiguous(), stored["bias"]
+    except (OSError, KeyError, ValueError) as err:
+        raise KerasError(f"{path} is not a Keras Applications ResNet weights file ({type(err).__name__}: {err})") from None
+    if "conv1.weight" not in state:
+        raise KerasError(f"{path} has no layer conv1_conv: not a Keras Applications ResNet weights file")
+    state["conv1.weight"] = state["conv1.weight"].flip(1)  # BGR filters (Caffe's order) to RGB
+    return state
+
+
+def _keras_applications_key(name: str) -> str | None:
+    """resnetlab's module for a Keras Applications layer: conv1_conv -> conv1, conv3_block2_1_bn ->
+    layer2.1.bn1, conv2_block1_0_conv -> layer1.0.downsample.0, predictions -> fc; None for layers
+    without weights."""
+    if name in ("conv1_conv", "conv1_bn"):
+        return "conv1" if name.endswith("conv") else "bn1"
+    if name == "predictions":
+        return "fc"
+    match = re.fullmatch(r"conv(\d)_block(\d+)_(\d)_(conv|bn)", name)
+    if match is None:
+        return None
+    stage, block, unit, kind = int(match[1]) - 1, int(match[2]) - 1, int(match[3]), match[4]
+    if unit == 0:  # the projection shortcut
+        return f"layer{stage}.{block}.downsample.{0 if kind == 'conv' else 1}"
+    return f"layer{stage}.{block}.{kind}{unit}"

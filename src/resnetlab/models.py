@@ -255,8 +255,9 @@ def create_model(
     Names like ``resnet74`` or ``plain200`` that fit the CIFAR depth formulas build on the fly.
 
     ``weights`` is torchvision's published tag (``"IMAGENET1K_V1"``, ``"IMAGENET1K_V2"``,
-    ``"DEFAULT"``) for resnet18 to resnet152, downloaded once into torch's cache, or a weights
-    file (.safetensors, .pth). Another class count keeps a fresh classifier; ``in_chans=1`` gets
+    ``"DEFAULT"``) for resnet18 to resnet152, downloaded once into torch's cache; ``"KERAS"``,
+    Keras Applications' ImageNet weights for resnet50/101/152, which builds the paper's layout
+    (stride on the first 1x1) with conv biases; or a weights file (.safetensors, .pth, a Keras model). Another class count keeps a fresh classifier; ``in_chans=1`` gets
     conv1 summed over colours (see ``resnetlab.pretrained``). ``pretrained=True`` is ``weights="DEFAULT"``,
     as in timm. ``features_only=True`` (with ``out_indices``) builds a backbone whose forward returns
     the feature maps ``feature_info`` describes, loading a classifier's weights without its head.
@@ -264,11 +265,12 @@ def create_model(
     if pretrained and weights is None:
         weights = "DEFAULT"
     if weights is not None:
-        from .pretrained import WeightsError, is_file_spec, load_weights
+        from .pretrained import WeightsError, is_file_spec, is_keras_tag, load_weights, weights_layout
 
-        if overrides.get("stride_in_1x1") and not is_file_spec(weights):
+        if overrides.get("stride_in_1x1") and not is_file_spec(weights) and not is_keras_tag(weights):
             # The tensors would fit, but they were trained with the stride on the 3x3: another network.
             raise WeightsError("torchvision's weights were trained with the stride on the 3x3; drop stride_in_1x1")
+        overrides = {**overrides, **weights_layout(weights)}
         return load_weights(create_model(name, num_classes, in_chans, **overrides), name, weights)
     if num_classes is not None:
         overrides["num_classes"] = num_classes

@@ -1,4 +1,5 @@
-"""Starting weights: torchvision's published ImageNet weights, or a weights file of your own.
+"""Starting weights: torchvision's published ImageNet weights, Keras Applications' (tag ``KERAS``),
+or a weights file of your own.
 
 The ImageNet ResNets share torchvision's state_dict keys, so torchvision's weights load as they
 are. They are fetched the way torchvision fetches them (same URL, same cache file under
@@ -12,6 +13,7 @@ classifier, and one input channel gets ``conv1`` summed over the red, green and 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +22,23 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .keras_weights import KerasError, is_keras_file, read_keras
+from .keras_weights import (
+    KERAS_APPLICATIONS,
+    KERAS_APPLICATIONS_LAYOUT,
+    KERAS_APPLICATIONS_MEAN,
+    KERAS_APPLICATIONS_STD,
+    KERAS_APPLICATIONS_URL,
+    KerasError,
+    is_keras_file,
+    read_keras,
+    read_keras_applications,
+)
 
 # Names whose layout is torchvision's, so its published weights fit them.
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# Keras Applications' ImageNet weights: their tag, and the top-1 accuracy (%) keras.io reports for them.
+KERAS_TAG = "KERAS"
+KERAS_TOP1 = {"resnet50": 74.9, "resnet101": 76.4, "resnet152": 76.6}
 
 
 class WeightsError(Exception):
@@ -40,7 +55,8 @@ class PretrainedInfo:
     std: list[float]
     resize_size: int  # shorter side before the centre crop
     crop_size: int
-    accuracy: float | None  # ImageNet top-1 (%), as torchvision publishes it
+    accuracy: float | None  # ImageNet top-1 (%), as the publisher reports it
+    source: str = "torchvision"  # who publishes them
 
 
 def is_file_spec(weights: str) -> bool:
@@ -66,16 +82,31 @@ def _published(model_name: str, tag: str):
 
 
 def published_tags(model_name: str) -> list[str]:
-    """torchvision's weight tags for ``model_name`` (``DEFAULT`` aside); none for other models."""
+    """The weight tags for ``model_name`` (``DEFAULT`` aside): torchvision's, then ``KERAS``."""
     import torchvision
 
-    if model_name not in TORCHVISION_MODELS:
-        return []
-    return [w.name for w in torchvision.models.get_model_weights(model_name)]
+    tags = [w.name for w in torchvision.models.get_model_weights(model_name)] if model_name in TORCHVISION_MODELS else []
+    return tags + ([KERAS_TAG] if model_name in KERAS_APPLICATIONS else [])
+
+
+def is_keras_tag(weights: str | None) -> bool:
+    """True for the tag of Keras Applications' weights."""
+    return bool(weights) and weights.upper() == KERAS_TAG
+
+
+def weights_layout(weights: str | None) -> dict:
+    """The builder arguments that published weights need: Keras Applications' were trained in the
+    paper's layout (stride on the first 1x1), with conv biases and Keras's batch-norm epsilon."""
+    return dict(KERAS_APPLICATIONS_LAYOUT) if is_keras_tag(weights) else {}
 
 
 def pretrained_info(model_name: str, tag: str) -> PretrainedInfo:
     """The preprocessing and class names that published weights were trained with."""
+    if is_keras_tag(tag):
+        _keras_file(model_name)
+        imagenet = pretrained_info("resnet50", "IMAGENET1K_V1")  # the same 1000 classes in the same order
+        return PretrainedInfo(KERAS_TAG, imagenet.categories, KERAS_APPLICATIONS_MEAN, KERAS_APPLICATIONS_STD,
+                              256, 224, KERAS_TOP1[model_name], source="Keras Applications")
     weights = _published(model_name, tag)
     preprocess = weights.transforms()
     metrics = weights.meta.get("_metrics", {}).get("ImageNet-1K", {})
@@ -90,26 +121,53 @@ def pretrained_info(model_name: str, tag: str) -> PretrainedInfo:
     )
 
 
+def _keras_file(model_name: str) -> tuple[str, str]:
+    """The file name and MD5 of Keras Applications' weights for ``model_name``."""
+    if model_name not in KERAS_APPLICATIONS:
+        raise WeightsError(f"Keras Applications publish ImageNet weights for {', '.join(KERAS_APPLICATIONS)}, not {model_name}")
+    return KERAS_APPLICATIONS[model_name]
+
+
 def fetch_published(model_name: str, tag: str, progress: bool = True) -> Path:
-    """The cached file of published weights, downloaded (and its hash checked) if not there yet."""
-    weights = _published(model_name, tag)
-    filename = weights.url.rsplit("/", 1)[-1]
+    """The cached file of published weights, downloaded (and its hash checked) if not there yet.
+
+    torchvision's go where torchvision keeps them; Keras Applications' are read from Keras's own
+    cache (``$KERAS_HOME/models``, default ``~/.keras/models``) when Keras fetched them already.
+    """
+    if is_keras_tag(tag):
+        filename, md5 = _keras_file(model_name)
+        url = KERAS_APPLICATIONS_URL + filename
+        keras_cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / filename
+        if keras_cache.is_file():
+            return keras_cache
+        sha256 = None
+    else:
+        url = _published(model_name, tag).url
+        filename, md5 = url.rsplit("/", 1)[-1], None
+        match = torch.hub.HASH_REGEX.search(filename)  # torchvision's names end in the SHA-256's first digits
+        sha256 = match.group(1) if match else None
     path = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    if path.exists():
-        return path
+    if not path.exists():
+        _download(url, path, sha256, md5, progress)
+    return path
+
+
+def _download(url: str, path: Path, sha256: str | None, md5: str | None, progress: bool) -> None:
+    """Fetch ``url`` to ``path`` through a temporary name, so that a broken or changed download leaves nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    match = torch.hub.HASH_REGEX.search(filename)  # torchvision's names end in the SHA-256's first digits
+    partial = path.with_name(path.name + ".partial")
     try:
-        # Writes to a temporary name and renames on success, so a broken download leaves nothing behind.
-        torch.hub.download_url_to_file(weights.url, str(path), match.group(1) if match else None, progress=progress)
+        torch.hub.download_url_to_file(url, str(partial), sha256, progress=progress)
+        if md5 is not None and (digest := hashlib.md5(partial.read_bytes()).hexdigest()) != md5:
+            raise RuntimeError(f"MD5 {digest}, expected {md5}")
+        partial.replace(path)
     except OSError as err:  # URLError and HTTPError are OSErrors too
         reason = getattr(err, "reason", None) or err
-        raise WeightsError(
-            f"could not download {weights.url} ({reason}); fetch it yourself and put it at {path}"
-        ) from None
-    except RuntimeError as err:  # the hash check
-        raise WeightsError(f"{weights.url} arrived damaged or changed ({err}); run again") from None
-    return path
+        raise WeightsError(f"could not download {url} ({reason}); fetch it yourself and put it at {path}") from None
+    except RuntimeError as err:  # a hash check
+        raise WeightsError(f"{url} arrived damaged or changed ({err}); run again") from None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -163,6 +221,12 @@ def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool
         source, state, eps = _keras_weights(weights)
     elif is_file_spec(weights):
         source, state = weights, read_state_dict(weights)
+    elif is_keras_tag(weights):
+        path = fetch_published(model_name, weights, progress)
+        try:
+            source, state, eps = f"{model_name} {KERAS_TAG} ({path})", read_keras_applications(path), KERAS_APPLICATIONS_LAYOUT["bn_eps"]
+        except KerasError as err:
+            raise WeightsError(str(err)) from None
     else:
         path = fetch_published(model_name, weights, progress)
         source, state = f"{model_name} {weights.upper()} ({path})", read_state_dict(path)

@@ -21,7 +21,7 @@ from . import __version__, distributed, runs
 from .data import ArrayDataset, DataError, FolderDataset, get_dataset, resolve_dataset
 from .evaluate import EvalResult, evaluate
 from .loader import channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, stats_sample
-from .pretrained import input_stats, is_file_spec, load_weights
+from .pretrained import input_stats, is_file_spec, load_weights, weights_layout
 from .recipes import Recipe, get_recipe, lr_at
 from .steps import build_train_step
 
@@ -205,7 +205,8 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     train_set, test_set = load_splits(config.dataset, config.data_dir, config.limit_train, config.limit_test, config.seed,
                                       size, resize_to)
     channels, image_size = dataset_shape(train_set)
-    model_kwargs = {"num_classes": len(train_set.classes), "in_chans": channels, **config.model_kwargs}
+    model_kwargs = {"num_classes": len(train_set.classes), "in_chans": channels, **weights_layout(config.weights),
+                    **config.model_kwargs}
     # Fail on a bad name or unusable weights before anything is written (this also fetches them once).
     create_model(config.model, weights=config.weights, **model_kwargs)
     if recipe.scale_jitter is not None:  # here, before anything is written, rather than when the loader is made
