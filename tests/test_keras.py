@@ -18,6 +18,8 @@ from resnetlab.keras_weights import KerasError, read_keras
 from resnetlab.pretrained import WeightsError
 from resnetlab.runs import load_model
 
+from conftest import FASHION
+
 HERE = Path(__file__).parent
 TF_KERAS2 = HERE / "fixtures" / "notebook_tf_keras2.h5"  # written by fixtures/make_keras_fixture.py
 SMALL = {"layers": [1, 2, 1, 1], "widths": [4, 8, 16, 32]}
@@ -202,6 +204,13 @@ def test_keras_applications_weights_fine_tune_and_download(keras3, keras_home, t
     assert any(line.startswith("resnet50 ") and "KERAS" in line for line in out.splitlines())
     grey = resnetlab.create_model("resnet50", num_classes=10, in_chans=1, weights="KERAS")
     assert grey.conv1.weight.shape[1] == 1 and grey.fc.out_features == 10
+    if FASHION.exists():  # a run records the layout, so that eval and predict rebuild the same network
+        code, out, err = run(capsys, "train", "--model", "resnet50", "--weights", "KERAS", "--limit-train", "64",
+                             "--limit-test", "64", "--batch-size", "32", "--steps", "1", "--device", "cpu",
+                             "--no-progress", "--out", tmp_path / "run")
+        assert code == 0, err
+        model, config = load_model(tmp_path / "run")
+        assert config["model_kwargs"]["stride_in_1x1"] and model.conv1.bias is not None and model.bn1.eps == 1.001e-5
 
     # Not in Keras's cache: downloaded into torch's, and a file with another MD5 is refused and removed.
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
