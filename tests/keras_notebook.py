@@ -83,7 +83,8 @@ def test_images():
 def write_keras3_files(out):
     """Keras 3 files for the tests (run in a subprocess, so Keras's global state stays out of the tests):
     a small notebook model saved as .keras and .h5, the full-size notebook model, the small one's
-    weights alone, a model of another layout, and Keras's predictions for the same images."""
+    weights alone, Keras Applications' ResNet50 as a published weights file and fine-tuned with a head
+    of one's own, a model of another layout, and Keras's answers for the same images."""
     import os
     from pathlib import Path
 
@@ -123,7 +124,16 @@ def write_keras3_files(out):
     preprocessed = keras.applications.resnet50.preprocess_input(photos.astype("float32"))
     results["applications_logits"] = np.asarray(applications.predict(preprocessed, verbose=0))
 
+    # Transfer learning as Keras users do it: Keras Applications' ResNet50 without its top, a classifier
+    # of one's own (a linear one, for logits), images of any size.
     L = keras.layers
+    base = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(None, None, 3))
+    head = L.Dense(5)(L.Dropout(0.2)(L.GlobalAveragePooling2D()(base.output)))
+    tuned = keras.models.Model(base.input, head)
+    randomise(tuned, seed=5)
+    tuned.save(out / "tuned.keras")
+    results["tuned_logits"] = np.asarray(tuned.predict(keras.applications.resnet50.preprocess_input(images.astype("float32")), verbose=0))
+
     inputs = L.Input((64, 64, 3))
     other = keras.models.Model(inputs, L.Dense(6)(L.Flatten()(L.Conv2D(8, 3)(inputs))))
     other.save(out / "other.keras")

@@ -228,3 +228,28 @@ def test_keras_applications_weights_fine_tune_and_download(keras3, keras_home, t
     assert not any((tmp_path / "hub").rglob("*.h5*"))
     with pytest.raises(WeightsError, match="Keras Applications publish ImageNet weights for resnet50, resnet101, resnet152, not resnet18"):
         resnetlab.create_model("resnet18", weights="KERAS")
+
+
+def test_a_fine_tuned_keras_applications_model_imports_as_resnet50(keras3, tmp_path, capsys):
+    """keras.applications.ResNet50(include_top=False) + global pooling + dropout + Dense(5), any image
+    size, fed through Keras's caffe preprocessing: a resnet50 run whose logits are Keras's."""
+    expected = np.load(keras3 / "predictions.npz")
+    run_dir = tmp_path / "tuned"
+    code, out, err = run(capsys, "import", keras3 / "tuned.keras", "--out", run_dir, "--dataset", "folder:photos")
+    assert code == 0, err
+    assert "resnet50" in out and "caffe" in out
+    model, config = load_model(run_dir)
+    assert config["model"] == "resnet50" and config["image_size"] == 224
+    assert config["model_kwargs"] == {"num_classes": 5, "in_chans": 3, "stride_in_1x1": True, "bias": True, "bn_eps": 1.001e-5}
+    x = torch.from_numpy(expected["images"]).permute(0, 3, 1, 2).float() / 255
+    mean, std = torch.tensor(config["mean"])[:, None, None], torch.tensor(config["std"])[:, None, None]
+    logits = expected["tuned_logits"]
+    with torch.no_grad():
+        np.testing.assert_allclose(model((x - mean) / std).numpy(), logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+
+    paths = []
+    for i, image in enumerate(expected["images"]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    code, out, err = run(capsys, "predict", run_dir, *paths, "--device", "cpu")
+    assert code == 0 and len(out.splitlines()) == 3, err

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     _add_view_flags(p)
 
-    p = sub.add_parser("import", help="read a Keras model in the seed notebook's layout (model.save's .h5 or .keras) into a run directory")
+    p = sub.add_parser("import", help="read a Keras ResNet (the seed notebook's, or keras.applications') into a run directory")
     p.add_argument("file", help="the Keras file, e.g. the notebook's resnet50.h5")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/FILE-NAME)")
     p.add_argument("--dataset", default="signs", help="what `resnetlab eval` tests it on (default signs)")
@@ -387,8 +387,9 @@ def cmd_import(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path("runs") / Path(args.file).stem
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     run_dir, keras = import_keras(args.file, out, args.dataset, classes)
-    shape = f"{keras.image_size}x{keras.image_size}x{keras.model_kwargs.get('in_chans', 3)}"
-    print(f"{args.file} (Keras {keras.keras_version}): signs_resnet50 {keras.model_kwargs or ''}, {shape} images scaled to 0-1")
+    size = f"{keras.image_size}x{keras.image_size}" if keras.image_size else "any size of"
+    fed = "scaled to 0-1" if keras.model == "signs_resnet50" else "normalised as Keras's 'caffe' preprocess_input does"
+    print(f"{args.file} (Keras {keras.keras_version}): {keras.model} {keras.model_kwargs or ''}, {size} images {fed}")
     if keras.batch_stats:
         print(f"note: {len(keras.batch_stats)} of its batch norms were called with training=True (as the notebook's "
               "blocks are), so Keras normalises them with each batch's own statistics even in predict() and "

@@ -1,12 +1,18 @@
-"""Keras models in the seed notebook's layout, read into ``signs_resnet50``.
+"""Keras ResNets read into resnetlab: the seed notebook's, and Keras Applications'.
 
 Reads a whole model as Keras saves it (``model.save``): the HDF5 file of tf.keras 2 and Keras 3
-(``.h5``, the notebook's ``resnet50.h5``) or Keras 3's ``.keras`` archive. Layers are matched by
-walking the model's graph from its input, not by name or by their order in the file: the
-notebook's layers carry Keras's automatic names (``conv2d_17``, ...), the file lists a block's
-shortcut between its main-path layers, and a convolutional block's last conv and its shortcut
-conv can have the same shape. Every layer is checked against what ``signs_resnet50`` computes
-(kernel, stride, padding, activation), so a model that loads computes what Keras computes.
+(``.h5``, the notebook's ``resnet50.h5``) or Keras 3's ``.keras`` archive. Two layouts are known:
+the notebook's ResNet-50 (64x64 images, unpadded max pool, 2x2 average pool and flatten), read into
+``signs_resnet50``, and ``keras.applications.ResNet50/101/152`` with a classifier of one's own
+(padded max pool, global average pool), read into ``resnet50/101/152`` in the paper's layout.
+Layers are matched by walking the model's graph from its input, not by name or by their order in
+the file: the notebook's layers carry Keras's automatic names (``conv2d_17``, ...), the file lists a
+block's shortcut between its main-path layers, and a convolutional block's last conv and its
+shortcut conv can have the same shape. Every layer is checked against what resnetlab's model
+computes (kernel, stride, padding, activation), so a model that loads computes what Keras computes.
+
+Keras Applications' published weights files (weights alone, no graph) are read by layer name
+(``read_keras_applications``).
 
 Nothing in the file runs: the graph is JSON and the weights are HDF5 arrays.
 """
@@ -29,6 +35,24 @@ KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 _DEFAULTS = {"num_classes": 6, "in_chans": 3, "layers": [3, 4, 6, 3], "widths": [64, 128, 256, 512], "bn_eps": 1e-3}
 
 
+# The files keras.applications.ResNet50/101/152(weights="imagenet") fetch, with the MD5s Keras checks.
+# Their layout is the 2015 paper's (the stride on the first 1x1, as its Caffe models), with conv
+# biases and batch-norm epsilon 1.001e-5; Keras's ResNet-50 weights are ported from the Caffe
+# models the paper's authors released.
+KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+KERAS_APPLICATIONS = {
+    "resnet50": ("resnet50_weights_tf_dim_ordering_tf_kernels.h5", "2cb95161c43110f7111970584f804107"),
+    "resnet101": ("resnet101_weights_tf_dim_ordering_tf_kernels.h5", "f1aeb4b969a6efcfb50fad2f0c20cfc5"),
+    "resnet152": ("resnet152_weights_tf_dim_ordering_tf_kernels.h5", "100835be76be38e30d865e96f2aaae62"),
+}
+KERAS_APPLICATIONS_LAYOUT = {"stride_in_1x1": True, "bias": True, "bn_eps": 1.001e-5}
+# Keras's "caffe" preprocessing: BGR pixels 0-255 less the ImageNet mean. With conv1's colour filters
+# put in RGB order, that is normalisation of RGB pixels scaled to 0-1 by this mean and std.
+KERAS_APPLICATIONS_MEAN = [123.68 / 255, 116.779 / 255, 103.939 / 255]
+KERAS_APPLICATIONS_STD = [1 / 255] * 3
+
+
+
 class KerasError(Exception):
     """A Keras file that cannot be read, or whose model is not in the notebook's layout."""
 
@@ -44,12 +68,16 @@ class _Layer:
 
 @dataclass
 class KerasModel:
-    """A Keras file's model in resnetlab's terms: ``create_model("signs_resnet50", **model_kwargs)``."""
+    """A Keras file's model in resnetlab's terms: ``create_model(model, **model_kwargs)``, fed RGB
+    pixels scaled to 0-1 and normalised by ``mean`` and ``std``."""
 
-    model_kwargs: dict
+    model: str  # signs_resnet50 (the notebook's layout), or resnet50/101/152 (Keras Applications')
+    model_kwargs: dict  # the builder's arguments that differ from its defaults
     state_dict: dict[str, torch.Tensor]
-    image_size: int
+    image_size: int | None  # None: the model takes any size
     keras_version: str
+    mean: list[float]
+    std: list[float]
     batch_stats: list[str] = field(default_factory=list)  # BN layers called with training=True
 
 
@@ -191,7 +219,7 @@ class _Graph:
 
     def fail(self, layer: _Layer, wanted: str) -> KerasError:
         return KerasError(
-            f"{self.path} is not in the seed notebook's ResNet layout that signs_resnet50 reads: "
+            f"{self.path} is in neither ResNet layout resnetlab reads (the seed notebook's, Keras Applications'): "
             f"its layer {layer.name!r} is a {layer.kind} {_describe(layer)}, where {wanted} belongs"
         )
 
@@ -264,34 +292,56 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
     graph = _Graph(layers, weights, path)
     inputs = [layer for layer in layers.values() if layer.kind == "InputLayer"]
     if len(inputs) != 1:
-        raise KerasError(f"{path}: the model has {len(inputs)} inputs; the notebook's ResNet has one")
+        raise KerasError(f"{path}: the model has {len(inputs)} inputs; a ResNet has one")
     shape = inputs[0].config.get("batch_input_shape") or inputs[0].config.get("batch_shape")
     if not shape or len(shape) != 4 or shape[1] != shape[2]:
-        raise KerasError(f"{path}: the model's input is {shape}; signs_resnet50 takes square images (N, H, W, C)")
+        raise KerasError(f"{path}: the model's input is {shape}; resnetlab reads models of square images (N, H, W, C)")
     side, in_chans = shape[1], shape[3]
 
-    layer, width = _stem(graph, inputs[0])
+    layer, width, padded_pool = _stem(graph, inputs[0])
     stages: list[list[int]] = []  # each block's F1, grouped by stage
     while len(graph.consumers[layer.name]) == 2:  # a block starts where the shortcut leaves the main path
         layer = _block(graph, layer, stages)
     if not stages:
         raise KerasError(f"{path}: no residual block follows the stem")
-    num_classes = _head(graph, layer, 4 * stages[-1][0], side)
+    num_classes, global_pool = _head(graph, layer, 4 * stages[-1][0], side)
 
     widths = [stage[0] for stage in stages]
     if any(len(set(stage)) != 1 for stage in stages) or widths != [width * 2**i for i in range(len(widths))]:
         raise KerasError(f"{path}: the stem has {width} filters and the stages' F1 are {stages}; "
-                         "signs_resnet50 needs the stem's width, doubling at every stage")
+                         "resnetlab's ResNets need the stem's width, doubling at every stage")
     if len(graph.epsilons) != 1:
-        raise KerasError(f"{path}: the batch norms use several epsilons ({sorted(graph.epsilons)}); signs_resnet50 has one")
-    found = {"num_classes": num_classes, "in_chans": in_chans, "layers": [len(s) for s in stages],
-             "widths": widths, "bn_eps": graph.epsilons.pop()}
-    kwargs = {k: v for k, v in found.items() if v != _DEFAULTS[k]}
-    return KerasModel(kwargs, graph.state, side, version, graph.batch_stats)
+        raise KerasError(f"{path}: the batch norms use several epsilons ({sorted(graph.epsilons)}); resnetlab's models have one")
+    eps, depths = graph.epsilons.pop(), [len(s) for s in stages]
+    if padded_pool != global_pool:
+        raise KerasError(f"{path}: its stem is {'Keras Applications' if padded_pool else 'the notebook'}'s but its "
+                         f"head is {'Keras Applications' if global_pool else 'the notebook'}'s; resnetlab has no such ResNet")
+    if not padded_pool:  # the notebook's layout
+        found = {"num_classes": num_classes, "in_chans": in_chans, "layers": depths, "widths": widths, "bn_eps": eps}
+        kwargs = {k: v for k, v in found.items() if v != _DEFAULTS[k]}
+        return KerasModel("signs_resnet50", kwargs, graph.state, side, version, [0.0] * in_chans, [1.0] * in_chans,
+                          graph.batch_stats)
+    # Keras Applications' layout; its users feed it BGR pixels less the ImageNet mean ("caffe" preprocessing).
+    name = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}.get(tuple(depths))
+    if name is None or widths != [64, 128, 256, 512]:
+        raise KerasError(f"{path}: a Keras Applications ResNet with stages of {depths} blocks and widths {widths} "
+                         "is none of ResNet-50, 101 or 152")
+    kwargs = {**KERAS_APPLICATIONS_LAYOUT, "bn_eps": eps}
+    if num_classes != 1000:
+        kwargs["num_classes"] = num_classes
+    if in_chans != 3:
+        kwargs["in_chans"] = in_chans
+    if in_chans == 3:
+        graph.state["conv1.weight"] = graph.state["conv1.weight"].flip(1)  # BGR filters to RGB
+        mean, std = KERAS_APPLICATIONS_MEAN, KERAS_APPLICATIONS_STD
+    else:
+        mean, std = [sum(KERAS_APPLICATIONS_MEAN) / 3] * in_chans, KERAS_APPLICATIONS_STD[:in_chans]
+    return KerasModel(name, kwargs, graph.state, side, version, mean, std, graph.batch_stats)
 
 
-def _stem(graph: _Graph, input_layer: _Layer) -> tuple[_Layer, int]:
-    """ZeroPadding2D(3), 7x7/2 conv, BN, ReLU, 3x3/2 max pool: the last layer, and the conv's filters."""
+def _stem(graph: _Graph, input_layer: _Layer) -> tuple[_Layer, int, bool]:
+    """ZeroPadding2D(3), 7x7/2 conv, BN, ReLU, [ZeroPadding2D(1)], 3x3/2 max pool: the last layer, the
+    conv's filters, and whether the pool is padded."""
     layer = graph.expect(graph.next(input_layer, "ZeroPadding2D((3, 3))"), "ZeroPadding2D", "ZeroPadding2D((3, 3))",
                          padding=((3, 3), (3, 3)))
     conv = graph.expect(graph.next(layer, "the 7x7 conv"), "Conv2D", "a 7x7/2 'valid' conv",
@@ -300,9 +350,13 @@ def _stem(graph: _Graph, input_layer: _Layer) -> tuple[_Layer, int]:
     bn = graph.next(conv, "BatchNormalization")
     graph.batch_norm(bn, "bn1")
     layer = _relu(graph, graph.next(bn, "ReLU"))
-    layer = graph.expect(graph.next(layer, "MaxPooling2D"), "MaxPooling2D", "a 3x3/2 'valid' max pool",
-                         pool_size=(3, 3), strides=(2, 2), padding="valid")
-    return layer, conv.config["filters"]
+    layer = graph.next(layer, "MaxPooling2D")
+    padded = layer.kind == "ZeroPadding2D"  # Keras Applications pad the pool as torchvision's does; the notebook does not
+    if padded:
+        graph.expect(layer, "ZeroPadding2D", "ZeroPadding2D((1, 1))", padding=((1, 1), (1, 1)))
+        layer = graph.next(layer, "MaxPooling2D")
+    layer = graph.expect(layer, "MaxPooling2D", "a 3x3/2 'valid' max pool", pool_size=(3, 3), strides=(2, 2), padding="valid")
+    return layer, conv.config["filters"], padded
 
 
 def _block(graph: _Graph, start: _Layer, stages: list[list[int]]) -> _Layer:
@@ -345,12 +399,19 @@ def _block(graph: _Graph, start: _Layer, stages: list[list[int]]) -> _Layer:
     return _relu(graph, graph.next(add, "ReLU"))
 
 
-def _head(graph: _Graph, layer: _Layer, channels: int, side: int) -> int:
-    """2x2 average pool, flatten, dense: the number of classes."""
-    layer = graph.expect(graph.next(layer, "AveragePooling2D((2, 2))"), "AveragePooling2D", "AveragePooling2D((2, 2))",
-                         pool_size=(2, 2), padding="valid")
-    layer = graph.expect(graph.next(layer, "Flatten"), "Flatten", "Flatten()")
+def _head(graph: _Graph, layer: _Layer, channels: int, side: int | None) -> tuple[int, bool]:
+    """The notebook's 2x2 average pool and flatten, or global average pooling; then a Dense classifier
+    (Dropout before it does nothing at inference). The number of classes, and whether pooling is global."""
+    layer = graph.next(layer, "the pooling")
+    global_pool = layer.kind == "GlobalAveragePooling2D"
+    if not global_pool:
+        graph.expect(layer, "AveragePooling2D", "AveragePooling2D((2, 2)) or GlobalAveragePooling2D()", pool_size=(2, 2), padding="valid")
+        layer = graph.expect(graph.next(layer, "Flatten"), "Flatten", "Flatten()")
     dense = graph.next(layer, "the Dense classifier")
+    while dense.kind == "Dropout":
+        dense = graph.next(dense, "the Dense classifier")
+    if graph.consumers[dense.name]:
+        raise KerasError(f"{graph.path}: layers follow the classifier {dense.name!r}; resnetlab's ResNets end in one Dense layer")
     if dense.kind != "Dense" or dense.config.get("activation") not in ("softmax", "linear"):
         raise graph.fail(dense, "a Dense classifier (softmax or linear)")
     tensors = graph.tensors(dense, ("kernel", "bias"))
@@ -358,7 +419,7 @@ def _head(graph: _Graph, layer: _Layer, channels: int, side: int) -> int:
         raise KerasError(f"{graph.path}: the classifier takes {tensors['kernel'].shape[0]} features, not the {channels} "
                          f"channels of one pixel: signs_resnet50 reads models for 64x64 images (this one takes {side}x{side})")
     graph.state["fc.weight"], graph.state["fc.bias"] = tensors["kernel"].t().contiguous(), tensors["bias"]
-    return dense.config["units"]
+    return dense.config["units"], global_pool
 
 
 def _branch(graph: _Graph, layer: _Layer) -> list[_Layer]:
@@ -384,9 +445,9 @@ def _relu(graph: _Graph, layer: _Layer) -> _Layer:
 def import_keras(path: str | Path, out: str | Path, dataset: str = "signs", classes: list[str] | None = None) -> tuple[Path, KerasModel]:
     """Write a Keras file's model as a run directory that ``eval``, ``predict``, ``serve`` and ``export`` take.
 
-    Inputs are scaled to 0-1 and not normalised further, as the notebook feeds its model
-    (``X_train = X_train_orig / 255.``). ``dataset`` is what ``eval`` tests on by default;
-    ``classes`` names the outputs (default their indices, which are SIGNS's class names).
+    Inputs are fed as the model was: the notebook's scaled to 0-1 (``X_train_orig / 255.``), Keras
+    Applications' through their "caffe" preprocessing. ``dataset`` is what ``eval`` tests on by
+    default; ``classes`` names the outputs (default their indices, which are SIGNS's class names).
     """
     from datetime import datetime, timezone
 
@@ -398,16 +459,15 @@ def import_keras(path: str | Path, out: str | Path, dataset: str = "signs", clas
     if (out / CONFIG).exists():
         raise KerasError(f"{out} already holds a run; give a new directory with --out")
     keras = read_keras(path)
-    kwargs = {**_DEFAULTS, **keras.model_kwargs}
-    num_classes, channels = kwargs["num_classes"], kwargs["in_chans"]
+    model = create_model(keras.model, **keras.model_kwargs)
+    num_classes, channels = model.num_classes, model.conv1.in_channels
     names = classes or [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
         raise KerasError(f"{len(names)} class names given for a model with {num_classes} outputs")
-    model = create_model("signs_resnet50", **{"num_classes": num_classes, "in_chans": channels, **keras.model_kwargs})
     model.load_state_dict(keras.state_dict)
     save_weights(model, out)
     write_json(out / CONFIG, {
-        "model": "signs_resnet50",
+        "model": keras.model,
         "model_kwargs": {"num_classes": num_classes, "in_chans": channels, **keras.model_kwargs},
         "weights": None,
         "imported_from": str(Path(path).resolve()),
@@ -416,10 +476,10 @@ def import_keras(path: str | Path, out: str | Path, dataset: str = "signs", clas
         "data_dir": None,
         "classes": names,
         "channels": channels,
-        "image_size": keras.image_size,
+        "image_size": keras.image_size or 224,  # a model of any size: Keras Applications' own
         "resize_size": None,
-        "mean": [0.0] * channels,
-        "std": [1.0] * channels,
+        "mean": keras.mean,
+        "std": keras.std,
         "colour_pca": None,
         "seed": 0,
         "versions": {"resnetlab": __version__, "torch": torch.__version__},
@@ -429,23 +489,6 @@ def import_keras(path: str | Path, out: str | Path, dataset: str = "signs", clas
 
 
 # --- Keras Applications' ImageNet ResNets ---------------------------------------------------------
-
-# The files keras.applications.ResNet50/101/152(weights="imagenet") fetch, with the MD5s Keras checks.
-# Their layout is the 2015 paper's (the stride on the first 1x1, as its Caffe models), with conv
-# biases and batch-norm epsilon 1.001e-5; Keras's ResNet-50 weights are ported from the Caffe
-# models the paper's authors released.
-KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
-KERAS_APPLICATIONS = {
-    "resnet50": ("resnet50_weights_tf_dim_ordering_tf_kernels.h5", "2cb95161c43110f7111970584f804107"),
-    "resnet101": ("resnet101_weights_tf_dim_ordering_tf_kernels.h5", "f1aeb4b969a6efcfb50fad2f0c20cfc5"),
-    "resnet152": ("resnet152_weights_tf_dim_ordering_tf_kernels.h5", "100835be76be38e30d865e96f2aaae62"),
-}
-KERAS_APPLICATIONS_LAYOUT = {"stride_in_1x1": True, "bias": True, "bn_eps": 1.001e-5}
-# Keras's "caffe" preprocessing: BGR pixels 0-255 less the ImageNet mean. With conv1's colour filters
-# put in RGB order, that is normalisation of RGB pixels scaled to 0-1 by this mean and std.
-KERAS_APPLICATIONS_MEAN = [123.68 / 255, 116.779 / 255, 103.939 / 255]
-KERAS_APPLICATIONS_STD = [1 / 255] * 3
-
 
 def read_keras_applications(path: str | Path) -> dict[str, torch.Tensor]:
     """A state_dict for resnet50/101/152 built with ``KERAS_APPLICATIONS_LAYOUT`` from a Keras

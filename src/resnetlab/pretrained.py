@@ -206,7 +206,7 @@ def _keras_weights(path: str) -> tuple[str, dict[str, torch.Tensor], float]:
         keras = read_keras(path)
     except KerasError as err:
         raise WeightsError(str(err)) from None
-    source = f"{path} (Keras: signs_resnet50 {keras.model_kwargs or 'as in the notebook'})"
+    source = f"{path} (Keras: {keras.model} {keras.model_kwargs or 'as in the notebook'})"
     return source, keras.state_dict, keras.model_kwargs.get("bn_eps", 1e-3)
 
 
@@ -260,14 +260,19 @@ def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool
 
 
 def input_stats(model_name: str, weights: str, channels: int) -> tuple[list[float], list[float]] | None:
-    """The normalisation published weights expect, for ``channels`` input channels; None for files
-    other than Keras models, which get the notebook's 0-1 scaling and nothing more.
+    """The normalisation published weights and Keras models expect, for ``channels`` input channels;
+    None for other files.
 
     One channel gets the colour statistics' averages, since its conv1 was summed over colours.
     """
-    if is_file_spec(weights):
-        return ([0.0] * channels, [1.0] * channels) if is_keras_file(weights) else None
-    info = pretrained_info(model_name, weights)
-    if channels == 1:
-        return [sum(info.mean) / 3], [sum(info.std) / 3]
-    return info.mean, info.std
+    if is_keras_file(weights):
+        keras = read_keras(weights)
+        mean, std = keras.mean, keras.std
+    elif is_file_spec(weights):
+        return None
+    else:
+        info = pretrained_info(model_name, weights)
+        mean, std = info.mean, info.std
+    if channels == 1 and len(mean) == 3:
+        return [sum(mean) / 3], [sum(std) / 3]
+    return mean, std
