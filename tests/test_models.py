@@ -145,3 +145,20 @@ def test_unknown_model_lists_close_names():
         create_model("resnet05")
     with pytest.raises(UnknownModelError, match="did you mean"):
         create_model("resent20")
+
+
+def test_torch_hub_entry_points():
+    """Every registered model loads through torch.hub from a checkout, with create_model's arguments."""
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("hubconf", repo / "hubconf.py")
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    # What torch.hub.list shows: the module's public callables.
+    entries = {name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")}
+    assert entries == set(list_models())
+    assert "CIFAR" in hubconf.resnet56.__doc__
+    model = torch.hub.load(str(repo), "resnet56", source="local", num_classes=7, in_chans=1)
+    assert model.fc.out_features == 7 and model.conv1.in_channels == 1
