@@ -253,3 +253,8 @@ def test_a_fine_tuned_keras_applications_model_imports_as_resnet50(keras3, tmp_p
         Image.fromarray(image).save(paths[-1])
     code, out, err = run(capsys, "predict", run_dir, *paths, "--device", "cpu")
     assert code == 0 and len(out.splitlines()) == 3, err
+
+
+def test_the_published_weights_file_is_pointed_to_its_tag(keras3):
+    with pytest.raises(KerasError, match="Keras Applications' weights alone.*weights='KERAS'"):
+        read_keras(keras3 / "resnet50_weights_tf_dim_ordering_tf_kernels.h5")

@@ -52,9 +52,8 @@ KERAS_APPLICATIONS_MEAN = [123.68 / 255, 116.779 / 255, 103.939 / 255]
 KERAS_APPLICATIONS_STD = [1 / 255] * 3
 
 
-
 class KerasError(Exception):
-    """A Keras file that cannot be read, or whose model is not in the notebook's layout."""
+    """A Keras file that cannot be read, or whose model is in no layout resnetlab reads."""
 
 
 @dataclass
@@ -87,7 +86,7 @@ def is_keras_file(path: str | Path) -> bool:
 
 
 def read_keras(path: str | Path) -> KerasModel:
-    """The notebook-layout ResNet a Keras file holds: its ``signs_resnet50`` arguments and weights."""
+    """The ResNet a Keras file holds, in resnetlab's terms: which model, its arguments and weights."""
     import h5py  # here, so that importing the models never loads it
 
     path = Path(path)
@@ -102,16 +101,20 @@ def read_keras(path: str | Path) -> KerasModel:
         else:
             weights_file = h5py.File(path, "r")
             if "model_config" not in weights_file.attrs:
-                weights_only = "layer_names" in weights_file.attrs or "layers" in weights_file or "model_weights" in weights_file
-                weights_file.close()
+                with weights_file:
+                    names = [_text(n) for n in weights_file.attrs.get("layer_names", [])]
+                    weights_only = names or "layers" in weights_file or "model_weights" in weights_file
+                if "conv1_conv" in names:
+                    raise KerasError(f"{path} holds Keras Applications' weights alone; for their published ImageNet "
+                                     "weights take weights='KERAS' (resnet50:KERAS on the command line)")
                 if weights_only:
                     raise KerasError(f"{path} holds weights without the model's graph (saved by save_weights); "
                                      "save the whole model with model.save() and import that")
                 raise KerasError(f"{path} is an HDF5 file but not a Keras model (it has no model_config)")
             config = json.loads(_text(weights_file.attrs["model_config"]))
             version = _text(weights_file.attrs.get("keras_version", "2"))
-        layers = _layers(config, path)
         with weights_file:
+            layers = _layers(config, path)
             weights = (_keras3_weights(weights_file, layers) if path.suffix.lower() == ".keras"
                        else _legacy_weights(weights_file["model_weights"]))
             return _convert(layers, weights, version, path)
