@@ -33,6 +33,7 @@ from .keras_weights import (
     read_keras,
     read_keras_applications,
 )
+from .runs import key_mismatch
 
 # Names whose layout is torchvision's, so its published weights fit them.
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -238,14 +239,9 @@ def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool
     conv = state.get("conv1.weight")
     if conv is not None and "conv1.weight" in own and conv.shape[1] == 3 and own["conv1.weight"].shape[1] == 1:
         state["conv1.weight"] = conv.sum(1, keepdim=True)
-    missing = sorted(set(own) - set(state) - {"fc.weight", "fc.bias"})
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        first = (missing or unexpected)[0]
-        raise WeightsError(
-            f"{source} does not hold {model_name} weights: {len(missing)} missing and {len(unexpected)} "
-            f"unexpected tensors (first: {first})"
-        )
+    problem = key_mismatch(own, state, source, model_name, optional=("fc.weight", "fc.bias"))
+    if problem:
+        raise WeightsError(problem)
     wrong = [k for k in state if state[k].shape != own[k].shape]
     if wrong:
         k = wrong[0]

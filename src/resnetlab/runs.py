@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -80,16 +80,23 @@ def _plain_model(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def key_mismatch(own: Iterable[str], found: Iterable[str], source: object, model_name: str,
+                 optional: Iterable[str] = ()) -> str | None:
+    """What is wrong when the tensors ``found`` in ``source`` are not the ``own`` ones of ``model_name``
+    (``optional`` ones may be missing), or None when they are."""
+    own, found = set(own), set(found)
+    missing, unexpected = sorted(own - found - set(optional)), sorted(found - own)
+    if not missing and not unexpected:
+        return None
+    return (f"{source} does not hold {model_name} weights: {len(missing)} missing and {len(unexpected)} "
+            f"unexpected tensors (first: {(missing or unexpected)[0]})")
+
+
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, model_name: str) -> None:
     """Load ``state`` strictly, turning a mismatch into one readable RunError."""
-    result = _plain_model(model).state_dict().keys()
-    missing = sorted(set(result) - set(state))
-    unexpected = sorted(set(state) - set(result))
-    if missing or unexpected:
-        raise RunError(
-            f"{source} does not hold {model_name} weights: {len(missing)} missing and "
-            f"{len(unexpected)} unexpected tensors (first: {(missing or unexpected)[0]})"
-        )
+    problem = key_mismatch(_plain_model(model).state_dict(), state, source, model_name)
+    if problem:
+        raise RunError(problem)
     try:
         _plain_model(model).load_state_dict(state, strict=True)
     except RuntimeError as e:
