@@ -268,3 +268,34 @@ def test_a_reader_that_stops_early_is_no_error():
     assert proc.stdout.readline().startswith(b"model ")
     proc.stdout.close()  # while the listing is still counting parameters, model by model
     assert proc.stderr.read() == b"" and proc.wait() == 1
+
+
+def test_predict_a_folder_into_a_csv(trained_run, tmp_path, capsys):
+    """Folders are expanded (subfolders too), decoded by workers a batch at a time, and the CSV holds
+    what the printed answers say; a file that cannot be read is named, after the batches before it."""
+    from resnetlab.train import load_split
+
+    photos = tmp_path / "photos"
+    (photos / "more").mkdir(parents=True)
+    test = load_split("fashion-mnist", "test", None, limit=70, seed=0)
+    for i, image in enumerate(test.images):
+        Image.fromarray(image[0].numpy()).save(photos / ("more" if i % 2 else "") / f"{i:02d}.png")
+    code, out, err = run(capsys, "predict", trained_run, photos, "--workers", "0", "--top-k", "2", "--device", "cpu")
+    assert code == 0, err
+    printed = [line.split(": ", 1) for line in out.splitlines()]
+    assert len(printed) == 70 and printed[0][0] == str(photos / "00.png") and printed[35][0] == str(photos / "more" / "01.png")
+
+    table = tmp_path / "answers.csv"
+    code, out, err = run(capsys, "predict", trained_run, photos, "--workers", "2", "--top-k", "2", "--device", "cpu", "--csv", table)
+    assert code == 0 and out.strip() == f"70 images classified: {table}", err
+    import csv
+
+    rows = list(csv.DictReader(table.open()))
+    assert [r["path"] for r in rows] == [p for p, _ in printed]
+    for row, (_, ranked) in zip(rows, printed):
+        assert ranked == f"{row['class_1']} {float(row['probability_1']):.1%}  {row['class_2']} {float(row['probability_2']):.1%}"
+
+    (photos / "more" / "zz.jpg").write_bytes(b"not a JPEG")  # the last file, in the second batch of 64
+    code, out, err = run(capsys, "predict", trained_run, photos, "--device", "cpu", "--csv", table)
+    assert code == 2 and err.count("\n") == 1 and "zz.jpg is not a readable image" in err
+    assert len(list(csv.DictReader(table.open()))) == 64  # the first batch's answers are kept

@@ -116,11 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="classify your own images with a trained run, or with published ImageNet weights",
         usage="resnetlab predict RUN_DIR IMAGE... | resnetlab predict --pretrained MODEL[:TAG] IMAGE...",
     )
-    p.add_argument("inputs", nargs="+", metavar="RUN_DIR IMAGE", help="a run directory, then images")
+    p.add_argument("inputs", nargs="+", metavar="RUN_DIR IMAGE", help="a run directory, then images or folders of images")
     p.add_argument("--pretrained", metavar="MODEL[:TAG]",
                    help="use published ImageNet weights instead of a run, e.g. resnet50, resnet50:IMAGENET1K_V1 or "
                         "resnet50:KERAS (downloaded once); every positional argument is then an image")
     p.add_argument("--top-k", type=int, default=None, help="classes shown per image (default 3, or 5 with --pretrained)")
+    p.add_argument("--csv", metavar="FILE", help="write the answers to FILE (path, then class and probability by rank) "
+                                                 "instead of printing them")
+    p.add_argument("--workers", type=int, metavar="N", help="processes decoding images (default: one a CPU, up to 16, "
+                                                            "for more than a batch of 64)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_view_flags(p)
 
@@ -349,7 +353,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .evaluate import load_published, predict_images
+    from .evaluate import iter_predictions, load_published
     from .runs import load_model
     from .train import pick_device
 
@@ -358,16 +362,45 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
     device = pick_device(args.device)
     if args.pretrained:
-        images = args.inputs
+        inputs = args.inputs
         model, config = load_published(args.pretrained, device)
     else:
-        run_dir, *images = args.inputs
-        if not images:
+        run_dir, *inputs = args.inputs
+        if not inputs:
             raise ValueError(f"no images given: resnetlab predict {run_dir} IMAGE... (or --pretrained MODEL IMAGE...)")
         model, config = load_model(run_dir, device)
+    images = _image_paths(inputs)
     views, scales = _views(args)
-    for pred in predict_images(model, config, images, top_k, device, views=views, scales=scales):
-        print(f"{pred.path}: {pred.ranked()}")
+    answers = iter_predictions(model, config, images, top_k, device, views=views, scales=scales, workers=args.workers)
+    if args.csv is None:
+        for pred in answers:
+            print(f"{pred.path}: {pred.ranked()}")
+        return
+    import csv
+
+    count = 0
+    with open(args.csv, "w", newline="") as f:  # row by row: what was answered stays if a later file fails
+        writer = csv.writer(f)
+        writer.writerow(["path"] + [f"{what}_{rank}" for rank in range(1, top_k + 1) for what in ("class", "probability")])
+        for count, pred in enumerate(answers, 1):
+            writer.writerow([pred.path] + [v for c, p in zip(pred.classes, pred.probabilities) for v in (c, f"{p:.6f}")])
+    print(f"{count} images classified: {args.csv}")
+
+
+def _image_paths(inputs: list[str]) -> list[str]:
+    """The image files given, with every folder among them replaced by the images under it."""
+    from .data import DataError, image_files
+
+    paths = []
+    for given in inputs:
+        if Path(given).is_dir():
+            found = image_files(given)
+            if not found:
+                raise DataError(f"{given} holds no image files")
+            paths += found
+        else:
+            paths.append(given)
+    return paths
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -823,7 +823,7 @@ def prepare_imagenet(root: str | Path | None = None) -> Path:
 
 def _scan(folder: Path) -> dict[str, list[str]]:
     """Class name -> sorted image files under it (subfolders included, hidden entries skipped)."""
-    return {c: sorted(_image_files(folder / c), key=_path_order) for c in _class_names(folder)}
+    return {c: image_files(folder / c) for c in _class_names(folder)}
 
 
 def _path_order(path: str) -> list[str]:
@@ -833,6 +833,11 @@ def _path_order(path: str) -> list[str]:
 
 def _class_names(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def image_files(folder: Path | str) -> list[str]:
+    """The image files under ``folder``, its subfolders included, hidden ones skipped, in pathlib's order."""
+    return sorted(_image_files(folder), key=_path_order)
 
 
 def _image_files(top: Path | str) -> Iterator[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,7 +249,6 @@ class Prediction:
         return "  ".join(f"{c} {p:.1%}" for c, p in zip(self.classes, self.probabilities))
 
 
-@torch.no_grad()
 def predict_images(
     model: nn.Module, config: dict, paths: Sequence[str | Path | BinaryIO], top_k: int = 3,
     device: torch.device | str = "cpu", names: Sequence[str] | None = None, views: str | None = None,
@@ -265,19 +264,53 @@ def predict_images(
     ``paths`` may also be open binary files; ``names`` then labels the predictions (default: the paths).
     ``views`` averages each image's probabilities over views of it, as ``evaluate_views`` does.
     """
-    from .data import load_image  # the decoder shared with folder datasets
+    return list(iter_predictions(model, config, paths, top_k, device, names, views, scales, workers=0))
+
+
+@torch.no_grad()
+def iter_predictions(
+    model: nn.Module, config: dict, paths: Sequence[str | Path | BinaryIO], top_k: int = 3,
+    device: torch.device | str = "cpu", names: Sequence[str] | None = None, views: str | None = None,
+    scales: Sequence[int] = PAPER_SCALES, batch_size: int = 64, workers: int | None = None,
+) -> Iterator[Prediction]:
+    """``predict_images``, a batch at a time, so that a folder of any size fits in memory and each
+    answer comes as soon as its batch is done; ``workers`` decode in parallel (default one a CPU,
+    up to 16, for more than one batch of files). A file that cannot be read stops the iteration with
+    a ``DataError`` naming it, after the answers for the batches before it."""
+    from .loader import decode_in_workers, default_workers
 
     device = torch.device(device)
     model = model.to(device).eval()
-    size, resize_to, mean, std = config["image_size"], config.get("resize_size"), config["mean"], config["std"]
-    if views is None:
-        images = [[load_image(p, config["channels"], size, resize_to)[None]] for p in paths]  # one view of each
-    else:
-        _check_views(views, resize_to, size)
-        images = [view_batches(p, config["channels"], size, resize_to, views, scales) for p in paths]
-    probs = _view_probs(model, images, mean, std, device)
-    labels = names if names is not None else [str(p) for p in paths]
-    return _rank(probs, labels, config["classes"], top_k)
+    if views is not None:
+        _check_views(views, config.get("resize_size"), config["image_size"])
+    if workers is None:
+        workers = default_workers() if len(paths) > batch_size else 0
+    items = _ImageViews(paths, config, views, scales)
+    labels = list(names) if names is not None else [str(p) for p in paths]
+    done = 0
+    for images in decode_in_workers(items, list, batch_size=batch_size, num_workers=workers):
+        probs = _view_probs(model, images, config["mean"], config["std"], device)
+        yield from _rank(probs, labels[done:done + len(images)], config["classes"], top_k)
+        done += len(images)
+
+
+class _ImageViews(torch.utils.data.Dataset):
+    """Image files as the model of ``config`` takes them: each a list of uint8 view batches (one
+    batch of one view, unless ``views``)."""
+
+    def __init__(self, paths: Sequence[str | Path | BinaryIO], config: dict, views: str | None, scales: Sequence[int]) -> None:
+        self.paths, self.views, self.scales = paths, views, scales
+        self.channels, self.size, self.resize_to = config["channels"], config["image_size"], config.get("resize_size")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> list[torch.Tensor]:
+        from .data import load_image  # the decoder shared with folder datasets
+
+        if self.views is None:
+            return [load_image(self.paths[i], self.channels, self.size, self.resize_to)[None]]
+        return view_batches(self.paths[i], self.channels, self.size, self.resize_to, self.views, self.scales)
 
 
 def load_published(spec: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
