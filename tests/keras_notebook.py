@@ -36,11 +36,15 @@ def convolutional_block(keras, X, f, filters, s=2, training=True):
     return L.Activation("relu")(X)
 
 
-def ResNet50(keras, input_shape=(64, 64, 3), classes=6, width=64, layers=(3, 4, 6, 3), training=True):
-    """The notebook's ResNet50 (width 64, layers 3-4-6-3); smaller widths and depths for small files."""
+def ResNet50(keras, input_shape=(64, 64, 3), classes=6, width=64, layers=(3, 4, 6, 3), training=True, preprocess=()):
+    """The notebook's ResNet50 (width 64, layers 3-4-6-3); smaller widths and depths for small files;
+    ``preprocess`` layers between the input and the stem, as modern Keras tutorials put them."""
     L = keras.layers
     X_input = L.Input(input_shape)
-    X = L.ZeroPadding2D((3, 3))(X_input)
+    X = X_input
+    for layer in preprocess:
+        X = layer(X)
+    X = L.ZeroPadding2D((3, 3))(X)
     X = L.Conv2D(width, (7, 7), strides=(2, 2))(X)
     X = L.BatchNormalization(axis=3)(X)
     X = L.Activation("relu")(X)
@@ -124,9 +128,16 @@ def write_keras3_files(out):
     preprocessed = keras.applications.resnet50.preprocess_input(photos.astype("float32"))
     results["applications_logits"] = np.asarray(applications.predict(preprocessed, verbose=0))
 
+    # Augmentation and rescaling inside the model, as modern Keras tutorials do it: fed 0-255 pixels.
+    L = keras.layers
+    preprocess = (L.RandomFlip("horizontal"), L.Rescaling([1 / 127.5, 1 / 100, 1 / 60], offset=-1))
+    rescaled = ResNet50(keras, training=False, width=4, layers=(1, 2, 1, 1), preprocess=preprocess)
+    randomise(rescaled, seed=6)
+    rescaled.save(out / "rescaled.keras")
+    results["rescaled_probs"] = np.asarray(rescaled.predict(images.astype("float32"), verbose=0))
+
     # Transfer learning as Keras users do it: Keras Applications' ResNet50 without its top, a classifier
     # of one's own (a linear one, for logits), images of any size.
-    L = keras.layers
     base = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(None, None, 3))
     head = L.Dense(5)(L.Dropout(0.2)(L.GlobalAveragePooling2D()(base.output)))
     tuned = keras.models.Model(base.input, head)

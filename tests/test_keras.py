@@ -258,3 +258,19 @@ def test_a_fine_tuned_keras_applications_model_imports_as_resnet50(keras3, tmp_p
 def test_the_published_weights_file_is_pointed_to_its_tag(keras3):
     with pytest.raises(KerasError, match="Keras Applications' weights alone.*weights='KERAS'"):
         read_keras(keras3 / "resnet50_weights_tf_dim_ordering_tf_kernels.h5")
+
+
+def test_rescaling_and_augmentation_inside_the_model(keras3):
+    """RandomFlip (inactive when predicting) and Rescaling(scale per channel, offset) between the input and
+    the stem: the rescaling becomes the run's normalisation of 0-1 pixels, and the answers are Keras's."""
+    expected = np.load(keras3 / "predictions.npz")
+    keras = read_keras(keras3 / "rescaled.keras")
+    np.testing.assert_allclose(keras.std, [127.5 / 255, 100 / 255, 60 / 255])
+    np.testing.assert_allclose(keras.mean, [127.5 / 255, 100 / 255, 60 / 255])
+    model = resnetlab.create_model(keras.model, **keras.model_kwargs)
+    model.load_state_dict(keras.state_dict)
+    x = torch.from_numpy(expected["images"]).permute(0, 3, 1, 2).float() / 255
+    mean, std = torch.tensor(keras.mean)[:, None, None], torch.tensor(keras.std)[:, None, None]
+    with torch.no_grad():
+        probs = torch.softmax(model.eval()((x - mean) / std), 1).numpy()
+    np.testing.assert_allclose(probs, expected["rescaled_probs"], rtol=1e-4, atol=1e-7)

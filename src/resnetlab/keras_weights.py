@@ -301,7 +301,8 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
         raise KerasError(f"{path}: the model's input is {shape}; resnetlab reads models of square images (N, H, W, C)")
     side, in_chans = shape[1], shape[3]
 
-    layer, width, padded_pool = _stem(graph, inputs[0])
+    first, folded = _preprocessing(graph, inputs[0], in_chans)
+    layer, width, padded_pool = _stem(graph, first)
     stages: list[list[int]] = []  # each block's F1, grouped by stage
     while len(graph.consumers[layer.name]) == 2:  # a block starts where the shortcut leaves the main path
         layer = _block(graph, layer, stages)
@@ -319,11 +320,11 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
     if padded_pool != global_pool:
         raise KerasError(f"{path}: its stem is {'Keras Applications' if padded_pool else 'the notebook'}'s but its "
                          f"head is {'Keras Applications' if global_pool else 'the notebook'}'s; resnetlab has no such ResNet")
-    if not padded_pool:  # the notebook's layout
+    if not padded_pool:  # the notebook's layout, fed X / 255 unless the model rescales its input itself
         found = {"num_classes": num_classes, "in_chans": in_chans, "layers": depths, "widths": widths, "bn_eps": eps}
         kwargs = {k: v for k, v in found.items() if v != _DEFAULTS[k]}
-        return KerasModel("signs_resnet50", kwargs, graph.state, side, version, [0.0] * in_chans, [1.0] * in_chans,
-                          graph.batch_stats)
+        mean, std = folded or ([0.0] * in_chans, [1.0] * in_chans)
+        return KerasModel("signs_resnet50", kwargs, graph.state, side, version, mean, std, graph.batch_stats)
     # Keras Applications' layout; its users feed it BGR pixels less the ImageNet mean ("caffe" preprocessing).
     name = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}.get(tuple(depths))
     if name is None or widths != [64, 128, 256, 512]:
@@ -334,12 +335,42 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
         kwargs["num_classes"] = num_classes
     if in_chans != 3:
         kwargs["in_chans"] = in_chans
-    if in_chans == 3:
+    if folded:  # the model rescales RGB pixels itself: no preprocess_input outside it
+        mean, std = folded
+    elif in_chans == 3:
         graph.state["conv1.weight"] = graph.state["conv1.weight"].flip(1)  # BGR filters to RGB
         mean, std = KERAS_APPLICATIONS_MEAN, KERAS_APPLICATIONS_STD
     else:
         mean, std = [sum(KERAS_APPLICATIONS_MEAN) / 3] * in_chans, KERAS_APPLICATIONS_STD[:in_chans]
     return KerasModel(name, kwargs, graph.state, side, version, mean, std, graph.batch_stats)
+
+
+# Layers that change nothing when a model predicts: augmentation, and noise or dropout on the input.
+_INACTIVE_WHEN_PREDICTING = {"RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast",
+                             "RandomBrightness", "GaussianNoise", "Dropout"}
+
+
+def _preprocessing(graph: _Graph, input_layer: _Layer, channels: int) -> tuple[_Layer, tuple[list[float], list[float]] | None]:
+    """Skip what a model puts between its input and the stem: augmentation, inactive when predicting, and
+    ``Rescaling`` layers, which are folded into the normalisation of 0-1 pixels. Returns the layer the stem
+    follows, and the (mean, std) that do what the model's rescaling did to 0-255 pixels (None without any)."""
+    layer = input_layer
+    scale, offset, rescaled = np.ones(channels), np.zeros(channels), False
+    while True:
+        after = graph.consumers[layer.name]
+        following = graph.layers[after[0]] if len(after) == 1 else None
+        if following is None or following.kind not in _INACTIVE_WHEN_PREDICTING | {"Rescaling"}:
+            break
+        layer = following
+        if layer.kind == "Rescaling":  # y = scale * x + offset, applied after what came before
+            factor = np.broadcast_to(np.asarray(layer.config.get("scale", 1.0), dtype=np.float64), (channels,))
+            shift = np.broadcast_to(np.asarray(layer.config.get("offset", 0.0), dtype=np.float64), (channels,))
+            scale, offset, rescaled = scale * factor, offset * factor + shift, True
+    if not rescaled:
+        return layer, None
+    # The model sees scale * 255 * x + offset for pixels x scaled to 0-1, which is (x - mean) / std:
+    std = 1 / (255 * scale)
+    return layer, ((-offset * std).tolist(), std.tolist())
 
 
 def _stem(graph: _Graph, input_layer: _Layer) -> tuple[_Layer, int, bool]:
