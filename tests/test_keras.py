@@ -274,3 +274,17 @@ def test_rescaling_and_augmentation_inside_the_model(keras3):
     with torch.no_grad():
         probs = torch.softmax(model.eval()((x - mean) / std), 1).numpy()
     np.testing.assert_allclose(probs, expected["rescaled_probs"], rtol=1e-4, atol=1e-7)
+
+
+def test_summary_and_diagram_of_an_imported_run(keras3, tmp_path, capsys):
+    """A run directory in place of a model name: the summary counts what Keras's count_params counts."""
+    expected = np.load(keras3 / "predictions.npz")
+    run_dir = tmp_path / "small"
+    assert run(capsys, "import", keras3 / "small.keras", "--out", run_dir)[0] == 0
+    code, out, err = run(capsys, "summary", run_dir)
+    assert code == 0, err
+    assert f"Total params: {int(expected['small_count']):,}" in out and "for one 3x64x64 input" in out
+    code, out, err = run(capsys, "diagram", run_dir)
+    assert code == 0 and (run_dir / "model.svg").read_text().startswith("<?xml"), err
+    code, out, err = run(capsys, "summary", run_dir, "--num-classes", "3")
+    assert code == 2 and "is a run directory" in err

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-test", type=int, metavar="N", help="with --export: the first N test images")
 
     p = sub.add_parser("summary", help="Keras-style model summary with multiply-adds")
-    p.add_argument("model")
+    p.add_argument("model", help="a name `resnetlab models` lists, or a run directory")
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
     p.add_argument("--num-classes", type=int)
     _add_model_args(p)
@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
 
     p = sub.add_parser("diagram", help="draw a model's architecture to an SVG or PNG file (Graphviz)")
-    p.add_argument("model")
-    p.add_argument("-o", "--out", metavar="FILE.svg|png", help="default MODEL.svg")
+    p.add_argument("model", help="a name `resnetlab models` lists, or a run directory")
+    p.add_argument("-o", "--out", metavar="FILE.svg|png", help="default MODEL.svg, or RUN_DIR/model.svg")
     p.add_argument("--expand", action="store_true", help="draw every block instead of collapsing identical ones")
     p.add_argument("--num-classes", type=int)
     _add_model_args(p)
@@ -288,17 +288,31 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from .models import create_model
     from .summary import summary
 
-    model = create_model(args.model, num_classes=args.num_classes, **dict(args.model_arg))
+    model, name, config = _model_or_run(args)
     if args.input_size:
         size = tuple(args.input_size)
-    elif args.model == "signs_resnet50":
-        size = (3, 64, 64)
+    elif config is not None:
+        size = (config["channels"], config["image_size"], config["image_size"])
+    elif model.stem == "keras":
+        size = (model.conv1.in_channels, 64, 64)
     else:
         size = (model.conv1.in_channels, 32, 32) if model.stem == "cifar" else (model.conv1.in_channels, 224, 224)
-    summary(model, size, title=args.model)
+    summary(model, size, title=name)
+
+
+def _model_or_run(args: argparse.Namespace):
+    """The model ``args.model`` names, or a run directory's (with its config; None for a name), and a title."""
+    from .models import create_model
+    from .runs import CONFIG, build_model, read_config
+
+    if (Path(args.model) / CONFIG).is_file():
+        if args.num_classes or args.model_arg:
+            raise ValueError(f"{args.model} is a run directory: its config.json says how its model is built")
+        config = read_config(args.model)
+        return build_model(config), f"{config['model']} ({args.model})", config
+    return create_model(args.model, num_classes=args.num_classes, **dict(args.model_arg)), args.model, None
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -439,10 +453,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_diagram(args: argparse.Namespace) -> None:
     from .diagram import draw_model
-    from .models import create_model
 
-    model = create_model(args.model, num_classes=args.num_classes, **dict(args.model_arg))
-    print(draw_model(model, args.out or f"{args.model}.svg", collapse=not args.expand, title=args.model))
+    model, name, config = _model_or_run(args)
+    out = args.out or (Path(args.model) / "model.svg" if config is not None else f"{args.model}.svg")
+    print(draw_model(model, out, collapse=not args.expand, title=name))
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
