@@ -162,3 +162,8 @@ def test_torch_hub_entry_points():
     assert "CIFAR" in hubconf.resnet56.__doc__
     model = torch.hub.load(str(repo), "resnet56", source="local", num_classes=7, in_chans=1)
     assert model.fc.out_features == 7 and model.conv1.in_channels == 1
+
+
+def test_list_models_with_published_weights():
+    assert list_models(pretrained=True) == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+    assert list_models("resnet1??", pretrained=True) == ["resnet101", "resnet152"]  # not resnet110: no weights

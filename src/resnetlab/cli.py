@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the models with their parameter counts")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+    p.add_argument("--pretrained", action="store_true", help="only the models with published ImageNet weights")
 
     sub.add_parser("recipes", help="list the training recipes with their hyperparameters and sources")
 
@@ -275,9 +276,9 @@ def cmd_models(args: argparse.Namespace) -> None:
     from .models import count_parameters, create_model, describe_model, list_models
     from .pretrained import published_tags
 
-    names = list_models(args.pattern)
+    names = list_models(args.pattern, pretrained=args.pretrained)
     if not names:
-        raise ValueError(f"no model matches {args.pattern!r}")
+        raise ValueError(f"no model{' with published weights' if args.pretrained else ''} matches {args.pattern!r}")
     tags = {name: ", ".join(published_tags(name)) or "-" for name in names}
     width = max(len("ImageNet weights"), *map(len, tags.values())) + 2
     print(f"{'model':<20}{'parameters':>14}  {'ImageNet weights':<{width}}description")

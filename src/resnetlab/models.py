@@ -226,12 +226,18 @@ def register_model(fn: Callable[..., ResNet]) -> Callable[..., ResNet]:
     return fn
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style pattern, in a natural order (resnet20 before resnet110)."""
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Registered model names matching a shell-style pattern, in a natural order (resnet20 before resnet110);
+    with ``pretrained``, only those with published weights (``weights=`` tags), as timm's ``list_models``."""
     def natural(name: str) -> tuple:
         return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
-    return sorted((n for n in _REGISTRY if fnmatch.fnmatch(n, pattern)), key=natural)
+    names = sorted((n for n in _REGISTRY if fnmatch.fnmatch(n, pattern)), key=natural)
+    if pretrained:
+        from .pretrained import published_tags
+
+        names = [n for n in names if published_tags(n)]
+    return names
 
 
 def describe_model(name: str) -> str:
