@@ -237,7 +237,7 @@ def test_a_fine_tuned_keras_applications_model_imports_as_resnet50(keras3, tmp_p
     run_dir = tmp_path / "tuned"
     code, out, err = run(capsys, "import", keras3 / "tuned.keras", "--out", run_dir, "--dataset", "folder:photos")
     assert code == 0, err
-    assert "resnet50" in out and "caffe" in out
+    assert "resnet50" in out and "preprocess_input" in out
     model, config = load_model(run_dir)
     assert config["model"] == "resnet50" and config["image_size"] == 224
     assert config["model_kwargs"] == {"num_classes": 5, "in_chans": 3, "stride_in_1x1": True, "bias": True, "bn_eps": 1.001e-5}

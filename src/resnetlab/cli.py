@@ -435,9 +435,8 @@ def cmd_import(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path("runs") / Path(args.file).stem
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     run_dir, keras = import_keras(args.file, out, args.dataset, classes)
-    size = f"{keras.image_size}x{keras.image_size}" if keras.image_size else "any size of"
-    fed = "scaled to 0-1" if keras.model == "signs_resnet50" else "normalised as Keras's 'caffe' preprocess_input does"
-    print(f"{args.file} (Keras {keras.keras_version}): {keras.model} {keras.model_kwargs or ''}, {size} images {fed}")
+    size = f"{keras.image_size}x{keras.image_size}" if keras.image_size else "any size"
+    print(f"{args.file} (Keras {keras.keras_version}): {keras.model} {keras.model_kwargs or ''}, {size} images, {keras.fed}")
     if keras.batch_stats:
         print(f"note: {len(keras.batch_stats)} of its batch norms were called with training=True (as the notebook's "
               "blocks are), so Keras normalises them with each batch's own statistics even in predict() and "

@@ -77,6 +77,7 @@ class KerasModel:
     keras_version: str
     mean: list[float]
     std: list[float]
+    fed: str  # how its inputs were prepared, in words
     batch_stats: list[str] = field(default_factory=list)  # BN layers called with training=True
 
 
@@ -324,7 +325,8 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
         found = {"num_classes": num_classes, "in_chans": in_chans, "layers": depths, "widths": widths, "bn_eps": eps}
         kwargs = {k: v for k, v in found.items() if v != _DEFAULTS[k]}
         mean, std = folded or ([0.0] * in_chans, [1.0] * in_chans)
-        return KerasModel("signs_resnet50", kwargs, graph.state, side, version, mean, std, graph.batch_stats)
+        fed = _RESCALED if folded else "scaled to 0-1, as the notebook's X / 255"
+        return KerasModel("signs_resnet50", kwargs, graph.state, side, version, mean, std, fed, graph.batch_stats)
     # Keras Applications' layout; its users feed it BGR pixels less the ImageNet mean ("caffe" preprocessing).
     name = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}.get(tuple(depths))
     if name is None or widths != [64, 128, 256, 512]:
@@ -335,6 +337,7 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
         kwargs["num_classes"] = num_classes
     if in_chans != 3:
         kwargs["in_chans"] = in_chans
+    fed = _RESCALED if folded else "normalised as Keras's preprocess_input for ResNets does (BGR, less the ImageNet mean)"
     if folded:  # the model rescales RGB pixels itself: no preprocess_input outside it
         mean, std = folded
     elif in_chans == 3:
@@ -342,8 +345,10 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
         mean, std = KERAS_APPLICATIONS_MEAN, KERAS_APPLICATIONS_STD
     else:
         mean, std = [sum(KERAS_APPLICATIONS_MEAN) / 3] * in_chans, KERAS_APPLICATIONS_STD[:in_chans]
-    return KerasModel(name, kwargs, graph.state, side, version, mean, std, graph.batch_stats)
+    return KerasModel(name, kwargs, graph.state, side, version, mean, std, fed, graph.batch_stats)
 
+
+_RESCALED = "0-255 pixels, rescaled by the model's own Rescaling layers"
 
 # Layers that change nothing when a model predicts: augmentation, and noise or dropout on the input.
 _INACTIVE_WHEN_PREDICTING = {"RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast",

@@ -172,8 +172,8 @@ def _download(url: str, path: Path, sha256: str | None, md5: str | None, progres
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state_dict from a .safetensors file, a torch.save file or a Keras model in the seed notebook's
-    layout (.h5, .keras; see ``keras_weights``), without running code from it."""
+    """A state_dict from a .safetensors file, a torch.save file or a Keras ResNet (.h5, .keras; see
+    ``keras_weights``), without running code from it."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path} does not exist or is not a file")
@@ -224,8 +224,9 @@ def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool
         source, state = weights, read_state_dict(weights)
     elif is_keras_tag(weights):
         path = fetch_published(model_name, weights, progress)
+        source, eps = f"{model_name} {KERAS_TAG} ({path})", KERAS_APPLICATIONS_LAYOUT["bn_eps"]
         try:
-            source, state, eps = f"{model_name} {KERAS_TAG} ({path})", read_keras_applications(path), KERAS_APPLICATIONS_LAYOUT["bn_eps"]
+            state = read_keras_applications(path)
         except KerasError as err:
             raise WeightsError(str(err)) from None
     else:
@@ -248,9 +249,9 @@ def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool
         raise WeightsError(
             f"{source} does not fit {model_name}: {k} is {tuple(state[k].shape)} there, {tuple(own[k].shape)} here"
         )
-    if eps is not None and any(m.eps != eps for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
-        raise WeightsError(f"{source}'s batch norms use epsilon {eps}: build the model with bn_eps={eps} "
-                           f"(`resnetlab import {weights}` records it)")
+    if eps is not None and any(m.eps != eps for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))):
+        hint = f" (`resnetlab import {weights}` records it)" if is_keras_file(weights) else ""
+        raise WeightsError(f"{source}'s batch norms use epsilon {eps}: build the model with bn_eps={eps}{hint}")
     model.load_state_dict(state, strict=False)
     return model
 
