@@ -65,6 +65,8 @@ def randomise(model, seed=0):
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         weights = layer.get_weights()
+        if type(layer).__name__ not in ("Conv2D", "Dense", "BatchNormalization"):
+            continue  # a Normalization layer keeps the statistics it adapted to
         if type(layer).__name__ == "BatchNormalization":
             gamma, beta, mean, var = weights
             weights = [rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
@@ -130,11 +132,14 @@ def write_keras3_files(out):
 
     # Augmentation and rescaling inside the model, as modern Keras tutorials do it: fed 0-255 pixels.
     L = keras.layers
-    preprocess = (L.RandomFlip("horizontal"), L.Rescaling([1 / 127.5, 1 / 100, 1 / 60], offset=-1))
+    normalization = L.Normalization()
+    normalization.adapt(images.astype("float32") / 127.5 - 1)  # statistics stored with the weights
+    preprocess = (L.RandomFlip("horizontal"), L.Rescaling([1 / 127.5, 1 / 100, 1 / 60], offset=-1), normalization)
     rescaled = ResNet50(keras, training=False, width=4, layers=(1, 2, 1, 1), preprocess=preprocess)
     randomise(rescaled, seed=6)
     rescaled.save(out / "rescaled.keras")
     results["rescaled_probs"] = np.asarray(rescaled.predict(images.astype("float32"), verbose=0))
+    results["normalization"] = np.stack([np.asarray(normalization.mean).reshape(-1), np.asarray(normalization.variance).reshape(-1)])
 
     # Transfer learning as Keras users do it: Keras Applications' ResNet50 without its top, a classifier
     # of one's own (a linear one, for logits), images of any size.

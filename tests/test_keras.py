@@ -261,12 +261,16 @@ def test_the_published_weights_file_is_pointed_to_its_tag(keras3):
 
 
 def test_rescaling_and_augmentation_inside_the_model(keras3):
-    """RandomFlip (inactive when predicting) and Rescaling(scale per channel, offset) between the input and
-    the stem: the rescaling becomes the run's normalisation of 0-1 pixels, and the answers are Keras's."""
+    """RandomFlip (inactive when predicting), Rescaling (a scale per channel, an offset) and an adapted
+    Normalization between the input and the stem: they become the run's normalisation of 0-1 pixels,
+    and the answers are Keras's."""
     expected = np.load(keras3 / "predictions.npz")
     keras = read_keras(keras3 / "rescaled.keras")
-    np.testing.assert_allclose(keras.std, [127.5 / 255, 100 / 255, 60 / 255])
-    np.testing.assert_allclose(keras.mean, [127.5 / 255, 100 / 255, 60 / 255])
+    # Rescaling gives x / s - 1 of 0-255 pixels, then Normalization (x - m) / sqrt(v): for 0-1 pixels,
+    # mean = s (1 + m) / 255 and std = s sqrt(v) / 255.
+    s, (m, v) = np.array([127.5, 100, 60]), expected["normalization"]
+    np.testing.assert_allclose(keras.mean, s * (1 + m) / 255, rtol=1e-5)
+    np.testing.assert_allclose(keras.std, s * np.sqrt(v) / 255, rtol=1e-5)
     model = resnetlab.create_model(keras.model, **keras.model_kwargs)
     model.load_state_dict(keras.state_dict)
     x = torch.from_numpy(expected["images"]).permute(0, 3, 1, 2).float() / 255

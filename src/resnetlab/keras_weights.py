@@ -170,6 +170,7 @@ def _legacy_weights(group: "h5py.Group") -> _Weights:
 
 
 _VARIABLES = {
+    "Normalization": ("mean", "variance", "count"),  # when adapted; given ones are in its config
     "Conv2D": ("kernel", "bias"),
     "Dense": ("kernel", "bias"),
     "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
@@ -348,7 +349,7 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
     return KerasModel(name, kwargs, graph.state, side, version, mean, std, fed, graph.batch_stats)
 
 
-_RESCALED = "0-255 pixels, rescaled by the model's own Rescaling layers"
+_RESCALED = "0-255 pixels, rescaled by the model's own Rescaling or Normalization layers"
 
 # Layers that change nothing when a model predicts: augmentation, and noise or dropout on the input.
 _INACTIVE_WHEN_PREDICTING = {"RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast",
@@ -357,25 +358,49 @@ _INACTIVE_WHEN_PREDICTING = {"RandomFlip", "RandomRotation", "RandomZoom", "Rand
 
 def _preprocessing(graph: _Graph, input_layer: _Layer, channels: int) -> tuple[_Layer, tuple[list[float], list[float]] | None]:
     """Skip what a model puts between its input and the stem: augmentation, inactive when predicting, and
-    ``Rescaling`` layers, which are folded into the normalisation of 0-1 pixels. Returns the layer the stem
-    follows, and the (mean, std) that do what the model's rescaling did to 0-255 pixels (None without any)."""
+    ``Rescaling`` and ``Normalization`` layers, which are folded into the normalisation of 0-1 pixels.
+    Returns the layer the stem follows, and the (mean, std) that do what the model's own rescaling did
+    to 0-255 pixels (None without any)."""
     layer = input_layer
-    scale, offset, rescaled = np.ones(channels), np.zeros(channels), False
+    scale, offset, rescaled = np.ones(channels), np.zeros(channels), False  # the model sees scale * x + offset
     while True:
         after = graph.consumers[layer.name]
         following = graph.layers[after[0]] if len(after) == 1 else None
-        if following is None or following.kind not in _INACTIVE_WHEN_PREDICTING | {"Rescaling"}:
+        if following is None or following.kind not in _INACTIVE_WHEN_PREDICTING | {"Rescaling", "Normalization"}:
             break
         layer = following
-        if layer.kind == "Rescaling":  # y = scale * x + offset, applied after what came before
-            factor = np.broadcast_to(np.asarray(layer.config.get("scale", 1.0), dtype=np.float64), (channels,))
-            shift = np.broadcast_to(np.asarray(layer.config.get("offset", 0.0), dtype=np.float64), (channels,))
-            scale, offset, rescaled = scale * factor, offset * factor + shift, True
+        if layer.kind == "Rescaling":
+            factor, shift = (_per_channel(layer.config.get(k, d), channels) for k, d in (("scale", 1.0), ("offset", 0.0)))
+        elif layer.kind == "Normalization":
+            factor, shift = _normalization(graph, layer, channels)
+        else:
+            continue
+        scale, offset, rescaled = scale * factor, offset * factor + shift, True
     if not rescaled:
         return layer, None
-    # The model sees scale * 255 * x + offset for pixels x scaled to 0-1, which is (x - mean) / std:
+    # For pixels x scaled to 0-1 the model sees scale * 255 * x + offset, which is (x - mean) / std:
     std = 1 / (255 * scale)
     return layer, ((-offset * std).tolist(), std.tolist())
+
+
+def _per_channel(value, channels: int) -> np.ndarray:
+    return np.broadcast_to(np.asarray(value, dtype=np.float64).reshape(-1), (channels,)).copy()
+
+
+def _normalization(graph: _Graph, layer: _Layer, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """A Normalization layer's (x - mean) / sqrt(variance) as factor * x + shift."""
+    if layer.config.get("invert") or _normal(layer.config.get("axis", -1)) not in (-1, 3, (-1,), (3,)):
+        raise graph.fail(layer, "a Normalization over the channels (axis=-1), not inverted")
+    given = layer.config.get("mean")
+    if given is not None:
+        mean, variance = given, layer.config["variance"]
+    else:  # adapted to data: the statistics are stored with the weights
+        stored = graph._weights(layer.name, layer.kind, layer.config)
+        if "mean" not in stored or "variance" not in stored:
+            raise KerasError(f"{graph.path}: Normalization layer {layer.name!r} has no stored mean and variance")
+        mean, variance = stored["mean"], stored["variance"]
+    deviation = np.maximum(np.sqrt(_per_channel(variance, channels)), 1e-7)  # Keras's epsilon() floor
+    return 1 / deviation, -_per_channel(mean, channels) / deviation
 
 
 def _stem(graph: _Graph, input_layer: _Layer) -> tuple[_Layer, int, bool]:
