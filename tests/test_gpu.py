@@ -162,3 +162,19 @@ def test_a_cpu_checkpoint_continues_in_a_cuda_graph(recipe):
         step(x, y, 1e-3)
     assert step.read_sums()["seen"] == 1024
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_predictions_on_the_gpu_equal_those_on_the_cpu(tmp_path):
+    """A folder predicted on CUDA (autocast, workers decoding) answers as on the CPU, within bf16's reach."""
+    from resnetlab.data import image_files
+    from resnetlab.evaluate import iter_predictions
+
+    photos = noise_photos(tmp_path / "photos", ["a", "b"], 40, lambda i: (48 + i, 64))
+    paths = image_files(photos)
+    model = create_model("resnet8", num_classes=2).eval()
+    config = {"channels": 3, "image_size": 32, "resize_size": None, "mean": [0.5] * 3, "std": [0.25] * 3, "classes": ["a", "b"]}
+    cpu = list(iter_predictions(model, config, paths, 2, "cpu", workers=0))
+    gpu = list(iter_predictions(model, config, paths, 2, CUDA, workers=2))
+    assert [p.path for p in gpu] == [p.path for p in cpu]
+    for a, b in zip(gpu, cpu):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=2e-2)
