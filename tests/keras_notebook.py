@@ -154,3 +154,17 @@ def write_keras3_files(out):
     other = keras.models.Model(inputs, L.Dense(6)(L.Flatten()(L.Conv2D(8, 3)(inputs))))
     other.save(out / "other.keras")
     np.savez(out / "predictions.npz", **results)
+
+
+def predict_files(folder):
+    """Keras's answers for every NAME.keras in ``folder`` on NAME.npz's images ``x``, saved as NAME.keras.npy
+    (run in a subprocess, as ``write_keras3_files``)."""
+    import os
+    from pathlib import Path
+
+    os.environ["KERAS_BACKEND"] = "torch"
+    import keras
+
+    for path in sorted(Path(folder).glob("*.keras")):
+        model = keras.models.load_model(path)
+        np.save(f"{path}.npy", np.asarray(model.predict(np.load(path.with_suffix(".npz"))["x"], verbose=0)))

@@ -292,3 +292,60 @@ def test_summary_and_diagram_of_an_imported_run(keras3, tmp_path, capsys):
     assert code == 0 and (run_dir / "model.svg").read_text().startswith("<?xml"), err
     code, out, err = run(capsys, "summary", run_dir, "--num-classes", "3")
     assert code == 2 and "is a run directory" in err
+
+
+def keras_answers(folder: Path) -> None:
+    """Keras 3 loads every .keras file in ``folder`` and answers for its images (keras_notebook.predict_files)."""
+    if importlib.util.find_spec("keras") is None:
+        pytest.skip("Keras 3 is not installed (pip install keras)")
+    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import keras_notebook; keras_notebook.predict_files({str(folder)!r})"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_export_to_keras_predicts_what_pytorch_predicts(tmp_path):
+    """The notebook's layout, a CIFAR net with option A shortcuts, ResNet-18 and ResNet-50 (strided 3x3 convs,
+    padded max pool), a plain net: keras.models.load_model reads each file and answers as PyTorch does."""
+    from resnetlab.keras_export import export_keras
+
+    cases = {"signs": ("signs_resnet50", SMALL, 3, 64), "resnet20": ("resnet20", {"in_chans": 1}, 1, 28),
+             "resnet18": ("resnet18", {"num_classes": 7}, 3, 64), "resnet50": ("resnet50", {"num_classes": 5}, 3, 64),
+             "plain20": ("plain20", {}, 3, 32)}
+    expected = {}
+    g = torch.Generator().manual_seed(0)
+    for key, (name, kwargs, channels, side) in cases.items():
+        model = resnetlab.create_model(name, **kwargs).eval()
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics far from their start
+            bn.running_mean.uniform_(-0.3, 0.3, generator=g)
+            bn.running_var.uniform_(0.5, 2, generator=g)
+            bn.weight.data.uniform_(0.5, 1.5, generator=g)
+        config = {"model": name, "image_size": side, "channels": channels, "mean": [0.4] * channels,
+                  "std": [0.3] * channels, "classes": [str(i) for i in range(model.num_classes)]}
+        export_keras(model, config, tmp_path / f"{key}.keras")
+        x = torch.rand(3, channels, side, side, generator=g)
+        with torch.no_grad():
+            expected[key] = torch.softmax(model((x - 0.4) / 0.3), 1).numpy()
+        np.savez(tmp_path / f"{key}.npz", x=x.permute(0, 2, 3, 1).numpy())
+    keras_answers(tmp_path)
+    for key, probs in expected.items():
+        np.testing.assert_allclose(np.load(tmp_path / f"{key}.keras.npy"), probs, rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_a_notebook_model_goes_to_keras_and_back(tmp_path, capsys):
+    """import, export --format keras, import again: the same network, weight for weight."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run(capsys, "import", TF_KERAS2, "--out", first)[0] == 0
+    code, out, err = run(capsys, "export", first, "--format", "keras")
+    assert code == 0 and "keras.models.load_model reads it" in out, err
+    code, out, err = run(capsys, "import", first / "model.keras", "--out", second)
+    assert code == 0 and "rescaled by the model's own" in out, err  # its Normalization layer holds the run's statistics
+    a, config_a = load_model(first)
+    b, config_b = load_model(second)
+    for key, tensor in a.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            torch.testing.assert_close(b.state_dict()[key], tensor, msg=key)
+    assert config_b["mean"] == pytest.approx(config_a["mean"]) and config_b["std"] == pytest.approx(config_a["std"])
+    with pytest.raises(ValueError, match="post-activation networks.*not order='preact'"):
+        from resnetlab.keras_export import export_keras
+
+        export_keras(resnetlab.create_model("preact_resnet20"), {"image_size": 32, "channels": 3, "mean": [0] * 3,
+                                                                   "std": [1] * 3, "model": "preact_resnet20"}, tmp_path / "p.keras")

@@ -144,10 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="signs", help="what `resnetlab eval` tests it on (default signs)")
     p.add_argument("--classes", help="comma-separated output names (default 0, 1, ...: SIGNS's)")
 
-    p = sub.add_parser("export", help="write a trained run as ONNX (normalisation inside), checked with ONNX Runtime")
+    p = sub.add_parser("export", help="write a trained run as ONNX (checked with ONNX Runtime) or as a Keras model, "
+                                      "normalisation inside")
     p.add_argument("run_dir", nargs="?")
     p.add_argument("--pretrained", metavar="MODEL[:TAG]", help="export published ImageNet weights instead of a run")
-    p.add_argument("-o", "--out", metavar="FILE.onnx", help="default RUN_DIR/model.onnx")
+    p.add_argument("--format", choices=["onnx", "keras"], default="onnx", help="onnx (default), or keras: a .keras file "
+                                                                            "that keras.models.load_model reads")
+    p.add_argument("-o", "--out", metavar="FILE.onnx|FILE.keras", help="default RUN_DIR/model.onnx (or .keras)")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
 
     p = sub.add_parser("diagram", help="draw a model's architecture to an SVG or PNG file (Graphviz)")
@@ -445,9 +448,18 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .export import export_onnx
+    from .export import export_onnx, load_for_export
 
     _check_one_source(args)
+    if args.format == "keras" or (args.out or "").endswith(".keras"):
+        from .keras_export import export_keras
+
+        model, config, path = load_for_export(args.run_dir, args.pretrained, args.out, ".keras")
+        export_keras(model, config, path)
+        side, channels = config["image_size"], config["channels"]
+        print(f"wrote {path} (Keras: input (batch, {side}, {side}, {channels}) float32 scaled to 0-1, softmax over "
+              f"{len(config['classes'])} classes; keras.models.load_model reads it)")
+        return
     print(export_onnx(args.run_dir, args.out, check=not args.no_check, pretrained=args.pretrained).text())
 
 

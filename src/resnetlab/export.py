@@ -51,6 +51,19 @@ class ExportReport:
         return "\n".join(lines)
 
 
+def load_for_export(run_dir: str | Path | None, pretrained: str | None, out: str | Path | None,
+                    suffix: str) -> tuple[nn.Module, dict, Path]:
+    """The model and config to export, a run's or published weights', and where the file goes:
+    ``out``, else ``RUN_DIR/model.SUFFIX`` or ``MODEL-TAG.SUFFIX``."""
+    if pretrained:
+        from .evaluate import load_published
+
+        model, config = load_published(pretrained)
+        return model, config, Path(out) if out else Path(f"{config['model']}-{config['weights']}{suffix}")
+    model, config = load_model(run_dir)
+    return model, config, Path(out) if out else Path(run_dir) / f"model{suffix}"
+
+
 def export_onnx(run_dir: str | Path | None, out: str | Path | None = None, check: bool = True, tolerance: float = 1e-3,
                 pretrained: str | None = None) -> ExportReport:
     """Write the run's model as ONNX (default ``RUN_DIR/model.onnx``) and check it with ONNX Runtime.
@@ -66,14 +79,7 @@ def export_onnx(run_dir: str | Path | None, out: str | Path | None = None, check
         import onnxscript  # noqa: F401  (torch's exporter needs it; asking here gives a clear message)
     except ImportError:
         raise RuntimeError("ONNX export needs the onnx and onnxscript packages: pip install 'resnetlab[export]'") from None
-    if pretrained:
-        from .evaluate import load_published
-
-        model, config = load_published(pretrained)
-        path = Path(out) if out else Path(f"{config['model']}-{config['weights']}.onnx")
-    else:
-        model, config = load_model(run_dir)
-        path = Path(out) if out else Path(run_dir) / "model.onnx"
+    model, config, path = load_for_export(run_dir, pretrained, out, ".onnx")
     if path.suffix != ".onnx":
         raise ValueError(f"the export goes to a .onnx file, not {path.name}")
     wrapped = Preprocessed(model, config["mean"], config["std"]).eval()

@@ -97,7 +97,11 @@ def read_keras(path: str | Path) -> KerasModel:
         if path.suffix.lower() == ".keras":
             with zipfile.ZipFile(path) as archive:
                 config = json.loads(archive.read("config.json"))
-                version = json.loads(archive.read("metadata.json")).get("keras_version", "3")
+                metadata = json.loads(archive.read("metadata.json"))
+                version = metadata.get("keras_version", "3")
+                # resnetlab's own exports take pixels scaled to 0-1; other Keras models with rescaling
+                # layers inside take what Keras's image loaders give, 0-255.
+                pixel_max = 1 if "resnetlab" in metadata else 255
                 weights_file = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
         else:
             weights_file = h5py.File(path, "r")
@@ -114,11 +118,12 @@ def read_keras(path: str | Path) -> KerasModel:
                 raise KerasError(f"{path} is an HDF5 file but not a Keras model (it has no model_config)")
             config = json.loads(_text(weights_file.attrs["model_config"]))
             version = _text(weights_file.attrs.get("keras_version", "2"))
+            pixel_max = 255
         with weights_file:
             layers = _layers(config, path)
             weights = (_keras3_weights(weights_file, layers) if path.suffix.lower() == ".keras"
                        else _legacy_weights(weights_file["model_weights"]))
-            return _convert(layers, weights, version, path)
+            return _convert(layers, weights, version, path, pixel_max)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
         raise KerasError(f"{path} is not a model file saved whole by Keras ({type(err).__name__}: {err})") from None
 
@@ -177,6 +182,17 @@ _VARIABLES = {
 }
 
 
+def keras3_names(kinds: list[str]) -> list[str]:
+    """The names a .keras archive stores layers' variables under, given their classes in the model's
+    layer order: the class in snake case, numbered from its second use (conv2d, conv2d_1, ...)."""
+    names, used = [], {}
+    for kind in kinds:
+        base = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", kind)).lower()
+        names.append(f"{base}_{used[base]}" if base in used else base)
+        used[base] = used.get(base, 0) + 1
+    return names
+
+
 def _keras3_weights(f: "h5py.File", layers: dict[str, _Layer]) -> _Weights:
     """Weights of a .keras archive: ``layers/NAME/vars/0, 1, ...`` in the order the layer made them.
 
@@ -185,11 +201,7 @@ def _keras3_weights(f: "h5py.File", layers: dict[str, _Layer]) -> _Weights:
     the names a session generated.
     """
     top = f["layers"] if "layers" in f else f["_layer_checkpoint_dependencies"]  # the latter: Keras 3.0
-    stored_as, used = {}, {}
-    for layer in layers.values():
-        base = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", layer.kind)).lower()
-        stored_as[layer.name] = f"{base}_{used[base]}" if base in used else base
-        used[base] = used.get(base, 0) + 1
+    stored_as = dict(zip(layers, keras3_names([layer.kind for layer in layers.values()])))
 
     def get(layer: str, kind: str, config: dict) -> dict[str, np.ndarray]:
         group = top.get(stored_as[layer])
@@ -292,8 +304,9 @@ def _describe(layer: _Layer) -> str:
     return json.dumps(shown) if shown else ""
 
 
-def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: Path) -> KerasModel:
-    """Walk the graph from its input: the stem, then block after block, then the classifier."""
+def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: Path, pixel_max: int) -> KerasModel:
+    """Walk the graph from its input: the stem, then block after block, then the classifier. ``pixel_max``:
+    the largest pixel value the model is fed when it rescales its input itself (255 or 1)."""
     graph = _Graph(layers, weights, path)
     inputs = [layer for layer in layers.values() if layer.kind == "InputLayer"]
     if len(inputs) != 1:
@@ -303,7 +316,7 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
         raise KerasError(f"{path}: the model's input is {shape}; resnetlab reads models of square images (N, H, W, C)")
     side, in_chans = shape[1], shape[3]
 
-    first, folded = _preprocessing(graph, inputs[0], in_chans)
+    first, folded = _preprocessing(graph, inputs[0], in_chans, pixel_max)
     layer, width, padded_pool = _stem(graph, first)
     stages: list[list[int]] = []  # each block's F1, grouped by stage
     while len(graph.consumers[layer.name]) == 2:  # a block starts where the shortcut leaves the main path
@@ -326,7 +339,7 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
         found = {"num_classes": num_classes, "in_chans": in_chans, "layers": depths, "widths": widths, "bn_eps": eps}
         kwargs = {k: v for k, v in found.items() if v != _DEFAULTS[k]}
         mean, std = folded or ([0.0] * in_chans, [1.0] * in_chans)
-        fed = _RESCALED if folded else "scaled to 0-1, as the notebook's X / 255"
+        fed = _rescaled(pixel_max) if folded else "scaled to 0-1, as the notebook's X / 255"
         return KerasModel("signs_resnet50", kwargs, graph.state, side, version, mean, std, fed, graph.batch_stats)
     # Keras Applications' layout; its users feed it BGR pixels less the ImageNet mean ("caffe" preprocessing).
     name = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}.get(tuple(depths))
@@ -338,7 +351,7 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
         kwargs["num_classes"] = num_classes
     if in_chans != 3:
         kwargs["in_chans"] = in_chans
-    fed = _RESCALED if folded else "normalised as Keras's preprocess_input for ResNets does (BGR, less the ImageNet mean)"
+    fed = _rescaled(pixel_max) if folded else "normalised as Keras's preprocess_input for ResNets does (BGR, less the ImageNet mean)"
     if folded:  # the model rescales RGB pixels itself: no preprocess_input outside it
         mean, std = folded
     elif in_chans == 3:
@@ -349,18 +362,22 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
     return KerasModel(name, kwargs, graph.state, side, version, mean, std, fed, graph.batch_stats)
 
 
-_RESCALED = "0-255 pixels, rescaled by the model's own Rescaling or Normalization layers"
+
+def _rescaled(pixel_max: int) -> str:
+    return f"pixels 0-{pixel_max} rescaled by the model's own Rescaling or Normalization layers"
+
 
 # Layers that change nothing when a model predicts: augmentation, and noise or dropout on the input.
 _INACTIVE_WHEN_PREDICTING = {"RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast",
                              "RandomBrightness", "GaussianNoise", "Dropout"}
 
 
-def _preprocessing(graph: _Graph, input_layer: _Layer, channels: int) -> tuple[_Layer, tuple[list[float], list[float]] | None]:
+def _preprocessing(graph: _Graph, input_layer: _Layer, channels: int,
+                   pixel_max: int) -> tuple[_Layer, tuple[list[float], list[float]] | None]:
     """Skip what a model puts between its input and the stem: augmentation, inactive when predicting, and
     ``Rescaling`` and ``Normalization`` layers, which are folded into the normalisation of 0-1 pixels.
-    Returns the layer the stem follows, and the (mean, std) that do what the model's own rescaling did
-    to 0-255 pixels (None without any)."""
+    Returns the layer the stem follows, and the (mean, std) that do to pixels scaled to 0-1 what the
+    model's own rescaling did to pixels up to ``pixel_max`` (None without any)."""
     layer = input_layer
     scale, offset, rescaled = np.ones(channels), np.zeros(channels), False  # the model sees scale * x + offset
     while True:
@@ -378,8 +395,8 @@ def _preprocessing(graph: _Graph, input_layer: _Layer, channels: int) -> tuple[_
         scale, offset, rescaled = scale * factor, offset * factor + shift, True
     if not rescaled:
         return layer, None
-    # For pixels x scaled to 0-1 the model sees scale * 255 * x + offset, which is (x - mean) / std:
-    std = 1 / (255 * scale)
+    # For pixels x scaled to 0-1 the model sees scale * pixel_max * x + offset, which is (x - mean) / std:
+    std = 1 / (pixel_max * scale)
     return layer, ((-offset * std).tolist(), std.tolist())
 
 

@@ -1,0 +1,202 @@
+"""A trained run as a Keras 3 model file (``.keras``), written without Keras.
+
+The file holds a functional model that ``keras.models.load_model`` rebuilds with any backend: a
+``Normalization`` layer with the run's statistics (so it takes channels-last images scaled to 0-1,
+as the seed notebook feeds its model), the network layer for layer, and a softmax classifier. Every
+PyTorch padding is made explicit where Keras's "same" would differ (strided convolutions, the max
+pool), so Keras computes what PyTorch computes. Post-activation networks are written: the 2015
+paper's (ImageNet, CIFAR with any shortcut option, plain) and the seed notebook's.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .blocks import ZeroPadShortcut
+from .keras_weights import keras3_names
+from .models import ResNet
+from .runs import atomic_write
+
+KERAS_VERSION = "3.0.0"  # the oldest Keras that reads this format
+
+
+@dataclass
+class _Tensor:
+    layer: str  # the Keras layer whose output it is
+    shape: tuple  # (None, H, W, C) or (None, C)
+
+
+@dataclass
+class _Graph:
+    """Keras layer configs and their weights, appended in the order the model computes them."""
+
+    layers: list[dict] = field(default_factory=list)
+    weights: list[list[np.ndarray]] = field(default_factory=list)
+
+    def add(self, kind: str, inputs: list[_Tensor], shape: tuple, weights: list[np.ndarray] = (), **config) -> _Tensor:
+        name = f"{kind.lower()}_{len(self.layers)}"
+        arg = [self._ref(t) for t in inputs] if len(inputs) > 1 else self._ref(inputs[0])
+        input_shape = [list(t.shape) for t in inputs] if len(inputs) > 1 else list(inputs[0].shape)
+        self.layers.append({
+            "module": "keras.layers", "class_name": kind, "registered_name": None, "name": name,
+            "config": {"name": name, "trainable": True, "dtype": "float32", **config},
+            "build_config": {"input_shape": input_shape},
+            "inbound_nodes": [{"args": [arg], "kwargs": {}}],
+        })
+        self.weights.append([np.ascontiguousarray(w, dtype=np.float32) for w in weights])
+        return _Tensor(name, shape)
+
+    @staticmethod
+    def _ref(t: _Tensor) -> dict:
+        return {"class_name": "__keras_tensor__", "config": {"shape": list(t.shape), "dtype": "float32", "keras_history": [t.layer, 0, 0]}}
+
+
+def export_keras(model: ResNet, config: dict, path: str | Path) -> Path:
+    """Write ``model`` (with ``config``'s input size, statistics and classes) to ``path``, a .keras file."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"a Keras model file ends in .keras, not {path.name}")
+    _check_supported(model)
+    side, channels = config["image_size"], config["channels"]
+    graph = _Graph()
+    graph.layers.append({"module": "keras.layers", "class_name": "InputLayer", "registered_name": None, "name": "image",
+                         "config": {"batch_shape": [None, side, side, channels], "dtype": "float32", "name": "image"},
+                         "inbound_nodes": []})
+    graph.weights.append([])
+    x = _Tensor("image", (None, side, side, channels))
+    x = graph.add("Normalization", [x], x.shape, axis=-1, invert=False,
+                  mean=list(map(float, config["mean"])), variance=[float(s) ** 2 for s in config["std"]])
+
+    x = _relu(graph, _batch_norm(graph, model.bn1, _conv(graph, model.conv1, x)))
+    if isinstance(model.maxpool, nn.MaxPool2d):
+        if model.maxpool.padding:  # after a ReLU, zeros pad as PyTorch's minus infinity does
+            x = _pad(graph, x, model.maxpool.padding)
+        h = (x.shape[1] - 3) // 2 + 1
+        x = graph.add("MaxPooling2D", [x], (None, h, h, x.shape[3]), pool_size=[3, 3], strides=[2, 2], padding="valid")
+    for block in model.blocks():
+        x = _block(graph, block, x)
+
+    if isinstance(model.avgpool, nn.AvgPool2d):  # the notebook's 2x2 pool and flatten
+        h = x.shape[1] // 2
+        if h != 1:
+            raise ValueError(f"the notebook's layout flattens a 1x1 map; a {config['image_size']}-pixel input leaves {h}x{h}")
+        x = graph.add("AveragePooling2D", [x], (None, 1, 1, x.shape[3]), pool_size=[2, 2], strides=[2, 2], padding="valid")
+        x = graph.add("Flatten", [x], (None, x.shape[3]))
+    else:
+        x = graph.add("GlobalAveragePooling2D", [x], (None, x.shape[3]))
+    fc = model.fc
+    x = graph.add("Dense", [x], (None, fc.out_features), [fc.weight.detach().t().numpy(), fc.bias.detach().numpy()],
+                  units=fc.out_features, activation="softmax", use_bias=True)
+
+    model_config = {
+        "module": "keras.src.models.functional", "class_name": "Functional", "registered_name": "Functional",
+        "config": {"name": config["model"], "trainable": True, "layers": graph.layers,
+                   "input_layers": ["image", 0, 0], "output_layers": [x.layer, 0, 0]},
+        "build_config": {"input_shape": None}, "compile_config": None,
+    }
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("metadata.json", json.dumps({
+            "keras_version": KERAS_VERSION, "date_saved": datetime.now(timezone.utc).strftime("%Y-%m-%d@%H:%M:%S"),
+            "resnetlab": {"model": config["model"], "classes": config.get("classes")},  # what the outputs mean
+        }))
+        z.writestr("config.json", json.dumps(model_config))
+        z.writestr("model.weights.h5", _weights_file(graph))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(archive.getvalue()))
+    return path
+
+
+def _check_supported(model: ResNet) -> None:
+    if model.order != "post" or model.mixing != "add" or model.out_indices is not None:
+        raise ValueError("Keras export writes post-activation networks that add their shortcut (the 2015 paper's "
+                         f"and the notebook's), not order={model.order!r}, mixing={model.mixing!r}"
+                         + (" or a backbone" if model.out_indices is not None else ""))
+
+
+def _weights_file(graph: _Graph) -> bytes:
+    """model.weights.h5 as Keras 3 writes it: each layer's variables under its class name, numbered."""
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        names = keras3_names([layer["class_name"] for layer in graph.layers])
+        for name, weights in zip(names, graph.weights):
+            group = f.create_group(f"layers/{name}/vars")
+            for i, w in enumerate(weights):
+                group.create_dataset(str(i), data=w)
+        f.create_group("vars")
+    return buffer.getvalue()
+
+
+def _pad(graph: _Graph, x: _Tensor, p: int) -> _Tensor:
+    return graph.add("ZeroPadding2D", [x], (None, x.shape[1] + 2 * p, x.shape[2] + 2 * p, x.shape[3]), padding=[[p, p], [p, p]])
+
+
+def _conv(graph: _Graph, conv: nn.Conv2d, x: _Tensor) -> _Tensor:
+    """A PyTorch convolution as Keras's: "valid" when unpadded, "same" where that pads as PyTorch does
+    (stride 1), else zeros padded explicitly and a "valid" convolution."""
+    k, s = conv.kernel_size[0], conv.stride[0]
+    p = conv.padding if isinstance(conv.padding, str) else conv.padding[0]
+    kernel = conv.weight.detach().permute(2, 3, 1, 0).numpy()  # OIHW -> HWIO
+    bias = None if conv.bias is None else conv.bias.detach().numpy()
+    if p == "same" or (p and s == 1 and k % 2 == 1 and p == k // 2):
+        return _conv_layer(graph, x, kernel, bias, s, "same")
+    if p:
+        x = _pad(graph, x, p)
+    return _conv_layer(graph, x, kernel, bias, s, "valid")
+
+
+def _conv_layer(graph: _Graph, x: _Tensor, kernel: np.ndarray, bias: np.ndarray | None, stride: int, padding: str,
+                trainable: bool = True) -> _Tensor:
+    k, channels = kernel.shape[0], kernel.shape[3]
+    h = -(-x.shape[1] // stride) if padding == "same" else (x.shape[1] - k) // stride + 1
+    weights = [kernel] if bias is None else [kernel, bias]
+    out = graph.add("Conv2D", [x], (None, h, h, channels), weights, filters=channels, kernel_size=[k, k],
+                    strides=[stride, stride], padding=padding, use_bias=bias is not None, activation="linear")
+    graph.layers[-1]["config"]["trainable"] = trainable
+    return out
+
+
+def _batch_norm(graph: _Graph, bn: nn.BatchNorm2d, x: _Tensor) -> _Tensor:
+    weights = [t.detach().numpy() for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)]
+    return graph.add("BatchNormalization", [x], x.shape, weights, axis=-1, epsilon=bn.eps, momentum=1 - (bn.momentum or 0.1))
+
+
+def _relu(graph: _Graph, x: _Tensor) -> _Tensor:
+    return graph.add("Activation", [x], x.shape, activation="relu")
+
+
+def _block(graph: _Graph, block: nn.Module, x: _Tensor) -> _Tensor:
+    """conv-BN-ReLU ... conv-BN, plus the shortcut, then ReLU."""
+    out = x
+    for i, (conv, bn) in enumerate(zip(block.convs, block.bns)):
+        out = _batch_norm(graph, bn, _conv(graph, conv, out))
+        if i < len(block.convs) - 1:
+            out = _relu(graph, out)
+    if block.residual:
+        shortcut = block.downsample
+        if isinstance(shortcut, nn.Sequential):  # a projection: 1x1 conv and BN
+            s = _batch_norm(graph, shortcut[1], _conv(graph, shortcut[0], x))
+        elif isinstance(shortcut, ZeroPadShortcut):
+            s = _zero_pad_shortcut(graph, shortcut, x, out.shape[3])
+        else:
+            s = x
+        out = graph.add("Add", [out, s], out.shape)
+    return _relu(graph, out)
+
+
+def _zero_pad_shortcut(graph: _Graph, shortcut: ZeroPadShortcut, x: _Tensor, channels: int) -> _Tensor:
+    """Option A (subsample, zero channels on both sides) as a fixed 1x1 convolution: ones from each
+    input channel to its place among the outputs, zeros elsewhere, not trained."""
+    kernel = np.zeros((1, 1, x.shape[3], channels), dtype=np.float32)
+    kernel[0, 0, np.arange(x.shape[3]), shortcut.extra // 2 + np.arange(x.shape[3])] = 1
+    return _conv_layer(graph, x, kernel, None, shortcut.stride, "valid", trainable=False)
