@@ -157,14 +157,14 @@ def write_keras3_files(out):
 
 
 def predict_files(folder):
-    """Keras's answers for every NAME.keras in ``folder`` on NAME.npz's images ``x``, saved as NAME.keras.npy
-    (run in a subprocess, as ``write_keras3_files``)."""
+    """Keras's answers for every NAME.keras and NAME.h5 in ``folder`` on NAME.npz's images ``x``, saved as
+    NAME.keras.npy and NAME.h5.npy (run in a subprocess, as ``write_keras3_files``)."""
     import os
     from pathlib import Path
 
     os.environ["KERAS_BACKEND"] = "torch"
     import keras
 
-    for path in sorted(Path(folder).glob("*.keras")):
+    for path in sorted([*Path(folder).glob("*.keras"), *Path(folder).glob("*.h5")]):
         model = keras.models.load_model(path)
         np.save(f"{path}.npy", np.asarray(model.predict(np.load(path.with_suffix(".npz"))["x"], verbose=0)))

@@ -304,7 +304,8 @@ def keras_answers(folder: Path) -> None:
 
 def test_export_to_keras_predicts_what_pytorch_predicts(tmp_path):
     """The notebook's layout, a CIFAR net with option A shortcuts, ResNet-18 and ResNet-50 (strided 3x3 convs,
-    padded max pool), a plain net: keras.models.load_model reads each file and answers as PyTorch does."""
+    padded max pool), a plain net, each as .keras and as Keras 2's .h5: keras.models.load_model reads each
+    file and answers as PyTorch does. (tf.keras 2.21 reads the .h5 files too, checked by hand.)"""
     from resnetlab.keras_export import export_keras
 
     cases = {"signs": ("signs_resnet50", SMALL, 3, 64), "resnet20": ("resnet20", {"in_chans": 1}, 1, 28),
@@ -321,29 +322,33 @@ def test_export_to_keras_predicts_what_pytorch_predicts(tmp_path):
         config = {"model": name, "image_size": side, "channels": channels, "mean": [0.4] * channels,
                   "std": [0.3] * channels, "classes": [str(i) for i in range(model.num_classes)]}
         export_keras(model, config, tmp_path / f"{key}.keras")
+        export_keras(model, config, tmp_path / f"{key}.h5")
         x = torch.rand(3, channels, side, side, generator=g)
         with torch.no_grad():
             expected[key] = torch.softmax(model((x - 0.4) / 0.3), 1).numpy()
         np.savez(tmp_path / f"{key}.npz", x=x.permute(0, 2, 3, 1).numpy())
     keras_answers(tmp_path)
     for key, probs in expected.items():
-        np.testing.assert_allclose(np.load(tmp_path / f"{key}.keras.npy"), probs, rtol=1e-4, atol=1e-6, err_msg=key)
+        for suffix in (".keras", ".h5"):
+            np.testing.assert_allclose(np.load(tmp_path / f"{key}{suffix}.npy"), probs, rtol=1e-4, atol=1e-6, err_msg=key + suffix)
 
 
 def test_a_notebook_model_goes_to_keras_and_back(tmp_path, capsys):
-    """import, export --format keras, import again: the same network, weight for weight."""
-    first, second = tmp_path / "first", tmp_path / "second"
+    """import, export --format keras (.keras and .h5), import again: the same network, weight for weight."""
+    first = tmp_path / "first"
     assert run(capsys, "import", TF_KERAS2, "--out", first)[0] == 0
-    code, out, err = run(capsys, "export", first, "--format", "keras")
-    assert code == 0 and "keras.models.load_model reads it" in out, err
-    code, out, err = run(capsys, "import", first / "model.keras", "--out", second)
-    assert code == 0 and "rescaled by the model's own" in out, err  # its Normalization layer holds the run's statistics
     a, config_a = load_model(first)
-    b, config_b = load_model(second)
-    for key, tensor in a.state_dict().items():
-        if not key.endswith("num_batches_tracked"):
-            torch.testing.assert_close(b.state_dict()[key], tensor, msg=key)
-    assert config_b["mean"] == pytest.approx(config_a["mean"]) and config_b["std"] == pytest.approx(config_a["std"])
+    for exported in ("model.keras", "model.h5"):
+        code, out, err = run(capsys, "export", first, "-o", first / exported)
+        assert code == 0 and "keras.models.load_model reads it" in out, err
+        second = tmp_path / exported
+        code, out, err = run(capsys, "import", first / exported, "--out", second)
+        assert code == 0 and "pixels 0-1 rescaled by the model's own" in out, err  # its Normalization holds the statistics
+        b, config_b = load_model(second)
+        for key, tensor in a.state_dict().items():
+            if not key.endswith("num_batches_tracked"):
+                torch.testing.assert_close(b.state_dict()[key], tensor, msg=f"{exported}: {key}")
+        assert config_b["mean"] == pytest.approx(config_a["mean"]) and config_b["std"] == pytest.approx(config_a["std"])
     with pytest.raises(ValueError, match="post-activation networks.*not order='preact'"):
         from resnetlab.keras_export import export_keras
 

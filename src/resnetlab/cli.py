@@ -148,9 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "normalisation inside")
     p.add_argument("run_dir", nargs="?")
     p.add_argument("--pretrained", metavar="MODEL[:TAG]", help="export published ImageNet weights instead of a run")
-    p.add_argument("--format", choices=["onnx", "keras"], default="onnx", help="onnx (default), or keras: a .keras file "
-                                                                            "that keras.models.load_model reads")
-    p.add_argument("-o", "--out", metavar="FILE.onnx|FILE.keras", help="default RUN_DIR/model.onnx (or .keras)")
+    p.add_argument("--format", choices=["onnx", "keras"], default="onnx",
+                   help="onnx (default), or keras: a file keras.models.load_model reads (.keras for Keras 3, "
+                        "-o FILE.h5 for Keras 2 and 3)")
+    p.add_argument("-o", "--out", metavar="FILE.onnx|FILE.keras|FILE.h5", help="default RUN_DIR/model.onnx (or .keras)")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
 
     p = sub.add_parser("diagram", help="draw a model's architecture to an SVG or PNG file (Graphviz)")
@@ -451,7 +452,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_onnx, load_for_export
 
     _check_one_source(args)
-    if args.format == "keras" or (args.out or "").endswith(".keras"):
+    if args.format == "keras" or Path(args.out or "").suffix in (".keras", ".h5"):
         from .keras_export import export_keras
 
         model, config, path = load_for_export(args.run_dir, args.pretrained, args.out, ".keras")

@@ -1,4 +1,4 @@
-"""A trained run as a Keras 3 model file (``.keras``), written without Keras.
+"""A trained run as a Keras model file (Keras 3's ``.keras``, or Keras 2's ``.h5``), written without Keras.
 
 The file holds a functional model that ``keras.models.load_model`` rebuilds with any backend: a
 ``Normalization`` layer with the run's statistics (so it takes channels-last images scaled to 0-1,
@@ -26,7 +26,8 @@ from .keras_weights import keras3_names
 from .models import ResNet
 from .runs import atomic_write
 
-KERAS_VERSION = "3.0.0"  # the oldest Keras that reads this format
+KERAS_VERSION = "3.0.0"  # the oldest Keras 3 that reads the .keras files written here
+KERAS2_VERSION = "2.6.0"  # the first Keras 2 with the Normalization layer these files begin with
 
 
 @dataclass
@@ -55,17 +56,52 @@ class _Graph:
         self.weights.append([np.ascontiguousarray(w, dtype=np.float32) for w in weights])
         return _Tensor(name, shape)
 
+    def sort_as_keras(self, output: str) -> None:
+        """Put the layers in the order Keras gives a functional model's layers, which is the order an .h5
+        file's weights are loaded in: deepest first (the longest path to the output), ties broken by
+        a depth-first walk from the output that takes each layer's inputs in order."""
+        inputs = {layer["name"]: [arg["config"]["keras_history"][0] for node in layer["inbound_nodes"]
+                                  for args in node["args"] for arg in (args if isinstance(args, list) else [args])]
+                  for layer in self.layers}
+        depth = {output: 0}
+        for layer in reversed(self.layers):  # consumers come after what they consume
+            for source in inputs[layer["name"]]:
+                depth[source] = max(depth.get(source, 0), depth[layer["name"]] + 1)
+        seen, stack = {}, [output]
+        while stack:  # first visits, from the output back
+            name = stack.pop()
+            if name not in seen:
+                seen[name] = len(seen)
+                stack.extend(reversed(inputs[name]))
+        order = sorted(range(len(self.layers)), key=lambda i: (-depth[self.layers[i]["name"]], seen[self.layers[i]["name"]]))
+        self.layers = [self.layers[i] for i in order]
+        self.weights = [self.weights[i] for i in order]
+
     @staticmethod
     def _ref(t: _Tensor) -> dict:
         return {"class_name": "__keras_tensor__", "config": {"shape": list(t.shape), "dtype": "float32", "keras_history": [t.layer, 0, 0]}}
 
 
 def export_keras(model: ResNet, config: dict, path: str | Path) -> Path:
-    """Write ``model`` (with ``config``'s input size, statistics and classes) to ``path``, a .keras file."""
+    """Write ``model`` (with ``config``'s input size, statistics and classes) to ``path``: a ``.keras``
+    file (Keras 3) or an ``.h5`` file in Keras 2's format, which Keras 2 (tf.keras, as in TensorFlow up
+    to 2.15) and Keras 3 both read."""
     path = Path(path)
-    if path.suffix != ".keras":
-        raise ValueError(f"a Keras model file ends in .keras, not {path.name}")
+    if path.suffix not in (".keras", ".h5"):
+        raise ValueError(f"a Keras model file ends in .keras (Keras 3) or .h5 (Keras 2 and 3), not {path.name}")
     _check_supported(model)
+    graph, output = _build(model, config)
+    about = {"model": config["model"], "classes": config.get("classes")}  # what the outputs mean
+    if path.suffix == ".keras":
+        data = _keras3_archive(graph, output, config["model"], about)
+    else:
+        data = _keras2_hdf5(graph, output, config["model"], about)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return path
+
+
+def _build(model: ResNet, config: dict) -> tuple[_Graph, _Tensor]:
+    """The model's layers in Keras's terms, in order, and its output."""
     side, channels = config["image_size"], config["channels"]
     graph = _Graph()
     graph.layers.append({"module": "keras.layers", "class_name": "InputLayer", "registered_name": None, "name": "image",
@@ -96,23 +132,74 @@ def export_keras(model: ResNet, config: dict, path: str | Path) -> Path:
     fc = model.fc
     x = graph.add("Dense", [x], (None, fc.out_features), [fc.weight.detach().t().numpy(), fc.bias.detach().numpy()],
                   units=fc.out_features, activation="softmax", use_bias=True)
+    graph.sort_as_keras(x.layer)
+    return graph, x
+
+
+def _keras3_archive(graph: _Graph, output: _Tensor, name: str, about: dict) -> bytes:
+    """A .keras file: config.json, metadata.json, and model.weights.h5 with each layer's variables under
+    its class name, numbered, as Keras 3 writes them."""
+    import h5py
 
     model_config = {
         "module": "keras.src.models.functional", "class_name": "Functional", "registered_name": "Functional",
-        "config": {"name": config["model"], "trainable": True, "layers": graph.layers,
-                   "input_layers": ["image", 0, 0], "output_layers": [x.layer, 0, 0]},
+        "config": {"name": name, "trainable": True, "layers": graph.layers,
+                   "input_layers": ["image", 0, 0], "output_layers": [output.layer, 0, 0]},
         "build_config": {"input_shape": None}, "compile_config": None,
     }
+    weights = io.BytesIO()
+    with h5py.File(weights, "w") as f:
+        for stored_as, arrays in zip(keras3_names([layer["class_name"] for layer in graph.layers]), graph.weights):
+            group = f.create_group(f"layers/{stored_as}/vars")
+            for i, w in enumerate(arrays):
+                group.create_dataset(str(i), data=w)
+        f.create_group("vars")
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("metadata.json", json.dumps({
             "keras_version": KERAS_VERSION, "date_saved": datetime.now(timezone.utc).strftime("%Y-%m-%d@%H:%M:%S"),
-            "resnetlab": {"model": config["model"], "classes": config.get("classes")},  # what the outputs mean
+            "resnetlab": about,
         }))
         z.writestr("config.json", json.dumps(model_config))
-        z.writestr("model.weights.h5", _weights_file(graph))
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(archive.getvalue()))
-    return path
+        z.writestr("model.weights.h5", weights.getvalue())
+    return archive.getvalue()
+
+
+# Keras 2 names a layer's weights, in the order it creates them.
+_KERAS2_WEIGHTS = {"Conv2D": ("kernel", "bias"), "Dense": ("kernel", "bias"),
+                   "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance")}
+
+
+def _keras2_hdf5(graph: _Graph, output: _Tensor, name: str, about: dict) -> bytes:
+    """An .h5 file as Keras 2's model.save writes it: the graph as JSON in ``model_config`` (inbound
+    nodes as [layer, 0, 0, {}] lists) and each layer's weights under ``model_weights``."""
+    import h5py
+
+    layers = []
+    for layer in graph.layers:
+        config = dict(layer["config"])
+        if layer["class_name"] == "InputLayer":
+            config["batch_input_shape"] = config.pop("batch_shape")
+        nodes = [[[arg["config"]["keras_history"][0], 0, 0, {}] for arg in (args if isinstance(args, list) else [args])]
+                 for node in layer["inbound_nodes"] for args in node["args"]]
+        layers.append({"class_name": layer["class_name"], "config": config, "name": layer["name"], "inbound_nodes": nodes})
+    model_config = {"class_name": "Functional", "config": {"name": name, "layers": layers, "input_layers": [["image", 0, 0]],
+                                                            "output_layers": [[output.layer, 0, 0]]}}
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        f.attrs["keras_version"] = KERAS2_VERSION
+        f.attrs["backend"] = "tensorflow"
+        f.attrs["model_config"] = json.dumps(model_config)
+        f.attrs["resnetlab"] = json.dumps(about)
+        group = f.create_group("model_weights")
+        group.attrs["layer_names"] = np.array([layer["name"].encode() for layer in layers])
+        for layer, arrays in zip(layers, graph.weights):
+            names = [f"{layer['name']}/{w}:0" for w in _KERAS2_WEIGHTS.get(layer["class_name"], ())[:len(arrays)]]
+            sub = group.create_group(layer["name"])
+            sub.attrs["weight_names"] = np.array([n.encode() for n in names])
+            for n, w in zip(names, arrays):
+                sub.create_dataset(n, data=w)
+    return buffer.getvalue()
 
 
 def _check_supported(model: ResNet) -> None:
@@ -120,21 +207,6 @@ def _check_supported(model: ResNet) -> None:
         raise ValueError("Keras export writes post-activation networks that add their shortcut (the 2015 paper's "
                          f"and the notebook's), not order={model.order!r}, mixing={model.mixing!r}"
                          + (" or a backbone" if model.out_indices is not None else ""))
-
-
-def _weights_file(graph: _Graph) -> bytes:
-    """model.weights.h5 as Keras 3 writes it: each layer's variables under its class name, numbered."""
-    import h5py
-
-    buffer = io.BytesIO()
-    with h5py.File(buffer, "w") as f:
-        names = keras3_names([layer["class_name"] for layer in graph.layers])
-        for name, weights in zip(names, graph.weights):
-            group = f.create_group(f"layers/{name}/vars")
-            for i, w in enumerate(weights):
-                group.create_dataset(str(i), data=w)
-        f.create_group("vars")
-    return buffer.getvalue()
 
 
 def _pad(graph: _Graph, x: _Tensor, p: int) -> _Tensor:

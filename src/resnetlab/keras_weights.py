@@ -99,8 +99,8 @@ def read_keras(path: str | Path) -> KerasModel:
                 config = json.loads(archive.read("config.json"))
                 metadata = json.loads(archive.read("metadata.json"))
                 version = metadata.get("keras_version", "3")
-                # resnetlab's own exports take pixels scaled to 0-1; other Keras models with rescaling
-                # layers inside take what Keras's image loaders give, 0-255.
+                # resnetlab's own exports (marked in their metadata) take pixels scaled to 0-1; other Keras
+                # models with rescaling layers inside take what Keras's image loaders give, 0-255.
                 pixel_max = 1 if "resnetlab" in metadata else 255
                 weights_file = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
         else:
@@ -118,7 +118,7 @@ def read_keras(path: str | Path) -> KerasModel:
                 raise KerasError(f"{path} is an HDF5 file but not a Keras model (it has no model_config)")
             config = json.loads(_text(weights_file.attrs["model_config"]))
             version = _text(weights_file.attrs.get("keras_version", "2"))
-            pixel_max = 255
+            pixel_max = 1 if "resnetlab" in weights_file.attrs else 255  # as for .keras files, below
         with weights_file:
             layers = _layers(config, path)
             weights = (_keras3_weights(weights_file, layers) if path.suffix.lower() == ".keras"
