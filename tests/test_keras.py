@@ -63,9 +63,9 @@ def test_a_tf_keras2_file_predicts_what_keras_predicts():
     # The check bites: the first block's last conv and its shortcut conv have the same shape here,
     # and swapping them (with their batch norms) moves the answers far beyond the tolerance.
     state = dict(keras.state_dict)
-    for main, shortcut in (("conv3", "downsample.0"), ("bn3", "downsample.1")):
+    for last, shortcut in (("conv3", "downsample.0"), ("bn3", "downsample.1")):
         for name in ("weight", "bias"):
-            a, b = f"layer1.0.{main}.{name}", f"layer1.0.{shortcut}.{name}"
+            a, b = f"layer1.0.{last}.{name}", f"layer1.0.{shortcut}.{name}"
             assert state[a].shape == state[b].shape
             state[a], state[b] = state[b], state[a]
     model.load_state_dict(state)

@@ -189,7 +189,7 @@ def test_an_unreadable_file_mid_run_saves_the_run_and_says_how_to_go_on(tmp_path
     err = capsys.readouterr().err
     assert err.startswith(f"error: {victim} is not a readable image") and "Traceback" not in err
     step = runs.load_checkpoint(tmp_path / "resumed")["step"]
-    assert step == 3 and f"The run is saved at step 3; continue it with: resnetlab train --resume" in err
+    assert step == 3 and "The run is saved at step 3; continue it with: resnetlab train --resume" in err
     victim.write_bytes(good)
     resumed = resume(tmp_path / "resumed", device="cpu", progress=False)
     assert resumed.steps == 10

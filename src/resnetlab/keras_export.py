@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from .blocks import ZeroPadShortcut

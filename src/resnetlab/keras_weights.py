@@ -26,9 +26,13 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import h5py
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 # signs_resnet50's defaults: model_kwargs name only what a file changes.
@@ -162,7 +166,7 @@ def _layers(config: dict, path: Path) -> dict[str, _Layer]:
 _Weights = Callable[[str, str, dict], dict[str, np.ndarray]]
 
 
-def _legacy_weights(group: "h5py.Group") -> _Weights:
+def _legacy_weights(group: h5py.Group) -> _Weights:
     """Weights of the HDF5 format of model.save (under ``model_weights``) and of Keras 2's save_weights
     (at the top): ``LAYER/LAYER/kernel:0`` and so on, each layer's names in its ``weight_names``."""
 
@@ -193,7 +197,7 @@ def keras3_names(kinds: list[str]) -> list[str]:
     return names
 
 
-def _keras3_weights(f: "h5py.File", layers: dict[str, _Layer]) -> _Weights:
+def _keras3_weights(f: h5py.File, layers: dict[str, _Layer]) -> _Weights:
     """Weights of a .keras archive: ``layers/NAME/vars/0, 1, ...`` in the order the layer made them.
 
     NAME is not the layer's name but its class in snake case, numbered in the model's layer order
