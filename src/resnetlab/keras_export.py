@@ -4,8 +4,9 @@ The file holds a functional model that ``keras.models.load_model`` rebuilds with
 ``Normalization`` layer with the run's statistics (so it takes channels-last images scaled to 0-1,
 as the seed notebook feeds its model), the network layer for layer, and a softmax classifier. Every
 PyTorch padding is made explicit where Keras's "same" would differ (strided convolutions, the max
-pool), so Keras computes what PyTorch computes. Post-activation networks are written: the 2015
-paper's (ImageNet, CIFAR with any shortcut option, plain) and the seed notebook's.
+pool), so Keras computes what PyTorch computes. The networks of both papers and the seed notebook are
+written: post-activation (ImageNet, CIFAR with any shortcut option, plain) and pre-activation
+(CIFAR; the ImageNet ones pool un-activated values with padding Keras cannot reproduce).
 """
 
 from __future__ import annotations
@@ -111,14 +112,18 @@ def _build(model: ResNet, config: dict) -> tuple[_Graph, _Tensor]:
     x = graph.add("Normalization", [x], x.shape, axis=-1, invert=False,
                   mean=list(map(float, config["mean"])), variance=[float(s) ** 2 for s in config["std"]])
 
-    x = _relu(graph, _batch_norm(graph, model.bn1, _conv(graph, model.conv1, x)))
+    x = _conv(graph, model.conv1, x)
+    if not model.preact:  # a pre-activation net normalises inside its first unit
+        x = _relu(graph, _batch_norm(graph, model.bn1, x))
     if isinstance(model.maxpool, nn.MaxPool2d):
-        if model.maxpool.padding:  # after a ReLU, zeros pad as PyTorch's minus infinity does
+        if model.maxpool.padding:  # after a ReLU, zeros pad as PyTorch's minus infinity does (see _check_supported)
             x = _pad(graph, x, model.maxpool.padding)
         h = (x.shape[1] - 3) // 2 + 1
         x = graph.add("MaxPooling2D", [x], (None, h, h, x.shape[3]), pool_size=[3, 3], strides=[2, 2], padding="valid")
     for block in model.blocks():
-        x = _block(graph, block, x)
+        x = _preact_block(graph, block, x) if model.preact else _block(graph, block, x)
+    if model.final_relu:  # a pre-activation net's BN-ReLU after its last unit
+        x = _relu(graph, _batch_norm(graph, model.final_bn, x))
 
     if isinstance(model.avgpool, nn.AvgPool2d):  # the notebook's 2x2 pool and flatten
         h = x.shape[1] // 2
@@ -202,10 +207,15 @@ def _keras2_hdf5(graph: _Graph, output: _Tensor, name: str, about: dict) -> byte
 
 
 def _check_supported(model: ResNet) -> None:
-    if model.order != "post" or model.mixing != "add" or model.out_indices is not None:
-        raise ValueError("Keras export writes post-activation networks that add their shortcut (the 2015 paper's "
-                         f"and the notebook's), not order={model.order!r}, mixing={model.mixing!r}"
+    if model.order not in ("post", "preact") or model.mixing != "add" or model.out_indices is not None:
+        raise ValueError("Keras export writes the networks of the papers and the notebook (post- or pre-activation "
+                         f"units that add their shortcut), not order={model.order!r}, mixing={model.mixing!r}"
                          + (" or a backbone" if model.out_indices is not None else ""))
+    if model.preact and isinstance(model.maxpool, nn.MaxPool2d) and model.maxpool.padding:
+        # PyTorch pads the max pool with minus infinity; before a ReLU the values can be negative, and Keras
+        # pads with zeros only (its "same" pooling pads the other side), so no Keras layers compute it exactly.
+        raise ValueError("Keras export cannot write a pre-activation ImageNet net exactly: its max pool pads "
+                         "un-activated values, which Keras pads otherwise; the CIFAR pre-activation nets export")
 
 
 def _pad(graph: _Graph, x: _Tensor, p: int) -> _Tensor:
@@ -263,6 +273,22 @@ def _block(graph: _Graph, block: nn.Module, x: _Tensor) -> _Tensor:
             s = x
         out = graph.add("Add", [out, s], out.shape)
     return _relu(graph, out)
+
+
+def _preact_block(graph: _Graph, block: nn.Module, x: _Tensor) -> _Tensor:
+    """BN-ReLU-conv ... BN-ReLU-conv, plus the shortcut (a projection reads the normalised input)."""
+    preacted = _relu(graph, _batch_norm(graph, block.bns[0], x))
+    out = _conv(graph, block.convs[0], preacted)
+    for bn, conv in zip(block.bns[1:], block.convs[1:]):
+        out = _conv(graph, conv, _relu(graph, _batch_norm(graph, bn, out)))
+    shortcut = block.downsample
+    if isinstance(shortcut, nn.Sequential):  # a projection: a 1x1 conv, no BN of its own
+        s = _conv(graph, shortcut[0], preacted)
+    elif isinstance(shortcut, ZeroPadShortcut):
+        s = _zero_pad_shortcut(graph, shortcut, x, out.shape[3])
+    else:
+        s = x
+    return graph.add("Add", [out, s], out.shape)
 
 
 def _zero_pad_shortcut(graph: _Graph, shortcut: ZeroPadShortcut, x: _Tensor, channels: int) -> _Tensor:
