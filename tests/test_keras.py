@@ -254,6 +254,11 @@ def test_a_fine_tuned_keras_applications_model_imports_as_resnet50(keras3, tmp_p
     code, out, err = run(capsys, "predict", run_dir, *paths, "--device", "cpu")
     assert code == 0 and len(out.splitlines()) == 3, err
 
+    other = tmp_path / "no-dataset"
+    assert run(capsys, "import", keras3 / "tuned.keras", "--out", other)[0] == 0
+    code, out, err = run(capsys, "eval", other, "--device", "cpu")
+    assert code == 2 and "names no dataset to test on" in err and "--dataset" in err
+
 
 def test_the_published_weights_file_is_pointed_to_its_tag(keras3):
     with pytest.raises(KerasError, match="Keras Applications' weights alone.*weights='KERAS'"):

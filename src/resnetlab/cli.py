@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="read a Keras ResNet (the seed notebook's, or keras.applications') into a run directory")
     p.add_argument("file", help="the Keras file, e.g. the notebook's resnet50.h5")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/FILE-NAME)")
-    p.add_argument("--dataset", default="signs", help="what `resnetlab eval` tests it on (default signs)")
+    p.add_argument("--dataset", help="what `resnetlab eval` tests it on (default signs for the notebook's layout, "
+                                     "imagenet for 1000 classes)")
     p.add_argument("--classes", help="comma-separated output names (default 0, 1, ...: SIGNS's)")
 
     p = sub.add_parser("export", help="write a trained run as ONNX (checked with ONNX Runtime) or as a Keras model, "

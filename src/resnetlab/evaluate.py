@@ -412,6 +412,8 @@ def evaluate_run(
     dev = pick_device(device)
     model, config = load_model(run_dir, dev)
     name = resolve_dataset(dataset, data_dir) if dataset else config["dataset"]
+    if name is None:
+        raise ValueError(f"{run_dir} names no dataset to test on (an imported model): give one with --dataset")
     if views is not None and not name.startswith("folder:"):
         raise ValueError(f"test-time views (--ten-crop, --scales) are cut from image files: {name} is not a folder")
     test = load_split(name, "test", data_dir or config.get("data_dir"), limit=limit_test, seed=config["seed"],

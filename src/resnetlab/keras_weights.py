@@ -527,12 +527,15 @@ def _relu(graph: _Graph, layer: _Layer) -> _Layer:
 # --- a run directory ------------------------------------------------------------------------------
 
 
-def import_keras(path: str | Path, out: str | Path, dataset: str = "signs", classes: list[str] | None = None) -> tuple[Path, KerasModel]:
+def import_keras(path: str | Path, out: str | Path, dataset: str | None = None,
+                 classes: list[str] | None = None) -> tuple[Path, KerasModel]:
     """Write a Keras file's model as a run directory that ``eval``, ``predict``, ``serve`` and ``export`` take.
 
     Inputs are fed as the model was: the notebook's scaled to 0-1 (``X_train_orig / 255.``), Keras
     Applications' through their "caffe" preprocessing. ``dataset`` is what ``eval`` tests on by
-    default; ``classes`` names the outputs (default their indices, which are SIGNS's class names).
+    default (by default SIGNS for the notebook's layout, ImageNet for a 1000-class Keras Applications
+    model, else none: ``eval --dataset`` then says); ``classes`` names the outputs (default their
+    indices, which are SIGNS's class names).
     """
     from datetime import datetime, timezone
 
@@ -546,6 +549,8 @@ def import_keras(path: str | Path, out: str | Path, dataset: str = "signs", clas
     keras = read_keras(path)
     model = create_model(keras.model, **keras.model_kwargs)
     num_classes, channels = model.num_classes, model.conv1.in_channels
+    if dataset is None:
+        dataset = "signs" if keras.model == "signs_resnet50" else "imagenet" if num_classes == 1000 else None
     names = classes or [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
         raise KerasError(f"{len(names)} class names given for a model with {num_classes} outputs")
