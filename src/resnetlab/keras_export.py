@@ -5,8 +5,7 @@ The file holds a functional model that ``keras.models.load_model`` rebuilds with
 as the seed notebook feeds its model), the network layer for layer, and a softmax classifier. Every
 PyTorch padding is made explicit where Keras's "same" would differ (strided convolutions, the max
 pool), so Keras computes what PyTorch computes. The networks of both papers and the seed notebook are
-written: post-activation (ImageNet, CIFAR with any shortcut option, plain) and pre-activation
-(CIFAR; the ImageNet ones pool un-activated values with padding Keras cannot reproduce).
+written: post-activation (ImageNet, CIFAR with any shortcut option, plain) and pre-activation.
 """
 
 from __future__ import annotations
@@ -116,10 +115,7 @@ def _build(model: ResNet, config: dict) -> tuple[_Graph, _Tensor]:
     if not model.preact:  # a pre-activation net normalises inside its first unit
         x = _relu(graph, _batch_norm(graph, model.bn1, x))
     if isinstance(model.maxpool, nn.MaxPool2d):
-        if model.maxpool.padding:  # after a ReLU, zeros pad as PyTorch's minus infinity does (see _check_supported)
-            x = _pad(graph, x, model.maxpool.padding)
-        h = (x.shape[1] - 3) // 2 + 1
-        x = graph.add("MaxPooling2D", [x], (None, h, h, x.shape[3]), pool_size=[3, 3], strides=[2, 2], padding="valid")
+        x = _max_pool(graph, x, model.maxpool.padding, activated=not model.preact)
     for block in model.blocks():
         x = _preact_block(graph, block, x) if model.preact else _block(graph, block, x)
     if model.final_relu:  # a pre-activation net's BN-ReLU after its last unit
@@ -211,11 +207,20 @@ def _check_supported(model: ResNet) -> None:
         raise ValueError("Keras export writes the networks of the papers and the notebook (post- or pre-activation "
                          f"units that add their shortcut), not order={model.order!r}, mixing={model.mixing!r}"
                          + (" or a backbone" if model.out_indices is not None else ""))
-    if model.preact and isinstance(model.maxpool, nn.MaxPool2d) and model.maxpool.padding:
-        # PyTorch pads the max pool with minus infinity; before a ReLU the values can be negative, and Keras
-        # pads with zeros only (its "same" pooling pads the other side), so no Keras layers compute it exactly.
-        raise ValueError("Keras export cannot write a pre-activation ImageNet net exactly: its max pool pads "
-                         "un-activated values, which Keras pads otherwise; the CIFAR pre-activation nets export")
+
+
+def _max_pool(graph: _Graph, x: _Tensor, p: int, activated: bool) -> _Tensor:
+    """PyTorch's 3x3/2 max pool, which pads with minus infinity. After a ReLU zeros pad the same, as Keras
+    Applications write it; before one (pre-activation nets) the pool takes each pixel's 3x3 neighbourhood
+    with Keras's "same" padding, which leaves the border out as minus infinity does, then every second."""
+    if p and not activated:
+        x = graph.add("MaxPooling2D", [x], x.shape, pool_size=[3, 3], strides=[1, 1], padding="same")
+        h = (x.shape[1] - 1) // 2 + 1
+        return graph.add("MaxPooling2D", [x], (None, h, h, x.shape[3]), pool_size=[1, 1], strides=[2, 2], padding="valid")
+    if p:
+        x = _pad(graph, x, p)
+    h = (x.shape[1] - 3) // 2 + 1
+    return graph.add("MaxPooling2D", [x], (None, h, h, x.shape[3]), pool_size=[3, 3], strides=[2, 2], padding="valid")
 
 
 def _pad(graph: _Graph, x: _Tensor, p: int) -> _Tensor:
