@@ -258,12 +258,12 @@ class _Graph:
         return layer
 
     def tensors(self, layer: _Layer, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """``layer``'s stored arrays ``names`` as float32 tensors."""
-        stored = self._weights(layer.name, layer.kind, layer.config)
+        """All of ``layer``'s stored arrays as float32 tensors, after checking that ``names`` are there."""
+        stored = _as_tensors(self._weights(layer.name, layer.kind, layer.config))
         missing = [n for n in names if n not in stored]
         if missing:
             raise KerasError(f"{self.path}: layer {layer.name!r} has no stored {', '.join(missing)}")
-        return {n: torch.from_numpy(np.array(stored[n], dtype=np.float32)) for n in names}
+        return stored
 
     def conv(self, layer: _Layer, key: str) -> None:
         """Store a conv's kernel and bias as resnetlab's ``key``."""
@@ -273,26 +273,40 @@ class _Graph:
             raise self.fail(layer, "an undilated, ungrouped, channels-last conv")
         if not config.get("use_bias", True):
             raise KerasError(f"{self.path}: conv {layer.name!r} has no bias; the notebook's convs (and signs_resnet50's) have one")
-        tensors = self.tensors(layer, ("kernel", "bias"))
-        self.state[f"{key}.weight"] = tensors["kernel"].permute(3, 2, 0, 1).contiguous()  # HWIO -> OIHW
-        self.state[f"{key}.bias"] = tensors["bias"]
+        self.state.update(_conv_state(key, self.tensors(layer, ("kernel", "bias"))))
 
     def batch_norm(self, layer: _Layer, key: str) -> None:
         """Store a batch norm's scale, offset and moving statistics as resnetlab's ``key``."""
         self.expect(layer, "BatchNormalization", "BatchNormalization(axis=3)")
         if _normal(layer.config.get("axis")) not in (3, -1, (3,), (-1,)):
             raise self.fail(layer, "BatchNormalization over the channels (axis=3)")
-        stats = self.tensors(layer, ("moving_mean", "moving_variance"))
-        stored = self._weights(layer.name, layer.kind, layer.config)
-        ones = torch.ones_like(stats["moving_mean"])
-        # A layer built with scale=False or center=False stores no gamma or beta.
-        gamma = torch.from_numpy(np.array(stored["gamma"], dtype=np.float32)) if "gamma" in stored else ones
-        beta = torch.from_numpy(np.array(stored["beta"], dtype=np.float32)) if "beta" in stored else 0 * ones
-        self.state.update({f"{key}.weight": gamma, f"{key}.bias": beta, f"{key}.running_mean": stats["moving_mean"],
-                           f"{key}.running_var": stats["moving_variance"], f"{key}.num_batches_tracked": torch.tensor(0)})
+        self.state.update(_bn_state(key, self.tensors(layer, ("moving_mean", "moving_variance"))))
         self.epsilons.add(float(layer.config.get("epsilon", 1e-3)))
         if layer.call_kwargs.get("training") is True:
             self.batch_stats.append(layer.name)
+
+
+def _as_tensors(stored: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(np.array(array, dtype=np.float32)) for name, array in stored.items()}
+
+
+def _conv_state(key: str, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Keras conv's kernel and bias under resnetlab's ``key``."""
+    return {f"{key}.weight": stored["kernel"].permute(3, 2, 0, 1).contiguous(), f"{key}.bias": stored["bias"]}  # HWIO -> OIHW
+
+
+def _bn_state(key: str, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Keras batch norm's scale, offset and moving statistics under resnetlab's ``key``."""
+    ones = torch.ones_like(stored["moving_mean"])
+    # A layer built with scale=False or center=False stores no gamma or beta.
+    return {f"{key}.weight": stored.get("gamma", ones), f"{key}.bias": stored.get("beta", 0 * ones),
+            f"{key}.running_mean": stored["moving_mean"], f"{key}.running_var": stored["moving_variance"],
+            f"{key}.num_batches_tracked": torch.tensor(0)}
+
+
+def _dense_state(stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Keras Dense layer as resnetlab's classifier ``fc``."""
+    return {"fc.weight": stored["kernel"].t().contiguous(), "fc.bias": stored["bias"]}
 
 
 def _normal(value):
@@ -416,10 +430,8 @@ def _normalization(graph: _Graph, layer: _Layer, channels: int) -> tuple[np.ndar
     if given is not None:
         mean, variance = given, layer.config["variance"]
     else:  # adapted to data: the statistics are stored with the weights
-        stored = graph._weights(layer.name, layer.kind, layer.config)
-        if "mean" not in stored or "variance" not in stored:
-            raise KerasError(f"{graph.path}: Normalization layer {layer.name!r} has no stored mean and variance")
-        mean, variance = stored["mean"], stored["variance"]
+        stored = graph.tensors(layer, ("mean", "variance"))
+        mean, variance = stored["mean"].double().numpy(), stored["variance"].double().numpy()
     deviation = np.maximum(np.sqrt(_per_channel(variance, channels)), 1e-7)  # Keras's epsilon() floor
     return 1 / deviation, -_per_channel(mean, channels) / deviation
 
@@ -503,7 +515,7 @@ def _head(graph: _Graph, layer: _Layer, channels: int, side: int | None) -> tupl
     if tensors["kernel"].shape[0] != channels:
         raise KerasError(f"{graph.path}: the classifier takes {tensors['kernel'].shape[0]} features, not the {channels} "
                          f"channels of one pixel: signs_resnet50 reads models for 64x64 images (this one takes {side}x{side})")
-    graph.state["fc.weight"], graph.state["fc.bias"] = tensors["kernel"].t().contiguous(), tensors["bias"]
+    graph.state.update(_dense_state(tensors))
     return dense.config["units"], global_pool
 
 
@@ -596,15 +608,13 @@ def read_keras_applications(path: str | Path) -> dict[str, torch.Tensor]:
                 key = _keras_applications_key(name)
                 if key is None:
                     continue
-                stored = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in weights(name, "", {}).items()}
+                stored = _as_tensors(weights(name, "", {}))
                 if name.endswith("_conv"):
-                    state[f"{key}.weight"], state[f"{key}.bias"] = stored["kernel"].permute(3, 2, 0, 1).contiguous(), stored["bias"]
+                    state.update(_conv_state(key, stored))
                 elif name.endswith("_bn"):
-                    state.update({f"{key}.weight": stored["gamma"], f"{key}.bias": stored["beta"],
-                                  f"{key}.running_mean": stored["moving_mean"], f"{key}.running_var": stored["moving_variance"],
-                                  f"{key}.num_batches_tracked": torch.tensor(0)})
+                    state.update(_bn_state(key, stored))
                 else:  # the classifier
-                    state["fc.weight"], state["fc.bias"] = stored["kernel"].t().contiguous(), stored["bias"]
+                    state.update(_dense_state(stored))
     except (OSError, KeyError, ValueError) as err:
         raise KerasError(f"{path} is not a Keras Applications ResNet weights file ({type(err).__name__}: {err})") from None
     if "conv1.weight" not in state:
