@@ -41,6 +41,7 @@ class _Graph:
 
     layers: list[dict] = field(default_factory=list)
     weights: list[list[np.ndarray]] = field(default_factory=list)
+    sources: dict[str, list[str]] = field(default_factory=dict)  # the layers whose outputs each one takes
 
     def add(self, kind: str, inputs: list[_Tensor], shape: tuple, weights: list[np.ndarray] = (), **config) -> _Tensor:
         name = f"{kind.lower()}_{len(self.layers)}"
@@ -53,15 +54,14 @@ class _Graph:
             "inbound_nodes": [{"args": [arg], "kwargs": {}}],
         })
         self.weights.append([np.ascontiguousarray(w, dtype=np.float32) for w in weights])
+        self.sources[name] = [t.layer for t in inputs]
         return _Tensor(name, shape)
 
     def sort_as_keras(self, output: str) -> None:
         """Put the layers in the order Keras gives a functional model's layers, which is the order an .h5
         file's weights are loaded in: deepest first (the longest path to the output), ties broken by
         a depth-first walk from the output that takes each layer's inputs in order."""
-        inputs = {layer["name"]: [arg["config"]["keras_history"][0] for node in layer["inbound_nodes"]
-                                  for args in node["args"] for arg in (args if isinstance(args, list) else [args])]
-                  for layer in self.layers}
+        inputs = {layer["name"]: self.sources.get(layer["name"], []) for layer in self.layers}
         depth = {output: 0}
         for layer in reversed(self.layers):  # consumers come after what they consume
             for source in inputs[layer["name"]]:
@@ -180,8 +180,8 @@ def _keras2_hdf5(graph: _Graph, output: _Tensor, name: str, about: dict) -> byte
         config = dict(layer["config"])
         if layer["class_name"] == "InputLayer":
             config["batch_input_shape"] = config.pop("batch_shape")
-        nodes = [[[arg["config"]["keras_history"][0], 0, 0, {}] for arg in (args if isinstance(args, list) else [args])]
-                 for node in layer["inbound_nodes"] for args in node["args"]]
+        sources = graph.sources.get(layer["name"])
+        nodes = [[[source, 0, 0, {}] for source in sources]] if sources else []
         layers.append({"class_name": layer["class_name"], "config": config, "name": layer["name"], "inbound_nodes": nodes})
     model_config = {"class_name": "Functional", "config": {"name": name, "layers": layers, "input_layers": [["image", 0, 0]],
                                                             "output_layers": [[output.layer, 0, 0]]}}
