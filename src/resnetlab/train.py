@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from . import __version__, distributed, runs
 from .data import ArrayDataset, DataError, FolderDataset, get_dataset, resolve_dataset
 from .evaluate import EvalResult, evaluate
 from .loader import channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, stats_sample
-from .pretrained import input_stats, is_file_spec, load_weights, weights_layout
+from .pretrained import input_stats, is_file_spec, weights_layout
 from .recipes import Recipe, get_recipe, lr_at
 from .steps import build_train_step
 
@@ -207,8 +208,10 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     channels, image_size = dataset_shape(train_set)
     model_kwargs = {"num_classes": len(train_set.classes), "in_chans": channels, **weights_layout(config.weights),
                     **config.model_kwargs}
-    # Fail on a bad name or unusable weights before anything is written (this also fetches them once).
-    create_model(config.model, weights=config.weights, **model_kwargs)
+    # Built here, so a bad name or unusable weights fail before anything is written; seeded first,
+    # so its fresh layers start as the seed says.
+    seed_everything(config.seed, config.deterministic)
+    model = create_model(config.model, weights=config.weights, **model_kwargs)
     if recipe.scale_jitter is not None:  # here, before anything is written, rather than when the loader is made
         check_scale_jitter(recipe.scale_jitter, image_size, from_files=config.dataset.startswith("folder:"))
     if len(train_set) < recipe.batch_size:
@@ -259,7 +262,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     if world.is_main:
         runs.write_json(run_dir / runs.CONFIG, saved)
     return _run(saved, run_dir, train_set, test_set, device, config.progress, stop_at, checkpoint=None, world=world,
-                workers=config.workers)
+                workers=config.workers, model=model)
 
 
 def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, stop_at: int | None = None,
@@ -283,16 +286,16 @@ def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, sto
 
 
 def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, progress: bool, stop_at: int | None,
-         checkpoint: dict | None, world: distributed.World = distributed.World(), workers: int | None = None) -> TrainResult:
+         checkpoint: dict | None, world: distributed.World = distributed.World(), workers: int | None = None,
+         model: nn.Module | None = None) -> TrainResult:
     recipe = Recipe.from_dict(saved["recipe"])
     seed_everything(saved["seed"], saved["deterministic"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not saved["deterministic"]
     channels_last = device.type in ("cuda", "cpu")
 
-    model = runs.build_model(saved)
-    if checkpoint is None and saved.get("weights"):
-        load_weights(model, saved["model"], saved["weights"], progress=False)
+    if model is None:  # resuming: the checkpoint's weights replace these
+        model = runs.build_model(saved)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
