@@ -299,3 +299,24 @@ def test_predict_a_folder_into_a_csv(trained_run, tmp_path, capsys):
     code, out, err = run(capsys, "predict", trained_run, photos, "--device", "cpu", "--csv", table)
     assert code == 2 and err.count("\n") == 1 and "zz.jpg is not a readable image" in err
     assert len(list(csv.DictReader(table.open()))) == 64  # the first batch's answers are kept
+
+
+def test_a_run_on_a_relative_folder_is_evaluated_from_anywhere_and_another_folder_in_full(tmp_path, monkeypatch, capsys):
+    """A run names its folder absolutely; `eval --dataset folder:OTHER` scores every image of OTHER,
+    and the run's own folder only the tenth its training held out."""
+    from conftest import noise_photos
+
+    noise_photos(tmp_path / "work" / "photos", ["a", "b"], 20, lambda i: (12, 12))
+    noise_photos(tmp_path / "other", ["a", "b"], 7, lambda i: (10, 14), seed=1)
+    monkeypatch.chdir(tmp_path / "work")
+    code, _, err = run(capsys, "train", "--dataset", "folder:photos", "--image-size", "8", "--model", "resnet8",
+                       "--steps", "2", "--batch-size", "8", "--device", "cpu", "--out", "run", "--no-progress")
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path)
+    for argv, count in ((["work/run"], 4), (["work/run", "--dataset", "folder:work/photos"], 4),
+                        (["work/run", "--dataset", f"folder:{tmp_path / 'other'}"], 14)):
+        code, out, err = run(capsys, "eval", *argv, "--device", "cpu")
+        assert code == 0, err
+        assert f"({count} test images)" in out.splitlines()[0]
+    code, _, err = run(capsys, "train", "--resume", "work/run", "--device", "cpu", "--no-progress")
+    assert code == 0, err

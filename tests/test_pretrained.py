@@ -314,3 +314,15 @@ def test_eval_published_weights_needs_the_thousand_classes(hub, tmp_path, capsys
     assert "has 2 class folders" in capsys.readouterr().err
     assert main(["eval", "--pretrained", "resnet18", "--device", "cpu"]) == 2
     assert "--pretrained needs --dataset imagenet, or folder:PATH" in capsys.readouterr().err
+
+
+def test_the_transform_of_published_weights_is_torchvisions(published, tmp_path):
+    """``Preprocess`` of published weights gives what torchvision's ``weights.transforms()`` gives."""
+    from resnetlab.evaluate import Preprocess, load_published
+
+    photo = Image.fromarray(np.random.default_rng(5).integers(0, 256, (300, 200, 3), dtype=np.uint8))
+    _, config = load_published("resnet18:IMAGENET1K_V1")
+    ours = Preprocess(config)(photo)
+    theirs = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()(torchvision.transforms.functional.pil_to_tensor(photo))
+    assert ours.shape == (3, 224, 224)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)

@@ -230,11 +230,11 @@ def get_dataset(
 
 
 def load_image(
-    path: str | Path | BinaryIO, channels: int | None, image_size: int | None, resize_to: int | None = None
+    path: str | Path | BinaryIO | Image.Image, channels: int | None, image_size: int | None, resize_to: int | None = None
 ) -> torch.Tensor:
     """Decode one image file of any mode into a uint8 tensor (channels, image_size, image_size).
 
-    ``path`` may also be an open binary file (an upload, say). Transparent pixels are put on white,
+    ``path`` may also be an open binary file (an upload, say) or a PIL image. Transparent pixels are put on white,
     16-bit and float images are scaled to 8 bits, the EXIF rotation is applied, and resizing is
     antialiased (bilinear). ``None`` keeps the stored size, or the image's own colours (1 channel
     if grayscale, else 3). With ``resize_to``, the image keeps its proportions instead: torchvision's
@@ -321,9 +321,13 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 @contextmanager
-def _opened(path: str | Path | BinaryIO) -> Iterator[Image.Image]:
+def _opened(path: str | Path | BinaryIO | Image.Image) -> Iterator[Image.Image]:
     """An image file opened lazily (size and format known, pixels not yet decoded); any failure to read
-    it, here or while the caller decodes it, becomes one ``DataError`` that names the file."""
+    it, here or while the caller decodes it, becomes one ``DataError`` that names the file.
+    A PIL image comes as a copy, which the caller may turn upright without touching the original."""
+    if isinstance(path, Image.Image):
+        yield path.copy()
+        return
     if isinstance(path, (str, Path)):
         path = Path(path)
         if not path.is_file():
@@ -772,8 +776,13 @@ IMAGENET_ARCHIVES = ("ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_img_val.tar", "
 
 def resolve_dataset(name: str, root: str | Path | None = None) -> str:
     """``imagenet`` becomes ``folder:DIR``, its folders prepared from the archives (``prepare_imagenet``);
-    other names are returned as they are."""
-    return f"folder:{prepare_imagenet(root)}" if name == "imagenet" else name
+    ``folder:PATH`` gets an absolute PATH, so that a run's config names its folder from wherever it
+    is read (``eval``, ``--resume``); other names are returned as they are."""
+    if name == "imagenet":
+        return f"folder:{prepare_imagenet(root)}"
+    if name.startswith("folder:"):
+        return f"folder:{Path(name.removeprefix('folder:')).expanduser().absolute()}"
+    return name
 
 
 def prepare_imagenet(root: str | Path | None = None) -> Path:

@@ -313,6 +313,32 @@ class _ImageViews(torch.utils.data.Dataset):
         return view_batches(self.paths[i], self.channels, self.size, self.resize_to, self.views, self.scales)
 
 
+class Preprocess:
+    """A trained model's input preprocessing as a transform, as torchvision's ``weights.transforms()``
+    is for its weights: an image (PIL image, file path or open binary file) in, the normalised float
+    tensor (C, H, W) the model takes out, exactly what ``predict`` feeds it.
+
+    ``config`` is a run's (``runs.load_model``) or published weights' (``load_published``). Any size
+    and colour mode is brought to the model's channels and input size (see ``data.load_image``), then
+    normalised with the statistics the model was trained with. It fits torchvision's datasets as
+    their ``transform``, and leaves a PIL image it is given as it was.
+    """
+
+    def __init__(self, config: dict) -> None:
+        self.channels, self.image_size = config["channels"], config["image_size"]
+        self.resize_to, self.mean, self.std = config.get("resize_size"), config["mean"], config["std"]
+
+    def __call__(self, image) -> torch.Tensor:
+        from .data import load_image
+
+        return normalize(load_image(image, self.channels, self.image_size, self.resize_to)[None], self.mean, self.std)[0]
+
+    def __repr__(self) -> str:
+        size = (f"shorter side to {self.resize_to}, centre crop {self.image_size}" if self.resize_to
+                else f"resize to {self.image_size}x{self.image_size}")
+        return f"Preprocess({self.channels} channels, {size}, mean={self.mean}, std={self.std})"
+
+
 def load_published(spec: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """A model with published weights, ``spec`` being ``MODEL`` or ``MODEL:TAG``, and its config.
 
@@ -402,7 +428,7 @@ def evaluate_run(
     ``views`` ("ten-crop" or "scales", see ``view_batches``) averages each image's scores over several
     views of it; that needs image files, so a run trained on a folder.
     """
-    from .data import resolve_dataset
+    from .data import own_held_out, resolve_dataset
     from .loader import dataset_shape
     from .plots import plot_confusion
     from .runs import load_model, write_json
@@ -416,8 +442,12 @@ def evaluate_run(
         raise ValueError(f"{run_dir} names no dataset to test on (an imported model): give one with --dataset")
     if views is not None and not name.startswith("folder:"):
         raise ValueError(f"test-time views (--ten-crop, --scales) are cut from image files: {name} is not a folder")
+    # Another folder, with no train/ and val/ of its own, is a test set in full; the run's own folder
+    # is tested on the images its training held out.
+    whole = (name != config["dataset"] and name.startswith("folder:")
+             and own_held_out(Path(name.removeprefix("folder:"))) is None)
     test = load_split(name, "test", data_dir or config.get("data_dir"), limit=limit_test, seed=config["seed"],
-                      on_disk=views is not None, **reload_sizes(name, config))
+                      on_disk=views is not None, whole=whole, **reload_sizes(name, config))
     expected = (len(config["classes"]), config["channels"], config["image_size"])
     found = (len(test.classes), *dataset_shape(test))
     if found != expected:

@@ -116,18 +116,22 @@ IMAGENET_IMAGE_SIZE = 224  # the same with a scaling recipe (imagenet, he2015-im
 
 
 def load_split(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None,
-               limit: int | None = None, seed: int = 0, resize_to: int | None = None, on_disk: bool = False):
+               limit: int | None = None, seed: int = 0, resize_to: int | None = None, on_disk: bool = False,
+               whole: bool = False):
     """One split cut to ``limit`` examples: uint8 arrays in memory, or a big image folder left on disk.
 
     ``resize_to`` (folders) keeps each image's proportions: shorter side resized to it, centre cropped
     to ``image_size``; a training split is then always left on disk, for crops from the stored images.
-    ``on_disk`` leaves any folder on disk, however small.
+    ``on_disk`` leaves any folder on disk, however small. ``whole`` takes every image of a folder
+    that has no train/ and val/ of its own, rather than the tenth a training run holds out of it.
     """
     if dataset.startswith("folder:") and image_size is None:
         image_size = FOLDER_IMAGE_SIZE  # batches need one size; photos rarely share one
     if limit is not None and limit <= 0:
         raise ValueError(f"--limit-{split} must be positive, got {limit}")
-    ds = get_dataset(dataset, split=split, root=data_dir, image_size=image_size, seed=seed)
+    # A folder's "train" split with nothing held out is all of it.
+    ds = get_dataset(dataset, split="train" if whole else split, root=data_dir, image_size=image_size, seed=seed,
+                     **({"val_fraction": 0.0} if whole else {}))
     if isinstance(ds, FolderDataset):
         ds.resize_to = resize_to
         if limit is not None:
@@ -233,7 +237,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
         "model_kwargs": model_kwargs,
         "weights": config.weights and (str(Path(config.weights).resolve()) if is_file_spec(config.weights) else config.weights),
         "dataset": config.dataset,
-        "data_dir": config.data_dir,
+        "data_dir": config.data_dir and str(Path(config.data_dir).expanduser().absolute()),
         "classes": train_set.classes,
         "channels": channels,
         "image_size": image_size,
