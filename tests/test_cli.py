@@ -170,6 +170,39 @@ def test_debug_flag_works_after_the_command(capsys):
 @needs_fashion
 def test_resume_refuses_flags_it_would_ignore(trained, capsys):
     fails_cleanly(capsys, "train", "--resume", trained, "--epochs", "9", match="drop --epochs")
+    # Written out, even with the default value (the run is resnet8; resnet20 is train's default model).
+    fails_cleanly(capsys, "train", "--resume", trained, "--model", "resnet20", match="drop --model")
+    fails_cleanly(capsys, "train", "--resume", trained, "--eval-every=1", match="drop --eval-every")
+
+
+@pytest.mark.parametrize(("arg", "message"), [
+    (["--recipe-arg", "nesterov=maybe"], "nesterov must be true or false, not 'maybe'"),
+    (["--recipe-arg", "momentum=abc"], "momentum must be a number, not 'abc'"),
+    (["--recipe-arg", "milestones=[0.3,abc]"], "milestones must be a list (a number each)"),
+    (["--lr", "nan"], "lr must be positive and finite, got nan"),
+    (["--weight-decay", "-1"], "weight-decay must be zero or more"),
+    (["--epochs", "2"], "as steps or as epochs, not both"),
+    (["--model-arg", "zero_init_residual=maybe"], "zero_init_residual must be true or false"),
+    (["--model-arg", "scales=(0.5,)"], "scales must be a list of 2"),
+    (["--model-arg", "shortcut_dropout=2"], "shortcut_dropout is a probability below 1"),
+    (["--model-arg", "num_classes=5"], "num_classes comes from the dataset"),
+])
+def test_options_of_the_wrong_kind_fail_before_anything_is_written(tmp_path, capsys, arg, message):
+    fails_cleanly(capsys, "train", *QUICK, *arg, "--out", tmp_path / "run", match=message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_options_are_read_as_json_or_as_python_writes_them(capsys):
+    """`False` is false (not the text "False", which Python would take as true), `(0.5, 1)` a pair."""
+    from resnetlab.cli import _key_value
+
+    assert _key_value("stride_in_1x1=False") == ("stride_in_1x1", False)
+    assert _key_value("flip=false") == ("flip", False)
+    assert _key_value("scales=(0.5, 1)") == ("scales", [0.5, 1])
+    assert _key_value("order=bn_after_add") == ("order", "bn_after_add")
+    _, paper, _ = run(capsys, "summary", "resnet50", "--model-arg", "stride_in_1x1=True")
+    _, torchvision_layout, _ = run(capsys, "summary", "resnet50", "--model-arg", "stride_in_1x1=False")
+    assert "4,089,184,256" in torchvision_layout and "4,089,184,256" not in paper  # torchvision's 4.09 G multiply-adds
 
 
 @needs_fashion
@@ -298,7 +331,19 @@ def test_predict_a_folder_into_a_csv(trained_run, tmp_path, capsys):
     (photos / "more" / "zz.jpg").write_bytes(b"not a JPEG")  # the last file, in the second batch of 64
     code, out, err = run(capsys, "predict", trained_run, photos, "--device", "cpu", "--csv", table)
     assert code == 2 and err.count("\n") == 1 and "zz.jpg is not a readable image" in err
-    assert len(list(csv.DictReader(table.open()))) == 64  # the first batch's answers are kept
+    assert len(list(csv.DictReader(table.open()))) == 70  # every answer before the bad file is kept, its batch's too
+
+    # No answer at all (a missing file, a bad first file): a CSV already there is left as it was.
+    table.write_text("precious\n")
+    for bad in (tmp_path / "missing.png", photos / "more" / "zz.jpg"):
+        fails_cleanly(capsys, "predict", trained_run, bad, "--csv", table, match=bad.name)
+        assert table.read_text() == "precious\n"
+
+    # More classes asked for than the model has: every row has as many columns as the header.
+    code, out, err = run(capsys, "predict", trained_run, photos / "00.png", "--top-k", "12", "--csv", table)
+    assert code == 0, err
+    rows = list(csv.reader(table.open()))
+    assert len(rows[0]) == len(rows[1]) == 1 + 2 * 10
 
 
 def test_a_run_on_a_relative_folder_is_evaluated_from_anywhere_and_another_folder_in_full(tmp_path, monkeypatch, capsys):
@@ -320,3 +365,45 @@ def test_a_run_on_a_relative_folder_is_evaluated_from_anywhere_and_another_folde
         assert f"({count} test images)" in out.splitlines()[0]
     code, _, err = run(capsys, "train", "--resume", "work/run", "--device", "cpu", "--no-progress")
     assert code == 0, err
+
+
+@needs_fashion
+def test_small_mistakes_get_one_clear_line(trained, tmp_path, capsys):
+    (tmp_path / "afile.txt").write_text("keep me")
+    fails_cleanly(capsys, "train", *QUICK, "--out", tmp_path / "afile.txt", match="is a file")
+    assert (tmp_path / "afile.txt").read_text() == "keep me"
+    fails_cleanly(capsys, "eval", tmp_path / "afile.txt", match="not a run directory (a file)")
+    fails_cleanly(capsys, "summary", tmp_path, match="is a folder but not a run directory")
+    fails_cleanly(capsys, "export", trained, "--format", "onnx", "-o", tmp_path / "model.h5", match="names a Keras file")
+    fails_cleanly(capsys, "summary", "resnet21", match="6n+2 layers")
+    fails_cleanly(capsys, "summary", "resnet20", "--model-arg", "colour=red", match="no model option colour")
+    code, out, _ = run(capsys, "models", "resnet74")
+    assert code == 0 and "resnet74: 1,144,666 parameters" in out  # 6*12+2 layers, built by depth
+
+
+@needs_fashion
+def test_eval_out_keeps_the_runs_own_evaluation_and_plot_out_writes_only_there(trained, tmp_path, capsys):
+    assert run(capsys, "eval", trained, "--device", "cpu")[0] == 0
+    before = (trained / "eval.json").read_bytes(), (trained / "confusion.png").read_bytes()
+    code, out, err = run(capsys, "eval", trained, "--device", "cpu", "--limit-test", "50", "--out", tmp_path / "small")
+    assert code == 0, err
+    assert json.loads((tmp_path / "small" / "eval.json").read_text())["examples"] == 50
+    code, out, err = run(capsys, "plot", trained, "-o", tmp_path / "curves")
+    assert code == 0, err
+    assert ((trained / "eval.json").read_bytes(), (trained / "confusion.png").read_bytes()) == before
+
+
+@needs_fashion
+def test_a_metrics_row_cut_short_by_a_kill_is_left_out(trained, tmp_path):
+    from resnetlab.runs import read_metrics
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    rows = read_metrics(run_dir)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "step"')  # the kill came mid-write
+    assert read_metrics(run_dir) == rows
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write("\n")  # a whole line that is not JSON is still an error
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_metrics(run_dir)

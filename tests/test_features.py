@@ -18,7 +18,7 @@ def test_intermediates_equal_torchvisions_feature_extractor():
     x = torch.randn(2, 3, 160, 160)
     with torch.no_grad():
         expected = list(extractor(x).values())
-        got = ours.forward_intermediates(x, range(5))
+        got = ours.forward_intermediates(x, intermediates_only=True)  # all five, as timm's
     assert len(got) == 5
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
@@ -30,11 +30,14 @@ def test_feature_info_describes_the_maps(name, side):
     model = create_model(name).eval()
     x = torch.randn(1, 3, side, side)
     with torch.no_grad():
-        maps = model.forward_intermediates(x, range(len(model.feature_info)))
+        final, maps = model.forward_intermediates(x, norm=True)
         assert [(m.shape[1], side // m.shape[-1]) for m in maps] == [(i["num_chs"], i["reduction"]) for i in model.feature_info]
-        # The deepest map is what the classifier pools: a pre-activation net's after its final BN-ReLU.
+        # With norm, the deepest map is what the classifier pools: a pre-activation net's after its final BN-ReLU.
         torch.testing.assert_close(maps[-1], model.forward_features(x))
+        torch.testing.assert_close(final, model.forward_features(x))
         torch.testing.assert_close(model.forward_head(maps[-1]), model(x))
+        raw = model.forward_intermediates(x, [-1], intermediates_only=True)[0]  # without norm, the last stage's sum
+        assert torch.equal(raw, maps[-1]) != model.final_relu
 
 
 def test_features_only_is_a_backbone_that_loads_a_classifiers_weights(tmp_path):
@@ -46,14 +49,51 @@ def test_features_only_is_a_backbone_that_loads_a_classifiers_weights(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         got = backbone(x)
-        expected = full.forward_intermediates(x, (2, 4))
-    assert [m.shape[1] for m in got] == [128, 512]
+        expected = full.forward_intermediates(x, (2, -1), intermediates_only=True)
+    assert [m.shape[1] for m in got] == [128, 512] == backbone.feature_info.channels()
+    assert backbone.feature_info.reduction() == [8, 32] and backbone.feature_info.module_name() == ["layer2", "layer4"]
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="from 0 \\(the stem\\) to 4"):
         create_model("resnet18", features_only=True, out_indices=(1, 5))
     with pytest.raises(ValueError, match="distinct"):
         full.forward_intermediates(x, (1, 1))
+    with pytest.raises(ValueError, match="no classifier to reset"):
+        backbone.reset_classifier(5)
+
+
+def test_forward_intermediates_takes_timms_indices():
+    """None: all five maps; n: the last n; negative indices count from the end; the final map comes first."""
+    model = create_model("resnet18").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        final, every = model.forward_intermediates(x)
+        assert [m.shape[1] for m in every] == [64, 64, 128, 256, 512] and torch.equal(final, every[-1])
+        for indices, expected in ((2, [3, 4]), ([-1], [4]), ([0, -2], [0, 3]), (5, [0, 1, 2, 3, 4])):
+            got = model.forward_intermediates(x, indices, intermediates_only=True)
+            assert len(got) == len(expected) and all(torch.equal(g, every[i]) for g, i in zip(got, expected))
+        final, [stem, first] = model.forward_intermediates(x, [0, 1], stop_early=True)
+        assert torch.equal(final, every[1])  # stopped after layer1
+
+
+def test_a_backbone_keeps_no_stage_past_its_deepest_map(tmp_path):
+    """timm's pruning: out_indices=(0, 2) of resnet50 has no layer3 or layer4, and published-style
+    weights of the whole net load into it; its maps are the full net's."""
+    full = create_model("resnet50").eval()
+    path = tmp_path / "resnet50.pth"
+    torch.save(full.state_dict(), path)
+    backbone = create_model("resnet50", features_only=True, out_indices=(0, 2), weights=str(path)).eval()
+    assert not any(k.startswith(("layer3.", "layer4.", "fc.")) for k in backbone.state_dict())
+    assert sum(p.numel() for p in backbone.parameters()) < 1.5e6  # of resnet50's 25.6 million
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(backbone(x), full.forward_intermediates(x, (0, 2), intermediates_only=True)):
+            torch.testing.assert_close(a, b)
+    default = create_model("resnet18", features_only=True)
+    assert default.feature_info.out_indices == (0, 1, 2, 3, 4)  # timm's default: the stem's map and every stage's
+    preact = create_model("preact_resnet18", features_only=True, out_indices=(1, 4)).eval()
+    with torch.no_grad():  # a pre-activation net's last map as its classifier sees it (after the final BN-ReLU)
+        torch.testing.assert_close(preact(x)[-1], preact.forward_intermediates(x, [4], norm=True, intermediates_only=True)[0])
 
 
 def test_reset_classifier():

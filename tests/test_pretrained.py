@@ -193,9 +193,14 @@ def test_predict_with_published_weights_matches_torchvision(published, tmp_path,
 def test_predict_without_images_or_with_unknown_weights_fails_cleanly(hub, tmp_path, capsys):
     assert main(["predict", str(tmp_path)]) == 2
     assert "no images given" in capsys.readouterr().err
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")  # images are checked first, before any download
     assert main(["predict", "--pretrained", "plain18", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: torchvision publishes no weights for plain18") and err.count("\n") == 1
+    assert main(["predict", "--pretrained", "nosuch", str(tmp_path / "x.png")]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown model 'nosuch'")
+    assert main(["predict", "--pretrained", "resnet18", str(tmp_path / "missing.png")]) == 2
+    assert "missing.png does not exist" in capsys.readouterr().err  # not a download first
     assert main(["serve"]) == 2
     assert "give a run directory or --pretrained" in capsys.readouterr().err
     assert main(["predict", "--pretrained", "resnet18", str(tmp_path / "x.png"), "--top-k", "0"]) == 2

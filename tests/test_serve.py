@@ -66,9 +66,29 @@ def test_an_uploaded_png_gets_the_answer_predict_gives(server, run_dir, tmp_path
     assert sum(p["probability"] for p in reply["predictions"]) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_a_form_upload_and_top_k_in_the_query_answer_as_the_raw_body_does(server, tmp_path):
+    """`curl -F file=@boot.png URL/predict?top_k=3`: the form's file, three classes."""
+    buffer = io.BytesIO()
+    Image.fromarray(get_dataset("fashion-mnist", split="test").images[0, 0].numpy()).save(buffer, "PNG")
+    _, raw = request(server.url + "predict", buffer.getvalue())
+    boundary = "resnetlab-test-boundary"
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"boot.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + buffer.getvalue() + f"\r\n--{boundary}--\r\n".encode()
+    status, body = request(server.url + "predict?top_k=3", form, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 200, body
+    reply = json.loads(body)
+    assert reply["name"] == "boot.png" and reply["predictions"] == json.loads(raw)["predictions"][:3]
+    status, body = request(server.url + "predict?top_k=0", buffer.getvalue())
+    assert status == 400 and "top_k" in json.loads(body)["error"]
+    status, _ = request(server.url + "predict")  # a GET
+    assert status == 405
+
+
 def test_bad_requests_get_a_reason_and_the_server_goes_on(server):
     status, body = request(server.url + "predict", b"this is not an image")
     assert status == 400 and "not a readable image" in json.loads(body)["error"]
+    assert "BytesIO" not in json.loads(body)["error"]  # the upload, not Python's name for it
     status, body = request(server.url + "nowhere")
     assert status == 404 and "error" in json.loads(body)
     buffer = io.BytesIO()
@@ -81,6 +101,13 @@ def test_serve_refuses_a_missing_run_in_one_line(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "nothing"), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_serve_refuses_views_the_run_cannot_give_before_it_listens(run_dir, capsys):
+    """Ten crops need a run trained with a scaling recipe: refused at the start, as predict refuses them."""
+    assert main(["serve", str(run_dir), "--port", "0", "--ten-crop"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ten-crop testing") and err.count("\n") == 1
 
 
 def test_class_names_cannot_inject_markup(run_dir, tmp_path):

@@ -307,3 +307,32 @@ def test_an_eager_adam_checkpoint_continues_in_a_capturable_adam():
     torch.nn.functional.cross_entropy(model(torch.randn(8, 1, 12, 12)), torch.randint(0, 10, (8,))).backward()
     graph_ready.step()  # the capturable, fused update runs on the loaded state
     assert float(graph_ready.state[model.conv1.weight]["step"]) == 3.0
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_starts_again_in_its_directory(tmp_path, monkeypatch):
+    """Nothing to resume there, so the same --out takes a new run; a run with a checkpoint is never replaced."""
+    import resnetlab.train as train_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(train_module, "build_train_step", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(tiny(tmp_path, steps=2))
+    assert (tmp_path / "run" / runs.CONFIG).exists() and not (tmp_path / "run" / runs.CHECKPOINT).exists()
+    with pytest.raises(runs.RunError, match="stopped before saving one"):
+        resume(tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    result = train(tiny(tmp_path, steps=2))
+    assert result.run_dir == tmp_path / "run" and len(runs.read_metrics(tmp_path / "run")) == 1
+    with pytest.raises(runs.RunError, match="already holds a run"):
+        train(tiny(tmp_path, steps=2))
+
+
+def test_runs_started_in_the_same_second_get_directories_of_their_own(tmp_path, monkeypatch):
+    from resnetlab.train import _new_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(model="resnet8")
+    first, second = _new_run_dir(config), _new_run_dir(config)
+    assert first.is_dir() and second.is_dir() and first != second

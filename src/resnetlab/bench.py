@@ -64,7 +64,8 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"{_cpu_name()}, {torch.get_num_threads()} threads"
+        threads = torch.get_num_threads()
+        name = f"{_cpu_name()}, {threads} thread{'s' if threads != 1 else ''}"
     import torchvision
 
     return {
@@ -337,6 +338,8 @@ def bench_model(
     from .train import pick_device
 
     dev = pick_device(device)
+    if (batch_size is not None and batch_size < 1) or (steps is not None and steps < 1):
+        raise ValueError(f"--batch-size and --steps must be at least 1, got {batch_size} and {steps}")
     batch_size = batch_size or (256 if dev.type == "cuda" else 8)
     steps = steps or (50 if dev.type == "cuda" else 3)
     if not hasattr(torchvision.models, model_name):
@@ -453,6 +456,8 @@ def bench_decode(
         else:
             from .data import get_dataset
 
+            if not Path(folder).is_dir():
+                raise ValueError(f"--folder {folder} is not a folder")
             found = get_dataset(f"folder:{folder}", "train", val_fraction=0.0)
             photos = {str(folder): [path for path, _ in found.samples[:count]]}
 
@@ -495,7 +500,7 @@ def bench_decode(
         "scale_jitter": list(jitter), "rows": rows, **environment(device),
     }
     result["device"] = f"{_cpu_name()}, one process"
-    print_fn(f"training crops of {size} from image files, one process, {result['device']}")
+    print_fn(f"training crops of {size} from image files, {result['device']}")
     print_fn(f"{'images':<12}{'crop':<22}{'torchvision ms':>16}{'resnetlab ms':>14}{'speedup':>9}")
     for r in rows:
         print_fn(f"{r['images']:<12}{r['crop']:<22}{r['torchvision_ms_per_image']:>16.2f}"

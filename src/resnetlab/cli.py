@@ -7,23 +7,39 @@ traceback unless ``--debug`` is given.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .recipes import RECIPES
 
 
 def _key_value(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with VALUE read as JSON where it parses (numbers, true, [0.5, 1]), else as text."""
+    """``KEY=VALUE`` with VALUE read as JSON or as Python writes it where it parses (numbers, true,
+    False, None, [0.5, 1], (0.5, 1)), else as text."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
+        pass
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         return key, value
+    return key, list(parsed) if isinstance(parsed, tuple) else parsed  # a tuple as JSON would give it
+
+
+def _count(text: str) -> int:
+    """A whole number, zero or more (``--workers``)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _add_model_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -50,7 +66,7 @@ def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> No
     if quick_only:
         return
     data.add_argument("--image-size", type=int, help="folder datasets: resize images to this side (default 64; 224 with a scaling recipe)")
-    data.add_argument("--workers", type=int, help="folder datasets: processes decoding images (default: one a CPU, up to 16)")
+    data.add_argument("--workers", type=_count, help="folder datasets: processes decoding images (default: one a CPU, up to 16)")
     model = p.add_argument_group("model")
     model.add_argument("--model", default="resnet20", help="any name `resnetlab models` lists (default resnet20)")
     _add_model_args(model)
@@ -76,6 +92,7 @@ def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> No
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnetlab", description="Residual networks of He et al. 2015 and 2016.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the models with their parameter counts")
@@ -106,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate published ImageNet weights instead of a run (resnet50, resnet50:IMAGENET1K_V1, "
                         "resnet50:KERAS), on --dataset imagenet or folder:PATH (the 1000 ImageNet class folders), "
                         "preprocessed as their publisher measured them")
-    p.add_argument("--out", metavar="DIR", help="with --pretrained: write eval.json here")
+    p.add_argument("--out", metavar="DIR", help="write eval.json (and a run's confusion matrix) here; default: "
+                                                "the run directory, replacing its last evaluation")
     p.add_argument("--dataset", help="another dataset with the same classes (default: the run's)")
     p.add_argument("--data-dir")
     p.add_argument("--limit-test", type=int, metavar="N")
@@ -124,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="classes shown per image (default 3, or 5 with --pretrained)")
     p.add_argument("--csv", metavar="FILE", help="write the answers to FILE (path, then class and probability by rank) "
                                                  "instead of printing them")
-    p.add_argument("--workers", type=int, metavar="N", help="processes decoding images (default: one a CPU, up to 16, "
+    p.add_argument("--workers", type=_count, metavar="N", help="processes decoding images (default: one a CPU, up to 16, "
                                                             "for more than a batch of 64)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_view_flags(p)
@@ -149,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "normalisation inside")
     p.add_argument("run_dir", nargs="?")
     p.add_argument("--pretrained", metavar="MODEL[:TAG]", help="export published ImageNet weights instead of a run")
-    p.add_argument("--format", choices=["onnx", "keras"], default="onnx",
+    p.add_argument("--format", choices=["onnx", "keras"],
                    help="onnx (default), or keras: a file keras.models.load_model reads (.keras for Keras 3, "
                         "-o FILE.h5 for Keras 2 and 3)")
     p.add_argument("-o", "--out", metavar="FILE.onnx|FILE.keras|FILE.h5", help="default RUN_DIR/model.onnx (or .keras)")
@@ -176,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=128)
     b.add_argument("--steps", type=int, default=200)
     b.add_argument("--recipe", default="fast")
-    b.add_argument("--workers", type=int, help="DataLoader workers of the typical loop (default: min(8, CPUs))")
+    b.add_argument("--workers", type=_count, help="DataLoader workers of the typical loop (default: min(8, CPUs))")
     b.add_argument("--limit-test", type=int, metavar="N")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     b.add_argument("--compile", action="store_true", help="add a row with the model through torch.compile")
@@ -242,9 +260,10 @@ def cmd_data(args: argparse.Namespace) -> None:
         out = export_folder(splits, args.export)
         print(f"wrote {sum(len(ds) for ds in splits.values()):,} images to {out}; train on them with --dataset folder:{out}")
         return
-    print(name if name == args.dataset else f"{args.dataset}: {name}")
+    splits = {split: load_split(name, split, args.data_dir, on_disk=True) for split in ("train", "test")}  # or fail here
+    print(f"{args.dataset}: {name}" if args.dataset == "imagenet" else name)
     for split, title in (("train", "train"), ("test", "held out" if name.startswith("folder:") else "test")):
-        ds = load_split(name, split, args.data_dir, on_disk=True)
+        ds = splits[split]
         if hasattr(ds, "images"):
             labels, form = ds.labels.tolist(), "x".join(map(str, ds.images.shape[1:])) + " uint8"
         else:
@@ -278,10 +297,16 @@ def _views(args: argparse.Namespace) -> tuple[str | None, tuple[int, ...]]:
 def cmd_models(args: argparse.Namespace) -> None:
     import torch
 
-    from .models import count_parameters, create_model, describe_model, list_models
+    from .models import _CIFAR_NAME, count_parameters, create_model, describe_model, list_models
     from .pretrained import published_tags
 
     names = list_models(args.pattern, pretrained=args.pretrained)
+    by_depth = not names and not args.pretrained and _CIFAR_NAME.match(args.pattern)
+    if by_depth:  # resnet74 and the like: built on the fly, so in no list
+        with torch.device("meta"):
+            model = create_model(args.pattern)  # or one line saying which depths exist
+        print(f"{args.pattern}: {count_parameters(model):,} parameters, a CIFAR net built by depth (not in the list of named models)")
+        return
     if not names:
         raise ValueError(f"no model{' with published weights' if args.pretrained else ''} matches {args.pattern!r}")
     tags = {name: ", ".join(published_tags(name)) or "-" for name in names}
@@ -313,12 +338,14 @@ def _model_or_run(args: argparse.Namespace):
     from .models import create_model
     from .runs import CONFIG, build_model, read_config
 
+    if Path(args.model).is_dir() and not (Path(args.model) / CONFIG).is_file():
+        raise ValueError(f"{args.model} is a folder but not a run directory (no {CONFIG}); give a run directory or a model name")
     if (Path(args.model) / CONFIG).is_file():
         if args.num_classes or args.model_arg:
             raise ValueError(f"{args.model} is a run directory: its config.json says how its model is built")
         config = read_config(args.model)
         return build_model(config), f"{config['model']} ({args.model})", config
-    return create_model(args.model, num_classes=args.num_classes, **dict(args.model_arg)), args.model, None
+    return create_model(args.model, **{"num_classes": args.num_classes, **dict(args.model_arg)}), args.model, None
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -327,8 +354,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.resume:
         defaults = vars(build_parser().parse_args(["train"]))
-        may_change = ("resume", "device", "workers", "no_progress", "debug")
-        ignored = [k for k, v in vars(args).items() if k not in may_change and v != defaults.get(k)]
+        may_change = ("resume", "device", "workers", "no_progress", "debug", "argv")
+        # Given on the line, even with the default value (--model resnet20), or given abbreviated.
+        written = {a.split("=", 1)[0] for a in args.argv if a.startswith("--")}
+        ignored = [k for k, v in vars(args).items()
+                   if k not in may_change and (v != defaults.get(k) or "--" + k.replace("_", "-") in written)]
         if ignored:
             flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
             raise ValueError(f"--resume continues the run as it was configured; drop {flags} (only --device and --workers may change)")
@@ -350,7 +380,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     acc = result.test_accuracy
     if acc is not None:
-        print(f"test accuracy {acc:.2%}  test error {1 - acc:.2%}  ({result.steps} steps, {result.seconds:.0f} s)")
+        print(f"test accuracy {acc:.2%}  test error {1 - acc:.2%}  ({result.steps} step{'s' if result.steps != 1 else ''}, "
+              f"{result.seconds:.0f} s)")
+    elif args.resume and result.history and result.history[-1].get("test_acc") is not None:
+        last = result.history[-1]
+        print(f"the run had already finished ({last['step']} steps): test accuracy {last['test_acc']:.2%}; "
+              f"resnetlab eval {result.run_dir} evaluates it again")
     print(f"run directory: {result.run_dir}")
 
 
@@ -365,10 +400,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         report = evaluate_published(args.pretrained, args.dataset, args.data_dir, args.limit_test, args.device, args.out,
                                     views, scales)
     else:
-        if args.out:
-            raise ValueError("--out is for --pretrained; a run's evaluation is written into its run directory")
         report = evaluate_run(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, limit_test=args.limit_test,
-                              device=args.device, views=views, scales=scales)
+                              device=args.device, views=views, scales=scales, out=args.out)
     print(report.text())
 
 
@@ -383,13 +416,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     if args.pretrained:
         inputs = args.inputs
-        model, config = load_published(args.pretrained, device)
     else:
         run_dir, *inputs = args.inputs
         if not inputs:
-            raise ValueError(f"no images given: resnetlab predict {run_dir} IMAGE... (or --pretrained MODEL IMAGE...)")
-        model, config = load_model(run_dir, device)
-    images = _image_paths(inputs)
+            what = f" ({run_dir} is a file, not a run directory)" if Path(run_dir).is_file() else ""
+            raise ValueError(f"no images given{what}: resnetlab predict RUN_DIR IMAGE... (or --pretrained MODEL IMAGE...)")
+    images = _image_paths(inputs)  # before the model loads (or downloads), so a wrong path fails at once
+    model, config = load_published(args.pretrained, device) if args.pretrained else load_model(run_dir, device)
+    top_k = min(top_k, len(config["classes"]))
     views, scales = _views(args)
     answers = iter_predictions(model, config, images, top_k, device, views=views, scales=scales, workers=args.workers)
     if args.csv is None:
@@ -398,13 +432,20 @@ def cmd_predict(args: argparse.Namespace) -> None:
         return
     import csv
 
-    count = 0
-    with open(args.csv, "w", newline="") as f:  # row by row: what was answered stays if a later file fails
-        writer = csv.writer(f)
-        writer.writerow(["path"] + [f"{what}_{rank}" for rank in range(1, top_k + 1) for what in ("class", "probability")])
+    count, f = 0, None
+    try:
         for count, pred in enumerate(answers, 1):
+            if f is None:  # opened with the first answer: a file there stays as it was if none comes
+                Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+                f = open(args.csv, "w", newline="")
+                writer = csv.writer(f)
+                writer.writerow(["path"] + [f"{what}_{rank}" for rank in range(1, top_k + 1) for what in ("class", "probability")])
+            # Row by row: what was answered stays if a later file fails.
             writer.writerow([pred.path] + [v for c, p in zip(pred.classes, pred.probabilities) for v in (c, f"{p:.6f}")])
-    print(f"{count} images classified: {args.csv}")
+    finally:
+        if f is not None:
+            f.close()
+    print(f"{count} image{'s' if count != 1 else ''} classified: {args.csv}")
 
 
 def _image_paths(inputs: list[str]) -> list[str]:
@@ -418,8 +459,10 @@ def _image_paths(inputs: list[str]) -> list[str]:
             if not found:
                 raise DataError(f"{given} holds no image files")
             paths += found
-        else:
+        elif Path(given).is_file():
             paths.append(given)
+        else:
+            raise DataError(f"{given} does not exist or is not a file")
     return paths
 
 
@@ -453,7 +496,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_onnx, load_for_export
 
     _check_one_source(args)
-    if args.format == "keras" or Path(args.out or "").suffix in (".keras", ".h5"):
+    keras_name = Path(args.out or "").suffix in (".keras", ".h5")
+    if args.format == "onnx" and keras_name:
+        raise ValueError(f"{args.out} names a Keras file: drop --format onnx, or give -o FILE.onnx")
+    if args.format == "keras" or keras_name:
         from .keras_export import export_keras
 
         model, config, path = load_for_export(args.run_dir, args.pretrained, args.out, ".keras")
@@ -479,7 +525,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     dirs = [Path(d) for d in args.run_dirs]
     out = args.out or (dirs[0] / "curves" if len(dirs) == 1 else Path("curves"))
     paths = plot_runs(dirs, out, x=args.x)
-    for d in dirs:  # evaluated runs get their confusion matrix redrawn too
+    for d in dirs if args.out is None else []:  # evaluated runs get their confusion matrix redrawn too
         if (d / "eval.json").exists():
             ev = json.loads((d / "eval.json").read_text())
             paths += plot_confusion(ev["confusion_matrix"], ev["classes"], d / "confusion", f"{d.name} on {ev['dataset']}")
@@ -530,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
-    args.debug = debug
+    args.debug, args.argv = debug, argv
     try:
         (args.func if hasattr(args, "func") else COMMANDS[args.command])(args)
     except KeyboardInterrupt:

@@ -337,7 +337,8 @@ def _opened(path: str | Path | BinaryIO | Image.Image) -> Iterator[Image.Image]:
         with Image.open(path) as img:
             yield img
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{name} is not a readable image ({err}); remove it or re-save it as PNG or JPEG") from None
+        reason = str(err) if isinstance(name, Path) else str(err).replace(f" {path!r}", "")  # not "<_io.BytesIO ...>"
+        raise DataError(f"{name} is not a readable image ({reason}); remove it or re-save it as PNG or JPEG") from None
 
 
 def _upright(img: Image.Image, channels: int | None) -> Image.Image:

@@ -194,7 +194,7 @@ def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float
     """
     from .loader import decode_in_workers, default_workers
 
-    _check_views(views, resize_to, dataset.image_size)
+    check_views(views, resize_to, dataset.image_size)
     device = torch.device(device)
     model.eval()
     tally = _Tally(num_classes)
@@ -206,7 +206,8 @@ def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float
     return tally.result()
 
 
-def _check_views(views: str | None, resize_to: int | None, image_size: int) -> None:
+def check_views(views: str | None, resize_to: int | None, image_size: int) -> None:
+    """Refuse test-time views a model's preprocessing cannot give."""
     if views == "ten-crop" and (resize_to is None or resize_to <= image_size):
         raise ValueError("ten-crop testing cuts crops from an image resized larger than the model's input: it needs "
                          "a run trained with a scaling recipe (imagenet) on a folder, or --pretrained")
@@ -282,13 +283,24 @@ def iter_predictions(
     device = torch.device(device)
     model = model.to(device).eval()
     if views is not None:
-        _check_views(views, config.get("resize_size"), config["image_size"])
+        check_views(views, config.get("resize_size"), config["image_size"])
     if workers is None:
         workers = default_workers() if len(paths) > batch_size else 0
     items = _ImageViews(paths, config, views, scales)
     labels = list(names) if names is not None else [str(p) for p in paths]
+    from .data import DataError
+
     done = 0
-    for images in decode_in_workers(items, list, batch_size=batch_size, num_workers=workers):
+    batches = iter(decode_in_workers(items, list, batch_size=batch_size, num_workers=workers))
+    while done < len(paths):
+        try:
+            images = next(batches)
+        except DataError:
+            # One file of the batch is unreadable: answer those before it, one by one, until it fails again here.
+            for i in range(done, min(done + batch_size, len(paths))):
+                yield from _rank(_view_probs(model, [items[i]], config["mean"], config["std"], device),
+                                 labels[i:i + 1], config["classes"], top_k)
+            raise
         probs = _view_probs(model, images, config["mean"], config["std"], device)
         yield from _rank(probs, labels[done:done + len(images)], config["classes"], top_k)
         done += len(images)
@@ -422,8 +434,10 @@ def evaluate_run(
     device: str = "auto",
     views: str | None = None,
     scales: Sequence[int] = PAPER_SCALES,
+    out: str | Path | None = None,
 ) -> EvalReport:
-    """Evaluate a trained run on a test set and write ``eval.json`` and the confusion matrix beside it.
+    """Evaluate a trained run on a test set and write ``eval.json`` and the confusion matrix into
+    ``out`` (default: the run directory, replacing the last ones there).
 
     ``views`` ("ten-crop" or "scales", see ``view_batches``) averages each image's scores over several
     views of it; that needs image files, so a run trained on a folder.
@@ -458,9 +472,11 @@ def evaluate_run(
     result = _score(model, test, config, views, scales, dev)
     reference = paper_reference(config["model"], views, scales, len(config["classes"]))
     report = EvalReport(run_dir, name, config["classes"], result, [], reference, describe_views(views, scales))
-    write_json(run_dir / "eval.json", report.to_dict())
-    report.files.append(run_dir / "eval.json")
-    report.files += plot_confusion(result.confusion, config["classes"], run_dir / "confusion", f"{config['model']} on {name}")
+    out = Path(out) if out is not None else run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "eval.json", report.to_dict())
+    report.files.append(out / "eval.json")
+    report.files += plot_confusion(result.confusion, config["classes"], out / "confusion", f"{config['model']} on {name}")
     return report
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import re
 from collections.abc import Callable, Sequence
 
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from .blocks import BasicBlock, Bottleneck
+from .typecheck import check_types
 
 STEMS = ("imagenet", "cifar", "keras")
 
@@ -46,9 +48,9 @@ class ResNet(nn.Module):
         zero_init_residual: start every residual branch at zero (its last BN's gamma = 0).
         bias: conv biases, as in Keras (``signs_resnet50``).
         bn_eps: the epsilon of every batch norm (PyTorch's 1e-5; Keras's default is 1e-3).
-        features_only: a backbone without pooling and classifier, whose forward returns the feature
-            maps at ``out_indices`` of ``feature_info`` (as timm's ``features_only``).
-        out_indices: which feature maps: 0 is the stem's, 1 and on each stage's (default all stages).
+        features_only: a backbone without pooling, classifier or any stage past its deepest map, whose
+            forward returns the feature maps at ``out_indices`` of ``feature_info`` (as timm's ``features_only``).
+        out_indices: which feature maps: 0 is the stem's, 1 and on each stage's, -1 the last (default all).
     """
 
     def __init__(
@@ -74,7 +76,15 @@ class ResNet(nn.Module):
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
     ) -> None:
+        # Every argument as passed (locals() holds nothing else yet); options typed on the command line get checked.
+        check_types(ResNet.__init__, locals())
         super().__init__()
+        if in_chans < 1 or num_classes < 0:
+            raise ValueError(f"in_chans must be at least 1 and num_classes at least 0, got {in_chans} and {num_classes}")
+        if not 0 <= shortcut_dropout < 1:
+            raise ValueError(f"shortcut_dropout is a probability below 1, not {shortcut_dropout}")
+        if bn_eps <= 0:
+            raise ValueError(f"bn_eps must be positive, not {bn_eps}")
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if len(layers) != len(widths):
@@ -120,7 +130,8 @@ class ResNet(nn.Module):
             {"module": f"layer{i + 1}", "num_chs": w * block.expansion, "reduction": stem_reduction * pool * 2**i}
             for i, w in enumerate(widths)
         ]
-        self.out_indices = self._check_indices(out_indices) if features_only else None
+        self.out_indices = self._take_indices(out_indices) if features_only else None
+        self.feature_info = FeatureInfo(self.feature_info, self.out_indices or range(len(self.feature_info)))
 
         self.final_bn = nn.BatchNorm2d(in_planes) if preact else nn.Identity()
         # Units that end in the addition leave the last one un-activated: the head gets the ReLU (2016 paper).
@@ -128,8 +139,13 @@ class ResNet(nn.Module):
         # Keras layout: a fixed 2x2 average pool and flatten, exact for 64x64 inputs; elsewhere global pooling.
         self.avgpool = nn.AvgPool2d(2) if stem == "keras" else nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
-        if features_only:  # a backbone has no head, so its state_dict has no classifier either
+        if features_only:
+            # A backbone has no head, and no stage past its deepest map (timm's pruning): no weights unused.
             self.avgpool = self.fc = None
+            for i in range(max(self.out_indices) + 1, self.num_stages + 1):
+                delattr(self, f"layer{i}")
+            if max(self.out_indices) < self.num_stages:
+                self.final_bn = nn.Identity()
         for m in self.modules():
             if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 m.eps = bn_eps
@@ -153,34 +169,47 @@ class ResNet(nn.Module):
                 block_module.zero_init_last_bn()
 
     def stages(self) -> list[nn.Sequential]:
-        """The stages in order (``layer1``, ``layer2``, ...)."""
-        return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+        """The stages in order (``layer1``, ``layer2``, ...); a backbone's up to its deepest map."""
+        return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages) if hasattr(self, f"layer{i + 1}")]
 
     def blocks(self) -> list[BasicBlock | Bottleneck]:
         """Every block of every stage, in order."""
         return [b for stage in self.stages() for b in stage]
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
-        """The feature maps at ``indices`` of ``feature_info`` (default every stage's), shallowest first.
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False, stop_early: bool = False,
+        output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's: the feature maps at ``indices`` of ``feature_info``, shallowest first, after the final
+        feature map (``forward_features``'s) unless ``intermediates_only``.
 
-        Stops after the deepest one asked for. The last stage's map of a pre-activation net is taken
-        after its final BN-ReLU, as ``forward_features`` gives it.
+        ``indices``: None for all (the stem's, index 0, then each stage's), an int n for the last n,
+        or a list (negative ones count from the end). ``norm`` takes a pre-activation net's last stage
+        map after its final BN-ReLU, as the classifier sees it. ``stop_early`` runs no stage past the
+        deepest map asked for (the final map is then that stage's).
         """
-        wanted = self._check_indices(indices)
+        if output_fmt != "NCHW":
+            raise ValueError(f"feature maps come as NCHW, not {output_fmt}")
+        wanted = self._take_indices(indices)
         x = self.relu(self.bn1(self.conv1(x)))
         features = [x] if 0 in wanted else []
         x = self.maxpool(x)
-        for i, stage in enumerate(self.stages()[: max(wanted)], 1):
+        stages = self.stages()[: max(wanted)] if stop_early else self.stages()
+        for i, stage in enumerate(stages, 1):
             x = stage(x)
-            if i == self.num_stages and self.final_relu:
-                x = torch.relu(self.final_bn(x))
             if i in wanted:
-                features.append(x)
-        return features
+                features.append(torch.relu(self.final_bn(x)) if norm and self._normed_last(i) else x)
+        if intermediates_only:
+            return features
+        return (torch.relu(self.final_bn(x)) if self._normed_last(len(stages)) else x), features
+
+    def _normed_last(self, stage: int) -> bool:
+        """Whether ``stage``'s map is the last of a net that ends in a BN-ReLU (pre-activation units)."""
+        return stage == self.num_stages and self.final_relu
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map after the last stage (and the final BN-ReLU of pre-activation nets)."""
-        return self.forward_intermediates(x, [self.num_stages])[0]
+        return self.forward_intermediates(x, [self.num_stages], intermediates_only=True, norm=True)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool the last feature map and classify it; ``pre_logits`` stops before the classifier."""
@@ -188,8 +217,8 @@ class ResNet(nn.Module):
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        if self.out_indices is not None:
-            return self.forward_intermediates(x, self.out_indices)
+        if self.out_indices is not None:  # a backbone's maps are those its head would have seen
+            return self.forward_intermediates(x, self.out_indices, norm=True, stop_early=True, intermediates_only=True)
         return self.forward_head(self.forward_features(x))
 
     def get_classifier(self) -> nn.Module:
@@ -198,17 +227,56 @@ class ResNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh classifier for ``num_classes`` classes; 0 makes ``forward`` return the pooled features."""
+        if self.out_indices is not None:
+            raise ValueError("a features_only backbone has no classifier to reset; build the model without features_only")
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def _check_indices(self, indices: Sequence[int] | None) -> list[int]:
+    def _take_indices(self, indices: int | Sequence[int] | None) -> list[int]:
+        """``indices`` of ``feature_info`` as forward_intermediates takes them (see there), sorted."""
+        count = self.num_stages + 1
         if indices is None:
-            return list(range(1, self.num_stages + 1))
-        indices = list(indices)
-        if not indices or any(not 0 <= i <= self.num_stages for i in indices) or len(set(indices)) != len(indices):
+            return list(range(count))
+        if isinstance(indices, int):
+            if not 0 < indices <= count:
+                raise ValueError(f"the last n feature maps: n from 1 to {count}, got {indices}")
+            return list(range(count - indices, count))
+        given = list(indices)
+        taken = [i + count if i < 0 else i for i in given]
+        if not taken or any(not 0 <= i < count for i in taken) or len(set(taken)) != len(taken):
             raise ValueError(f"feature indices must be distinct, from 0 (the stem) to {self.num_stages} "
-                             f"(the last stage), got {indices}")
-        return sorted(indices)
+                             f"(the last stage), or -1 (the last) back to -{count}; got {given}")
+        return sorted(taken)
+
+
+class FeatureInfo(list):
+    """A model's feature maps (dicts of ``num_chs``, ``reduction``, ``module``), indexed as
+    ``forward_intermediates`` indexes them, which ``channels()``, ``reduction()`` and ``module_name()``
+    answer for those a model returns (a backbone's ``out_indices``), as timm's ``FeatureInfo`` does."""
+
+    def __init__(self, info: Sequence[dict], out_indices: Sequence[int]) -> None:
+        super().__init__(info)
+        self.out_indices = tuple(out_indices)
+
+    def get_dicts(self, keys: Sequence[str] | None = None, idx: int | Sequence[int] | None = None) -> list[dict] | dict:
+        """The dicts of ``idx`` (default: the returned maps), with only ``keys`` if given."""
+        chosen = self.out_indices if idx is None else idx
+        pick = (lambda d: d) if keys is None else (lambda d: {k: d[k] for k in keys})
+        return pick(self[chosen]) if isinstance(chosen, int) else [pick(self[i]) for i in chosen]
+
+    def get(self, key: str, idx: int | Sequence[int] | None = None) -> list | object:
+        """One key of the dicts of ``idx`` (default: the returned maps)."""
+        chosen = self.out_indices if idx is None else idx
+        return self[chosen][key] if isinstance(chosen, int) else [self[i][key] for i in chosen]
+
+    def channels(self, idx: int | Sequence[int] | None = None) -> list[int] | int:
+        return self.get("num_chs", idx)
+
+    def reduction(self, idx: int | Sequence[int] | None = None) -> list[int] | int:
+        return self.get("reduction", idx)
+
+    def module_name(self, idx: int | Sequence[int] | None = None) -> list[str] | str:
+        return self.get("module", idx)
 
 
 # --- registry -----------------------------------------------------------------------------------
@@ -232,7 +300,7 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     def natural(name: str) -> tuple:
         return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
-    names = sorted((n for n in _REGISTRY if fnmatch.fnmatch(n, pattern)), key=natural)
+    names = sorted((n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern.lower())), key=natural)  # names are lower case
     if pretrained:
         from .pretrained import published_tags
 
@@ -283,18 +351,31 @@ def create_model(
     if in_chans is not None:
         overrides["in_chans"] = in_chans
     if name in _REGISTRY:
+        _check_options(_REGISTRY[name], overrides)
         return _REGISTRY[name](**overrides)
     match = _CIFAR_NAME.match(name)
     if match:
         kind, depth = match.group(1), int(match.group(2))
-        if kind == "preact_resnet" and (depth - 2) % 9 == 0 and (depth - 2) % 6 != 0:
+        if (depth - 2) % 9 == 0 and (depth - 2) % 6 != 0:  # only bottlenecks (3 layers a block) reach it
             overrides.setdefault("block", "bottleneck")
         layers_per_block = 3 if overrides.get("block") == "bottleneck" else 2
         if depth >= 8 and (depth - 2) % (3 * layers_per_block) == 0:
+            _check_options(cifar_resnet, overrides)
             return cifar_resnet(depth, preact=kind == "preact_resnet", residual=kind != "plain", **overrides)
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.6)
+    close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `resnetlab models` lists them"
+    if match:
+        hint += " (CIFAR nets by depth have 6n+2 layers, basic blocks: 8, 14, 20, ...; or 9n+2, bottlenecks: 11, 29, 47, ...)"
     raise UnknownModelError(f"unknown model {name!r}{hint}")
+
+
+def _check_options(builder: Callable[..., ResNet], options: dict) -> None:
+    """One line for an option neither the builder nor ``ResNet`` takes, rather than Python's TypeError."""
+    known = (set(inspect.signature(builder).parameters) | set(inspect.signature(ResNet.__init__).parameters)) - {
+        "self", "kwargs", "overrides"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"no model option {', '.join(unknown)}; the options are {', '.join(sorted(known))}")
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -70,6 +70,10 @@ def _published(model_name: str, tag: str):
     import torchvision
 
     if model_name not in TORCHVISION_MODELS:
+        from .models import list_models
+
+        if model_name not in list_models():
+            raise WeightsError(f"unknown model {model_name!r}; published weights exist for {', '.join(TORCHVISION_MODELS)}")
         raise WeightsError(
             f"torchvision publishes no weights for {model_name}; these take a tag: {', '.join(TORCHVISION_MODELS)}. "
             "For other models pass a weights file (.safetensors, .pth)"
@@ -234,9 +238,13 @@ def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool
         source, state = f"{model_name} {weights.upper()} ({path})", read_state_dict(path)
     own = model.state_dict()
     state = dict(state)
+    if getattr(model, "out_indices", None) is not None:
+        # A backbone leaves out the head and every stage past its deepest map: their tensors have no place.
+        built = {k.split(".")[0] for k in own}
+        state = {k: v for k, v in state.items() if k.split(".")[0] in built}
     for key in ("fc.weight", "fc.bias"):
         if key in state and (key not in own or state[key].shape != own[key].shape):
-            del state[key]  # another task's classes (keep the fresh head), or a backbone without one
+            del state[key]  # another task's classes (keep the fresh head), or a model without one
     conv = state.get("conv1.weight")
     if conv is not None and "conv1.weight" in own and conv.shape[1] == 3 and own["conv1.weight"].shape[1] == 1:
         state["conv1.weight"] = conv.sum(1, keepdim=True)

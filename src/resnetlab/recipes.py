@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
+from .typecheck import check_types
+
 SCHEDULES = ("multistep", "onecycle", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adam")
 
@@ -141,6 +143,8 @@ def get_recipe(name: str, **overrides) -> Recipe:
         raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
     recipe = RECIPES[name]
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "steps" in overrides and "epochs" in overrides:
+        raise ValueError("give the run's length as steps or as epochs, not both")
     if "steps" in overrides:
         overrides.setdefault("epochs", None)
     elif "epochs" in overrides:
@@ -149,10 +153,16 @@ def get_recipe(name: str, **overrides) -> Recipe:
     unknown = set(overrides) - set(fields)
     if unknown:
         raise ValueError(f"recipes have no field {', '.join(sorted(unknown))}; they have {', '.join(fields)}")
-    recipe = replace(recipe, **_tuples(overrides))
+    overrides = _tuples(overrides)
+    check_types(Recipe, overrides)
+    recipe = replace(recipe, **overrides)
     for key in ("lr", "batch_size", "steps", "epochs"):
-        if getattr(recipe, key) is not None and getattr(recipe, key) <= 0:
-            raise ValueError(f"{key.replace('_', '-')} must be positive, got {getattr(recipe, key)}")
+        value = getattr(recipe, key)
+        if value is not None and not (0 < value < math.inf):
+            raise ValueError(f"{key.replace('_', '-')} must be positive and finite, got {value}")
+    for key in ("weight_decay", "momentum", "gamma", "warmup_lr", "lighting", "label_smoothing"):
+        if not 0 <= getattr(recipe, key) < math.inf:
+            raise ValueError(f"{key.replace('_', '-')} must be zero or more, and finite, got {getattr(recipe, key)}")
     if recipe.schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {recipe.schedule!r}")
     if recipe.optimizer not in OPTIMIZERS:

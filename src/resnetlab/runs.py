@@ -59,7 +59,7 @@ def read_config(run_dir: str | Path) -> dict:
     """The run's config.json, or a RunError saying what is missing."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunError(f"{run_dir} is not a run directory (it does not exist)")
+        raise RunError(f"{run_dir} is not a run directory ({'a file' if run_dir.exists() else 'it does not exist'})")
     path = run_dir / CONFIG
     if not path.exists():
         raise RunError(f"{run_dir} is not a run directory: it has no {CONFIG}")
@@ -125,6 +125,16 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple
     return model.to(device).eval(), config
 
 
+def clear_unstarted(run_dir: Path) -> None:
+    """Remove what a run writes before its first checkpoint (config, metrics, TensorBoard's events),
+    so that a run that failed that early can start again in its directory. Nothing else is touched."""
+    import shutil
+
+    for name in (CONFIG, METRICS, GRAD_NORMS):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+
+
 def save_checkpoint(run_dir: Path, state: dict) -> None:
     """Write the training state atomically."""
     atomic_write(run_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
@@ -134,7 +144,8 @@ def load_checkpoint(run_dir: Path) -> dict:
     """Read the training state; ``weights_only=True`` so the file cannot run code."""
     path = run_dir / CHECKPOINT
     if not path.exists():
-        raise RunError(f"{run_dir} has no {CHECKPOINT}: nothing to resume")
+        raise RunError(f"{run_dir} has no {CHECKPOINT}: the run stopped before saving one, so there is nothing to "
+                       f"resume; train again with --out {run_dir}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -153,12 +164,16 @@ def read_metrics(run_dir: str | Path, missing_ok: bool = False) -> list[dict]:
             return []
         raise ValueError(f"{path} not found: not a training run, or no epoch has finished yet")
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    text = path.read_text()
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
+            if n == len(lines) and not text.endswith("\n"):
+                break  # a row cut short when the run was killed mid-write: the rows before it stand
             raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
         missing = [k for k in _REQUIRED_METRICS if k not in row] if isinstance(row, dict) else list(_REQUIRED_METRICS)
         if missing:

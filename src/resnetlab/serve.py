@@ -5,9 +5,11 @@ Python's own HTTP server (no web framework to install):
 
     GET  /          the page
     GET  /info      the run as JSON: model, classes, input size
-    POST /predict   an image file as the request body -> JSON top-k classes
+    POST /predict   an image file as the request body, or a multipart form's file -> JSON top-k classes
+                    (``?top_k=N`` for other than the server's k)
 
-so scripts can use it too: ``curl --data-binary @shoe.png http://127.0.0.1:8000/predict``.
+so scripts can use it too: ``curl --data-binary @shoe.png http://127.0.0.1:8000/predict``
+or ``curl -F file=@shoe.png http://127.0.0.1:8000/predict``.
 It listens on 127.0.0.1 unless told otherwise: it is a tool for one machine, not a public service.
 """
 
@@ -15,17 +17,19 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
 from collections.abc import Sequence
 from html import escape
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import torch
 
 from .data import DataError
-from .evaluate import PAPER_SCALES, describe_views, load_published, predict_images
+from .evaluate import PAPER_SCALES, check_views, describe_views, load_published, predict_images
 from .runs import load_model
 
 MAX_UPLOAD = 20 << 20  # bytes; bigger bodies are refused before they are read
@@ -83,6 +87,8 @@ class PredictionServer(ThreadingHTTPServer):
         self.model, self.config = load_published(pretrained, device) if pretrained else load_model(run_dir, device)
         self.device, self.top_k = torch.device(device), top_k
         self.views, self.scales = views, tuple(scales)  # test-time views each upload is averaged over (predict's)
+        if views is not None:  # refused now, not at every upload
+            check_views(views, self.config.get("resize_size"), self.config["image_size"])
         self.lock = threading.Lock()  # one forward pass at a time: threads would only fight over the cores
         super().__init__((host, port), _Handler)
 
@@ -109,10 +115,11 @@ class PredictionServer(ThreadingHTTPServer):
         c = self.config
         return {k: c[k] for k in ("model", "dataset", "classes", "channels", "image_size", "resize_size") if k in c}
 
-    def predict(self, data: bytes, name: str) -> dict:
-        """Top-k classes of one encoded image; DataError when it is not an image."""
+    def predict(self, data: bytes, name: str, top_k: int | None = None) -> dict:
+        """Top-k classes (default the server's k) of one encoded image; DataError when it is not an image."""
+        top_k = min(top_k or self.top_k, len(self.config["classes"]))
         with self.lock:
-            (pred,) = predict_images(self.model, self.config, [io.BytesIO(data)], self.top_k, self.device, names=[name],
+            (pred,) = predict_images(self.model, self.config, [io.BytesIO(data)], top_k, self.device, names=[name],
                                      views=self.views, scales=self.scales)
         return {"name": name, "predictions": [{"class": c, "probability": p}
                                               for c, p in zip(pred.classes, pred.probabilities)]}
@@ -122,37 +129,57 @@ class _Handler(BaseHTTPRequestHandler):
     server: PredictionServer
 
     def do_GET(self) -> None:
-        if self.path in ("/", "/index.html"):
+        path = urlsplit(self.path).path
+        if path in ("/", "/index.html"):
             self._send(HTTPStatus.OK, self.server.page().encode(), "text/html; charset=utf-8")
-        elif self.path == "/info":
+        elif path == "/info":
             self._json(HTTPStatus.OK, self.server.info())
+        elif path == "/predict":
+            self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "POST an image to /predict"}, allow="POST")
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path}; try / or POST /predict"})
 
     def do_POST(self) -> None:
-        if self.path != "/predict":
-            self._json(HTTPStatus.NOT_FOUND, {"error": f"POST goes to /predict, not {self.path}"})
+        url = urlsplit(self.path)
+        if url.path != "/predict":
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"POST goes to /predict, not {url.path}"})
+            return
+        query = parse_qs(url.query)
+        try:
+            top_k = int(query["top_k"][0]) if "top_k" in query else None
+        except ValueError:
+            top_k = 0
+        if top_k is not None and top_k < 1:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": f"top_k must be a whole number of at least 1, not {query['top_k'][0]!r}"})
             return
         size = int(self.headers.get("Content-Length") or 0)
         if size <= 0:
-            self._json(HTTPStatus.BAD_REQUEST, {"error": "send an image file as the request body"})
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "send an image file as the request body (with its Content-Length), "
+                                                         "or as a multipart form's file (curl -F file=@photo.jpg)"})
             return
         if size > MAX_UPLOAD:
             self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"{size:,} bytes is over the {MAX_UPLOAD:,}-byte limit"})
             return
-        from urllib.parse import unquote
-
-        name = unquote(self.headers.get("X-Filename", "upload"))
+        data, name = self.rfile.read(size), unquote(self.headers.get("X-Filename", "upload"))
+        if self.headers.get_content_type() == "multipart/form-data":  # an HTML form, or curl -F file=@photo.jpg
+            data, name = _form_file(self.headers["Content-Type"], data)
+            if data is None:
+                self._json(HTTPStatus.BAD_REQUEST, {"error": "the form holds no file"})
+                return
         try:
-            self._json(HTTPStatus.OK, self.server.predict(self.rfile.read(size), name))
+            self._json(HTTPStatus.OK, self.server.predict(data, name, top_k))
         except DataError as e:
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+        except Exception as e:  # the page gets a reason; the server goes on
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(e).__name__}: {e}"})
 
-    def _json(self, status: HTTPStatus, data: dict) -> None:
-        self._send(status, json.dumps(data).encode(), "application/json")
+    def _json(self, status: HTTPStatus, data: dict, allow: str | None = None) -> None:
+        self._send(status, json.dumps(data).encode(), "application/json", allow)
 
-    def _send(self, status: HTTPStatus, body: bytes, kind: str) -> None:
+    def _send(self, status: HTTPStatus, body: bytes, kind: str, allow: str | None = None) -> None:
         self.send_response(status)
+        if allow:
+            self.send_header("Allow", allow)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -160,6 +187,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # one short line per request, not Apache's format
         print(f"{self.command} {self.path} {args[1] if len(args) > 1 else ''}".rstrip(), flush=True)
+
+
+def _form_file(content_type: str, body: bytes) -> tuple[bytes | None, str]:
+    """The first file of a multipart/form-data body, and its name (None if it holds none)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    for part in message.iter_parts() if message.is_multipart() else []:
+        if part.get_filename() is not None:
+            return part.get_payload(decode=True), part.get_filename()
+    return None, ""
 
 
 def serve(run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5, device: str = "cpu",
@@ -170,6 +209,8 @@ def serve(run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
     try:
         server = PredictionServer(run_dir, host, port, top_k, pick_device(device), pretrained=pretrained, views=views,
                                   scales=scales)
+    except socket.gaierror as e:  # before the OSError it is a kind of
+        raise RuntimeError(f"cannot listen on {host}: no such address here ({e.strerror or e}); check --host") from None
     except OSError as e:
         raise RuntimeError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
     source = server.config.get("weights") if pretrained else run_dir

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -176,11 +177,24 @@ def load_splits(dataset: str, data_dir: str | None, limit_train: int | None, lim
 def _new_run_dir(config: TrainConfig) -> Path:
     if config.out:
         out = Path(config.out)
-        if (out / runs.CONFIG).exists() or (out / runs.CHECKPOINT).exists():
+        if out.exists() and not out.is_dir():
+            raise runs.RunError(f"--out {out} is a file; a run directory is a folder (new, or one a failed run left)")
+        if (out / runs.CHECKPOINT).exists() or (out / runs.WEIGHTS).exists():
             raise runs.RunError(f"{out} already holds a run; continue it with --resume {out} or pick another --out")
+        if (out / runs.CONFIG).exists():
+            # A run that failed before its first checkpoint left nothing to resume: it starts again here.
+            runs.clear_unstarted(out)
         return out
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{config.model}-{config.dataset.replace(':', '_').replace('/', '_')}-{stamp}"
+    base = Path("runs") / f"{config.model}-{config.dataset.replace(':', '_').replace('/', '_')}-{stamp}"
+    # Made here, under a name no other run took: two runs started in the same second get -2, -3, ...
+    for n in itertools.count(1):
+        run_dir = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            continue
 
 
 def train(config: TrainConfig | None = None, stop_at: int | None = None, **overrides) -> TrainResult:
@@ -190,16 +204,19 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     ``stop_at`` ends the run after that many steps as if interrupted, leaving it resumable.
     """
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
-    recipe = get_recipe(
-        config.recipe, epochs=config.epochs, steps=config.steps, batch_size=config.batch_size,
-        lr=config.lr, weight_decay=config.weight_decay, **config.recipe_overrides,
-    )
+    flags = {"epochs": config.epochs, "steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
+             "weight_decay": config.weight_decay}
+    recipe = get_recipe(config.recipe, **{**config.recipe_overrides, **{k: v for k, v in flags.items() if v is not None}})
     if config.eval_every < 1:
         raise ValueError(f"--eval-every must be at least 1, got {config.eval_every}")
     world = distributed.world_from_env()
     device = distributed.setup(world, pick_device(config.device))
     from .models import create_model
 
+    fixed = [k for k in ("num_classes", "in_chans") if k in config.model_kwargs]
+    if fixed:
+        raise ValueError(f"{' and '.join(fixed)} {'come' if len(fixed) > 1 else 'comes'} from the dataset (its classes "
+                         "and colour channels): drop the --model-arg")
     if config.model_kwargs.get("features_only"):
         raise ValueError("features_only builds a backbone without a classifier, which has nothing to train on labels; "
                          "train the classifier, then load its model.safetensors with create_model(..., features_only=True, weights=...)")
@@ -229,7 +246,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     mean, std = published or channel_stats(sample)
     pca = colour_pca(sample, seed=config.seed) if recipe.lighting else None
 
-    run_dir = distributed.share(_new_run_dir(config), world)  # one name, though clocks may differ
+    run_dir = distributed.share(_new_run_dir(config) if world.is_main else None, world)  # one name, though clocks may differ
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     saved = {
@@ -373,25 +390,25 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         while step < total_steps:
             epoch, start_batch = divmod(step, steps_per_epoch)
             batches_left = min(steps_per_epoch - start_batch, total_steps - step)
-            bar = tqdm(total=batches_left * recipe.batch_size, desc=f"epoch {epoch + 1}/{num_epochs}", leave=False,
-                       disable=not progress, unit="img", unit_scale=True)  # the rate reads as images/s
-            epoch_start = time.perf_counter()
-            for x, y in train_loader.epoch(epoch, start_batch):
-                lr = lr_at(recipe, step, total_steps, depth)
-                if grad_every and step % grad_every == 0:
-                    # Kept on the device until the epoch ends: no host sync inside the step.
-                    pending_norms.append(train_step(x, y, lr, watched=[p for _, p in watched]))
-                    grad_log["steps"].append(step)
-                else:
-                    train_step(x, y, lr)
-                step += 1
-                bar.update(recipe.batch_size)
-                if progress and (device.type == "cpu" or step % 50 == 0):  # a read syncs a GPU: not every step
-                    totals = train_step.read_sums()
-                    bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.3f}", acc=f"{totals['correct'] / totals['seen']:.1%}")
-                if step >= total_steps or step == stop_at:
-                    break
-            bar.close()
+            # Closed however the epoch ends, so an error is printed on a line of its own, not after the bar.
+            with tqdm(total=batches_left * recipe.batch_size, desc=f"epoch {epoch + 1}/{num_epochs}", leave=False,
+                      disable=not progress, unit="img", unit_scale=True) as bar:  # the rate reads as images/s
+                epoch_start = time.perf_counter()
+                for x, y in train_loader.epoch(epoch, start_batch):
+                    lr = lr_at(recipe, step, total_steps, depth)
+                    if grad_every and step % grad_every == 0:
+                        # Kept on the device until the epoch ends: no host sync inside the step.
+                        pending_norms.append(train_step(x, y, lr, watched=[p for _, p in watched]))
+                        grad_log["steps"].append(step)
+                    else:
+                        train_step(x, y, lr)
+                    step += 1
+                    bar.update(recipe.batch_size)
+                    if progress and (device.type == "cpu" or step % 50 == 0):  # a read syncs a GPU: not every step
+                        totals = train_step.read_sums()
+                        bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.3f}", acc=f"{totals['correct'] / totals['seen']:.1%}")
+                    if step >= total_steps or step == stop_at:
+                        break
             epoch_done = step % steps_per_epoch == 0 or step >= total_steps
             if step == stop_at and not epoch_done:
                 elapsed = time.perf_counter() - started
