@@ -27,3 +27,10 @@ def _entry(name: str):
 
 for _name in _list_models():
     globals()[_name] = _entry(_name)
+
+
+def create_model(name: str, **kwargs):
+    """Any model by name, CIFAR depths built on the fly included: ``torch.hub.load(REPO, "create_model", "resnet74")``.
+
+    Keyword arguments are resnetlab.create_model's."""
+    return _create_model(name, **kwargs)

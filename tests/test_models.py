@@ -41,8 +41,12 @@ def test_parameter_counts(name, expected):
 @pytest.mark.parametrize("name, paper", [("preact_resnet164", 1.7e6), ("preact_resnet1001", 10.2e6),
                                          ("resnet164", 1.7e6), ("resnet1001", 10.2e6)])
 def test_bottleneck_cifar_parameter_counts_match_2016_paper(name, paper):
+    """The 2016 paper's counts (to 0.1 M) are those of the convolutions and the classifier: with the batch
+    norms' scales and shifts, ResNet-1001 has 10.33 M (the 2015 paper's Table 6 counts include them)."""
     model = on_meta(name)
     assert count_parameters(model) == pytest.approx(paper, rel=0.02)
+    weighted = sum(p.numel() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for p in m.parameters())
+    assert round(weighted / 1e5) == round(paper / 1e5)
     assert all(isinstance(b, Bottleneck) for b in model.blocks())  # Table 3's nets, not 6n+2 basic-block ones
     assert model.preact == name.startswith("preact")
 
@@ -87,6 +91,8 @@ def test_torchvision_state_dict_loads_and_matches(depth):
     torch.manual_seed(depth)
     reference = getattr(torchvision.models, f"resnet{depth}")().eval()
     ours = create_model(f"resnet{depth}").eval()
+    # The same keys in the same order: converters that pair tensors by position work too.
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in reference.state_dict().items()]
     ours.load_state_dict(reference.state_dict(), strict=True)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
@@ -158,10 +164,12 @@ def test_torch_hub_entry_points():
     spec.loader.exec_module(hubconf)
     # What torch.hub.list shows: the module's public callables.
     entries = {name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")}
-    assert entries == set(list_models())
+    assert entries == set(list_models()) | {"create_model"}
     assert "CIFAR" in hubconf.resnet56.__doc__
     model = torch.hub.load(str(repo), "resnet56", source="local", num_classes=7, in_chans=1)
     assert model.fc.out_features == 7 and model.conv1.in_channels == 1
+    model = torch.hub.load(str(repo), "create_model", "resnet74", source="local")  # a depth no entry names
+    assert len(model.blocks()) == 36
 
 
 def test_list_models_with_published_weights():

@@ -120,6 +120,14 @@ class _Block(nn.Module):
         self.order, self.preact, self.residual = order, order == "preact", residual
         self.mixing, self.scales, self.gate_bias, self.shortcut_dropout = mixing, tuple(scales), gate_bias, shortcut_dropout
 
+    def _add_units(self, convs: list[nn.Conv2d], bns: list[nn.BatchNorm2d]) -> None:
+        """Register ``conv1``, ``bn1``, ``conv2``, ... in the order they run: torchvision's order, so a
+        state_dict lists its keys as torchvision's does (position-based converters rely on it); each BN
+        before its conv in a pre-activation unit."""
+        for i, (conv, bn) in enumerate(zip(convs, bns), 1):
+            for name, module in ((f"bn{i}", bn), (f"conv{i}", conv))[:: 1 if self.order == "preact" else -1]:
+                setattr(self, name, module)
+
     def _add_shortcut(self, in_planes: int, out_planes: int, stride: int, shortcut: str, bias: bool) -> None:
         """The shortcut (and gate) after the branch's layers, so summaries list them in torchvision's order."""
         self.downsample = make_shortcut(in_planes, out_planes, stride, shortcut, self.preact, bias) if self.residual else None
@@ -224,10 +232,10 @@ class BasicBlock(_Block):
         super().__init__()
         out_planes = planes * self.expansion
         self._configure(order, preact, residual, mixing, scales, gate_bias, shortcut_dropout)
-        self.bn1 = nn.BatchNorm2d(self._bn_planes(in_planes, planes))
-        self.conv1 = conv3x3(in_planes, planes, stride, bias)
-        self.bn2 = nn.BatchNorm2d(self._bn_planes(planes, out_planes))
-        self.conv2 = conv3x3(planes, out_planes, 1, bias)
+        self._add_units(
+            [conv3x3(in_planes, planes, stride, bias), conv3x3(planes, out_planes, 1, bias)],
+            [nn.BatchNorm2d(self._bn_planes(in_planes, planes)), nn.BatchNorm2d(self._bn_planes(planes, out_planes))],
+        )
         self._add_shortcut(in_planes, out_planes, stride, shortcut, bias)
 
     @property
@@ -276,14 +284,14 @@ class Bottleneck(_Block):
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         if kernel_size % 2 == 0 and s3 > 1:
             raise ValueError(f"an even kernel ({kernel_size}) keeps the size only unstrided: use stride_in_1x1=True")
-        self.bn1 = nn.BatchNorm2d(self._bn_planes(in_planes, f1))
-        self.conv1 = conv1x1(in_planes, f1, s1, bias)
-        self.bn2 = nn.BatchNorm2d(self._bn_planes(f1, f2))
         # Keras's padding="same": an even kernel gets the extra row and column at the bottom and right.
         padding = kernel_size // 2 if kernel_size % 2 else "same"
-        self.conv2 = nn.Conv2d(f1, f2, kernel_size, stride=s3, padding=padding, bias=bias)
-        self.bn3 = nn.BatchNorm2d(self._bn_planes(f2, out_planes))
-        self.conv3 = conv1x1(f2, out_planes, 1, bias)
+        self._add_units(
+            [conv1x1(in_planes, f1, s1, bias), nn.Conv2d(f1, f2, kernel_size, stride=s3, padding=padding, bias=bias),
+             conv1x1(f2, out_planes, 1, bias)],
+            [nn.BatchNorm2d(self._bn_planes(in_planes, f1)), nn.BatchNorm2d(self._bn_planes(f1, f2)),
+             nn.BatchNorm2d(self._bn_planes(f2, out_planes))],
+        )
         self._add_shortcut(in_planes, out_planes, stride, shortcut, bias)
 
     @property

@@ -451,6 +451,8 @@ def _fetch(name: str, files: Sequence[str], root: str | Path | None) -> Path:
             _download(url, dest / file, checksums[file])
         except OSError as err:  # URLError and HTTPError are OSErrors too
             reason = getattr(err, "reason", None) or err
+            if dest.is_dir() and not any(dest.iterdir()):
+                dest.rmdir()  # made for the download: an empty one would only mislead
             raise DataError(
                 f"{name}: could not download {url} into {dest} ({reason}). {_how_to_get(name, ' and '.join(files))}"
             ) from None

@@ -529,10 +529,13 @@ def reproduce_responses(
     ``degradation`` and then ``responses`` on the same runs.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if run_dirs:
         run_dirs = [Path(d) for d in run_dirs]
+        for run_dir in run_dirs:  # every one checked before anything is written
+            runs.read_config(run_dir)
+        out.mkdir(parents=True, exist_ok=True)
     else:
+        out.mkdir(parents=True, exist_ok=True)
         depths = _check_depths(depths)
         trained = _train_nets(base, out, [_model_name(k, d) for k in KINDS for d in depths], [base.seed])
         run_dirs = list(trained.values())

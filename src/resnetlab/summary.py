@@ -104,6 +104,8 @@ def summary(
 
     Rows are the leaf layers in execution order, plus one row per residual block for its addition.
     """
+    if len(input_size) != 3:
+        raise ValueError(f"input_size is one image's (C, H, W), without the batch dimension; got {tuple(input_size)}")
     result = ModelSummary(title or type(model).__name__, tuple(input_size))
     names = {m: n for n, m in model.named_modules()}
     hooks = []
