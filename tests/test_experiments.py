@@ -81,6 +81,8 @@ def test_degradation_writes_the_figure_data_and_report(degradation):
     report = (degradation / "report.md").read_text()
     for model in ("plain8", "plain14", "resnet8", "resnet14"):
         assert f"| {model} |" in report
+    # Ten iterations of one seed: the report says what that cannot show.
+    assert "Caveat: these runs are 10 iterations, 0.016% of the papers' 64,000" in report and "one seed" in report
     # The sentence is the verdict on this very table, whichever way it went.
     finals = {(s[-1]["kind"], int(s[-1]["depth"])): float(s[-1]["train_error"]) for s in runs.values()}
     _, sentence = degradation_verdict(

@@ -161,6 +161,20 @@ def _setup_text(base: TrainConfig) -> str:
     return ", ".join(parts)
 
 
+PAPER_ITERATIONS = 64_000  # the papers' CIFAR-10 schedule, whose end their claims are about
+
+
+def _scale_note(base: TrainConfig, seeds: int) -> str:
+    """What a short or single-seed study cannot show, in one sentence ("" when neither)."""
+    steps, notes = _planned_steps(base), []
+    if steps < PAPER_ITERATIONS / 10:
+        notes.append(f"these runs are {steps:,} iterations, {100 * steps / PAPER_ITERATIONS:.2g}% of the papers' {PAPER_ITERATIONS:,}, "
+                     "so they show the start of training, and the papers' claims are about its end")
+    if seeds == 1:
+        notes.append("with one seed, differences of a point or two may be noise")
+    return f"Caveat: {'; '.join(notes)}." if notes else ""
+
+
 def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
@@ -259,7 +273,7 @@ def reproduce_degradation(
         "# Degradation: plain against residual nets (He et al. 2015, Figure 6)", "",
         f"{_setup_text(base)}; {_seeds_text(base, seeds)}{spread}.", "",
         *_table(["model", "depth", "kind", "final train error (%)", "final test error (%)"], table), "",
-        sentence, "",
+        sentence, "", _scale_note(base, seeds), "",
         "![training error (dashed) and test error (bold) against iterations](degradation.png)",
     ]
     paths.append(_write_text(out / "report.md", lines))
@@ -334,7 +348,7 @@ def reproduce_depth(
         "# Test error against depth (He et al. 2015, Table 6)", "",
         f"Residual nets only; {_setup_text(base)}; {_seeds_text(base, seeds)}.", "",
         *_table(["model", "layers", "parameters", f"test error (%), {spread}", "per seed (%)"], table), "",
-        "![test error against depth](depth.png)",
+        _scale_note(base, seeds), "", "![test error against depth](depth.png)",
     ]
     paths.append(_write_text(out / "depth.md", lines))
     return paths
@@ -749,7 +763,8 @@ def reproduce_variants(
     lines = [
         f"# {title}", "", f"{setup}; {_seeds_text(base, seeds)}.", "",
         *_table(["variant", "final train error (%)", "final test error (%)", "paper, CIFAR-10 test error (%)"], table), "",
-        paper_note, "", f"![training error (dashed) and test error (bold) against iterations]({study}.png)",
+        paper_note, "", _scale_note(base, seeds), "",
+        f"![training error (dashed) and test error (bold) against iterations]({study}.png)",
     ]
     paths.append(_write_text(out / "report.md", lines))
     return paths
