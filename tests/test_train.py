@@ -336,3 +336,37 @@ def test_runs_started_in_the_same_second_get_directories_of_their_own(tmp_path, 
     config = TrainConfig(model="resnet8")
     first, second = _new_run_dir(config), _new_run_dir(config)
     assert first.is_dir() and second.is_dir() and first != second
+
+
+@needs_fashion
+def test_ctrl_c_mid_step_stops_after_that_step_and_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """SIGINT arriving inside a forward pass (batch norms already updated) finishes the step, saves it,
+    and the resumed run ends as the uninterrupted one, batch-norm statistics and counts included."""
+    import os
+    import signal
+
+    import resnetlab.train as train_module
+
+    straight = train(tiny(tmp_path, "straight"))
+    real_build = train_module.build_train_step
+
+    def build_with_a_ctrl_c(model, *args, **kwargs):
+        calls = []
+
+        def hook(module, inputs, output):
+            if module.training:
+                calls.append(1)
+                if len(calls) == 13:  # in the 13th training step, after layer1's batch norms ran
+                    os.kill(os.getpid(), signal.SIGINT)
+
+        model.layer1.register_forward_hook(hook)
+        return real_build(model, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "build_train_step", build_with_a_ctrl_c)
+    with pytest.raises(Interrupted, match="stopped at step 13"):
+        train(tiny(tmp_path, "resumed"))
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
+    resumed = resume(tmp_path / "resumed", device="cpu", progress=False)
+    assert resumed.steps == 20
+    assert_same_weights(straight.run_dir, resumed.run_dir)

@@ -591,7 +591,11 @@ def main(argv: list[str] | None = None) -> int:
         from .train import Interrupted
 
         if isinstance(e, Interrupted):
-            print(str(e), file=sys.stderr)
+            if args.command == "reproduce":  # its runs resume when the experiment is run again
+                print(f"stopped at step {e.step} of {e.run_dir}; the same command again continues the experiment",
+                      file=sys.stderr)
+            else:
+                print(str(e), file=sys.stderr)
             return 130
         message = str(e) or type(e).__name__
         print(f"error: {message}", file=sys.stderr)

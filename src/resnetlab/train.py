@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -386,6 +389,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
 
     board = _tensorboard(run_dir) if world.is_main else None
     started = time.perf_counter() - elapsed
+    ctrl_c = _StepEndInterrupt(enabled=world.size == 1)
     try:
         while step < total_steps:
             epoch, start_batch = divmod(step, steps_per_epoch)
@@ -407,6 +411,8 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                     if progress and (device.type == "cpu" or step % 50 == 0):  # a read syncs a GPU: not every step
                         totals = train_step.read_sums()
                         bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.3f}", acc=f"{totals['correct'] / totals['seen']:.1%}")
+                    if ctrl_c.requested:
+                        stop_at = step  # the step under way is whole: stop here, as if asked to
                     if step >= total_steps or step == stop_at:
                         break
             epoch_done = step % steps_per_epoch == 0 or step >= total_steps
@@ -445,11 +451,9 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             if step == stop_at and not last:
                 raise Interrupted(run_dir, step)
     except KeyboardInterrupt:
-        if world.size > 1:  # the others may be inside a collective: the last checkpoint stays as it is
-            raise Interrupted(run_dir, saved_step) from None
-        elapsed = time.perf_counter() - started
-        save_checkpoint()
-        raise Interrupted(run_dir, step) from None
+        # A second Ctrl-C, or several processes (the others may be inside a collective): the step under way
+        # may be half done (batch norms updated, weights not), so the last checkpoint stays as it is.
+        raise Interrupted(run_dir, saved_step) from None
     except DataError as err:  # a file that cannot be read, met mid-run: keep what was trained
         if world.size == 1:
             elapsed = time.perf_counter() - started
@@ -457,9 +461,31 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         raise DataError(f"{err}. The run is saved at step {saved_step}; continue it with: "
                         f"resnetlab train --resume {run_dir}") from None
     finally:
+        ctrl_c.restore()
         if board is not None:
             board.close()
     return TrainResult(run_dir, step, elapsed, result_test, history)
+
+
+class _StepEndInterrupt:
+    """Ctrl-C taken at the end of the training step under way, so that the checkpoint it leads to
+    holds whole steps and the resumed run ends as an uninterrupted one would; a second Ctrl-C
+    interrupts at once. Only where Python lets a handler be set (the main thread) and ``enabled``."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.requested, self.pid = False, os.getpid()
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.previous = signal.signal(signal.SIGINT, self._handle) if self.enabled else None
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested or os.getpid() != self.pid:  # again; or in a DataLoader worker, which just ends
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("stopping after this step and saving it (Ctrl-C again stops at once, keeping the last checkpoint)")
+
+    def restore(self) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def _tensorboard(run_dir: Path):
