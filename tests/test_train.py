@@ -153,8 +153,13 @@ def test_the_2015_imagenet_recipe_trains_on_a_folder_and_resumes_to_the_same_wei
     assert config["resize_size"] == 18 and len(config["colour_pca"]["eigval"]) == 3
     assert_same_weights(straight.run_dir, stopped_and_resumed(tmp_path, 5, **kw).run_dir)
 
+    # Unless told, the paper's 256-480 follows the crop size: 19-35 for 16-pixel crops, as above.
+    scaled = train(tiny(tmp_path, "scaled", **{**kw, "steps": 1, "recipe_overrides": {}}))
+    assert runs.read_config(scaled.run_dir)["recipe"]["scale_jitter"] == [19, 35]
+
     quick = ["--model", "resnet8", "--recipe", "he2015-imagenet", "--steps", "1", "--batch-size", "4", "--device", "cpu"]
-    assert main(["train", *quick, "--dataset", f"folder:{photos}", "--image-size", "288", "--out", str(tmp_path / "big")]) == 2
+    assert main(["train", *quick, "--dataset", f"folder:{photos}", "--image-size", "288", "--recipe-arg",
+                 "scale_jitter=[256,480]", "--out", str(tmp_path / "big")]) == 2
     assert "at least the training size 288; the paper's 256-480 for 224-pixel crops is --recipe-arg scale_jitter=[330,618]" \
         in capsys.readouterr().err
     assert not (tmp_path / "big").exists()

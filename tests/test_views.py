@@ -94,6 +94,9 @@ def test_eval_cli_prints_how_scores_were_averaged(folder_run, capsys):
     assert main(["eval", str(folder_run), "--scales", "24", "32", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "(6 test images, scores averaged over shorter sides 24, 32 and their mirror images)" in printed
+    # --scales alone: the paper's 224-640 for 224-pixel inputs, in proportion for this 24-pixel run.
+    assert main(["eval", str(folder_run), "--scales", "--device", "cpu", "--out", str(folder_run / "scaled")]) == 0
+    assert "shorter sides 24, 27, 41, 51, 69 and their mirror images" in capsys.readouterr().out
 
 
 def test_a_papers_imagenet_net_is_evaluated_beside_the_papers_numbers(tmp_path, capsys):

@@ -281,15 +281,14 @@ def _add_view_flags(p: argparse.ArgumentParser) -> None:
                        help="average each image's scores over 10 crops (corners, centre, mirrored): the 2015 paper's Table 3")
     views.add_argument("--scales", type=int, nargs="*", metavar="SIDE",
                        help="average scores over whole images resized to these shorter sides and mirrored (default: "
-                            "the 2015 paper's 224 256 384 480 640, its fully-convolutional testing)")
+                            "the 2015 paper's 224 256 384 480 640 for 224-pixel inputs, its fully-convolutional testing; "
+                            "in proportion for other input sizes)")
 
 
-def _views(args: argparse.Namespace) -> tuple[str | None, tuple[int, ...]]:
-    """The test-time views the flags ask for, and the scales."""
-    from .evaluate import PAPER_SCALES
-
-    scales = tuple(args.scales or PAPER_SCALES)
-    if min(scales) < 1:
+def _views(args: argparse.Namespace) -> tuple[str | None, tuple[int, ...] | None]:
+    """The test-time views the flags ask for, and the scales (None: the paper's, in proportion to the model's input)."""
+    scales = tuple(args.scales) if args.scales else None
+    if scales and min(scales) < 1:
         raise ValueError(f"--scales are image sides in pixels, not {min(scales)}")
     return ("ten-crop" if args.ten_crop else "scales" if args.scales is not None else None), scales
 
@@ -575,7 +574,12 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
-    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    parser = build_parser()
+    args, extra = parser.parse_known_args([a for a in argv if a != "--debug"])
+    if extra and args.command == "predict" and not any(e.startswith("-") for e in extra):
+        args.inputs += extra  # images after an option (predict RUN --ten-crop a.jpg b.jpg): argparse stops at it
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.debug, args.argv = debug, argv
     try:
         (args.func if hasattr(args, "func") else COMMANDS[args.command])(args)

@@ -107,6 +107,12 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 PAPER_SCALES: tuple[int, ...] = (224, 256, 384, 480, 640)
 
 
+def paper_scales(image_size: int) -> tuple[int, ...]:
+    """The 2015 paper's test scales, 224 to 640 for its 224-pixel inputs, in proportion to ``image_size``
+    (what ``scales=None`` means wherever test-time views are taken)."""
+    return tuple(round(s * image_size / 224) for s in PAPER_SCALES)
+
+
 # The 2015 paper's ImageNet validation errors (top-1, top-5, in %) of its own nets, by test-time views:
 # 10-crop (Table 3; the 34-layer ResNet with projection shortcuts where dimensions grow, option B,
 # as these models have) and multi-scale fully-convolutional (Table 4, single models).
@@ -185,7 +191,7 @@ def _as_lists(items: list[tuple[list[torch.Tensor], int]]) -> tuple[list[list[to
 
 @torch.no_grad()
 def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float], num_classes: int, views: str,
-                   scales: Sequence[int] = PAPER_SCALES, resize_to: int | None = None,
+                   scales: Sequence[int] | None = None, resize_to: int | None = None,
                    device: torch.device | str = "cpu", workers: int | None = None) -> EvalResult:
     """Evaluate on a folder dataset with each image's class probabilities averaged over its views.
 
@@ -195,6 +201,7 @@ def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float
     from .loader import decode_in_workers, default_workers
 
     check_views(views, resize_to, dataset.image_size)
+    scales = paper_scales(dataset.image_size) if scales is None else tuple(scales)
     device = torch.device(device)
     model.eval()
     tally = _Tally(num_classes)
@@ -253,7 +260,7 @@ class Prediction:
 def predict_images(
     model: nn.Module, config: dict, paths: Sequence[str | Path | BinaryIO], top_k: int = 3,
     device: torch.device | str = "cpu", names: Sequence[str] | None = None, views: str | None = None,
-    scales: Sequence[int] = PAPER_SCALES,
+    scales: Sequence[int] | None = None,
 ) -> list[Prediction]:
     """Classify image files with a trained model, preprocessing them exactly as its training data.
 
@@ -272,7 +279,7 @@ def predict_images(
 def iter_predictions(
     model: nn.Module, config: dict, paths: Sequence[str | Path | BinaryIO], top_k: int = 3,
     device: torch.device | str = "cpu", names: Sequence[str] | None = None, views: str | None = None,
-    scales: Sequence[int] = PAPER_SCALES, batch_size: int = 64, workers: int | None = None,
+    scales: Sequence[int] | None = None, batch_size: int = 64, workers: int | None = None,
 ) -> Iterator[Prediction]:
     """``predict_images``, a batch at a time, so that a folder of any size fits in memory and each
     answer comes as soon as its batch is done; ``workers`` decode in parallel (default one a CPU,
@@ -286,7 +293,7 @@ def iter_predictions(
         check_views(views, config.get("resize_size"), config["image_size"])
     if workers is None:
         workers = default_workers() if len(paths) > batch_size else 0
-    items = _ImageViews(paths, config, views, scales)
+    items = _ImageViews(paths, config, views, paper_scales(config["image_size"]) if scales is None else tuple(scales))
     labels = list(names) if names is not None else [str(p) for p in paths]
     from .data import DataError
 
@@ -433,7 +440,7 @@ def evaluate_run(
     limit_test: int | None = None,
     device: str = "auto",
     views: str | None = None,
-    scales: Sequence[int] = PAPER_SCALES,
+    scales: Sequence[int] | None = None,
     out: str | Path | None = None,
 ) -> EvalReport:
     """Evaluate a trained run on a test set and write ``eval.json`` and the confusion matrix into
@@ -469,6 +476,7 @@ def evaluate_run(
             f"{name} ({found[0]} classes of {found[1]}x{found[2]}x{found[2]}) does not fit this run's model "
             f"({expected[0]} classes of {expected[1]}x{expected[2]}x{expected[2]})"
         )
+    scales = paper_scales(config["image_size"]) if scales is None else tuple(scales)
     result = _score(model, test, config, views, scales, dev)
     reference = paper_reference(config["model"], views, scales, len(config["classes"]))
     report = EvalReport(run_dir, name, config["classes"], result, [], reference, describe_views(views, scales))
@@ -495,7 +503,7 @@ def _score(model: nn.Module, ds, config: dict, views: str | None, scales: Sequen
 
 def evaluate_published(
     spec: str, dataset: str, data_dir: str | None = None, limit_test: int | None = None, device: str = "auto",
-    out: str | Path | None = None, views: str | None = None, scales: Sequence[int] = PAPER_SCALES,
+    out: str | Path | None = None, views: str | None = None, scales: Sequence[int] | None = None,
 ) -> EvalReport:
     """Evaluate published weights (``MODEL`` or ``MODEL:TAG``) on an ImageNet-style folder.
 
@@ -530,6 +538,7 @@ def evaluate_published(
         if limit_test <= 0:
             raise ValueError(f"--limit-test must be positive, got {limit_test}")
         ds = ds.subset(limit_test)
+    scales = paper_scales(config["image_size"]) if scales is None else tuple(scales)
     result = _score(model, ds, config, views, scales, dev)
     from .pretrained import is_keras_tag
 

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import torch
 
 from .data import DataError
-from .evaluate import PAPER_SCALES, check_views, describe_views, load_published, predict_images
+from .evaluate import check_views, describe_views, load_published, paper_scales, predict_images
 from .runs import load_model
 
 MAX_UPLOAD = 20 << 20  # bytes; bigger bodies are refused before they are read
@@ -83,10 +83,12 @@ class PredictionServer(ThreadingHTTPServer):
 
     def __init__(self, run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5,
                  device: torch.device | str = "cpu", pretrained: str | None = None, views: str | None = None,
-                 scales: Sequence[int] = PAPER_SCALES) -> None:
+                 scales: Sequence[int] | None = None) -> None:
         self.model, self.config = load_published(pretrained, device) if pretrained else load_model(run_dir, device)
         self.device, self.top_k = torch.device(device), top_k
-        self.views, self.scales = views, tuple(scales)  # test-time views each upload is averaged over (predict's)
+        # The test-time views each upload is averaged over (predict's).
+        self.views = views
+        self.scales = paper_scales(self.config["image_size"]) if scales is None else tuple(scales)
         if views is not None:  # refused now, not at every upload
             check_views(views, self.config.get("resize_size"), self.config["image_size"])
         self.lock = threading.Lock()  # one forward pass at a time: threads would only fight over the cores
@@ -202,7 +204,7 @@ def _form_file(content_type: str, body: bytes) -> tuple[bytes | None, str]:
 
 
 def serve(run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5, device: str = "cpu",
-          pretrained: str | None = None, views: str | None = None, scales: Sequence[int] = PAPER_SCALES) -> None:
+          pretrained: str | None = None, views: str | None = None, scales: Sequence[int] | None = None) -> None:
     """Serve the prediction page of a run (or of published weights) until Ctrl-C; ``views`` as for ``predict_images``."""
     from .train import pick_device
 

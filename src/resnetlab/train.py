@@ -13,7 +13,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -158,7 +158,9 @@ def folder_sizes(dataset: str, image_size: int | None, recipe: Recipe) -> tuple[
     """
     if not dataset.startswith("folder:") or (recipe.scale_crop is None and recipe.scale_jitter is None):
         return image_size, None
-    size = image_size or IMAGENET_IMAGE_SIZE
+    size = IMAGENET_IMAGE_SIZE if image_size is None else image_size
+    if size < 1:
+        raise ValueError(f"--image-size must be a positive number of pixels, not {size}")
     return size, round(size / 0.875)
 
 
@@ -227,6 +229,9 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     config.dataset = distributed.share(resolve_dataset(config.dataset, config.data_dir) if world.is_main else None, world)
 
     size, resize_to = folder_sizes(config.dataset, config.image_size, recipe)
+    if recipe.scale_jitter is not None and size and "scale_jitter" not in config.recipe_overrides:
+        # The paper's shorter sides 256-480 go with 224-pixel crops: other crops keep the proportions.
+        recipe = replace(recipe, scale_jitter=tuple(math.ceil(s * size / IMAGENET_IMAGE_SIZE) for s in recipe.scale_jitter))
     train_set, test_set = load_splits(config.dataset, config.data_dir, config.limit_train, config.limit_test, config.seed,
                                       size, resize_to)
     channels, image_size = dataset_shape(train_set)
