@@ -151,7 +151,8 @@ def test_files_that_cannot_be_read(tmp_path, keras3, capsys):
     broken.write_bytes(TF_KERAS2.read_bytes()[:5000])
     with pytest.raises(KerasError, match="not a model file saved whole by Keras"):
         read_keras(broken)
-    with pytest.raises(WeightsError, match=r"small.keras \(Keras: signs_resnet50 .*layers.*\) does not hold signs_resnet50 weights"):
+    with pytest.raises(WeightsError, match=r"small.keras \(Keras: signs_resnet50 .*layers.*\) does not hold signs_resnet50 "
+                                           r"weights.*it fits create_model\('signs_resnet50', layers="):
         resnetlab.create_model("signs_resnet50", weights=str(keras3 / "small.keras"))
     with pytest.raises(WeightsError, match="epsilon 0.001: build the model with bn_eps=0.001"):
         resnetlab.create_model("signs_resnet50", weights=str(keras3 / "small.keras"), bn_eps=1e-5, **SMALL)
@@ -166,6 +167,40 @@ def test_files_that_cannot_be_read(tmp_path, keras3, capsys):
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "new").exists()
     code, out, err = run(capsys, "import", TF_KERAS2, "--out", tmp_path / "named", "--classes", "a,b")
     assert code == 2 and "2 class names given for a model with 6 outputs" in err
+    for flags, message in ((["--classes", "a,a,b,c,d,e"], "distinct and not empty"),
+                           (["--dataset", "bogus"], "unknown dataset 'bogus'"),
+                           (["--dataset", f"folder:{tmp_path / 'nowhere'}"], "nowhere is not a folder")):
+        code, out, err = run(capsys, "import", TF_KERAS2, "--out", tmp_path / "refused", *flags)
+        assert code == 2 and err.count("\n") == 1 and message in err and not (tmp_path / "refused").exists()
+    # A model without a checkpoint says how to train it further, not "train again with --out".
+    code, out, err = run(capsys, "train", "--resume", run_dir)
+    assert code == 2 and "--weights " + str(run_dir / "model.safetensors") in err
+
+
+def test_damaged_or_edited_weights_are_refused_in_one_line(tmp_path):
+    """A NaN among the weights, or a tensor whose shape the config does not give (checked on shapes alone,
+    before a layer of the config's size is built)."""
+    for name, spoil in (("nan", lambda k: k.__setitem__((0, 0, 0, 0), np.nan)), ("wider", None)):
+        copy = tmp_path / f"{name}.h5"
+        copy.write_bytes(TF_KERAS2.read_bytes())
+        with h5py.File(copy, "r+") as f:
+            kernel_path = next(p for p in _datasets(f["model_weights"]) if p.endswith("kernel:0") and f["model_weights"][p].ndim == 4)
+            kernel = f["model_weights"][kernel_path][...]
+            del f["model_weights"][kernel_path]
+            if spoil:
+                spoil(kernel)
+            else:
+                kernel = np.concatenate([kernel, kernel[..., :1]], axis=-1)  # one filter more than the config says
+            f["model_weights"][kernel_path] = kernel
+        with pytest.raises(KerasError, match="not finite numbers" if spoil else "in the file, but the model its config describes"):
+            read_keras(copy)
+
+
+def _datasets(group) -> list[str]:
+    """Every dataset's path under an h5py group."""
+    found = []
+    group.visititems(lambda name, item: found.append(name) if isinstance(item, h5py.Dataset) else None)
+    return found
 
 
 @pytest.fixture()
@@ -235,7 +270,8 @@ def test_a_fine_tuned_keras_applications_model_imports_as_resnet50(keras3, tmp_p
     size, fed through Keras's caffe preprocessing: a resnet50 run whose logits are Keras's."""
     expected = np.load(keras3 / "predictions.npz")
     run_dir = tmp_path / "tuned"
-    code, out, err = run(capsys, "import", keras3 / "tuned.keras", "--out", run_dir, "--dataset", "folder:photos")
+    (tmp_path / "photos").mkdir()
+    code, out, err = run(capsys, "import", keras3 / "tuned.keras", "--out", run_dir, "--dataset", f"folder:{tmp_path / 'photos'}")
     assert code == 0, err
     assert "resnet50" in out and "preprocess_input" in out
     model, config = load_model(run_dir)
@@ -344,7 +380,7 @@ def test_export_to_keras_predicts_what_pytorch_predicts(tmp_path):
 def test_a_notebook_model_goes_to_keras_and_back(tmp_path, capsys):
     """import, export --format keras (.keras and .h5), import again: the same network, weight for weight."""
     first = tmp_path / "first"
-    assert run(capsys, "import", TF_KERAS2, "--out", first)[0] == 0
+    assert run(capsys, "import", TF_KERAS2, "--out", first, "--classes", "zero,one,two,three,four,five")[0] == 0
     a, config_a = load_model(first)
     for exported in ("model.keras", "model.h5"):
         code, out, err = run(capsys, "export", first, "-o", first / exported)
@@ -357,6 +393,7 @@ def test_a_notebook_model_goes_to_keras_and_back(tmp_path, capsys):
             if not key.endswith("num_batches_tracked"):
                 torch.testing.assert_close(b.state_dict()[key], tensor, msg=f"{exported}: {key}")
         assert config_b["mean"] == pytest.approx(config_a["mean"]) and config_b["std"] == pytest.approx(config_a["std"])
+        assert config_b["classes"] == ["zero", "one", "two", "three", "four", "five"]  # carried in the file
     with pytest.raises(ValueError, match="not order='bn_after_add'"):
         from resnetlab.keras_export import export_keras
 

@@ -482,9 +482,11 @@ def cmd_import(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path("runs") / Path(args.file).stem
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     run_dir, keras = import_keras(args.file, out, args.dataset, classes)
-    size = f"{keras.image_size}x{keras.image_size}" if keras.image_size else "any size"
-    print(f"{args.file} (Keras {keras.keras_version}): {keras.model} {keras.model_kwargs or ''}, {size} images, {keras.fed}")
-    if keras.batch_stats:
+    size = (f"{keras.image_size}x{keras.image_size} images" if keras.image_size
+            else "images of any size (predict and serve resize them to 224, as Keras Applications' are)")
+    options = f" {keras.model_kwargs}" if keras.model_kwargs else ""
+    print(f"{args.file} (Keras {keras.keras_version}): {keras.model}{options}, {size}, {keras.fed}")
+    if keras.batch_stats and keras.keras_version.startswith("2"):  # Keras 3 lets predict() override the flag
         print(f"note: {len(keras.batch_stats)} of its batch norms were called with training=True (as the notebook's "
               "blocks are), so Keras normalises them with each batch's own statistics even in predict() and "
               "evaluate(); resnetlab uses the moving averages stored in the file, as Keras does with training=False")

@@ -727,7 +727,8 @@ def _load_signs(name: str, split: str, root: str | Path | None, download: bool) 
         with h5py.File(path, "r") as f:
             images = np.asarray(f[f"{split}_set_x"])
             labels = np.asarray(f[f"{split}_set_y"]).reshape(-1)
-            classes = [str(int(c)) for c in np.asarray(f["list_classes"]).reshape(-1)]
+            # The course's files number their classes; others may name them.
+            classes = [c.decode() if isinstance(c, bytes) else str(int(c)) for c in np.asarray(f["list_classes"]).reshape(-1).tolist()]
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise DataError(
             f"{path} is not a SIGNS file ({err}); get the original train_signs.h5 / test_signs.h5"
@@ -735,6 +736,8 @@ def _load_signs(name: str, split: str, root: str | Path | None, download: bool) 
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or len(labels) != len(images):
         raise DataError(f"{path}: {split}_set_x is {images.dtype} {images.shape} with {len(labels)} labels, "
                         "not uint8 (N, H, W, 3) images with one label each")  # fmt: skip
+    if not np.array_equal(labels, np.round(labels)):
+        raise DataError(f"{path}: {split}_set_y holds {labels[labels != np.round(labels)][0]}; labels are class numbers")
     return images.transpose(0, 3, 1, 2), labels.astype(np.int64), classes
 
 

@@ -83,6 +83,7 @@ class KerasModel:
     std: list[float]
     fed: str  # how its inputs were prepared, in words
     batch_stats: list[str] = field(default_factory=list)  # BN layers called with training=True
+    classes: list[str] | None = None  # the class names resnetlab's own exports carry
 
 
 def is_keras_file(path: str | Path) -> bool:
@@ -106,6 +107,7 @@ def read_keras(path: str | Path) -> KerasModel:
                 # resnetlab's own exports (marked in their metadata) take pixels scaled to 0-1; other Keras
                 # models with rescaling layers inside take what Keras's image loaders give, 0-255.
                 pixel_max = 1 if "resnetlab" in metadata else 255
+                about = metadata.get("resnetlab", {})
                 weights_file = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
         else:
             weights_file = h5py.File(path, "r")
@@ -123,13 +125,35 @@ def read_keras(path: str | Path) -> KerasModel:
             config = json.loads(_text(weights_file.attrs["model_config"]))
             version = _text(weights_file.attrs.get("keras_version", "2"))
             pixel_max = 1 if "resnetlab" in weights_file.attrs else 255  # as for .keras files, below
+            about = json.loads(_text(weights_file.attrs["resnetlab"])) if "resnetlab" in weights_file.attrs else {}
         with weights_file:
             layers = _layers(config, path)
             weights = (_keras3_weights(weights_file, layers) if path.suffix.lower() == ".keras"
                        else _legacy_weights(weights_file["model_weights"]))
-            return _convert(layers, weights, version, path, pixel_max)
+            keras = _convert(layers, weights, version, path, pixel_max)
+            keras.classes = about.get("classes")
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
         raise KerasError(f"{path} is not a model file saved whole by Keras ({type(err).__name__}: {err})") from None
+    _check_tensors(keras, path)
+    return keras
+
+
+def _check_tensors(keras: KerasModel, path: Path) -> None:
+    """Refuse tensors that would not make the model the file's config describes: values that are not
+    finite (a damaged file), or shapes other than the config's (an edited one), before anything is
+    built at the config's size."""
+    from .models import create_model
+
+    damaged = next((k for k, v in keras.state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if damaged:
+        raise KerasError(f"{path}: {damaged} holds values that are not finite numbers (NaN or infinite); the file is damaged")
+    with torch.device("meta"):  # shapes only: a config asking for a huge layer allocates nothing here
+        expected = create_model(keras.model, **keras.model_kwargs).state_dict()
+    for key, tensor in keras.state_dict.items():
+        if key not in expected or tensor.shape != expected[key].shape:
+            wanted = tuple(expected[key].shape) if key in expected else "no such tensor"
+            raise KerasError(f"{path}: {key} is {tuple(tensor.shape)} in the file, but the model its config describes "
+                             f"has {wanted}; the file is damaged or was edited")
 
 
 # --- the file formats -----------------------------------------------------------------------------
@@ -239,9 +263,17 @@ class _Graph:
                 self.consumers[source].append(layer.name)
 
     def fail(self, layer: _Layer, wanted: str) -> KerasError:
+        if layer.kind in ("Functional", "Sequential", "Model"):
+            return KerasError(
+                f"{self.path} holds a whole model as one layer ({layer.name!r}, as keras.io's transfer learning guide's "
+                "base(inputs, training=False) does); resnetlab reads a ResNet whose layers are in the model's own graph: "
+                "save keras.Model(base.input, head(base.output)), or ResNet50(include_top=False, input_tensor=...) "
+                "and your head, with the same weights"
+            )
+        shown = _describe(layer)
         return KerasError(
             f"{self.path} is in neither ResNet layout resnetlab reads (the seed notebook's, Keras Applications'): "
-            f"its layer {layer.name!r} is a {layer.kind} {_describe(layer)}, where {wanted} belongs"
+            f"its layer {layer.name!r} is a {layer.kind}{' ' + shown if shown else ''}, where {wanted} belongs"
         )
 
     def next(self, layer: _Layer, wanted: str) -> _Layer:
@@ -553,17 +585,29 @@ def import_keras(path: str | Path, out: str | Path, dataset: str | None = None,
 
     from . import __version__
     from .models import create_model
-    from .runs import CONFIG, save_weights, write_json
+    from .data import DATASETS
+    from .runs import CHECKPOINT, CONFIG, WEIGHTS, save_weights, write_json
 
     out = Path(out)
-    if (out / CONFIG).exists():
-        raise KerasError(f"{out} already holds a run; give a new directory with --out")
+    if out.exists() and not out.is_dir():
+        raise KerasError(f"--out {out} is a file; a run directory is a folder")
+    if any((out / name).exists() for name in (CONFIG, WEIGHTS, CHECKPOINT)):
+        raise KerasError(f"{out} already holds a run or a model; give a new directory with --out")
+    if dataset is not None and dataset not in (*DATASETS, "imagenet") and not dataset.startswith("folder:"):
+        raise KerasError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}, imagenet, or folder:PATH")
+    if dataset is not None and dataset.startswith("folder:"):
+        folder = Path(dataset.removeprefix("folder:")).expanduser()
+        if not folder.is_dir():
+            raise KerasError(f"{folder} is not a folder")
+        dataset = f"folder:{folder.absolute()}"
+    if classes is not None and (len(set(classes)) != len(classes) or not all(classes)):
+        raise KerasError(f"class names must be distinct and not empty: {','.join(classes)}")
     keras = read_keras(path)
     model = create_model(keras.model, **keras.model_kwargs)
     num_classes, channels = model.num_classes, model.conv1.in_channels
     if dataset is None:
         dataset = "signs" if keras.model == "signs_resnet50" else "imagenet" if num_classes == 1000 else None
-    names = classes or [str(i) for i in range(num_classes)]
+    names = classes or keras.classes or [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
         raise KerasError(f"{len(names)} class names given for a model with {num_classes} outputs")
     model.load_state_dict(keras.state_dict)

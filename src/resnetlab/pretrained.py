@@ -204,15 +204,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _keras_weights(path: str) -> tuple[str, dict[str, torch.Tensor], float]:
-    """How to name a Keras file in errors, its state_dict, and its batch norms' epsilon (which a
-    state_dict does not carry, so the model must have been built with it)."""
+def _keras_weights(path: str) -> tuple[str, dict[str, torch.Tensor], float, str]:
+    """How to name a Keras file in errors, its state_dict, its batch norms' epsilon (which a state_dict
+    does not carry, so the model must have been built with it), and how to build the model it fits."""
     try:
         keras = read_keras(path)
     except KerasError as err:
         raise WeightsError(str(err)) from None
     source = f"{path} (Keras: {keras.model} {keras.model_kwargs or 'as in the notebook'})"
-    return source, keras.state_dict, keras.model_kwargs.get("bn_eps", 1e-3)
+    options = "".join(f", {k}={v!r}" for k, v in keras.model_kwargs.items())
+    build = f"; it fits create_model({keras.model!r}{options}), or `resnetlab import {path}` makes a run of it"
+    return source, keras.state_dict, keras.model_kwargs.get("bn_eps", 1e-3), build
 
 
 def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool = True) -> nn.Module:
@@ -221,9 +223,9 @@ def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool
     Every tensor must fit except the classifier, which stays freshly initialised when the class
     count differs, and ``conv1``, which is summed over colours for a one-channel model.
     """
-    eps = None
+    eps, build = None, ""
     if is_keras_file(weights):
-        source, state, eps = _keras_weights(weights)
+        source, state, eps, build = _keras_weights(weights)
     elif is_file_spec(weights):
         source, state = weights, read_state_dict(weights)
     elif is_keras_tag(weights):
@@ -250,7 +252,7 @@ def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool
         state["conv1.weight"] = conv.sum(1, keepdim=True)
     problem = key_mismatch(own, state, source, model_name, optional=("fc.weight", "fc.bias"))
     if problem:
-        raise WeightsError(problem)
+        raise WeightsError(problem + build)
     wrong = [k for k in state if state[k].shape != own[k].shape]
     if wrong:
         k = wrong[0]

@@ -143,6 +143,9 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
 def load_checkpoint(run_dir: Path) -> dict:
     """Read the training state; ``weights_only=True`` so the file cannot run code."""
     path = run_dir / CHECKPOINT
+    if not path.exists() and (run_dir / WEIGHTS).exists():
+        raise RunError(f"{run_dir} holds a model but no {CHECKPOINT} (an imported model, or a copy without it), so there is "
+                       f"nothing to resume; to train it further, start a run from it: --weights {run_dir / WEIGHTS}")
     if not path.exists():
         raise RunError(f"{run_dir} has no {CHECKPOINT}: the run stopped before saving one, so there is nothing to "
                        f"resume; train again with --out {run_dir}")

@@ -184,8 +184,11 @@ def _new_run_dir(config: TrainConfig) -> Path:
         out = Path(config.out)
         if out.exists() and not out.is_dir():
             raise runs.RunError(f"--out {out} is a file; a run directory is a folder (new, or one a failed run left)")
-        if (out / runs.CHECKPOINT).exists() or (out / runs.WEIGHTS).exists():
+        if (out / runs.CHECKPOINT).exists():
             raise runs.RunError(f"{out} already holds a run; continue it with --resume {out} or pick another --out")
+        if (out / runs.WEIGHTS).exists():
+            raise runs.RunError(f"{out} already holds a model; pick another --out (--weights {out / runs.WEIGHTS} "
+                                "starts from it)")
         if (out / runs.CONFIG).exists():
             # A run that failed before its first checkpoint left nothing to resume: it starts again here.
             runs.clear_unstarted(out)
