@@ -497,7 +497,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_onnx, load_for_export
 
     _check_one_source(args)
-    keras_name = Path(args.out or "").suffix in (".keras", ".h5")
+    keras_name = Path(args.out or "").suffix.lower() in (".keras", ".h5")
     if args.format == "onnx" and keras_name:
         raise ValueError(f"{args.out} names a Keras file: drop --format onnx, or give -o FILE.onnx")
     if args.format == "keras" or keras_name:

@@ -86,12 +86,12 @@ def export_keras(model: ResNet, config: dict, path: str | Path) -> Path:
     file (Keras 3) or an ``.h5`` file in Keras 2's format, which Keras 2 (tf.keras, as in TensorFlow up
     to 2.15) and Keras 3 both read."""
     path = Path(path)
-    if path.suffix not in (".keras", ".h5"):
+    if path.suffix.lower() not in (".keras", ".h5"):
         raise ValueError(f"a Keras model file ends in .keras (Keras 3) or .h5 (Keras 2 and 3), not {path.name}")
     _check_supported(model)
     graph, output = _build(model, config)
     about = {"model": config["model"], "classes": config.get("classes")}  # what the outputs mean
-    if path.suffix == ".keras":
+    if path.suffix.lower() == ".keras":
         data = _keras3_archive(graph, output, config["model"], about)
     else:
         data = _keras2_hdf5(graph, output, config["model"], about)

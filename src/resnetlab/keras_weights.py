@@ -624,7 +624,7 @@ def import_keras(path: str | Path, out: str | Path, dataset: str | None = None,
         "channels": channels,
         "image_size": keras.image_size or 224,  # a model of any size: Keras Applications' own
         "resize_size": None,
-        "mean": keras.mean,
+        "mean": [m + 0.0 for m in keras.mean],  # -0.0 (a rescaling without offset) reads as 0
         "std": keras.std,
         "colour_pca": None,
         "seed": 0,
