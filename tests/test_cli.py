@@ -228,7 +228,7 @@ def test_folder_training_takes_workers_and_resume_may_change_them(tmp_path, caps
     assert code == 0, err
     code, out, err = run(capsys, "train", "--resume", run_dir, "--workers", 1, "--no-progress")
     assert code == 0 and f"run directory: {run_dir}" in out, err
-    fails_cleanly(capsys, "train", "--resume", run_dir, "--image-size", 16, match="only --device and --workers may change")
+    fails_cleanly(capsys, "train", "--resume", run_dir, "--image-size", 16, match="only --device, --workers and --data-dir")
 
 
 class _Exploit:
@@ -365,6 +365,14 @@ def test_a_run_on_a_relative_folder_is_evaluated_from_anywhere_and_another_folde
         assert f"({count} test images)" in out.splitlines()[0]
     code, _, err = run(capsys, "train", "--resume", "work/run", "--device", "cpu", "--no-progress")
     assert code == 0, err
+
+    # The folder moves (another machine, another disk): --data-dir tells a resume where, if it is the same data.
+    (tmp_path / "work" / "photos").rename(tmp_path / "moved")
+    fails_cleanly(capsys, "train", "--resume", "work/run", "--data-dir", tmp_path / "other", match="not the same data")
+    code, _, err = run(capsys, "train", "--resume", "work/run", "--data-dir", tmp_path / "moved", "--no-progress")
+    assert code == 0, err
+    code, out, err = run(capsys, "eval", "work/run", "--device", "cpu")  # the run now names the new place
+    assert code == 0 and f"folder:{tmp_path / 'moved'}" in out, err
 
 
 @needs_fashion

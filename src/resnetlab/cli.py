@@ -353,15 +353,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.resume:
         defaults = vars(build_parser().parse_args(["train"]))
-        may_change = ("resume", "device", "workers", "no_progress", "debug", "argv")
+        may_change = ("resume", "device", "workers", "no_progress", "debug", "argv", "data_dir")
         # Given on the line, even with the default value (--model resnet20), or given abbreviated.
         written = {a.split("=", 1)[0] for a in args.argv if a.startswith("--")}
         ignored = [k for k, v in vars(args).items()
                    if k not in may_change and (v != defaults.get(k) or "--" + k.replace("_", "-") in written)]
         if ignored:
             flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
-            raise ValueError(f"--resume continues the run as it was configured; drop {flags} (only --device and --workers may change)")
-        result = resume(args.resume, device=args.device, progress=not args.no_progress, workers=args.workers)
+            raise ValueError(f"--resume continues the run as it was configured; drop {flags} (only --device, --workers "
+                             "and --data-dir, where the same data now lives, may change)")
+        result = resume(args.resume, device=args.device, progress=not args.no_progress, workers=args.workers,
+                        data_dir=args.data_dir)
     else:
         config = TrainConfig(
             model=args.model, dataset=args.dataset, data_dir=args.data_dir, recipe=args.recipe,

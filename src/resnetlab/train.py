@@ -298,10 +298,12 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
 
 
 def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, stop_at: int | None = None,
-           workers: int | None = None) -> TrainResult:
+           workers: int | None = None, data_dir: str | None = None) -> TrainResult:
     """Continue a run from its last checkpoint, with the same data, recipe and randomness.
 
     ``device`` and ``workers`` may differ from the first run's: they change where and how fast, not what.
+    So may ``data_dir``, where the same data now lives (a folder dataset's folder, or the folder holding
+    a named dataset's files): the run is moved to it if its classes and image counts are the run's.
     """
     run_dir = Path(run_dir)
     world = distributed.world_from_env()
@@ -309,10 +311,21 @@ def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, sto
     checkpoint = runs.load_checkpoint(run_dir)
     if checkpoint.get("model_name") != saved["model"]:
         raise runs.RunError(f"{run_dir / runs.CHECKPOINT} is a checkpoint of {checkpoint.get('model_name')}, not {saved['model']}")
+    moved = data_dir is not None
+    if moved:
+        data_dir = str(Path(data_dir).expanduser().absolute())
+        saved = {**saved, **({"dataset": f"folder:{data_dir}"} if saved["dataset"].startswith("folder:") else {"data_dir": data_dir})}
     train_set, test_set = load_splits(
         saved["dataset"], saved["data_dir"], saved["limit_train"], saved["limit_test"], saved["seed"],
         **reload_sizes(saved["dataset"], saved),
     )
+    if moved:
+        found = (list(train_set.classes), len(train_set), len(test_set))
+        if found != (saved["classes"], saved["train_examples"], saved["test_examples"]):
+            raise runs.RunError(f"{data_dir} holds {len(found[0])} classes and {found[1]:,} + {found[2]:,} images, not the run's "
+                                f"{len(saved['classes'])} and {saved['train_examples']:,} + {saved['test_examples']:,}: not the same data")
+        if world.is_main:  # eval and later resumes find it there too
+            runs.write_json(run_dir / runs.CONFIG, saved)
     device = distributed.setup(world, pick_device(device))
     return _run(saved, run_dir, train_set, test_set, device, progress, stop_at, checkpoint, world, workers)
 
