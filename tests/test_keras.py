@@ -291,9 +291,13 @@ def test_a_fine_tuned_keras_applications_model_imports_as_resnet50(keras3, tmp_p
     assert code == 0 and len(out.splitlines()) == 3, err
 
     other = tmp_path / "no-dataset"
-    assert run(capsys, "import", keras3 / "tuned.keras", "--out", other)[0] == 0
+    code, out, err = run(capsys, "import", keras3 / "tuned.keras", "--out", other, "--image-size", "64")
+    assert code == 0 and "resize them to 64" in out, err
+    assert load_model(other)[1]["image_size"] == 64  # any size: the user's choice of side
     code, out, err = run(capsys, "eval", other, "--device", "cpu")
     assert code == 2 and "names no dataset to test on" in err and "--dataset" in err
+    code, out, err = run(capsys, "import", TF_KERAS2, "--out", tmp_path / "fixed", "--image-size", "32")
+    assert code == 2 and "takes 64x64 images only" in err and not (tmp_path / "fixed").exists()
 
 
 def test_the_published_weights_file_is_pointed_to_its_tag(keras3):

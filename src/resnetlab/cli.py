@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="what `resnetlab eval` tests it on (default signs for the notebook's layout, "
                                      "imagenet for 1000 classes)")
     p.add_argument("--classes", help="comma-separated output names (default 0, 1, ...: SIGNS's)")
+    p.add_argument("--image-size", type=int, metavar="SIDE",
+                   help="the side images are resized to, for a model whose input size is not fixed (default 224)")
 
     p = sub.add_parser("export", help="write a trained run as ONNX (checked with ONNX Runtime) or as a Keras model, "
                                       "normalisation inside")
@@ -483,9 +485,10 @@ def cmd_import(args: argparse.Namespace) -> None:
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.file).stem
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    run_dir, keras = import_keras(args.file, out, args.dataset, classes)
+    run_dir, keras = import_keras(args.file, out, args.dataset, classes, args.image_size)
+    side = args.image_size or 224
     size = (f"{keras.image_size}x{keras.image_size} images" if keras.image_size
-            else "images of any size (predict and serve resize them to 224, as Keras Applications' are)")
+            else f"images of any size (predict and serve resize them to {side}; --image-size sets it)")
     options = f" {keras.model_kwargs}" if keras.model_kwargs else ""
     print(f"{args.file} (Keras {keras.keras_version}): {keras.model}{options}, {size}, {keras.fed}")
     if keras.batch_stats and keras.keras_version.startswith("2"):  # Keras 3 lets predict() override the flag

@@ -572,14 +572,15 @@ def _relu(graph: _Graph, layer: _Layer) -> _Layer:
 
 
 def import_keras(path: str | Path, out: str | Path, dataset: str | None = None,
-                 classes: list[str] | None = None) -> tuple[Path, KerasModel]:
+                 classes: list[str] | None = None, image_size: int | None = None) -> tuple[Path, KerasModel]:
     """Write a Keras file's model as a run directory that ``eval``, ``predict``, ``serve`` and ``export`` take.
 
     Inputs are fed as the model was: the notebook's scaled to 0-1 (``X_train_orig / 255.``), Keras
     Applications' through their "caffe" preprocessing. ``dataset`` is what ``eval`` tests on by
     default (by default SIGNS for the notebook's layout, ImageNet for a 1000-class Keras Applications
     model, else none: ``eval --dataset`` then says); ``classes`` names the outputs (default their
-    indices, which are SIGNS's class names).
+    indices, which are SIGNS's class names). ``image_size`` is the side images are resized to for a
+    model whose input size is not fixed (default 224, Keras Applications' own).
     """
     from datetime import datetime, timezone
 
@@ -602,7 +603,11 @@ def import_keras(path: str | Path, out: str | Path, dataset: str | None = None,
         dataset = f"folder:{folder.absolute()}"
     if classes is not None and (len(set(classes)) != len(classes) or not all(classes)):
         raise KerasError(f"class names must be distinct and not empty: {','.join(classes)}")
+    if image_size is not None and image_size < 1:
+        raise KerasError(f"--image-size must be a positive number of pixels, not {image_size}")
     keras = read_keras(path)
+    if image_size is not None and keras.image_size is not None and image_size != keras.image_size:
+        raise KerasError(f"{path} takes {keras.image_size}x{keras.image_size} images only; drop --image-size")
     model = create_model(keras.model, **keras.model_kwargs)
     num_classes, channels = model.num_classes, model.conv1.in_channels
     if dataset is None:
@@ -622,7 +627,7 @@ def import_keras(path: str | Path, out: str | Path, dataset: str | None = None,
         "data_dir": None,
         "classes": names,
         "channels": channels,
-        "image_size": keras.image_size or 224,  # a model of any size: Keras Applications' own
+        "image_size": keras.image_size or image_size or 224,  # a model of any size: Keras Applications' own by default
         "resize_size": None,
         "mean": [m + 0.0 for m in keras.mean],  # -0.0 (a rescaling without offset) reads as 0
         "std": keras.std,
