@@ -281,7 +281,8 @@ def _block(graph: _Graph, block: nn.Module, x: _Tensor) -> _Tensor:
 
 
 def _preact_block(graph: _Graph, block: nn.Module, x: _Tensor) -> _Tensor:
-    """BN-ReLU-conv ... BN-ReLU-conv, plus the shortcut (a projection reads the normalised input)."""
+    """BN-ReLU-conv ... BN-ReLU-conv, plus the shortcut (a changing one, projection or zero-padded
+    identity, reads the normalised input, as the block's forward has it)."""
     preacted = _relu(graph, _batch_norm(graph, block.bns[0], x))
     out = _conv(graph, block.convs[0], preacted)
     for bn, conv in zip(block.bns[1:], block.convs[1:]):
@@ -290,7 +291,7 @@ def _preact_block(graph: _Graph, block: nn.Module, x: _Tensor) -> _Tensor:
     if isinstance(shortcut, nn.Sequential):  # a projection: a 1x1 conv, no BN of its own
         s = _conv(graph, shortcut[0], preacted)
     elif isinstance(shortcut, ZeroPadShortcut):
-        s = _zero_pad_shortcut(graph, shortcut, x, out.shape[3])
+        s = _zero_pad_shortcut(graph, shortcut, preacted, out.shape[3])
     else:
         s = x
     return graph.add("Add", [out, s], out.shape)
