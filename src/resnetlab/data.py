@@ -218,8 +218,7 @@ def get_dataset(
     name = resolve_dataset(name, root)
     if name.startswith("folder:"):
         return _load_folder(name, split, image_size, channels, val_fraction, seed)
-    if name not in _LOADERS:
-        raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, imagenet, or folder:PATH")
+    check_dataset(name)
     if split not in ("train", "test"):
         raise DataError(f"{name} has a 'train' and a 'test' split, not {split!r}")
     images, labels, classes = _LOADERS[name](name, split, root, download)
@@ -778,6 +777,19 @@ def export_folder(splits: dict[str, ArrayDataset], out: str | Path) -> Path:
 
 # ImageNet cannot be downloaded without an account at image-net.org; these are the files it gives.
 IMAGENET_ARCHIVES = ("ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_img_val.tar", "ILSVRC2012_img_train.tar")
+
+
+def check_dataset(spec: str) -> str:
+    """``spec`` checked without reading any data, as a run records it: ``folder:PATH`` must be a folder
+    (and comes back with PATH absolute), any other name one of ``DATASETS`` or ``imagenet``."""
+    if spec.startswith("folder:"):
+        folder = Path(spec.removeprefix("folder:")).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"{folder} is not a folder; give folder:PATH with one subfolder of images per class")
+        return f"folder:{folder.absolute()}"
+    if spec not in (*DATASETS, "imagenet"):
+        raise DataError(f"unknown dataset {spec!r}: choose one of {', '.join(DATASETS)}, imagenet, or folder:PATH")
+    return spec
 
 
 def resolve_dataset(name: str, root: str | Path | None = None) -> str:

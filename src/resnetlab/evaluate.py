@@ -107,10 +107,10 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 PAPER_SCALES: tuple[int, ...] = (224, 256, 384, 480, 640)
 
 
-def paper_scales(image_size: int) -> tuple[int, ...]:
-    """The 2015 paper's test scales, 224 to 640 for its 224-pixel inputs, in proportion to ``image_size``
-    (what ``scales=None`` means wherever test-time views are taken)."""
-    return tuple(round(s * image_size / 224) for s in PAPER_SCALES)
+def view_scales(image_size: int, scales: Sequence[int] | None = None) -> tuple[int, ...]:
+    """``scales``, or when None the 2015 paper's test scales (224 to 640 for its 224-pixel inputs) in
+    proportion to ``image_size``: what ``scales=None`` means wherever test-time views are taken."""
+    return tuple(round(s * image_size / 224) for s in PAPER_SCALES) if scales is None else tuple(scales)
 
 
 # The 2015 paper's ImageNet validation errors (top-1, top-5, in %) of its own nets, by test-time views:
@@ -201,7 +201,7 @@ def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float
     from .loader import decode_in_workers, default_workers
 
     check_views(views, resize_to, dataset.image_size)
-    scales = paper_scales(dataset.image_size) if scales is None else tuple(scales)
+    scales = view_scales(dataset.image_size, scales)
     device = torch.device(device)
     model.eval()
     tally = _Tally(num_classes)
@@ -293,7 +293,7 @@ def iter_predictions(
         check_views(views, config.get("resize_size"), config["image_size"])
     if workers is None:
         workers = default_workers() if len(paths) > batch_size else 0
-    items = _ImageViews(paths, config, views, paper_scales(config["image_size"]) if scales is None else tuple(scales))
+    items = _ImageViews(paths, config, views, view_scales(config["image_size"], scales))
     labels = list(names) if names is not None else [str(p) for p in paths]
     from .data import DataError
 
@@ -476,7 +476,7 @@ def evaluate_run(
             f"{name} ({found[0]} classes of {found[1]}x{found[2]}x{found[2]}) does not fit this run's model "
             f"({expected[0]} classes of {expected[1]}x{expected[2]}x{expected[2]})"
         )
-    scales = paper_scales(config["image_size"]) if scales is None else tuple(scales)
+    scales = view_scales(config["image_size"], scales)
     result = _score(model, test, config, views, scales, dev)
     reference = paper_reference(config["model"], views, scales, len(config["classes"]))
     report = EvalReport(run_dir, name, config["classes"], result, [], reference, describe_views(views, scales))
@@ -538,7 +538,7 @@ def evaluate_published(
         if limit_test <= 0:
             raise ValueError(f"--limit-test must be positive, got {limit_test}")
         ds = ds.subset(limit_test)
-    scales = paper_scales(config["image_size"]) if scales is None else tuple(scales)
+    scales = view_scales(config["image_size"], scales)
     result = _score(model, ds, config, views, scales, dev)
     from .pretrained import is_keras_tag
 

@@ -586,7 +586,7 @@ def import_keras(path: str | Path, out: str | Path, dataset: str | None = None,
 
     from . import __version__
     from .models import create_model
-    from .data import DATASETS
+    from .data import check_dataset
     from .runs import CHECKPOINT, CONFIG, WEIGHTS, save_weights, write_json
 
     out = Path(out)
@@ -594,13 +594,8 @@ def import_keras(path: str | Path, out: str | Path, dataset: str | None = None,
         raise KerasError(f"--out {out} is a file; a run directory is a folder")
     if any((out / name).exists() for name in (CONFIG, WEIGHTS, CHECKPOINT)):
         raise KerasError(f"{out} already holds a run or a model; give a new directory with --out")
-    if dataset is not None and dataset not in (*DATASETS, "imagenet") and not dataset.startswith("folder:"):
-        raise KerasError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}, imagenet, or folder:PATH")
-    if dataset is not None and dataset.startswith("folder:"):
-        folder = Path(dataset.removeprefix("folder:")).expanduser()
-        if not folder.is_dir():
-            raise KerasError(f"{folder} is not a folder")
-        dataset = f"folder:{folder.absolute()}"
+    if dataset is not None:
+        dataset = check_dataset(dataset)  # named as eval will read it; nothing is loaded now
     if classes is not None and (len(set(classes)) != len(classes) or not all(classes)):
         raise KerasError(f"class names must be distinct and not empty: {','.join(classes)}")
     if image_size is not None and image_size < 1:

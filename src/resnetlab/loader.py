@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -352,6 +352,12 @@ class _RandomCrops(torch.utils.data.Dataset):
         return load_random_crop(path, channels, self.size, seed, self.scale), label
 
 
+def scaled_jitter(sides: Sequence[int], size: int) -> tuple[int, ...]:
+    """Scale jitter's shorter sides for ``size``-pixel crops, in the proportion the 2015 paper's 256-480
+    have to its 224-pixel crops (each rounded up, so a crop always fits)."""
+    return tuple(math.ceil(side * size / 224) for side in sides)
+
+
 def check_scale_jitter(sides: tuple[int, int], size: int, from_files: bool) -> None:
     """Scale jitter resizes image files (``from_files``), and its ``size`` crop must fit in the smallest
     resized image."""
@@ -359,7 +365,7 @@ def check_scale_jitter(sides: tuple[int, int], size: int, from_files: bool) -> N
         raise ValueError("scale jitter resizes image files: it needs a folder dataset (folder:PATH)")
     low, high = sides
     if not size <= low <= high:
-        scaled = ",".join(str(math.ceil(side * size / 224)) for side in (256, 480))
+        scaled = ",".join(map(str, scaled_jitter((256, 480), size)))
         raise ValueError(f"scale jitter's shorter sides {low}-{high} must be at least the training size {size}; "
                          f"the paper's 256-480 for 224-pixel crops is --recipe-arg scale_jitter=[{scaled}] at this size")
 

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import torch
 
 from .data import DataError
-from .evaluate import check_views, describe_views, load_published, paper_scales, predict_images
+from .evaluate import check_views, describe_views, load_published, predict_images, view_scales
 from .runs import load_model
 
 MAX_UPLOAD = 20 << 20  # bytes; bigger bodies are refused before they are read
@@ -88,7 +88,7 @@ class PredictionServer(ThreadingHTTPServer):
         self.device, self.top_k = torch.device(device), top_k
         # The test-time views each upload is averaged over (predict's).
         self.views = views
-        self.scales = paper_scales(self.config["image_size"]) if scales is None else tuple(scales)
+        self.scales = view_scales(self.config["image_size"], scales)
         if views is not None:  # refused now, not at every upload
             check_views(views, self.config.get("resize_size"), self.config["image_size"])
         self.lock = threading.Lock()  # one forward pass at a time: threads would only fight over the cores

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from . import __version__, distributed, runs
 from .data import ArrayDataset, DataError, FolderDataset, get_dataset, resolve_dataset
 from .evaluate import EvalResult, evaluate
-from .loader import channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, stats_sample
+from .loader import channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, scaled_jitter, stats_sample
 from .pretrained import input_stats, is_file_spec, weights_layout
 from .recipes import Recipe, get_recipe, lr_at
 from .steps import build_train_step
@@ -234,7 +234,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     size, resize_to = folder_sizes(config.dataset, config.image_size, recipe)
     if recipe.scale_jitter is not None and size and "scale_jitter" not in config.recipe_overrides:
         # The paper's shorter sides 256-480 go with 224-pixel crops: other crops keep the proportions.
-        recipe = replace(recipe, scale_jitter=tuple(math.ceil(s * size / IMAGENET_IMAGE_SIZE) for s in recipe.scale_jitter))
+        recipe = replace(recipe, scale_jitter=scaled_jitter(recipe.scale_jitter, size))
     train_set, test_set = load_splits(config.dataset, config.data_dir, config.limit_train, config.limit_test, config.seed,
                                       size, resize_to)
     channels, image_size = dataset_shape(train_set)
