@@ -139,6 +139,13 @@ def write_keras3_files(out):
     randomise(rescaled, seed=6)
     rescaled.save(out / "rescaled.keras")
     results["rescaled_probs"] = np.asarray(rescaled.predict(images.astype("float32"), verbose=0))
+    # The same by arithmetic on the input tensor (Keras 3 records each operation), saved in both formats.
+    arithmetic = ResNet50(keras, training=False, width=4, layers=(1, 2, 1, 1),
+                          preprocess=(lambda x: 1.0 - (x / 255.0 - 0.5) * np.array([2.0, 3.0, 4.0], "float32"),))
+    randomise(arithmetic, seed=10)
+    arithmetic.save(out / "arithmetic.keras")
+    arithmetic.save(out / "arithmetic.h5")
+    results["arithmetic_probs"] = np.asarray(arithmetic.predict(images.astype("float32"), verbose=0))
     results["normalization"] = np.stack([np.asarray(normalization.mean).reshape(-1), np.asarray(normalization.variance).reshape(-1)])
 
     # Transfer learning as Keras users do it: Keras Applications' ResNet50 without its top, a classifier
@@ -149,6 +156,25 @@ def write_keras3_files(out):
     randomise(tuned, seed=5)
     tuned.save(out / "tuned.keras")
     results["tuned_logits"] = np.asarray(tuned.predict(keras.applications.resnet50.preprocess_input(images.astype("float32")), verbose=0))
+
+    # keras.io's transfer learning: augmentation in a Sequential of its own, preprocess_input called on
+    # its output, the base called as one layer; saved in both formats. And the whole model as a
+    # Sequential, rescaling its 0-255 input. Both are fed 0-255 pixels.
+    base = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(None, None, 3))
+    randomise(base, seed=7)
+    inputs = L.Input((None, None, 3))
+    augmented = keras.Sequential([L.RandomFlip("horizontal")], name="augmentation")(inputs)
+    features = base(keras.applications.resnet50.preprocess_input(augmented), training=False)
+    nested = keras.models.Model(inputs, L.Dense(4)(L.Dropout(0.2)(L.GlobalAveragePooling2D()(features))))
+    randomise(nested, seed=8)
+    nested.save(out / "nested.keras")
+    nested.save(out / "nested.h5")
+    results["nested_logits"] = np.asarray(nested.predict(images.astype("float32"), verbose=0))
+    sequential = keras.Sequential([L.Input((64, 64, 3)), keras.Sequential([L.Rescaling(1 / 127.5, offset=-1)]), base,
+                                   L.GlobalAveragePooling2D(), L.Dense(3)])
+    randomise(sequential, seed=9)
+    sequential.save(out / "sequential.keras")
+    results["sequential_logits"] = np.asarray(sequential.predict(images.astype("float32"), verbose=0))
 
     inputs = L.Input((64, 64, 3))
     other = keras.models.Model(inputs, L.Dense(6)(L.Flatten()(L.Conv2D(8, 3)(inputs))))

@@ -43,6 +43,17 @@ def probabilities(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
         return torch.softmax(model.eval()(x), 1).numpy()
 
 
+def logits_of(keras, images: np.ndarray) -> np.ndarray:
+    """What resnetlab's model read from a Keras file answers for uint8 (N, H, W, C) images, normalised
+    as the run would normalise them."""
+    model = resnetlab.create_model(keras.model, **keras.model_kwargs)
+    model.load_state_dict(keras.state_dict)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    mean, std = torch.tensor(keras.mean)[:, None, None], torch.tensor(keras.std)[:, None, None]
+    with torch.no_grad():
+        return model.eval()((x - mean) / std).numpy()
+
+
 def run(capsys, *argv) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -300,6 +311,23 @@ def test_a_fine_tuned_keras_applications_model_imports_as_resnet50(keras3, tmp_p
     assert code == 2 and "takes 64x64 images only" in err and not (tmp_path / "fixed").exists()
 
 
+@pytest.mark.parametrize("name, suffix", [("nested", ".keras"), ("nested", ".h5"), ("sequential", ".keras")])
+def test_a_base_model_called_as_one_layer(keras3, name, suffix):
+    """keras.io's transfer learning, ``base(preprocess_input(augmentation(inputs)), training=False)`` and a
+    head, and a Sequential of the base and a head that rescales its own input: the nested models' layers
+    are read as the model's own, preprocess_input's ops and the rescaling become the run's normalisation
+    of 0-1 RGB pixels, and the logits are Keras's for 0-255 pixels."""
+    expected = np.load(keras3 / "predictions.npz")
+    keras = read_keras(keras3 / f"{name}{suffix}")
+    assert keras.model == "resnet50" and keras.model_kwargs["num_classes"] == {"nested": 4, "sequential": 3}[name]
+    assert "0-255 prepared by the model's own layers" in keras.fed
+    if name == "nested":  # the caffe preprocessing: BGR less the ImageNet mean, as for the published weights
+        np.testing.assert_allclose(keras.mean, resnetlab.keras_weights.KERAS_APPLICATIONS_MEAN, rtol=1e-6)
+        np.testing.assert_allclose(keras.std, resnetlab.keras_weights.KERAS_APPLICATIONS_STD, rtol=1e-6)
+    logits = expected[f"{name}_logits"]
+    np.testing.assert_allclose(logits_of(keras, expected["images"]), logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+
+
 def test_the_published_weights_file_is_pointed_to_its_tag(keras3):
     with pytest.raises(KerasError, match="Keras Applications' weights alone.*weights='KERAS'"):
         read_keras(keras3 / "resnet50_weights_tf_dim_ordering_tf_kernels.h5")
@@ -316,13 +344,23 @@ def test_rescaling_and_augmentation_inside_the_model(keras3):
     s, (m, v) = np.array([127.5, 100, 60]), expected["normalization"]
     np.testing.assert_allclose(keras.mean, s * (1 + m) / 255, rtol=1e-5)
     np.testing.assert_allclose(keras.std, s * np.sqrt(v) / 255, rtol=1e-5)
-    model = resnetlab.create_model(keras.model, **keras.model_kwargs)
-    model.load_state_dict(keras.state_dict)
-    x = torch.from_numpy(expected["images"]).permute(0, 3, 1, 2).float() / 255
-    mean, std = torch.tensor(keras.mean)[:, None, None], torch.tensor(keras.std)[:, None, None]
-    with torch.no_grad():
-        probs = torch.softmax(model.eval()((x - mean) / std), 1).numpy()
+    probs = torch.softmax(torch.from_numpy(logits_of(keras, expected["images"])), 1).numpy()
     np.testing.assert_allclose(probs, expected["rescaled_probs"], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_arithmetic_on_the_input_inside_the_model(keras3, suffix):
+    """``1 - (x / 255 - 0.5) * [2, 3, 4]`` written as operations on the input tensor: a normalisation of
+    0-1 pixels with a negative scale, and the answers are Keras's."""
+    expected = np.load(keras3 / "predictions.npz")
+    keras = read_keras(keras3 / f"arithmetic{suffix}")
+    # The model sees 1 - a (x - 0.5) for x in 0-1 and a = 2, 3, 4: (x - mean) / std with
+    # std = -1 / a and mean = 0.5 + 1 / a.
+    a = np.array([2.0, 3.0, 4.0])
+    np.testing.assert_allclose(keras.std, -1 / a, rtol=1e-6)
+    np.testing.assert_allclose(keras.mean, 0.5 + 1 / a, rtol=1e-6)
+    probs = torch.softmax(torch.from_numpy(logits_of(keras, expected["images"])), 1).numpy()
+    np.testing.assert_allclose(probs, expected["arithmetic_probs"], rtol=1e-4, atol=1e-7)
 
 
 def test_summary_and_diagram_of_an_imported_run(keras3, tmp_path, capsys):
@@ -398,7 +436,7 @@ def test_a_notebook_model_goes_to_keras_and_back(tmp_path, capsys):
         assert code == 0 and "keras.models.load_model reads it" in out, err
         second = tmp_path / exported
         code, out, err = run(capsys, "import", first / exported, "--out", second)
-        assert code == 0 and "pixels 0-1 rescaled by the model's own" in out, err  # its Normalization holds the statistics
+        assert code == 0 and "pixels 0-1 prepared by the model's own" in out, err  # its Normalization holds the statistics
         b, config_b = load_model(second)
         for key, tensor in a.state_dict().items():
             if not key.endswith("num_batches_tracked"):

@@ -67,6 +67,12 @@ class _Layer:
     config: dict
     inputs: list[str]  # the layers whose outputs it takes
     call_kwargs: dict  # what the model's code passed when calling it, e.g. {"training": True}
+    # Its positional arguments that are not layers' outputs, None where one is (x / 255: [None, 255.0]).
+    constants: list = field(default_factory=list)
+    # Where its weights are stored: its name under the names of the models it is nested in (HDF5 files),
+    # and the names a .keras archive gives it and them (see keras3_names).
+    where: tuple[str, ...] = ()
+    stored_as: tuple[str, ...] = ()
 
 
 @dataclass
@@ -128,7 +134,7 @@ def read_keras(path: str | Path) -> KerasModel:
             about = json.loads(_text(weights_file.attrs["resnetlab"])) if "resnetlab" in weights_file.attrs else {}
         with weights_file:
             layers = _layers(config, path)
-            weights = (_keras3_weights(weights_file, layers) if path.suffix.lower() == ".keras"
+            weights = (_keras3_weights(weights_file) if path.suffix.lower() == ".keras"
                        else _legacy_weights(weights_file["model_weights"]))
             keras = _convert(layers, weights, version, path, pixel_max)
             keras.classes = about.get("classes")
@@ -163,43 +169,107 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+_MODELS = ("Functional", "Model", "Sequential")
+
+
 def _layers(config: dict, path: Path) -> dict[str, _Layer]:
-    """The layers of a functional model's config, in the order Keras lists them."""
-    if config.get("class_name") not in ("Functional", "Model") or "layers" not in config.get("config", {}):
+    """The layers of a functional or sequential model's config, in the order Keras lists them, with the
+    models nested in it opened into one graph: a base model called as one layer (keras.io's transfer
+    learning, ``base(inputs, training=False)``) or a Sequential of augmentation layers."""
+    if config.get("class_name") not in _MODELS or "layers" not in config.get("config", {}):
         raise KerasError(
-            f"{path} holds a Keras {config.get('class_name')} model; only functional models "
-            "(built from Input(...) as the notebook's ResNet50) can be read"
+            f"{path} holds a Keras {config.get('class_name')} model; only functional and sequential models "
+            "(built from layers, as the notebook's ResNet50) can be read"
         )
-    layers = {}
-    for entry in config["config"]["layers"]:
-        inputs, kwargs = [], {}
-        for node in entry.get("inbound_nodes", []):
-            if isinstance(node, dict):  # Keras 3: {"args": [tensor, ...], "kwargs": {...}}
-                args = node["args"][0] if node["args"] and isinstance(node["args"][0], list) else node["args"]
-                inputs += [a["config"]["keras_history"][0] for a in args if isinstance(a, dict)]
-                kwargs.update(node.get("kwargs", {}))
-            else:  # tf.keras 2: [[layer_name, node_index, tensor_index, kwargs], ...]
-                for name, _, _, *rest in node:
-                    inputs.append(name)
-                    kwargs.update(rest[0] if rest else {})
-        layers[entry["name"]] = _Layer(entry["name"], entry["class_name"], entry["config"], inputs, kwargs)
+    layers: dict[str, _Layer] = {}
+    _open_model(config, layers, feeds=None, where=(), stored_as=(), training={})
     return layers
 
 
-# A layer's stored arrays by Keras's names (kernel, bias, gamma, ...), given its name, class and config.
-_Weights = Callable[[str, str, dict], dict[str, np.ndarray]]
+def _open_model(config: dict, into: dict[str, _Layer], feeds: list[str] | None, where: tuple[str, ...],
+                stored_as: tuple[str, ...], training: dict) -> str:
+    """Add a model's layers to ``into`` and return the name of its output layer. A nested model's layers
+    are named ``model/layer``; its input layer is left out, its first layers taking ``feeds`` (the
+    layers the model was called on) instead, and the ``training`` flag it was called with is theirs
+    unless they set their own."""
+    sequential = config["class_name"] == "Sequential"
+    entries = config["config"]["layers"]
+    if sequential and (not entries or entries[0]["class_name"] != "InputLayer") and feeds is None:
+        # A Sequential built without Input(...) records its input shape apart from its layers.
+        shape = config["config"].get("build_input_shape")
+        entries = [{"class_name": "InputLayer", "config": {"name": "input", "batch_shape": shape}}, *entries]
+    # A .keras archive numbers a Sequential's layers without its input layer, a functional model's with it.
+    counted = [e for e in entries if not (sequential and e["class_name"] == "InputLayer")]
+    archive_names = dict(zip(map(id, counted), keras3_names([e["class_name"] for e in counted])))
+    renamed: dict[str, str] = {}  # a layer's name in this model's config -> its name in ``into``
+    previous = list(feeds or [])  # a Sequential's layer takes the one before it
+    for entry in entries:
+        name, kind = entry.get("name") or entry["config"]["name"], entry["class_name"]
+        if sequential:
+            inputs, kwargs, constants = previous, {}, []
+        else:
+            inputs, kwargs, constants = _inbound(entry)
+            inputs = [renamed[i] for i in inputs]
+        # Keras 3's functions on tensors (x[..., 2], ops.add), not the layers of that name: their module says so,
+        # and in HDF5 files, which omit modules, their config lacks the "trainable" of every layer but the input.
+        module = entry.get("module")
+        if module.startswith("keras.src.ops") if module else kind != "InputLayer" and "trainable" not in entry["config"]:
+            kind = f"ops.{kind}"
+        if kind == "InputLayer" and feeds is not None:
+            renamed[name] = feeds[0]
+        elif kind in _MODELS and "layers" in entry.get("config", {}):
+            renamed[name] = _open_model(entry, into, inputs, (*where, name), (*stored_as, archive_names[id(entry)]),
+                                        {**training, **{k: v for k, v in kwargs.items() if k == "training"}})
+        else:
+            qualified = "/".join((*where, name))
+            into[qualified] = _Layer(qualified, kind, entry["config"], inputs, {**training, **kwargs}, constants,
+                                     (*where, name), (*stored_as, archive_names.get(id(entry), "")))
+            renamed[name] = qualified
+        previous = [renamed[name]]
+    if sequential:
+        return previous[0]
+    outputs = config["config"]["output_layers"]
+    return renamed[outputs[0] if isinstance(outputs[0], str) else outputs[0][0]]
+
+
+def _inbound(entry: dict) -> tuple[list[str], dict, list]:
+    """The names of the layers a functional model's layer is called on, the keywords it is called with,
+    and its other arguments (constants, such as the index of a ``x[..., 2]``)."""
+    inputs, kwargs, constants = [], {}, []
+    for node in entry.get("inbound_nodes", []):
+        if isinstance(node, dict):  # Keras 3: {"args": [tensor, ...], "kwargs": {...}}
+            args = node["args"][0] if node["args"] and isinstance(node["args"][0], list) else node["args"]
+            for arg in args:
+                tensor = isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__"
+                if tensor:
+                    inputs.append(arg["config"]["keras_history"][0])
+                constants.append(None if tensor else arg)
+            kwargs.update(node.get("kwargs", {}))
+        else:  # tf.keras 2: [[layer_name, node_index, tensor_index, kwargs], ...]
+            for name, _, _, *rest in node:
+                inputs.append(name)
+                kwargs.update(rest[0] if rest else {})
+    return inputs, kwargs, constants
+
+
+# A layer's stored arrays by Keras's names (kernel, bias, gamma, ...).
+_Weights = Callable[[_Layer], dict[str, np.ndarray]]
+
+
+def _legacy_arrays(group: h5py.Group, where: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """A layer's arrays in the HDF5 format of model.save (under ``model_weights``) and of Keras 2's
+    save_weights (at the top): ``LAYER/LAYER/kernel:0`` and so on, named in the group's
+    ``weight_names``. A nested model's layers are in the model's group, among its other layers'."""
+    group = group[where[0]]
+    names = [_text(n) for n in group.attrs.get("weight_names", [])]
+    if len(where) > 1:
+        names = [n for n in names if n.split("/")[-2] == where[-1]]
+    # "conv2d/kernel:0" (tf.keras 2) or "conv2d/kernel" (Keras 3): keep "kernel".
+    return {n.rsplit("/", 1)[-1].split(":")[0]: np.asarray(group[n]) for n in names}
 
 
 def _legacy_weights(group: h5py.Group) -> _Weights:
-    """Weights of the HDF5 format of model.save (under ``model_weights``) and of Keras 2's save_weights
-    (at the top): ``LAYER/LAYER/kernel:0`` and so on, each layer's names in its ``weight_names``."""
-
-    def get(layer: str, kind: str, config: dict) -> dict[str, np.ndarray]:
-        names = [_text(n) for n in group[layer].attrs.get("weight_names", [])]
-        # "conv2d/kernel:0" (tf.keras 2) or "conv2d/kernel" (Keras 3): keep "kernel".
-        return {n.rsplit("/", 1)[-1].split(":")[0]: np.asarray(group[layer][n]) for n in names}
-
-    return get
+    return lambda layer: _legacy_arrays(group, layer.where)
 
 
 _VARIABLES = {
@@ -221,23 +291,25 @@ def keras3_names(kinds: list[str]) -> list[str]:
     return names
 
 
-def _keras3_weights(f: h5py.File, layers: dict[str, _Layer]) -> _Weights:
-    """Weights of a .keras archive: ``layers/NAME/vars/0, 1, ...`` in the order the layer made them.
+def _keras3_weights(f: h5py.File) -> _Weights:
+    """Weights of a .keras archive: ``layers/NAME/vars/0, 1, ...`` in the order the layer made them, a
+    nested model's layers under ``layers/MODEL/layers/NAME``.
 
     NAME is not the layer's name but its class in snake case, numbered in the model's layer order
     (conv2d, conv2d_1, ...), which is how Keras 3 addresses them so that files do not depend on
     the names a session generated.
     """
     top = f["layers"] if "layers" in f else f["_layer_checkpoint_dependencies"]  # the latter: Keras 3.0
-    stored_as = dict(zip(layers, keras3_names([layer.kind for layer in layers.values()])))
 
-    def get(layer: str, kind: str, config: dict) -> dict[str, np.ndarray]:
-        group = top.get(stored_as[layer])
+    def get(layer: _Layer) -> dict[str, np.ndarray]:
+        group = top.get(layer.stored_as[0])
+        for name in layer.stored_as[1:]:
+            group = group["layers"].get(name) if group is not None and "layers" in group else None
         stored = group["vars"] if group is not None and "vars" in group else {}
-        names = list(_VARIABLES.get(kind, ()))
-        if kind == "BatchNormalization":  # a BN without scale or centre has no gamma or beta
-            names = [n for n in names if (n != "gamma" or config.get("scale", True)) and (n != "beta" or config.get("center", True))]
-        elif not config.get("use_bias", True):
+        names = list(_VARIABLES.get(layer.kind, ()))
+        if layer.kind == "BatchNormalization":  # a BN without scale or centre has no gamma or beta
+            names = [n for n in names if (n != "gamma" or layer.config.get("scale", True)) and (n != "beta" or layer.config.get("center", True))]
+        elif not layer.config.get("use_bias", True):
             names.remove("bias")
         return {name: np.asarray(stored[str(i)]) for i, name in enumerate(names) if str(i) in stored}
 
@@ -263,13 +335,6 @@ class _Graph:
                 self.consumers[source].append(layer.name)
 
     def fail(self, layer: _Layer, wanted: str) -> KerasError:
-        if layer.kind in ("Functional", "Sequential", "Model"):
-            return KerasError(
-                f"{self.path} holds a whole model as one layer ({layer.name!r}, as keras.io's transfer learning guide's "
-                "base(inputs, training=False) does); resnetlab reads a ResNet whose layers are in the model's own graph: "
-                "save keras.Model(base.input, head(base.output)), or ResNet50(include_top=False, input_tensor=...) "
-                "and your head, with the same weights"
-            )
         shown = _describe(layer)
         return KerasError(
             f"{self.path} is in neither ResNet layout resnetlab reads (the seed notebook's, Keras Applications'): "
@@ -291,7 +356,7 @@ class _Graph:
 
     def tensors(self, layer: _Layer, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """All of ``layer``'s stored arrays as float32 tensors, after checking that ``names`` are there."""
-        stored = _as_tensors(self._weights(layer.name, layer.kind, layer.config))
+        stored = _as_tensors(self._weights(layer))
         missing = [n for n in names if n not in stored]
         if missing:
             raise KerasError(f"{self.path}: layer {layer.name!r} has no stored {', '.join(missing)}")
@@ -366,8 +431,10 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
         raise KerasError(f"{path}: the model's input is {shape}; resnetlab reads models of square images (N, H, W, C)")
     side, in_chans = shape[1], shape[3]
 
-    first, folded = _preprocessing(graph, inputs[0], in_chans, pixel_max)
+    first, folded, bgr = _preprocessing(graph, inputs[0], in_chans, pixel_max)
     layer, width, padded_pool = _stem(graph, first)
+    if bgr:  # the model reverses its input's channels itself: resnetlab's takes RGB
+        graph.state["conv1.weight"] = graph.state["conv1.weight"].flip(1)
     stages: list[list[int]] = []  # each block's F1, grouped by stage
     while len(graph.consumers[layer.name]) == 2:  # a block starts where the shortcut leaves the main path
         layer = _block(graph, layer, stages)
@@ -402,7 +469,7 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
     if in_chans != 3:
         kwargs["in_chans"] = in_chans
     fed = _rescaled(pixel_max) if folded else "normalised as Keras's preprocess_input for ResNets does (BGR, less the ImageNet mean)"
-    if folded:  # the model rescales RGB pixels itself: no preprocess_input outside it
+    if folded:  # the model prepares its pixels itself: no preprocess_input outside it
         mean, std = folded
     elif in_chans == 3:
         graph.state["conv1.weight"] = graph.state["conv1.weight"].flip(1)  # BGR filters to RGB
@@ -412,42 +479,92 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
     return KerasModel(name, kwargs, graph.state, side, version, mean, std, fed, graph.batch_stats)
 
 
-
 def _rescaled(pixel_max: int) -> str:
-    return f"pixels 0-{pixel_max} rescaled by the model's own Rescaling or Normalization layers"
+    return f"pixels 0-{pixel_max} prepared by the model's own layers (Rescaling, Normalization, preprocess_input)"
 
 
 # Layers that change nothing when a model predicts: augmentation, and noise or dropout on the input.
 _INACTIVE_WHEN_PREDICTING = {"RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast",
                              "RandomBrightness", "GaussianNoise", "Dropout"}
+_ARITHMETIC = {"ops.Add", "ops.Subtract", "ops.Multiply", "ops.Divide", "ops.TrueDivide"}  # x / 255.0, ...
+_RESCALING = {"Rescaling", "Normalization", *_ARITHMETIC}
 
 
 def _preprocessing(graph: _Graph, input_layer: _Layer, channels: int,
-                   pixel_max: int) -> tuple[_Layer, tuple[list[float], list[float]] | None]:
+                   pixel_max: int) -> tuple[_Layer, tuple[list[float], list[float]] | None, bool]:
     """Skip what a model puts between its input and the stem: augmentation, inactive when predicting, and
-    ``Rescaling`` and ``Normalization`` layers, which are folded into the normalisation of 0-1 pixels.
-    Returns the layer the stem follows, and the (mean, std) that do to pixels scaled to 0-1 what the
-    model's own rescaling did to pixels up to ``pixel_max`` (None without any)."""
+    ``Rescaling``, ``Normalization`` and the ops of ``preprocess_input`` called on the model's input
+    (``x[..., ::-1]`` as three ``x[..., i]`` stacked, then the ImageNet mean subtracted), which are
+    folded into the normalisation of 0-1 pixels. Returns the layer the stem follows, the (mean, std)
+    that do to RGB pixels scaled to 0-1 what the model's own rescaling did to pixels up to
+    ``pixel_max`` (None without any), and whether the stem is fed the channels reversed (BGR)."""
     layer = input_layer
     scale, offset, rescaled = np.ones(channels), np.zeros(channels), False  # the model sees scale * x + offset
+    bgr = False
     while True:
+        reversed_by = _channel_reversal(graph, layer)
+        if reversed_by is not None:
+            layer, bgr, rescaled = reversed_by, not bgr, True
+            scale, offset = scale[::-1].copy(), offset[::-1].copy()
+            continue
         after = graph.consumers[layer.name]
         following = graph.layers[after[0]] if len(after) == 1 else None
-        if following is None or following.kind not in _INACTIVE_WHEN_PREDICTING | {"Rescaling", "Normalization"}:
+        if following is None or following.kind not in _INACTIVE_WHEN_PREDICTING | _RESCALING:
             break
         layer = following
         if layer.kind == "Rescaling":
             factor, shift = (_per_channel(layer.config.get(k, d), channels) for k, d in (("scale", 1.0), ("offset", 0.0)))
         elif layer.kind == "Normalization":
             factor, shift = _normalization(graph, layer, channels)
+        elif layer.kind in _ARITHMETIC:
+            factor, shift = _arithmetic(graph, layer, channels)
         else:
             continue
         scale, offset, rescaled = scale * factor, offset * factor + shift, True
     if not rescaled:
-        return layer, None
+        return layer, None, False
+    if bgr:  # each array's channel i is the stem's, which is RGB channel 2 - i
+        scale, offset = scale[::-1], offset[::-1]
     # For pixels x scaled to 0-1 the model sees scale * pixel_max * x + offset, which is (x - mean) / std:
     std = 1 / (pixel_max * scale)
-    return layer, ((-offset * std).tolist(), std.tolist())
+    return layer, ((-offset * std).tolist(), std.tolist()), bgr
+
+
+def _channel_reversal(graph: _Graph, layer: _Layer) -> _Layer | None:
+    """The ``ops.stack([x[..., 2], x[..., 1], x[..., 0]], axis=-1)`` taking ``layer``'s output, as Keras 3
+    writes ``x[..., ::-1]`` of a model's input; None if something else takes it."""
+    after = [graph.layers[name] for name in graph.consumers[layer.name]]
+    if len(after) != 3 or any(a.kind != "ops.GetItem" or len(graph.consumers[a.name]) != 1 for a in after):
+        return None
+    stack = graph.layers[graph.consumers[after[0].name][0]]
+    if stack.kind != "ops.Stack" or stack.config.get("axis") not in (-1, 3):
+        return None
+    picked = [graph.layers[name].constants for name in stack.inputs]
+    if picked != [[None, [{"class_name": "__ellipsis__", "config": {}}, i]] for i in (2, 1, 0)]:
+        return None
+    return stack
+
+
+def _arithmetic(graph: _Graph, layer: _Layer, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """An addition, subtraction, multiplication or division of the input by a constant (one value, or one
+    a channel) as factor * x + shift."""
+    constants = layer.constants
+    given = [c for c in constants if c is not None]
+    if len(layer.inputs) != 1 or len(constants) != 2 or len(given) != 1:
+        raise graph.fail(layer, "arithmetic with one constant")
+    value = given[0]["config"]["value"] if isinstance(given[0], dict) else given[0]
+    if np.asarray(value).size not in (1, channels):
+        raise graph.fail(layer, "arithmetic with one value for each channel")
+    value, ones, constant_first = _per_channel(value, channels), np.ones(channels), constants[0] is not None
+    if layer.kind == "ops.Add":
+        return ones, value
+    if layer.kind == "ops.Subtract":
+        return (-ones, value) if constant_first else (ones, -value)
+    if layer.kind == "ops.Multiply":
+        return value, np.zeros(channels)
+    if constant_first:  # a constant divided by the pixels is not a rescaling
+        raise graph.fail(layer, "a division of the pixels by a constant")
+    return 1 / value, np.zeros(channels)
 
 
 def _per_channel(value, channels: int) -> np.ndarray:
@@ -645,14 +762,13 @@ def read_keras_applications(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         with h5py.File(path, "r") as f:
             group = f["model_weights"] if "model_weights" in f else f
-            weights = _legacy_weights(group)
             names = [_text(n) for n in group.attrs["layer_names"]]
             state = {}
             for name in names:
                 key = _keras_applications_key(name)
                 if key is None:
                     continue
-                stored = _as_tensors(weights(name, "", {}))
+                stored = _as_tensors(_legacy_arrays(group, (name,)))
                 if name.endswith("_conv"):
                     state.update(_conv_state(key, stored))
                 elif name.endswith("_bn"):
