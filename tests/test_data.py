@@ -571,6 +571,18 @@ def test_load_image_rejects_non_images(tmp_path):
         ds.to_arrays()
 
 
+def test_large_photos_load_quietly_and_bombs_are_refused(tmp_path, monkeypatch, recwarn):
+    """PIL warns from MAX_IMAGE_PIXELS (89 megapixels, which the largest phone photos pass) and refuses
+    twice that: the first load without a word, the second is one DataError. Scaled down here."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    large = save_image(tmp_path / "large.png", RNG.integers(0, 256, (40, 40, 3), dtype=np.uint8))  # 1,600 pixels
+    assert load_image(large, 3, 8).shape == (3, 8, 8)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    bomb = save_image(tmp_path / "bomb.png", RNG.integers(0, 256, (50, 50, 3), dtype=np.uint8))  # 2,500 > 2 x 1,000
+    with pytest.raises(DataError, match="bomb.png is not a readable image.*decompression bomb"):
+        load_image(bomb, 3, 8)
+
+
 # ----------------------------------------------------------------------------- the real Fashion-MNIST
 
 

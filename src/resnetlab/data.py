@@ -27,6 +27,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -333,7 +334,11 @@ def _opened(path: str | Path | BinaryIO | Image.Image) -> Iterator[Image.Image]:
             raise DataError(f"{path} does not exist or is not a file")
     name = path if isinstance(path, Path) else "the image"
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # PIL warns from 89 megapixels, which phones' largest photos pass; it refuses twice that (below).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as img:
             yield img
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         reason = str(err) if isinstance(name, Path) else str(err).replace(f" {path!r}", "")  # not "<_io.BytesIO ...>"
