@@ -709,9 +709,10 @@ def reproduce_variants(
 ) -> list[Path]:
     """Train one CIFAR-style net in each variant of a 2016 ablation (``orders`` or ``shortcuts``).
 
-    Writes ``{study}.png``/``.svg`` (training error dashed, test error bold, one colour a variant),
-    ``{study}.csv`` (every evaluation), ``{study}.json`` and ``report.md`` (final errors beside the
-    paper's, where the paper trained the same net: ResNet-110, or ResNet-164 with bottlenecks).
+    Writes ``{study}.png``/``.svg`` (a panel a variant, the original in grey in each; training error
+    dashed, test error bold), ``{study}.csv`` (every evaluation), ``{study}.json`` and ``report.md``
+    (final errors beside the paper's, where the paper trained the same net: ResNet-110, or ResNet-164
+    with bottlenecks).
     """
     title, variants = STUDIES[study]
     if keys:
@@ -751,7 +752,7 @@ def reproduce_variants(
     setup = f"{net}, {_setup_text(base)}"
     (out / f"{study}.json").write_text(json.dumps({"study": study, "setup": setup, "rows": rows}, indent=2) + "\n")
     paths = [out / f"{study}.json"]
-    paths += _save(_variants_figure(curves, f"{title}\n{setup}"), out / study)
+    paths += _save(_variants_figure(curves, f"{title}\n{setup}", baseline=STUDIES[study][1][0][1]), out / study)
     paths.append(_write_csv(out / f"{study}.csv", ["variant", "seed", "step", "train_error", "test_error"], records))
     paper_note = (
         "The paper's column is its CIFAR-10 result at the end of the full schedule (\"fail\": above 20%); "
@@ -770,26 +771,45 @@ def reproduce_variants(
     return paths
 
 
-def _variants_figure(curves: dict[str, list[dict]], title: str) -> Figure:
+def _variants_figure(curves: dict[str, list[dict]], title: str, baseline: str | None) -> Figure:
+    """One panel a variant, beside the ``baseline`` (the original block, grey in every panel): eight
+    variants' train and test curves in one panel hide each other."""
     from matplotlib.lines import Line2D
 
-    fig, (ax,) = _figure(1, 1, (10, 5))
-    colour = _colours(curves)
+    variants = [label for label in curves if label != baseline] or list(curves)
+    cols = min(4, len(variants))
+    rows = math.ceil(len(variants) / cols)
+    fig, axes = _figure(rows, cols, (3.4 * cols, 2.9 * rows + 0.9), sharex=True, sharey=True)
+    colour = _colours(variants)  # tab10's grey is its eighth colour: left to the baseline
     train_style, test_style = dict(ls="--", lw=1.2), dict(ls="-", lw=2.2)
-    for label, rows in curves.items():
-        steps = [r["step"] for r in rows]
-        marker = dict(marker="o", ms=3) if len(rows) <= 30 else {}
-        ax.plot(steps, [r["train_error"] for r in rows], color=colour[label], **train_style, **marker)
-        ax.plot(steps, [r["test_error"] for r in rows], color=colour[label], **test_style, **marker)
-    handles = [Line2D([], [], color=colour[label], lw=2.2, label=label) for label in curves]
-    handles += [Line2D([], [], color="black", label=what, **style) for what, style in (("train", train_style), ("test", test_style))]
-    # Beside the axes: eight variants' curves leave no empty corner inside them.
-    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    highest = max(r[c] for rows in curves.values() for r in rows for c in ("train_error", "test_error"))
-    ax.set_ylim(0, min(100.0, 1.05 * highest))
-    ax.set_ylabel("error (%)")
-    _iterations_axis(ax)
-    ax.set_title(title, fontsize=11)
+
+    def draw(ax, label: str, colour: tuple) -> None:
+        steps = [r["step"] for r in curves[label]]
+        marker = dict(marker="o", ms=3) if len(steps) <= 30 else {}
+        ax.plot(steps, [r["train_error"] for r in curves[label]], color=colour, **train_style, **marker)
+        ax.plot(steps, [r["test_error"] for r in curves[label]], color=colour, **test_style, **marker)
+
+    for i, (ax, label) in enumerate(zip(axes, variants)):
+        if baseline in curves and label != baseline:
+            draw(ax, baseline, "0.6")
+        draw(ax, label, colour[label])
+        ax.set_title(label, fontsize=9, color=colour[label])
+        _iterations_axis(ax)
+        if i + cols < len(variants):  # no axis label where a panel below shows it
+            ax.set_xlabel("")
+        else:
+            ax.xaxis.set_tick_params(labelbottom=True)
+    for ax in axes[len(variants):]:
+        ax.set_visible(False)
+    for ax in axes[::cols]:
+        ax.set_ylabel("error (%)")
+    highest = max(r[c] for rows_ in curves.values() for r in rows_ for c in ("train_error", "test_error"))
+    axes[0].set_ylim(0, min(100.0, 1.05 * highest))
+    handles = [Line2D([], [], color="black", label=what, **style) for what, style in (("train", train_style), ("test", test_style))]
+    if baseline in curves and len(curves) > 1:
+        handles.insert(0, Line2D([], [], color="0.6", lw=2.2, label=baseline))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8)
+    fig.suptitle(title, fontsize=11)
     return fig
 
 
