@@ -369,6 +369,12 @@ def test_a_run_on_a_relative_folder_is_evaluated_from_anywhere_and_another_folde
     # The folder moves (another machine, another disk): --data-dir tells a resume where, if it is the same data.
     (tmp_path / "work" / "photos").rename(tmp_path / "moved")
     fails_cleanly(capsys, "train", "--resume", "work/run", "--data-dir", tmp_path / "other", match="not the same data")
+    # The same classes and counts, but an image of each class swapped with one of the other: other data.
+    shutil.copytree(tmp_path / "moved", tmp_path / "swapped")
+    a, b = (sorted((tmp_path / "swapped" / c).iterdir())[0] for c in ("a", "b"))
+    a.rename(tmp_path / "swapped" / "b" / f"from-a-{a.name}")
+    b.rename(tmp_path / "swapped" / "a" / f"from-b-{b.name}")
+    fails_cleanly(capsys, "train", "--resume", "work/run", "--data-dir", tmp_path / "swapped", match="other images or labels")
     code, _, err = run(capsys, "train", "--resume", "work/run", "--data-dir", tmp_path / "moved", "--no-progress")
     assert code == 0, err
     code, out, err = run(capsys, "eval", "work/run", "--device", "cpu")  # the run now names the new place

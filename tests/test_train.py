@@ -11,7 +11,7 @@ from resnetlab import runs
 from resnetlab.models import create_model
 from resnetlab.recipes import get_recipe
 from resnetlab.steps import GraphedTrainStep, TrainStep, build_train_step, load_optimizer_state, make_optimizer
-from resnetlab.train import Interrupted, TrainConfig, resume, train
+from resnetlab.train import Diverged, Interrupted, TrainConfig, resume, train
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
@@ -339,8 +339,67 @@ def test_runs_started_in_the_same_second_get_directories_of_their_own(tmp_path, 
 
     monkeypatch.chdir(tmp_path)
     config = TrainConfig(model="resnet8")
-    first, second = _new_run_dir(config), _new_run_dir(config)
+    (first, lock1), (second, lock2) = _new_run_dir(config), _new_run_dir(config)
     assert first.is_dir() and second.is_dir() and first != second
+    lock1.release(), lock2.release()
+
+
+@needs_fashion
+def test_a_directory_another_process_trains_into_is_refused(tmp_path):
+    """Two runs into one --out: the second is refused while the first holds the directory (before it
+    has written a checkpoint, when the directory still looks unstarted), and so is a resume."""
+    lock = runs.RunLock(tmp_path / "run")  # as a training process holds it; a lock of another open file
+    runs.write_json(tmp_path / "run" / runs.CONFIG, {"model": "resnet8", "recipe": {}, "versions": {"resnetlab": "0"}})
+    with pytest.raises(runs.RunError, match="being trained by another process"):
+        train(tiny(tmp_path, steps=2))
+    assert runs.read_config(tmp_path / "run")["model"] == "resnet8"  # the other run's config was left alone
+    lock.release()
+    train(tiny(tmp_path, steps=8))
+    lock = runs.RunLock(tmp_path / "run")
+    with pytest.raises(runs.RunError, match="being trained by another process"):
+        resume(tmp_path / "run", progress=False)
+    lock.release()
+
+
+def test_a_folder_that_is_not_a_run_is_not_cleared(tmp_path):
+    """A config.json of someone else's, beside other files: refused, and nothing deleted."""
+    folder = tmp_path / "run"
+    (folder / "tensorboard").mkdir(parents=True)
+    (folder / runs.CONFIG).write_text('{"my": "settings"}')
+    (folder / "tensorboard" / "events.important").write_text("x")
+    with pytest.raises(runs.RunError, match="not a resnetlab training run's; pick another --out"):
+        train(tiny(tmp_path, steps=2))
+    assert (folder / runs.CONFIG).read_text() == '{"my": "settings"}' and (folder / "tensorboard" / "events.important").exists()
+
+
+@needs_fashion
+def test_killed_or_out_of_space_while_saving_the_run_can_still_be_resumed(tmp_path, monkeypatch):
+    """The checkpoint is written before the weights, so a run killed between the two writes resumes;
+    a write that fails (a full disk: torch.save's C++ writer raises a RuntimeError) is one RunError
+    naming the file, and a killed writer's temporary file is removed when the run goes on."""
+    straight = train(tiny(tmp_path, "straight", steps=16))
+    real_save_weights = runs.save_weights
+
+    def killed(*args):
+        raise KeyboardInterrupt  # the process dies after the checkpoint, before the weights
+
+    monkeypatch.setattr(runs, "save_weights", killed)
+    with pytest.raises(Interrupted):
+        train(tiny(tmp_path, "resumed", steps=16))
+    assert (tmp_path / "resumed" / runs.CHECKPOINT).exists() and not (tmp_path / "resumed" / runs.WEIGHTS).exists()
+    monkeypatch.setattr(runs, "save_weights", real_save_weights)
+    (tmp_path / "resumed" / ".checkpoint.pt.k1ll3d.tmp").write_bytes(b"half")
+
+    def full_disk(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 464832 vs 464720")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(runs.RunError, match=r"could not write .*checkpoint.pt \(\[enforce fail.*is the disk full\?"):
+        resume(tmp_path / "resumed", progress=False)
+    monkeypatch.undo()
+    assert not list((tmp_path / "resumed").glob(".*.tmp"))
+    resume(tmp_path / "resumed", progress=False)
+    assert_same_weights(straight.run_dir, tmp_path / "resumed")
 
 
 @needs_fashion
@@ -375,3 +434,19 @@ def test_ctrl_c_mid_step_stops_after_that_step_and_resumes_to_the_same_weights(t
     resumed = resume(tmp_path / "resumed", device="cpu", progress=False)
     assert resumed.steps == 20
     assert_same_weights(straight.run_dir, resumed.run_dir)
+
+
+@needs_fashion
+def test_a_diverging_run_stops_and_saves_no_nan(tmp_path):
+    """A loss that is no longer a number stops the run with the reason, before NaN weights are saved;
+    weights holding NaN (a run of an older version, a damaged file) are refused where they are loaded."""
+    with pytest.raises(Diverged, match="the loss is nan in the epoch ending at step 8 .*learning rate.*nothing was saved"):
+        train(tiny(tmp_path, steps=16, lr=1e6))
+    assert not (tmp_path / "run" / runs.WEIGHTS).exists() and not runs.read_metrics(tmp_path / "run", missing_ok=True)
+    result = train(tiny(tmp_path, "good", steps=8))
+    weights = load_file(result.run_dir / runs.WEIGHTS)
+    weights["layer1.0.bn1.running_var"][0] = float("nan")
+    from safetensors.torch import save_file
+    save_file(weights, result.run_dir / runs.WEIGHTS)
+    with pytest.raises(runs.RunError, match="layer1.0.bn1.running_var holds values that are not finite numbers"):
+        runs.load_model(result.run_dir)

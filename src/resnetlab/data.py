@@ -118,6 +118,20 @@ class ArrayDataset:
         return len(self.labels)
 
 
+def fingerprint(ds: ArrayDataset | FolderDataset) -> str:
+    """A digest of what a split holds, the same wherever its files are: its labels and pixels when in
+    memory, its files' class folders, names and labels when left on disk (reading a million images, or
+    even their sizes, to check a resume would take longer than the check is worth)."""
+    digest = hashlib.sha256()
+    if isinstance(ds, ArrayDataset):
+        digest.update(ds.labels.numpy().tobytes())
+        digest.update(ds.images.contiguous().numpy().tobytes())
+    else:
+        for path, label in ds.samples:
+            digest.update(f"{path.parent.name}/{path.name}\t{label}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
 class Samples(Sequence):
     """A folder dataset's (path, label) pairs, held as two numpy arrays.
 

@@ -109,7 +109,7 @@ def export_onnx(run_dir: str | Path | None, out: str | Path | None = None, check
             if compared is not None:
                 diff, scale = compared
                 # Relative to the logits' size: an untrained 1000-layer net's logits reach millions.
-                if diff > tolerance * max(1.0, scale):
+                if not diff <= tolerance * max(1.0, scale):  # NaN compares false either way: it fails too
                     raise RuntimeError(f"ONNX Runtime and PyTorch disagree by {diff:.2e} on logits up to {scale:.3g} "
                                        f"(over {tolerance:g} of that); nothing written")
                 report.max_abs_diff = diff

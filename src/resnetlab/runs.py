@@ -7,7 +7,8 @@
     RUN_DIR/grad_norms.json    per-layer gradient norms every N steps, when asked for
 
 Every file is written to a temporary name and renamed into place, so an interrupted write never
-leaves a half file where a good one was.
+leaves a half file where a good one was. A training process holds ``RUN_DIR/.lock`` while it runs,
+so that a second one cannot write into the same directory.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class RunError(Exception):
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` and rename the result onto ``path``."""
+    """Call ``write(tmp_path)`` and rename the result onto ``path``; a failed write (a full disk) is a
+    RunError naming the file, and leaves what ``path`` held before."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -45,9 +47,44 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; run files are meant to be shared
         os.replace(tmp, path)
+    except OSError as e:
+        reason = e.strerror or str(e).splitlines()[0]
+        raise RunError(f"could not write {path} ({reason}); is the disk full? What was saved before is kept") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_partial_writes(run_dir: Path) -> None:
+    """Delete the temporary files of writes a killed process left half done (``.NAME.*.tmp``)."""
+    for tmp in run_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+class RunLock:
+    """An exclusive lock on a run directory (made if need be), held by the process training into it
+    until ``release``; the operating system drops it if the process dies. Where the system has no
+    file locks it locks nothing."""
+
+    def __init__(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(run_dir / ".lock", "a+b")
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                msvcrt.locking(self._file.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.close()
+            raise RunError(f"{run_dir} is being trained by another process; wait for it to end, "
+                           "or pick another --out") from None
+
+    def release(self) -> None:
+        self._file.close()  # closing the file releases the lock
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -121,15 +158,26 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple
         state = load_file(path)
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise RunError(f"{path} is damaged or not a safetensors file ({e})") from None
+    damaged = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if damaged:
+        raise RunError(f"{path}: {damaged} holds values that are not finite numbers (NaN or infinite); "
+                       "the run diverged, or the file is damaged")
     load_state(model, state, path, config["model"])
     return model.to(device).eval(), config
 
 
 def clear_unstarted(run_dir: Path) -> None:
     """Remove what a run writes before its first checkpoint (config, metrics, TensorBoard's events),
-    so that a run that failed that early can start again in its directory. Nothing else is touched."""
+    so that a run that failed that early can start again in its directory. Nothing else is touched,
+    and a directory whose config.json is not a resnetlab training run's is refused."""
     import shutil
 
+    try:
+        config = json.loads((run_dir / CONFIG).read_text())
+    except (OSError, ValueError):
+        config = None
+    if not (isinstance(config, dict) and "recipe" in config and "resnetlab" in config.get("versions", {})):
+        raise RunError(f"{run_dir} holds a {CONFIG} that is not a resnetlab training run's; pick another --out")
     for name in (CONFIG, METRICS, GRAD_NORMS):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
@@ -137,7 +185,14 @@ def clear_unstarted(run_dir: Path) -> None:
 
 def save_checkpoint(run_dir: Path, state: dict) -> None:
     """Write the training state atomically."""
-    atomic_write(run_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+    def write(tmp: str) -> None:
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # torch.save's C++ writer reports a full disk so ("unexpected pos ...")
+            raise OSError(str(e).splitlines()[0]) from None
+
+    atomic_write(run_dir / CHECKPOINT, write)
 
 
 def load_checkpoint(run_dir: Path) -> dict:

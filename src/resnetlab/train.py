@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__, distributed, runs
-from .data import ArrayDataset, DataError, FolderDataset, get_dataset, resolve_dataset
+from .data import ArrayDataset, DataError, FolderDataset, fingerprint, get_dataset, resolve_dataset
 from .evaluate import EvalResult, evaluate
 from .loader import channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, scaled_jitter, stats_sample
 from .pretrained import input_stats, is_file_spec, weights_layout
@@ -85,6 +85,10 @@ class Interrupted(Exception):
     def __init__(self, run_dir: Path, step: int) -> None:
         super().__init__(f"stopped at step {step}; continue with: resnetlab train --resume {run_dir}")
         self.run_dir, self.step = run_dir, step
+
+
+class Diverged(RuntimeError):
+    """The training loss stopped being a finite number."""
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -179,20 +183,27 @@ def load_splits(dataset: str, data_dir: str | None, limit_train: int | None, lim
             for split, limit in (("train", limit_train), ("test", limit_test))]
 
 
-def _new_run_dir(config: TrainConfig) -> Path:
+def _new_run_dir(config: TrainConfig) -> tuple[Path, runs.RunLock]:
+    """The run's directory, locked for this process: ``--out``, checked under the lock (a run another
+    process started a moment ago is refused), or a new one under runs/."""
     if config.out:
         out = Path(config.out)
         if out.exists() and not out.is_dir():
             raise runs.RunError(f"--out {out} is a file; a run directory is a folder (new, or one a failed run left)")
-        if (out / runs.CHECKPOINT).exists():
-            raise runs.RunError(f"{out} already holds a run; continue it with --resume {out} or pick another --out")
-        if (out / runs.WEIGHTS).exists():
-            raise runs.RunError(f"{out} already holds a model; pick another --out (--weights {out / runs.WEIGHTS} "
-                                "starts from it)")
-        if (out / runs.CONFIG).exists():
-            # A run that failed before its first checkpoint left nothing to resume: it starts again here.
-            runs.clear_unstarted(out)
-        return out
+        lock = runs.RunLock(out)
+        try:
+            if (out / runs.CHECKPOINT).exists():
+                raise runs.RunError(f"{out} already holds a run; continue it with --resume {out} or pick another --out")
+            if (out / runs.WEIGHTS).exists():
+                raise runs.RunError(f"{out} already holds a model; pick another --out (--weights {out / runs.WEIGHTS} "
+                                    "starts from it)")
+            if (out / runs.CONFIG).exists():
+                # A run that failed before its first checkpoint left nothing to resume: it starts again here.
+                runs.clear_unstarted(out)
+        except runs.RunError:
+            lock.release()
+            raise
+        return out, lock
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{config.model}-{config.dataset.replace(':', '_').replace('/', '_')}-{stamp}"
     # Made here, under a name no other run took: two runs started in the same second get -2, -3, ...
@@ -200,7 +211,7 @@ def _new_run_dir(config: TrainConfig) -> Path:
         run_dir = base if n == 1 else base.with_name(f"{base.name}-{n}")
         try:
             run_dir.mkdir(parents=True)
-            return run_dir
+            return run_dir, runs.RunLock(run_dir)
         except FileExistsError:
             continue
 
@@ -257,9 +268,8 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     mean, std = published or channel_stats(sample)
     pca = colour_pca(sample, seed=config.seed) if recipe.lighting else None
 
-    run_dir = distributed.share(_new_run_dir(config) if world.is_main else None, world)  # one name, though clocks may differ
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, lock = _new_run_dir(config) if world.is_main else (None, None)
+    run_dir = distributed.share(run_dir, world)  # one name, though clocks may differ
     saved = {
         "model": config.model,
         "model_kwargs": model_kwargs,
@@ -278,6 +288,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
         "steps_per_epoch": steps_per_epoch,
         "train_examples": len(train_set),
         "test_examples": len(test_set),
+        "data_fingerprint": {"train": fingerprint(train_set), "test": fingerprint(test_set)},  # see resume's --data-dir
         "limit_train": config.limit_train,
         "limit_test": config.limit_test,
         "seed": config.seed,
@@ -291,10 +302,14 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
         "versions": {"resnetlab": __version__, "torch": torch.__version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    if world.is_main:
-        runs.write_json(run_dir / runs.CONFIG, saved)
-    return _run(saved, run_dir, train_set, test_set, device, config.progress, stop_at, checkpoint=None, world=world,
-                workers=config.workers, model=model)
+    try:
+        if world.is_main:
+            runs.write_json(run_dir / runs.CONFIG, saved)
+        return _run(saved, run_dir, train_set, test_set, device, config.progress, stop_at, checkpoint=None, world=world,
+                    workers=config.workers, model=model)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, stop_at: int | None = None,
@@ -308,6 +323,16 @@ def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, sto
     run_dir = Path(run_dir)
     world = distributed.world_from_env()
     saved = runs.read_config(run_dir)
+    lock = runs.RunLock(run_dir) if world.is_main else None
+    try:
+        return _resume(run_dir, saved, world, device, progress, stop_at, workers, data_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _resume(run_dir: Path, saved: dict, world: distributed.World, device: str, progress: bool, stop_at: int | None,
+            workers: int | None, data_dir: str | None) -> TrainResult:
     checkpoint = runs.load_checkpoint(run_dir)
     if checkpoint.get("model_name") != saved["model"]:
         raise runs.RunError(f"{run_dir / runs.CHECKPOINT} is a checkpoint of {checkpoint.get('model_name')}, not {saved['model']}")
@@ -324,6 +349,10 @@ def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, sto
         if found != (saved["classes"], saved["train_examples"], saved["test_examples"]):
             raise runs.RunError(f"{data_dir} holds {len(found[0])} classes and {found[1]:,} + {found[2]:,} images, not the run's "
                                 f"{len(saved['classes'])} and {saved['train_examples']:,} + {saved['test_examples']:,}: not the same data")
+        expected = saved.get("data_fingerprint")  # runs of earlier versions have none: counts and classes only
+        if expected and expected != {"train": fingerprint(train_set), "test": fingerprint(test_set)}:
+            raise runs.RunError(f"{data_dir} holds as many images of the same classes as the run's data, but other "
+                                "images or labels (or in another order): not the same data")
         if world.is_main:  # eval and later resumes find it there too
             runs.write_json(run_dir / runs.CONFIG, saved)
     device = distributed.setup(world, pick_device(device))
@@ -364,6 +393,8 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     num_classes = len(saved["classes"])
 
     step, elapsed = 0, 0.0
+    if world.is_main:
+        runs.remove_partial_writes(run_dir)  # a killed run's; no other process writes here (it is locked)
     if checkpoint is not None:
         runs.load_state(model, checkpoint["model"], run_dir / runs.CHECKPOINT, saved["model"])
         step, elapsed = checkpoint["step"], checkpoint["elapsed"]
@@ -400,12 +431,13 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             grad_log["norms"] += [t.tolist() for t in pending_norms]
             pending_norms.clear()
             runs.write_json(run_dir / runs.GRAD_NORMS, grad_log)
-        runs.save_weights(model, run_dir)
+        # The checkpoint first: killed between the two writes, the run can still be resumed.
         runs.save_checkpoint(run_dir, {
             "model_name": saved["model"], "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "step": step, "elapsed": elapsed, "sums": {k: v.cpu() for k, v in train_step.sums.items()},
             "rng": torch.get_rng_state(),
         })
+        runs.save_weights(model, run_dir)
         saved_step = step
 
     board = _tensorboard(run_dir) if world.is_main else None
@@ -445,6 +477,10 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             distributed.sum_across(train_step.sums, world)
             totals = train_step.read_sums()
             seen = totals["seen"]
+            if not math.isfinite(totals["loss"]):  # read once an epoch: a NaN is not saved over the last good checkpoint
+                kept = f"the run's last checkpoint, step {saved_step}, is kept" if saved_step else "nothing was saved"
+                raise Diverged(f"training diverged: the loss is {totals['loss']} in the epoch ending at step {step} "
+                               f"(too high a learning rate?); {kept}")
             row = {
                 "epoch": round(step / steps_per_epoch, 4), "step": step, "lr": lr,
                 "train_loss": totals["loss"] / seen, "train_acc": totals["correct"] / seen,
