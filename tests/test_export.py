@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from resnetlab import pretrained
 from resnetlab.cli import main
 from resnetlab.data import get_dataset
 from resnetlab.export import export_onnx
@@ -88,6 +89,7 @@ def test_export_published_weights(tmp_path, monkeypatch, capsys):
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     (hub / "checkpoints").mkdir(parents=True)
     torch.save(torchvision.models.resnet18().state_dict(), hub / "checkpoints" / weights.url.rsplit("/", 1)[-1])
+    monkeypatch.setattr(pretrained, "_check_digest", lambda *args: None)  # a stand-in has not the published file's SHA-256
     monkeypatch.chdir(tmp_path)
     assert main(["export", "--pretrained", "resnet18"]) == 0
     assert "ONNX Runtime matches PyTorch" in capsys.readouterr().out

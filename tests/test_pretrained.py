@@ -31,7 +31,7 @@ def hub(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def published(hub) -> torchvision.models.ResNet:
+def published(hub, monkeypatch) -> torchvision.models.ResNet:
     """torchvision's resnet18 with seeded random weights, saved where its published weights are cached.
 
     Real published weights cannot be downloaded here; these stand in for them, in the same file format.
@@ -45,6 +45,9 @@ def published(hub) -> torchvision.models.ResNet:
                 m.running_var.uniform_(0.5, 1.5)
     hub.mkdir(parents=True)
     torch.save(reference.state_dict(), hub / RESNET18_FILE)
+    # A stand-in cannot have the published file's SHA-256, which a cached file is checked against
+    # (test_a_cached_file_is_checked_as_a_download_is).
+    monkeypatch.setattr(pretrained, "_check_digest", lambda *args: None)
     return reference
 
 
@@ -105,6 +108,20 @@ def test_download_checks_the_hash_and_fills_the_cache(hub, tmp_path, monkeypatch
     assert sorted(p.name for p in hub.iterdir()) == [f"resnet18-{digest[:8]}.pth"]  # no partial file left behind
 
 
+def test_a_cached_file_is_checked_as_a_download_is(hub):
+    """A file put in the cache by hand under the published name, but not the published file (here:
+    random weights), is refused with the way out; the published file's digest passes."""
+    hub.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), hub / RESNET18_FILE)
+    with pytest.raises(WeightsError, match=r"is not the file published at https://download.pytorch.org/.*"
+                                           r"SHA256 is .*, not f37072fd.*delete it to download it again"):
+        resnetlab.create_model("resnet18", weights="IMAGENET1K_V1")
+    digest = hashlib.sha256((hub / RESNET18_FILE).read_bytes()).hexdigest()
+    pretrained._check_digest(hub / RESNET18_FILE, "url", digest[:8], None)  # its own digest: accepted
+    with pytest.raises(WeightsError, match="MD5"):
+        pretrained._check_digest(hub / RESNET18_FILE, "url", None, "0" * 32)
+
+
 def test_unreachable_download_says_where_to_put_the_file(hub, monkeypatch):
     fake = SimpleNamespace(url=(hub.parent / "nowhere" / RESNET18_FILE).as_uri(), name="IMAGENET1K_V1")
     monkeypatch.setattr(pretrained, "_published", lambda model_name, tag: fake)
@@ -132,8 +149,10 @@ def test_weights_files_of_every_kind(tmp_path):
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "w.safetensors")
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp.pth")  # DistributedDataParallel's keys
     torch.save({"state_dict": state, "epoch": 3}, tmp_path / "wrapped.ckpt")
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}}, tmp_path / "lightning.ckpt")  # a module's `model`
+    torch.save({"model_name": "resnet20", "model": state, "step": 8}, tmp_path / "checkpoint.pt")  # a resnetlab run's
     x = torch.randn(2, 1, 28, 28)
-    for file in ("w.safetensors", "ddp.pth", "wrapped.ckpt"):
+    for file in ("w.safetensors", "ddp.pth", "wrapped.ckpt", "lightning.ckpt", "checkpoint.pt"):
         model = resnetlab.create_model("resnet20", num_classes=10, in_chans=1, weights=str(tmp_path / file)).eval()
         with torch.no_grad():
             torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
@@ -152,8 +171,9 @@ def test_bad_weights_files_are_refused_without_running_them(tmp_path):
 
     marker = tmp_path / "ran"
     (tmp_path / "evil.pth").write_bytes(pickle.dumps(Exploit(str(marker))))
-    with pytest.raises(WeightsError, match="not a readable weights file"):
+    with pytest.raises(WeightsError, match=r"holds Python objects besides tensors, which resnetlab does not load") as err:
         resnetlab.create_model("resnet20", weights=str(tmp_path / "evil.pth"))
+    assert "\n" not in str(err.value) and "weights_only set to False" not in str(err.value)  # no advice to run it
     assert not marker.exists()
     with pytest.raises(WeightsError, match="does not exist"):
         resnetlab.create_model("resnet20", weights=str(tmp_path / "missing.safetensors"))
@@ -307,14 +327,11 @@ def test_ten_crop_testing_of_published_weights_averages_torchvisions_ten_crops(p
     assert report["loss"] == pytest.approx(np.mean(losses), rel=1e-4)
 
 
-def test_eval_published_weights_needs_the_thousand_classes(hub, tmp_path, capsys):
+def test_eval_published_weights_needs_the_thousand_classes(published, tmp_path, capsys):
     photos = tmp_path / "photos"
     for c in ("cat", "dog"):
         (photos / c).mkdir(parents=True)
         Image.new("RGB", (20, 20)).save(photos / c / "a.png")
-    published_file = hub / RESNET18_FILE
-    published_file.parent.mkdir(parents=True)
-    torch.save(torchvision.models.resnet18().state_dict(), published_file)
     assert main(["eval", "--pretrained", "resnet18", "--dataset", f"folder:{photos}", "--device", "cpu"]) == 2
     assert "has 2 class folders" in capsys.readouterr().err
     assert main(["eval", "--pretrained", "resnet18", "--device", "cpu"]) == 2

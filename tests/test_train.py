@@ -260,6 +260,33 @@ def test_optimizer_state_of_the_graphed_path_continues_on_the_eager_path():
     assert torch.equal(step.optimizer.state[p]["momentum_buffer"], graphed.optimizer.state[p]["momentum_buffer"])
 
 
+def test_momentum_saved_without_channels_last_resumes_into_a_fused_channels_last_update():
+    """A run saved where channels_last is off (MPS) resumes where it is on, with a fused update (which
+    ignores strides): the update is the one the saved run would have made."""
+    torch.manual_seed(0)
+    recipe, cpu = get_recipe("fast"), torch.device("cpu")
+    model = create_model("resnet8", in_chans=1)
+    x, y = torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,))
+    saved = TrainStep(model, make_optimizer(recipe, model, cpu), 0.0, cpu)
+    saved(x, y, 0.05)
+    state = copy.deepcopy(saved.optimizer.state_dict())
+    resumed_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    saved(x, y, 0.05)  # the saved run's next step
+    fused = make_optimizer(recipe, resumed_model, cpu, tensor_lr=True)  # fused, as on a GPU
+    load_optimizer_state(fused, state)
+    GraphedTrainStep(resumed_model, resumed_model, fused, 0.0, (x, y), capture=False)(x, y, 0.05)
+    for (name, a), b in zip(model.named_parameters(), resumed_model.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_graphed_step_refuses_a_batch_of_another_shape():
+    model = create_model("resnet8", in_chans=1)
+    step = GraphedTrainStep(model, model, make_optimizer(get_recipe("fast"), model, torch.device("cpu"), tensor_lr=True), 0.0,
+                            (torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,))), capture=False)
+    with pytest.raises(ValueError, match=r"batches of \(8, 1, 12, 12\), not \(1, 1, 12, 12\)"):
+        step(torch.randn(1, 1, 12, 12), torch.randint(0, 10, (1,)), 0.05)  # copy_ would broadcast it
+
+
 def eager_state_in_a_graph_ready_optimizer(recipe_name: str, steps: int, lr: float):
     """(model, eager step, tensor-lr optimizer loaded with the eager step's state after ``steps`` steps)."""
     torch.manual_seed(0)
@@ -450,3 +477,29 @@ def test_a_diverging_run_stops_and_saves_no_nan(tmp_path):
     save_file(weights, result.run_dir / runs.WEIGHTS)
     with pytest.raises(runs.RunError, match="layer1.0.bn1.running_var holds values that are not finite numbers"):
         runs.load_model(result.run_dir)
+
+
+@needs_fashion
+def test_an_unreadable_file_met_in_an_epochs_evaluation_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    """The epoch's sums and metrics row are not yet written when its evaluation fails: the run stays at
+    its last checkpoint, and resumed, ends as an uninterrupted run with every epoch's row."""
+    import resnetlab.train as train_module
+    from resnetlab.data import DataError
+
+    straight = train(tiny(tmp_path, "straight", steps=24))
+    calls, real_evaluate = [], train_module.evaluate
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise DataError("photo.jpg is not a readable image")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", second_fails)
+    with pytest.raises(DataError, match="saved at step 8"):
+        train(tiny(tmp_path, "resumed", steps=24))
+    monkeypatch.undo()
+    result = resume(tmp_path / "resumed", progress=False)
+    assert [r["step"] for r in result.history] == [8, 16, 24]
+    assert [r["train_loss"] for r in result.history] == [r["train_loss"] for r in straight.history]
+    assert_same_weights(straight.run_dir, tmp_path / "resumed")

@@ -21,6 +21,7 @@ Results go to ``benchmarks/results/`` as JSON with the device, versions and date
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import platform
@@ -208,6 +209,21 @@ def _variants(device: torch.device, compile: bool) -> list[_Variant]:
     return rows
 
 
+def _keeps_cudnn_setting(bench: Callable) -> Callable:
+    """Put cuDNN's autotuner setting back as it was after ``bench``, which sets it for its contenders."""
+
+    @functools.wraps(bench)
+    def wrapped(*args, **kwargs):
+        before = torch.backends.cudnn.benchmark
+        try:
+            return bench(*args, **kwargs)
+        finally:
+            torch.backends.cudnn.benchmark = before
+
+    return wrapped
+
+
+@_keeps_cudnn_setting
 def bench_train(
     model_name: str = "resnet20",
     dataset: str = "fashion-mnist",
@@ -276,6 +292,7 @@ def bench_train(
                     raise
                 print_fn(f"  {name}: failed: {type(e).__name__}: {e}")
                 rows[name] = {"name": name, "how": how, "error": f"{type(e).__name__}: {e}"}
+                runs[name].clear()  # a failure in a later round voids its earlier timings too
                 continue
             if round_ == 0:  # the same seed and data every round: one evaluation says it
                 model = model.to(memory_format=torch.contiguous_format)
@@ -323,6 +340,7 @@ def _time_calls(fn: Callable[[], None], iters: int, warmup: int, device: torch.d
     return (time.perf_counter() - start) / iters
 
 
+@_keeps_cudnn_setting
 def bench_model(
     model_name: str = "resnet50",
     batch_size: int | None = None,

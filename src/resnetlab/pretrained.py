@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,8 @@ def _published(model_name: str, tag: str):
             raise WeightsError(f"unknown model {model_name!r}; published weights exist for {', '.join(TORCHVISION_MODELS)}")
         raise WeightsError(
             f"torchvision publishes no weights for {model_name}; these take a tag: {', '.join(TORCHVISION_MODELS)}. "
-            "For other models pass a weights file (.safetensors, .pth)"
+            f"Train {model_name} (resnetlab train --model {model_name}), or start it from a weights file of your own "
+            "(create_model's weights=, train's --weights)"
         )
     enum = torchvision.models.get_model_weights(model_name)
     try:
@@ -154,7 +156,24 @@ def fetch_published(model_name: str, tag: str, progress: bool = True) -> Path:
     path = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if not path.exists():
         _download(url, path, sha256, md5, progress)
+    else:  # a file put there by hand, or by another program, is checked as a download would be
+        _check_digest(path, url, sha256, md5)
     return path
+
+
+def _check_digest(path: Path, url: str, sha256: str | None, md5: str | None) -> None:
+    """Refuse a cached file whose SHA-256 does not begin as its name says (torchvision's), or whose MD5
+    is not the one Keras checks."""
+    for algorithm, expected in (("sha256", sha256), ("md5", md5)):
+        if expected is None:
+            continue
+        digest = hashlib.new(algorithm)
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        if not digest.hexdigest().startswith(expected):
+            raise WeightsError(f"{path} is not the file published at {url} (its {algorithm.upper()} is "
+                               f"{digest.hexdigest()[:12]}..., not {expected}...); delete it to download it again")
 
 
 def _download(url: str, path: Path, sha256: str | None, md5: str | None, progress: bool) -> None:
@@ -191,17 +210,34 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused an object: loading it would run the file's code
+        raise WeightsError(f"{path} holds Python objects besides tensors, which resnetlab does not load (loading them "
+                           "could run code from the file); save the weights alone: torch.save(model.state_dict(), "
+                           "path) or a .safetensors file") from None
     except Exception as err:  # damaged files fail in many ways; all mean the same to the user
-        raise WeightsError(f"{path} is not a readable weights file ({type(err).__name__}: {err})") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise WeightsError(f"{path} is not a readable weights file ({type(err).__name__}: {reason})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # checkpoints that wrap the weights (Lightning and others)
+    elif isinstance(state, dict) and "model_name" in state and isinstance(state.get("model"), dict):
+        state = state["model"]  # a resnetlab run's checkpoint.pt
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} holds no state_dict (a mapping of names to tensors)")
-    # Saved from DistributedDataParallel or torch.compile: the same weights under a prefix.
-    for prefix in ("module.", "_orig_mod."):
+    # Saved from DistributedDataParallel, torch.compile or a Lightning module's `model`: the same weights under a prefix.
+    for prefix in ("module.", "_orig_mod.", "model."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
     return state
+
+
+def weights_num_classes(weights: str) -> int | None:
+    """The number of classes a weights file's classifier has (None: a tag, or a file without one), so
+    that a model built from it keeps its trained head unless asked for another class count."""
+    if not is_file_spec(weights):
+        return None
+    state = _keras_weights(weights)[1] if is_keras_file(weights) else read_state_dict(weights)
+    fc = state.get("fc.weight")
+    return fc.shape[0] if fc is not None and fc.ndim == 2 else None
 
 
 def _keras_weights(path: str) -> tuple[str, dict[str, torch.Tensor], float, str]:

@@ -76,9 +76,11 @@ class TrainStep:
 
     def read_sums(self) -> dict[str, float]:
         """The epoch's sums as numbers (one host sync)."""
-        return {k: float(v) for k, v in self.sums.items()}
+        values = torch.stack([v.double() for v in self.sums.values()]).tolist()
+        return dict(zip(self.sums, values))
 
     def reset_sums(self) -> None:
+        """Start the next epoch's sums at zero."""
         for v in self.sums.values():
             v.zero_()
 
@@ -145,6 +147,9 @@ class GraphedTrainStep(TrainStep):
     def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float, watched: list[nn.Parameter] | None = None) -> None:
         if watched:
             raise ValueError("gradient norms are recorded by the eager step only")
+        if x.shape != self.static_x.shape or y.shape != self.static_y.shape:
+            # copy_ would broadcast a smaller batch into the buffer and train on copies of it.
+            raise ValueError(f"a graphed step takes batches of {tuple(self.static_x.shape)}, not {tuple(x.shape)}")
         self.set_lr(lr)
         self.static_x.copy_(x)
         self.static_y.copy_(y)
@@ -175,11 +180,15 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
         group.update(settings)
         lr = float(group["lr"])
         group["lr"] = torch.tensor(lr, device=device) if as_tensor else lr
-        if group.get("capturable") or group.get("fused"):  # Adam's step count must then sit beside the weights
-            for p in group["params"]:
-                state = optimizer.state.get(p, {})
-                if "step" in state:
-                    state["step"] = state["step"].to(p.device, torch.float32)
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for k, v in state.items():
+                # Loaded buffers keep the saved layout; a fused kernel ignores strides, so a run saved
+                # without channels_last (MPS) and resumed with it would update the wrong elements.
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+            if "step" in state and (group.get("capturable") or group.get("fused")):
+                state["step"] = state["step"].to(p.device, torch.float32)  # Adam's step count beside the weights
 
 
 def build_train_step(

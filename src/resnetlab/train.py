@@ -269,40 +269,40 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     pca = colour_pca(sample, seed=config.seed) if recipe.lighting else None
 
     run_dir, lock = _new_run_dir(config) if world.is_main else (None, None)
-    run_dir = distributed.share(run_dir, world)  # one name, though clocks may differ
-    saved = {
-        "model": config.model,
-        "model_kwargs": model_kwargs,
-        "weights": config.weights and (str(Path(config.weights).resolve()) if is_file_spec(config.weights) else config.weights),
-        "dataset": config.dataset,
-        "data_dir": config.data_dir and str(Path(config.data_dir).expanduser().absolute()),
-        "classes": train_set.classes,
-        "channels": channels,
-        "image_size": image_size,
-        "resize_size": resize_to,
-        "mean": mean,
-        "std": std,
-        "colour_pca": pca,
-        "recipe": recipe.to_dict(),
-        "total_steps": total_steps,
-        "steps_per_epoch": steps_per_epoch,
-        "train_examples": len(train_set),
-        "test_examples": len(test_set),
-        "data_fingerprint": {"train": fingerprint(train_set), "test": fingerprint(test_set)},  # see resume's --data-dir
-        "limit_train": config.limit_train,
-        "limit_test": config.limit_test,
-        "seed": config.seed,
-        "deterministic": config.deterministic,
-        "compile": config.compile,
-        "cuda_graph": config.cuda_graph,
-        "eval_every": config.eval_every,
-        "grad_norm_every": config.grad_norm_every,
-        "device": str(device),
-        "processes": world.size,
-        "versions": {"resnetlab": __version__, "torch": torch.__version__},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
     try:
+        run_dir = distributed.share(run_dir, world)  # one name, though clocks may differ
+        saved = {
+            "model": config.model,
+            "model_kwargs": model_kwargs,
+            "weights": config.weights and (str(Path(config.weights).resolve()) if is_file_spec(config.weights) else config.weights),
+            "dataset": config.dataset,
+            "data_dir": config.data_dir and str(Path(config.data_dir).expanduser().absolute()),
+            "classes": train_set.classes,
+            "channels": channels,
+            "image_size": image_size,
+            "resize_size": resize_to,
+            "mean": mean,
+            "std": std,
+            "colour_pca": pca,
+            "recipe": recipe.to_dict(),
+            "total_steps": total_steps,
+            "steps_per_epoch": steps_per_epoch,
+            "train_examples": len(train_set),
+            "test_examples": len(test_set),
+            "data_fingerprint": {"train": fingerprint(train_set), "test": fingerprint(test_set)},  # see resume's --data-dir
+            "limit_train": config.limit_train,
+            "limit_test": config.limit_test,
+            "seed": config.seed,
+            "deterministic": config.deterministic,
+            "compile": config.compile,
+            "cuda_graph": config.cuda_graph,
+            "eval_every": config.eval_every,
+            "grad_norm_every": config.grad_norm_every,
+            "device": str(device),
+            "processes": world.size,
+            "versions": {"resnetlab": __version__, "torch": torch.__version__},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         if world.is_main:
             runs.write_json(run_dir / runs.CONFIG, saved)
         return _run(saved, run_dir, train_set, test_set, device, config.progress, stop_at, checkpoint=None, world=world,
@@ -399,6 +399,8 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         runs.load_state(model, checkpoint["model"], run_dir / runs.CHECKPOINT, saved["model"])
         step, elapsed = checkpoint["step"], checkpoint["elapsed"]
         torch.set_rng_state(checkpoint["rng"])
+        if device.type == "cuda" and "cuda_rng" in checkpoint:
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
         if world.is_main:
             runs.truncate_metrics(run_dir, step)
 
@@ -419,7 +421,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     result_test: EvalResult | None = None
     num_epochs = math.ceil(total_steps / steps_per_epoch)
 
-    saved_step = step
+    saved_step, in_epoch = step, False
 
     def save_checkpoint() -> None:
         nonlocal saved_step
@@ -436,6 +438,8 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             "model_name": saved["model"], "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "step": step, "elapsed": elapsed, "sums": {k: v.cpu() for k, v in train_step.sums.items()},
             "rng": torch.get_rng_state(),
+            # The device's generator draws a GPU run's dropout masks (mixing="dropout").
+            **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
         })
         runs.save_weights(model, run_dir)
         saved_step = step
@@ -450,7 +454,8 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             # Closed however the epoch ends, so an error is printed on a line of its own, not after the bar.
             with tqdm(total=batches_left * recipe.batch_size, desc=f"epoch {epoch + 1}/{num_epochs}", leave=False,
                       disable=not progress, unit="img", unit_scale=True) as bar:  # the rate reads as images/s
-                epoch_start = time.perf_counter()
+                epoch_start, resumed_seen = time.perf_counter(), start_batch * recipe.batch_size  # restored sums: not timed here
+                in_epoch = True
                 for x, y in train_loader.epoch(epoch, start_batch):
                     lr = lr_at(recipe, step, total_steps, depth)
                     if grad_every and step % grad_every == 0:
@@ -468,6 +473,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                         stop_at = step  # the step under way is whole: stop here, as if asked to
                     if step >= total_steps or step == stop_at:
                         break
+                in_epoch = False
             epoch_done = step % steps_per_epoch == 0 or step >= total_steps
             if step == stop_at and not epoch_done:
                 elapsed = time.perf_counter() - started
@@ -485,7 +491,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                 "epoch": round(step / steps_per_epoch, 4), "step": step, "lr": lr,
                 "train_loss": totals["loss"] / seen, "train_acc": totals["correct"] / seen,
                 "test_loss": None, "test_acc": None,
-                "images_per_s": seen / max(1e-9, time.perf_counter() - epoch_start),
+                "images_per_s": (seen - resumed_seen) / max(1e-9, time.perf_counter() - epoch_start),
             }
             last = step >= total_steps
             if world.is_main and (last or (epoch + 1) % saved["eval_every"] == 0):
@@ -512,7 +518,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         # may be half done (batch norms updated, weights not), so the last checkpoint stays as it is.
         raise Interrupted(run_dir, saved_step) from None
     except DataError as err:  # a file that cannot be read, met mid-run: keep what was trained
-        if world.size == 1:
+        if world.size == 1 and in_epoch:  # not in the epoch's evaluation, before its row is written: the last checkpoint stands
             elapsed = time.perf_counter() - started
             save_checkpoint()
         raise DataError(f"{err}. The run is saved at step {saved_step}; continue it with: "
