@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.blocks import BasicBlock, Bottleneck, ResidualMLPBlock, ZeroPadShortcut, make_shortcut
+from resnetlab.blocks import ORDERS, BasicBlock, Bottleneck, ResidualMLPBlock, ZeroPadShortcut, make_shortcut
 
 
 def n_params(m: nn.Module) -> int:
@@ -116,10 +116,21 @@ def test_bottleneck_stride_placement(stride_in_1x1, strides):
     assert (m.conv1.stride, m.conv2.stride) == strides
 
 
-def test_zero_init_residual_zeroes_last_bn_gamma():
-    m = Bottleneck(64, 16)
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("block", [BasicBlock, Bottleneck])
+def test_zero_init_residual_starts_the_branch_at_zero_and_keeps_the_shortcut(block, order):
+    """Whatever the order, the branch F(x) reaching the addition is zero and the block still passes its
+    input on (with BN after the addition, zeroing that BN would zero the shortcut as well)."""
+    torch.manual_seed(0)
+    m = block(64, 64 // block.expansion, order=order).eval()
     m.zero_init_last_bn()
-    assert torch.count_nonzero(m.bn3.weight) == 0
+    branch = []
+    m.branch_end.register_forward_hook(lambda module, inputs, output: branch.append(output))
+    x = torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        out = m(x)
+    assert torch.count_nonzero(branch[0]) == 0
+    assert out.abs().sum() > 0 and not torch.allclose(out, m(x.flip(0)).detach())
 
 
 @pytest.mark.parametrize("preact", [False, True])
@@ -184,3 +195,16 @@ def test_the_notebook_resnet50_is_made_of_its_two_blocks():
             y = torch.nn.Sequential(*ours)(x)
             torch.testing.assert_close(y, stage(x))
         x = y
+
+
+@pytest.mark.parametrize("block", [BasicBlock, Bottleneck])
+def test_preact_and_a_contradicting_order_are_refused(block):
+    with pytest.raises(ValueError, match="preact=True is order='preact', which contradicts order='post'"):
+        block(16, 16, order="post", preact=True)
+    assert block(16, 16, order="preact", preact=True).preact  # the two agree
+
+
+def test_torchvisions_downsample_argument_points_at_the_shortcut_keyword():
+    downsample = nn.Sequential(nn.Conv2d(64, 256, 1, bias=False), nn.BatchNorm2d(256))
+    with pytest.raises(ValueError, match="not a module: .*pass shortcut='B'"):
+        Bottleneck(64, 64, 1, downsample)

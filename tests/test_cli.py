@@ -365,6 +365,11 @@ def test_a_run_on_a_relative_folder_is_evaluated_from_anywhere_and_another_folde
         assert f"({count} test images)" in out.splitlines()[0]
     code, _, err = run(capsys, "train", "--resume", "work/run", "--device", "cpu", "--no-progress")
     assert code == 0, err
+    # A folder whose classes are named otherwise would be scored against the wrong ones.
+    shutil.copytree(tmp_path / "other", tmp_path / "renamed")
+    (tmp_path / "renamed" / "a").rename(tmp_path / "renamed" / "z")
+    fails_cleanly(capsys, "eval", "work/run", "--dataset", f"folder:{tmp_path / 'renamed'}", "--device", "cpu",
+                  match="class folders are not the run's classes ('b' where the run has 'a'); name them as the run's: a, b")
 
     # The folder moves (another machine, another disk): --data-dir tells a resume where, if it is the same data.
     (tmp_path / "work" / "photos").rename(tmp_path / "moved")
@@ -388,11 +393,22 @@ def test_small_mistakes_get_one_clear_line(trained, tmp_path, capsys):
     assert (tmp_path / "afile.txt").read_text() == "keep me"
     fails_cleanly(capsys, "eval", tmp_path / "afile.txt", match="not a run directory (a file)")
     fails_cleanly(capsys, "summary", tmp_path, match="is a folder but not a run directory")
+    fails_cleanly(capsys, "summary", tmp_path / "nosuch", match="nosuch is not a run directory (it does not exist)")
     fails_cleanly(capsys, "export", trained, "--format", "onnx", "-o", tmp_path / "model.h5", match="names a Keras file")
     fails_cleanly(capsys, "summary", "resnet21", match="6n+2 layers")
-    fails_cleanly(capsys, "summary", "resnet20", "--model-arg", "colour=red", match="no model option colour")
+    fails_cleanly(capsys, "summary", "resnet20", "--model-arg", "colour=red", match="option colour; the options are")
     code, out, _ = run(capsys, "models", "resnet74")
     assert code == 0 and "resnet74: 1,144,666 parameters" in out  # 6*12+2 layers, built by depth
+
+
+@needs_fashion
+def test_a_home_folder_in_an_option_is_expanded(trained, tmp_path, monkeypatch, capsys):
+    """--out=~/x reaches the program unexpanded (the shell expands ~ only at a word's start)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "eval", trained, "--device", "cpu", "--limit-test", "50", "--out=~/evaluated")
+    assert code == 0, err
+    assert (tmp_path / "evaluated" / "eval.json").is_file() and not (tmp_path / "~").exists()
 
 
 @needs_fashion
@@ -421,3 +437,14 @@ def test_a_metrics_row_cut_short_by_a_kill_is_left_out(trained, tmp_path):
         f.write("\n")  # a whole line that is not JSON is still an error
     with pytest.raises(ValueError, match="not valid JSON"):
         read_metrics(run_dir)
+
+
+def test_a_mistyped_option_gets_the_commands_usage_and_the_nearest_option(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "runs/r20", "shoe.png", "--topk", "5"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.startswith("usage: resnetlab predict") and err.rstrip().endswith("--topk 5 (did you mean --top-k?)")
+    with pytest.raises(SystemExit):
+        main(["train", "--modle", "resnet20"])
+    assert "resnetlab train: error: unrecognized arguments: --modle resnet20 (did you mean --model?)" in capsys.readouterr().err

@@ -465,8 +465,11 @@ def test_folder_problems(tmp_path):
     (tmp_path / "empty" / "cats").mkdir()
     with pytest.raises(DataError, match="class folder.* cats hold no images"):
         get_dataset(f"folder:{tmp_path / 'empty'}")
-    with pytest.raises(DataError, match="is not a folder"):
+    with pytest.raises(DataError, match="nowhere does not exist.*moved: train --resume RUN --data-dir NEW"):
         get_dataset(f"folder:{tmp_path / 'nowhere'}")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match="afile is not a folder"):
+        get_dataset(f"folder:{tmp_path / 'afile'}")
     make_folder(tmp_path / "ok", {"a": 2})
     with pytest.raises(DataError, match=r"fraction must be in \[0, 1\)"):
         get_dataset(f"folder:{tmp_path / 'ok'}", val_fraction=1.5)

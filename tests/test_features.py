@@ -1,5 +1,6 @@
 """The backbone API timm users reach for: feature maps by stage, features_only, the classifier's hooks."""
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -115,3 +116,50 @@ def test_a_backbone_is_drawn_ending_in_its_maps_and_is_not_trained():
     assert "feature maps of layer1, layer4" in source and "classes" not in source
     with pytest.raises(ValueError, match="features_only builds a backbone without a classifier"):
         train(TrainConfig(model="resnet8", model_kwargs={"features_only": True}, steps=1, device="cpu", progress=False))
+
+
+def test_a_pruned_backbone_refuses_the_stages_it_left_out():
+    backbone = create_model("resnet18", features_only=True, out_indices=(1,)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    assert backbone.num_classes == 0 and backbone.get_classifier() is None
+    with torch.no_grad():
+        maps = backbone.forward_intermediates(x, intermediates_only=True)  # every map it has: the stem's and layer1's
+        assert [m.shape[1] for m in maps] == [i["num_chs"] for i in backbone.feature_info] == [64, 64]
+        for indices in ([4], [-1], 1, [1, 2]):  # 1: the last map, layer4's
+            with pytest.raises(ValueError, match="stage [24] was left out of this backbone \\(out_indices=\\(1,\\)\\); "
+                                                 "build it with out_indices that include"):
+                backbone.forward_intermediates(x, indices)
+        with pytest.raises(ValueError, match="stage 4 was left out"):
+            backbone.forward_features(x)
+        with pytest.raises(ValueError, match="backbone has no head"):
+            backbone.forward_head(maps[-1])
+
+
+def test_indices_may_be_numpy_integers_ranges_and_arrays():
+    model = create_model("resnet18").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.forward_intermediates(x, [3, 4], intermediates_only=True)
+        for indices in (np.int64(2), np.array([3, 4]), range(3, 5), (np.int32(-2), np.int64(-1))):
+            got = model.forward_intermediates(x, indices, intermediates_only=True)
+            assert len(got) == 2 and all(torch.equal(a, b) for a, b in zip(got, expected))
+    for out_indices in (np.arange(1, 4), range(1, 4)):
+        backbone = create_model("resnet18", features_only=True, out_indices=out_indices)
+        assert backbone.out_indices == (1, 2, 3) and all(type(i) is int for i in backbone.out_indices)
+    with pytest.raises(ValueError, match="feature indices are a whole number"):
+        model.forward_intermediates(x, "12")
+
+
+@pytest.mark.parametrize("features_only", [True, False])
+def test_feature_info_names_the_modules_whose_outputs_the_maps_are(features_only):
+    """torchvision's feature extractor, given feature_info's module names, takes what the backbone returns,
+    a pre-activation net's last map after its final BN-ReLU included."""
+    model = create_model("preact_resnet18", features_only=features_only).eval()
+    extractor = create_feature_extractor(model, return_nodes=model.feature_info.module_name())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x) if features_only else model.forward_intermediates(x, norm=True, intermediates_only=True)
+        got = list(extractor(x).values())
+    assert model.feature_info.module_name()[-1] == "final_act" and len(got) == len(expected) == 5
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)

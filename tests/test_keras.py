@@ -180,7 +180,7 @@ def test_files_that_cannot_be_read(tmp_path, keras3, capsys):
     assert code == 2 and "2 class names given for a model with 6 outputs" in err
     for flags, message in ((["--classes", "a,a,b,c,d,e"], "distinct and not empty"),
                            (["--dataset", "bogus"], "unknown dataset 'bogus'"),
-                           (["--dataset", f"folder:{tmp_path / 'nowhere'}"], "nowhere is not a folder")):
+                           (["--dataset", f"folder:{tmp_path / 'nowhere'}"], "nowhere does not exist")):
         code, out, err = run(capsys, "import", TF_KERAS2, "--out", tmp_path / "refused", *flags)
         assert code == 2 and err.count("\n") == 1 and message in err and not (tmp_path / "refused").exists()
     # A model without a checkpoint says how to train it further, not "train again with --out".

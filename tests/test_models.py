@@ -1,11 +1,12 @@
 """The named models: the papers' parameter counts and multiply-adds, torchvision parity, the registry."""
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 
-from resnetlab import UnknownModelError, cifar_resnet, count_parameters, create_model, list_models
-from resnetlab.blocks import Bottleneck
+from resnetlab import ResNet, UnknownModelError, cifar_resnet, count_parameters, create_model, list_models
+from resnetlab.blocks import BasicBlock, Bottleneck
 from resnetlab.summary import count_macs, non_trainable_count
 
 CIFAR_PARAMS = {
@@ -175,3 +176,77 @@ def test_torch_hub_entry_points():
 def test_list_models_with_published_weights():
     assert list_models(pretrained=True) == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
     assert list_models("resnet1??", pretrained=True) == ["resnet101", "resnet152"]  # not resnet110: no weights
+
+
+def test_num_classes_zero_is_reset_classifier_zero():
+    """timm's num_classes=0: no classifier, the pooled features out, as reset_classifier(0) gives."""
+    torch.manual_seed(0)
+    headless = create_model("resnet18", num_classes=0).eval()
+    assert headless.num_classes == 0 and isinstance(headless.get_classifier(), torch.nn.Identity)
+    assert not any(k.startswith("fc.") for k in headless.state_dict())
+    reset = create_model("resnet18").eval()
+    reset.load_state_dict(headless.state_dict(), strict=False)
+    reset.reset_classifier(0)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        pooled = headless(x)
+        assert pooled.shape == (2, 512)
+        torch.testing.assert_close(pooled, reset(x))
+        torch.testing.assert_close(pooled, headless.forward_head(headless.forward_features(x)))
+
+
+def test_numpy_numbers_and_any_sequence_are_taken_as_plain_ints():
+    m = create_model("resnet20", num_classes=np.int64(7), in_chans=np.int32(1))
+    assert type(m.num_classes) is int and m.num_classes == 7 and m.fc.out_features == 7 and m.conv1.in_channels == 1
+    m = ResNet(BasicBlock, np.array([1, 2]), widths=range(8, 24, 8), num_classes=3, stem="cifar", gate_bias=np.float32(-2))
+    assert [len(s) for s in m.stages()] == [1, 2] and m.num_features == 16
+    assert m(torch.randn(1, 3, 8, 8)).shape == (1, 3)
+    for bad in ({"num_classes": True}, {"num_classes": 2.0}, {"layers": "11"}, {"layers": np.array([1.0, 2.0])}):
+        with pytest.raises(ValueError, match="must be"):
+            ResNet(**{"block": BasicBlock, "layers": [1, 1], "widths": [8, 16], **bad})
+
+
+def test_torchvisions_positional_num_classes_is_explained():
+    with pytest.raises(ValueError, match="third argument is widths.*num_classes=10 by keyword"):
+        ResNet(BasicBlock, [2, 2, 2, 2], 10)
+
+
+@pytest.mark.parametrize("name, option, message", [
+    ("resnet18", {"layers": [1, 1, 1, 1]}, "resnet18 fixes layers; .*ResNet\\(block, layers"),
+    ("resnet18", {"block": "bottleneck"}, "resnet18 fixes block"),
+    ("resnet20", {"stem": "imagenet"}, "resnet20 fixes stem"),
+    ("resnet74", {"layers": [1, 1, 1]}, "resnet74 fixes layers"),
+    ("signs_resnet50", {"block": BasicBlock}, "signs_resnet50 fixes block"),
+    ("preact_resnet18", {"preact": False}, "fixes preact=True; use create_model\\('resnet18', preact=False\\)"),
+    ("preact_resnet18", {"order": "post"}, "fixes order='preact'; use create_model\\('resnet18', order='post'\\)"),
+    ("plain18", {"residual": True}, "fixes residual=False; use create_model\\('resnet18', residual=True\\)"),
+    ("plain20", {"residual": True}, "fixes residual=False; use create_model\\('resnet20', residual=True\\)"),
+])
+def test_what_a_name_fixes_is_refused_in_one_line(name, option, message):
+    with pytest.raises(ValueError, match=message):
+        on_meta(name, **option)
+
+
+def test_options_that_repeat_a_name_or_leave_it_free_still_build():
+    assert on_meta("preact_resnet18", preact=True, order="preact").preact
+    assert not on_meta("plain20", residual=False).residual
+    assert on_meta("resnet18", order="preact").preact  # resnet18 leaves the order free
+    assert [len(s) for s in on_meta("resnet110", block="bottleneck").stages()] == [12, 12, 12]  # and CIFAR nets the block
+    with pytest.raises(ValueError, match="no resnet18 option depht") as error:
+        on_meta("resnet18", depht=18)
+    options = str(error.value).split("the options are ")[1].split(", ")
+    assert "widths" in options and not {"block", "layers"} & set(options)
+
+
+def test_contradicting_preact_and_order_is_refused():
+    with pytest.raises(ValueError, match="contradicts order='relu_preact'"):
+        ResNet(BasicBlock, [1, 1], widths=[8, 16], preact=True, order="relu_preact")
+    assert ResNet(BasicBlock, [1, 1], widths=[8, 16], preact=True, order="preact").preact
+
+
+def test_the_keras_layout_says_which_image_size_it_takes():
+    model = create_model("signs_resnet50", layers=[1, 1, 1, 1], widths=[4, 4, 4, 4]).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 6)
+        with pytest.raises(ValueError, match="takes 64x64 images; this input left a 7x7 map"):
+            model(torch.randn(1, 3, 224, 224))

@@ -158,6 +158,31 @@ def test_weights_files_of_every_kind(tmp_path):
             torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
 
 
+def test_a_weights_files_classifier_comes_with_it_unless_another_is_asked_for(tmp_path):
+    """A file's trained head is kept when num_classes is not given (torchvision would fail to load it into
+    1000 classes; dropping it silently would lose the training); Path and torchvision's enums name weights."""
+    torch.manual_seed(2)
+    trained = resnetlab.create_model("resnet20", num_classes=7).eval()
+    torch.save(trained.state_dict(), tmp_path / "c7.pth")
+    model = resnetlab.create_model("resnet20", weights=tmp_path / "c7.pth").eval()  # a Path
+    x = torch.randn(2, 3, 32, 32)
+    assert model.num_classes == 7
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trained(x), rtol=0, atol=0)
+    assert resnetlab.create_model("resnet20", num_classes=3, weights=str(tmp_path / "c7.pth")).fc.out_features == 3
+    with pytest.raises(WeightsError, match="ResNet18_Weights.IMAGENET1K_V1 are torchvision's weights of another model, not resnet50"):
+        resnetlab.create_model("resnet50", weights=torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+    with pytest.raises(WeightsError, match="a tag such as 'DEFAULT' or a file's path, not ''"):
+        resnetlab.create_model("resnet20", weights="")
+
+
+def test_torchvisions_weights_enum_names_the_published_weights(published):
+    model = resnetlab.create_model("resnet18", weights=torchvision.models.ResNet18_Weights.IMAGENET1K_V1).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), published(x), rtol=0, atol=1e-5)
+
+
 def test_bad_weights_files_are_refused_without_running_them(tmp_path):
     torch.save(resnetlab.create_model("resnet20").state_dict(), tmp_path / "r20.pth")
     with pytest.raises(WeightsError, match="does not hold resnet32 weights"):

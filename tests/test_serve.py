@@ -97,6 +97,16 @@ def test_bad_requests_get_a_reason_and_the_server_goes_on(server):
     assert status == 200 and len(json.loads(body)["predictions"]) == 10
 
 
+def test_a_client_that_leaves_early_is_no_error_and_others_are_one_line(server, capsys):
+    for error in (BrokenPipeError(32, "Broken pipe"), ConnectionResetError(104, "reset"), ValueError("odd")):
+        try:
+            raise error
+        except Exception:  # socketserver calls handle_error inside the except block, as here
+            server.handle_error(None, ("10.0.0.7", 5000))
+    err = capsys.readouterr().err
+    assert err == "error answering 10.0.0.7: ValueError: odd\n"  # no traceback, and nothing for the other two
+
+
 def test_serve_refuses_a_missing_run_in_one_line(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "nothing"), "--port", "0"]) == 2
     err = capsys.readouterr().err

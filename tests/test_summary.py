@@ -1,5 +1,7 @@
 """The Keras-style summary: rows, totals, multiply-adds."""
 
+import torch
+
 from resnetlab import create_model
 from resnetlab.summary import summary
 
@@ -25,3 +27,9 @@ def test_summary_rows_follow_execution_with_shapes_and_adds():
     assert adds[-1].output_shape == (1, 64, 8, 8)
     assert s.trainable == 269_722
     assert s.macs == 40_551_040  # 3x32x32 input, counted by torch.utils.flop_counter
+
+
+def test_summary_feeds_the_models_dtype():
+    """A bfloat16 model gets a bfloat16 input, and the same count as in float32."""
+    s = summary(create_model("resnet20").to(torch.bfloat16), (3, 32, 32), print_fn=None)
+    assert s.macs == 40_551_040 and s.rows[-1].output_shape == (1, 10)

@@ -1,6 +1,7 @@
 """Training on real data, resume equivalence, and the graphed step's equivalence with the eager one."""
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -379,7 +380,7 @@ def test_a_directory_another_process_trains_into_is_refused(tmp_path):
     runs.write_json(tmp_path / "run" / runs.CONFIG, {"model": "resnet8", "recipe": {}, "versions": {"resnetlab": "0"}})
     with pytest.raises(runs.RunError, match="being trained by another process"):
         train(tiny(tmp_path, steps=2))
-    assert runs.read_config(tmp_path / "run")["model"] == "resnet8"  # the other run's config was left alone
+    assert json.loads((tmp_path / "run" / runs.CONFIG).read_text())["model"] == "resnet8"  # the other run's, left alone
     lock.release()
     train(tiny(tmp_path, steps=8))
     lock = runs.RunLock(tmp_path / "run")
@@ -503,3 +504,22 @@ def test_an_unreadable_file_met_in_an_epochs_evaluation_keeps_the_last_checkpoin
     assert [r["step"] for r in result.history] == [8, 16, 24]
     assert [r["train_loss"] for r in result.history] == [r["train_loss"] for r in straight.history]
     assert_same_weights(straight.run_dir, tmp_path / "resumed")
+
+
+@needs_fashion
+def test_a_damaged_checkpoint_or_config_is_one_readable_error(tmp_path):
+    run_dir = train(tiny(tmp_path, steps=8)).run_dir
+    checkpoint = torch.load(run_dir / runs.CHECKPOINT, weights_only=True)
+    del checkpoint["optimizer"]
+    checkpoint["step"] = "8"
+    torch.save(checkpoint, run_dir / runs.CHECKPOINT)
+    with pytest.raises(runs.RunError, match=r"not a resnetlab training checkpoint, or is damaged \(optimizer, step missing"):
+        resume(run_dir, progress=False)
+    config = runs.read_config(run_dir)
+    (run_dir / runs.CONFIG).write_text("[1, 2]")
+    with pytest.raises(runs.RunError, match="is not a resnetlab run's config"):
+        runs.load_model(run_dir)
+    del config["classes"]
+    runs.write_json(run_dir / runs.CONFIG, config)
+    with pytest.raises(runs.RunError, match="config \\(it has no classes\\)"):
+        runs.load_model(run_dir)

@@ -78,6 +78,9 @@ def make_shortcut(
     Pre-activation projections have no BN of their own: they read the block's
     already normalised input (2016 paper, Keras ResNetV2).
     """
+    if isinstance(option, nn.Module):  # torchvision's Bottleneck(inplanes, planes, stride, downsample)
+        raise ValueError(f"shortcut must be one of {SHORTCUTS}, not a module: blocks build their own projection, "
+                         "so for torchvision's downsample pass shortcut='B' (a 1x1 projection where the shape changes)")
     if option not in SHORTCUTS:
         raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {option!r}")
     changes_shape = stride != 1 or in_planes != out_planes
@@ -112,6 +115,8 @@ class _Block(nn.Module):
 
     def _configure(self, order: str | None, preact: bool, residual: bool, mixing: str, scales: tuple[float, float],
                    gate_bias: float, shortcut_dropout: float) -> None:
+        if preact and order not in (None, "preact"):
+            raise ValueError(f"preact=True is order='preact', which contradicts order={order!r}: give only one of them")
         order = order or ("preact" if preact else "post")
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
@@ -157,7 +162,10 @@ class _Block(nn.Module):
 
     def zero_init_last_bn(self) -> None:
         """Start the residual branch at zero so that the block begins as the identity (Goyal et al. 2017)."""
-        nn.init.zeros_(self.last_bn.weight)
+        if self.order == "bn_after_add":  # its last BN comes after the addition: zeroing it would zero the shortcut too
+            nn.init.zeros_(self.convs[-1].weight)
+        else:
+            nn.init.zeros_(self.last_bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, preacted = self._branch(x)
@@ -206,7 +214,7 @@ class _Block(nn.Module):
 class BasicBlock(_Block):
     """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets).
 
-    ``order``: see ``_Block`` (``preact=True`` is ``order="preact"``). ``mixing``: ``"add"``;
+    ``order``: see ``_Block`` (``preact=True`` is ``order="preact"``, and refuses any other order). ``mixing``: ``"add"``;
     ``"scale"``, ``scales[0] * s + scales[1] * F(x)``; ``"gate"``, ``(1 - g) * s + g * F(x)``;
     ``"shortcut_gate"``, ``(1 - g) * s + F(x)``, with ``g = sigmoid(1x1 conv(x) + b)``, ``b``
     starting at ``gate_bias``; ``"dropout"``, dropout of rate ``shortcut_dropout`` on ``s``.

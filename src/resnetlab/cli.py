@@ -86,7 +86,7 @@ def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> No
     speed = p.add_argument_group("speed")
     speed.add_argument("--compile", action="store_true", help="torch.compile the model")
     speed.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, run the step eagerly instead of replaying a CUDA graph")
-    speed.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume)")
+    speed.add_argument("--deterministic", action="store_true", help="deterministic kernels where PyTorch has them (runs repeat bit for bit; on a GPU, ops without one warn)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", metavar="MODEL[:TAG]", help="serve published ImageNet weights instead of a run")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let other machines in")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, help="classes in each answer (default 5; a request's ?top_k=N for it alone)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     _add_view_flags(p)
 
@@ -341,6 +341,8 @@ def _model_or_run(args: argparse.Namespace):
 
     if Path(args.model).is_dir() and not (Path(args.model) / CONFIG).is_file():
         raise ValueError(f"{args.model} is a folder but not a run directory (no {CONFIG}); give a run directory or a model name")
+    if os.sep in args.model and not Path(args.model).exists():  # a path, not a name
+        raise ValueError(f"{args.model} is not a run directory (it does not exist); give a run directory or a model name")
     if (Path(args.model) / CONFIG).is_file():
         if args.num_classes or args.model_arg:
             raise ValueError(f"{args.model} is a run directory: its config.json says how its model is built")
@@ -578,6 +580,32 @@ COMMANDS = {
 }
 
 
+def _unknown_arguments(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> None:
+    """Exit with the command's own usage and the nearest of its options to a mistyped one (--topk: --top-k)."""
+    import difflib
+
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    own = commands.choices.get(command, parser)
+    flags = [f for action in own._actions for f in action.option_strings]
+    typed = next((e.split("=", 1)[0] for e in extra if e.startswith("-")), None)
+    near = difflib.get_close_matches(typed, flags, n=1) if typed else []
+    own.error(f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {near[0]}?)" if near else ""))
+
+
+# Arguments that name files or folders. The shell expands a leading ~ only where a word starts with it,
+# so --out=~/run or a quoted "~/photos" arrives as it was typed.
+_PATH_ARGUMENTS = ("out", "resume", "csv", "data_dir", "results", "weights", "run_dir", "run_dirs", "inputs", "file", "model")
+
+
+def _expand_home(args: argparse.Namespace) -> None:
+    for name in _PATH_ARGUMENTS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, os.path.expanduser(value))
+        elif isinstance(value, list):
+            setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
@@ -586,8 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command == "predict" and not any(e.startswith("-") for e in extra):
         args.inputs += extra  # images after an option (predict RUN --ten-crop a.jpg b.jpg): argparse stops at it
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        _unknown_arguments(parser, args.command, extra)
     args.debug, args.argv = debug, argv
+    _expand_home(args)
     try:
         (args.func if hasattr(args, "func") else COMMANDS[args.command])(args)
     except KeyboardInterrupt:
@@ -602,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
         from .train import Interrupted
 
         if isinstance(e, Interrupted):
+            if int(os.environ.get("RANK", "0")) != 0:  # one of several torchrun processes: process 0 says it
+                return 130
             if args.command == "reproduce":  # its runs resume when the experiment is run again
                 print(f"stopped at step {e.step} of {e.run_dir}; the same command again continues the experiment",
                       file=sys.stderr)

@@ -768,6 +768,12 @@ _LOADERS: dict[str, Callable[[str, str, str | Path | None, bool], _Arrays]] = {
 }
 
 
+def class_folder_names(classes: Sequence[str]) -> list[str]:
+    """The folders ``export_folder`` writes classes into: ``INDEX-NAME``, a slash in a name a dash."""
+    width = len(str(len(classes) - 1))
+    return [f"{i:0{width}d}-{name.replace('/', '-')}" for i, name in enumerate(classes)]
+
+
 def export_folder(splits: dict[str, ArrayDataset], out: str | Path) -> Path:
     """Write datasets held in memory as an image folder: ``out/SPLIT/CLASS/N.png`` for each split.
 
@@ -781,8 +787,7 @@ def export_folder(splits: dict[str, ArrayDataset], out: str | Path) -> Path:
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     for split, ds in splits.items():
-        width = len(str(len(ds.classes) - 1))
-        folders = [partial / split / f"{i:0{width}d}-{name.replace('/', '-')}" for i, name in enumerate(ds.classes)]
+        folders = [partial / split / name for name in class_folder_names(ds.classes)]
         for folder in folders:
             folder.mkdir(parents=True)
         for n, (image, label) in enumerate(zip(ds.images, ds.labels.tolist())):
@@ -798,13 +803,20 @@ def export_folder(splits: dict[str, ArrayDataset], out: str | Path) -> Path:
 IMAGENET_ARCHIVES = ("ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_img_val.tar", "ILSVRC2012_img_train.tar")
 
 
+def _not_a_folder(path: Path) -> DataError:
+    if path.exists():
+        return DataError(f"{path} is not a folder; give folder:PATH with one subfolder of images per class")
+    return DataError(f"{path} does not exist; give folder:PATH with one subfolder of images per class (for a run whose "
+                     "folder has moved: train --resume RUN --data-dir NEW, eval RUN --dataset folder:NEW)")
+
+
 def check_dataset(spec: str) -> str:
     """``spec`` checked without reading any data, as a run records it: ``folder:PATH`` must be a folder
     (and comes back with PATH absolute), any other name one of ``DATASETS`` or ``imagenet``."""
     if spec.startswith("folder:"):
         folder = Path(spec.removeprefix("folder:")).expanduser()
         if not folder.is_dir():
-            raise DataError(f"{folder} is not a folder; give folder:PATH with one subfolder of images per class")
+            raise _not_a_folder(folder)
         return f"folder:{folder.absolute()}"
     if spec not in (*DATASETS, "imagenet"):
         raise DataError(f"unknown dataset {spec!r}: choose one of {', '.join(DATASETS)}, imagenet, or folder:PATH")
@@ -914,7 +926,7 @@ def _load_folder(
     if split not in ("train", "val", "test"):
         raise DataError(f"{spec}: the splits are 'train' and 'val' (or 'test'), not {split!r}")
     if not path.is_dir():
-        raise DataError(f"{path} is not a folder; give folder:PATH with one subfolder of images per class")
+        raise _not_a_folder(path)
     held_out = own_held_out(path)
     if held_out is not None:
         if split == "train":

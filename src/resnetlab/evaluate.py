@@ -217,7 +217,7 @@ def check_views(views: str | None, resize_to: int | None, image_size: int) -> No
     """Refuse test-time views a model's preprocessing cannot give."""
     if views == "ten-crop" and (resize_to is None or resize_to <= image_size):
         raise ValueError("ten-crop testing cuts crops from an image resized larger than the model's input: it needs "
-                         "a run trained with a scaling recipe (imagenet) on a folder, or --pretrained")
+                         "a run trained on a folder with scale augmentation (recipe imagenet, or scale_crop), or --pretrained")
 
 
 def _view_probs(model: nn.Module, images: Sequence[Sequence[torch.Tensor]], mean: list[float], std: list[float],
@@ -449,7 +449,7 @@ def evaluate_run(
     ``views`` ("ten-crop" or "scales", see ``view_batches``) averages each image's scores over several
     views of it; that needs image files, so a run trained on a folder.
     """
-    from .data import own_held_out, resolve_dataset
+    from .data import class_folder_names, own_held_out, resolve_dataset
     from .loader import dataset_shape
     from .plots import plot_confusion
     from .runs import load_model, write_json
@@ -476,6 +476,13 @@ def evaluate_run(
             f"{name} ({found[0]} classes of {found[1]}x{found[2]}x{found[2]}) does not fit this run's model "
             f"({expected[0]} classes of {expected[1]}x{expected[2]}x{expected[2]})"
         )
+    unnamed = config["classes"] == [str(i) for i in range(len(config["classes"]))]  # an import given no names
+    exported = class_folder_names(config["classes"])  # the run's own data written out by `resnetlab data --export`
+    if name.startswith("folder:") and list(test.classes) not in (config["classes"], exported) and not unnamed:
+        # Labels are class indices: folders named otherwise would be scored against the wrong classes.
+        differ = next(f"{a!r} where the run has {b!r}" for a, b in zip(test.classes, config["classes"]) if a != b)
+        raise ValueError(f"{name}'s class folders are not the run's classes ({differ}); name them as the run's: "
+                         f"{', '.join(config['classes'][:5])}{', ...' if len(config['classes']) > 5 else ''}")
     scales = view_scales(config["image_size"], scales)
     result = _score(model, test, config, views, scales, dev)
     reference = paper_reference(config["model"], views, scales, len(config["classes"]))

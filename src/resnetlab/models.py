@@ -16,6 +16,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import operator
+import os
 import re
 from collections.abc import Callable, Sequence
 
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from .blocks import BasicBlock, Bottleneck
-from .typecheck import check_types
+from .typecheck import as_sequence, check_types, is_integer
 
 STEMS = ("imagenet", "cifar", "keras")
 
@@ -34,13 +36,17 @@ class ResNet(nn.Module):
     Args:
         block: ``BasicBlock`` or ``Bottleneck``.
         layers: blocks per stage, e.g. ``[3, 4, 6, 3]`` for ResNet-50.
-        widths: the planes of each stage (the output has ``planes * block.expansion`` channels).
+        widths: the planes of each stage (the output has ``planes * block.expansion`` channels). The
+            third positional argument, where torchvision's ``ResNet`` takes ``num_classes``.
+        num_classes: classes of the classifier; 0 for none, ``forward`` then returns the pooled features
+            (as ``reset_classifier(0)`` and timm's ``num_classes=0``).
         stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max pool), ``"cifar"`` (one 3x3 conv) or
             ``"keras"`` (the seed notebook's: 7x7/2 conv with bias, unpadded max pool).
         shortcut: ``"A"``, ``"B"`` or ``"C"`` (see ``blocks.make_shortcut``).
         preact: 2016 pre-activation units, with one BN-ReLU after the last stage.
         order: any activation order of the 2016 paper's Figure 4 (``blocks.ORDERS``); ``"preact"`` is
-            ``preact=True``, ``"relu_preact"`` gets a ReLU after the last stage.
+            ``preact=True`` (any other order with ``preact=True`` is refused), ``"relu_preact"`` gets a
+            ReLU after the last stage.
         mixing: how shortcut and branch combine (``blocks.MIXINGS``, the 2016 paper's Figure 2), with
             ``scales``, ``gate_bias`` and ``shortcut_dropout`` as in ``blocks.BasicBlock``.
         residual: ``False`` builds the plain twin (no shortcuts at all).
@@ -48,9 +54,12 @@ class ResNet(nn.Module):
         zero_init_residual: start every residual branch at zero (its last BN's gamma = 0).
         bias: conv biases, as in Keras (``signs_resnet50``).
         bn_eps: the epsilon of every batch norm (PyTorch's 1e-5; Keras's default is 1e-3).
-        features_only: a backbone without pooling, classifier or any stage past its deepest map, whose
-            forward returns the feature maps at ``out_indices`` of ``feature_info`` (as timm's ``features_only``).
+        features_only: a backbone without pooling, classifier (``num_classes`` is 0) or any stage past its
+            deepest map, whose forward returns the feature maps at ``out_indices`` of ``feature_info``
+            (as timm's ``features_only``); ``feature_info`` then lists the maps up to the deepest.
         out_indices: which feature maps: 0 is the stem's, 1 and on each stage's, -1 the last (default all).
+
+    Whole numbers may be NumPy integers, and lists any sequence of them (a tuple, a range, a 1-d array).
     """
 
     def __init__(
@@ -76,8 +85,14 @@ class ResNet(nn.Module):
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
     ) -> None:
-        # Every argument as passed (locals() holds nothing else yet); options typed on the command line get checked.
-        check_types(ResNet.__init__, locals())
+        if is_integer(widths):
+            raise ValueError(f"ResNet's third argument is widths (each stage's planes), not num_classes as in "
+                             f"torchvision's ResNet: pass num_classes={widths} by keyword")
+        # Every argument as passed (locals() holds nothing else yet): options typed on the command line get
+        # checked, and NumPy numbers and arrays become the ints and lists that the layers and configs expect.
+        given = check_types(ResNet.__init__, locals())
+        layers, widths, scales, out_indices = given["layers"], given["widths"], given["scales"], given["out_indices"]
+        num_classes, in_chans = given["num_classes"], given["in_chans"]
         super().__init__()
         if in_chans < 1 or num_classes < 0:
             raise ValueError(f"in_chans must be at least 1 and num_classes at least 0, got {in_chans} and {num_classes}")
@@ -89,10 +104,11 @@ class ResNet(nn.Module):
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if len(layers) != len(widths):
             raise ValueError("layers and widths must have one entry per stage")
+        if preact and order not in (None, "preact"):
+            raise ValueError(f"preact=True is order='preact', which contradicts order={order!r}: give only one of them")
         order = order or ("preact" if preact else "post")
         preact = order == "preact"
         self.preact, self.residual, self.stem, self.order, self.mixing = preact, residual, stem, order, mixing
-        self.num_classes = num_classes
 
         width = widths[0]
         if stem == "cifar":
@@ -123,29 +139,39 @@ class ResNet(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         self.num_stages = len(layers)
         self.num_features = in_planes
-        # What each feature map is, timm's way: index 0 the stem's output (before any max pool), then the stages'.
-        stem_reduction = 1 if stem == "cifar" else 2
-        pool = 1 if stem == "cifar" else 2
-        self.feature_info = [{"module": "relu", "num_chs": width, "reduction": stem_reduction}] + [
-            {"module": f"layer{i + 1}", "num_chs": w * block.expansion, "reduction": stem_reduction * pool * 2**i}
-            for i, w in enumerate(widths)
-        ]
-        self.out_indices = self._take_indices(out_indices) if features_only else None
-        self.feature_info = FeatureInfo(self.feature_info, self.out_indices or range(len(self.feature_info)))
 
         self.final_bn = nn.BatchNorm2d(in_planes) if preact else nn.Identity()
         # Units that end in the addition leave the last one un-activated: the head gets the ReLU (2016 paper).
-        self.final_relu = order in ("preact", "relu_preact")
+        # A module rather than a call, so that the last feature map is some module's output (feature_info's).
+        self.final_act = nn.ReLU() if order in ("preact", "relu_preact") else nn.Identity()
         # Keras layout: a fixed 2x2 average pool and flatten, exact for 64x64 inputs; elsewhere global pooling.
         self.avgpool = nn.AvgPool2d(2) if stem == "keras" else nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_planes, num_classes)
+
+        # What each feature map is, timm's way: index 0 the stem's output (before any max pool), then the stages',
+        # the last as the head sees it.
+        stem_reduction = 1 if stem == "cifar" else 2
+        pool = 1 if stem == "cifar" else 2
+        info = [{"module": "relu", "num_chs": width, "reduction": stem_reduction}] + [
+            {"module": f"layer{i + 1}", "num_chs": w * block.expansion, "reduction": stem_reduction * pool * 2**i}
+            for i, w in enumerate(widths)
+        ]
+        if self.final_relu:
+            info[-1]["module"] = "final_act"
+        self.feature_info = FeatureInfo(info, range(len(info)))
+        self.out_indices = None
         if features_only:
+            self.out_indices = tuple(self._take_indices(out_indices))
+            deepest = max(self.out_indices)
             # A backbone has no head, and no stage past its deepest map (timm's pruning): no weights unused.
+            self.feature_info = FeatureInfo(info[: deepest + 1], self.out_indices)
             self.avgpool = self.fc = None
-            for i in range(max(self.out_indices) + 1, self.num_stages + 1):
+            self.num_classes = 0
+            for i in range(deepest + 1, self.num_stages + 1):
                 delattr(self, f"layer{i}")
-            if max(self.out_indices) < self.num_stages:
-                self.final_bn = nn.Identity()
+            if deepest < self.num_stages:
+                self.final_bn, self.final_act = nn.Identity(), nn.Identity()
+        else:
+            self.reset_classifier(num_classes)
         for m in self.modules():
             if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 m.eps = bn_eps
@@ -168,6 +194,11 @@ class ResNet(nn.Module):
             for block_module in self.blocks():
                 block_module.zero_init_last_bn()
 
+    @property
+    def final_relu(self) -> bool:
+        """Whether the net ends in a ReLU after its last stage (pre-activation units, ``relu_preact``)."""
+        return isinstance(self.final_act, nn.ReLU)
+
     def stages(self) -> list[nn.Sequential]:
         """The stages in order (``layer1``, ``layer2``, ...); a backbone's up to its deepest map."""
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages) if hasattr(self, f"layer{i + 1}")]
@@ -183,10 +214,11 @@ class ResNet(nn.Module):
         """timm's: the feature maps at ``indices`` of ``feature_info``, shallowest first, after the final
         feature map (``forward_features``'s) unless ``intermediates_only``.
 
-        ``indices``: None for all (the stem's, index 0, then each stage's), an int n for the last n,
-        or a list (negative ones count from the end). ``norm`` takes a pre-activation net's last stage
-        map after its final BN-ReLU, as the classifier sees it. ``stop_early`` runs no stage past the
-        deepest map asked for (the final map is then that stage's).
+        ``indices``: None for all (the stem's, index 0, then each stage's; a backbone's up to its deepest),
+        an int n for the last n, or a sequence (negative ones count from the end). They index the whole
+        net's maps, so a backbone refuses those of the stages it left out. ``norm`` takes a pre-activation
+        net's last stage map after its final BN-ReLU, as the classifier sees it. ``stop_early`` runs no
+        stage past the deepest map asked for (the final map is then that stage's).
         """
         if output_fmt != "NCHW":
             raise ValueError(f"feature maps come as NCHW, not {output_fmt}")
@@ -198,14 +230,14 @@ class ResNet(nn.Module):
         for i, stage in enumerate(stages, 1):
             x = stage(x)
             if i in wanted:
-                features.append(torch.relu(self.final_bn(x)) if norm and self._normed_last(i) else x)
+                features.append(self._finish(x) if norm and i == self.num_stages else x)
         if intermediates_only:
             return features
-        return (torch.relu(self.final_bn(x)) if self._normed_last(len(stages)) else x), features
+        return (self._finish(x) if len(stages) == self.num_stages else x), features
 
-    def _normed_last(self, stage: int) -> bool:
-        """Whether ``stage``'s map is the last of a net that ends in a BN-ReLU (pre-activation units)."""
-        return stage == self.num_stages and self.final_relu
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's map as the head sees it: after the final BN-ReLU of pre-activation nets."""
+        return self.final_act(self.final_bn(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map after the last stage (and the final BN-ReLU of pre-activation nets)."""
@@ -213,46 +245,74 @@ class ResNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool the last feature map and classify it; ``pre_logits`` stops before the classifier."""
-        x = torch.flatten(self.avgpool(x), 1)
-        return x if pre_logits else self.fc(x)
+        if self.fc is None:
+            raise ValueError("a features_only backbone has no head: its forward returns the feature maps")
+        pooled = torch.flatten(self.avgpool(x), 1)
+        if pre_logits:
+            return pooled
+        # The size is checked only once fc has failed: torch.fx (create_feature_extractor) cannot trace a branch
+        # on a shape, and the forward pays nothing.
+        try:
+            return self.fc(pooled)
+        except RuntimeError:
+            if pooled.shape[1] == self.num_features:
+                raise  # not the flatten head's size: fc's own error says more
+            side = 2 * self.feature_info[-1]["reduction"]
+            raise ValueError(f"this model flattens a 2x2 map (Keras's layout, as signs_resnet50) and so takes {side}x{side} "
+                             f"images; this input left a {x.shape[-2]}x{x.shape[-1]} map") from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self.out_indices is not None:  # a backbone's maps are those its head would have seen
             return self.forward_intermediates(x, self.out_indices, norm=True, stop_early=True, intermediates_only=True)
         return self.forward_head(self.forward_features(x))
 
-    def get_classifier(self) -> nn.Module:
-        """The classifier (``fc``)."""
+    def get_classifier(self) -> nn.Module | None:
+        """The classifier (``fc``): an ``nn.Identity`` with 0 classes, None for a features_only backbone."""
         return self.fc
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh classifier for ``num_classes`` classes; 0 makes ``forward`` return the pooled features."""
         if self.out_indices is not None:
             raise ValueError("a features_only backbone has no classifier to reset; build the model without features_only")
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if not is_integer(num_classes) or num_classes < 0:
+            raise ValueError(f"num_classes must be a whole number, 0 (no classifier) or more, not {num_classes!r}")
+        self.num_classes = operator.index(num_classes)
+        self.fc = nn.Linear(self.num_features, self.num_classes) if self.num_classes > 0 else nn.Identity()
 
     def _take_indices(self, indices: int | Sequence[int] | None) -> list[int]:
         """``indices`` of ``feature_info`` as forward_intermediates takes them (see there), sorted."""
         count = self.num_stages + 1
         if indices is None:
-            return list(range(count))
-        if isinstance(indices, int):
+            return list(range(len(self.feature_info)))
+        if is_integer(indices):
             if not 0 < indices <= count:
                 raise ValueError(f"the last n feature maps: n from 1 to {count}, got {indices}")
-            return list(range(count - indices, count))
-        given = list(indices)
-        taken = [i + count if i < 0 else i for i in given]
-        if not taken or any(not 0 <= i < count for i in taken) or len(set(taken)) != len(taken):
-            raise ValueError(f"feature indices must be distinct, from 0 (the stem) to {self.num_stages} "
-                             f"(the last stage), or -1 (the last) back to -{count}; got {given}")
+            taken = list(range(count - indices, count))
+        else:
+            given = as_sequence(indices)
+            if given is None or not all(is_integer(i) for i in given):
+                raise ValueError(f"feature indices are a whole number (the last n maps) or a sequence of them, not {indices!r}")
+            given = [operator.index(i) for i in given]
+            taken = [i + count if i < 0 else i for i in given]
+            if not taken or any(not 0 <= i < count for i in taken) or len(set(taken)) != len(taken):
+                raise ValueError(f"feature indices must be distinct, from 0 (the stem) to {self.num_stages} "
+                                 f"(the last stage), or -1 (the last) back to -{count}; got {given}")
+        left_out = [i for i in taken if i >= len(self.feature_info)]
+        if left_out:
+            raise ValueError(f"stage {left_out[0]} was left out of this backbone (out_indices={self.out_indices}); "
+                             f"build it with out_indices that include {left_out[0]}, or without features_only")
         return sorted(taken)
 
 
 class FeatureInfo(list):
     """A model's feature maps (dicts of ``num_chs``, ``reduction``, ``module``), indexed as
     ``forward_intermediates`` indexes them, which ``channels()``, ``reduction()`` and ``module_name()``
-    answer for those a model returns (a backbone's ``out_indices``), as timm's ``FeatureInfo`` does."""
+    answer for those a model returns (a backbone's ``out_indices``), as timm's ``FeatureInfo`` does.
+
+    ``module`` names the module whose output the map is, so torchvision's
+    ``create_feature_extractor(model, info.module_name())`` returns a backbone's maps: a pre-activation
+    net's last map is ``final_act``'s, after its final BN-ReLU (``forward_intermediates`` with ``norm=True``).
+    """
 
     def __init__(self, info: Sequence[dict], out_indices: Sequence[int]) -> None:
         super().__init__(info)
@@ -276,21 +336,27 @@ class FeatureInfo(list):
         return self.get("reduction", idx)
 
     def module_name(self, idx: int | Sequence[int] | None = None) -> list[str] | str:
+        """The modules whose outputs the maps are (see the class)."""
         return self.get("module", idx)
 
 
 # --- registry -----------------------------------------------------------------------------------
 
 _REGISTRY: dict[str, Callable[..., ResNet]] = {}
+# Per model name, the options its builder sets itself (resnet18's block and layers, plain18's residual=False):
+# create_model takes one of them only with the same value, since another would be another network.
+_FIXED: dict[str, dict[str, object]] = {}
 
 
 class UnknownModelError(ValueError):
     """Raised for a model name that is not registered."""
 
 
-def register_model(fn: Callable[..., ResNet]) -> Callable[..., ResNet]:
-    """Register a builder under its function name, so ``create_model(name)`` finds it."""
+def register_model(fn: Callable[..., ResNet], fixed: dict[str, object] | None = None) -> Callable[..., ResNet]:
+    """Register a builder under its function name, so ``create_model(name)`` finds it; ``fixed``: the
+    options it sets itself, which ``create_model`` refuses to change."""
     _REGISTRY[fn.__name__] = fn
+    _FIXED[fn.__name__] = fixed or {}
     return fn
 
 
@@ -318,20 +384,25 @@ _CIFAR_NAME = re.compile(r"^(resnet|plain|preact_resnet)(\d+)$")
 
 
 def create_model(
-    name: str, num_classes: int | None = None, in_chans: int | None = None, weights: str | None = None,
+    name: str, num_classes: int | None = None, in_chans: int | None = None, weights: str | os.PathLike | None = None,
     pretrained: bool = False, **overrides,
 ) -> ResNet:
     """Build a registered model by name, optionally with starting weights.
 
     ``num_classes`` and ``in_chans`` default to the model family's own (1000 and 3 for ImageNet,
-    10 and 3 for CIFAR, 6 and 3 for SIGNS). Other keyword arguments override the builder's, e.g.
-    ``create_model("resnet50", stride_in_1x1=True)`` for the paper's stride placement.
+    10 and 3 for CIFAR, 6 and 3 for SIGNS); ``num_classes=0`` leaves out the classifier, so that the
+    model returns its pooled features. Other keyword arguments override the builder's, e.g.
+    ``create_model("resnet50", stride_in_1x1=True)`` for the paper's stride placement, but not what
+    the name fixes: its depth's blocks and layers, ``residual=False`` of ``plain*``, ``order="preact"``
+    of ``preact_*`` (for those, ``ResNet`` or ``cifar_resnet``, or the twin name).
     Names like ``resnet74`` or ``plain200`` that fit the CIFAR depth formulas build on the fly.
 
     ``weights`` is torchvision's published tag (``"IMAGENET1K_V1"``, ``"IMAGENET1K_V2"``,
     ``"DEFAULT"``) for resnet18 to resnet152, downloaded once into torch's cache; ``"KERAS"``,
     Keras Applications' ImageNet weights for resnet50/101/152, which builds the paper's layout
-    (stride on the first 1x1) with conv biases; or a weights file (.safetensors, .pth, a Keras model). Another class count keeps a fresh classifier; ``in_chans=1`` gets
+    (stride on the first 1x1) with conv biases; torchvision's enums (``ResNet50_Weights.DEFAULT``); or a
+    weights file (.safetensors, .pth, a Keras model), whose classifier comes with it unless
+    ``num_classes`` asks for another. Another class count keeps a fresh classifier; ``in_chans=1`` gets
     conv1 summed over colours (see ``resnetlab.pretrained``). ``pretrained=True`` is ``weights="DEFAULT"``,
     as in timm. ``features_only=True`` (with ``out_indices``) builds a backbone whose forward returns
     the feature maps ``feature_info`` describes, loading a classifier's weights without its head.
@@ -339,8 +410,12 @@ def create_model(
     if pretrained and weights is None:
         weights = "DEFAULT"
     if weights is not None:
-        from .pretrained import WeightsError, is_file_spec, is_keras_tag, load_weights, weights_layout
+        from .pretrained import (WeightsError, is_file_spec, is_keras_tag, load_weights, weights_layout, weights_name,
+                                 weights_num_classes)
 
+        weights = weights_name(weights, name)
+        if num_classes is None and not overrides.get("features_only"):
+            num_classes = weights_num_classes(weights)  # a file's trained classifier, unless asked for another
         if overrides.get("stride_in_1x1") and not is_file_spec(weights) and not is_keras_tag(weights):
             # The tensors would fit, but they were trained with the stride on the 3x3: another network.
             raise WeightsError("torchvision's weights were trained with the stride on the 3x3; drop stride_in_1x1")
@@ -351,17 +426,15 @@ def create_model(
     if in_chans is not None:
         overrides["in_chans"] = in_chans
     if name in _REGISTRY:
-        _check_options(_REGISTRY[name], overrides)
-        return _REGISTRY[name](**overrides)
+        return _REGISTRY[name](**_check_options(name, _REGISTRY[name], overrides, _FIXED[name]))
     match = _CIFAR_NAME.match(name)
     if match:
         kind, depth = match.group(1), int(match.group(2))
-        if (depth - 2) % 9 == 0 and (depth - 2) % 6 != 0:  # only bottlenecks (3 layers a block) reach it
-            overrides.setdefault("block", "bottleneck")
-        layers_per_block = 3 if overrides.get("block") == "bottleneck" else 2
-        if depth >= 8 and (depth - 2) % (3 * layers_per_block) == 0:
-            _check_options(cifar_resnet, overrides)
-            return cifar_resnet(depth, preact=kind == "preact_resnet", residual=kind != "plain", **overrides)
+        only_bottlenecks = (depth - 2) % 9 == 0 and (depth - 2) % 6 != 0  # 3 layers a block reach it, 2 do not
+        block = overrides.pop("block", "bottleneck" if only_bottlenecks else "basic")
+        if depth >= 8 and (depth - 2) % (3 * _LAYERS_PER_BLOCK.get(block, 2)) == 0:
+            overrides = _check_options(name, cifar_resnet, overrides, _cifar_fixed(kind, depth, block))
+            return cifar_resnet(depth, block=block, **_KINDS[kind], **overrides)
     close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `resnetlab models` lists them"
     if match:
@@ -369,13 +442,23 @@ def create_model(
     raise UnknownModelError(f"unknown model {name!r}{hint}")
 
 
-def _check_options(builder: Callable[..., ResNet], options: dict) -> None:
-    """One line for an option neither the builder nor ``ResNet`` takes, rather than Python's TypeError."""
+def _check_options(name: str, builder: Callable[..., ResNet], options: dict, fixed: dict[str, object]) -> dict:
+    """``options`` less those that repeat what model ``name`` fixes. One line, rather than Python's TypeError,
+    for an option that would change what the name fixes, or that neither the builder nor ``ResNet`` takes."""
+    for key, value in options.items():
+        # Types first: a NumPy array compares element by element.
+        if key in fixed and not (type(value) is type(fixed[key]) and value == fixed[key]):
+            if key in ("preact", "order", "residual"):
+                twin = re.sub(r"^(plain|preact_resnet)", "resnet", name)
+                raise ValueError(f"{name} fixes {key}={fixed[key]!r}; use create_model({twin!r}, {key}={value!r})")
+            raise ValueError(f"{name} fixes {key}; for other depths or blocks build ResNet(block, layers, ...) "
+                             "or cifar_resnet(depth, block=...)")
     known = (set(inspect.signature(builder).parameters) | set(inspect.signature(ResNet.__init__).parameters)) - {
-        "self", "kwargs", "overrides"}
-    unknown = sorted(set(options) - known)
+        "self", "kwargs", "overrides", *fixed}
+    unknown = sorted(set(options) - known - set(fixed))
     if unknown:
-        raise ValueError(f"no model option {', '.join(unknown)}; the options are {', '.join(sorted(known))}")
+        raise ValueError(f"no {name} option {', '.join(unknown)}; the options are {', '.join(sorted(known))}")
+    return {k: v for k, v in options.items() if k not in fixed}
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
@@ -395,97 +478,41 @@ _IMAGENET = {
 }
 
 
-def _imagenet(depth: int, **kwargs) -> ResNet:
+# What a name's prefix fixes: a plain net has no shortcuts, a pre-activation one its units' order.
+_KINDS: dict[str, dict[str, object]] = {
+    "resnet": {}, "plain": {"residual": False}, "preact_resnet": {"preact": True, "order": "preact"},
+}
+
+
+def _register_imagenet(kind: str, depth: int, doc: str) -> None:
     block, layers = _IMAGENET[depth]
-    return ResNet(block, layers, **kwargs)
+    fixed = {"block": block, "layers": layers, **_KINDS[kind]}
+
+    def builder(**kwargs) -> ResNet:
+        return ResNet(**fixed, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = f"{kind}{depth}"
+    builder.__doc__ = doc
+    register_model(builder, fixed)
 
 
-@register_model
-def resnet18(**kwargs) -> ResNet:
-    """ResNet-18 (2015 paper, Table 1); state_dict keys match torchvision's."""
-    return _imagenet(18, **kwargs)
-
-
-@register_model
-def resnet34(**kwargs) -> ResNet:
-    """ResNet-34 (2015 paper, Table 1); state_dict keys match torchvision's."""
-    return _imagenet(34, **kwargs)
-
-
-@register_model
-def resnet50(**kwargs) -> ResNet:
-    """ResNet-50 (2015 paper, Table 1), torchvision stride (v1.5); stride_in_1x1=True for the paper's."""
-    return _imagenet(50, **kwargs)
-
-
-@register_model
-def resnet101(**kwargs) -> ResNet:
-    """ResNet-101 (2015 paper, Table 1), torchvision stride (v1.5); stride_in_1x1=True for the paper's."""
-    return _imagenet(101, **kwargs)
-
-
-@register_model
-def resnet152(**kwargs) -> ResNet:
-    """ResNet-152 (2015 paper, Table 1), torchvision stride (v1.5); stride_in_1x1=True for the paper's."""
-    return _imagenet(152, **kwargs)
-
-
-@register_model
-def resnet200(**kwargs) -> ResNet:
-    """ResNet-200 (2016 paper, Table 5: the original unit), torchvision's layout and stride."""
-    return _imagenet(200, **kwargs)
-
-
-@register_model
-def plain18(**kwargs) -> ResNet:
-    """The 18-layer plain net of the 2015 paper's Figure 4: ResNet-18 without shortcuts."""
-    return _imagenet(18, residual=False, **kwargs)
-
-
-@register_model
-def plain34(**kwargs) -> ResNet:
-    """The 34-layer plain net of the 2015 paper's Figure 4: ResNet-34 without shortcuts."""
-    return _imagenet(34, residual=False, **kwargs)
-
-
-@register_model
-def preact_resnet18(**kwargs) -> ResNet:
-    """ResNet-18 with the 2016 paper's pre-activation units."""
-    return _imagenet(18, preact=True, **kwargs)
-
-
-@register_model
-def preact_resnet34(**kwargs) -> ResNet:
-    """ResNet-34 with the 2016 paper's pre-activation units."""
-    return _imagenet(34, preact=True, **kwargs)
-
-
-@register_model
-def preact_resnet50(**kwargs) -> ResNet:
-    """ResNet-50 with the 2016 paper's pre-activation units."""
-    return _imagenet(50, preact=True, **kwargs)
-
-
-@register_model
-def preact_resnet101(**kwargs) -> ResNet:
-    """ResNet-101 with the 2016 paper's pre-activation units."""
-    return _imagenet(101, preact=True, **kwargs)
-
-
-@register_model
-def preact_resnet152(**kwargs) -> ResNet:
-    """ResNet-152 with the 2016 paper's pre-activation units (the 2016 paper's Table 5)."""
-    return _imagenet(152, preact=True, **kwargs)
-
-
-@register_model
-def preact_resnet200(**kwargs) -> ResNet:
-    """ResNet-200 with the 2016 paper's pre-activation units (its Table 5)."""
-    return _imagenet(200, preact=True, **kwargs)
+for _depth in (18, 34):
+    _register_imagenet("resnet", _depth, f"ResNet-{_depth} (2015 paper, Table 1); state_dict keys match torchvision's.")
+for _depth in (50, 101, 152):
+    _register_imagenet("resnet", _depth, f"ResNet-{_depth} (2015 paper, Table 1), torchvision stride (v1.5); "
+                                         "stride_in_1x1=True for the paper's.")
+_register_imagenet("resnet", 200, "ResNet-200 (2016 paper, Table 5: the original unit), torchvision's layout and stride.")
+for _depth in (18, 34):
+    _register_imagenet("plain", _depth, f"The {_depth}-layer plain net of the 2015 paper's Figure 4: ResNet-{_depth} "
+                                        "without shortcuts.")
+for _depth in (18, 34, 50, 101, 152, 200):
+    _table = " (the 2016 paper's Table 5)" if _depth >= 152 else ""
+    _register_imagenet("preact_resnet", _depth, f"ResNet-{_depth} with the 2016 paper's pre-activation units{_table}.")
 
 
 # --- CIFAR family (2015 paper Section 4.2, 2016 paper Section 4) --------------------------------
 
+_LAYERS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
 
 def cifar_resnet(
     depth: int,
@@ -504,7 +531,7 @@ def cifar_resnet(
     option A for basic blocks (2015 paper) and option B for bottlenecks, whose first block must
     widen 16 to 64 channels (2016 paper).
     """
-    per_block = {"basic": 2, "bottleneck": 3}.get(block)
+    per_block = _LAYERS_PER_BLOCK.get(block)
     if per_block is None:
         raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
     n, rest = divmod(depth - 2, 3 * per_block)
@@ -519,36 +546,37 @@ def cifar_resnet(
     )
 
 
-def _register_cifar(name: str, depth: int, doc: str, **fixed) -> None:
-    def builder(**kwargs) -> ResNet:
-        return cifar_resnet(depth, **{**fixed, **kwargs})
+def _cifar_fixed(kind: str, depth: int, block: str) -> dict[str, object]:
+    """What a CIFAR net's name fixes: its depth (so its stages' blocks), its stem and its kind. The block
+    stays free: ResNet-110 of bottlenecks is the 2016 paper's ablations' other net."""
+    n = (depth - 2) // (3 * _LAYERS_PER_BLOCK.get(block, 2))
+    return {"depth": depth, "layers": [n] * 3, "stem": "cifar", **_KINDS[kind]}
 
-    builder.__name__ = builder.__qualname__ = name
+
+def _register_cifar(kind: str, depth: int, doc: str, block: str = "basic") -> None:
+    def builder(**kwargs) -> ResNet:
+        return cifar_resnet(depth, **_KINDS[kind], **{"block": block, **kwargs})
+
+    builder.__name__ = builder.__qualname__ = f"{kind}{depth}"
     builder.__doc__ = doc
-    register_model(builder)
+    register_model(builder, _cifar_fixed(kind, depth, block))
 
 
 for _depth in (20, 32, 44, 56, 110, 1202):
-    _register_cifar(f"resnet{_depth}", _depth, f"ResNet-{_depth} for CIFAR (2015 paper, Table 6), option A shortcuts.")
+    _register_cifar("resnet", _depth, f"ResNet-{_depth} for CIFAR (2015 paper, Table 6), option A shortcuts.")
 for _depth in (20, 32, 44, 56, 110):
-    _register_cifar(f"plain{_depth}", _depth, f"The {_depth}-layer plain CIFAR net (2015 paper, Figure 6).", residual=False)
-_register_cifar("preact_resnet110", 110, "Pre-activation ResNet-110 (2016 paper, Table 3), basic blocks.", preact=True)
+    _register_cifar("plain", _depth, f"The {_depth}-layer plain CIFAR net (2015 paper, Figure 6).")
+_register_cifar("preact_resnet", 110, "Pre-activation ResNet-110 (2016 paper, Table 3), basic blocks.")
 for _depth in (164, 1001):
-    _register_cifar(
-        f"resnet{_depth}", _depth,
-        f"Bottleneck ResNet-{_depth} for CIFAR with the original unit (2016 paper, Table 3).", block="bottleneck",
-    )
-    _register_cifar(
-        f"preact_resnet{_depth}", _depth,
-        f"Pre-activation bottleneck ResNet-{_depth} for CIFAR (2016 paper, Table 3).",
-        preact=True, block="bottleneck",
-    )
+    _register_cifar("resnet", _depth, f"Bottleneck ResNet-{_depth} for CIFAR with the original unit (2016 paper, Table 3).",
+                    block="bottleneck")
+    _register_cifar("preact_resnet", _depth, f"Pre-activation bottleneck ResNet-{_depth} for CIFAR (2016 paper, Table 3).",
+                    block="bottleneck")
 
 
 # --- The seed notebook --------------------------------------------------------------------------
 
 
-@register_model
 def signs_resnet50(
     num_classes: int = 6,
     in_chans: int = 3,
@@ -566,3 +594,6 @@ def signs_resnet50(
     """
     kwargs = {"stem": "keras", "bias": True, "stride_in_1x1": True, "bn_eps": 1e-3, **kwargs}
     return ResNet(Bottleneck, list(layers), widths=list(widths), num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+register_model(signs_resnet50, fixed={"block": Bottleneck})

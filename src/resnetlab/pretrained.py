@@ -230,6 +230,22 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def weights_name(weights, model_name: str) -> str:
+    """``weights`` as resnetlab names them: a tag or a file's path. Also takes a ``Path`` and torchvision's
+    weights enums (``ResNet50_Weights.IMAGENET1K_V2``), as torchvision's builders do."""
+    from torchvision.models import WeightsEnum, get_model_weights
+
+    if isinstance(weights, WeightsEnum):
+        if model_name not in TORCHVISION_MODELS or type(weights) is not get_model_weights(model_name):
+            raise WeightsError(f"{type(weights).__name__}.{weights.name} are torchvision's weights of another model, not {model_name}")
+        return weights.name
+    if isinstance(weights, os.PathLike):
+        return os.fspath(weights)
+    if not isinstance(weights, str) or not weights.strip():
+        raise WeightsError(f"weights must be a tag such as 'DEFAULT' or a file's path, not {weights!r}")
+    return weights
+
+
 def weights_num_classes(weights: str) -> int | None:
     """The number of classes a weights file's classifier has (None: a tag, or a file without one), so
     that a model built from it keeps its trained head unless asked for another class count."""

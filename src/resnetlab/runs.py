@@ -31,6 +31,9 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 GRAD_NORMS = "grad_norms.json"
 _REQUIRED_METRICS = ("epoch", "step", "train_loss", "train_acc")
+_REQUIRED_CONFIG = ("model", "classes", "channels", "image_size", "mean", "std")  # what rebuilds the model and its inputs
+_REQUIRED_CHECKPOINT = {"model_name": str, "model": dict, "optimizer": dict, "step": int, "elapsed": float, "sums": dict,
+                        "rng": torch.Tensor}
 
 
 class RunError(Exception):
@@ -101,9 +104,13 @@ def read_config(run_dir: str | Path) -> dict:
     if not path.exists():
         raise RunError(f"{run_dir} is not a run directory: it has no {CONFIG}")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RunError(f"{path} is not valid JSON ({e})") from None
+    missing = [k for k in _REQUIRED_CONFIG if k not in config] if isinstance(config, dict) else ["an object"]
+    if missing:
+        raise RunError(f"{path} is not a resnetlab run's config (it has no {', '.join(missing)})")
+    return config
 
 
 def save_weights(model: nn.Module, run_dir: Path) -> None:
@@ -205,9 +212,15 @@ def load_checkpoint(run_dir: Path) -> dict:
         raise RunError(f"{run_dir} has no {CHECKPOINT}: the run stopped before saving one, so there is nothing to "
                        f"resume; train again with --out {run_dir}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise RunError(f"{path} cannot be read as a training checkpoint ({type(e).__name__})") from None
+    wrong = ([k for k, kind in _REQUIRED_CHECKPOINT.items() if not isinstance(checkpoint.get(k), kind)]
+             if isinstance(checkpoint, dict) else ["anything"])
+    if wrong:
+        raise RunError(f"{path} is not a resnetlab training checkpoint, or is damaged ({', '.join(wrong)} missing or "
+                       "of the wrong kind)")
+    return checkpoint
 
 
 def read_metrics(run_dir: str | Path, missing_ok: bool = False) -> list[dict]:

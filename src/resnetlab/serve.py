@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import sys
 import threading
 from collections.abc import Sequence
 from html import escape
@@ -80,6 +81,12 @@ class PredictionServer(ThreadingHTTPServer):
     """An HTTP server holding one trained model: a run's, or published weights (``pretrained="resnet50"``)."""
 
     daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that left before its answer was written is no error of the server's; others get one line."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, (BrokenPipeError, ConnectionResetError)):
+            print(f"error answering {client_address[0]}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
 
     def __init__(self, run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5,
                  device: torch.device | str = "cpu", pretrained: str | None = None, views: str | None = None,

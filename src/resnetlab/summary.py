@@ -81,13 +81,14 @@ def non_trainable_count(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
-    """Multiply-accumulates of one forward pass for one input, counted by ``torch.utils.flop_counter``."""
-    device = next(model.parameters()).device
+    """Multiply-accumulates of one forward pass for one input, counted by ``torch.utils.flop_counter``.
+    The input has the dtype and device of the model's parameters (a bfloat16 model takes a bfloat16 input)."""
+    weight = next(model.parameters())
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_size, device=device))
+            model(torch.zeros(1, *input_size, dtype=weight.dtype, device=weight.device))
     finally:
         model.train(was_training)
     # The counter reports FLOPs with a multiply and an add counted separately.
@@ -102,7 +103,8 @@ def summary(
 ) -> ModelSummary:
     """Print and return the Keras-style summary of ``model`` for one input of shape ``input_size`` (C, H, W).
 
-    Rows are the leaf layers in execution order, plus one row per residual block for its addition.
+    Rows are the leaf layers in execution order, plus one row per residual block for its addition. The
+    input is zeros of the model's parameters' dtype, on their device.
     """
     if len(input_size) != 3:
         raise ValueError(f"input_size is one image's (C, H, W), without the batch dimension; got {tuple(input_size)}")

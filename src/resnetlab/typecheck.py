@@ -7,9 +7,14 @@ wrong kind (``nesterov="maybe"``) would otherwise be taken as true, or fail deep
 from __future__ import annotations
 
 import functools
+import numbers
+import operator
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
+
+# What _plain returns for a value not of the annotation's type (None is a value some annotations take).
+_MISMATCH = object()
 
 
 @functools.lru_cache(maxsize=None)
@@ -17,39 +22,74 @@ def _hints(target: Callable) -> dict[str, object]:
     return typing.get_type_hints(target)
 
 
-def check_types(target: Callable, values: Mapping[str, object]) -> None:
-    """Raise ``ValueError`` naming the first of ``values`` whose value is not of the type ``target``'s
-    annotation for it says (a function's parameters or a dataclass's fields). Names without an
-    annotation, and annotations other than bool, int, float, str, None, tuples and sequences of
-    those and their unions, are left to ``target``."""
+def check_types(target: Callable, values: Mapping[str, object]) -> dict[str, object]:
+    """Check ``values`` against ``target``'s type annotations (a function's parameters or a dataclass's
+    fields) and return them as plain Python values: NumPy integers as ``int``, ranges and 1-d arrays as
+    lists. Raise ``ValueError`` naming the first value not of its annotation's type. Names without an
+    annotation, and annotations other than bool, int, float, str, None, tuples and sequences of those
+    and their unions, are left to ``target``."""
     hints = _hints(target)
+    plain = dict(values)
     for name, value in values.items():
         hint = hints.get(name)
-        if hint is not None and not _fits(value, hint):
+        if hint is None:
+            continue
+        plain[name] = _plain(value, hint)
+        if plain[name] is _MISMATCH:
             raise ValueError(f"{name} must be {_describe(hint)}, not {value!r}")
+    return plain
 
 
-def _fits(value: object, hint: object) -> bool:
+def is_integer(value: object) -> bool:
+    """Whether ``value`` is a whole number (an ``int``, a NumPy integer), and not ``True`` or ``False``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def as_sequence(value: object) -> list | None:
+    """The items of a tuple, list, range or 1-d array (NumPy's or PyTorch's, as Python numbers) as a
+    list; ``None`` for anything else, text included."""
+    if isinstance(value, (str, bytes)):
+        return None
+    if isinstance(value, Sequence):
+        return list(value)
+    if getattr(value, "ndim", None) == 1 and hasattr(value, "tolist"):
+        return value.tolist()
+    return None
+
+
+def _plain(value: object, hint: object) -> object:
+    """``value`` as the plain Python value of ``hint``'s type, or ``_MISMATCH`` if it is not of that type."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
+        for a in args:
+            plain = _plain(value, a)
+            if plain is not _MISMATCH:
+                return plain
+        return _MISMATCH
     if hint is type(None):
-        return value is None
+        return value if value is None else _MISMATCH
     if hint is bool:
-        return isinstance(value, bool)
+        return value if isinstance(value, bool) else _MISMATCH
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return operator.index(value) if is_integer(value) else _MISMATCH
     if hint is float:  # a whole number is a number too
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else _MISMATCH
     if hint is str:
-        return isinstance(value, str)
+        return value if isinstance(value, str) else _MISMATCH
     if origin in (tuple, list, Sequence):
-        if not isinstance(value, (tuple, list)):
-            return False
+        items = as_sequence(value)
+        if items is None:
+            return _MISMATCH
         if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
-        return not args or all(_fits(v, args[0]) for v in value)
-    return True
+            if len(items) != len(args):
+                return _MISMATCH
+            plain = [_plain(v, a) for v, a in zip(items, args)]
+        else:
+            plain = [_plain(v, args[0]) for v in items] if args else items
+        if any(p is _MISMATCH for p in plain):
+            return _MISMATCH
+        return tuple(plain) if origin is tuple else plain
+    return value
 
 
 def _describe(hint: object) -> str:
