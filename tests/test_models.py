@@ -178,6 +178,11 @@ def test_list_models_with_published_weights():
     assert list_models("resnet1??", pretrained=True) == ["resnet101", "resnet152"]  # not resnet110: no weights
 
 
+def test_list_models_takes_several_patterns_and_exclusions_as_timms_does():
+    assert list_models(["plain1*", "plain2*"]) == ["plain18", "plain20", "plain110"]
+    assert list_models("preact*", exclude_filters="*1*") == ["preact_resnet34", "preact_resnet50", "preact_resnet200"]
+
+
 def test_num_classes_zero_is_reset_classifier_zero():
     """timm's num_classes=0: no classifier, the pooled features out, as reset_classifier(0) gives."""
     torch.manual_seed(0)

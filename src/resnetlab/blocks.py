@@ -111,8 +111,6 @@ class _Block(nn.Module):
     ========================  ==============================================  ==============
     """
 
-    expansion = 1
-
     def _configure(self, order: str | None, preact: bool, residual: bool, mixing: str, scales: tuple[float, float],
                    gate_bias: float, shortcut_dropout: float) -> None:
         if preact and order not in (None, "preact"):

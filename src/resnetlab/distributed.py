@@ -76,9 +76,3 @@ def share(value, world: World):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def barrier(world: World) -> None:
-    """Wait until every process gets here (say, until process 0 has written a file)."""
-    if world.size > 1:
-        dist.barrier()

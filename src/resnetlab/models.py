@@ -360,13 +360,19 @@ def register_model(fn: Callable[..., ResNet], fixed: dict[str, object] | None = 
     return fn
 
 
-def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
-    """Registered model names matching a shell-style pattern, in a natural order (resnet20 before resnet110);
-    with ``pretrained``, only those with published weights (``weights=`` tags), as timm's ``list_models``."""
+def list_models(pattern: str | Sequence[str] = "*", pretrained: bool = False,
+                exclude_filters: str | Sequence[str] = ()) -> list[str]:
+    """Registered model names matching a shell-style pattern (or any of several), less those matching
+    ``exclude_filters``, in a natural order (resnet20 before resnet110); with ``pretrained``, only those
+    with published weights (``weights=`` tags), as timm's ``list_models``."""
     def natural(name: str) -> tuple:
         return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
-    names = sorted((n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern.lower())), key=natural)  # names are lower case
+    def matches(name: str, patterns: str | Sequence[str]) -> bool:
+        patterns = [patterns] if isinstance(patterns, str) else patterns
+        return any(fnmatch.fnmatchcase(name, p.lower()) for p in patterns)  # names are lower case
+
+    names = sorted((n for n in _REGISTRY if matches(n, pattern) and not matches(n, exclude_filters)), key=natural)
     if pretrained:
         from .pretrained import published_tags
 
