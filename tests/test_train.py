@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -523,3 +524,13 @@ def test_a_damaged_checkpoint_or_config_is_one_readable_error(tmp_path):
     runs.write_json(run_dir / runs.CONFIG, config)
     with pytest.raises(runs.RunError, match="config \\(it has no classes\\)"):
         runs.load_model(run_dir)
+
+
+@needs_fashion
+def test_an_experiment_trains_a_diverging_variant_to_its_end(tmp_path):
+    """The papers' failing variants are results: an experiment's run goes on past a non-finite loss."""
+    from resnetlab.experiments import train_or_reuse
+
+    run_dir = train_or_reuse(tiny(tmp_path, steps=16, lr=1e6))
+    rows = runs.read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [8, 16] and not all(map(math.isfinite, (r["train_loss"] for r in rows)))

@@ -58,6 +58,8 @@ class TrainConfig:
     eval_every: int = 1  # epochs between test-set evaluations (the last epoch is always evaluated)
     progress: bool = True
     grad_norm_every: int = 0  # record every weight's gradient norm every N steps (0: never)
+    # Stop when the loss is no longer a finite number; experiments train on, as the papers' failing variants did.
+    stop_on_divergence: bool = True
     model_kwargs: dict = field(default_factory=dict)
     recipe_overrides: dict = field(default_factory=dict)  # any other recipe field, e.g. {"schedule": "cosine"}
     weights: str | None = None  # starting weights: a torchvision tag (IMAGENET1K_V2, DEFAULT) or a file
@@ -301,6 +303,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
             "cuda_graph": config.cuda_graph,
             "eval_every": config.eval_every,
             "grad_norm_every": config.grad_norm_every,
+            "stop_on_divergence": config.stop_on_divergence,
             "device": str(device),
             "processes": world.size,
             "versions": {"resnetlab": __version__, "torch": torch.__version__},
@@ -486,7 +489,8 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             distributed.sum_across(train_step.sums, world)
             totals = train_step.read_sums()
             seen = totals["seen"]
-            if not math.isfinite(totals["loss"]):  # read once an epoch: a NaN is not saved over the last good checkpoint
+            if not math.isfinite(totals["loss"]) and saved.get("stop_on_divergence", True):
+                # Read once an epoch: a NaN is not saved over the last good checkpoint.
                 kept = f"the run's last checkpoint, step {saved_step}, is kept" if saved_step else "nothing was saved"
                 raise Diverged(f"training diverged: the loss is {totals['loss']} in the epoch ending at step {step} "
                                f"(too high a learning rate?); {kept}")
