@@ -94,6 +94,17 @@ def make_shortcut(
     return nn.Sequential(conv, nn.BatchNorm2d(out_planes))
 
 
+def resolve_order(order: str | None, preact: bool) -> str:
+    """The activation order ``order`` and ``preact`` ask for together: ``preact=True`` is ``order="preact"``,
+    and contradicts any other order; neither given is the 2015 paper's ``"post"``."""
+    if preact and order not in (None, "preact"):
+        raise ValueError(f"preact=True is order='preact', which contradicts order={order!r}: give only one of them")
+    order = order or ("preact" if preact else "post")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    return order
+
+
 class _Block(nn.Module):
     """What all blocks share: the activation order, the shortcut, and how the two paths combine.
 
@@ -113,11 +124,7 @@ class _Block(nn.Module):
 
     def _configure(self, order: str | None, preact: bool, residual: bool, mixing: str, scales: tuple[float, float],
                    gate_bias: float, shortcut_dropout: float) -> None:
-        if preact and order not in (None, "preact"):
-            raise ValueError(f"preact=True is order='preact', which contradicts order={order!r}: give only one of them")
-        order = order or ("preact" if preact else "post")
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        order = resolve_order(order, preact)
         if mixing not in MIXINGS:
             raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
         self.order, self.preact, self.residual = order, order == "preact", residual

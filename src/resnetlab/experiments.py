@@ -784,11 +784,11 @@ def _variants_figure(curves: dict[str, list[dict]], title: str, baseline: str | 
     colour = _colours(variants)  # tab10's grey is its eighth colour: left to the baseline
     train_style, test_style = dict(ls="--", lw=1.2), dict(ls="-", lw=2.2)
 
-    def draw(ax, label: str, colour: tuple) -> None:
+    def draw(ax, label: str, shade) -> None:
         steps = [r["step"] for r in curves[label]]
         marker = dict(marker="o", ms=3) if len(steps) <= 30 else {}
-        ax.plot(steps, [r["train_error"] for r in curves[label]], color=colour, **train_style, **marker)
-        ax.plot(steps, [r["test_error"] for r in curves[label]], color=colour, **test_style, **marker)
+        ax.plot(steps, [r["train_error"] for r in curves[label]], color=shade, **train_style, **marker)
+        ax.plot(steps, [r["test_error"] for r in curves[label]], color=shade, **test_style, **marker)
 
     for i, (ax, label) in enumerate(zip(axes, variants)):
         if baseline in curves and label != baseline:

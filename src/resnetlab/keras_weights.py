@@ -149,8 +149,9 @@ def _check_tensors(keras: KerasModel, path: Path) -> None:
     finite (a damaged file), or shapes other than the config's (an edited one), before anything is
     built at the config's size."""
     from .models import create_model
+    from .runs import first_non_finite
 
-    damaged = next((k for k, v in keras.state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    damaged = first_non_finite(keras.state_dict)
     if damaged:
         raise KerasError(f"{path}: {damaged} holds values that are not finite numbers (NaN or infinite); the file is damaged")
     with torch.device("meta"):  # shapes only: a config asking for a huge layer allocates nothing here

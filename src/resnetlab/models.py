@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .blocks import BasicBlock, Bottleneck
+from .blocks import BasicBlock, Bottleneck, resolve_order
 from .typecheck import as_sequence, check_types, is_integer
 
 STEMS = ("imagenet", "cifar", "keras")
@@ -104,9 +104,7 @@ class ResNet(nn.Module):
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if len(layers) != len(widths):
             raise ValueError("layers and widths must have one entry per stage")
-        if preact and order not in (None, "preact"):
-            raise ValueError(f"preact=True is order='preact', which contradicts order={order!r}: give only one of them")
-        order = order or ("preact" if preact else "post")
+        order = resolve_order(order, preact)
         preact = order == "preact"
         self.preact, self.residual, self.stem, self.order, self.mixing = preact, residual, stem, order, mixing
 
@@ -416,17 +414,19 @@ def create_model(
     if pretrained and weights is None:
         weights = "DEFAULT"
     if weights is not None:
-        from .pretrained import (WeightsError, is_file_spec, is_keras_tag, load_weights, weights_layout, weights_name,
-                                 weights_num_classes)
+        from .pretrained import (WeightsError, is_file_spec, is_keras_tag, load_weights, read_weights, weights_layout,
+                                 weights_name)
 
         weights = weights_name(weights, name)
-        if num_classes is None and not overrides.get("features_only"):
-            num_classes = weights_num_classes(weights)  # a file's trained classifier, unless asked for another
         if overrides.get("stride_in_1x1") and not is_file_spec(weights) and not is_keras_tag(weights):
             # The tensors would fit, but they were trained with the stride on the 3x3: another network.
             raise WeightsError("torchvision's weights were trained with the stride on the 3x3; drop stride_in_1x1")
+        # A file is read first (once), so that its trained classifier comes with it unless asked for another.
+        loaded = read_weights(name, weights) if is_file_spec(weights) else None
+        if loaded is not None and num_classes is None and not overrides.get("features_only"):
+            num_classes = loaded.num_classes
         overrides = {**overrides, **weights_layout(weights)}
-        return load_weights(create_model(name, num_classes, in_chans, **overrides), name, weights)
+        return load_weights(create_model(name, num_classes, in_chans, **overrides), name, weights, loaded=loaded)
     if num_classes is not None:
         overrides["num_classes"] = num_classes
     if in_chans is not None:

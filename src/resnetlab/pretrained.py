@@ -246,16 +246,6 @@ def weights_name(weights, model_name: str) -> str:
     return weights
 
 
-def weights_num_classes(weights: str) -> int | None:
-    """The number of classes a weights file's classifier has (None: a tag, or a file without one), so
-    that a model built from it keeps its trained head unless asked for another class count."""
-    if not is_file_spec(weights):
-        return None
-    state = _keras_weights(weights)[1] if is_keras_file(weights) else read_state_dict(weights)
-    fc = state.get("fc.weight")
-    return fc.shape[0] if fc is not None and fc.ndim == 2 else None
-
-
 def _keras_weights(path: str) -> tuple[str, dict[str, torch.Tensor], float, str]:
     """How to name a Keras file in errors, its state_dict, its batch norms' epsilon (which a state_dict
     does not carry, so the model must have been built with it), and how to build the model it fits."""
@@ -269,27 +259,50 @@ def _keras_weights(path: str) -> tuple[str, dict[str, torch.Tensor], float, str]
     return source, keras.state_dict, keras.model_kwargs.get("bn_eps", 1e-3), build
 
 
-def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool = True) -> nn.Module:
-    """Load published weights (a tag such as ``IMAGENET1K_V2`` or ``DEFAULT``) or a file into ``model``.
+@dataclass
+class LoadedWeights:
+    """Weights read, before they are fitted to a model: how to name them in errors, their state_dict,
+    the batch-norm epsilon they need (None: any), and how to build the model they fit (for errors)."""
 
-    Every tensor must fit except the classifier, which stays freshly initialised when the class
-    count differs, and ``conv1``, which is summed over colours for a one-channel model.
-    """
-    eps, build = None, ""
+    source: str
+    state: dict[str, torch.Tensor]
+    eps: float | None = None
+    build: str = ""
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes of their classifier (None: they have none)."""
+        fc = self.state.get("fc.weight")
+        return fc.shape[0] if fc is not None and fc.ndim == 2 else None
+
+
+def read_weights(model_name: str, weights: str, progress: bool = True) -> LoadedWeights:
+    """Published weights (a tag such as ``IMAGENET1K_V2`` or ``DEFAULT``, fetched if need be) or a file, read."""
     if is_keras_file(weights):
-        source, state, eps, build = _keras_weights(weights)
-    elif is_file_spec(weights):
-        source, state = weights, read_state_dict(weights)
-    elif is_keras_tag(weights):
+        return LoadedWeights(*_keras_weights(weights))
+    if is_file_spec(weights):
+        return LoadedWeights(weights, read_state_dict(weights))
+    if is_keras_tag(weights):
         path = fetch_published(model_name, weights, progress)
-        source, eps = f"{model_name} {KERAS_TAG} ({path})", KERAS_APPLICATIONS_LAYOUT["bn_eps"]
         try:
             state = read_keras_applications(path)
         except KerasError as err:
             raise WeightsError(str(err)) from None
-    else:
-        path = fetch_published(model_name, weights, progress)
-        source, state = f"{model_name} {weights.upper()} ({path})", read_state_dict(path)
+        return LoadedWeights(f"{model_name} {KERAS_TAG} ({path})", state, KERAS_APPLICATIONS_LAYOUT["bn_eps"])
+    path = fetch_published(model_name, weights, progress)
+    return LoadedWeights(f"{model_name} {weights.upper()} ({path})", read_state_dict(path))
+
+
+def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool = True,
+                 loaded: LoadedWeights | None = None) -> nn.Module:
+    """Load published weights (a tag such as ``IMAGENET1K_V2`` or ``DEFAULT``) or a file into ``model``
+    (``loaded``: the same weights read already, see ``read_weights``).
+
+    Every tensor must fit except the classifier, which stays freshly initialised when the class
+    count differs, and ``conv1``, which is summed over colours for a one-channel model.
+    """
+    loaded = loaded or read_weights(model_name, weights, progress)
+    source, state, eps, build = loaded.source, loaded.state, loaded.eps, loaded.build
     own = model.state_dict()
     state = dict(state)
     if getattr(model, "out_indices", None) is not None:

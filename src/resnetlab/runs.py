@@ -153,6 +153,11 @@ def build_model(config: dict) -> ResNet:
     return create_model(config["model"], **config.get("model_kwargs", {}))
 
 
+def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first tensor holding NaN or an infinity (a diverged run, a damaged file), or None."""
+    return next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+
+
 def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[ResNet, dict]:
     """The trained model of a run (in eval mode) and its config."""
     run_dir = Path(run_dir)
@@ -165,7 +170,7 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple
         state = load_file(path)
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise RunError(f"{path} is damaged or not a safetensors file ({e})") from None
-    damaged = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    damaged = first_non_finite(state)
     if damaged:
         raise RunError(f"{path}: {damaged} holds values that are not finite numbers (NaN or infinite); "
                        "the run diverged, or the file is damaged")

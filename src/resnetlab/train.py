@@ -294,7 +294,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
             "steps_per_epoch": steps_per_epoch,
             "train_examples": len(train_set),
             "test_examples": len(test_set),
-            "data_fingerprint": {"train": fingerprint(train_set), "test": fingerprint(test_set)},  # see resume's --data-dir
+            "data_fingerprint": _data_fingerprint(train_set, test_set),  # see resume's --data-dir
             "limit_train": config.limit_train,
             "limit_test": config.limit_test,
             "seed": config.seed,
@@ -324,7 +324,8 @@ def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, sto
 
     ``device`` and ``workers`` may differ from the first run's: they change where and how fast, not what.
     So may ``data_dir``, where the same data now lives (a folder dataset's folder, or the folder holding
-    a named dataset's files): the run is moved to it if its classes and image counts are the run's.
+    a named dataset's files): the run is moved to it if its classes, image counts and digest (see
+    ``data.fingerprint``) are the run's.
     """
     run_dir = Path(run_dir)
     world = distributed.world_from_env()
@@ -356,13 +357,18 @@ def _resume(run_dir: Path, saved: dict, world: distributed.World, device: str, p
             raise runs.RunError(f"{data_dir} holds {len(found[0])} classes and {found[1]:,} + {found[2]:,} images, not the run's "
                                 f"{len(saved['classes'])} and {saved['train_examples']:,} + {saved['test_examples']:,}: not the same data")
         expected = saved.get("data_fingerprint")  # runs of earlier versions have none: counts and classes only
-        if expected and expected != {"train": fingerprint(train_set), "test": fingerprint(test_set)}:
+        if expected and expected != _data_fingerprint(train_set, test_set):
             raise runs.RunError(f"{data_dir} holds as many images of the same classes as the run's data, but other "
                                 "images or labels (or in another order): not the same data")
         if world.is_main:  # eval and later resumes find it there too
             runs.write_json(run_dir / runs.CONFIG, saved)
     device = distributed.setup(world, pick_device(device))
     return _run(saved, run_dir, train_set, test_set, device, progress, stop_at, checkpoint, world, workers)
+
+
+def _data_fingerprint(train_set, test_set) -> dict[str, str]:
+    """What config.json records of a run's data, to tell the same data moved from other data."""
+    return {"train": fingerprint(train_set), "test": fingerprint(test_set)}
 
 
 def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, progress: bool, stop_at: int | None,
