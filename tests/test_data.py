@@ -178,6 +178,21 @@ def test_cut_gzip_stream_and_bad_magic(tmp_path):
         get_dataset("mnist", root=tmp_path, download=False)
 
 
+def test_idx_gzip_is_read_no_further_than_its_header_promises(tmp_path, monkeypatch):
+    """A small .gz that inflates to far more than its header says is refused after reading one byte past it."""
+    write_mnist(tmp_path)
+    header = bytes([0, 0, 0x08, 1]) + struct.pack(">I", 12)
+    bomb = gzip.compress(header + bytes(12) + bytes(1 << 28), compresslevel=9)  # 256 KiB on disk
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(bomb)
+    asked = []
+    real_read = gzip.GzipFile.read
+    monkeypatch.setattr(gzip.GzipFile, "read", 
+                        lambda self, size=-1: asked.append((Path(self.name).name, size)) or real_read(self, size))
+    with pytest.raises(DataError, match=r"holds 21\+ bytes but its header \[12\] promises 20; it is truncated or corrupt"):
+        get_dataset("mnist", root=tmp_path, download=False)
+    assert [size for name, size in asked if name.startswith("train-labels")] == [4, 4, 13], "the bomb was inflated"
+
+
 def test_idx_count_mismatch(tmp_path):
     write_mnist(tmp_path)
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8), gz=True)
@@ -199,6 +214,24 @@ def test_search_order(tmp_path, monkeypatch):
     assert len(get_dataset("mnist", download=False)) == 4, "$RESNETLAB_DATA comes before the system folder"
     monkeypatch.delenv("RESNETLAB_DATA")
     assert len(get_dataset("mnist", download=False)) == 6, "the system folder comes before the cache"
+
+
+def test_a_data_dir_without_the_dataset_says_where_it_was_read_instead(tmp_path, monkeypatch, capsys):
+    """A mistyped --data-dir must not train on the system's copy without a word."""
+    monkeypatch.setattr(data, "_NOTED", set())
+    monkeypatch.setattr(data, "_SYSTEM_DIRS", {"mnist": (str(tmp_path / "system"),)})
+    write_mnist(tmp_path / "system", n=6)
+    write_mnist(tmp_path / "system", "test", n=2)
+    assert len(get_dataset("mnist", root=tmp_path / "dtaa", download=False)) == 6
+    assert len(get_dataset("mnist", "test", root=tmp_path / "dtaa", download=False)) == 2
+    err = capsys.readouterr().err
+    assert err == f"note: mnist is not in --data-dir {tmp_path / 'dtaa'} (no such folder); reading the copy in {tmp_path / 'system'}\n"
+    (tmp_path / "other").mkdir()
+    get_dataset("mnist", root=tmp_path / "other", download=False)
+    assert capsys.readouterr().err == f"note: mnist is not in --data-dir {tmp_path / 'other'}; reading the copy in {tmp_path / 'system'}\n"
+    write_mnist(tmp_path / "given" / "mnist", n=5)
+    assert len(get_dataset("mnist", root=tmp_path / "given", download=False)) == 5
+    assert capsys.readouterr().err == "", "nothing to say when the data is where it was asked for"
 
 
 def test_missing_without_download_says_where_it_looked(tmp_path):

@@ -445,6 +445,26 @@ def _search_dirs(name: str, root: str | Path | None) -> list[Path]:
     return dirs
 
 
+_NOTED: set[tuple[str, Path]] = set()
+
+
+def _note_elsewhere(name: str, root: str | Path | None, found: Path) -> None:
+    """Say so when a dataset was asked for in ``root`` but found elsewhere in the search order.
+
+    The fallback is right for a shared --data-dir that holds some datasets but not others; said
+    aloud, it also catches a mistyped --data-dir, which would otherwise train on the system's copy
+    without a word.
+    """
+    if not root:
+        return
+    base = Path(root).expanduser()
+    if found in (base, base / name) or (name, base) in _NOTED:
+        return
+    _NOTED.add((name, base))
+    why = "" if base.is_dir() else " (no such folder)"
+    print(f"note: {name} is not in --data-dir {base}{why}; reading the copy in {found}", file=sys.stderr)
+
+
 def _how_to_get(name: str, what: str) -> str:
     """The remedies for a missing dataset, as one sentence; ``what`` names the files."""
     ways = ["run `sudo apt-get install dataset-fashion-mnist`"] if name == "fashion-mnist" else []
@@ -519,22 +539,42 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Parse an IDX file (LeCun's MNIST format): 0, 0, type code, ndim, then ndim big-endian uint32 sizes."""
-    raw = _read_bytes(path)
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path} is not an IDX file (its magic number is {raw[:4].hex() or 'missing'})")
-    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
-    start = 4 + 4 * ndim
-    if len(raw) < start:
-        raise DataError(f"{path} is truncated inside its header; delete it and get it again")
-    shape = [int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4)]
-    expected = start + math.prod(shape) * dtype.itemsize
-    if len(raw) != expected:
+    """Parse an IDX file (LeCun's MNIST format): 0, 0, type code, ndim, then ndim big-endian uint32 sizes.
+
+    The file is read as a stream and never past what its header promises, so a damaged or hostile
+    gzip cannot inflate into more memory than the images it claims to hold.
+    """
+    try:
+        with path.open("rb") as raw_file:
+            gz = raw_file.read(2) == b"\x1f\x8b"
+        with (gzip.open if gz else open)(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_DTYPES:
+                raise DataError(f"{path} is not an IDX file (its magic number is {head.hex() or 'missing'})")
+            dtype, ndim = np.dtype(_IDX_DTYPES[head[2]]), head[3]
+            sizes = f.read(4 * ndim)
+            if len(sizes) < 4 * ndim:
+                raise DataError(f"{path} is truncated inside its header; delete it and get it again")
+            shape = [int(d) for d in np.frombuffer(sizes, ">u4", ndim)]
+            expected = math.prod(shape) * dtype.itemsize
+            body = _read_at_most(f, expected + 1)  # one byte more tells a longer file from a whole one
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path} cannot be read ({err}); it is truncated or corrupt: delete it and get it again") from None
+    if len(body) != expected:
         raise DataError(
-            f"{path} holds {len(raw)} bytes but its header {shape} promises {expected}; "
-            "it is truncated or corrupt: delete it and get it again"
+            f"{path} holds {4 + 4 * ndim + len(body)}{'+' if len(body) > expected else ''} bytes but its header "
+            f"{shape} promises {4 + 4 * ndim + expected}; it is truncated or corrupt: delete it and get it again"
         )
-    return np.frombuffer(raw, dtype, offset=start).reshape(shape).astype(dtype.newbyteorder("="))
+    return np.frombuffer(body, dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _read_at_most(f: BinaryIO, limit: int, chunk: int = 1 << 24) -> bytes:
+    """Up to ``limit`` bytes of ``f``, read in chunks so that memory follows what the file really holds."""
+    parts = []
+    while limit > 0 and (part := f.read(min(limit, chunk))):
+        parts.append(part)
+        limit -= len(part)
+    return b"".join(parts)
 
 
 def _load_idx(name: str, split: str, root: str | Path | None, download: bool) -> _Arrays:
@@ -546,6 +586,7 @@ def _load_idx(name: str, split: str, root: str | Path | None, download: bool) ->
             raise _not_found(name, root, " and ".join(s + ".gz" for s in stems))
         folder = _fetch(name, [s + ".gz" for s in stems], root)
         paths = [folder / (s + ".gz") for s in stems]
+    _note_elsewhere(name, root, paths[0].parent)
     images, labels = _read_idx(paths[0]), _read_idx(paths[1])
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DataError(f"{paths[0]} holds {images.dtype} of shape {images.shape}, not uint8 images (N, H, W)")
@@ -601,9 +642,11 @@ def _load_cifar(name: str, split: str, root: str | Path | None, download: bool) 
     for d in dirs:
         for fmt in formats:
             if (d / fmt.folder).is_dir():
+                _note_elsewhere(name, root, d)
                 return _read_cifar(d / fmt.folder, fmt, split)
         for fmt in formats:
             if (d / fmt.archive).is_file():
+                _note_elsewhere(name, root, d)
                 return _read_cifar(_extract(d / fmt.archive, fmt.folder, _cache_dir(name)), fmt, split)
     if not download:
         raise _not_found(name, root, f"{formats[0].archive} (or its {formats[0].folder} folder)")
@@ -741,6 +784,7 @@ def _load_signs(name: str, split: str, root: str | Path | None, download: bool) 
             "put them in --data-dir or $RESNETLAB_DATA."
         )
     path = found[0]
+    _note_elsewhere(name, root, path.parent)
     try:
         with h5py.File(path, "r") as f:
             images = np.asarray(f[f"{split}_set_x"])
