@@ -104,8 +104,11 @@ def test_reset_classifier():
     with torch.no_grad():
         pooled = model(x)
         assert pooled.shape == (2, model.num_features) and torch.equal(pooled, model.forward_head(model.forward_features(x), pre_logits=True))
-    model.reset_classifier(7)
+    model.reset_classifier(7, "avg")  # timm's second argument, the papers' pooling
     assert model(x).shape == (2, 7) and model.get_classifier() is model.fc and model.num_classes == 7
+    with pytest.raises(ValueError, match="pool by averaging.*forward_features"):
+        model.reset_classifier(0, "")  # timm's way to the unpooled map
+    assert model.num_classes == 7, "a refused reset changes nothing"
 
 
 def test_a_backbone_is_drawn_ending_in_its_maps_and_is_not_trained():

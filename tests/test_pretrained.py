@@ -373,3 +373,25 @@ def test_the_transform_of_published_weights_is_torchvisions(published, tmp_path)
     theirs = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()(torchvision.transforms.functional.pil_to_tensor(photo))
     assert ours.shape == (3, 224, 224)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+def test_timm_builds_the_input_resnetlab_feeds_published_weights_and_runs(published, trained_run, tmp_path):
+    """timm's ``resolve_model_data_config(model)`` + ``create_transform`` read ``model.pretrained_cfg``;
+    without it they would resize bicubically to 248 before the crop (timm's defaults)."""
+    timm_data = pytest.importorskip("timm.data")
+    from resnetlab.evaluate import Preprocess, load_published
+    from resnetlab.runs import load_model
+
+    photo = Image.fromarray(np.random.default_rng(6).integers(0, 256, (300, 200, 3), dtype=np.uint8))
+    for model, config in (load_published("resnet18:IMAGENET1K_V1"), load_model(trained_run)):
+        timm_config = timm_data.resolve_model_data_config(model)
+        timms = timm_data.create_transform(**timm_config)(photo.convert("L" if config["channels"] == 1 else "RGB"))
+        # timm resizes the 8-bit image and rounds; resnetlab resizes floats as torchvision does: one grey level apart.
+        one_level = 1 / 255 / min(config["std"])
+        torch.testing.assert_close(timms, Preprocess(config)(photo), rtol=0, atol=1.001 * one_level)
+    assert load_model(trained_run)[0].pretrained_cfg["input_size"] == (1, 28, 28)
+    model = resnetlab.create_model("resnet18", weights="IMAGENET1K_V1", num_classes=10, in_chans=1)
+    assert model.pretrained_cfg["num_classes"] == 10 and model.pretrained_cfg["input_size"] == (1, 224, 224)
+    imagenet_mean = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms().mean
+    assert model.pretrained_cfg["mean"] == pytest.approx([sum(imagenet_mean) / 3])  # conv1 was summed over colours
+    assert not hasattr(resnetlab.create_model("resnet18"), "pretrained_cfg"), "no weights, no preprocessing to state"

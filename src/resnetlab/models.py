@@ -268,8 +268,15 @@ class ResNet(nn.Module):
         """The classifier (``fc``): an ``nn.Identity`` with 0 classes, None for a features_only backbone."""
         return self.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh classifier for ``num_classes`` classes; 0 makes ``forward`` return the pooled features."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh classifier for ``num_classes`` classes; 0 makes ``forward`` return the pooled features.
+
+        ``global_pool`` is timm's argument; the papers' nets average, so only ``"avg"`` is taken (for the
+        unpooled map, ``forward_features``).
+        """
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool={global_pool!r}: these models pool by averaging, as the papers' do; "
+                             "for the map before pooling, call forward_features")
         if self.out_indices is not None:
             raise ValueError("a features_only backbone has no classifier to reset; build the model without features_only")
         if not is_integer(num_classes) or num_classes < 0:

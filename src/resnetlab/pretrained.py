@@ -34,7 +34,7 @@ from .keras_weights import (
     read_keras,
     read_keras_applications,
 )
-from .runs import key_mismatch
+from .runs import key_mismatch, pretrained_cfg
 
 # Names whose layout is torchvision's, so its published weights fit them.
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -328,6 +328,11 @@ def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool
         hint = f" (`resnetlab import {weights}` records it)" if is_keras_file(weights) else ""
         raise WeightsError(f"{source}'s batch norms use epsilon {eps}: build the model with bn_eps={eps}{hint}")
     model.load_state_dict(state, strict=False)
+    if not is_file_spec(weights):  # published weights say how their input was prepared; a file does not
+        info = pretrained_info(model_name, weights)
+        channels = model.conv1.in_channels
+        mean, std = input_stats(model_name, weights, channels)
+        model.pretrained_cfg = pretrained_cfg(channels, info.crop_size, info.resize_size, mean, std, model.num_classes)
     return model
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -175,7 +175,31 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple
         raise RunError(f"{path}: {damaged} holds values that are not finite numbers (NaN or infinite); "
                        "the run diverged, or the file is damaged")
     load_state(model, state, path, config["model"])
+    model.pretrained_cfg = pretrained_cfg(config["channels"], config["image_size"], config.get("resize_size"),
+                                          config["mean"], config["std"], len(config["classes"]))
     return model.to(device).eval(), config
+
+
+def pretrained_cfg(channels: int, image_size: int, resize_size: int | None, mean: Sequence[float],
+                   std: Sequence[float], num_classes: int) -> dict:
+    """A model's input preprocessing as timm's ``pretrained_cfg``: timm's
+    ``resolve_model_data_config(model)`` and ``create_transform`` then build the input resnetlab feeds
+    it, where timm's defaults (bicubic, 224, crop 0.875, ImageNet statistics) would not.
+
+    ``resize_size`` is torchvision's shorter side before the centre crop; without one, images are
+    squashed to the model's size, as ``data.load_image`` does.
+    """
+    return {
+        "input_size": (channels, image_size, image_size),
+        "interpolation": "bilinear",
+        "mean": tuple(mean),
+        "std": tuple(std),
+        "crop_pct": image_size / resize_size if resize_size else 1.0,
+        "crop_mode": "center" if resize_size else "squash",
+        "num_classes": num_classes,
+        "first_conv": "conv1",
+        "classifier": "fc",
+    }
 
 
 def clear_unstarted(run_dir: Path) -> None:
