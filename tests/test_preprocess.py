@@ -57,3 +57,20 @@ def test_the_transform_feeds_the_model_what_predict_does_and_leaves_the_image_as
         assert pred.classes == [config["classes"][i] for i in top.indices.tolist()]
         np.testing.assert_allclose(pred.probabilities, top.values.tolist(), rtol=1e-5)
     assert "1 channels, resize to 28x28" in repr(preprocess)
+
+
+def test_predicting_and_evaluating_views_leave_a_training_model_training(trained_run, tmp_path):
+    """As ``evaluate`` does: a model evaluated mid-training goes on with batch statistics afterwards."""
+    from resnetlab.data import get_dataset
+    from resnetlab.evaluate import evaluate_views
+
+    for c in ("a", "b"):
+        (tmp_path / "photos" / c).mkdir(parents=True)
+        Image.fromarray(np.full((28, 28), 40 if c == "a" else 200, np.uint8)).save(tmp_path / "photos" / c / "0.png")
+    model, config = load_model(trained_run)
+    model.train()
+    predict_images(model, config, [tmp_path / "photos" / "a" / "0.png"])
+    assert model.training
+    folder = get_dataset(f"folder:{tmp_path / 'photos'}", "train", image_size=28, val_fraction=0.0)
+    result = evaluate_views(model, folder, config["mean"], config["std"], 10, "scales", scales=[28], workers=0)
+    assert result.count == 2 and model.training

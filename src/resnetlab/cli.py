@@ -594,7 +594,8 @@ def _unknown_arguments(parser: argparse.ArgumentParser, command: str, extra: lis
 
 # Arguments that name files or folders. The shell expands a leading ~ only where a word starts with it,
 # so --out=~/run or a quoted "~/photos" arrives as it was typed.
-_PATH_ARGUMENTS = ("out", "resume", "csv", "data_dir", "results", "weights", "run_dir", "run_dirs", "inputs", "file", "model")
+_PATH_ARGUMENTS = ("out", "resume", "csv", "data_dir", "results", "weights", "run_dir", "run_dirs", "runs", "inputs", "file",
+                   "model", "export", "folder")
 
 
 def _expand_home(args: argparse.Namespace) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -88,17 +88,25 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 
     Sums stay on the device and are read once at the end, so a GPU never waits on the host mid-pass.
     """
-    was_training = model.training
-    model.eval()
     tally = _Tally(num_classes)
-    try:
+    with _eval_mode(model):
         for x, y in batches:
             with autocast_for(x.device):
                 logits = model(x)
             tally.add(logits.float(), y)
+    return tally.result()
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode, then back in the mode it was in: a trainer's model evaluated mid-run
+    must go on training with batch statistics and dropout."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
     finally:
         model.train(was_training)
-    return tally.result()
 
 
 # Test-time views (He et al. 2015, Section 3.4): "standard 10-crop testing" for the comparisons of
@@ -203,13 +211,13 @@ def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float
     check_views(views, resize_to, dataset.image_size)
     scales = view_scales(dataset.image_size, scales)
     device = torch.device(device)
-    model.eval()
     tally = _Tally(num_classes)
     items = _Views(dataset, resize_to, views, scales)
     loader = decode_in_workers(items, _as_lists, batch_size=32, num_workers=default_workers() if workers is None else workers)
-    for images, labels in loader:
-        # Clamped: a probability that underflowed to zero would make the loss infinite.
-        tally.add(_view_probs(model, images, mean, std, device).clamp_min(1e-30).log(), labels.to(device))
+    with _eval_mode(model):
+        for images, labels in loader:
+            # Clamped: a probability that underflowed to zero would make the loss infinite.
+            tally.add(_view_probs(model, images, mean, std, device).clamp_min(1e-30).log(), labels.to(device))
     return tally.result()
 
 
@@ -288,7 +296,7 @@ def iter_predictions(
     from .loader import decode_in_workers, default_workers
 
     device = torch.device(device)
-    model = model.to(device).eval()
+    model = model.to(device)
     if views is not None:
         check_views(views, config.get("resize_size"), config["image_size"])
     if workers is None:
@@ -299,18 +307,19 @@ def iter_predictions(
 
     done = 0
     batches = iter(decode_in_workers(items, list, batch_size=batch_size, num_workers=workers))
-    while done < len(paths):
-        try:
-            images = next(batches)
-        except DataError:
-            # One file of the batch is unreadable: answer those before it, one by one, until it fails again here.
-            for i in range(done, min(done + batch_size, len(paths))):
-                yield from _rank(_view_probs(model, [items[i]], config["mean"], config["std"], device),
-                                 labels[i:i + 1], config["classes"], top_k)
-            raise
-        probs = _view_probs(model, images, config["mean"], config["std"], device)
-        yield from _rank(probs, labels[done:done + len(images)], config["classes"], top_k)
-        done += len(images)
+    with _eval_mode(model):
+        while done < len(paths):
+            try:
+                images = next(batches)
+            except DataError:
+                # One file of the batch is unreadable: answer those before it, one by one, until it fails again here.
+                for i in range(done, min(done + batch_size, len(paths))):
+                    yield from _rank(_view_probs(model, [items[i]], config["mean"], config["std"], device),
+                                     labels[i:i + 1], config["classes"], top_k)
+                raise
+            probs = _view_probs(model, images, config["mean"], config["std"], device)
+            yield from _rank(probs, labels[done:done + len(images)], config["classes"], top_k)
+            done += len(images)
 
 
 class _ImageViews(torch.utils.data.Dataset):
