@@ -71,7 +71,7 @@ def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> No
     model.add_argument("--model", default="resnet20", help="any name `resnetlab models` lists (default resnet20)")
     _add_model_args(model)
     model.add_argument("--weights", metavar="TAG|FILE",
-                       help="start from torchvision's ImageNet weights (DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2; resnet18-152), "
+                       help="start from torchvision's ImageNet weights (DEFAULT or IMAGENET1K_V1, resnet18-152; IMAGENET1K_V2, resnet50-152), "
                             "Keras Applications' (KERAS; resnet50-152) or a weights file; normalises inputs with the "
                             "published weights' statistics")
     recipe.add_argument("--recipe", default="fast", help=f"{', '.join(RECIPES)} (default fast)")

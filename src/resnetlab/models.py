@@ -408,8 +408,8 @@ def create_model(
     of ``preact_*`` (for those, ``ResNet`` or ``cifar_resnet``, or the twin name).
     Names like ``resnet74`` or ``plain200`` that fit the CIFAR depth formulas build on the fly.
 
-    ``weights`` is torchvision's published tag (``"IMAGENET1K_V1"``, ``"IMAGENET1K_V2"``,
-    ``"DEFAULT"``) for resnet18 to resnet152, downloaded once into torch's cache; ``"KERAS"``,
+    ``weights`` is torchvision's published tag (``"DEFAULT"`` or ``"IMAGENET1K_V1"`` for resnet18 to
+    resnet152, ``"IMAGENET1K_V2"`` for resnet50 to resnet152), downloaded once into torch's cache; ``"KERAS"``,
     Keras Applications' ImageNet weights for resnet50/101/152, which builds the paper's layout
     (stride on the first 1x1) with conv biases; torchvision's enums (``ResNet50_Weights.DEFAULT``); or a
     weights file (.safetensors, .pth, a Keras model), whose classifier comes with it unless
