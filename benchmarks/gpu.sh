@@ -48,7 +48,7 @@ for stage in $stages; do
         run bench-model.txt python3 -m resnetlab bench model --model resnet50 --device cuda --results "$OUT"
         run bench-model.txt python3 -m resnetlab bench model --model resnet50 --device cuda --compile --results "$OUT" ;;
     fast | fast-compile)
-        # Batch 512 keeps a GPU busy; on the CPU, 10 epochs of it reached 92-93% (docs/performance.md).
+        # Batch 512 keeps a GPU busy; on the CPU, 10 epochs of it reached 93.92% (docs/performance.md).
         # Evaluated once, at the end: the clock then counts training and one pass over the test set.
         for epochs in 10 16 24; do
             run "$stage.txt" python3 -m resnetlab train --model resnet20 --recipe fast --batch-size 512 --lr 0.4 \
