@@ -193,6 +193,26 @@ def test_bad_arguments_fail_before_training(degradation, tmp_path):
         train_or_reuse(other)
 
 
+def test_a_folder_run_is_reused_and_a_run_killed_before_its_checkpoint_is_trained_again(tmp_path, monkeypatch, capsys):
+    """Experiments on the user's own folder can be redrawn: the run records the folder's absolute path,
+    the request names it as typed; a recipe's notes are prose, not a setting."""
+    from conftest import noise_photos
+
+    monkeypatch.chdir(tmp_path)
+    noise_photos(tmp_path / "photos", ["a", "b"], 12, lambda i: (20, 20))
+    config = TrainConfig(model="resnet8", dataset="folder:photos", recipe="he2016", steps=2, batch_size=8,
+                         image_size=16, device="cpu", progress=False, out=str(tmp_path / "runs" / "r8"))
+    run_dir = train_or_reuse(config)
+    capsys.readouterr()
+    saved = json.loads((run_dir / "config.json").read_text())
+    saved["recipe"]["notes"] += " (reworded since)"
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    assert train_or_reuse(config) == run_dir and "reusing the finished run" in capsys.readouterr().out
+    for name in ("checkpoint.pt", "model.safetensors", "metrics.jsonl"):  # killed before its first checkpoint
+        (run_dir / name).unlink()
+    assert train_or_reuse(config) == run_dir and (run_dir / "checkpoint.pt").is_file()
+
+
 def test_ablation_studies_train_each_variant_and_compare_with_the_paper(tmp_path, capsys):
     out = tmp_path / "orders"
     reproduce("orders", "--depth", 8, "--variants", "post", "bn_after_add", *QUICK, "--out", out)

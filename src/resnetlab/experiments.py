@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from . import runs
-from .data import get_dataset
+from .data import get_dataset, resolve_dataset
 from .loader import make_loader
 from .models import ResNet, count_parameters
 from .recipes import RECIPES, Recipe, get_recipe
@@ -83,17 +83,20 @@ def train_or_reuse(config: TrainConfig) -> Path:
     error rather than something to overwrite or, worse, to plot as if it were the one asked for.
     """
     run_dir = Path(config.out)
-    if not (run_dir / runs.CONFIG).exists():
+    if not (run_dir / runs.CHECKPOINT).exists():
+        # Nothing trained yet, or a run killed before its first checkpoint (train starts that one afresh).
         # A variant that fails (the 2016 paper's "fail" rows) is a result: it trains to the end.
         return train(replace(config, stop_on_divergence=False)).run_dir
     saved = runs.read_config(run_dir)
     asked = {
-        "model": config.model, "dataset": config.dataset, "seed": config.seed,
+        # As config.json holds them: the dataset resolved (a folder's absolute path), the recipe as a Recipe
+        # (its notes are prose, not a setting).
+        "model": config.model, "dataset": resolve_dataset(config.dataset, config.data_dir), "seed": config.seed,
         "limit_train": config.limit_train, "limit_test": config.limit_test,
         "grad_norm_every": config.grad_norm_every,
-        "recipe": json.loads(json.dumps(_recipe(config).to_dict())),  # as config.json holds it: tuples are lists
     }
     differ = [key for key, value in asked.items() if saved.get(key) != value]
+    differ += ["recipe"] if Recipe.from_dict(saved["recipe"]) != _recipe(config) else []
     saved_options = saved.get("model_kwargs", {})
     differ += [f"model option {k}" for k, v in json.loads(json.dumps(config.model_kwargs)).items() if saved_options.get(k) != v]
     if differ:
