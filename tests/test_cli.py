@@ -362,7 +362,7 @@ def test_a_run_on_a_relative_folder_is_evaluated_from_anywhere_and_another_folde
                         (["work/run", "--dataset", f"folder:{tmp_path / 'other'}"], 14)):
         code, out, err = run(capsys, "eval", *argv, "--device", "cpu")
         assert code == 0, err
-        assert f"({count} test images)" in out.splitlines()[0]
+        assert f"({count} test images, one view: the whole image at 8x8)" in out.splitlines()[0]
     code, _, err = run(capsys, "train", "--resume", "work/run", "--device", "cpu", "--no-progress")
     assert code == 0, err
     # A folder whose classes are named otherwise would be scored against the wrong ones.

@@ -320,8 +320,11 @@ def test_eval_published_weights_on_an_imagenet_folder_as_torchvision_measures(pu
                  "--device", "cpu", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
-    assert "12 test images" in printed and "torchvision publishes 69.76% top-1 for these weights" in printed
-    confusion = json.loads((out / "eval.json").read_text())["confusion_matrix"]
+    assert "resnet18:IMAGENET1K_V1 on" in printed and "(12 test images, one view: shorter side to 256, centre 224x224 crop)" in printed
+    assert "torchvision publishes 69.76% top-1 for these weights" in printed
+    report = json.loads((out / "eval.json").read_text())
+    assert report["views"] == "one view: shorter side to 256, centre 224x224 crop"
+    confusion = report["confusion_matrix"]
     predicted = [row.index(1) for row in confusion[:12]]  # one image a class: each row holds its one prediction
 
     preprocess = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()

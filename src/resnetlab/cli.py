@@ -402,8 +402,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.pretrained:
         if not args.dataset:
             raise ValueError("--pretrained needs --dataset imagenet, or folder:PATH of the 1000 ImageNet classes")
-        report = evaluate_published(args.pretrained, args.dataset, args.data_dir, args.limit_test, args.device, args.out,
-                                    views, scales)
+        report = evaluate_published(args.pretrained, args.dataset, data_dir=args.data_dir, limit_test=args.limit_test,
+                                    device=args.device, views=views, scales=scales, out=args.out)
     else:
         report = evaluate_run(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, limit_test=args.limit_test,
                               device=args.device, views=views, scales=scales, out=args.out)

@@ -177,6 +177,14 @@ def describe_views(views: str | None, scales: Sequence[int] = PAPER_SCALES) -> s
     return "10-crop testing" if views == "ten-crop" else None
 
 
+def one_view(config: dict) -> str:
+    """How a model of ``config`` sees an image when it is not averaged over views, in words."""
+    size, resize = config["image_size"], config.get("resize_size")
+    if resize:
+        return f"one view: shorter side to {resize}, centre {size}x{size} crop"
+    return f"one view: the whole image at {size}x{size}"
+
+
 class _Views(torch.utils.data.Dataset):
     """A folder's test images as lists of view batches, decoded by DataLoader workers."""
 
@@ -401,19 +409,19 @@ def _rank(probs: torch.Tensor, labels: Sequence[str], classes: Sequence[str], to
 class EvalReport:
     """``resnetlab eval``'s findings and the files it wrote."""
 
-    run_dir: Path
+    source: str  # what was evaluated: a run directory, or published weights as MODEL:TAG
     dataset: str
     classes: list[str]
     result: EvalResult
     files: list[Path]
     reference: str | None = None  # what the weights are published, or the paper reports, to reach, when known
-    views: str | None = None  # how scores were averaged over views of each image, when they were
+    views: str = "one view"  # how each image was seen: its one view, or the views its scores were averaged over
 
     def to_dict(self) -> dict:
         r = self.result
         return {
             "dataset": self.dataset,
-            "views": self.views or "one view, as in training",
+            "views": self.views,
             "reference": self.reference,
             "examples": r.count,
             "loss": r.loss,
@@ -427,7 +435,7 @@ class EvalReport:
 
     def text(self) -> str:
         r = self.result
-        lines = [f"{self.run_dir} on {self.dataset} ({r.count} test images{', ' + self.views if self.views else ''})"]
+        lines = [f"{self.source} on {self.dataset} ({r.count} test images, {self.views})"]
         lines.append(f"accuracy {r.accuracy:.2%}  error {r.error:.2%}  loss {r.loss:.4f}")
         if r.top5 is not None:
             lines.append(f"top-5 accuracy {r.top5:.2%}")
@@ -445,6 +453,7 @@ class EvalReport:
 def evaluate_run(
     run_dir: str | Path,
     dataset: str | None = None,
+    *,
     data_dir: str | None = None,
     limit_test: int | None = None,
     device: str = "auto",
@@ -495,7 +504,8 @@ def evaluate_run(
     scales = view_scales(config["image_size"], scales)
     result = _score(model, test, config, views, scales, dev)
     reference = paper_reference(config["model"], views, scales, len(config["classes"]))
-    report = EvalReport(run_dir, name, config["classes"], result, [], reference, describe_views(views, scales))
+    report = EvalReport(str(run_dir), name, config["classes"], result, [], reference,
+                        describe_views(views, scales) or one_view(config))
     out = Path(out) if out is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "eval.json", report.to_dict())
@@ -518,8 +528,8 @@ def _score(model: nn.Module, ds, config: dict, views: str | None, scales: Sequen
 
 
 def evaluate_published(
-    spec: str, dataset: str, data_dir: str | None = None, limit_test: int | None = None, device: str = "auto",
-    out: str | Path | None = None, views: str | None = None, scales: Sequence[int] | None = None,
+    spec: str, dataset: str, *, data_dir: str | None = None, limit_test: int | None = None, device: str = "auto",
+    views: str | None = None, scales: Sequence[int] | None = None, out: str | Path | None = None,
 ) -> EvalReport:
     """Evaluate published weights (``MODEL`` or ``MODEL:TAG``) on an ImageNet-style folder.
 
@@ -564,8 +574,8 @@ def evaluate_published(
     if is_keras_tag(config["weights"]):  # the paper's layout, and for ResNet-50 the paper's own weights
         references.append(paper_reference(config["model"], views, scales, len(config["classes"])))
     reference = "; ".join(r for r in references if r) or None
-    report = EvalReport(Path(f"{config['model']}:{config['weights']}"), dataset, config["classes"], result, [], reference,
-                        describe_views(views, scales))
+    report = EvalReport(f"{config['model']}:{config['weights']}", dataset, config["classes"], result, [], reference,
+                        describe_views(views, scales) or one_view(config))
     if out is not None:
         write_json(Path(out) / "eval.json", {"model": config["model"], "weights": config["weights"], **report.to_dict()})
         report.files.append(Path(out) / "eval.json")

@@ -145,6 +145,7 @@ class DeviceLoader:
         mean: list[float],
         std: list[float],
         device: torch.device | str = "cpu",
+        *,
         train: bool = True,
         pad_crop: int = 0,
         flip: bool = False,
@@ -158,14 +159,18 @@ class DeviceLoader:
     ) -> None:
         if len(images) != len(labels):
             raise ValueError("images and labels differ in length")
-        self._configure(labels, images.shape[-1], batch_size, mean, std, device, train, pad_crop, flip, seed,
-                        channels_last, rank, world, scale_crop, None, lighting, colour_pca)
+        self._configure(labels, images.shape[-1], batch_size, mean, std, device, train=train, pad_crop=pad_crop,
+                        flip=flip, seed=seed, channels_last=channels_last, rank=rank, world=world,
+                        scale_crop=scale_crop, scale_jitter=None, lighting=lighting, colour_pca=colour_pca)
         # Pad once for the whole dataset: each batch is then a single gather.
         images = images.to(self.device)
         self.images = F.pad(images, (self.pad,) * 4) if self.pad else images
 
-    def _configure(self, labels, size, batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last,
-                   rank, world, scale_crop, scale_jitter, lighting, colour_pca) -> None:
+    def _configure(self, labels: torch.Tensor, size: int, batch_size: int, mean: list[float], std: list[float],
+                   device: torch.device | str, *, train: bool, pad_crop: int, flip: bool, seed: int, channels_last: bool,
+                   rank: int, world: int, scale_crop: tuple[float, float] | None, scale_jitter: tuple[int, int] | None,
+                   lighting: float, colour_pca: dict | None) -> None:
+        """Check and keep the settings both loaders share (the crop kinds, colour noise, sharding)."""
         if scale_crop is not None and not 0 < scale_crop[0] <= scale_crop[1] <= 1:
             raise ValueError(f"scale_crop must be two area fractions 0 < low <= high <= 1, got {scale_crop}")
         if sum(x is not None and x != 0 for x in (pad_crop, scale_crop, scale_jitter)) > 1:
@@ -264,13 +269,14 @@ class FolderLoader(DeviceLoader):
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, labels: torch.Tensor, batch_size: int, mean: list[float],
-                 std: list[float], device: torch.device | str = "cpu", train: bool = True, pad_crop: int = 0,
+                 std: list[float], device: torch.device | str = "cpu", *, train: bool = True, pad_crop: int = 0,
                  flip: bool = False, seed: int = 0, channels_last: bool = False, rank: int = 0, world: int = 1,
                  scale_crop: tuple[float, float] | None = None, workers: int = 4,
                  scale_jitter: tuple[int, int] | None = None, lighting: float = 0.0, colour_pca: dict | None = None) -> None:
         size = dataset[0][0].shape[-1]
-        self._configure(labels, size, batch_size, mean, std, device, train, pad_crop, flip, seed, channels_last,
-                        rank, world, scale_crop, scale_jitter, lighting, colour_pca)
+        self._configure(labels, size, batch_size, mean, std, device, train=train, pad_crop=pad_crop, flip=flip, seed=seed,
+                        channels_last=channels_last, rank=rank, world=world, scale_crop=scale_crop,
+                        scale_jitter=scale_jitter, lighting=lighting, colour_pca=colour_pca)
         if self.jitter is not None:
             check_scale_jitter(self.jitter, size, from_files=True)
         self.dataset, self.workers = dataset, workers
