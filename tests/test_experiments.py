@@ -17,7 +17,7 @@ from PIL import Image
 from resnetlab import experiments
 from resnetlab.experiments import branch_response_stds, degradation_verdict, train_or_reuse
 from resnetlab.models import create_model
-from resnetlab.train import TrainConfig
+from resnetlab.train import TrainConfig, train
 
 QUICK = ["--limit-train", "32", "--batch-size", "16", "--steps", "10", "--limit-test", "32", "--device", "cpu"]
 
@@ -120,7 +120,13 @@ def test_responses_of_trained_runs(degradation, tmp_path):
         assert m["std_sorted"] == sorted(m["std"], reverse=True)
     rows = read_csv(out / "responses.csv")
     assert len(rows) == 3 + 6 + 3 + 6
-    assert "| resnet14 | residual | 6 |" in (out / "responses.md").read_text()
+    report = (out / "responses.md").read_text()
+    assert "| resnet14 | residual | 6 |" in report and "convolution's output" not in report  # every branch ends in BN
+
+    preact = train(TrainConfig(model="preact_resnet8", limit_train=32, batch_size=16, steps=2, limit_test=32,
+                               device="cpu", progress=False, out=str(tmp_path / "preact8"))).run_dir
+    reproduce("responses", "--runs", preact, "--limit-test", 32, "--device", "cpu", "--out", out)
+    assert "(pre-activation, BN after the addition) is measured at that convolution's output" in (out / "responses.md").read_text()
 
 
 def test_responses_trains_or_reuses_its_nets(degradation, tmp_path):

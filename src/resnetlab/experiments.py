@@ -571,7 +571,7 @@ def reproduce_responses(
         stds = branch_response_stds(model, batches)
         measured.append({
             "model": config["model"], "run": str(run_dir), "depth": _depth_of(config["model"]),
-            "kind": "residual" if model.residual else "plain", "test_images": len(test),
+            "kind": "residual" if model.residual else "plain", "order": model.order, "test_images": len(test),
             "blocks": [names[id(b)] for b in model.blocks()], "std": stds, "std_sorted": sorted(stds, reverse=True),
         })
 
@@ -589,7 +589,9 @@ def reproduce_responses(
     lines = [
         "# Responses of the residual branches (He et al. 2015, Figure 7)", "",
         "Standard deviation over the test set of each block's branch output, after its last BN and "
-        "before the addition (in plain nets: before the ReLU).", "",
+        "before the addition (in plain nets: before the ReLU)"
+        + ("; a branch that ends in a convolution (pre-activation, BN after the addition) is measured at that "
+           "convolution's output." if any(m["order"] in ("preact", "bn_after_add") for m in measured) else "."), "",
         *_table(["model", "kind", "blocks", "mean std", "largest std"], table), "",
         *_responses_sentences(measured), "",
         "![response std by layer and sorted](responses.png)",
