@@ -306,7 +306,7 @@ def test_a_reader_that_stops_early_is_no_error():
 def test_predict_a_folder_into_a_csv(trained_run, tmp_path, capsys):
     """Folders are expanded (subfolders too), decoded by workers a batch at a time, and the CSV holds
     what the printed answers say; a file that cannot be read is named, after the batches before it."""
-    from resnetlab.train import load_split
+    from resnetlab.data import load_split
 
     photos = tmp_path / "photos"
     (photos / "more").mkdir(parents=True)
@@ -448,3 +448,9 @@ def test_a_mistyped_option_gets_the_commands_usage_and_the_nearest_option(capsys
     with pytest.raises(SystemExit):
         main(["train", "--modle", "resnet20"])
     assert "resnetlab train: error: unrecognized arguments: --modle resnet20 (did you mean --model?)" in capsys.readouterr().err
+
+
+def test_the_command_lines_devices_are_the_ones_pick_device_knows():
+    from resnetlab import cli, devices
+
+    assert cli._DEVICES == devices.DEVICES

@@ -14,7 +14,7 @@ def test_a_torchvision_image_folder_with_the_runs_transform_scores_as_eval(train
     """torchvision's ImageFolder (which opens every image as RGB) with ``Preprocess`` as its transform
     gives the accuracy `resnetlab eval` gives on the same folder of real Fashion-MNIST PNGs."""
     from resnetlab.data import export_folder
-    from resnetlab.train import load_split
+    from resnetlab.data import load_split
 
     test = load_split("fashion-mnist", "test", None, limit=120, seed=0)
     photos = export_folder({"val": test}, tmp_path / "fm") / "val"  # class folders 0-T-shirt-top, 1-Trouser, ...

@@ -85,6 +85,26 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
 
 
 @needs_fashion
+def test_a_run_ending_mid_epoch_labels_its_bars_and_lines_alike(tmp_path, capsys):
+    """20 steps of 8 an epoch are 2.5 epochs: each progress bar reads as the line printed when its epoch
+    ends, the last one 2.5/2.5 (not a bar at 3/3 and a line at 2.5/3), in a resumed run too."""
+    import re
+
+    def labels() -> tuple[list[str], list[str]]:
+        out, err = capsys.readouterr()
+        bars = list(dict.fromkeys(re.findall(r"epoch [\d.]+/[\d.]+", err)))  # tqdm redraws a bar many times
+        return bars, [line.split("  ")[0] for line in out.splitlines() if line.startswith("epoch ")]
+
+    train(tiny(tmp_path, progress=True))
+    assert labels() == (["epoch 1/2.5", "epoch 2/2.5", "epoch 2.5/2.5"],) * 2
+    with pytest.raises(Interrupted):
+        train(tiny(tmp_path, "resumed", progress=True), stop_at=11)
+    assert labels() == (["epoch 1/2.5", "epoch 2/2.5"], ["epoch 1/2.5"])
+    resume(tmp_path / "resumed", device="cpu")
+    assert labels() == (["epoch 2/2.5", "epoch 2.5/2.5"],) * 2
+
+
+@needs_fashion
 def test_scale_augmentation_runs_resume_to_the_same_weights(tmp_path):
     """The imagenet recipe's random boxes come from the epoch plan too: a resumed run sees the same ones."""
     kw = dict(recipe="imagenet", batch_size=64, steps=12)
@@ -98,10 +118,9 @@ def test_folders_with_scale_augmentation_train_on_crops_and_evaluate_on_centre_c
     every plan), held-out images keep their proportions and lose their edges to the centre crop."""
     from PIL import Image, ImageDraw
 
-    from resnetlab.data import get_dataset
+    from resnetlab.data import get_dataset, load_split, reload_sizes
     from resnetlab.evaluate import predict_images
     from resnetlab.loader import normalize
-    from resnetlab.train import load_split, reload_sizes
 
     photos = tmp_path / "photos"
     for name, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200))):

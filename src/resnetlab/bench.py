@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from .devices import pick_device
 from .evaluate import autocast_for, evaluate
 from .loader import DeviceLoader, channel_stats
 from .models import create_model
@@ -248,7 +249,6 @@ def bench_train(
     median time counts (shared machines are noisy).
     """
     from .data import get_dataset
-    from .train import pick_device
 
     dev = pick_device(device)
     if steps < 10:
@@ -352,8 +352,6 @@ def bench_model(
 ) -> dict:
     """Training and inference images/s of resnetlab's model and torchvision's, synthetic data, same precision."""
     import torchvision
-
-    from .train import pick_device
 
     dev = pick_device(device)
     if (batch_size is not None and batch_size < 1) or (steps is not None and steps < 1):

@@ -16,6 +16,9 @@ from pathlib import Path
 from . import __version__
 from .recipes import RECIPES
 
+# devices.DEVICES, written out: importing that module imports torch, which `resnetlab --help` need not wait for.
+_DEVICES = ("auto", "cpu", "cuda", "mps")
+
 
 def _key_value(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` with VALUE read as JSON or as Python writes it where it parses (numbers, true,
@@ -61,7 +64,7 @@ def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> No
     recipe.add_argument("--batch-size", type=int)
     recipe.add_argument("--lr", type=float)
     where = p.add_argument_group("run")
-    where.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    where.add_argument("--device", default="auto", choices=_DEVICES)
     where.add_argument("--seed", type=int, default=0)
     if quick_only:
         return
@@ -128,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="another dataset with the same classes (default: the run's)")
     p.add_argument("--data-dir")
     p.add_argument("--limit-test", type=int, metavar="N")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=_DEVICES)
     _add_view_flags(p)
 
     p = sub.add_parser(
@@ -144,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "instead of printing them")
     p.add_argument("--workers", type=_count, metavar="N", help="processes decoding images (default: one a CPU, up to 16, "
                                                             "for more than a batch of 64)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=_DEVICES)
     _add_view_flags(p)
 
     p = sub.add_parser("serve", help="a prediction page for a trained run, in your browser")
@@ -153,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let other machines in")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--top-k", type=int, default=5, help="classes in each answer (default 5; a request's ?top_k=N for it alone)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="cpu", choices=_DEVICES)
     _add_view_flags(p)
 
     p = sub.add_parser("import", help="read a Keras ResNet (the seed notebook's, or keras.applications') into a run directory")
@@ -198,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--recipe", default="fast")
     b.add_argument("--workers", type=_count, help="DataLoader workers of the typical loop (default: min(8, CPUs))")
     b.add_argument("--limit-test", type=int, metavar="N")
-    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    b.add_argument("--device", default="auto", choices=_DEVICES)
     b.add_argument("--compile", action="store_true", help="add a row with the model through torch.compile")
     b.add_argument("--repeat", type=int, default=1, help="run each contender N times, alternating; report the median")
     b.add_argument("--results", default="benchmarks/results", help="where the JSON result goes")
@@ -208,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--image-size", type=int, default=224)
     b.add_argument("--steps", type=int)
     b.add_argument("--compile", action="store_true")
-    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    b.add_argument("--device", default="auto", choices=_DEVICES)
     b.add_argument("--results", default="benchmarks/results")
     b = bench.add_parser("decode", help="training crops from image files against torchvision's ImageFolder pipeline")
     b.add_argument("--folder", help="time your own images (default: synthetic JPEGs of ImageNet's and a phone's size)")
@@ -223,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train resnet20 on Fashion-MNIST for a few minutes, evaluate, predict, plot")
     p.add_argument("--out", default="demo")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="cpu", choices=_DEVICES)
     return parser
 
 
@@ -246,8 +249,7 @@ def cmd_recipes(args: argparse.Namespace) -> None:
 def cmd_data(args: argparse.Namespace) -> None:
     from collections import Counter
 
-    from .data import resolve_dataset
-    from .train import load_split
+    from .data import load_split, resolve_dataset
 
     if not args.export and (args.limit_train or args.limit_test):
         raise ValueError("--limit-train and --limit-test go with --export: without it, data describes the whole dataset")
@@ -412,8 +414,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from .evaluate import iter_predictions, load_published
+    from .devices import pick_device
     from .runs import load_model
-    from .train import pick_device
 
     top_k = args.top_k if args.top_k is not None else (5 if args.pretrained else 3)
     if top_k < 1:

@@ -1,6 +1,8 @@
 """Datasets: the named benchmarks and the user's own image folders, as uint8 tensors.
 
-``get_dataset(name, split)`` is the one entry point. The named datasets come back
+``get_dataset(name, split)`` reads a split as it is stored; ``load_split`` (at the end) is what
+training, evaluation and the experiments call: a split cut to a limit and sized for the model, kept
+in memory or, for a big folder, left on disk. The named datasets come back
 whole as an ``ArrayDataset`` (small enough to keep on the device); ``folder:PATH``
 comes back as a ``FolderDataset`` that decodes lazily, because a user's folder can
 be large, and so does ``imagenet``, a folder prepared once from ImageNet's own
@@ -41,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm import tqdm
+
+from .recipes import Recipe
 
 try:  # numpy >= 2 moved the pickling helpers to numpy._core
     from numpy._core.multiarray import _reconstruct
@@ -1047,3 +1051,68 @@ def _split_class(files: list[str], name: str, val_fraction: float, seed: int) ->
         held = min(max(held, 1), len(shuffled) - 1)
     cut = len(shuffled) - held
     return sorted(shuffled[:cut], key=_path_order), sorted(shuffled[cut:], key=_path_order)
+
+
+IN_MEMORY_BYTES = 4 << 30  # folders whose decoded pixels fit in this stay in memory; bigger ones stream
+FOLDER_IMAGE_SIZE = 64  # the side folder images are resized to unless told
+IMAGENET_IMAGE_SIZE = 224  # the same with a scaling recipe (imagenet, he2015-imagenet)
+
+
+def load_split(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None,
+               limit: int | None = None, seed: int = 0, resize_to: int | None = None, on_disk: bool = False,
+               whole: bool = False):
+    """One split cut to ``limit`` examples: uint8 arrays in memory, or a big image folder left on disk.
+
+    ``resize_to`` (folders) keeps each image's proportions: shorter side resized to it, centre cropped
+    to ``image_size``; a training split is then always left on disk, for crops from the stored images.
+    ``on_disk`` leaves any folder on disk, however small. ``whole`` takes every image of a folder
+    that has no train/ and val/ of its own, rather than the tenth a training run holds out of it.
+    """
+    if dataset.startswith("folder:") and image_size is None:
+        image_size = FOLDER_IMAGE_SIZE  # batches need one size; photos rarely share one
+    if limit is not None and limit <= 0:
+        raise ValueError(f"--limit-{split} must be positive, got {limit}")
+    # A folder's "train" split with nothing held out is all of it.
+    ds = get_dataset(dataset, split="train" if whole else split, root=data_dir, image_size=image_size, seed=seed,
+                     **({"val_fraction": 0.0} if whole else {}))
+    if isinstance(ds, FolderDataset):
+        ds.resize_to = resize_to
+        if limit is not None:
+            ds = ds.subset(limit)
+        on_disk = on_disk or (resize_to is not None and split == "train")
+        if not on_disk and len(ds) * ds.channels * image_size**2 <= IN_MEMORY_BYTES:
+            ds = ds.to_arrays()
+    elif limit is not None:
+        ds = ArrayDataset(ds.images[:limit], ds.labels[:limit], ds.classes, ds.name)
+    return ds
+
+
+def folder_sizes(dataset: str, image_size: int | None, recipe: Recipe) -> tuple[int | None, int | None]:
+    """The side a dataset is trained at (None: ``load_split``'s default) and the shorter side its
+    held-out images are resized to before their centre crop (None: squashed to the side).
+
+    Folders trained with scale augmentation are ImageNet's way: 224-pixel crops unless told, and
+    held-out images evaluated as torchvision evaluates its ImageNet models, shorter side to 8/7 of
+    the crop (256 for 224), then the centre crop.
+    """
+    if not dataset.startswith("folder:") or (recipe.scale_crop is None and recipe.scale_jitter is None):
+        return image_size, None
+    size = IMAGENET_IMAGE_SIZE if image_size is None else image_size
+    if size < 1:
+        raise ValueError(f"--image-size must be a positive number of pixels, not {size}")
+    return size, round(size / 0.875)
+
+
+def reload_sizes(dataset: str, config: dict) -> dict:
+    """``load_split``'s sizing for reloading a run's data: a folder's training size and held-out resize;
+    nothing for named datasets, which keep their stored size."""
+    if not dataset.startswith("folder:"):
+        return {}
+    return {"image_size": config["image_size"], "resize_to": config.get("resize_size")}
+
+
+def load_splits(dataset: str, data_dir: str | None, limit_train: int | None, limit_test: int | None, seed: int,
+                image_size: int | None = None, resize_to: int | None = None):
+    """The training and test splits (see ``load_split``)."""
+    return [load_split(dataset, split, data_dir, image_size, limit, seed, resize_to)
+            for split, limit in (("train", limit_train), ("test", limit_test))]

@@ -18,10 +18,11 @@ DEMO = dict(model="resnet20", dataset="fashion-mnist", recipe="fast", epochs=4, 
 def run_demo(out: Path, device: str = "cpu") -> Path:
     """Run the demo into a new run directory under ``out`` and print where everything is."""
     from .data import get_dataset
+    from .devices import pick_device
     from .evaluate import evaluate_run, predict_images
     from .plots import plot_runs
     from .runs import load_model
-    from .train import TrainConfig, pick_device, train
+    from .train import TrainConfig, train
 
     run_dir = out / f"resnet20-fashion-mnist-{datetime.now():%Y%m%d-%H%M%S}"
     print(f"Training resnet20 on Fashion-MNIST ({DEMO['limit_train']:,} images, {DEMO['epochs']} epochs, {device})")

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import pick_device
 from .loader import normalize
 
 
@@ -467,11 +468,10 @@ def evaluate_run(
     ``views`` ("ten-crop" or "scales", see ``view_batches``) averages each image's scores over several
     views of it; that needs image files, so a run trained on a folder.
     """
-    from .data import class_folder_names, own_held_out, resolve_dataset
+    from .data import class_folder_names, load_split, own_held_out, reload_sizes, resolve_dataset
     from .loader import dataset_shape
     from .plots import plot_confusion
     from .runs import load_model, write_json
-    from .train import load_split, pick_device, reload_sizes
 
     run_dir = Path(run_dir)
     dev = pick_device(device)
@@ -541,7 +541,6 @@ def evaluate_published(
     """
     from .data import DataError, get_dataset, own_held_out, resolve_dataset
     from .runs import write_json
-    from .train import pick_device
 
     dataset = resolve_dataset(dataset, data_dir)
     if not dataset.startswith("folder:"):

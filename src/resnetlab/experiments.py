@@ -34,11 +34,12 @@ import numpy as np
 import torch
 
 from . import runs
-from .data import get_dataset, resolve_dataset
+from .data import get_dataset, load_split, reload_sizes, resolve_dataset
+from .devices import pick_device
 from .loader import make_loader
 from .models import ResNet, count_parameters
 from .recipes import RECIPES, Recipe, get_recipe
-from .train import TrainConfig, load_split, pick_device, reload_sizes, resume, train
+from .train import TrainConfig, resume, train
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

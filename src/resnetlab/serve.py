@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import torch
 
 from .data import DataError
+from .devices import pick_device
 from .evaluate import check_views, describe_views, load_published, predict_images, view_scales
 from .runs import load_model
 
@@ -213,8 +214,6 @@ def _form_file(content_type: str, body: bytes) -> tuple[bytes | None, str]:
 def serve(run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5, device: str = "cpu",
           pretrained: str | None = None, views: str | None = None, scales: Sequence[int] | None = None) -> None:
     """Serve the prediction page of a run (or of published weights) until Ctrl-C; ``views`` as for ``predict_images``."""
-    from .train import pick_device
-
     try:
         server = PredictionServer(run_dir, host, port, top_k, pick_device(device), pretrained=pretrained, views=views,
                                   scales=scales)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import random
 import signal
 import threading
 import time
@@ -17,20 +16,18 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from . import __version__, distributed, runs
-from .data import ArrayDataset, DataError, FolderDataset, fingerprint, get_dataset, resolve_dataset
+from .data import DataError, fingerprint, folder_sizes, load_splits, reload_sizes, resolve_dataset
+from .devices import pick_device, seed_everything
 from .evaluate import EvalResult, evaluate
-from .loader import channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, scaled_jitter, stats_sample
+from .loader import DeviceLoader, channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, scaled_jitter, stats_sample
 from .pretrained import input_stats, is_file_spec, weights_layout
 from .recipes import Recipe, get_recipe, lr_at
-from .steps import build_train_step
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
+from .steps import TrainStep, build_train_step
 
 
 @dataclass
@@ -91,101 +88,6 @@ class Interrupted(Exception):
 
 class Diverged(RuntimeError):
     """The training loss stopped being a finite number."""
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """The device a name asks for; ``auto`` takes CUDA, then Apple's MPS, then the CPU."""
-    if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps was asked for, but this PyTorch has no MPS device")
-    return torch.device(name)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed every generator the run touches; optionally insist on deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        # cuBLAS is only deterministic with a fixed workspace, set before its first use. Operations with no
-        # deterministic kernel (a few CUDA backward passes) warn rather than stop the run.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-IN_MEMORY_BYTES = 4 << 30  # folders whose decoded pixels fit in this stay in memory; bigger ones stream
-FOLDER_IMAGE_SIZE = 64  # the side folder images are resized to unless told
-IMAGENET_IMAGE_SIZE = 224  # the same with a scaling recipe (imagenet, he2015-imagenet)
-
-
-def load_split(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None,
-               limit: int | None = None, seed: int = 0, resize_to: int | None = None, on_disk: bool = False,
-               whole: bool = False):
-    """One split cut to ``limit`` examples: uint8 arrays in memory, or a big image folder left on disk.
-
-    ``resize_to`` (folders) keeps each image's proportions: shorter side resized to it, centre cropped
-    to ``image_size``; a training split is then always left on disk, for crops from the stored images.
-    ``on_disk`` leaves any folder on disk, however small. ``whole`` takes every image of a folder
-    that has no train/ and val/ of its own, rather than the tenth a training run holds out of it.
-    """
-    if dataset.startswith("folder:") and image_size is None:
-        image_size = FOLDER_IMAGE_SIZE  # batches need one size; photos rarely share one
-    if limit is not None and limit <= 0:
-        raise ValueError(f"--limit-{split} must be positive, got {limit}")
-    # A folder's "train" split with nothing held out is all of it.
-    ds = get_dataset(dataset, split="train" if whole else split, root=data_dir, image_size=image_size, seed=seed,
-                     **({"val_fraction": 0.0} if whole else {}))
-    if isinstance(ds, FolderDataset):
-        ds.resize_to = resize_to
-        if limit is not None:
-            ds = ds.subset(limit)
-        on_disk = on_disk or (resize_to is not None and split == "train")
-        if not on_disk and len(ds) * ds.channels * image_size**2 <= IN_MEMORY_BYTES:
-            ds = ds.to_arrays()
-    elif limit is not None:
-        ds = ArrayDataset(ds.images[:limit], ds.labels[:limit], ds.classes, ds.name)
-    return ds
-
-
-def folder_sizes(dataset: str, image_size: int | None, recipe: Recipe) -> tuple[int | None, int | None]:
-    """The side a dataset is trained at (None: ``load_split``'s default) and the shorter side its
-    held-out images are resized to before their centre crop (None: squashed to the side).
-
-    Folders trained with scale augmentation are ImageNet's way: 224-pixel crops unless told, and
-    held-out images evaluated as torchvision evaluates its ImageNet models, shorter side to 8/7 of
-    the crop (256 for 224), then the centre crop.
-    """
-    if not dataset.startswith("folder:") or (recipe.scale_crop is None and recipe.scale_jitter is None):
-        return image_size, None
-    size = IMAGENET_IMAGE_SIZE if image_size is None else image_size
-    if size < 1:
-        raise ValueError(f"--image-size must be a positive number of pixels, not {size}")
-    return size, round(size / 0.875)
-
-
-def reload_sizes(dataset: str, config: dict) -> dict:
-    """``load_split``'s sizing for reloading a run's data: a folder's training size and held-out resize;
-    nothing for named datasets, which keep their stored size."""
-    if not dataset.startswith("folder:"):
-        return {}
-    return {"image_size": config["image_size"], "resize_to": config.get("resize_size")}
-
-
-def load_splits(dataset: str, data_dir: str | None, limit_train: int | None, limit_test: int | None, seed: int,
-                image_size: int | None = None, resize_to: int | None = None):
-    """The training and test splits (see ``load_split``)."""
-    return [load_split(dataset, split, data_dir, image_size, limit, seed, resize_to)
-            for split, limit in (("train", limit_train), ("test", limit_test))]
 
 
 def _new_run_dir(config: TrainConfig) -> tuple[Path, runs.RunLock]:
@@ -374,24 +276,97 @@ def _data_fingerprint(train_set, test_set) -> dict[str, str]:
 def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, progress: bool, stop_at: int | None,
          checkpoint: dict | None, world: distributed.World = distributed.World(), workers: int | None = None,
          model: nn.Module | None = None) -> TrainResult:
+    """Train from ``checkpoint`` (None: from the first step) to the run's last step, or to ``stop_at``."""
     recipe = Recipe.from_dict(saved["recipe"])
     seed_everything(saved["seed"], saved["deterministic"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not saved["deterministic"]
     channels_last = device.type in ("cuda", "cpu")
-
     if model is None:  # resuming: the checkpoint's weights replace these
         model = runs.build_model(saved)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    grad_every = saved.get("grad_norm_every", 0)
-    # The graph replays one fixed step: recording gradient norms needs the eager one, and so (here)
-    # does DistributedDataParallel, whose gradient averaging runs in hooks a graph would not replay.
-    graphed = device.type == "cuda" and saved.get("cuda_graph", True) and not grad_every and world.size == 1
-    progress = progress and world.is_main
-    depth = _depth(saved["model"])
+    train_loader, test_loader = _loaders(saved, recipe, train_set, test_set, device, channels_last, world, workers)
+    run = _start(saved, run_dir, recipe, model, device, world, checkpoint, train_loader)
+    # Process 0 evaluates alone, so not through DistributedDataParallel, which would wait for the others.
+    eval_model = run.train_step.forward if world.size == 1 else model
+    history = runs.read_metrics(run_dir, missing_ok=True)
+    result_test: EvalResult | None = None
     total_steps, steps_per_epoch = saved["total_steps"], saved["steps_per_epoch"]
+
+    board = _tensorboard(run_dir) if world.is_main else None
+    started = time.perf_counter() - run.elapsed
+    ctrl_c = _StepEndInterrupt(enabled=world.size == 1)
+    in_epoch = False
+    try:
+        while run.step < total_steps:
+            epoch, start_batch = divmod(run.step, steps_per_epoch)
+            epoch_start, resumed_seen = time.perf_counter(), start_batch * recipe.batch_size  # restored sums: not timed here
+            in_epoch = True
+            lr = _train_epoch(run, train_loader, stop_at, ctrl_c, progress and world.is_main)
+            in_epoch = False
+            if ctrl_c.requested:
+                stop_at = run.step  # the step under way is whole: stop here, as if asked to
+            last = run.step >= total_steps
+            if run.step == stop_at and not (last or run.step % steps_per_epoch == 0):  # mid-epoch: no row to write
+                run.elapsed = time.perf_counter() - started
+                distributed.sum_across(run.train_step.sums, world)  # the partial epoch's sums, of every process
+                _save(run)
+                raise Interrupted(run_dir, run.step)
+            row = _epoch_row(run, lr, epoch_start, resumed_seen)
+            if world.is_main and (last or (epoch + 1) % saved["eval_every"] == 0):
+                result_test = evaluate(eval_model, test_loader, len(saved["classes"]))
+                row["test_loss"], row["test_acc"] = result_test.loss, result_test.accuracy
+            run.elapsed = row["time"] = time.perf_counter() - started
+            run.train_step.reset_sums()
+            history.append(row)
+            if world.is_main:
+                _write_row(run_dir, row, board)
+            _save(run)
+            if world.is_main:
+                tqdm.write(_epoch_line(row, total_steps, steps_per_epoch))
+            if run.step == stop_at and not last:
+                raise Interrupted(run_dir, run.step)
+    except KeyboardInterrupt:
+        # A second Ctrl-C, or several processes (the others may be inside a collective): the step under way
+        # may be half done (batch norms updated, weights not), so the last checkpoint stays as it is.
+        raise Interrupted(run_dir, run.saved_step) from None
+    except DataError as err:  # a file that cannot be read, met mid-run: keep what was trained
+        if world.size == 1 and in_epoch:  # not in the epoch's evaluation, before its row is written: the last checkpoint stands
+            run.elapsed = time.perf_counter() - started
+            _save(run)
+        raise DataError(f"{err}. The run is saved at step {run.saved_step}; continue it with: "
+                        f"resnetlab train --resume {run_dir}") from None
+    finally:
+        ctrl_c.restore()
+        if board is not None:
+            board.close()
+    return TrainResult(run_dir, run.step, run.elapsed, result_test, history)
+
+
+@dataclass
+class _RunState:
+    """What the loop's helpers share: the run being trained, and how far it has got."""
+
+    saved: dict  # the run's config.json
+    run_dir: Path
+    recipe: Recipe
+    device: torch.device
+    world: distributed.World
+    model: nn.Module
+    train_step: TrainStep
+    step: int
+    elapsed: float  # seconds of training, the run's earlier sessions included
+    saved_step: int  # the step of the checkpoint on disk
+    grad_log: dict | None  # None: gradient norms are not recorded
+    watched: list[tuple[str, nn.Parameter]]  # conv and fc weights, input to output
+    pending_norms: list[torch.Tensor] = field(default_factory=list)
+
+
+def _loaders(saved: dict, recipe: Recipe, train_set, test_set, device: torch.device, channels_last: bool,
+             world: distributed.World, workers: int | None) -> tuple[DeviceLoader, DeviceLoader]:
+    """The training batches (this process's share, augmented as the recipe says) and the test batches."""
     train_loader = make_loader(
         train_set, recipe.batch_size, saved["mean"], saved["std"], device, train=True,
         pad_crop=recipe.pad_crop, scale_crop=recipe.scale_crop, scale_jitter=recipe.scale_jitter, flip=recipe.flip,
@@ -402,8 +377,12 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         test_set, max(256, recipe.batch_size), saved["mean"], saved["std"], device, train=False, channels_last=channels_last,
         workers=workers,
     )
-    num_classes = len(saved["classes"])
+    return train_loader, test_loader
 
+
+def _start(saved: dict, run_dir: Path, recipe: Recipe, model: nn.Module, device: torch.device, world: distributed.World,
+           checkpoint: dict | None, train_loader: DeviceLoader) -> _RunState:
+    """The run ready for its next step: the first, or where ``checkpoint`` left it (weights, randomness, sums, files)."""
     step, elapsed = 0, 0.0
     if world.is_main:
         runs.remove_partial_writes(run_dir)  # a killed run's; no other process writes here (it is locked)
@@ -415,132 +394,100 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
         if world.is_main:
             runs.truncate_metrics(run_dir, step)
-
+    grad_every = saved.get("grad_norm_every", 0)
+    # The graph replays one fixed step: recording gradient norms needs the eager one, and so (here)
+    # does DistributedDataParallel, whose gradient averaging runs in hooks a graph would not replay.
+    graphed = device.type == "cuda" and saved.get("cuda_graph", True) and not grad_every and world.size == 1
     train_step = build_train_step(
         model, recipe, device, graphed, next(iter(train_loader)) if graphed else None, saved["compile"],
         optimizer_state=checkpoint["optimizer"] if checkpoint is not None else None, processes=world.size,
     )
-    optimizer = train_step.optimizer
-    # Process 0 evaluates alone, so not through DistributedDataParallel, which would wait for the others.
-    eval_model = train_step.forward if world.size == 1 else model
     if checkpoint is not None and world.is_main:  # the saved sums are already those of every process
         for k, v in checkpoint["sums"].items():
             train_step.sums[k].copy_(v)
-    watched = [(n, p) for n, p in model.named_parameters() if p.ndim > 1]  # conv and fc weights, input to output
     grad_log = runs.read_grad_norms(run_dir, step) if grad_every else None
-    pending_norms: list[torch.Tensor] = []
-    history = runs.read_metrics(run_dir, missing_ok=True)
-    result_test: EvalResult | None = None
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    watched = [(n, p) for n, p in model.named_parameters() if p.ndim > 1]
+    return _RunState(saved, run_dir, recipe, device, world, model, train_step, step, elapsed, step, grad_log, watched)
 
-    saved_step, in_epoch = step, False
 
-    def save_checkpoint() -> None:
-        nonlocal saved_step
-        if not world.is_main:  # process 0 writes; the sums it saves are already those of every process
-            pending_norms.clear()
-            return
-        if grad_log is not None:
-            grad_log["layers"] = [n for n, _ in watched]
-            grad_log["norms"] += [t.tolist() for t in pending_norms]
-            pending_norms.clear()
-            runs.write_json(run_dir / runs.GRAD_NORMS, grad_log)
-        # The checkpoint first: killed between the two writes, the run can still be resumed.
-        runs.save_checkpoint(run_dir, {
-            "model_name": saved["model"], "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "step": step, "elapsed": elapsed, "sums": {k: v.cpu() for k, v in train_step.sums.items()},
-            "rng": torch.get_rng_state(),
-            # The device's generator draws a GPU run's dropout masks (mixing="dropout").
-            **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-        })
-        runs.save_weights(model, run_dir)
-        saved_step = step
+def _train_epoch(run: _RunState, train_loader: DeviceLoader, stop_at: int | None, ctrl_c: _StepEndInterrupt,
+                 progress: bool) -> float:
+    """Train to the end of the epoch, or of the run, or to ``stop_at`` or a Ctrl-C; returns the last step's learning rate."""
+    recipe, total_steps, steps_per_epoch = run.recipe, run.saved["total_steps"], run.saved["steps_per_epoch"]
+    grad_every, depth = run.saved.get("grad_norm_every", 0), _depth(run.saved["model"])
+    epoch, start_batch = divmod(run.step, steps_per_epoch)
+    end = min((epoch + 1) * steps_per_epoch, total_steps)
+    # Labelled as the line printed when it ends, so a last epoch cut short by --steps is 2.5/2.5, not 3/3.
+    # Closed however the epoch ends, so an error is printed on a line of its own, not after the bar.
+    with tqdm(total=(end - run.step) * recipe.batch_size, desc=_epoch_label(end, total_steps, steps_per_epoch),
+              leave=False, disable=not progress, unit="img", unit_scale=True) as bar:  # the rate reads as images/s
+        for x, y in train_loader.epoch(epoch, start_batch):
+            lr = lr_at(recipe, run.step, total_steps, depth)
+            if grad_every and run.step % grad_every == 0:
+                # Kept on the device until the epoch ends: no host sync inside the step.
+                run.pending_norms.append(run.train_step(x, y, lr, watched=[p for _, p in run.watched]))
+                run.grad_log["steps"].append(run.step)
+            else:
+                run.train_step(x, y, lr)
+            run.step += 1
+            bar.update(recipe.batch_size)
+            if progress and (run.device.type == "cpu" or run.step % 50 == 0):  # a read syncs a GPU: not every step
+                totals = run.train_step.read_sums()
+                bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.3f}", acc=f"{totals['correct'] / totals['seen']:.1%}")
+            if run.step >= total_steps or run.step == stop_at or ctrl_c.requested:
+                break
+    return lr
 
-    board = _tensorboard(run_dir) if world.is_main else None
-    started = time.perf_counter() - elapsed
-    ctrl_c = _StepEndInterrupt(enabled=world.size == 1)
-    try:
-        while step < total_steps:
-            epoch, start_batch = divmod(step, steps_per_epoch)
-            batches_left = min(steps_per_epoch - start_batch, total_steps - step)
-            # Closed however the epoch ends, so an error is printed on a line of its own, not after the bar.
-            with tqdm(total=batches_left * recipe.batch_size, desc=f"epoch {epoch + 1}/{num_epochs}", leave=False,
-                      disable=not progress, unit="img", unit_scale=True) as bar:  # the rate reads as images/s
-                epoch_start, resumed_seen = time.perf_counter(), start_batch * recipe.batch_size  # restored sums: not timed here
-                in_epoch = True
-                for x, y in train_loader.epoch(epoch, start_batch):
-                    lr = lr_at(recipe, step, total_steps, depth)
-                    if grad_every and step % grad_every == 0:
-                        # Kept on the device until the epoch ends: no host sync inside the step.
-                        pending_norms.append(train_step(x, y, lr, watched=[p for _, p in watched]))
-                        grad_log["steps"].append(step)
-                    else:
-                        train_step(x, y, lr)
-                    step += 1
-                    bar.update(recipe.batch_size)
-                    if progress and (device.type == "cpu" or step % 50 == 0):  # a read syncs a GPU: not every step
-                        totals = train_step.read_sums()
-                        bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.3f}", acc=f"{totals['correct'] / totals['seen']:.1%}")
-                    if ctrl_c.requested:
-                        stop_at = step  # the step under way is whole: stop here, as if asked to
-                    if step >= total_steps or step == stop_at:
-                        break
-                in_epoch = False
-            epoch_done = step % steps_per_epoch == 0 or step >= total_steps
-            if step == stop_at and not epoch_done:
-                elapsed = time.perf_counter() - started
-                distributed.sum_across(train_step.sums, world)  # the partial epoch's sums, of every process
-                save_checkpoint()
-                raise Interrupted(run_dir, step)
-            distributed.sum_across(train_step.sums, world)
-            totals = train_step.read_sums()
-            seen = totals["seen"]
-            if not math.isfinite(totals["loss"]) and saved.get("stop_on_divergence", True):
-                # Read once an epoch: a NaN is not saved over the last good checkpoint.
-                kept = f"the run's last checkpoint, step {saved_step}, is kept" if saved_step else "nothing was saved"
-                raise Diverged(f"training diverged: the loss is {totals['loss']} in the epoch ending at step {step} "
-                               f"(too high a learning rate?); {kept}")
-            row = {
-                "epoch": round(step / steps_per_epoch, 4), "step": step, "lr": lr,
-                "train_loss": totals["loss"] / seen, "train_acc": totals["correct"] / seen,
-                "test_loss": None, "test_acc": None,
-                "images_per_s": (seen - resumed_seen) / max(1e-9, time.perf_counter() - epoch_start),
-            }
-            last = step >= total_steps
-            if world.is_main and (last or (epoch + 1) % saved["eval_every"] == 0):
-                result_test = evaluate(eval_model, test_loader, num_classes)
-                row["test_loss"], row["test_acc"] = result_test.loss, result_test.accuracy
-            elapsed = time.perf_counter() - started
-            row["time"] = elapsed
-            train_step.reset_sums()
-            history.append(row)
-            if world.is_main:
-                runs.append_metrics(run_dir, row)
-                if board is not None:
-                    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s"):
-                        if row[key] is not None:
-                            board.add_scalar(key, row[key], step)
-                    board.flush()
-            save_checkpoint()
-            if world.is_main:
-                tqdm.write(_epoch_line(row, num_epochs))
-            if step == stop_at and not last:
-                raise Interrupted(run_dir, step)
-    except KeyboardInterrupt:
-        # A second Ctrl-C, or several processes (the others may be inside a collective): the step under way
-        # may be half done (batch norms updated, weights not), so the last checkpoint stays as it is.
-        raise Interrupted(run_dir, saved_step) from None
-    except DataError as err:  # a file that cannot be read, met mid-run: keep what was trained
-        if world.size == 1 and in_epoch:  # not in the epoch's evaluation, before its row is written: the last checkpoint stands
-            elapsed = time.perf_counter() - started
-            save_checkpoint()
-        raise DataError(f"{err}. The run is saved at step {saved_step}; continue it with: "
-                        f"resnetlab train --resume {run_dir}") from None
-    finally:
-        ctrl_c.restore()
-        if board is not None:
-            board.close()
-    return TrainResult(run_dir, step, elapsed, result_test, history)
+
+def _epoch_row(run: _RunState, lr: float, epoch_start: float, resumed_seen: int) -> dict:
+    """The epoch's metrics row from the sums of every process, test columns empty; Diverged if the loss is not finite."""
+    distributed.sum_across(run.train_step.sums, run.world)
+    totals = run.train_step.read_sums()
+    seen = totals["seen"]
+    if not math.isfinite(totals["loss"]) and run.saved.get("stop_on_divergence", True):
+        # Read once an epoch: a NaN is not saved over the last good checkpoint.
+        kept = f"the run's last checkpoint, step {run.saved_step}, is kept" if run.saved_step else "nothing was saved"
+        raise Diverged(f"training diverged: the loss is {totals['loss']} in the epoch ending at step {run.step} "
+                       f"(too high a learning rate?); {kept}")
+    return {
+        "epoch": round(run.step / run.saved["steps_per_epoch"], 4), "step": run.step, "lr": lr,
+        "train_loss": totals["loss"] / seen, "train_acc": totals["correct"] / seen,
+        "test_loss": None, "test_acc": None,
+        # Timed after reading the sums, which waits for the device to finish the epoch's steps.
+        "images_per_s": (seen - resumed_seen) / max(1e-9, time.perf_counter() - epoch_start),
+    }
+
+
+def _write_row(run_dir: Path, row: dict, board) -> None:
+    """Add the epoch's row to metrics.jsonl, and to TensorBoard's events when it is installed."""
+    runs.append_metrics(run_dir, row)
+    if board is not None:
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s"):
+            if row[key] is not None:
+                board.add_scalar(key, row[key], row["step"])
+        board.flush()
+
+
+def _save(run: _RunState) -> None:
+    """Write the run's checkpoint and weights, and the gradient norms recorded since the last save."""
+    if not run.world.is_main:  # process 0 writes; the sums it saves are already those of every process
+        run.pending_norms.clear()
+        return
+    if run.grad_log is not None:
+        run.grad_log["layers"] = [n for n, _ in run.watched]
+        run.grad_log["norms"] += [t.tolist() for t in run.pending_norms]
+        run.pending_norms.clear()
+        runs.write_json(run.run_dir / runs.GRAD_NORMS, run.grad_log)
+    # The checkpoint first: killed between the two writes, the run can still be resumed.
+    runs.save_checkpoint(run.run_dir, {
+        "model_name": run.saved["model"], "model": run.model.state_dict(), "optimizer": run.train_step.optimizer.state_dict(),
+        "step": run.step, "elapsed": run.elapsed, "sums": {k: v.cpu() for k, v in run.train_step.sums.items()},
+        "rng": torch.get_rng_state(),
+        # The device's generator draws a GPU run's dropout masks (mixing="dropout").
+        **({"cuda_rng": torch.cuda.get_rng_state(run.device)} if run.device.type == "cuda" else {}),
+    })
+    runs.save_weights(run.model, run.run_dir)
+    run.saved_step = run.step
 
 
 class _StepEndInterrupt:
@@ -573,10 +520,16 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
-def _epoch_line(row: dict, num_epochs: int) -> str:
+def _epoch_label(step: int, total_steps: int, steps_per_epoch: int) -> str:
+    """``epoch E/N``: the epochs trained at ``step``, of the run's; fractional where --steps cuts an epoch short."""
+    return f"epoch {round(step / steps_per_epoch, 4):g}/{round(total_steps / steps_per_epoch, 4):g}"
+
+
+def _epoch_line(row: dict, total_steps: int, steps_per_epoch: int) -> str:
+    """The line printed when an epoch ends."""
     test = f"  test loss {row['test_loss']:.4f} acc {row['test_acc']:.2%}" if row["test_acc"] is not None else ""
     return (
-        f"epoch {row['epoch']:g}/{num_epochs}  step {row['step']}  lr {row['lr']:.4g}  "
+        f"{_epoch_label(row['step'], total_steps, steps_per_epoch)}  step {row['step']}  lr {row['lr']:.4g}  "
         f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}{test}  "
         f"{row['images_per_s']:.0f} img/s  {row['time']:.0f}s"
     )

@@ -1,0 +1,45 @@
+"""Where a job runs and how repeatable it is: the device a ``--device`` name asks for, and the seeds.
+
+Training, evaluation, prediction, serving and the benchmarks all pick their device here, so that
+none of them has to import the trainer for it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The device a name asks for; ``auto`` takes CUDA, then Apple's MPS, then the CPU."""
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps was asked for, but this PyTorch has no MPS device")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed every generator the run touches; optionally insist on deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS is only deterministic with a fixed workspace, set before its first use. Operations with no
+        # deterministic kernel (a few CUDA backward passes) warn rather than stop the run.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
