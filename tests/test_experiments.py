@@ -219,6 +219,19 @@ def test_a_folder_run_is_reused_and_a_run_killed_before_its_checkpoint_is_traine
     assert train_or_reuse(config) == run_dir and (run_dir / "checkpoint.pt").is_file()
 
 
+def test_the_steps_an_experiment_plans_are_the_steps_train_runs(tmp_path):
+    """The caveat's iteration count and the gradient recording's spacing rest on this count."""
+    from conftest import noise_photos
+
+    noise_photos(tmp_path / "photos", ["a", "b"], 20, lambda i: (12, 12))  # 36 training images once a tenth is held out
+    config = TrainConfig(model="resnet8", dataset=f"folder:{tmp_path / 'photos'}", recipe="he2016", epochs=1,
+                         batch_size=4, limit_train=1000, image_size=8, recipe_overrides={"lr": 0.05}, device="cpu",
+                         progress=False, out=str(tmp_path / "run"))
+    assert experiments._planned_steps(config) == 9
+    saved = json.loads((train(config).run_dir / "config.json").read_text())
+    assert saved["total_steps"] == 9 and saved["recipe"]["lr"] == 0.05
+
+
 def test_ablation_studies_train_each_variant_and_compare_with_the_paper(tmp_path, capsys):
     out = tmp_path / "orders"
     reproduce("orders", "--depth", 8, "--variants", "post", "bn_after_add", *QUICK, "--out", out)

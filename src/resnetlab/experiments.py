@@ -38,8 +38,8 @@ from .data import get_dataset, load_split, reload_sizes, resolve_dataset
 from .devices import pick_device
 from .loader import make_loader
 from .models import ResNet, count_parameters
-from .recipes import RECIPES, Recipe, get_recipe
-from .train import TrainConfig, resume, train
+from .recipes import RECIPES, Recipe
+from .train import TrainConfig, resolve_recipe, resume, train
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -97,7 +97,7 @@ def train_or_reuse(config: TrainConfig) -> Path:
         "grad_norm_every": config.grad_norm_every,
     }
     differ = [key for key, value in asked.items() if saved.get(key) != value]
-    differ += ["recipe"] if Recipe.from_dict(saved["recipe"]) != _recipe(config) else []
+    differ += ["recipe"] if Recipe.from_dict(saved["recipe"]) != resolve_recipe(config) else []
     saved_options = saved.get("model_kwargs", {})
     differ += [f"model option {k}" for k, v in json.loads(json.dumps(config.model_kwargs)).items() if saved_options.get(k) != v]
     if differ:
@@ -108,12 +108,6 @@ def train_or_reuse(config: TrainConfig) -> Path:
         return run_dir
     print(f"resuming {run_dir}")
     return resume(run_dir, device=config.device, progress=config.progress).run_dir
-
-
-def _recipe(config: TrainConfig) -> Recipe:
-    """The recipe ``train`` will use for ``config``."""
-    return get_recipe(config.recipe, epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                      weight_decay=config.weight_decay, **config.recipe_overrides)
 
 
 def _train_nets(
@@ -445,10 +439,12 @@ def reproduce_gradients(base: TrainConfig, out: str | Path, depth: int = 56, eve
 
 def _planned_steps(config: TrainConfig) -> int:
     """How many iterations ``train`` will run for ``config`` (as it works it out)."""
-    recipe = _recipe(config)
+    recipe = resolve_recipe(config)
     if recipe.steps:
         return recipe.steps
-    examples = config.limit_train or len(get_dataset(config.dataset, "train", root=config.data_dir))
+    examples = len(get_dataset(config.dataset, "train", root=config.data_dir))
+    if config.limit_train:
+        examples = min(examples, config.limit_train)  # as load_split cuts it
     return max(1, round(recipe.epochs * (examples // recipe.batch_size)))
 
 

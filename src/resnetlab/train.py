@@ -123,6 +123,13 @@ def _new_run_dir(config: TrainConfig) -> tuple[Path, runs.RunLock]:
             continue
 
 
+def resolve_recipe(config: TrainConfig) -> Recipe:
+    """The recipe ``config`` names, with its recipe overrides and then its flags (``--lr`` and the like) applied."""
+    flags = {"epochs": config.epochs, "steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
+             "weight_decay": config.weight_decay}
+    return get_recipe(config.recipe, **{**config.recipe_overrides, **{k: v for k, v in flags.items() if v is not None}})
+
+
 def train(config: TrainConfig | None = None, stop_at: int | None = None, **overrides) -> TrainResult:
     """Train a model as ``config`` says and write its run directory.
 
@@ -130,9 +137,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     ``stop_at`` ends the run after that many steps as if interrupted, leaving it resumable.
     """
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
-    flags = {"epochs": config.epochs, "steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
-             "weight_decay": config.weight_decay}
-    recipe = get_recipe(config.recipe, **{**config.recipe_overrides, **{k: v for k, v in flags.items() if v is not None}})
+    recipe = resolve_recipe(config)
     if config.eval_every < 1:
         raise ValueError(f"--eval-every must be at least 1, got {config.eval_every}")
     world = distributed.world_from_env()
