@@ -553,3 +553,12 @@ def test_an_experiment_trains_a_diverging_variant_to_its_end(tmp_path):
     run_dir = train_or_reuse(tiny(tmp_path, steps=16, lr=1e6))
     rows = runs.read_metrics(run_dir)
     assert [r["step"] for r in rows] == [8, 16] and not all(map(math.isfinite, (r["train_loss"] for r in rows)))
+
+
+@needs_fashion
+def test_the_papers_warm_up_is_for_the_110_layer_nets_and_deeper(tmp_path):
+    """He et al. 2015, Section 4.2: ResNet-110 starts at lr 0.01 (he2016: its first 400 iterations)."""
+    for model, lr in (("resnet110", 0.01), ("resnet56", 0.1)):
+        result = train(tiny(tmp_path, model, model=model, limit_train=32, limit_test=16, batch_size=16, steps=2,
+                            recipe_overrides={"schedule": "constant"}))  # no step decay to mistake for the warm-up
+        assert result.history[-1]["lr"] == pytest.approx(lr)

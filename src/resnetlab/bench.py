@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .devices import pick_device
+from .devices import pick_device, uses_channels_last
 from .evaluate import autocast_for, evaluate
 from .loader import DeviceLoader, channel_stats
 from .models import create_model
@@ -160,7 +160,7 @@ def _typical_loop(model: nn.Module, train_set, recipe, mean, std, steps: int, wa
 def _resnetlab_loop(model: nn.Module, train_set, recipe, mean, std, steps: int, warmup: int, device: torch.device,
                     seed: int, graphed: bool, compile: bool) -> float:
     """resnetlab's training path (the trainer's step and inner loop); returns seconds per step after warm-up."""
-    channels_last = device.type in ("cuda", "cpu")
+    channels_last = uses_channels_last(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = DeviceLoader(train_set.images, train_set.labels, recipe.batch_size, mean, std, device, train=True,

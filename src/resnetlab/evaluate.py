@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .devices import pick_device
+from .devices import pick_device, uses_channels_last
 from .loader import normalize
 
 
@@ -521,7 +521,7 @@ def _score(model: nn.Module, ds, config: dict, views: str | None, scales: Sequen
 
     if views is None:
         loader = make_loader(ds, 256, config["mean"], config["std"], device, train=False,
-                             channels_last=device.type in ("cuda", "cpu"))
+                             channels_last=uses_channels_last(device))
         return evaluate(model, loader, len(config["classes"]))
     return evaluate_views(model, ds, config["mean"], config["std"], len(config["classes"]), views, scales,
                           config.get("resize_size"), device)

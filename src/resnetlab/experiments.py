@@ -22,7 +22,6 @@ import argparse
 import csv
 import json
 import math
-import re
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
@@ -37,7 +36,7 @@ from . import runs
 from .data import get_dataset, load_split, reload_sizes, resolve_dataset
 from .devices import pick_device
 from .loader import make_loader
-from .models import ResNet, count_parameters
+from .models import ResNet, count_parameters, depth_of
 from .recipes import RECIPES, Recipe
 from .train import TrainConfig, resolve_recipe, resume, train
 
@@ -567,7 +566,7 @@ def reproduce_responses(
         names = {id(m): name for name, m in model.named_modules()}
         stds = branch_response_stds(model, batches)
         measured.append({
-            "model": config["model"], "run": str(run_dir), "depth": _depth_of(config["model"]),
+            "model": config["model"], "run": str(run_dir), "depth": depth_of(config["model"]),
             "kind": "residual" if model.residual else "plain", "order": model.order, "test_images": len(test),
             "blocks": [names[id(b)] for b in model.blocks()], "std": stds, "std_sorted": sorted(stds, reverse=True),
         })
@@ -595,12 +594,6 @@ def reproduce_responses(
     ]
     paths.append(_write_text(out / "responses.md", lines))
     return paths
-
-
-def _depth_of(model: str) -> int:
-    """``resnet56`` -> 56."""
-    match = re.search(r"(\d+)$", model)
-    return int(match.group(1)) if match else 0
 
 
 def _responses_sentences(measured: list[dict]) -> list[str]:

@@ -474,6 +474,12 @@ def _check_options(name: str, builder: Callable[..., ResNet], options: dict, fix
     return {k: v for k, v in options.items() if k not in fixed}
 
 
+def depth_of(name: str) -> int:
+    """The layer count a model's name ends in (``resnet110`` -> 110, ``preact_resnet1001`` -> 1001; 0 if none)."""
+    match = re.search(r"(\d+)$", name)
+    return int(match.group(1)) if match else 0
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

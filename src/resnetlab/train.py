@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from . import __version__, distributed, runs
 from .data import DataError, fingerprint, folder_sizes, load_splits, reload_sizes, resolve_dataset
-from .devices import pick_device, seed_everything
+from .devices import pick_device, seed_everything, uses_channels_last
 from .evaluate import EvalResult, evaluate
 from .loader import DeviceLoader, channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, scaled_jitter, stats_sample
+from .models import depth_of
 from .pretrained import input_stats, is_file_spec, weights_layout
 from .recipes import Recipe, get_recipe, lr_at
 from .steps import TrainStep, build_train_step
@@ -286,7 +287,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     seed_everything(saved["seed"], saved["deterministic"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not saved["deterministic"]
-    channels_last = device.type in ("cuda", "cpu")
+    channels_last = uses_channels_last(device)
     if model is None:  # resuming: the checkpoint's weights replace these
         model = runs.build_model(saved)
     model = model.to(device)
@@ -419,7 +420,7 @@ def _train_epoch(run: _RunState, train_loader: DeviceLoader, stop_at: int | None
                  progress: bool) -> float:
     """Train to the end of the epoch, or of the run, or to ``stop_at`` or a Ctrl-C; returns the last step's learning rate."""
     recipe, total_steps, steps_per_epoch = run.recipe, run.saved["total_steps"], run.saved["steps_per_epoch"]
-    grad_every, depth = run.saved.get("grad_norm_every", 0), _depth(run.saved["model"])
+    grad_every, depth = run.saved.get("grad_norm_every", 0), depth_of(run.saved["model"])
     epoch, start_batch = divmod(run.step, steps_per_epoch)
     end = min((epoch + 1) * steps_per_epoch, total_steps)
     # Labelled as the line printed when it ends, so a last epoch cut short by --steps is 2.5/2.5, not 3/3.
@@ -538,9 +539,3 @@ def _epoch_line(row: dict, total_steps: int, steps_per_epoch: int) -> str:
         f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}{test}  "
         f"{row['images_per_s']:.0f} img/s  {row['time']:.0f}s"
     )
-
-
-def _depth(model_name: str) -> int:
-    """Layer count from a model name (``resnet110`` -> 110), for the papers' deep-net warm-up."""
-    digits = "".join(ch for ch in model_name if ch.isdigit())
-    return int(digits) if digits else 0
