@@ -448,9 +448,3 @@ def test_a_mistyped_option_gets_the_commands_usage_and_the_nearest_option(capsys
     with pytest.raises(SystemExit):
         main(["train", "--modle", "resnet20"])
     assert "resnetlab train: error: unrecognized arguments: --modle resnet20 (did you mean --model?)" in capsys.readouterr().err
-
-
-def test_the_command_lines_devices_are_the_ones_pick_device_knows():
-    from resnetlab import cli, devices
-
-    assert cli._DEVICES == devices.DEVICES

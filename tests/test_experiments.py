@@ -4,7 +4,6 @@ Nets of depth 8 and 14 train for 10 steps of 16 images (2 steps an epoch, so 5 e
 test images). Later tests copy the degradation runs and reuse them rather than train again.
 """
 
-import argparse
 import csv
 import json
 import shutil
@@ -14,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetlab import experiments
+from resnetlab import cli, experiments
 from resnetlab.experiments import branch_response_stds, degradation_verdict, train_or_reuse
 from resnetlab.models import create_model
 from resnetlab.train import TrainConfig, train
@@ -23,11 +22,9 @@ QUICK = ["--limit-train", "32", "--batch-size", "16", "--steps", "10", "--limit-
 
 
 def reproduce(*argv) -> None:
-    """Run ``resnetlab reproduce ARGV`` as the command line wires it."""
-    parser = argparse.ArgumentParser(prog="resnetlab")
-    experiments.add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["reproduce", *map(str, argv)])
-    args.func(args)
+    """Run ``resnetlab reproduce ARGV`` as the command line wires it, its errors raised rather than printed."""
+    args = cli.build_parser().parse_args(["reproduce", *map(str, argv)])
+    cli.cmd_reproduce(args)
 
 
 def read_csv(path):

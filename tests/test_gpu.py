@@ -167,7 +167,7 @@ def test_a_cpu_checkpoint_continues_in_a_cuda_graph(recipe):
 def test_predictions_on_the_gpu_equal_those_on_the_cpu(tmp_path):
     """A folder predicted on CUDA (autocast, workers decoding) answers as on the CPU, within bf16's reach."""
     from resnetlab.data import image_files
-    from resnetlab.evaluate import iter_predictions
+    from resnetlab.predict import iter_predictions
 
     photos = noise_photos(tmp_path / "photos", ["a", "b"], 40, lambda i: (48 + i, 64))
     paths = image_files(photos)

@@ -1,4 +1,4 @@
-"""A trained model's preprocessing as a transform for the user's own pipelines (``evaluate.Preprocess``)."""
+"""A trained model's preprocessing as a transform for the user's own pipelines (``predict.Preprocess``)."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from resnetlab.evaluate import Preprocess, evaluate_run, predict_images
+from resnetlab.evaluate import evaluate_run
+from resnetlab.predict import Preprocess, predict_images
 from resnetlab.runs import load_model
 
 

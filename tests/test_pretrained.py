@@ -218,7 +218,8 @@ def test_predict_with_published_weights_matches_torchvision(published, tmp_path,
     rng = np.random.default_rng(0)
     photo = tmp_path / "photo.png"
     Image.fromarray(rng.integers(0, 256, (180, 260, 3), dtype=np.uint8)).save(photo)
-    from resnetlab.evaluate import load_published, predict_images
+    from resnetlab.predict import predict_images
+    from resnetlab.pretrained import load_published
 
     model, config = load_published("resnet18:IMAGENET1K_V1")
     [pred] = predict_images(model, config, [photo], top_k=5)
@@ -277,7 +278,8 @@ def test_serve_published_weights_answers_as_predict_does(published, tmp_path):
     import threading
     import urllib.request
 
-    from resnetlab.evaluate import load_published, predict_images
+    from resnetlab.predict import predict_images
+    from resnetlab.pretrained import load_published
     from resnetlab.serve import PredictionServer
 
     photo = tmp_path / "photo.png"
@@ -368,7 +370,8 @@ def test_eval_published_weights_needs_the_thousand_classes(published, tmp_path, 
 
 def test_the_transform_of_published_weights_is_torchvisions(published, tmp_path):
     """``Preprocess`` of published weights gives what torchvision's ``weights.transforms()`` gives."""
-    from resnetlab.evaluate import Preprocess, load_published
+    from resnetlab.predict import Preprocess
+    from resnetlab.pretrained import load_published
 
     photo = Image.fromarray(np.random.default_rng(5).integers(0, 256, (300, 200, 3), dtype=np.uint8))
     _, config = load_published("resnet18:IMAGENET1K_V1")
@@ -382,7 +385,8 @@ def test_timm_builds_the_input_resnetlab_feeds_published_weights_and_runs(publis
     """timm's ``resolve_model_data_config(model)`` + ``create_transform`` read ``model.pretrained_cfg``;
     without it they would resize bicubically to 248 before the crop (timm's defaults)."""
     timm_data = pytest.importorskip("timm.data")
-    from resnetlab.evaluate import Preprocess, load_published
+    from resnetlab.predict import Preprocess
+    from resnetlab.pretrained import load_published
     from resnetlab.runs import load_model
 
     photo = Image.fromarray(np.random.default_rng(6).integers(0, 256, (300, 200, 3), dtype=np.uint8))

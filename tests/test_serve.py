@@ -12,7 +12,7 @@ from PIL import Image
 
 from resnetlab.cli import main
 from resnetlab.data import get_dataset
-from resnetlab.evaluate import predict_images
+from resnetlab.predict import predict_images
 from resnetlab.runs import load_model
 from resnetlab.serve import PredictionServer
 

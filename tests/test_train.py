@@ -119,7 +119,7 @@ def test_folders_with_scale_augmentation_train_on_crops_and_evaluate_on_centre_c
     from PIL import Image, ImageDraw
 
     from resnetlab.data import get_dataset, load_split, reload_sizes
-    from resnetlab.evaluate import predict_images
+    from resnetlab.predict import predict_images
     from resnetlab.loader import normalize
 
     photos = tmp_path / "photos"

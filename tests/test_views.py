@@ -120,7 +120,7 @@ def test_a_papers_imagenet_net_is_evaluated_beside_the_papers_numbers(tmp_path, 
 
 def test_predict_averages_the_same_views_as_eval(folder_run, capsys):
     """predict --ten-crop on the held-out files gives the probabilities eval's 10-crop testing averaged."""
-    from resnetlab.evaluate import predict_images
+    from resnetlab.predict import predict_images
 
     model, config = runs.load_model(folder_run)
     held_out = get_dataset(config["dataset"], "test", seed=config["seed"]).samples
@@ -139,7 +139,7 @@ def test_the_prediction_page_averages_the_views_it_was_started_with(folder_run):
     import threading
     import urllib.request
 
-    from resnetlab.evaluate import predict_images
+    from resnetlab.predict import predict_images
     from resnetlab.serve import PredictionServer
 
     server = PredictionServer(folder_run, port=0, top_k=3, views="ten-crop")

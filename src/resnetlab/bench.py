@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .devices import pick_device, uses_channels_last
-from .evaluate import autocast_for, evaluate
+from .devices import autocast_for, pick_device, uses_channels_last
+from .evaluate import evaluate
 from .loader import DeviceLoader, channel_stats
 from .models import create_model
 from .recipes import get_recipe, lr_at

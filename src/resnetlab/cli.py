@@ -14,10 +14,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .devices import DEVICES
 from .recipes import RECIPES
-
-# devices.DEVICES, written out: importing that module imports torch, which `resnetlab --help` need not wait for.
-_DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -51,8 +49,9 @@ def _add_model_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> Non
                         "zero_init_residual=true (see resnetlab.create_model)")
 
 
-def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> None:
-    """The flags of ``resnetlab train``, in groups; experiments take the quick-run subset."""
+def _add_run_flags(p: argparse.ArgumentParser) -> tuple[argparse._ArgumentGroup, ...]:
+    """The flags every training run takes, ``train``'s and each experiment's: its data, recipe and
+    run groups, returned for ``train`` to add its own flags to."""
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, cifar100, signs, imagenet or folder:PATH")
     data.add_argument("--data-dir", help="where the dataset files are (default: $RESNETLAB_DATA, Debian's folder, ~/.cache/resnetlab)")
@@ -64,10 +63,15 @@ def _add_train_flags(p: argparse.ArgumentParser, quick_only: bool = False) -> No
     recipe.add_argument("--batch-size", type=int)
     recipe.add_argument("--lr", type=float)
     where = p.add_argument_group("run")
-    where.add_argument("--device", default="auto", choices=_DEVICES)
+    where.add_argument("--device", default="auto", choices=DEVICES)
     where.add_argument("--seed", type=int, default=0)
-    if quick_only:
-        return
+    return data, recipe, where
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of ``resnetlab train``: every run's, then the model, the rest of the recipe, the run
+    directory and speed."""
+    data, recipe, where = _add_run_flags(p)
     data.add_argument("--image-size", type=int, help="folder datasets: resize images to this side (default 64; 224 with a scaling recipe)")
     data.add_argument("--workers", type=_count, help="folder datasets: processes decoding images (default: one a CPU, up to 16)")
     model = p.add_argument_group("model")
@@ -131,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="another dataset with the same classes (default: the run's)")
     p.add_argument("--data-dir")
     p.add_argument("--limit-test", type=int, metavar="N")
-    p.add_argument("--device", default="auto", choices=_DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES)
     _add_view_flags(p)
 
     p = sub.add_parser(
@@ -147,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "instead of printing them")
     p.add_argument("--workers", type=_count, metavar="N", help="processes decoding images (default: one a CPU, up to 16, "
                                                             "for more than a batch of 64)")
-    p.add_argument("--device", default="auto", choices=_DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES)
     _add_view_flags(p)
 
     p = sub.add_parser("serve", help="a prediction page for a trained run, in your browser")
@@ -156,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let other machines in")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--top-k", type=int, default=5, help="classes in each answer (default 5; a request's ?top_k=N for it alone)")
-    p.add_argument("--device", default="cpu", choices=_DEVICES)
+    p.add_argument("--device", default="cpu", choices=DEVICES)
     _add_view_flags(p)
 
     p = sub.add_parser("import", help="read a Keras ResNet (the seed notebook's, or keras.applications') into a run directory")
@@ -201,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--recipe", default="fast")
     b.add_argument("--workers", type=_count, help="DataLoader workers of the typical loop (default: min(8, CPUs))")
     b.add_argument("--limit-test", type=int, metavar="N")
-    b.add_argument("--device", default="auto", choices=_DEVICES)
+    b.add_argument("--device", default="auto", choices=DEVICES)
     b.add_argument("--compile", action="store_true", help="add a row with the model through torch.compile")
     b.add_argument("--repeat", type=int, default=1, help="run each contender N times, alternating; report the median")
     b.add_argument("--results", default="benchmarks/results", help="where the JSON result goes")
@@ -211,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--image-size", type=int, default=224)
     b.add_argument("--steps", type=int)
     b.add_argument("--compile", action="store_true")
-    b.add_argument("--device", default="auto", choices=_DEVICES)
+    b.add_argument("--device", default="auto", choices=DEVICES)
     b.add_argument("--results", default="benchmarks/results")
     b = bench.add_parser("decode", help="training crops from image files against torchvision's ImageFolder pipeline")
     b.add_argument("--folder", help="time your own images (default: synthetic JPEGs of ImageNet's and a phone's size)")
@@ -220,14 +224,52 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=int, default=3, help="passes of each contender, alternating; report the median")
     b.add_argument("--results", default="benchmarks/results")
 
-    from . import experiments
-
-    experiments.add_parsers(sub)
+    _add_reproduce_parsers(sub)
 
     p = sub.add_parser("demo", help="train resnet20 on Fashion-MNIST for a few minutes, evaluate, predict, plot")
     p.add_argument("--out", default="demo")
-    p.add_argument("--device", default="cpu", choices=_DEVICES)
+    p.add_argument("--device", default="cpu", choices=DEVICES)
     return parser
+
+
+def _add_reproduce_parsers(sub: argparse._SubParsersAction) -> None:
+    """``resnetlab reproduce`` and its experiments (``cmd_reproduce`` runs them)."""
+    from .experiments import STUDIES
+
+    parser = sub.add_parser("reproduce", help="the experiments that show why residual learning works")
+    experiments = parser.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        p = experiments.add_parser(name, help=help, description=help)
+        _add_run_flags(p)
+        p.add_argument("--recipe", default="he2016", choices=list(RECIPES), help="training recipe (default he2016, the paper's)")
+        p.add_argument("--out", default=f"reproduce/{name}", metavar="DIR",
+                       help=f"where runs, figures and reports go (default reproduce/{name})")
+        return p
+
+    p = add("degradation", "plain and residual nets of growing depth: the 2015 paper's Figure 6")
+    p.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56], metavar="D")
+    p.add_argument("--seeds", type=int, default=1, metavar="K", help="train each net with K seeds (--seed onwards)")
+
+    p = add("depth", "test error and parameters of deeper ResNets: the 2015 paper's Table 6")
+    p.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56, 110], metavar="D")
+    p.add_argument("--seeds", type=int, default=3, metavar="K", help="train each net with K seeds (--seed onwards)")
+
+    p = add("gradients", "gradient norms by layer of a plain and a residual net: vanishing gradients")
+    p.add_argument("--depth", type=int, default=56)
+    p.add_argument("--every", type=int, metavar="STEPS", help="record gradient norms every STEPS iterations (default: 100 records a run)")
+
+    p = add("responses", "std of the residual-branch responses: the 2015 paper's Figure 7")
+    p.add_argument("--depths", type=int, nargs="+", default=[20, 56, 110], metavar="D")
+    p.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="measure these trained runs instead of training new nets")
+
+    for study, (title, variants) in STUDIES.items():
+        p = add(study, f"{title[0].lower()}{title[1:]}: one net in each variant")
+        p.add_argument("--depth", type=int, default=110)
+        p.add_argument("--block", choices=["basic", "bottleneck"], default="basic",
+                       help="basic (6n+2 layers) or bottleneck (9n+2; the paper's ResNet-164 is --depth 164 --block bottleneck)")
+        p.add_argument("--variants", nargs="+", metavar="KEY", help=f"a subset: {', '.join(v[0] for v in variants)}")
+        p.add_argument("--seeds", type=int, default=1, metavar="K", help="train each net with K seeds (--seed onwards)")
 
 
 def _check_one_source(args: argparse.Namespace) -> None:
@@ -413,8 +455,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .evaluate import iter_predictions, load_published
     from .devices import pick_device
+    from .predict import iter_predictions
+    from .pretrained import load_published
     from .runs import load_model
 
     top_k = args.top_k if args.top_k is not None else (5 if args.pretrained else 3)
@@ -558,6 +601,31 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(f"result written to {path}", file=sys.stderr)  # stdout's last line stays the ratio
 
 
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from . import experiments
+    from .train import TrainConfig
+
+    base = TrainConfig(
+        dataset=args.dataset, data_dir=args.data_dir, recipe=args.recipe, epochs=args.epochs, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, limit_train=args.limit_train, limit_test=args.limit_test,
+        device=args.device, seed=args.seed, progress=sys.stderr.isatty(),
+    )
+    if args.experiment == "degradation":
+        paths = experiments.reproduce_degradation(base, args.out, args.depths, args.seeds)
+    elif args.experiment == "depth":
+        paths = experiments.reproduce_depth(base, args.out, args.depths, args.seeds)
+    elif args.experiment == "gradients":
+        paths = experiments.reproduce_gradients(base, args.out, args.depth, args.every)
+    elif args.experiment == "responses":
+        paths = experiments.reproduce_responses(base, args.out, args.depths, args.runs)
+    else:  # one of experiments.STUDIES
+        paths = experiments.reproduce_variants(base, args.out, args.experiment, args.depth, args.block, args.variants,
+                                               args.seeds)
+    print("\nWhere the files are:")
+    for path in paths:
+        print(f"  {path}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -578,6 +646,7 @@ COMMANDS = {
     "diagram": cmd_diagram,
     "plot": cmd_plot,
     "bench": cmd_bench,
+    "reproduce": cmd_reproduce,
     "demo": cmd_demo,
 }
 
@@ -621,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     args.debug, args.argv = debug, argv
     _expand_home(args)
     try:
-        (args.func if hasattr(args, "func") else COMMANDS[args.command])(args)
+        COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

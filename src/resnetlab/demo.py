@@ -19,8 +19,9 @@ def run_demo(out: Path, device: str = "cpu") -> Path:
     """Run the demo into a new run directory under ``out`` and print where everything is."""
     from .data import get_dataset
     from .devices import pick_device
-    from .evaluate import evaluate_run, predict_images
+    from .evaluate import evaluate_run
     from .plots import plot_runs
+    from .predict import predict_images
     from .runs import load_model
     from .train import TrainConfig, train
 

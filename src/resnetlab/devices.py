@@ -1,4 +1,5 @@
-"""Where a job runs and how repeatable it is: the device a ``--device`` name asks for, and the seeds.
+"""Where a job runs and how: the device a ``--device`` name asks for, the precision and memory
+layout used there, and the seeds that make it repeatable.
 
 Training, evaluation, prediction, serving and the benchmarks all pick their device here, so that
 none of them has to import the trainer for it.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -52,3 +54,14 @@ def uses_channels_last(device: torch.device) -> bool:
     so on two CPU cores); MPS gains nothing from it.
     """
     return device.type in ("cuda", "cpu")
+
+
+def autocast_for(device: torch.device) -> AbstractContextManager:
+    """bf16 autocast on CUDA GPUs with bf16 tensor cores (no loss scaling needed); full precision elsewhere.
+
+    GPUs before Ampere (V100, T4) lack bf16 tensor cores: there bf16 would be slower than fp32, not faster.
+    """
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        # No cast cache: CUDA graph capture requires it off, and each weight is cast once per pass anyway.
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+    return nullcontext()

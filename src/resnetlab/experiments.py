@@ -12,18 +12,17 @@ and SVG), the numbers behind them (CSV or JSON) and a Markdown report into ``OUT
 finished with the same settings is reused and an interrupted one is resumed, so a figure can be
 redrawn, or an experiment continued, without training again.
 
-matplotlib is imported only when a figure is drawn: the command line builds its parser from this
-module for every command, and none of them should wait for a plotting library it does not use.
+``resnetlab reproduce`` (in ``cli``) calls the ``reproduce_*`` functions. matplotlib is imported
+only when a figure is drawn: the command line builds its parser from this module's ``STUDIES`` for
+every command, and none of them should wait for a plotting library it does not use.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import statistics
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -37,7 +36,7 @@ from .data import get_dataset, load_split, reload_sizes, resolve_dataset
 from .devices import pick_device
 from .loader import make_loader
 from .models import ResNet, count_parameters, depth_of
-from .recipes import RECIPES, Recipe
+from .recipes import Recipe
 from .train import TrainConfig, resolve_recipe, resume, train
 
 if TYPE_CHECKING:
@@ -808,82 +807,3 @@ def _variants_figure(curves: dict[str, list[dict]], title: str, baseline: str | 
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8)
     fig.suptitle(title, fontsize=11)
     return fig
-
-
-# --- command line -------------------------------------------------------------------------------
-
-
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``reproduce`` and its experiments to a command line; each sets ``func(args)`` to run it."""
-    from .cli import _add_train_flags
-
-    parser = subparsers.add_parser("reproduce", help="the experiments that show why residual learning works")
-    experiments = parser.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
-
-    def add(name: str, help: str, func) -> argparse.ArgumentParser:
-        p = experiments.add_parser(name, help=help, description=help)
-        _add_train_flags(p, quick_only=True)
-        p.add_argument("--recipe", default="he2016", choices=list(RECIPES), help="training recipe (default he2016, the paper's)")
-        p.add_argument("--out", default=f"reproduce/{name}", metavar="DIR",
-                       help=f"where runs, figures and reports go (default reproduce/{name})")
-        p.set_defaults(func=func)
-        return p
-
-    p = add("degradation", "plain and residual nets of growing depth: the 2015 paper's Figure 6", _cmd_degradation)
-    p.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56], metavar="D")
-    p.add_argument("--seeds", type=int, default=1, metavar="K", help="train each net with K seeds (--seed onwards)")
-
-    p = add("depth", "test error and parameters of deeper ResNets: the 2015 paper's Table 6", _cmd_depth)
-    p.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56, 110], metavar="D")
-    p.add_argument("--seeds", type=int, default=3, metavar="K", help="train each net with K seeds (--seed onwards)")
-
-    p = add("gradients", "gradient norms by layer of a plain and a residual net: vanishing gradients", _cmd_gradients)
-    p.add_argument("--depth", type=int, default=56)
-    p.add_argument("--every", type=int, metavar="STEPS", help="record gradient norms every STEPS iterations (default: 100 records a run)")
-
-    p = add("responses", "std of the residual-branch responses: the 2015 paper's Figure 7", _cmd_responses)
-    p.add_argument("--depths", type=int, nargs="+", default=[20, 56, 110], metavar="D")
-    p.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="measure these trained runs instead of training new nets")
-
-    for study, (title, variants) in STUDIES.items():
-        p = add(study, f"{title[0].lower()}{title[1:]}: one net in each variant", _cmd_variants)
-        p.set_defaults(study=study)
-        p.add_argument("--depth", type=int, default=110)
-        p.add_argument("--block", choices=["basic", "bottleneck"], default="basic",
-                       help="basic (6n+2 layers) or bottleneck (9n+2; the paper's ResNet-164 is --depth 164 --block bottleneck)")
-        p.add_argument("--variants", nargs="+", metavar="KEY", help=f"a subset: {', '.join(v[0] for v in variants)}")
-        p.add_argument("--seeds", type=int, default=1, metavar="K", help="train each net with K seeds (--seed onwards)")
-
-
-def _base_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, recipe=args.recipe, epochs=args.epochs, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, limit_train=args.limit_train, limit_test=args.limit_test,
-        device=args.device, seed=args.seed, progress=sys.stderr.isatty(),
-    )
-
-
-def _print_paths(paths: list[Path]) -> None:
-    print("\nWhere the files are:")
-    for path in paths:
-        print(f"  {path}")
-
-
-def _cmd_degradation(args: argparse.Namespace) -> None:
-    _print_paths(reproduce_degradation(_base_config(args), args.out, args.depths, args.seeds))
-
-
-def _cmd_depth(args: argparse.Namespace) -> None:
-    _print_paths(reproduce_depth(_base_config(args), args.out, args.depths, args.seeds))
-
-
-def _cmd_gradients(args: argparse.Namespace) -> None:
-    _print_paths(reproduce_gradients(_base_config(args), args.out, args.depth, args.every))
-
-
-def _cmd_responses(args: argparse.Namespace) -> None:
-    _print_paths(reproduce_responses(_base_config(args), args.out, args.depths, args.runs))
-
-
-def _cmd_variants(args: argparse.Namespace) -> None:
-    _print_paths(reproduce_variants(_base_config(args), args.out, args.study, args.depth, args.block, args.variants, args.seeds))

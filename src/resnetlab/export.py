@@ -56,7 +56,7 @@ def load_for_export(run_dir: str | Path | None, pretrained: str | None, out: str
     """The model and config to export, a run's or published weights', and where the file goes:
     ``out``, else ``RUN_DIR/model.SUFFIX`` or ``MODEL-TAG.SUFFIX``."""
     if pretrained:
-        from .evaluate import load_published
+        from .pretrained import load_published
 
         model, config = load_published(pretrained)
         return model, config, Path(out) if out else Path(f"{config['model']}-{config['weights']}{suffix}")

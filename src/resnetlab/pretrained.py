@@ -9,6 +9,9 @@ are. They are fetched the way torchvision fetches them (same URL, same cache fil
 A model built for other data keeps what fits: a different number of classes gets a fresh
 classifier, and one input channel gets ``conv1`` summed over the red, green and blue filters
 (a grey pixel is a colour pixel with three equal values).
+
+``load_published`` is to published weights what ``runs.load_model`` is to a run: the model, and
+the config that evaluation and prediction read.
 """
 
 from __future__ import annotations
@@ -126,6 +129,26 @@ def pretrained_info(model_name: str, tag: str) -> PretrainedInfo:
         crop_size=preprocess.crop_size[0],
         accuracy=metrics.get("acc@1"),
     )
+
+
+def load_published(spec: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """A model with published weights, ``spec`` being ``MODEL`` or ``MODEL:TAG``, and its config.
+
+    The config has the keys of a run's config.json that prediction reads (classes, channels,
+    image_size, mean, std), plus ``resize_size`` for torchvision's resize-then-crop,
+    ``published_top1``, the ImageNet accuracy published for the weights, and ``published_by``.
+    """
+    from .models import create_model
+
+    model_name, _, tag = spec.partition(":")
+    info = pretrained_info(model_name, tag or "DEFAULT")
+    model = create_model(model_name, weights=info.tag)
+    config = {
+        "model": model_name, "weights": info.tag, "dataset": f"ImageNet-1k ({info.source} {info.tag})",
+        "classes": info.categories, "channels": 3, "image_size": info.crop_size, "resize_size": info.resize_size,
+        "mean": info.mean, "std": info.std, "published_top1": info.accuracy, "published_by": info.source,
+    }
+    return model.to(device).eval(), config
 
 
 def _keras_file(model_name: str) -> tuple[str, str]:

@@ -31,7 +31,9 @@ import torch
 
 from .data import DataError
 from .devices import pick_device
-from .evaluate import check_views, describe_views, load_published, predict_images, view_scales
+from .evaluate import check_views, describe_views, view_scales
+from .predict import predict_images
+from .pretrained import load_published
 from .runs import load_model
 
 MAX_UPLOAD = 20 << 20  # bytes; bigger bodies are refused before they are read

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .evaluate import autocast_for
+from .devices import autocast_for
 from .recipes import Recipe
 
 
