@@ -83,7 +83,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     Sums stay on the device and are read once at the end, so a GPU never waits on the host mid-pass.
     """
     tally = _Tally(num_classes)
-    with _eval_mode(model):
+    with eval_mode(model):
         for x, y in batches:
             with autocast_for(x.device):
                 logits = model(x)
@@ -92,7 +92,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """``model`` in eval mode, then back in the mode it was in: a trainer's model evaluated mid-run
     must go on training with batch statistics and dropout."""
     was_training = model.training
@@ -195,7 +195,7 @@ class _Views(torch.utils.data.Dataset):
 
 
 def _as_lists(items: list[tuple[list[torch.Tensor], int]]) -> tuple[list[list[torch.Tensor]], torch.Tensor]:
-    """Collate images' views as they are (``_view_probs`` batches those of one shape)."""
+    """Collate images' views as they are (``view_probabilities`` batches those of one shape)."""
     return [views for views, _ in items], torch.tensor([label for _, label in items])
 
 
@@ -216,10 +216,10 @@ def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float
     tally = _Tally(num_classes)
     items = _Views(dataset, resize_to, views, scales)
     loader = decode_in_workers(items, _as_lists, batch_size=32, num_workers=default_workers() if workers is None else workers)
-    with _eval_mode(model):
+    with eval_mode(model):
         for images, labels in loader:
             # Clamped: a probability that underflowed to zero would make the loss infinite.
-            tally.add(_view_probs(model, images, mean, std, device).clamp_min(1e-30).log(), labels.to(device))
+            tally.add(view_probabilities(model, images, mean, std, device).clamp_min(1e-30).log(), labels.to(device))
     return tally.result()
 
 
@@ -230,8 +230,8 @@ def check_views(views: str | None, resize_to: int | None, image_size: int) -> No
                          "a run trained on a folder with scale augmentation (recipe imagenet, or scale_crop), or --pretrained")
 
 
-def _view_probs(model: nn.Module, images: Sequence[Sequence[torch.Tensor]], mean: list[float], std: list[float],
-                device: torch.device) -> torch.Tensor:
+def view_probabilities(model: nn.Module, images: Sequence[Sequence[torch.Tensor]], mean: list[float], std: list[float],
+                       device: torch.device) -> torch.Tensor:
     """(N, classes) probabilities of N images, each averaged over its views.
 
     ``images[i]`` holds image i's uint8 views (V, C, H, W), one batch for each kind of view (each

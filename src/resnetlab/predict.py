@@ -17,7 +17,7 @@ from typing import BinaryIO
 import torch
 from torch import nn
 
-from .evaluate import _eval_mode, _view_probs, check_views, view_batches, view_scales
+from .evaluate import eval_mode, view_probabilities, check_views, view_batches, view_scales
 from .loader import normalize
 
 
@@ -76,17 +76,17 @@ def iter_predictions(
 
     done = 0
     batches = iter(decode_in_workers(items, list, batch_size=batch_size, num_workers=workers))
-    with _eval_mode(model):
+    with eval_mode(model):
         while done < len(paths):
             try:
                 images = next(batches)
             except DataError:
                 # One file of the batch is unreadable: answer those before it, one by one, until it fails again here.
                 for i in range(done, min(done + batch_size, len(paths))):
-                    yield from _rank(_view_probs(model, [items[i]], config["mean"], config["std"], device),
+                    yield from _rank(view_probabilities(model, [items[i]], config["mean"], config["std"], device),
                                      labels[i:i + 1], config["classes"], top_k)
                 raise
-            probs = _view_probs(model, images, config["mean"], config["std"], device)
+            probs = view_probabilities(model, images, config["mean"], config["std"], device)
             yield from _rank(probs, labels[done:done + len(images)], config["classes"], top_k)
             done += len(images)
 
