@@ -90,7 +90,8 @@ def write_keras3_files(out):
     """Keras 3 files for the tests (run in a subprocess, so Keras's global state stays out of the tests):
     a small notebook model saved as .keras and .h5, the full-size notebook model, the small one's
     weights alone, Keras Applications' ResNet50 as a published weights file and fine-tuned with a head
-    of one's own, a model of another layout, and Keras's answers for the same images."""
+    of one's own, some of these rewritten as tf.keras 2 writes them (``as_tf_keras2``), a model of
+    another layout, and Keras's answers for the same images."""
     import os
     from pathlib import Path
 
@@ -145,6 +146,7 @@ def write_keras3_files(out):
     randomise(arithmetic, seed=10)
     arithmetic.save(out / "arithmetic.keras")
     arithmetic.save(out / "arithmetic.h5")
+    as_tf_keras2(out / "arithmetic.h5", out / "arithmetic_tf_keras2.h5")  # TFOpLambda layers
     results["arithmetic_probs"] = np.asarray(arithmetic.predict(images.astype("float32"), verbose=0))
     results["normalization"] = np.stack([np.asarray(normalization.mean).reshape(-1), np.asarray(normalization.variance).reshape(-1)])
 
@@ -169,7 +171,16 @@ def write_keras3_files(out):
     randomise(nested, seed=8)
     nested.save(out / "nested.keras")
     nested.save(out / "nested.h5")
+    as_tf_keras2(out / "nested.h5", out / "nested_tf_keras2.h5")  # TensorFlow's transfer learning tutorial, in tf.keras 2
     results["nested_logits"] = np.asarray(nested.predict(images.astype("float32"), verbose=0))
+    # The base's layers in the model itself, built on preprocess_input's output (input_tensor=...).
+    inputs = L.Input((64, 64, 3))
+    base = keras.applications.ResNet50(include_top=False, weights=None, input_tensor=keras.applications.resnet50.preprocess_input(inputs))
+    inline = keras.models.Model(inputs, L.Dense(3)(L.GlobalAveragePooling2D()(base.output)))
+    randomise(inline, seed=11)
+    inline.save(out / "inline.h5")
+    as_tf_keras2(out / "inline.h5", out / "inline_tf_keras2.h5")
+    results["inline_logits"] = np.asarray(inline.predict(images.astype("float32"), verbose=0))
     sequential = keras.Sequential([L.Input((64, 64, 3)), keras.Sequential([L.Rescaling(1 / 127.5, offset=-1)]), base,
                                    L.GlobalAveragePooling2D(), L.Dense(3)])
     randomise(sequential, seed=9)
@@ -194,3 +205,138 @@ def predict_files(folder):
     for path in sorted([*Path(folder).glob("*.keras"), *Path(folder).glob("*.h5")]):
         model = keras.models.load_model(path)
         np.save(f"{path}.npy", np.asarray(model.predict(np.load(path.with_suffix(".npz"))["x"], verbose=0)))
+
+
+# --- tf.keras 2's HDF5 files, written without TensorFlow ---------------------------------------------
+
+TF_KERAS2_VERSION = "2.21.0"  # the tf_keras whose files these rewrites copy
+# Keras 3's ops on a tensor and a constant, as the TensorFlow functions tf.keras 2 records them under.
+_TF_FUNCTIONS = {"Add": "__operators__.add", "Subtract": "math.subtract", "Multiply": "math.multiply",
+                 "TrueDivide": "math.truediv", "Divide": "math.truediv"}
+_KERAS3_ONLY = {"quantization_config", "synchronized", "renorm", "renorm_clipping", "renorm_momentum", "build_input_shape"}
+_NESTED = ("Functional", "Sequential")
+
+
+def as_tf_keras2(source, out):
+    """Rewrite the ``.h5`` file Keras 3 saved into the one tf.keras 2 (``tf_keras``; TensorFlow <= 2.15's
+    Keras) saves for the same model, in the layout tf_keras 2.21 was seen to write, so that tests need
+    no TensorFlow: inbound nodes as ``[[layer, node_index, tensor_index, kwargs], ...]`` (a nested
+    model's output as its node 1), ``batch_input_shape``, dtypes by name, weights as ``kernel:0``; and
+    what Keras 3 records as ops, tf.keras 2's TFOpLambda layers instead: ``preprocess_input``'s
+    ``x[..., ::-1]`` as one SlicingOpLambda ``tf.__operators__.getitem`` (Keras 3: three GetItems
+    stacked), its mean as ``tf.nn.bias_add``, and ``x / 255.0``, ``1.0 - x``, ... as
+    ``tf.math.truediv``, ``tf.math.subtract`` (a constant first argument as ``_CONSTANT_VALUE``).
+    (tf_keras 2.21 loads the files this writes and answers as Keras 3 did: checked by hand.)"""
+    import json
+
+    import h5py
+
+    text = h5py.string_dtype()
+    with h5py.File(source, "r") as src, h5py.File(out, "w") as dst:
+        model = _tf_keras2_model(json.loads(src.attrs["model_config"]), {})
+        weights = dst.create_group("model_weights")
+        for attrs in (dst.attrs, weights.attrs):
+            attrs["backend"], attrs["keras_version"] = "tensorflow", TF_KERAS2_VERSION
+        dst.attrs["model_config"] = json.dumps(model)
+        names = [entry["name"] for entry in model["config"]["layers"]]
+        weights.attrs["layer_names"] = np.array(names, dtype=text)
+        for name in [*names, "top_level_model_weights"]:
+            group = weights.create_group(name)
+            stored = src["model_weights"].get(name)  # none for what Keras 3 records as ops
+            kept = [n.decode() if isinstance(n, bytes) else str(n) for n in stored.attrs["weight_names"]] if stored else []
+            group.attrs["weight_names"] = np.array([f"{n}:0" for n in kept], dtype=text) if kept else np.array([])
+            for n in kept:
+                group[f"{n}:0"] = stored[n][()]
+
+
+def _tf_keras2_model(entry, used):
+    """A functional or sequential model's config as tf.keras 2 writes it; ``used`` counts the names of
+    TFOpLambda layers, which tf.keras 2 numbers (tf.math.subtract, tf.math.subtract_1, ...)."""
+    config = entry["config"]
+    if entry["class_name"] == "Sequential":
+        return {"class_name": "Sequential", "config": {"name": config["name"], "layers": [
+            {"class_name": e["class_name"], "config": _tf_keras2_config(e)} for e in config["layers"]]}}
+    nested = {e["name"] for e in config["layers"] if e["class_name"] in _NESTED}
+    renamed, picked, reversals = {}, {}, set()
+
+    def ref(tensor):
+        name, node, index = tensor["config"]["keras_history"]
+        return [renamed.get(name, name), node + (name in nested), index]  # a nested model's node 0 is its own input
+
+    def constant(value):
+        return value["config"]["value"] if isinstance(value, dict) else value
+
+    def unique(name):
+        used[name] = used.get(name, -1) + 1
+        return f"{name}_{used[name]}" if used[name] else name
+
+    layers = []
+    for e in config["layers"]:
+        kind, node = e["class_name"], (e["inbound_nodes"] or [None])[0]
+        if kind == "InputLayer" or "trainable" in e["config"]:  # a layer
+            converted = _tf_keras2_model(e, used) if kind in _NESTED else {"class_name": kind, "config": _tf_keras2_config(e)}
+            nodes = []
+            for n in e["inbound_nodes"]:
+                args = n["args"][0] if isinstance(n["args"][0], list) else n["args"][:1]
+                kwargs = {k: v for k, v in n["kwargs"].items() if v is not None}
+                nodes.append([ref(t) + [kwargs] for t in args])
+            layers.append({**converted, "name": e["name"], "inbound_nodes": nodes})
+            continue
+        args = node["args"]
+        if kind == "GetItem":  # one channel of x[..., ::-1], absorbed by the Stack that follows
+            picked[e["name"]] = (ref(args[0]), args[1][1])
+            continue
+        if kind == "Stack":
+            sources = [picked[t["config"]["keras_history"][0]] for t in args[0]]
+            if [i for _, i in sources] != [2, 1, 0] or len({str(s) for s, _ in sources}) != 1:
+                raise ValueError("tf.keras 2 writes no such Stack")
+            name = renamed[e["name"]] = unique("tf.__operators__.getitem")
+            reversals.add(name)
+            spec = [{"class_name": "__ellipsis__"}, {"start": None, "stop": None, "step": -1}]
+            layers.append({"class_name": "SlicingOpLambda", "config": _tf_op_config(name, "__operators__.getitem"),
+                           "name": name, "inbound_nodes": [sources[0][0] + [{"slice_spec": spec}]]})
+            continue
+        first_given = not (isinstance(args[0], dict) and args[0].get("class_name") == "__keras_tensor__")
+        tensor, value = (args[1], constant(args[0])) if first_given else (args[0], constant(args[1]))
+        source = ref(tensor)
+        if kind == "Add" and source[0] in reversals:  # preprocess_input's mean: tf.nn.bias_add
+            function, call = "nn.bias_add", source + [{"bias": np.ravel(value).tolist(), "data_format": "NHWC"}]
+        elif kind in _TF_FUNCTIONS:
+            function = _TF_FUNCTIONS[kind]
+            call = (["_CONSTANT_VALUE", -1, value, {"y": source, "name": None}] if first_given
+                    else source + [{"y": value, "name": None}])
+        else:
+            raise ValueError(f"no tf.keras 2 form known here for Keras 3's op {kind}")
+        name = renamed[e["name"]] = unique(f"tf.{function}")
+        layers.append({"class_name": "TFOpLambda", "config": _tf_op_config(name, function), "name": name, "inbound_nodes": [call]})
+    ends = {}
+    for key in ("input_layers", "output_layers"):
+        given = config[key] if isinstance(config[key][0], list) else [config[key]]
+        ends[key] = [[renamed.get(n, n), i, t] for n, i, t in given]
+    return {"class_name": entry["class_name"], "config": {"name": config["name"], "trainable": config.get("trainable", True),
+                                                         "layers": layers, **ends}}
+
+
+def _tf_op_config(name, function):
+    return {"name": name, "trainable": True, "dtype": "float32", "function": function}
+
+
+def _tf_keras2_config(entry):
+    """A layer's own config as tf.keras 2 writes it: input shapes as batch_input_shape, dtypes by name,
+    a batch norm's axis as a list, without what Keras 3 alone writes."""
+    config = {}
+    for key, value in entry["config"].items():
+        if key in _KERAS3_ONLY:
+            continue
+        if key == "dtype" and isinstance(value, dict):  # Keras 3's DTypePolicy
+            value = value["config"]["name"]
+        if key.endswith("_initializer") and isinstance(value, dict):  # Keras 3's initializers also take axes
+            value = {**value, "config": {k: v for k, v in value["config"].items() if k not in ("input_axes", "output_axes")}}
+        config["batch_input_shape" if key == "batch_shape" else key] = value
+    if entry["class_name"] == "BatchNormalization":
+        config["axis"] = [a % 4 for a in (config["axis"] if isinstance(config["axis"], list) else [config["axis"]])]
+    if entry["class_name"] == "Dense":
+        config.setdefault("activity_regularizer", None)
+    if entry["class_name"].startswith("Random"):  # tf.keras 2's augmentation layers take no data_format
+        config.pop("data_format", None)
+    return config

@@ -227,7 +227,7 @@ def keras_home(keras3, tmp_path, monkeypatch) -> Path:
 def test_keras_applications_weights_predict_what_keras_predicts(keras3, keras_home):
     """resnet50 with weights="KERAS": the paper's layout with conv biases, fed RGB pixels normalised as
     Keras's BGR "caffe" preprocessing does, answers as keras.applications.ResNet50."""
-    from resnetlab.evaluate import load_published
+    from resnetlab.pretrained import load_published
 
     expected = np.load(keras3 / "predictions.npz")
     model, config = load_published("resnet50:KERAS")
@@ -328,6 +328,72 @@ def test_a_base_model_called_as_one_layer(keras3, name, suffix):
     np.testing.assert_allclose(logits_of(keras, expected["images"]), logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
 
 
+def _model_config(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["model_config"])
+
+
+def _all_layers(config: dict) -> list[dict]:
+    """A model config's layers, nested models' among them."""
+    layers = []
+    for entry in config["config"]["layers"]:
+        layers.append(entry)
+        if "layers" in entry.get("config", {}):
+            layers += _all_layers(entry)
+    return layers
+
+
+@pytest.mark.parametrize("name", ["nested", "inline"])
+def test_preprocess_input_in_a_tf_keras2_model(keras3, name):
+    """TensorFlow's transfer learning tutorial in tf.keras 2 (TensorFlow <= 2.15): ``preprocess_input`` inside
+    the model, which tf.keras 2 saves as TFOpLambda layers (``x[..., ::-1]`` as ``tf.__operators__.getitem``,
+    the mean as ``tf.nn.bias_add``), then the base called as one layer after an augmentation Sequential, or
+    built on it (``ResNet50(input_tensor=...)``). The reversal flips conv1's colour filters, the mean becomes
+    the run's normalisation, and the logits are Keras's for 0-255 pixels."""
+    expected = np.load(keras3 / "predictions.npz")
+    path = keras3 / f"{name}_tf_keras2.h5"
+    ops = {e["name"]: e for e in _all_layers(_model_config(path)) if e["class_name"].endswith("OpLambda")}
+    assert ops["tf.__operators__.getitem"]["class_name"] == "SlicingOpLambda"  # the file is tf.keras 2's, not Keras 3's
+    assert ops["tf.nn.bias_add"]["inbound_nodes"][0][0] == "tf.__operators__.getitem"
+    keras = read_keras(path)
+    assert keras.model == "resnet50" and keras.keras_version == "2.21.0"
+    assert keras.model_kwargs["num_classes"] == {"nested": 4, "inline": 3}[name]
+    np.testing.assert_allclose(keras.mean, resnetlab.keras_weights.KERAS_APPLICATIONS_MEAN, rtol=1e-6)
+    np.testing.assert_allclose(keras.std, resnetlab.keras_weights.KERAS_APPLICATIONS_STD, rtol=1e-6)
+    logits = expected[f"{name}_logits"]
+    tolerance = dict(rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+    np.testing.assert_allclose(logits_of(keras, expected["images"]), logits, **tolerance)
+    # The check bites: conv1's colour filters left in the BGR order the model's own reversal feeds them.
+    keras.state_dict["conv1.weight"] = keras.state_dict["conv1.weight"].flip(1)
+    assert not np.allclose(logits_of(keras, expected["images"]), logits, **tolerance)
+
+
+@pytest.mark.parametrize("function, arguments, shown", [
+    ("reverse", {"axis": [-1], "name": None}, "TFOpLambda"),  # a channel reversal, but not as preprocess_input writes it
+    ("math.square", {"name": None}, "TFOpLambda"),
+    ("nn.bias_add", {"bias": [1.0, 2.0, 3.0], "data_format": "NCHW"}, "TFOpLambda"),  # channels first
+    ("__operators__.getitem", {"slice_spec": [{"class_name": "__ellipsis__"}, {"start": 0, "stop": 1, "step": None}]}, "ops.GetItem"),
+])
+def test_other_tensorflow_functions_in_a_tf_keras2_model_are_refused(keras3, tmp_path, capsys, function, arguments, shown):
+    """Any TFOpLambda that is not preprocess_input's or arithmetic with a constant: one line naming the layer."""
+    path = tmp_path / "model.h5"
+    path.write_bytes((keras3 / "arithmetic_tf_keras2.h5").read_bytes())
+    config = _model_config(path)
+    first = config["config"]["layers"][1]  # x / 255.0, taking the input
+    assert first["name"] == "tf.math.truediv"
+    name = f"tf.{function}"
+    first.update(name=name, config={**first["config"], "name": name, "function": function},
+                 inbound_nodes=[first["inbound_nodes"][0][:3] + [arguments]])
+    config["config"]["layers"][2]["inbound_nodes"][0][0] = name
+    if function == "__operators__.getitem":
+        first["class_name"] = "SlicingOpLambda"
+    with h5py.File(path, "r+") as f:
+        f.attrs["model_config"] = json.dumps(config)
+    code, out, err = run(capsys, "import", path, "--out", tmp_path / "run")
+    assert code == 2 and err.count("\n") == 1 and f"its layer {name!r} is a {shown}" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_published_weights_file_is_pointed_to_its_tag(keras3):
     with pytest.raises(KerasError, match="Keras Applications' weights alone.*weights='KERAS'"):
         read_keras(keras3 / "resnet50_weights_tf_dim_ordering_tf_kernels.h5")
@@ -348,10 +414,11 @@ def test_rescaling_and_augmentation_inside_the_model(keras3):
     np.testing.assert_allclose(probs, expected["rescaled_probs"], rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+@pytest.mark.parametrize("suffix", [".keras", ".h5", "_tf_keras2.h5"])
 def test_arithmetic_on_the_input_inside_the_model(keras3, suffix):
-    """``1 - (x / 255 - 0.5) * [2, 3, 4]`` written as operations on the input tensor: a normalisation of
-    0-1 pixels with a negative scale, and the answers are Keras's."""
+    """``1 - (x / 255 - 0.5) * [2, 3, 4]`` written as operations on the input tensor (Keras 3's ops, or
+    tf.keras 2's TFOpLambda layers, ``1 - x`` among them as ``_CONSTANT_VALUE`` less x): a normalisation
+    of 0-1 pixels with a negative scale, and the answers are Keras's."""
     expected = np.load(keras3 / "predictions.npz")
     keras = read_keras(keras3 / f"arithmetic{suffix}")
     # The model sees 1 - a (x - 0.5) for x in 0-1 and a = 2, 3, 4: (x - mean) / std with

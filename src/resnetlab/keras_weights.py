@@ -212,13 +212,17 @@ def _open_model(config: dict, into: dict[str, _Layer], feeds: list[str] | None, 
             inputs, kwargs, constants = _inbound(entry)
             inputs = [renamed[i] for i in inputs]
         # Keras 3's functions on tensors (x[..., 2], ops.add), not the layers of that name: their module says so,
-        # and in HDF5 files, which omit modules, their config lacks the "trainable" of every layer but the input.
-        module = entry.get("module")
-        if module.startswith("keras.src.ops") if module else kind != "InputLayer" and "trainable" not in entry["config"]:
+        # and in HDF5 files, which omit modules, their config lacks the "trainable" of every layer but the input
+        # and tf.keras 2's Sequential (whose config is its name and layers alone).
+        module, nested = entry.get("module"), kind in _MODELS and "layers" in entry.get("config", {})
+        if not nested and (module.startswith("keras.src.ops") if module
+                           else kind != "InputLayer" and "trainable" not in entry["config"]):
             kind = f"ops.{kind}"
+        elif kind in _TF_OP_LAYERS:
+            kind, constants = _tf_op(kind, entry["config"], constants, kwargs)
         if kind == "InputLayer" and feeds is not None:
             renamed[name] = feeds[0]
-        elif kind in _MODELS and "layers" in entry.get("config", {}):
+        elif nested:
             renamed[name] = _open_model(entry, into, inputs, (*where, name), (*stored_as, archive_names[id(entry)]),
                                         {**training, **{k: v for k, v in kwargs.items() if k == "training"}})
         else:
@@ -247,10 +251,66 @@ def _inbound(entry: dict) -> tuple[list[str], dict, list]:
                 constants.append(None if tensor else arg)
             kwargs.update(node.get("kwargs", {}))
         else:  # tf.keras 2: [[layer_name, node_index, tensor_index, kwargs], ...]
-            for name, _, _, *rest in node:
-                inputs.append(name)
-                kwargs.update(rest[0] if rest else {})
+            # A TFOpLambda (a TensorFlow function called on a tensor) writes its one call unlisted, a first
+            # argument that is no tensor as ["_CONSTANT_VALUE", -1, value, kwargs], and its other arguments
+            # among the kwargs, where a tensor is [layer_name, node_index, tensor_index].
+            for name, _, value, *rest in ([node] if node and isinstance(node[0], str) else node):
+                given = name == "_CONSTANT_VALUE"
+                if not given:
+                    inputs.append(name)
+                constants.append(value if given else None)
+                call = rest[0] if rest else {}
+                inputs += [v[0] for v in call.values() if _tensor_reference(v)]
+                kwargs.update(call)
     return inputs, kwargs, constants
+
+
+def _tensor_reference(value) -> bool:
+    """Whether a tf.keras 2 call argument names a layer's output ([layer_name, node_index, tensor_index])
+    rather than being a constant."""
+    return (isinstance(value, list) and len(value) == 3 and isinstance(value[0], str)
+            and all(isinstance(v, int) for v in value[1:]))
+
+
+# tf.keras 2 records a TensorFlow function called on a Keras tensor as a TFOpLambda layer (a SlicingOpLambda
+# for x[...]) named after the function. Those that preprocess_input and arithmetic on the input write are
+# read as the Keras 3 ops that compute the same, so that one path folds both kinds of file into the
+# normalisation: the function's Keras 3 op, and the keyword its second argument is stored under.
+_TF_OP_LAYERS = ("TFOpLambda", "SlicingOpLambda")
+_TF_OPS = {
+    "__operators__.add": ("Add", "y"), "math.add": ("Add", "y"),
+    "math.subtract": ("Subtract", "y"), "math.multiply": ("Multiply", "y"),
+    "math.truediv": ("TrueDivide", "y"), "math.divide": ("Divide", "y"),
+    "nn.bias_add": ("Add", "bias"),  # preprocess_input's "caffe" mean, one value a channel
+    "__operators__.getitem": ("GetItem", "slice_spec"),  # preprocess_input's x[..., ::-1]
+}
+
+
+def _tf_op(kind: str, config: dict, constants: list, kwargs: dict) -> tuple[str, list]:
+    """A tf.keras 2 TFOpLambda as the Keras 3 op that computes the same, with the arguments Keras 3 stores
+    for it (``x - 3.0``: [None, 3.0]); ``kind`` unchanged for any other function, which no layout has."""
+    function = config.get("function")
+    if function not in _TF_OPS or kwargs.get("data_format") not in (None, "NHWC", "N...C"):  # bias_add's
+        return kind, constants
+    op, keyword = _TF_OPS[function]
+    if keyword not in kwargs:
+        return kind, constants
+    second = kwargs[keyword]
+    if keyword == "slice_spec":
+        second = _keras3_index(second)
+    return f"ops.{op}", [*constants, None if _tensor_reference(second) else second]
+
+
+def _keras3_index(spec):
+    """A tf.keras 2 slice spec as Keras 3 writes the same index: slices {"start", "stop", "step"} and
+    {"class_name": "__ellipsis__"} in Keras 3's serialised form, integers as they are."""
+    if isinstance(spec, list):
+        return [_keras3_index(s) for s in spec]
+    if isinstance(spec, dict) and spec.get("class_name") == "__ellipsis__":
+        return _ELLIPSIS
+    if isinstance(spec, dict) and {"start", "stop", "step"} >= spec.keys():
+        return {"class_name": "__slice__", "config": {k: spec.get(k) for k in ("start", "stop", "step")}}
+    return spec
 
 
 # A layer's stored arrays by Keras's names (kernel, bias, gamma, ...).
@@ -415,7 +475,7 @@ def _normal(value):
 
 
 def _describe(layer: _Layer) -> str:
-    keys = ("filters", "kernel_size", "strides", "padding", "pool_size", "activation", "units")
+    keys = ("filters", "kernel_size", "strides", "padding", "pool_size", "activation", "units", "function")
     shown = {k: layer.config[k] for k in keys if k in layer.config}
     return json.dumps(shown) if shown else ""
 
@@ -531,10 +591,18 @@ def _preprocessing(graph: _Graph, input_layer: _Layer, channels: int,
     return layer, ((-offset * std).tolist(), std.tolist()), bgr
 
 
+_ELLIPSIS = {"class_name": "__ellipsis__", "config": {}}
+_WHOLE, _REVERSED = ({"class_name": "__slice__", "config": {"start": None, "stop": None, "step": step}} for step in (None, -1))
+
+
 def _channel_reversal(graph: _Graph, layer: _Layer) -> _Layer | None:
-    """The ``ops.stack([x[..., 2], x[..., 1], x[..., 0]], axis=-1)`` taking ``layer``'s output, as Keras 3
-    writes ``x[..., ::-1]`` of a model's input; None if something else takes it."""
+    """The layer whose output is ``layer``'s with its channels reversed, as preprocess_input writes
+    ``x[..., ::-1]``: one GetItem in tf.keras 2 files, ``ops.stack([x[..., 2], x[..., 1], x[..., 0]],
+    axis=-1)`` in Keras 3's; None if something else takes ``layer``'s output."""
     after = [graph.layers[name] for name in graph.consumers[layer.name]]
+    if (len(after) == 1 and after[0].kind == "ops.GetItem" and len(after[0].inputs) == 1
+            and after[0].constants in ([None, [_ELLIPSIS, _REVERSED]], [None, [_WHOLE, _WHOLE, _WHOLE, _REVERSED]])):
+        return after[0]
     if len(after) != 3 or any(a.kind != "ops.GetItem" or len(graph.consumers[a.name]) != 1 for a in after):
         return None
     stack = graph.layers[graph.consumers[after[0].name][0]]
