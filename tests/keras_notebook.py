@@ -140,9 +140,10 @@ def write_keras3_files(out):
     randomise(rescaled, seed=6)
     rescaled.save(out / "rescaled.keras")
     results["rescaled_probs"] = np.asarray(rescaled.predict(images.astype("float32"), verbose=0))
-    # The same by arithmetic on the input tensor (Keras 3 records each operation), saved in both formats.
-    arithmetic = ResNet50(keras, training=False, width=4, layers=(1, 2, 1, 1),
-                          preprocess=(lambda x: 1.0 - (x / 255.0 - 0.5) * np.array([2.0, 3.0, 4.0], "float32"),))
+    # The same by arithmetic on the input tensor (Keras 3 records each operation), saved in both formats;
+    # first a cast to float, as models fed uint8 images have.
+    arithmetic = ResNet50(keras, training=False, width=4, layers=(1, 2, 1, 1), preprocess=(
+        lambda x: 1.0 - (keras.ops.cast(x, "float32") / 255.0 - 0.5) * np.array([2.0, 3.0, 4.0], "float32"),))
     randomise(arithmetic, seed=10)
     arithmetic.save(out / "arithmetic.keras")
     arithmetic.save(out / "arithmetic.h5")
@@ -283,6 +284,11 @@ def _tf_keras2_model(entry, used):
             layers.append({**converted, "name": e["name"], "inbound_nodes": nodes})
             continue
         args = node["args"]
+        if kind == "Cast":  # tf.cast(x, dtype): the type among the call's arguments
+            name = renamed[e["name"]] = unique("tf.cast")
+            layers.append({"class_name": "TFOpLambda", "config": _tf_op_config(name, "cast"), "name": name,
+                           "inbound_nodes": [ref(args[0]) + [{"dtype": e["config"]["dtype"]}]]})
+            continue
         if kind == "GetItem":  # one channel of x[..., ::-1], absorbed by the Stack that follows
             picked[e["name"]] = (ref(args[0]), args[1][1])
             continue

@@ -379,12 +379,12 @@ def test_other_tensorflow_functions_in_a_tf_keras2_model_are_refused(keras3, tmp
     path = tmp_path / "model.h5"
     path.write_bytes((keras3 / "arithmetic_tf_keras2.h5").read_bytes())
     config = _model_config(path)
-    first = config["config"]["layers"][1]  # x / 255.0, taking the input
+    first = config["config"]["layers"][2]  # x / 255.0, after the cast to float
     assert first["name"] == "tf.math.truediv"
     name = f"tf.{function}"
     first.update(name=name, config={**first["config"], "name": name, "function": function},
                  inbound_nodes=[first["inbound_nodes"][0][:3] + [arguments]])
-    config["config"]["layers"][2]["inbound_nodes"][0][0] = name
+    config["config"]["layers"][3]["inbound_nodes"][0][0] = name
     if function == "__operators__.getitem":
         first["class_name"] = "SlicingOpLambda"
     with h5py.File(path, "r+") as f:
@@ -416,9 +416,9 @@ def test_rescaling_and_augmentation_inside_the_model(keras3):
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5", "_tf_keras2.h5"])
 def test_arithmetic_on_the_input_inside_the_model(keras3, suffix):
-    """``1 - (x / 255 - 0.5) * [2, 3, 4]`` written as operations on the input tensor (Keras 3's ops, or
-    tf.keras 2's TFOpLambda layers, ``1 - x`` among them as ``_CONSTANT_VALUE`` less x): a normalisation
-    of 0-1 pixels with a negative scale, and the answers are Keras's."""
+    """``1 - (cast(x, float32) / 255 - 0.5) * [2, 3, 4]`` written as operations on the input tensor (Keras 3's
+    ops, or tf.keras 2's TFOpLambda layers, ``1 - x`` among them as ``_CONSTANT_VALUE`` less x): a
+    normalisation of 0-1 pixels with a negative scale, and the answers are Keras's."""
     expected = np.load(keras3 / "predictions.npz")
     keras = read_keras(keras3 / f"arithmetic{suffix}")
     # The model sees 1 - a (x - 0.5) for x in 0-1 and a = 2, 3, 4: (x - mean) / std with

@@ -283,6 +283,7 @@ _TF_OPS = {
     "math.truediv": ("TrueDivide", "y"), "math.divide": ("Divide", "y"),
     "nn.bias_add": ("Add", "bias"),  # preprocess_input's "caffe" mean, one value a channel
     "__operators__.getitem": ("GetItem", "slice_spec"),  # preprocess_input's x[..., ::-1]
+    "cast": ("Cast", "dtype"),  # tf.cast(inputs, tf.float32) of uint8 images, before preprocess_input
 }
 
 
@@ -549,12 +550,20 @@ _INACTIVE_WHEN_PREDICTING = {"RandomFlip", "RandomRotation", "RandomZoom", "Rand
                              "RandomBrightness", "GaussianNoise", "Dropout"}
 _ARITHMETIC = {"ops.Add", "ops.Subtract", "ops.Multiply", "ops.Divide", "ops.TrueDivide"}  # x / 255.0, ...
 _RESCALING = {"Rescaling", "Normalization", *_ARITHMETIC}
+_FLOAT_TYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _cast_to_float(layer: _Layer) -> bool:
+    """Whether ``layer`` casts to a floating-point type, which leaves 0-255 pixel values as they are
+    (tf.keras 2 stores the type among the call's arguments, Keras 3 in the config)."""
+    target = next((c for c in layer.constants if isinstance(c, str)), layer.config.get("dtype"))
+    return layer.kind == "ops.Cast" and target in _FLOAT_TYPES
 
 
 def _preprocessing(graph: _Graph, input_layer: _Layer, channels: int,
                    pixel_max: int) -> tuple[_Layer, tuple[list[float], list[float]] | None, bool]:
-    """Skip what a model puts between its input and the stem: augmentation, inactive when predicting, and
-    ``Rescaling``, ``Normalization`` and the ops of ``preprocess_input`` called on the model's input
+    """Skip what a model puts between its input and the stem: augmentation, inactive when predicting, casts
+    to a floating-point type, and ``Rescaling``, ``Normalization`` and the ops of ``preprocess_input`` called on the model's input
     (``x[..., ::-1]`` as three ``x[..., i]`` stacked, then the ImageNet mean subtracted), which are
     folded into the normalisation of 0-1 pixels. Returns the layer the stem follows, the (mean, std)
     that do to RGB pixels scaled to 0-1 what the model's own rescaling did to pixels up to
@@ -570,7 +579,7 @@ def _preprocessing(graph: _Graph, input_layer: _Layer, channels: int,
             continue
         after = graph.consumers[layer.name]
         following = graph.layers[after[0]] if len(after) == 1 else None
-        if following is None or following.kind not in _INACTIVE_WHEN_PREDICTING | _RESCALING:
+        if following is None or not (following.kind in _INACTIVE_WHEN_PREDICTING | _RESCALING or _cast_to_float(following)):
             break
         layer = following
         if layer.kind == "Rescaling":
