@@ -310,15 +310,13 @@ def cmd_data(args: argparse.Namespace) -> None:
     print(f"{args.dataset}: {name}" if args.dataset == "imagenet" else name)
     for split, title in (("train", "train"), ("test", "held out" if name.startswith("folder:") else "test")):
         ds = splits[split]
-        if hasattr(ds, "images"):
-            labels, form = ds.labels.tolist(), "x".join(map(str, ds.images.shape[1:])) + " uint8"
-        else:
-            labels, form = ds.samples.labels.tolist(), "image files (resized to --image-size, 64 by default)"
+        in_memory = hasattr(ds, "images")
+        form = "x".join(map(str, ds.images.shape[1:])) + " uint8" if in_memory else "image files (resized to --image-size, 64 by default)"
         print(f"  {title:<10}{len(ds):>10,} images  {form}")
-        if split == "train":
-            per_class = Counter(labels)
-    names = ", ".join(ds.classes[:8]) + (", ..." if len(ds.classes) > 8 else "")
-    print(f"  {len(ds.classes)} classes, {min(per_class.values()):,} to {max(per_class.values()):,} training images each: {names}")
+    train = splits["train"]
+    per_class = Counter(train.labels.tolist() if hasattr(train, "images") else train.samples.labels.tolist())
+    names = ", ".join(train.classes[:8]) + (", ..." if len(train.classes) > 8 else "")
+    print(f"  {len(train.classes)} classes, {min(per_class.values()):,} to {max(per_class.values()):,} training images each: {names}")
 
 
 def _add_view_flags(p: argparse.ArgumentParser) -> None:
