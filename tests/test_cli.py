@@ -373,6 +373,10 @@ def test_a_run_on_a_relative_folder_is_evaluated_from_anywhere_and_another_folde
 
     # The folder moves (another machine, another disk): --data-dir tells a resume where, if it is the same data.
     (tmp_path / "work" / "photos").rename(tmp_path / "moved")
+    fails_cleanly(capsys, "eval", "work/run", "--device", "cpu", match="eval RUN --data-dir NEW")
+    code, out, err = run(capsys, "eval", "work/run", "--data-dir", tmp_path / "moved", "--device", "cpu")
+    assert code == 0, err
+    assert "(4 test images," in out.splitlines()[0], "the images training held out, not all 40"
     fails_cleanly(capsys, "train", "--resume", "work/run", "--data-dir", tmp_path / "other", match="not the same data")
     # The same classes and counts, but an image of each class swapped with one of the other: other data.
     shutil.copytree(tmp_path / "moved", tmp_path / "swapped")

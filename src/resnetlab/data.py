@@ -855,7 +855,7 @@ def _not_a_folder(path: Path) -> DataError:
     if path.exists():
         return DataError(f"{path} is not a folder; give folder:PATH with one subfolder of images per class")
     return DataError(f"{path} does not exist; give folder:PATH with one subfolder of images per class (for a run whose "
-                     "folder has moved: train --resume RUN --data-dir NEW, eval RUN --dataset folder:NEW)")
+                     "folder has moved: train --resume RUN --data-dir NEW, eval RUN --data-dir NEW)")
 
 
 def check_dataset(spec: str) -> str:

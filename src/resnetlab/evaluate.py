@@ -324,14 +324,21 @@ def evaluate_run(
     run_dir = Path(run_dir)
     dev = pick_device(device)
     model, config = load_model(run_dir, dev)
-    name = resolve_dataset(dataset, data_dir) if dataset else config["dataset"]
+    own = config["dataset"]
+    # A folder run given --data-dir alone is its own folder, moved there: tested on the images its
+    # training held out, not on all of them (most of which it trained on).
+    moved = dataset is None and data_dir is not None and (own or "").startswith("folder:")
+    if moved:
+        name = resolve_dataset(f"folder:{data_dir}")
+    else:
+        name = resolve_dataset(dataset, data_dir) if dataset else own
     if name is None:
         raise ValueError(f"{run_dir} names no dataset to test on (an imported model): give one with --dataset")
     if views is not None and not name.startswith("folder:"):
         raise ValueError(f"test-time views (--ten-crop, --scales) are cut from image files: {name} is not a folder")
     # Another folder, with no train/ and val/ of its own, is a test set in full; the run's own folder
     # is tested on the images its training held out.
-    whole = (name != config["dataset"] and name.startswith("folder:")
+    whole = (name != own and not moved and name.startswith("folder:")
              and own_held_out(Path(name.removeprefix("folder:"))) is None)
     test = load_split(name, "test", data_dir or config.get("data_dir"), limit=limit_test, seed=config["seed"],
                       on_disk=views is not None, whole=whole, **reload_sizes(name, config))
