@@ -34,6 +34,7 @@ import torch
 from . import runs
 from .data import get_dataset, load_split, reload_sizes, resolve_dataset
 from .devices import pick_device
+from .evaluate import eval_mode
 from .loader import make_loader
 from .models import ResNet, count_parameters, depth_of
 from .recipes import Recipe
@@ -513,14 +514,11 @@ def branch_response_stds(model: ResNet, batches: Iterable[tuple[torch.Tensor, to
         return hook
 
     handles = [b.branch_end.register_forward_hook(record(i)) for i, b in enumerate(blocks)]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             for x, _ in batches:
                 model(x)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     stds = []
@@ -566,7 +564,8 @@ def reproduce_responses(
         stds = branch_response_stds(model, batches)
         measured.append({
             "model": config["model"], "run": str(run_dir), "depth": depth_of(config["model"]),
-            "kind": "residual" if model.residual else "plain", "order": model.order, "test_images": len(test),
+            "kind": "residual" if model.residual else "plain", "order": model.order,
+            "branch_end": type(model.blocks()[0].branch_end).__name__, "test_images": len(test),
             "blocks": [names[id(b)] for b in model.blocks()], "std": stds, "std_sorted": sorted(stds, reverse=True),
         })
 
@@ -586,7 +585,7 @@ def reproduce_responses(
         "Standard deviation over the test set of each block's branch output, after its last BN and "
         "before the addition (in plain nets: before the ReLU)"
         + ("; a branch that ends in a convolution (pre-activation, BN after the addition) is measured at that "
-           "convolution's output." if any(m["order"] in ("preact", "bn_after_add") for m in measured) else "."), "",
+           "convolution's output." if any(m["branch_end"] == "Conv2d" for m in measured) else "."), "",
         *_table(["model", "kind", "blocks", "mean std", "largest std"], table), "",
         *_responses_sentences(measured), "",
         "![response std by layer and sorted](responses.png)",

@@ -17,7 +17,7 @@ from typing import BinaryIO
 import torch
 from torch import nn
 
-from .evaluate import eval_mode, view_probabilities, check_views, view_batches, view_scales
+from .evaluate import check_views, eval_mode, view_batches, view_probabilities, view_scales
 from .loader import normalize
 
 

@@ -354,17 +354,14 @@ def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool
     if not is_file_spec(weights):  # published weights say how their input was prepared; a file does not
         info = pretrained_info(model_name, weights)
         channels = model.conv1.in_channels
-        mean, std = input_stats(model_name, weights, channels)
+        mean, std = _for_channels(info.mean, info.std, channels)
         model.pretrained_cfg = pretrained_cfg(channels, info.crop_size, info.resize_size, mean, std, model.num_classes)
     return model
 
 
 def input_stats(model_name: str, weights: str, channels: int) -> tuple[list[float], list[float]] | None:
-    """The normalisation published weights and Keras models expect, for ``channels`` input channels;
-    None for other files.
-
-    One channel gets the colour statistics' averages, since its conv1 was summed over colours.
-    """
+    """The normalisation published weights and Keras models expect, for ``channels`` input channels
+    (see ``_for_channels``); None for other files."""
     if is_keras_file(weights):
         keras = read_keras(weights)
         mean, std = keras.mean, keras.std
@@ -373,6 +370,12 @@ def input_stats(model_name: str, weights: str, channels: int) -> tuple[list[floa
     else:
         info = pretrained_info(model_name, weights)
         mean, std = info.mean, info.std
+    return _for_channels(mean, std, channels)
+
+
+def _for_channels(mean: list[float], std: list[float], channels: int) -> tuple[list[float], list[float]]:
+    """Colour statistics for ``channels`` input channels: one channel gets their averages, since its conv1
+    was summed over colours."""
     if channels == 1 and len(mean) == 3:
         return [sum(mean) / 3], [sum(std) / 3]
     return mean, std
