@@ -97,7 +97,7 @@ def test_cosine_falls_from_lr_to_zero_as_half_a_cosine():
 
 
 def test_any_field_can_be_overridden_and_bad_ones_are_named():
-    r = get_recipe("fast", label_smoothing=0.2, milestones=[0.3, 0.6], scale_crop=[0.5, 1.0], optimizer="adam")
+    r = get_recipe("he2016", label_smoothing=0.2, milestones=[0.3, 0.6], scale_crop=[0.5, 1.0], optimizer="adam")
     assert (r.label_smoothing, r.milestones, r.scale_crop, r.optimizer) == (0.2, (0.3, 0.6), (0.5, 1.0), "adam")
     with pytest.raises(ValueError, match="recipes have no field colour; they have optimizer, lr"):
         get_recipe("fast", colour="red")
@@ -105,3 +105,21 @@ def test_any_field_can_be_overridden_and_bad_ones_are_named():
         get_recipe("fast", schedule="linear")
     with pytest.raises(ValueError, match="optimizer must be one of sgd, adam"):
         get_recipe("fast", optimizer="lion")
+
+
+def test_milestones_that_would_never_apply_are_refused():
+    # Steps instead of fractions would never be reached: the lr would stay at 0.1 for the whole run.
+    with pytest.raises(ValueError, match=r"milestones are fractions .* \[0.5, 0.75\]\), got 32000"):
+        get_recipe("he2016", milestones=[32000, 48000])
+    with pytest.raises(ValueError, match="increasing order"):
+        get_recipe("he2016", milestones=[0.75, 0.5])
+    # The fast recipe's one-cycle schedule has no drops, so milestones given to it would be ignored.
+    with pytest.raises(ValueError, match="milestones: only the multistep schedule uses it, and recipe fast uses onecycle"):
+        get_recipe("fast", milestones=[0.5])
+    with pytest.raises(ValueError, match="gamma: only the multistep"):
+        get_recipe("signs-adam", gamma=0.5)
+    r = get_recipe("fast", schedule="multistep", milestones=[0.5], gamma=0.5)
+    assert lr_at(r, 600, 1000) == pytest.approx(0.05)
+    assert get_recipe("imagenet", schedule="cosine").milestones == (1 / 3, 2 / 3)  # the recipe's own, now unused
+    with pytest.raises(ValueError, match="warmup-steps must be zero or more"):
+        get_recipe("he2016", warmup_steps=-1)

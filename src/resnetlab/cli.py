@@ -85,7 +85,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--weight-decay", type=float)
     recipe.add_argument("--recipe-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                         help="any other recipe field, repeatable: schedule=cosine, label_smoothing=0.1, momentum=0.95, "
-                             "milestones=[0.3,0.6,0.9], optimizer=adam (`resnetlab recipes` shows them)")
+                             "milestones=[0.3,0.6,0.9] (fractions of the run; multistep schedule), optimizer=adam "
+                             "(`resnetlab recipes` shows them)")
     where.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET-TIME)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
     where.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS")

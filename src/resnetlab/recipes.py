@@ -167,7 +167,25 @@ def get_recipe(name: str, **overrides) -> Recipe:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {recipe.schedule!r}")
     if recipe.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {recipe.optimizer!r}")
+    _check_milestones(recipe, overrides)
+    for key in ("warmup_steps", "pad_crop"):
+        if getattr(recipe, key) < 0:
+            raise ValueError(f"{key.replace('_', '-')} must be zero or more, got {getattr(recipe, key)}")
     return recipe
+
+
+def _check_milestones(recipe: Recipe, overrides: dict) -> None:
+    """Refuse milestones that would silently never apply: given in steps, or given to a schedule without drops."""
+    for m in recipe.milestones:
+        if not 0 < m < 1:
+            raise ValueError(f"milestones are fractions of the run between 0 and 1 (the papers' 32k and 48k of 64k "
+                             f"steps are [0.5, 0.75]), got {m:g}")
+    if list(recipe.milestones) != sorted(recipe.milestones):
+        raise ValueError(f"milestones must be in increasing order, got {list(recipe.milestones)}")
+    given = sorted({"milestones", "gamma"} & set(overrides))
+    if given and recipe.schedule != "multistep":
+        raise ValueError(f"{' and '.join(given)}: only the multistep schedule uses {'them' if len(given) > 1 else 'it'}, "
+                         f"and recipe {recipe.name} uses {recipe.schedule}; add --recipe-arg schedule=multistep")
 
 
 def lr_at(recipe: Recipe, step: int, total_steps: int, depth: int = 0) -> float:
