@@ -369,7 +369,8 @@ def test_a_run_on_a_relative_folder_is_evaluated_from_anywhere_and_another_folde
     shutil.copytree(tmp_path / "other", tmp_path / "renamed")
     (tmp_path / "renamed" / "a").rename(tmp_path / "renamed" / "z")
     fails_cleanly(capsys, "eval", "work/run", "--dataset", f"folder:{tmp_path / 'renamed'}", "--device", "cpu",
-                  match="class folders are not the run's classes ('b' where the run has 'a'); name them as the run's: a, b")
+                  match="class folders are not the run's classes ('b' where the run has 'a'); name them as the run's (a, b) "
+                        "or as `resnetlab data --export` does (0-a, 1-b)")
 
     # The folder moves (another machine, another disk): --data-dir tells a resume where, if it is the same data.
     (tmp_path / "work" / "photos").rename(tmp_path / "moved")

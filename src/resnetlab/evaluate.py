@@ -354,8 +354,10 @@ def evaluate_run(
     if name.startswith("folder:") and list(test.classes) not in (config["classes"], exported) and not unnamed:
         # Labels are class indices: folders named otherwise would be scored against the wrong classes.
         differ = next(f"{a!r} where the run has {b!r}" for a, b in zip(test.classes, config["classes"]) if a != b)
-        raise ValueError(f"{name}'s class folders are not the run's classes ({differ}); name them as the run's: "
-                         f"{', '.join(config['classes'][:5])}{', ...' if len(config['classes']) > 5 else ''}")
+        more = ", ..." if len(config["classes"]) > 5 else ""
+        raise ValueError(f"{name}'s class folders are not the run's classes ({differ}); name them as the run's "
+                         f"({', '.join(config['classes'][:5])}{more}) or as `resnetlab data --export` does "
+                         f"({', '.join(exported[:5])}{more})")
     scales = view_scales(config["image_size"], scales)
     result = _score(model, test, config, views, scales, dev)
     reference = paper_reference(config["model"], views, scales, len(config["classes"]))
