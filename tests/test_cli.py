@@ -186,6 +186,7 @@ def test_resume_refuses_flags_it_would_ignore(trained, capsys):
     (["--model-arg", "scales=(0.5,)"], "scales must be a list of 2"),
     (["--model-arg", "shortcut_dropout=2"], "shortcut_dropout is a probability below 1"),
     (["--model-arg", "num_classes=5"], "num_classes comes from the dataset"),
+    (["--limit-train", "50"], "batch size 64 (recipe fast) is larger than the 50 training examples; give --batch-size 50 or less"),
 ])
 def test_options_of_the_wrong_kind_fail_before_anything_is_written(tmp_path, capsys, arg, message):
     fails_cleanly(capsys, "train", *QUICK, *arg, "--out", tmp_path / "run", match=message)

@@ -171,7 +171,8 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     if recipe.scale_jitter is not None:  # here, before anything is written, rather than when the loader is made
         check_scale_jitter(recipe.scale_jitter, image_size, from_files=config.dataset.startswith("folder:"))
     if len(train_set) < recipe.batch_size:
-        raise ValueError(f"batch size {recipe.batch_size} is larger than the {len(train_set)} training examples")
+        raise ValueError(f"batch size {recipe.batch_size} (recipe {recipe.name}) is larger than the {len(train_set)} "
+                         f"training examples; give --batch-size {len(train_set)} or less")
     steps_per_epoch = len(train_set) // recipe.batch_size
     total_steps = recipe.steps or max(1, round(recipe.epochs * steps_per_epoch))
     # Published weights expect the statistics they were trained with, not this dataset's.
