@@ -191,8 +191,12 @@ def test_bad_weights_files_are_refused_without_running_them(tmp_path):
     model = resnetlab.create_model("resnet20", num_classes=10, weights=str(tmp_path / "r20c100.pth"))
     assert model.fc.out_features == 10  # another task's head is left out, the rest loads
     torch.save(resnetlab.create_model("resnet20", in_chans=1).state_dict(), tmp_path / "grey.pth")
-    with pytest.raises(WeightsError, match=r"conv1.weight is \(16, 1, 3, 3\) there, \(16, 3, 3, 3\) here"):
+    with pytest.raises(WeightsError, match=r"conv1.weight is \(16, 1, 3, 3\) there, \(16, 3, 3, 3\) here "
+                                           r"\(build it with in_chans=1\)"):
         resnetlab.create_model("resnet20", weights=str(tmp_path / "grey.pth"))
+    assert resnetlab.create_model("resnet20", in_chans=1, weights=str(tmp_path / "grey.pth")).conv1.in_channels == 1
+    with pytest.raises(WeightsError, match=r"conv1.weight is \(16, 3, 3, 3\) there, \(32, 3, 3, 3\) here$"):
+        resnetlab.create_model("resnet20", widths=(32, 64, 128), weights=str(tmp_path / "r20.pth"))
 
     marker = tmp_path / "ran"
     (tmp_path / "evil.pth").write_bytes(pickle.dumps(Exploit(str(marker))))

@@ -344,9 +344,10 @@ def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool
     wrong = [k for k in state if state[k].shape != own[k].shape]
     if wrong:
         k = wrong[0]
-        raise WeightsError(
-            f"{source} does not fit {model_name}: {k} is {tuple(state[k].shape)} there, {tuple(own[k].shape)} here"
-        )
+        there, here = tuple(state[k].shape), tuple(own[k].shape)
+        # The one mismatch with a fix by argument: weights of grey images (a Fashion-MNIST run) in a colour model.
+        hint = f" (build it with in_chans={there[1]})" if k == "conv1.weight" and there[:1] + there[2:] == here[:1] + here[2:] else ""
+        raise WeightsError(f"{source} does not fit {model_name}: {k} is {there} there, {here} here{hint}")
     if eps is not None and any(m.eps != eps for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))):
         hint = f" (`resnetlab import {weights}` records it)" if is_keras_file(weights) else ""
         raise WeightsError(f"{source}'s batch norms use epsilon {eps}: build the model with bn_eps={eps}{hint}")
