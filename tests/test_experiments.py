@@ -75,7 +75,7 @@ def test_degradation_writes_the_figure_data_and_report(degradation):
         assert [int(r["step"]) for r in series] == [2, 4, 6, 8, 10]
         assert all(0 <= float(r[c]) <= 100 for r in series for c in ("train_error", "test_error"))
 
-    report = (degradation / "report.md").read_text()
+    report = (degradation / "degradation.md").read_text()
     for model in ("plain8", "plain14", "resnet8", "resnet14"):
         assert f"| {model} |" in report
     # Ten iterations of one seed: the report says what that cannot show.
@@ -167,7 +167,7 @@ def test_gradients(tmp_path):
         assert all(float(r[s]) > 0 for r in layers for s in steps)
     data = json.loads((out / "gradients.json").read_text())
     assert data["every"] == 1 and set(data["models"]) == {"plain8", "resnet8"}
-    report = (out / "report.md").read_text()
+    report = (out / "gradients.md").read_text()
     assert "| plain8 | conv1 | layer3.0.conv2 |" in report and "| resnet8 | conv1 | layer3.0.conv2 |" in report
 
 
@@ -232,7 +232,7 @@ def test_the_steps_an_experiment_plans_are_the_steps_train_runs(tmp_path):
 def test_ablation_studies_train_each_variant_and_compare_with_the_paper(tmp_path, capsys):
     out = tmp_path / "orders"
     reproduce("orders", "--depth", 8, "--variants", "post", "bn_after_add", *QUICK, "--out", out)
-    report = (out / "report.md").read_text()
+    report = (out / "orders.md").read_text()
     assert "| original (Fig. 4a) |" in report and "| BN after addition (4b) |" in report
     assert "The paper did not train ResNet-8" in report  # its numbers are for ResNet-110 and -164 only
     rows = json.loads((out / "orders.json").read_text())["rows"]
@@ -269,7 +269,7 @@ def test_ablation_reports_the_papers_numbers_for_its_own_nets(monkeypatch, tmp_p
     rows = json.loads((tmp_path / "a" / "orders.json").read_text())["rows"]
     assert [r["paper_test_error"] for r in rows] == ["5.93", "6.50", "6.14", "5.91", "5.46"]
     experiments.reproduce_variants(TrainConfig(), tmp_path / "b", "shortcuts", depth=110)
-    report = (tmp_path / "b" / "report.md").read_text()
+    report = (tmp_path / "b" / "shortcuts.md").read_text()
     assert "| shortcut-only gating, b_g = -6 (2d) | 10.00 | 20.00 | 6.91 |" in report
     with pytest.raises(ValueError, match="unknown orders variant"):
         experiments.reproduce_variants(TrainConfig(), tmp_path / "c", "orders", keys=["sideways"])

@@ -231,7 +231,7 @@ def reproduce_degradation(
     """Train plain and residual nets of each depth and draw the 2015 paper's Figure 6.
 
     Writes ``degradation.png``/``.svg`` (training error dashed, test error bold, plain nets left,
-    ResNets right), ``degradation.csv`` (every evaluation of every run) and ``report.md`` (final
+    ResNets right), ``degradation.csv`` (every evaluation of every run) and ``degradation.md`` (final
     errors and whether degradation shows) into ``out``, and returns their paths.
     """
     depths, out = _check_depths(depths), Path(out)
@@ -274,7 +274,7 @@ def reproduce_degradation(
         sentence, "", _scale_note(base, seeds), "",
         "![training error (dashed) and test error (bold) against iterations](degradation.png)",
     ]
-    paths.append(_write_text(out / "report.md", lines))
+    paths.append(_write_text(out / "degradation.md", lines))
     return paths
 
 
@@ -391,7 +391,7 @@ def reproduce_gradients(base: TrainConfig, out: str | Path, depth: int = 56, eve
     (the first layers' gradient norms against iterations, log scale), ``gradients_heatmap.png``/``.svg``
     (log10 gradient norm by layer and iteration, plain and residual side by side),
     ``gradients.csv`` (one row per net and layer, one column per recorded step),
-    ``gradients.json`` and ``report.md`` (first-layer over last-layer gradient norm).
+    ``gradients.json`` and ``gradients.md`` (first-layer over last-layer gradient norm).
     """
     (depth,), out = _check_depths([depth]), Path(out)
     if every is not None and every < 1:
@@ -432,7 +432,7 @@ def reproduce_gradients(base: TrainConfig, out: str | Path, depth: int = 56, eve
         "![gradient norms of the first layers](gradients_first_layers.png)", "",
         "![log10 gradient norm by layer and iteration](gradients_heatmap.png)",
     ]
-    paths.append(_write_text(out / "report.md", lines))
+    paths.append(_write_text(out / "gradients.md", lines))
     return paths
 
 
@@ -705,7 +705,7 @@ def reproduce_variants(
     """Train one CIFAR-style net in each variant of a 2016 ablation (``orders`` or ``shortcuts``).
 
     Writes ``{study}.png``/``.svg`` (a panel a variant, the original in grey in each; training error
-    dashed, test error bold), ``{study}.csv`` (every evaluation), ``{study}.json`` and ``report.md``
+    dashed, test error bold), ``{study}.csv`` (every evaluation), ``{study}.json`` and ``{study}.md``
     (final errors beside the paper's, where the paper trained the same net: ResNet-110, or ResNet-164
     with bottlenecks).
     """
@@ -762,7 +762,7 @@ def reproduce_variants(
         paper_note, "", _scale_note(base, seeds), "",
         f"![training error (dashed) and test error (bold) against iterations]({study}.png)",
     ]
-    paths.append(_write_text(out / "report.md", lines))
+    paths.append(_write_text(out / f"{study}.md", lines))
     return paths
 
 
