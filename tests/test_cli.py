@@ -207,6 +207,17 @@ def test_options_are_read_as_json_or_as_python_writes_them(capsys):
 
 
 @needs_fashion
+def test_progress_bars_show_on_a_terminal_and_stay_out_of_piped_logs(tmp_path, capsys, monkeypatch):
+    quick = [a for a in QUICK if a != "--no-progress"]
+    code, out, err = run(capsys, "train", *quick, "--out", tmp_path / "piped")
+    assert code == 0 and "\r" not in err and "img/s" not in err, err
+    assert "epoch 2/2" in out  # the per-epoch lines stay
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = run(capsys, "train", *quick, "--out", tmp_path / "terminal")
+    assert code == 0 and "\r" in err and "img/s" in err, err
+
+
+@needs_fashion
 def test_recipe_args_reach_the_run(tmp_path, capsys):
     run_dir = tmp_path / "run"
     code, out, err = run(capsys, "train", *QUICK, "--recipe-arg", "schedule=cosine", "--recipe-arg", "label_smoothing=0.2",

@@ -90,7 +90,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     where.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET-TIME)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
     where.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS")
-    where.add_argument("--no-progress", action="store_true", help="no progress bar, only the per-epoch lines")
+    where.add_argument("--no-progress", action="store_true", help="no progress bar, only the per-epoch lines (bars show only on a terminal, so a log "
+                            "that stderr is piped into gets the lines alone)")
     speed = p.add_argument_group("speed")
     speed.add_argument("--compile", action="store_true", help="torch.compile the model")
     speed.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, run the step eagerly instead of replaying a CUDA graph")
@@ -398,6 +399,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from . import distributed
     from .train import TrainConfig, resume, train
 
+    # A bar redrawn with carriage returns is noise in a log file: bars only where someone watches.
+    progress = not args.no_progress and sys.stderr.isatty()
     if args.resume:
         defaults = vars(build_parser().parse_args(["train"]))
         may_change = ("resume", "device", "workers", "no_progress", "debug", "argv", "data_dir")
@@ -409,7 +412,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
             raise ValueError(f"--resume continues the run as it was configured; drop {flags} (only --device, --workers "
                              "and --data-dir, where the same data now lives, may change)")
-        result = resume(args.resume, device=args.device, progress=not args.no_progress, workers=args.workers,
+        result = resume(args.resume, device=args.device, progress=progress, workers=args.workers,
                         data_dir=args.data_dir)
     else:
         config = TrainConfig(
@@ -418,7 +421,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             weight_decay=args.weight_decay, limit_train=args.limit_train, limit_test=args.limit_test,
             image_size=args.image_size, device=args.device, seed=args.seed, out=args.out,
             compile=args.compile, cuda_graph=not args.no_cuda_graph, deterministic=args.deterministic,
-            eval_every=args.eval_every, progress=not args.no_progress, weights=args.weights,
+            eval_every=args.eval_every, progress=progress, weights=args.weights,
             model_kwargs=dict(args.model_arg), recipe_overrides=dict(args.recipe_arg), workers=args.workers,
         )
         result = train(config)
