@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 from torchvision import transforms as T
 
 from resnetlab import data
-from resnetlab.data import ArrayDataset, DataError, FolderDataset, get_dataset, load_image, load_jitter_crop, load_random_crop
+from resnetlab.data import ArrayDataset, DataError, FolderDataset, get_dataset, load_image, load_jitter_crop, load_random_crop, load_splits
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 SYSTEM_DIRS = dict(data._SYSTEM_DIRS)  # before the fixture below hides them
@@ -605,6 +605,37 @@ def test_load_image_rejects_non_images(tmp_path):
     ds = get_dataset(f"folder:{tmp_path / 'f'}", val_fraction=0, image_size=4)
     with pytest.raises(DataError, match="broken.png is not a readable image"):
         ds.to_arrays()
+
+
+def test_an_image_file_holding_postscript_never_reaches_ghostscript(tmp_path, monkeypatch):
+    """Pillow chooses a decoder by content: an EPS named .png would be run through Ghostscript."""
+    from PIL import EpsImagePlugin
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: calls.append(args))
+    eps = tmp_path / "photo.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto showpage\n%%EOF\n")
+    with Image.open(eps) as img:
+        assert img.format == "EPS"  # what Pillow alone makes of it
+    with pytest.raises(DataError, match="photo.png is not a readable image"):
+        load_image(eps, 3, 8)
+    with pytest.raises(DataError, match="the image is not a readable image"):
+        load_image(io.BytesIO(eps.read_bytes()), 3, 8)  # an upload to the prediction page
+    assert calls == []
+
+
+def test_a_folders_held_out_images_take_the_training_images_channels(tmp_path):
+    """Each split samples its own images for their colours: one colour photo among the held-out
+    images must not give them three channels when the training images have one."""
+    for split, colour in (("train", False), ("val", True)):
+        for c in ("a", "b"):
+            (tmp_path / "f" / split / c).mkdir(parents=True)
+            for i in range(3):
+                mode, fill = ("RGB", (200, 10, 10)) if colour and i == 0 else ("L", 90)
+                Image.new(mode, (12, 12), fill).save(tmp_path / "f" / split / c / f"{i}.png")
+    train, test = load_splits(f"folder:{tmp_path / 'f'}", None, None, None, 0, image_size=8)
+    assert train.images.shape[1:] == test.images.shape[1:] == (1, 8, 8)
+    assert get_dataset(f"folder:{tmp_path / 'f'}", "val").channels == 3  # the split alone would have said colour
 
 
 def test_large_photos_load_quietly_and_bombs_are_refused(tmp_path, monkeypatch, recwarn):

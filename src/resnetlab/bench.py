@@ -461,7 +461,7 @@ def bench_decode(
 
     from torchvision import transforms as T
 
-    from .data import load_jitter_crop, load_random_crop
+    from .data import IMAGE_FORMATS, load_jitter_crop, load_random_crop
 
     if count < 1 or repeat < 1:
         raise ValueError("--count and --repeat must be at least 1")
@@ -482,7 +482,8 @@ def bench_decode(
 
             for path in paths:
                 with open(path, "rb") as f:
-                    T.PILToTensor()(transform(Image.open(f).convert("RGB")))
+                    # torchvision's pil_loader, kept to the raster decoders as resnetlab's own are.
+                    T.PILToTensor()(transform(Image.open(f, formats=IMAGE_FORMATS).convert("RGB")))
 
         contenders = {
             "random-resized crop": (

@@ -102,6 +102,9 @@ _IMAGE_EXTENSIONS = {
 }  # fmt: skip
 # What each reader returns: images (N, C, H, W) uint8, labels (N,), class names.
 _Arrays = tuple[np.ndarray, np.ndarray, list[str]]
+# Pillow picks a decoder by a file's content, not its name: a ".png" holding PostScript would go to
+# Ghostscript, an interpreter. Only these raster decoders are tried (JPEG's includes phones' multi-picture files).
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
@@ -355,7 +358,7 @@ def _opened(path: str | Path | BinaryIO | Image.Image) -> Iterator[Image.Image]:
         with warnings.catch_warnings():
             # PIL warns from 89 megapixels, which phones' largest photos pass; it refuses twice that (below).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
+            opened = Image.open(path, formats=IMAGE_FORMATS)
         with opened as img:
             yield img
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
@@ -404,7 +407,7 @@ def _guess_channels(samples: Samples, sample: int = 64) -> int:
     step = max(1, len(samples) // sample)
     for path, _ in samples[::step]:
         try:
-            with Image.open(path) as img:
+            with Image.open(path, formats=IMAGE_FORMATS) as img:
                 if img.mode not in _GRAY_MODES:
                     return 3
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
@@ -1060,11 +1063,12 @@ IMAGENET_IMAGE_SIZE = 224  # the same with a scaling recipe (imagenet, he2015-im
 
 def load_split(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None,
                limit: int | None = None, seed: int = 0, resize_to: int | None = None, on_disk: bool = False,
-               whole: bool = False):
+               whole: bool = False, channels: int | None = None):
     """One split cut to ``limit`` examples: uint8 arrays in memory, or a big image folder left on disk.
 
     ``resize_to`` (folders) keeps each image's proportions: shorter side resized to it, centre cropped
     to ``image_size``; a training split is then always left on disk, for crops from the stored images.
+    ``channels`` (1 or 3) converts the images; None keeps their own (a folder's sample decides).
     ``on_disk`` leaves any folder on disk, however small. ``whole`` takes every image of a folder
     that has no train/ and val/ of its own, rather than the tenth a training run holds out of it.
     """
@@ -1074,7 +1078,7 @@ def load_split(dataset: str, split: str, data_dir: str | None = None, image_size
         raise ValueError(f"--limit-{split} must be positive, got {limit}")
     # A folder's "train" split with nothing held out is all of it.
     ds = get_dataset(dataset, split="train" if whole else split, root=data_dir, image_size=image_size, seed=seed,
-                     **({"val_fraction": 0.0} if whole else {}))
+                     channels=channels, **({"val_fraction": 0.0} if whole else {}))
     if isinstance(ds, FolderDataset):
         ds.resize_to = resize_to
         if limit is not None:
@@ -1104,15 +1108,21 @@ def folder_sizes(dataset: str, image_size: int | None, recipe: Recipe) -> tuple[
 
 
 def reload_sizes(dataset: str, config: dict) -> dict:
-    """``load_split``'s sizing for reloading a run's data: a folder's training size and held-out resize;
-    nothing for named datasets, which keep their stored size."""
+    """``load_split``'s sizing for reloading a run's data: a folder's training size, held-out resize and
+    channels; nothing for named datasets, which keep their stored size and colours."""
     if not dataset.startswith("folder:"):
         return {}
-    return {"image_size": config["image_size"], "resize_to": config.get("resize_size")}
+    return {"image_size": config["image_size"], "resize_to": config.get("resize_size"), "channels": config["channels"]}
 
 
 def load_splits(dataset: str, data_dir: str | None, limit_train: int | None, limit_test: int | None, seed: int,
-                image_size: int | None = None, resize_to: int | None = None):
-    """The training and test splits (see ``load_split``)."""
-    return [load_split(dataset, split, data_dir, image_size, limit, seed, resize_to)
-            for split, limit in (("train", limit_train), ("test", limit_test))]
+                image_size: int | None = None, resize_to: int | None = None, channels: int | None = None):
+    """The training and test splits (see ``load_split``).
+
+    A folder's held-out images take the training images' channels: each split's own sample could
+    find a colour image in one and none in the other, and the model takes one channel count.
+    """
+    train = load_split(dataset, "train", data_dir, image_size, limit_train, seed, resize_to, channels=channels)
+    if dataset.startswith("folder:"):
+        channels = train.channels if isinstance(train, FolderDataset) else int(train.images.shape[1])
+    return [train, load_split(dataset, "test", data_dir, image_size, limit_test, seed, resize_to, channels=channels)]
