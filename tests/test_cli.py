@@ -296,7 +296,7 @@ def test_data_export_writes_a_folder_that_trains_with_the_same_pixels_and_labels
     original = get_dataset("fashion-mnist", "train")
     exported = get_dataset(f"folder:{out}", "train")  # stored size and colours: 1x28x28
     assert exported.classes[0] == "0-T-shirt-top" and exported.classes[9] == "9-Ankle boot"
-    assert len(exported) == 40 and not (tmp_path / "fm.partial").exists()
+    assert len(exported) == 40 and sorted(p.name for p in tmp_path.iterdir()) == ["fm"]  # nothing partial left
     for path, label in exported.samples:
         n = int(path.stem)  # the image's place in the split
         assert label == int(original.labels[n])
@@ -305,6 +305,13 @@ def test_data_export_writes_a_folder_that_trains_with_the_same_pixels_and_labels
     fails_cleanly(capsys, "data", "fashion-mnist", "--export", str(out), match="already exists; give a new folder")
     fails_cleanly(capsys, "data", f"folder:{out}", "--export", str(tmp_path / "again"), match="already a folder")
     fails_cleanly(capsys, "data", "fashion-mnist", "--limit-train", "5", match="go with --export")
+    # Five images cannot hold all ten classes, and a folder dataset needs images in every class folder.
+    (tmp_path / "few.partial").mkdir()
+    (tmp_path / "few.partial" / "notes.txt").write_text("mine")
+    fails_cleanly(capsys, "data", "fashion-mnist", "--export", str(tmp_path / "few"), "--limit-train", "5",
+                  match="would hold none of class 1-Trouser, 2-Pullover, 4-Coat, 5-Sandal, 6-Shirt, ...: export more (--limit-train)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["few.partial", "fm"]
+    assert (tmp_path / "few.partial" / "notes.txt").read_text() == "mine"  # a folder named like a partial export is left
 
 
 def test_a_reader_that_stops_early_is_no_error():

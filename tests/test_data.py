@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 from torchvision import transforms as T
 
 from resnetlab import data
-from resnetlab.data import ArrayDataset, DataError, FolderDataset, get_dataset, load_image, load_jitter_crop, load_random_crop, load_splits
+from resnetlab.data import ArrayDataset, DataError, FolderDataset, get_dataset, load_image, load_jitter_crop, load_random_crop, load_split, load_splits
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 SYSTEM_DIRS = dict(data._SYSTEM_DIRS)  # before the fixture below hides them
@@ -198,6 +198,11 @@ def test_idx_count_mismatch(tmp_path):
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8), gz=True)
     with pytest.raises(DataError, match="labels for the 12 images"):
         get_dataset("mnist", root=tmp_path, download=False)
+    # IDX may hold floats; as labels they would be truncated to class 0 without a word.
+    floats = bytes([0, 0, 0x0D, 1]) + struct.pack(">I", 12) + np.full(12, 0.7, ">f4").tobytes()  # type 0x0D: float32
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(floats))
+    with pytest.raises(DataError, match="holds float32 labels, not whole numbers"):
+        get_dataset("mnist", root=tmp_path, download=False)
 
 
 def test_search_order(tmp_path, monkeypatch):
@@ -302,6 +307,13 @@ def test_cifar10_python_pickles_like_the_originals(tmp_path):
     assert train.labels.tolist() == train_y.tolist() and test.labels.tolist() == test_y.tolist()
     assert torch.equal(test.images[1, 2], torch.from_numpy(test_x[1, 2048:].reshape(32, 32))), "channel 2 is blue"
     assert train.classes[:3] == ["airplane", "automobile", "bird"] and len(train.classes) == 10
+
+
+def test_a_missing_cifar_batch_is_named_as_missing(tmp_path):
+    write_cifar10_py(tmp_path / "cifar-10-batches-py")
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DataError, match=r"cifar-10-batches-py lacks data_batch_3: it is incomplete; extract cifar-10-python.tar.gz again"):
+        get_dataset("cifar10", root=tmp_path, download=False)
 
 
 def test_malicious_pickle_is_refused_without_running(tmp_path):
@@ -479,6 +491,21 @@ def test_folder_with_train_and_val_subfolders(tmp_path):
         get_dataset(spec, "val")
 
 
+def test_a_train_folder_alone_is_split_and_a_val_folder_alone_is_refused(tmp_path):
+    """train/ without val/ is a folder of classes to hold a tenth out of, not one class named "train"."""
+    make_folder(tmp_path / "d" / "train", {"a": 10, "b": 10})
+    spec = f"folder:{tmp_path / 'd'}"
+    train, held_out = get_dataset(spec, "train"), get_dataset(spec, "val")
+    assert train.classes == held_out.classes == ["a", "b"]
+    assert (len(train), len(held_out)) == (18, 2)
+    (tmp_path / "d" / "train").rename(tmp_path / "d" / "val")
+    with pytest.raises(DataError, match=r"has val/ but no train/: put the training images in .*d/train, one subfolder a class"):
+        get_dataset(spec, "train")
+    # A class that happens to be called "train" beside others is a class.
+    make_folder(tmp_path / "vehicles", {"bus": 2, "car": 2, "train": 2})
+    assert get_dataset(f"folder:{tmp_path / 'vehicles'}", val_fraction=0).classes == ["bus", "car", "train"]
+
+
 def test_folder_native_size_and_channel_guess(tmp_path):
     for i in range(3):
         save_image(tmp_path / "g" / "x" / f"{i}.png", np.full((6, 7), i, np.uint8))
@@ -487,8 +514,18 @@ def test_folder_native_size_and_channel_guess(tmp_path):
     save_image(tmp_path / "g" / "x" / "big.png", np.zeros((9, 9), np.uint8))
     with pytest.raises(DataError, match="different sizes.*--image-size"):
         get_dataset(f"folder:{tmp_path / 'g'}", val_fraction=0).to_arrays()
-    with pytest.raises(DataError, match="this split has no images"):
+    with pytest.raises(DataError, match=r"nothing is held out for testing \(validation fraction 0\)"):
         get_dataset(f"folder:{tmp_path / 'g'}", "val", val_fraction=0)
+    save_image(tmp_path / "one" / "a" / "0.png", np.zeros((4, 4), np.uint8))
+    save_image(tmp_path / "one" / "b" / "0.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DataError, match="no class has two images, so none can be held out"):
+        get_dataset(f"folder:{tmp_path / 'one'}", "val")
+    (tmp_path / "one" / "train").mkdir()
+    for c in "ab":
+        (tmp_path / "one" / c).rename(tmp_path / "one" / "train" / c)
+        (tmp_path / "one" / "val" / c).mkdir(parents=True)
+    with pytest.raises(DataError, match="one/val holds no images: add some, in the class subfolders train/ has"):
+        get_dataset(f"folder:{tmp_path / 'one'}", "val")
 
 
 def test_folder_problems(tmp_path):
@@ -624,6 +661,12 @@ def test_an_image_file_holding_postscript_never_reaches_ghostscript(tmp_path, mo
     assert calls == []
 
 
+def test_a_limit_on_a_folder_draws_from_every_class_not_the_first(tmp_path):
+    make_folder(tmp_path / "f", {"a": 10, "b": 10, "c": 10})
+    train = load_split(f"folder:{tmp_path / 'f'}", "train", image_size=4, limit=9)
+    assert len(train) == 9 and set(train.labels.tolist()) == {0, 1, 2}  # in order, all nine would be a's
+
+
 def test_a_folders_held_out_images_take_the_training_images_channels(tmp_path):
     """Each split samples its own images for their colours: one colour photo among the held-out
     images must not give them three channels when the training images have one."""
@@ -716,7 +759,10 @@ def test_folder_samples_are_a_sequence_of_paths_and_labels_that_keeps_odd_file_n
     assert ds.samples[2:4] == [(tmp_path / "dog" / "a.png", 1), (tmp_path / "dog" / "b.png", 1)]
     odd_index = [os.fsencode(path) for path, _ in ds.samples].index(odd)
     assert ds[odd_index][0][0].float().mean() == 200
-    assert ds.subset(2).samples == list(ds.samples)[:2]
+    subset = ds.subset(3, seed=1)
+    assert len(subset.samples) == 3 and set(subset.samples) < set(ds.samples)
+    assert list(subset.samples) == sorted(subset.samples, key=list(ds.samples).index)  # folder order kept
+    assert subset.samples == ds.subset(3, seed=1).samples and ds.subset(9) is ds
 
 
 def test_folder_files_are_ordered_folder_by_folder_as_pathlib_orders_them(tmp_path):

@@ -291,7 +291,6 @@ def cmd_recipes(args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from collections import Counter
 
     from .data import load_split, resolve_dataset
 
@@ -316,9 +315,13 @@ def cmd_data(args: argparse.Namespace) -> None:
         form = "x".join(map(str, ds.images.shape[1:])) + " uint8" if in_memory else "image files (resized to --image-size, 64 by default)"
         print(f"  {title:<10}{len(ds):>10,} images  {form}")
     train = splits["train"]
-    per_class = Counter(train.labels.tolist() if hasattr(train, "images") else train.samples.labels.tolist())
+    import numpy as np
+
+    # Every class counted, those without a training image too.
+    labels = np.asarray(train.labels if hasattr(train, "images") else train.samples.labels)
+    per_class = np.bincount(labels, minlength=len(train.classes))
     names = ", ".join(train.classes[:8]) + (", ..." if len(train.classes) > 8 else "")
-    print(f"  {len(train.classes)} classes, {min(per_class.values()):,} to {max(per_class.values()):,} training images each: {names}")
+    print(f"  {len(train.classes)} classes, {per_class.min():,} to {per_class.max():,} training images each: {names}")
 
 
 def _add_view_flags(p: argparse.ArgumentParser) -> None:

@@ -183,7 +183,7 @@ class FolderDataset(torch.utils.data.Dataset):
         resize_to: int | None = None,
     ) -> None:
         if not samples:
-            raise DataError(f"{name}: this split has no images; add images (or a validation fraction above 0)")
+            raise DataError(f"{name}: this split has no images")
         self.samples = samples if isinstance(samples, Samples) else Samples(samples)
         self.classes = list(classes)
         self.image_size = image_size
@@ -195,9 +195,17 @@ class FolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def subset(self, count: int) -> FolderDataset:
-        """The first ``count`` images, decoded the same way."""
-        return FolderDataset(self.samples[:count], self.classes, self.image_size, self.channels, self.name, self.resize_to)
+    def subset(self, count: int, seed: int = 0) -> FolderDataset:
+        """``count`` images drawn with ``seed``, kept in folder order, decoded the same way.
+
+        Drawn rather than the first ones: the files are sorted by class, so the first thousand of
+        ImageNet would be a single class's.
+        """
+        if count >= len(self):
+            return self
+        keep = np.sort(np.random.default_rng(seed).permutation(len(self))[:count])
+        samples = Samples([self.samples[int(i)] for i in keep])
+        return FolderDataset(samples, self.classes, self.image_size, self.channels, self.name, self.resize_to)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
@@ -599,6 +607,8 @@ def _load_idx(name: str, split: str, root: str | Path | None, download: bool) ->
         raise DataError(f"{paths[0]} holds {images.dtype} of shape {images.shape}, not uint8 images (N, H, W)")
     if labels.ndim != 1 or len(labels) != len(images):
         raise DataError(f"{paths[1]} holds {labels.shape} labels for the {len(images)} images of {paths[0]}")
+    if labels.dtype.kind not in "iu":  # float labels would be truncated to classes without a word
+        raise DataError(f"{paths[1]} holds {labels.dtype} labels, not whole numbers; it is not a labels file")
     classes = FASHION_MNIST_CLASSES if name == "fashion-mnist" else [str(d) for d in range(10)]
     return images[:, None], labels, list(classes)
 
@@ -663,7 +673,11 @@ def _load_cifar(name: str, split: str, root: str | Path | None, download: bool) 
 
 def _read_cifar(folder: Path, fmt: _CifarFormat, split: str) -> _Arrays:
     read = _read_cifar_binary if fmt.label_bytes else _read_cifar_pickle
-    parts = [read(folder / f, fmt) for f in (fmt.train if split == "train" else fmt.test)]
+    files = [folder / f for f in (*(fmt.train if split == "train" else fmt.test), fmt.meta)]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{folder} lacks {', '.join(missing)}: it is incomplete; extract {fmt.archive} again")
+    parts = [read(f, fmt) for f in files[:-1]]
     images = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
     labels = np.concatenate([p[1] for p in parts])
     meta = folder / fmt.meta
@@ -835,17 +849,30 @@ def export_folder(splits: dict[str, ArrayDataset], out: str | Path) -> Path:
     out = Path(out).expanduser()
     if out.exists():
         raise DataError(f"{out} already exists; give a new folder to export into")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    for split, ds in splits.items():
-        folders = [partial / split / name for name in class_folder_names(ds.classes)]
-        for folder in folders:
-            folder.mkdir(parents=True)
-        for n, (image, label) in enumerate(zip(ds.images, ds.labels.tolist())):
-            pixels = image.permute(1, 2, 0).numpy()  # (H, W, C), as Pillow takes them
-            Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(folders[label] / f"{n}.png")
-    partial.rename(out)
+    train = splits.get("train")
+    if train is not None:
+        missing = sorted(set(range(len(train.classes))) - set(train.labels.tolist()))
+        if missing:  # a folder dataset needs images in every class folder
+            names = ", ".join(class_folder_names(train.classes)[i] for i in missing[:5])
+            raise DataError(f"the exported training images would hold none of class {names}"
+                            f"{', ...' if len(missing) > 5 else ''}: export more (--limit-train)")
+    # A new folder of this process's own, so that nothing of the user's (an "OUT.partial", say) is touched.
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    partial.mkdir(parents=True)
+    try:
+        for split, ds in splits.items():
+            folders = [partial / split / name for name in class_folder_names(ds.classes)]
+            for folder in folders:
+                folder.mkdir(parents=True)
+            for n, (image, label) in enumerate(zip(ds.images, ds.labels.tolist())):
+                pixels = image.permute(1, 2, 0).numpy()  # (H, W, C), as Pillow takes them
+                Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(folders[label] / f"{n}.png")
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return out
+
 
 
 # ----------------------------------------------------------------------------- ImageNet
@@ -995,11 +1022,25 @@ def _load_folder(
     else:
         if not 0 <= val_fraction < 1:
             raise DataError(f"the validation fraction must be in [0, 1), not {val_fraction}")
+        # Split folders without their partner would otherwise be taken for classes named "train" or "val".
+        # (A "train" beside other classes, as in cars, buses and trains, is a class.)
+        subfolders = set(_class_names(path))
+        if subfolders == {"train"}:
+            path = path / "train"  # held-out images are drawn from train/ as from any folder of classes
+        elif subfolders and subfolders <= {"val", "test"}:
+            raise DataError(f"{path} has {'/ and '.join(sorted(subfolders))}/ but no train/: put the training images "
+                            f"in {path / 'train'}, one subfolder a class")
         by_class = _scan(path)
         classes = _check_classes(path, by_class)
         by_class = {c: _split_class(files, c, val_fraction, seed)[split != "train"] for c, files in by_class.items()}
     label = {c: i for i, c in enumerate(classes)}
     samples = [(p, label[c]) for c in sorted(by_class) for p in by_class[c]]
+    if not samples:  # only a held-out split can be empty: train/ and every class were checked for images
+        if held_out is not None:
+            raise DataError(f"{held_out} holds no images: add some, in the class subfolders train/ has")
+        if val_fraction == 0:
+            raise DataError(f"{spec}: nothing is held out for testing (validation fraction 0)")
+        raise DataError(f"{spec}: no class has two images, so none can be held out for testing: add images")
     return FolderDataset(samples, _imagenet_names(path, classes), image_size, channels, spec)
 
 
@@ -1082,7 +1123,7 @@ def load_split(dataset: str, split: str, data_dir: str | None = None, image_size
     if isinstance(ds, FolderDataset):
         ds.resize_to = resize_to
         if limit is not None:
-            ds = ds.subset(limit)
+            ds = ds.subset(limit, seed)
         on_disk = on_disk or (resize_to is not None and split == "train")
         if not on_disk and len(ds) * ds.channels * image_size**2 <= IN_MEMORY_BYTES:
             ds = ds.to_arrays()
