@@ -681,6 +681,25 @@ def test_a_folders_held_out_images_take_the_training_images_channels(tmp_path):
     assert get_dataset(f"folder:{tmp_path / 'f'}", "val").channels == 3  # the split alone would have said colour
 
 
+def test_an_image_too_thin_to_resize_by_its_shorter_side_is_refused(tmp_path):
+    """Resizing a 12000x1 PNG (93 bytes) to a shorter side of 256 would make 786 million pixels."""
+    from resnetlab.evaluate import view_batches
+
+    thin = tmp_path / "thin.png"
+    Image.new("L", (12000, 1)).save(thin)
+    too_thin = "thin.png is 12000x1 pixels, its longer side more than 32 times its shorter"
+    with pytest.raises(DataError, match=too_thin):
+        load_image(thin, 3, 224, resize_to=256)
+    with pytest.raises(DataError, match=too_thin):
+        view_batches(thin, 3, 224, 256, "scales", [224])
+    with pytest.raises(DataError, match=too_thin):
+        load_jitter_crop(thin, 3, 224, 0, (256, 480))
+    assert load_image(thin, 3, 8).shape == (3, 8, 8)  # squashed to a square, as runs without resize_to see it
+    panorama = tmp_path / "panorama.png"
+    Image.new("L", (320, 10)).save(panorama)
+    assert load_image(panorama, 1, 8, resize_to=9).shape == (1, 8, 8)
+
+
 def test_large_photos_load_quietly_and_bombs_are_refused(tmp_path, monkeypatch, recwarn):
     """PIL warns from MAX_IMAGE_PIXELS (89 megapixels, which the largest phone photos pass) and refuses
     twice that: the first load without a word, the second is one DataError. Scaled down here."""

@@ -275,7 +275,8 @@ def load_image(
 
         if image_size is None or resize_to < image_size:
             raise DataError(f"a centre crop of {image_size} needs a resize to at least that, not {resize_to}")
-        return center_crop(resize(load_image(path, channels, None), [resize_to], antialias=True), [image_size])
+        image = check_proportions(load_image(path, channels, None), path)
+        return center_crop(resize(image, [resize_to], antialias=True), [image_size])
     with _opened(path) as img:
         if image_size is not None and img.format == "JPEG":
             # libjpeg can decode at 1/2, 1/4 or 1/8 scale, never below the size asked for: a phone
@@ -286,6 +287,20 @@ def load_image(
         # Pillow widens the bilinear kernel when shrinking: that is the antialiasing.
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
     return _to_tensor(img)
+
+
+MAX_ASPECT_RATIO = 32  # wider than any panorama a phone takes
+
+
+def check_proportions(image: torch.Tensor | Image.Image, path: str | Path | BinaryIO | Image.Image):
+    """``image`` (a (C, H, W) tensor or a PIL image), unless it is too thin for its shorter side to be
+    resized to a network's input: a 12000x1 PNG of 93 bytes would become 256 x 3,072,000 pixels."""
+    width, height = image.size if isinstance(image, Image.Image) else image.shape[:-3:-1]
+    if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+        name = path if isinstance(path, (str, Path)) else "the image"
+        raise DataError(f"{name} is {width}x{height} pixels, its longer side more than {MAX_ASPECT_RATIO} times its "
+                        "shorter: too thin to resize the shorter side to the network's input")
+    return image
 
 
 def load_random_crop(
@@ -333,7 +348,7 @@ def load_jitter_crop(path: str | Path, channels: int | None, size: int, seed: in
         with _opened(path) as img:
             if img.format == "JPEG":
                 img.draft(None, (side, side))  # both sides stay at least ``side``
-            img = _upright(img, channels)
+            img = check_proportions(_upright(img, channels), path)
         img = resize(img, [side], antialias=True)
         top, left, h, w = RandomCrop.get_params(img, (size, size))
     return _to_tensor(crop(img, top, left, h, w))

@@ -154,9 +154,9 @@ def view_batches(path: str | Path, channels: int, image_size: int, resize_to: in
     """
     from torchvision.transforms.functional import resize, ten_crop
 
-    from .data import load_image
+    from .data import check_proportions, load_image
 
-    image = load_image(path, channels, None)
+    image = check_proportions(load_image(path, channels, None), path)
     if views == "ten-crop":
         return [torch.stack(ten_crop(resize(image, [resize_to], antialias=True), [image_size]))]
     if views == "scales":
