@@ -231,6 +231,13 @@ def test_colour_pca_finds_the_direction_colours_vary_along():
     assert abs(eigvec[:, 0] @ torch.tensor([1.0, 1.0, 0.0]) / 2**0.5) == pytest.approx(1.0, abs=1e-3)
 
 
+def test_the_colour_components_of_grey_images_are_their_brightness():
+    images = torch.randint(0, 256, (50, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    pca = colour_pca(images)
+    assert pca["eigvec"] == [[1.0]]
+    assert pca["eigval"][0] == pytest.approx((images.double() / 255).var().item(), rel=1e-6)
+
+
 def test_colour_noise_shifts_each_image_along_the_components():
     """AlexNet's lighting: image i moves by sum_k alpha_ik * eigval_k * eigvec_k, alpha ~ N(0, lighting)."""
     x = torch.full((32, 3, 4, 4), 100, dtype=torch.uint8)

@@ -1,5 +1,8 @@
 """Recipes and their learning-rate schedules."""
 
+import json
+
+import numpy as np
 import pytest
 
 from resnetlab.recipes import RECIPES, Recipe, describe_recipe, get_recipe, lr_at
@@ -123,3 +126,27 @@ def test_milestones_that_would_never_apply_are_refused():
     assert get_recipe("imagenet", schedule="cosine").milestones == (1 / 3, 2 / 3)  # the recipe's own, now unused
     with pytest.raises(ValueError, match="warmup-steps must be zero or more"):
         get_recipe("he2016", warmup_steps=-1)
+
+
+def test_values_torch_would_refuse_at_the_first_step_are_refused_up_front():
+    with pytest.raises(ValueError, match="label-smoothing is a fraction of the target, at most 1, got 2"):
+        get_recipe("fast", label_smoothing=2)
+    with pytest.raises(ValueError, match="recipe fast uses Nesterov momentum, which needs a momentum above 0"):
+        get_recipe("fast", momentum=0)
+    assert get_recipe("fast", momentum=0, nesterov=False).momentum == 0
+    # NumPy numbers arrive as Python's, which config.json can hold.
+    r = get_recipe("fast", batch_size=np.int64(32), lr=np.float32(0.5))
+    assert type(r.batch_size) is int and type(r.lr) is float and json.dumps(r.to_dict())
+
+
+def test_a_warm_up_asked_for_a_net_the_recipe_would_not_warm_up_is_refused():
+    from resnetlab.train import TrainConfig, resolve_recipe
+
+    config = TrainConfig(model="resnet20", recipe="he2016", recipe_overrides={"warmup_steps": 10, "warmup_lr": 0.001})
+    with pytest.raises(ValueError, match="he2016 warms up nets of 110 layers and deeper, and resnet20 has 20: "
+                                         "add --recipe-arg warmup_min_depth=0 for its warmup_lr and warmup_steps"):
+        resolve_recipe(config)
+    deeper = resolve_recipe(TrainConfig(model="resnet110", recipe="he2016", recipe_overrides={"warmup_steps": 10}))
+    assert lr_at(deeper, 9, 1000, depth=110) == 0.01 and lr_at(deeper, 10, 1000, depth=110) == 0.1
+    config.recipe_overrides["warmup_min_depth"] = 0
+    assert lr_at(resolve_recipe(config), 5, 1000, depth=20) == 0.001

@@ -2,7 +2,6 @@
 
 import copy
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -111,6 +110,27 @@ def test_scale_augmentation_runs_resume_to_the_same_weights(tmp_path):
     straight = train(tiny(tmp_path, "straight", **kw))
     assert runs.read_config(straight.run_dir)["recipe"]["scale_crop"] == [0.08, 1.0]
     assert_same_weights(straight.run_dir, stopped_and_resumed(tmp_path, 5, **kw).run_dir)
+
+
+def test_a_folder_that_changed_since_its_run_started_is_refused_on_resume(tmp_path):
+    """Resuming on other images would end a run no uninterrupted one could; with images gone, one epoch
+    of the plan would have no batches at all."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    for name, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200))):
+        (photos / name).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (8, 8), (colour[0], i * 10, colour[2])).save(photos / name / f"{i}.png")
+    kw = dict(dataset=f"folder:{photos}", recipe="fast", image_size=8, batch_size=4, steps=8, workers=0)
+    with pytest.raises(Interrupted):
+        train(tiny(tmp_path, **kw), stop_at=2)
+    (photos / "red" / "3.png").unlink()
+    with pytest.raises(runs.RunError, match=r"photos holds 2 classes and 1\d \+ \d images, not the run's 2 and 18 \+ 2: not the same data"):
+        resume(tmp_path / "run", device="cpu", progress=False)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(photos / "red" / "3.png")  # as many images, another one
+    with pytest.raises(runs.RunError, match="but other images or labels"):
+        resume(tmp_path / "run", device="cpu", progress=False)
 
 
 def test_folders_with_scale_augmentation_train_on_crops_and_evaluate_on_centre_crops(tmp_path):
@@ -451,13 +471,18 @@ def test_killed_or_out_of_space_while_saving_the_run_can_still_be_resumed(tmp_pa
 
 
 @needs_fashion
-def test_ctrl_c_mid_step_stops_after_that_step_and_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    """SIGINT arriving inside a forward pass (batch norms already updated) finishes the step, saves it,
-    and the resumed run ends as the uninterrupted one, batch-norm statistics and counts included."""
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_mid_step_stops_after_that_step_and_resumes_to_the_same_weights(tmp_path, monkeypatch, signum):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's notice) arriving inside a forward pass (batch norms already
+    updated) finishes the step, saves it, and the resumed run ends as the uninterrupted one, batch-norm
+    statistics and counts included."""
     import os
     import signal
 
     import resnetlab.train as train_module
+
+    signum = getattr(signal, signum)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     straight = train(tiny(tmp_path, "straight"))
     real_build = train_module.build_train_step
@@ -469,7 +494,7 @@ def test_ctrl_c_mid_step_stops_after_that_step_and_resumes_to_the_same_weights(t
             if module.training:
                 calls.append(1)
                 if len(calls) == 13:  # in the 13th training step, after layer1's batch norms ran
-                    os.kill(os.getpid(), signal.SIGINT)
+                    os.kill(os.getpid(), signum)
 
         model.layer1.register_forward_hook(hook)
         return real_build(model, *args, **kwargs)
@@ -478,7 +503,7 @@ def test_ctrl_c_mid_step_stops_after_that_step_and_resumes_to_the_same_weights(t
     with pytest.raises(Interrupted, match="stopped at step 13"):
         train(tiny(tmp_path, "resumed"))
     monkeypatch.undo()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # the handlers before are back
     resumed = resume(tmp_path / "resumed", device="cpu", progress=False)
     assert resumed.steps == 20
     assert_same_weights(straight.run_dir, resumed.run_dir)
@@ -488,9 +513,15 @@ def test_ctrl_c_mid_step_stops_after_that_step_and_resumes_to_the_same_weights(t
 def test_a_diverging_run_stops_and_saves_no_nan(tmp_path):
     """A loss that is no longer a number stops the run with the reason, before NaN weights are saved;
     weights holding NaN (a run of an older version, a damaged file) are refused where they are loaded."""
-    with pytest.raises(Diverged, match="the loss is nan in the epoch ending at step 8 .*learning rate.*nothing was saved"):
+    with pytest.raises(Diverged, match="the loss is nan in the epoch up to step 8 .*learning rate.*nothing was saved"):
         train(tiny(tmp_path, steps=16, lr=1e6))
     assert not (tmp_path / "run" / runs.WEIGHTS).exists() and not runs.read_metrics(tmp_path / "run", missing_ok=True)
+    # Stopped mid-epoch (Ctrl-C, stop_at) after diverging: the good checkpoint of the epoch before stays.
+    exploding = dict(steps=16, recipe_overrides={"schedule": "multistep", "milestones": [0.5], "gamma": 1e9})
+    with pytest.raises(Diverged, match="in the epoch up to step 14 .*the run's last checkpoint, step 8, is kept"):
+        train(tiny(tmp_path, "late", **exploding), stop_at=14)
+    assert runs.load_checkpoint(tmp_path / "late")["step"] == 8
+    runs.load_model(tmp_path / "late")  # its weights are finite
     result = train(tiny(tmp_path, "good", steps=8))
     weights = load_file(result.run_dir / runs.WEIGHTS)
     weights["layer1.0.bn1.running_var"][0] = float("nan")
@@ -547,12 +578,17 @@ def test_a_damaged_checkpoint_or_config_is_one_readable_error(tmp_path):
 
 @needs_fashion
 def test_an_experiment_trains_a_diverging_variant_to_its_end(tmp_path):
-    """The papers' failing variants are results: an experiment's run goes on past a non-finite loss."""
+    """The papers' failing variants are results: an experiment's run goes on past a non-finite loss. Its
+    metrics stay JSON any reader parses (Python would write NaN, which JSON has not), the loss as null."""
     from resnetlab.experiments import train_or_reuse
 
+    def strict(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
     run_dir = train_or_reuse(tiny(tmp_path, steps=16, lr=1e6))
-    rows = runs.read_metrics(run_dir)
-    assert [r["step"] for r in rows] == [8, 16] and not all(map(math.isfinite, (r["train_loss"] for r in rows)))
+    rows = [json.loads(line, parse_constant=strict) for line in (run_dir / runs.METRICS).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [8, 16] and [r["train_loss"] for r in rows] == [None, None]
+    assert all(0 <= r["train_acc"] <= 1 for r in rows) and runs.read_metrics(run_dir) == rows
 
 
 @needs_fashion

@@ -43,7 +43,8 @@ def colour_pca(images: torch.Tensor, pixels: int = 1_000_000, seed: int = 0) -> 
     g = torch.Generator().manual_seed(seed)
     if x.shape[1] > pixels:
         x = x[:, torch.randint(0, x.shape[1], (pixels,), generator=g)]
-    eigval, eigvec = torch.linalg.eigh(torch.cov(x.double() / 255))
+    # atleast_2d: one channel's covariance is its variance, and its one component is brightness.
+    eigval, eigvec = torch.linalg.eigh(torch.atleast_2d(torch.cov(x.double() / 255)))
     return {"eigval": eigval.flip(0).clamp(min=0).tolist(), "eigvec": eigvec.flip(1).tolist()}
 
 

@@ -153,8 +153,7 @@ def get_recipe(name: str, **overrides) -> Recipe:
     unknown = set(overrides) - set(fields)
     if unknown:
         raise ValueError(f"recipes have no field {', '.join(sorted(unknown))}; they have {', '.join(fields)}")
-    overrides = _tuples(overrides)
-    check_types(Recipe, overrides)
+    overrides = check_types(Recipe, _tuples(overrides))  # NumPy numbers as Python's, which config.json can hold
     recipe = replace(recipe, **overrides)
     for key in ("lr", "batch_size", "steps", "epochs"):
         value = getattr(recipe, key)
@@ -167,6 +166,11 @@ def get_recipe(name: str, **overrides) -> Recipe:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {recipe.schedule!r}")
     if recipe.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {recipe.optimizer!r}")
+    if recipe.label_smoothing > 1:
+        raise ValueError(f"label-smoothing is a fraction of the target, at most 1, got {recipe.label_smoothing}")
+    if recipe.optimizer == "sgd" and recipe.nesterov and not recipe.momentum:
+        raise ValueError(f"recipe {recipe.name} uses Nesterov momentum, which needs a momentum above 0: "
+                         "add --recipe-arg nesterov=false")
     _check_milestones(recipe, overrides)
     for key in ("warmup_steps", "pad_crop"):
         if getattr(recipe, key) < 0:

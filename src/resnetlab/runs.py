@@ -6,14 +6,16 @@
     RUN_DIR/metrics.jsonl      one JSON line per epoch
     RUN_DIR/grad_norms.json    per-layer gradient norms every N steps, when asked for
 
-Every file is written to a temporary name and renamed into place, so an interrupted write never
-leaves a half file where a good one was. A training process holds ``RUN_DIR/.lock`` while it runs,
-so that a second one cannot write into the same directory.
+Every file but metrics.jsonl is written to a temporary name and renamed into place, so an interrupted
+write never leaves a half file where a good one was; metrics.jsonl gains a line an epoch, and a last
+line cut short by a kill is passed over when it is read. A training process holds ``RUN_DIR/.lock``
+while it runs, so that a second one cannot write into the same directory.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -90,9 +92,28 @@ class RunLock:
         self._file.close()  # closing the file releases the lock
 
 
+def to_json(data: object, indent: int | None = None) -> str:
+    """``data`` as strict JSON, a float that is not finite (a diverged run's loss) as null: Python's
+    own NaN and Infinity are not JSON, and a browser's ``JSON.parse`` or jq refuses them."""
+    try:
+        return json.dumps(data, indent=indent, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite_or_none(data), indent=indent, allow_nan=False)
+
+
+def _finite_or_none(value: object) -> object:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
 def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+    """Write ``data`` as indented JSON (see ``to_json``), atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(to_json(data, indent=2) + "\n"))
 
 
 def read_config(run_dir: str | Path) -> dict:
@@ -287,13 +308,13 @@ def read_metrics(run_dir: str | Path, missing_ok: bool = False) -> list[dict]:
 def append_metrics(run_dir: Path, row: dict) -> None:
     """Add one epoch's metrics to metrics.jsonl."""
     with open(run_dir / METRICS, "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(to_json(row) + "\n")
 
 
 def truncate_metrics(run_dir: Path, last_step: int) -> None:
     """Drop metric lines written after ``last_step`` (a resumed run writes them again)."""
     rows = [r for r in read_metrics(run_dir, missing_ok=True) if r["step"] <= last_step]
-    text = "".join(json.dumps(r) + "\n" for r in rows)
+    text = "".join(to_json(r) + "\n" for r in rows)
     atomic_write(run_dir / METRICS, lambda tmp: Path(tmp).write_text(text))
 
 

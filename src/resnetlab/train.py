@@ -128,7 +128,13 @@ def resolve_recipe(config: TrainConfig) -> Recipe:
     """The recipe ``config`` names, with its recipe overrides and then its flags (``--lr`` and the like) applied."""
     flags = {"epochs": config.epochs, "steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
              "weight_decay": config.weight_decay}
-    return get_recipe(config.recipe, **{**config.recipe_overrides, **{k: v for k, v in flags.items() if v is not None}})
+    recipe = get_recipe(config.recipe, **{**config.recipe_overrides, **{k: v for k, v in flags.items() if v is not None}})
+    given = sorted({"warmup_steps", "warmup_lr"} & set(config.recipe_overrides))
+    depth = depth_of(config.model)
+    if given and recipe.warmup_steps and depth < recipe.warmup_min_depth:  # asked for, and silently skipped
+        raise ValueError(f"recipe {recipe.name} warms up nets of {recipe.warmup_min_depth} layers and deeper, and "
+                         f"{config.model} has {depth}: add --recipe-arg warmup_min_depth=0 for its {' and '.join(given)}")
+    return recipe
 
 
 def train(config: TrainConfig | None = None, stop_at: int | None = None, **overrides) -> TrainResult:
@@ -233,8 +239,8 @@ def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, sto
 
     ``device`` and ``workers`` may differ from the first run's: they change where and how fast, not what.
     So may ``data_dir``, where the same data now lives (a folder dataset's folder, or the folder holding
-    a named dataset's files): the run is moved to it if its classes, image counts and digest (see
-    ``data.fingerprint``) are the run's.
+    a named dataset's files). The data, moved or not, must be the run's: its classes, image counts and
+    digest (see ``data.fingerprint``).
     """
     run_dir = Path(run_dir)
     world = distributed.world_from_env()
@@ -260,17 +266,18 @@ def _resume(run_dir: Path, saved: dict, world: distributed.World, device: str, p
         saved["dataset"], saved["data_dir"], saved["limit_train"], saved["limit_test"], saved["seed"],
         **reload_sizes(saved["dataset"], saved),
     )
-    if moved:
-        found = (list(train_set.classes), len(train_set), len(test_set))
-        if found != (saved["classes"], saved["train_examples"], saved["test_examples"]):
-            raise runs.RunError(f"{data_dir} holds {len(found[0])} classes and {found[1]:,} + {found[2]:,} images, not the run's "
-                                f"{len(saved['classes'])} and {saved['train_examples']:,} + {saved['test_examples']:,}: not the same data")
-        expected = saved.get("data_fingerprint")  # runs of earlier versions have none: counts and classes only
-        if expected and expected != _data_fingerprint(train_set, test_set):
-            raise runs.RunError(f"{data_dir} holds as many images of the same classes as the run's data, but other "
-                                "images or labels (or in another order): not the same data")
-        if world.is_main:  # eval and later resumes find it there too
-            runs.write_json(run_dir / runs.CONFIG, saved)
+    # Moved or not, the data must be what the run started on: a folder may have lost or gained images since.
+    where = data_dir if moved else saved["dataset"].removeprefix("folder:")
+    found = (list(train_set.classes), len(train_set), len(test_set))
+    if found != (saved["classes"], saved["train_examples"], saved["test_examples"]):
+        raise runs.RunError(f"{where} holds {len(found[0])} classes and {found[1]:,} + {found[2]:,} images, not the run's "
+                            f"{len(saved['classes'])} and {saved['train_examples']:,} + {saved['test_examples']:,}: not the same data")
+    expected = saved.get("data_fingerprint")  # runs of earlier versions have none: counts and classes only
+    if expected and expected != _data_fingerprint(train_set, test_set):
+        raise runs.RunError(f"{where} holds as many images of the same classes as the run's data, but other "
+                            "images or labels (or in another order): not the same data")
+    if moved and world.is_main:  # eval and later resumes find it there too
+        runs.write_json(run_dir / runs.CONFIG, saved)
     device = distributed.setup(world, pick_device(device))
     return _run(saved, run_dir, train_set, test_set, device, progress, stop_at, checkpoint, world, workers)
 
@@ -319,6 +326,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             if run.step == stop_at and not (last or run.step % steps_per_epoch == 0):  # mid-epoch: no row to write
                 run.elapsed = time.perf_counter() - started
                 distributed.sum_across(run.train_step.sums, world)  # the partial epoch's sums, of every process
+                _stop_if_diverged(run)
                 _save(run)
                 raise Interrupted(run_dir, run.step)
             row = _epoch_row(run, lr, epoch_start, resumed_seen)
@@ -340,7 +348,8 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         # may be half done (batch norms updated, weights not), so the last checkpoint stays as it is.
         raise Interrupted(run_dir, run.saved_step) from None
     except DataError as err:  # a file that cannot be read, met mid-run: keep what was trained
-        if world.size == 1 and in_epoch:  # not in the epoch's evaluation, before its row is written: the last checkpoint stands
+        # Not in the epoch's evaluation, before its row is written, nor weights gone NaN: the last checkpoint stands.
+        if world.size == 1 and in_epoch and math.isfinite(run.train_step.read_sums()["loss"]):
             run.elapsed = time.perf_counter() - started
             _save(run)
         raise DataError(f"{err}. The run is saved at step {run.saved_step}; continue it with: "
@@ -446,16 +455,22 @@ def _train_epoch(run: _RunState, train_loader: DeviceLoader, stop_at: int | None
     return lr
 
 
+def _stop_if_diverged(run: _RunState) -> dict:
+    """The epoch's sums so far; Diverged if their loss is not finite, so that no NaN weights are saved
+    over the last good checkpoint. Read before every save, not every step: a read waits for the GPU."""
+    totals = run.train_step.read_sums()
+    if not math.isfinite(totals["loss"]) and run.saved.get("stop_on_divergence", True):
+        kept = f"the run's last checkpoint, step {run.saved_step}, is kept" if run.saved_step else "nothing was saved"
+        raise Diverged(f"training diverged: the loss is {totals['loss']} in the epoch up to step {run.step} "
+                       f"(too high a learning rate?); {kept}")
+    return totals
+
+
 def _epoch_row(run: _RunState, lr: float, epoch_start: float, resumed_seen: int) -> dict:
     """The epoch's metrics row from the sums of every process, test columns empty; Diverged if the loss is not finite."""
     distributed.sum_across(run.train_step.sums, run.world)
-    totals = run.train_step.read_sums()
+    totals = _stop_if_diverged(run)
     seen = totals["seen"]
-    if not math.isfinite(totals["loss"]) and run.saved.get("stop_on_divergence", True):
-        # Read once an epoch: a NaN is not saved over the last good checkpoint.
-        kept = f"the run's last checkpoint, step {run.saved_step}, is kept" if run.saved_step else "nothing was saved"
-        raise Diverged(f"training diverged: the loss is {totals['loss']} in the epoch ending at step {run.step} "
-                       f"(too high a learning rate?); {kept}")
     return {
         "epoch": round(run.step / run.saved["steps_per_epoch"], 4), "step": run.step, "lr": lr,
         "train_loss": totals["loss"] / seen, "train_acc": totals["correct"] / seen,
@@ -498,24 +513,28 @@ def _save(run: _RunState) -> None:
 
 
 class _StepEndInterrupt:
-    """Ctrl-C taken at the end of the training step under way, so that the checkpoint it leads to
-    holds whole steps and the resumed run ends as an uninterrupted one would; a second Ctrl-C
-    interrupts at once. Only where Python lets a handler be set (the main thread) and ``enabled``."""
+    """Ctrl-C, or SIGTERM (what a cluster's scheduler or ``docker stop`` sends before killing), taken at
+    the end of the training step under way, so that the checkpoint it leads to holds whole steps and the
+    resumed run ends as an uninterrupted one would; a second signal interrupts at once. Only where
+    Python lets a handler be set (the main thread) and ``enabled``."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, enabled: bool) -> None:
         self.requested, self.pid = False, os.getpid()
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.previous = signal.signal(signal.SIGINT, self._handle) if self.enabled else None
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS} if self.enabled else {}
 
     def _handle(self, signum: int, frame) -> None:
         if self.requested or os.getpid() != self.pid:  # again; or in a DataLoader worker, which just ends
             raise KeyboardInterrupt
         self.requested = True
-        tqdm.write("stopping after this step and saving it (Ctrl-C again stops at once, keeping the last checkpoint)")
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        tqdm.write(f"{what}: stopping after this step and saving it (a second one stops at once, keeping the last checkpoint)")
 
     def restore(self) -> None:
-        if self.enabled:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def _tensorboard(run_dir: Path):
