@@ -472,3 +472,46 @@ def test_a_mistyped_option_gets_the_commands_usage_and_the_nearest_option(capsys
     with pytest.raises(SystemExit):
         main(["train", "--modle", "resnet20"])
     assert "resnetlab train: error: unrecognized arguments: --modle resnet20 (did you mean --model?)" in capsys.readouterr().err
+
+
+def _fashion_pngs(folder: Path, count: int) -> list[Path]:
+    from resnetlab.data import load_split
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{chr(ord('a') + i)}.png" for i in range(count)]
+    for path, image in zip(paths, load_split("fashion-mnist", "test", None, limit=count, seed=0).images):
+        Image.fromarray(image[0].numpy()).save(path)
+    return paths
+
+
+def test_predict_refuses_a_csv_that_would_overwrite_an_image(trained_run, tmp_path, capsys):
+    """`predict RUN --csv *.png`: the shell gives --csv the first image, which once became CSV text."""
+    a, b = _fashion_pngs(tmp_path, 2)
+    before = a.read_bytes()
+    fails_cleanly(capsys, "predict", trained_run, "--csv", a, b, "--device", "cpu", match=f"--csv {a} names an image file")
+    odd = tmp_path / "scan.data"  # an image by its content, given by name: not to be written over either
+    odd.write_bytes(before)
+    fails_cleanly(capsys, "predict", trained_run, odd, "--csv", odd, "--device", "cpu", match="names an image file")
+    assert a.read_bytes() == before and odd.read_bytes() == before and not list(tmp_path.glob("*.csv"))
+
+
+def test_an_interrupted_predict_leaves_the_old_csv_whole(trained_run, tmp_path, capsys, monkeypatch):
+    import resnetlab.predict
+
+    images = _fashion_pngs(tmp_path / "photos", 3)
+    table = tmp_path / "answers.csv"
+    table.write_text("precious\n")
+    real = resnetlab.predict.iter_predictions
+
+    def interrupted(*args, **kwargs):
+        answers = real(*args, **kwargs)
+        yield next(answers)  # one answer written, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(resnetlab.predict, "iter_predictions", interrupted)
+    assert run(capsys, "predict", trained_run, *images, "--device", "cpu", "--csv", table)[0] == 130
+    assert table.read_text() == "precious\n" and not list(tmp_path.glob(".*.tmp"))
+    monkeypatch.undo()
+    code, out, err = run(capsys, "predict", trained_run, *images, "--device", "cpu", "--csv", table)
+    assert code == 0 and out == f"3 images classified: {table}\n", err
+    assert len(table.read_text().splitlines()) == 4

@@ -97,3 +97,38 @@ def test_export_published_weights(tmp_path, monkeypatch, capsys):
     assert json.loads(props["resnetlab.classes"]) == weights.meta["categories"]
     assert "resize the shorter side to 256 and crop the centre first" in props["resnetlab.input"]
     assert main(["export"]) == 2
+
+
+def test_no_check_says_it_was_skipped_and_an_upper_case_suffix_is_taken(run_dir, tmp_path, capsys):
+    path = tmp_path / "model.ONNX"  # as .KERAS and .H5 are taken
+    assert main(["export", str(run_dir), "--no-check", "-o", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "the check was skipped" in out and "install onnxruntime" not in out  # it is installed: importorskip above
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def test_a_directory_named_as_the_output_is_called_one(run_dir, tmp_path, capsys):
+    (tmp_path / "d.onnx").mkdir()
+    assert main(["export", str(run_dir), "-o", str(tmp_path / "d.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: could not write {tmp_path / 'd.onnx'}: it is a directory; give a file name\n"
+
+
+def test_only_a_full_disk_is_called_one(tmp_path):
+    import errno
+
+    from resnetlab.runs import RunError, atomic_write
+
+    def fails(error):
+        def write(tmp):
+            raise error
+        return write
+
+    path = tmp_path / "kept.onnx"
+    path.write_bytes(b"an earlier export")
+    with pytest.raises(RunError, match=r"\(No space left on device\); is the disk full\? What was saved before is kept"):
+        atomic_write(path, fails(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(RunError) as refused:
+        atomic_write(path, fails(PermissionError(errno.EACCES, "Permission denied")))
+    assert str(refused.value) == f"could not write {path} (Permission denied). What was saved before is kept"
+    assert path.read_bytes() == b"an earlier export" and not list(tmp_path.glob(".*.tmp"))

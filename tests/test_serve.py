@@ -134,3 +134,115 @@ def test_class_names_cannot_inject_markup(run_dir, tmp_path):
     page = server.page()
     server.server_close()
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def raw_request(server, raw: bytes, timeout: float = 10) -> bytes:
+    """What the server answers to ``raw``, sent as is and left open for the answer."""
+    import socket
+
+    with socket.create_connection(server.server_address[:2], timeout=timeout) as s:
+        s.sendall(raw)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_too_large_upload_is_refused_with_an_answer_the_sender_sees(server, monkeypatch):
+    """urllib, like a browser, sends the whole body before it reads: the body is read and dropped, then refused."""
+    from resnetlab import serve
+
+    monkeypatch.setattr(serve, "MAX_UPLOAD", 1 << 20)
+    status, body = request(server.url + "predict", bytes(16 << 20))  # more than the socket buffers hold
+    assert status == 413 and "16,777,216 bytes is over the 1,048,576-byte limit" in json.loads(body)["error"]
+    status, _ = request(server.url + "info")
+    assert status == 200
+
+
+def test_a_bad_or_short_content_length_gets_an_answer_and_frees_its_thread(server, monkeypatch):
+    from resnetlab import serve
+
+    answer = raw_request(server, b"POST /predict HTTP/1.0\r\nContent-Length: abc\r\n\r\nxxx")
+    assert answer.startswith(b"HTTP/1.0 400 ") and b"Content-Length must be a number of bytes, not 'abc'" in answer
+    monkeypatch.setattr(serve._Handler, "timeout", 0.5)
+    answer = raw_request(server, b"POST /predict HTTP/1.0\r\nContent-Length: 1000\r\n\r\nshort")  # then nothing
+    assert answer.startswith(b"HTTP/1.0 408 ") and b"stopped after 5 of the 1,000 bytes" in answer
+
+
+def test_the_page_shows_an_error_when_the_upload_gets_no_answer(server, tmp_path):
+    """The page's script, run by Node with a stand-in DOM: a failed fetch or a reply that is not JSON
+    is shown in the image's row, not left at "name: ..."."""
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("node") is None:
+        pytest.skip("Node.js is not installed")
+    script = re.search(r"<script>(.*)</script>", server.page(), re.S).group(1)
+    harness = """
+const elements = {};
+const element = () => ({ classList: { add() {}, remove() {} }, children: [], textContent: "", className: "",
+                         prepend(c) { this.children.unshift(c); }, appendChild(c) { this.children.push(c); } });
+globalThis.document = { getElementById: id => (elements[id] ??= element()), createElement: element };
+globalThis.URL = { createObjectURL: () => "blob:" };
+const replies = [
+  () => { throw new TypeError("Failed to fetch"); },
+  () => ({ ok: false, status: 502, statusText: "Bad Gateway", json: async () => { throw new SyntaxError("not JSON"); } }),
+  () => ({ ok: false, status: 413, statusText: "", json: async () => ({ error: "too big" }) }),
+];
+SCRIPT
+(async () => {
+  const shown = [];
+  for (const reply of replies) {
+    globalThis.fetch = async () => reply();
+    await classify({ name: "shoe.png" });
+    const out = elements.results.children[0].children[1];
+    shown.push([out.className, out.textContent]);
+  }
+  console.log(JSON.stringify(shown));
+})();
+""".replace("SCRIPT", script)
+    (tmp_path / "page.js").write_text(harness)
+    done = subprocess.run(["node", str(tmp_path / "page.js")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [["error", "shoe.png: no answer from the server (Failed to fetch)"],
+                                       ["error", "shoe.png: the server answered 502 Bad Gateway"],
+                                       ["error", "shoe.png: too big"]]
+
+
+def test_a_run_that_cannot_be_read_is_not_called_a_port_problem(run_dir, tmp_path, capsys):
+    import shutil
+    import socket
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "config.json").unlink()
+    (broken / "config.json").mkdir()  # exists, and reading it is an OSError, as an unreadable file's is
+    assert main(["serve", str(broken), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "config.json" in err and "listen" not in err and "--port" not in err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(run_dir), "--port", str(port)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot listen on 127.0.0.1:{port} (")
+
+
+def test_an_ipv6_host_is_served_and_bracketed_in_the_url(run_dir):
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    srv = PredictionServer(run_dir, host="::1", port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        assert srv.url == f"http://[::1]:{srv.server_address[1]}/"
+        status, body = request(srv.url + "info")
+        assert status == 200 and json.loads(body)["model"] == "resnet8"
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -477,6 +477,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
             what = f" ({run_dir} is a file, not a run directory)" if Path(run_dir).is_file() else ""
             raise ValueError(f"no images given{what}: resnetlab predict RUN_DIR IMAGE... (or --pretrained MODEL IMAGE...)")
     images = _image_paths(inputs)  # before the model loads (or downloads), so a wrong path fails at once
+    if args.csv is not None:
+        from .data import IMAGE_EXTENSIONS
+
+        # `--csv *.png`: the shell hands the first image to --csv, which would be written over.
+        target = Path(args.csv).resolve()
+        if target.suffix.lower() in IMAGE_EXTENSIONS or target in {Path(p).resolve() for p in images}:
+            raise ValueError(f"--csv {args.csv} names an image file, which the CSV would overwrite; "
+                             "give a .csv file name after --csv")
     model, config = load_published(args.pretrained, device) if args.pretrained else load_model(run_dir, device)
     top_k = min(top_k, len(config["classes"]))
     views, scales = _views(args)
@@ -487,19 +495,28 @@ def cmd_predict(args: argparse.Namespace) -> None:
         return
     import csv
 
-    count, f = 0, None
-    try:
-        for count, pred in enumerate(answers, 1):
-            if f is None:  # opened with the first answer: a file there stays as it was if none comes
-                Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-                f = open(args.csv, "w", newline="")
-                writer = csv.writer(f)
-                writer.writerow(["path"] + [f"{what}_{rank}" for rank in range(1, top_k + 1) for what in ("class", "probability")])
-            # Row by row: what was answered stays if a later file fails.
-            writer.writerow([pred.path] + [v for c, p in zip(pred.classes, pred.probabilities) for v in (c, f"{p:.6f}")])
-    finally:
-        if f is not None:
-            f.close()
+    from .data import DataError
+    from .runs import atomic_write
+
+    count, unreadable = 0, None
+
+    def write(tmp: str) -> None:
+        nonlocal count, unreadable
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path"] + [f"{what}_{rank}" for rank in range(1, top_k + 1) for what in ("class", "probability")])
+            try:
+                for count, pred in enumerate(answers, 1):
+                    writer.writerow([pred.path] + [v for c, p in zip(pred.classes, pred.probabilities) for v in (c, f"{p:.6f}")])
+            except DataError as e:
+                if count == 0:
+                    raise  # no answer: a file already there stays as it was
+                unreadable = e  # the answers before the unreadable file are kept, as printed ones would be
+
+    # Through a temporary file: Ctrl-C or a crash leaves the old CSV, never half a new one over it.
+    atomic_write(Path(args.csv), write)
+    if unreadable is not None:
+        raise unreadable
     print(f"{count} image{'s' if count != 1 else ''} classified: {args.csv}")
 
 

@@ -97,7 +97,7 @@ _SYSTEM_DIRS: dict[str, tuple[str, ...]] = {
     "mnist": ("/usr/share/datasets/mnist",),
 }
 
-_IMAGE_EXTENSIONS = {
+IMAGE_EXTENSIONS = {
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
 }  # fmt: skip
 # What each reader returns: images (N, C, H, W) uint8, labels (N,), class names.
@@ -1002,7 +1002,7 @@ def _image_files(top: Path | str) -> Iterator[str]:
             continue
         if entry.is_dir(follow_symlinks=False):
             yield from _image_files(entry.path)
-        elif os.path.splitext(entry.name)[1].lower() in _IMAGE_EXTENSIONS and entry.is_file():
+        elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
             yield entry.path
 
 
@@ -1086,7 +1086,7 @@ def _check_classes(folder: Path, by_class: dict[str, list[str]]) -> list[str]:
     empty = [c for c, files in by_class.items() if not files]
     if empty:
         raise DataError(f"{folder}: class folder(s) {', '.join(empty)} hold no images "
-                        f"({', '.join(sorted(_IMAGE_EXTENSIONS))}); add images or remove them")  # fmt: skip
+                        f"({', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove them")  # fmt: skip
     return sorted(by_class)
 
 

@@ -39,12 +39,15 @@ class ExportReport:
 
     path: Path
     input_shape: tuple[str | int, ...]
-    max_abs_diff: float | None  # None when ONNX Runtime is not installed
+    max_abs_diff: float | None  # None when not checked
+    skipped: bool = False  # the check was turned off (check=False), rather than ONNX Runtime missing
 
     def text(self) -> str:
         shape = "x".join(str(d) for d in self.input_shape)
         lines = [f"wrote {self.path} (input {INPUT!r}: {shape} float32 scaled to 0-1, output {OUTPUT!r})"]
-        if self.max_abs_diff is None:
+        if self.skipped:
+            lines.append("not checked against PyTorch: the check was skipped (--no-check)")
+        elif self.max_abs_diff is None:
             lines.append("not checked: install onnxruntime to compare it with PyTorch")
         else:
             lines.append(f"ONNX Runtime matches PyTorch: largest logit difference {self.max_abs_diff:.2e}")
@@ -80,12 +83,12 @@ def export_onnx(run_dir: str | Path | None, out: str | Path | None = None, check
     except ImportError:
         raise RuntimeError("ONNX export needs the onnx and onnxscript packages: pip install 'resnetlab[export]'") from None
     model, config, path = load_for_export(run_dir, pretrained, out, ".onnx")
-    if path.suffix != ".onnx":
+    if path.suffix.lower() != ".onnx":  # x.ONNX too, as .KERAS and .H5 are taken
         raise ValueError(f"the export goes to a .onnx file, not {path.name}")
     wrapped = Preprocessed(model, config["mean"], config["std"]).eval()
     side, channels = config["image_size"], config["channels"]
     example = torch.rand(2, channels, side, side, generator=torch.Generator().manual_seed(0))
-    report = ExportReport(path, ("batch", channels, side, side), None)
+    report = ExportReport(path, ("batch", channels, side, side), None, skipped=not check)
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings():

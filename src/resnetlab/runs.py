@@ -45,6 +45,8 @@ class RunError(Exception):
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path``; a failed write (a full disk) is a
     RunError naming the file, and leaves what ``path`` held before."""
+    if path.is_dir():  # refused before ``write``, which may take minutes
+        raise RunError(f"could not write {path}: it is a directory; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -53,8 +55,12 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; run files are meant to be shared
         os.replace(tmp, path)
     except OSError as e:
+        import errno
+
         reason = e.strerror or str(e).splitlines()[0]
-        raise RunError(f"could not write {path} ({reason}); is the disk full? What was saved before is kept") from None
+        # No errno: a writer's own report (torch.save's "unexpected pos"), which is how a full disk reaches it.
+        hint = "; is the disk full?" if e.errno in (errno.ENOSPC, None) else "."
+        raise RunError(f"could not write {path} ({reason}){hint} What was saved before is kept") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

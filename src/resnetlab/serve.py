@@ -36,7 +36,10 @@ from .predict import predict_images
 from .pretrained import load_published
 from .runs import load_model
 
-MAX_UPLOAD = 20 << 20  # bytes; bigger bodies are refused before they are read
+MAX_UPLOAD = 20 << 20  # bytes; bigger bodies are refused
+# A refused body up to this size is read and dropped first: a browser (or urllib) sends the whole
+# body before it reads the answer, and would see a broken connection instead of the refusal.
+MAX_DISCARD = 4 * MAX_UPLOAD
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>resnetlab: {model}</title>
@@ -64,9 +67,14 @@ async function classify(file) {{
   const img = document.createElement("img"); img.src = URL.createObjectURL(file); row.appendChild(img);
   const out = document.createElement("div"); out.textContent = file.name + ": ..."; row.appendChild(out);
   document.getElementById("results").prepend(row);
-  const reply = await fetch("predict", {{ method: "POST", body: file, headers: {{ "X-Filename": encodeURIComponent(file.name) }} }});
-  const data = await reply.json();
-  if (!reply.ok) {{ out.innerHTML = ""; out.className = "error"; out.textContent = file.name + ": " + data.error; return; }}
+  let reply, data;
+  try {{
+    reply = await fetch("predict", {{ method: "POST", body: file, headers: {{ "X-Filename": encodeURIComponent(file.name) }} }});
+    data = await reply.json();
+  }} catch (e) {{  // no answer (the server stopped, the connection broke), or one that is not JSON
+    data = {{ error: reply ? `the server answered ${{reply.status}} ${{reply.statusText}}` : `no answer from the server (${{e.message}})` }};
+  }}
+  if (!reply || !reply.ok || data.error) {{ out.className = "error"; out.textContent = file.name + ": " + data.error; return; }}
   const table = document.createElement("table");
   for (const p of data.predictions) {{
     const tr = table.insertRow();
@@ -102,12 +110,20 @@ class PredictionServer(ThreadingHTTPServer):
         if views is not None:  # refused now, not at every upload
             check_views(views, self.config.get("resize_size"), self.config["image_size"])
         self.lock = threading.Lock()  # one forward pass at a time: threads would only fight over the cores
-        super().__init__((host, port), _Handler)
+        try:  # around the bind alone: a run that cannot be read is no port problem
+            # IPv4 or IPv6, whichever the host is (the class alone knows only IPv4), as http.server's main picks it.
+            self.address_family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                       flags=socket.AI_PASSIVE)[0]
+            super().__init__(address, _Handler)
+        except socket.gaierror as e:  # before the OSError it is a kind of
+            raise RuntimeError(f"cannot listen on {host}: no such address here ({e.strerror or e}); check --host") from None
+        except OSError as e:
+            raise RuntimeError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
     def page(self) -> str:
         c = self.config
@@ -139,6 +155,7 @@ class PredictionServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: PredictionServer
+    timeout = 30  # seconds a client may stall mid-request before its thread is given back
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
@@ -164,15 +181,31 @@ class _Handler(BaseHTTPRequestHandler):
         if top_k is not None and top_k < 1:
             self._json(HTTPStatus.BAD_REQUEST, {"error": f"top_k must be a whole number of at least 1, not {query['top_k'][0]!r}"})
             return
-        size = int(self.headers.get("Content-Length") or 0)
-        if size <= 0:
+        length = (self.headers.get("Content-Length") or "0").strip()
+        if not (length.isascii() and length.isdigit()):
+            self.close_connection = True  # where the body ends is unknown
+            self._json(HTTPStatus.BAD_REQUEST, {"error": f"Content-Length must be a number of bytes, not {length!r}"})
+            return
+        size = int(length)
+        if size == 0:
             self._json(HTTPStatus.BAD_REQUEST, {"error": "send an image file as the request body (with its Content-Length), "
                                                          "or as a multipart form's file (curl -F file=@photo.jpg)"})
             return
         if size > MAX_UPLOAD:
+            self.close_connection = True
+            if size <= MAX_DISCARD:
+                self._receive(size, keep=False)  # all of it or not, the answer is this one
             self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"{size:,} bytes is over the {MAX_UPLOAD:,}-byte limit"})
             return
-        data, name = self.rfile.read(size), unquote(self.headers.get("X-Filename", "upload"))
+        data, stalled = self._receive(size)
+        if len(data) < size:
+            self.close_connection = True
+            status, why = ((HTTPStatus.REQUEST_TIMEOUT, f"nothing more came for {self.timeout} seconds") if stalled
+                           else (HTTPStatus.BAD_REQUEST, "the client stopped sending"))
+            self._json(status, {"error": f"the body stopped after {len(data):,} of the {size:,} bytes its "
+                                         f"Content-Length gives: {why}"})
+            return
+        name = unquote(self.headers.get("X-Filename", "upload"))
         if self.headers.get_content_type() == "multipart/form-data":  # an HTML form, or curl -F file=@photo.jpg
             data, name = _form_file(self.headers["Content-Type"], data)
             if data is None:
@@ -184,6 +217,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
         except Exception as e:  # the page gets a reason; the server goes on
             self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(e).__name__}: {e}"})
+
+    def _receive(self, size: int, keep: bool = True) -> tuple[bytes, bool]:
+        """Up to ``size`` bytes of the body, a chunk at a time (read and dropped unless ``keep``), and whether
+        the client stalled; fewer than ``size`` when it stalled or stopped."""
+        chunks, left = [], size
+        try:
+            while left:
+                chunk = self.rfile.read1(min(left, 1 << 20))  # read1: what came before a stall is counted
+                if not chunk:
+                    break
+                left -= len(chunk)
+                if keep:
+                    chunks.append(chunk)
+        except TimeoutError:
+            return b"".join(chunks), True
+        return b"".join(chunks), False
 
     def _json(self, status: HTTPStatus, data: dict, allow: str | None = None) -> None:
         self._send(status, json.dumps(data).encode(), "application/json", allow)
@@ -198,6 +247,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format: str, *args) -> None:  # one short line per request, not Apache's format
+        if not getattr(self, "command", None):  # no request came (a connection left idle): what happened instead
+            print(f"{self.client_address[0]}: {format % args}", flush=True)
+            return
         print(f"{self.command} {self.path} {args[1] if len(args) > 1 else ''}".rstrip(), flush=True)
 
 
@@ -216,13 +268,8 @@ def _form_file(content_type: str, body: bytes) -> tuple[bytes | None, str]:
 def serve(run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5, device: str = "cpu",
           pretrained: str | None = None, views: str | None = None, scales: Sequence[int] | None = None) -> None:
     """Serve the prediction page of a run (or of published weights) until Ctrl-C; ``views`` as for ``predict_images``."""
-    try:
-        server = PredictionServer(run_dir, host, port, top_k, pick_device(device), pretrained=pretrained, views=views,
-                                  scales=scales)
-    except socket.gaierror as e:  # before the OSError it is a kind of
-        raise RuntimeError(f"cannot listen on {host}: no such address here ({e.strerror or e}); check --host") from None
-    except OSError as e:
-        raise RuntimeError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
+    server = PredictionServer(run_dir, host, port, top_k, pick_device(device), pretrained=pretrained, views=views,
+                              scales=scales)
     source = server.config.get("weights") if pretrained else run_dir
     print(f"serving {server.config['model']} ({source}) at {server.url}  (Ctrl-C stops)", flush=True)
     with server:
