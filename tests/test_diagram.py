@@ -95,6 +95,16 @@ def test_block_layers_in_order(models):
     assert "_relu" not in pre  # nothing after the addition
 
 
+def test_the_head_and_backbones_are_drawn_as_they_compute():
+    relu_preact = model_graph(create_model("resnet20", order="relu_preact")).source
+    assert rows(relu_preact, "final_bn") == ["ReLU"]  # the ReLU after the last stage, with no BN before it
+    stem = model_graph(create_model("resnet18", features_only=True, out_indices=[0])).source
+    assert "stem_conv -> out" in stem and "stem_pool" not in stem  # map 0 is taken before the max pool
+    backbone = model_graph(create_model("resnet18", features_only=True, out_indices=[1, 2])).source
+    assert "9-layer ResNet" in backbone  # the stem conv and eight branch convs; no fc
+    assert "18-layer ResNet" in model_graph(create_model("resnet18")).source
+
+
 def test_plain_nets_have_no_add_and_no_shortcut(models):
     source = model_graph(models["plain20"], collapse=False).source
     assert "⊕" not in source and "identity" not in source and "shortcut" not in source

@@ -243,6 +243,14 @@ def test_options_that_repeat_a_name_or_leave_it_free_still_build():
     assert "widths" in options and not {"block", "layers"} & set(options)
 
 
+def test_options_that_would_do_nothing_or_build_an_empty_stage_are_refused():
+    with pytest.raises(ValueError, match="every stage needs at least one block and one plane"):
+        ResNet(BasicBlock, [2, 0, 2, 2])
+    with pytest.raises(ValueError, match="out_indices chooses a backbone's feature maps: give features_only=True too"):
+        create_model("resnet18", out_indices=[1, 2])
+    assert create_model("resnet18", layers=(2, 2, 2, 2)).num_stages == 4  # what resnet18 fixes, as a tuple
+
+
 def test_contradicting_preact_and_order_is_refused():
     with pytest.raises(ValueError, match="contradicts order='relu_preact'"):
         ResNet(BasicBlock, [1, 1], widths=[8, 16], preact=True, order="relu_preact")
@@ -253,5 +261,12 @@ def test_the_keras_layout_says_which_image_size_it_takes():
     model = create_model("signs_resnet50", layers=[1, 1, 1, 1], widths=[4, 4, 4, 4]).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 6)
-        with pytest.raises(ValueError, match="takes 64x64 images; this input left a 7x7 map"):
+        with pytest.raises(AssertionError, match="takes 64x64 images"):
             model(torch.randn(1, 3, 224, 224))
+        # 96x96 leaves a 3x3 map, which the 2x2 pool would have read a corner of without a word.
+        with pytest.raises(AssertionError, match="takes 64x64 images"):
+            model(torch.randn(1, 3, 96, 96))
+        with pytest.raises(AssertionError, match="takes 64x64 images"):
+            create_model("signs_resnet50", layers=[1, 1, 1, 1], widths=[4, 4, 4, 4], num_classes=0)(torch.randn(1, 3, 128, 128))
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes"):  # other models keep fc's own message
+        create_model("resnet18").forward_head(torch.randn(1, 256, 7, 7))

@@ -4,7 +4,8 @@ Graphviz lays the graph out; this module only says what is in it. The stem, each
 block are clusters; each convolution is one box holding the BN and ReLU that go with it, in the
 order the block applies them (pre-activation blocks put BN-ReLU first). The shortcut is its own
 path into the addition (⊕), drawn as in the 2015 paper's Figure 3: solid for the identity, dotted
-where it changes the shape. Plain blocks have neither.
+where it computes something (a projection or zero padding where the shape changes, the 2016 paper's
+scaling, gating or dropout). Plain blocks have neither.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def model_graph(model: ResNet, collapse: bool = True, title: str | None = None) 
 
 
 def _heading(model: ResNet, title: str | None) -> str:
-    # Weighted layers as the papers count them: the stem conv, the branch convs and the fc.
-    depth = 2 + sum(len(_convs(b)) for b in model.blocks())
+    # Weighted layers as the papers count them: the stem conv, the branch convs and the fc (a backbone has none).
+    depth = 1 + sum(len(_convs(b)) for b in model.blocks()) + isinstance(model.fc, nn.Linear)
     kind = "pre-activation ResNet" if model.preact else "ResNet" if model.residual else "plain net"
     variant = [model.order.replace("_", " ")] if model.order not in ("post", "preact") else []
     variant += [f"{model.mixing.replace('_', ' ')} shortcut"] if model.residual and model.mixing != "add" else []
@@ -185,7 +186,7 @@ def _draw_block(
     """Draw ``block`` under ``header``, fed by node ``source``; return its output node."""
     units = _branch(block)
     shortcut = _shortcut(block) if block.residual else None
-    # A pre-activation shortcut that is not the identity reads the normalised input (blocks._finish),
+    # A pre-activation shortcut that is not the identity reads the normalised input (blocks._branch),
     # so the first BN-ReLU is drawn on its own, shared by both paths.
     split = block.preact and block.downsample is not None
     if split:
@@ -229,7 +230,9 @@ def _draw_stem(g: graphviz.Digraph, model: ResNet) -> str:
     if isinstance(model.relu, nn.ReLU):
         rows.append(_RELU)
     nodes = [("stem_conv", rows)]
-    if isinstance(model.maxpool, nn.MaxPool2d):
+    # A backbone of the stem's map alone takes it before the pool, which then computes nothing it returns.
+    stem_only = model.out_indices is not None and max(model.out_indices) == 0
+    if isinstance(model.maxpool, nn.MaxPool2d) and not stem_only:
         k, s = model.maxpool.kernel_size, model.maxpool.stride
         nodes.append(("stem_pool", [("pool", f"{k}×{k} max pool, /{s}")]))
     with g.subgraph(name="cluster_stem") as c:
@@ -242,9 +245,9 @@ def _draw_stem(g: graphviz.Digraph, model: ResNet) -> str:
 
 def _draw_head(g: graphviz.Digraph, model: ResNet, source: str) -> None:
     """Final BN-ReLU (pre-activation nets), pooling and the classifier."""
-    nodes = []
-    if isinstance(model.final_bn, nn.BatchNorm2d):
-        nodes.append(("final_bn", [_BN, _RELU]))
+    # BN-ReLU after the last stage of pre-activation nets, the ReLU alone after ReLU-only pre-activation units.
+    final = [_BN] * isinstance(model.final_bn, nn.BatchNorm2d) + [_RELU] * isinstance(model.final_act, nn.ReLU)
+    nodes = [("final_bn", final)] if final else []
     if model.out_indices is not None:  # a backbone (features_only): its outputs are feature maps
         names = ", ".join(model.feature_info[i]["module"] for i in model.out_indices)
         nodes.append(("out", [("io", f"feature maps of {names}")]))

@@ -41,7 +41,7 @@ class ResNet(nn.Module):
         num_classes: classes of the classifier; 0 for none, ``forward`` then returns the pooled features
             (as ``reset_classifier(0)`` and timm's ``num_classes=0``).
         stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max pool), ``"cifar"`` (one 3x3 conv) or
-            ``"keras"`` (the seed notebook's: 7x7/2 conv with bias, unpadded max pool).
+            ``"keras"`` (the seed notebook's: 7x7/2 conv, unpadded max pool; its bias comes with ``bias``).
         shortcut: ``"A"``, ``"B"`` or ``"C"`` (see ``blocks.make_shortcut``).
         preact: 2016 pre-activation units, with one BN-ReLU after the last stage.
         order: any activation order of the 2016 paper's Figure 4 (``blocks.ORDERS``); ``"preact"`` is
@@ -50,7 +50,8 @@ class ResNet(nn.Module):
         mixing: how shortcut and branch combine (``blocks.MIXINGS``, the 2016 paper's Figure 2), with
             ``scales``, ``gate_bias`` and ``shortcut_dropout`` as in ``blocks.BasicBlock``.
         residual: ``False`` builds the plain twin (no shortcuts at all).
-        stride_in_1x1: bottleneck stride on the first 1x1 (paper) instead of the 3x3 (torchvision).
+        stride_in_1x1: bottleneck stride on the first 1x1 (paper) instead of the 3x3 (torchvision); basic
+            blocks have no 1x1 conv, so the paper's layout of every net can be asked for alike.
         zero_init_residual: start every residual branch at zero (its last BN's gamma = 0).
         bias: conv biases, as in Keras (``signs_resnet50``).
         bn_eps: the epsilon of every batch norm (PyTorch's 1e-5; Keras's default is 1e-3).
@@ -104,6 +105,10 @@ class ResNet(nn.Module):
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if len(layers) != len(widths):
             raise ValueError("layers and widths must have one entry per stage")
+        if min(layers, default=0) < 1 or min(widths, default=0) < 1:
+            raise ValueError(f"every stage needs at least one block and one plane, got layers={layers} and widths={widths}")
+        if out_indices is not None and not features_only:
+            raise ValueError("out_indices chooses a backbone's feature maps: give features_only=True too")
         order = resolve_order(order, preact)
         preact = order == "preact"
         self.preact, self.residual, self.stem, self.order, self.mixing = preact, residual, stem, order, mixing
@@ -245,19 +250,14 @@ class ResNet(nn.Module):
         """Pool the last feature map and classify it; ``pre_logits`` stops before the classifier."""
         if self.fc is None:
             raise ValueError("a features_only backbone has no head: its forward returns the feature maps")
-        pooled = torch.flatten(self.avgpool(x), 1)
-        if pre_logits:
-            return pooled
-        # The size is checked only once fc has failed: torch.fx (create_feature_extractor) cannot trace a branch
-        # on a shape, and the forward pays nothing.
-        try:
-            return self.fc(pooled)
-        except RuntimeError:
-            if pooled.shape[1] == self.num_features:
-                raise  # not the flatten head's size: fc's own error says more
+        if self.stem == "keras":
+            # The fixed 2x2 pool would read a corner of any larger map without a word. torch._assert, not an if:
+            # torch.fx (create_feature_extractor) traces it, where it cannot trace a branch on a shape.
             side = 2 * self.feature_info[-1]["reduction"]
-            raise ValueError(f"this model flattens a 2x2 map (Keras's layout, as signs_resnet50) and so takes {side}x{side} "
-                             f"images; this input left a {x.shape[-2]}x{x.shape[-1]} map") from None
+            torch._assert((x.shape[-2] == 2) & (x.shape[-1] == 2),
+                          f"this model flattens a 2x2 map (Keras's layout, as signs_resnet50) and so takes {side}x{side} images")
+        pooled = torch.flatten(self.avgpool(x), 1)
+        return pooled if pre_logits else self.fc(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self.out_indices is not None:  # a backbone's maps are those its head would have seen
@@ -455,12 +455,18 @@ def create_model(
     raise UnknownModelError(f"unknown model {name!r}{hint}")
 
 
+def _same(value: object, fixed: object) -> bool:
+    """Whether an option repeats what a name fixes: ``layers=(2, 2, 2, 2)`` does ``[2, 2, 2, 2]``."""
+    if isinstance(fixed, (list, tuple)):
+        return isinstance(value, Sequence) and not isinstance(value, str) and list(value) == list(fixed)
+    return type(value) is type(fixed) and value == fixed  # types first: a NumPy array compares element-wise
+
+
 def _check_options(name: str, builder: Callable[..., ResNet], options: dict, fixed: dict[str, object]) -> dict:
     """``options`` less those that repeat what model ``name`` fixes. One line, rather than Python's TypeError,
     for an option that would change what the name fixes, or that neither the builder nor ``ResNet`` takes."""
     for key, value in options.items():
-        # Types first: a NumPy array compares element by element.
-        if key in fixed and not (type(value) is type(fixed[key]) and value == fixed[key]):
+        if key in fixed and not _same(value, fixed[key]):
             if key in ("preact", "order", "residual"):
                 twin = re.sub(r"^(plain|preact_resnet)", "resnet", name)
                 raise ValueError(f"{name} fixes {key}={fixed[key]!r}; use create_model({twin!r}, {key}={value!r})")
