@@ -86,11 +86,31 @@ def test_bench_model_compares_with_torchvision(tmp_path, capsys):
     assert result["trainer_step"]["train_images_per_s"] > 0 and "eager" in result["trainer_step"]["how"]
 
 
-@pytest.mark.parametrize("flag,value", [("--steps", "5"), ("--repeat", "0")])
-def test_bench_refuses_what_it_cannot_time(capsys, flag, value):
-    assert main(["bench", "train", flag, value, "--device", "cpu"]) == 2
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--steps", "5"], "--steps must be at least 10"),
+    (["train", "--repeat", "0"], "--repeat must be at least 1"),
+    (["train", "--limit-test", "0"], "--limit-test must be at least 1"),
+    # No whole batch: both loops waited for one forever.
+    (["train", "--batch-size", "60001"], "--batch-size 60001 is larger than the 60,000 training images"),
+    (["train", "--dataset", "folder:photos"], "bench train times datasets held in memory"),
+    (["model", "--model", "vgg11"], "torchvision has no 'vgg11' to compare with; use resnet18, resnet34"),
+    (["model", "--model", "ResNet"], "torchvision has no 'ResNet'"),
+    (["model", "--image-size", "8"], "--image-size must be at least 32"),
+    (["decode", "--size", "0"], "--size must be at least 1 pixel"),
+])
+def test_bench_refuses_what_it_cannot_time(capsys, argv, message):
+    assert main(["bench", *argv, "--device", "cpu"] if argv[0] != "decode" else ["bench", *argv]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and f"{flag} must be at least" in err and "Traceback" not in err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err, err
+
+
+def test_bench_checks_where_its_result_goes_before_timing(tmp_path, capsys, monkeypatch):
+    from resnetlab import bench
+
+    monkeypatch.setattr(bench, "bench_model", lambda *args, **kwargs: pytest.fail("timed before checking --results"))
+    (tmp_path / "afile").write_text("")
+    assert main(["bench", "model", "--device", "cpu", "--results", str(tmp_path / "afile")]) == 2
+    assert f"error: --results {tmp_path / 'afile'}: cannot write there" in capsys.readouterr().err
 
 
 def test_bench_decode_times_both_pipelines_on_each_size_and_crop(tmp_path, capsys, monkeypatch):

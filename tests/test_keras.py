@@ -4,6 +4,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -186,6 +187,36 @@ def test_files_that_cannot_be_read(tmp_path, keras3, capsys):
     # A model without a checkpoint says how to train it further, not "train again with --out".
     code, out, err = run(capsys, "train", "--resume", run_dir)
     assert code == 2 and "--weights " + str(run_dir / "model.safetensors") in err
+
+
+def rezipped(source: Path, out: Path, edit) -> Path:
+    """``source``, a .keras archive, written to ``out`` with ``edit(name, data)`` applied to each member."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item, edit(item.filename, src.read(item)))
+    return out
+
+
+def test_a_lambda_layer_is_refused_without_its_bytecode_and_odd_json_is_named(tmp_path, keras3):
+    def lambda_first(name: str, data: bytes) -> bytes:
+        if name != "config.json":
+            return data
+        config = json.loads(data)
+        layer = next(e for e in config["config"]["layers"] if e["class_name"] == "ZeroPadding2D")
+        # As Keras stores `Lambda(lambda t: t * 2)`: the function's marshalled bytecode.
+        layer["class_name"] = "Lambda"
+        layer["config"] = {"name": layer["config"]["name"], "function": {"class_name": "__lambda__",
+                           "config": {"code": "4wEAAAAAAAAAAAAAAAIAAAATAAAA8wwAAACXAHwAZAF6BQAAUwA="}}}
+        return json.dumps(config).encode()
+
+    lambda_file = rezipped(keras3 / "small.keras", tmp_path / "lambda.keras", lambda_first)
+    with pytest.raises(KerasError, match="is a Lambda") as err:
+        read_keras(lambda_file)
+    assert "4wEAAAAA" not in str(err.value) and "__lambda__" not in str(err.value)
+    listed = rezipped(keras3 / "small.keras", tmp_path / "list.keras",
+                      lambda name, data: b"[]" if name == "metadata.json" else data)
+    with pytest.raises(KerasError, match=r"list.keras is not a model file saved whole by Keras \(AttributeError"):
+        read_keras(listed)
 
 
 def test_damaged_or_edited_weights_are_refused_in_one_line(tmp_path):

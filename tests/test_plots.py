@@ -77,6 +77,25 @@ def test_loss_axis_goes_logarithmic_past_one_decade(tmp_path):
     assert wide.axes[0].get_yscale() == "log" and narrow.axes[0].get_yscale() == "linear"
 
 
+def test_runs_that_share_a_name_are_told_apart(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    paths = plot_runs([make_run(tmp_path / "a", "run"), make_run(tmp_path / "b", "run")], tmp_path / "two")
+    assert [r["run"] for r in read_csv(paths[2])] == ["a/run"] * 4 + ["b/run"] * 4
+    monkeypatch.chdir(make_run(tmp_path, "resnet20-here"))
+    assert {r["run"] for r in read_csv(plot_runs(["."], tmp_path / "dot")[2])} == {"resnet20-here"}  # not ""
+
+
+def test_one_evaluation_is_told_apart_and_has_whole_ticks():
+    one = {"step": [2], "epoch": [1], "train_loss": [1.0], "test_loss": [1.2], "train_error": [40.0], "test_error": [45.0]}
+    loss_ax, err_ax = _curves_figure([("a", one)], "step").axes
+    train, test = loss_ax.get_lines()
+    assert train.get_markerfacecolor() == "none" and test.get_markerfacecolor() != "none"
+    assert loss_ax.get_xlim() == err_ax.get_xlim() == (1, 3)
+    # Every loss diverged (null in metrics.jsonl): the errors are still drawn.
+    diverged = {**one, "train_loss": [None], "test_loss": [None]}
+    assert _curves_figure([("a", diverged)], "step").axes[0].get_yscale() == "linear"
+
+
 def test_bad_x_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="step, epoch"):
         plot_runs([make_run(tmp_path, "run")], tmp_path / "c", x="time")

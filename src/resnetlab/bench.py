@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -255,10 +256,18 @@ def bench_train(
         raise ValueError(f"--steps must be at least 10 to time anything, got {steps}")
     if repeat < 1:
         raise ValueError(f"--repeat must be at least 1, got {repeat}")
+    if limit_test is not None and limit_test < 1:
+        raise ValueError(f"--limit-test must be at least 1, got {limit_test}")
+    if dataset.startswith("folder:") or dataset == "imagenet":
+        # Both loops would decode files, and the difference would be the decoder's: `bench decode` times that.
+        raise ValueError(f"bench train times datasets held in memory (fashion-mnist, mnist, cifar10, cifar100, signs), "
+                         f"not {dataset}; `resnetlab bench decode` times reading image folders")
     recipe = get_recipe(recipe_name, batch_size=batch_size, steps=steps)
     train_set = get_dataset(dataset, split="train", root=data_dir)
     test_set = get_dataset(dataset, split="test", root=data_dir)
-    if limit_test:
+    if recipe.batch_size > len(train_set):  # no whole batch: both loops would wait for one forever
+        raise ValueError(f"--batch-size {recipe.batch_size} is larger than the {len(train_set):,} training images")
+    if limit_test is not None:
         test_set.images, test_set.labels = test_set.images[:limit_test], test_set.labels[:limit_test]
     mean, std = channel_stats(train_set.images)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
@@ -267,7 +276,8 @@ def bench_train(
     torch.manual_seed(seed)
     initial = create_model(model_name, num_classes=len(train_set.classes), in_chans=train_set.images.shape[1]).to(dev)
     test_loader = DeviceLoader(test_set.images, test_set.labels, 500, mean, std, dev, train=False)
-    contenders = [("typical loop", f"DataLoader ({workers} workers) + torchvision transforms, fp32, eager",
+    contenders = [("typical loop", f"DataLoader ({workers} workers) + torchvision transforms, fp32, eager, "
+                                   "weight decay on every parameter (resnetlab's spares BN and biases)",
                    lambda m: _typical_loop(m, train_set, recipe, mean, std, steps, warmup, dev, workers))]
     for v in _variants(dev, compile):
         contenders.append((v.name, v.how, lambda m, v=v: _resnetlab_loop(
@@ -340,6 +350,9 @@ def _time_calls(fn: Callable[[], None], iters: int, warmup: int, device: torch.d
     return (time.perf_counter() - start) / iters
 
 
+TORCHVISION_TWINS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
 @_keeps_cudnn_setting
 def bench_model(
     model_name: str = "resnet50",
@@ -358,8 +371,10 @@ def bench_model(
         raise ValueError(f"--batch-size and --steps must be at least 1, got {batch_size} and {steps}")
     batch_size = batch_size or (256 if dev.type == "cuda" else 8)
     steps = steps or (50 if dev.type == "cuda" else 3)
-    if not hasattr(torchvision.models, model_name):
-        raise ValueError(f"torchvision has no {model_name!r} to compare with; use resnet18/34/50/101/152")
+    if model_name not in TORCHVISION_TWINS:  # before anything is built or timed
+        raise ValueError(f"torchvision has no {model_name!r} to compare with; use {', '.join(TORCHVISION_TWINS)}")
+    if image_size < 32:  # five halvings leave a map of at least one pixel
+        raise ValueError(f"--image-size must be at least 32 for an ImageNet ResNet, got {image_size}")
     torch.backends.cudnn.benchmark = True  # same settings for both: this compares the model code alone
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch_size,), device=dev)
@@ -463,6 +478,8 @@ def bench_decode(
 
     from .data import IMAGE_FORMATS, load_jitter_crop, load_random_crop
 
+    if size < 1:
+        raise ValueError(f"--size must be at least 1 pixel, got {size}")
     if count < 1 or repeat < 1:
         raise ValueError("--count and --repeat must be at least 1")
     jitter = (round(size * 8 / 7), round(size * 15 / 7))  # 256-480 for 224
@@ -525,10 +542,21 @@ def bench_decode(
     return result
 
 
+def check_results_dir(out_dir: str | Path = RESULTS_DIR) -> Path:
+    """``out_dir``, created, once it is known to take a file: checked before a benchmark runs for minutes."""
+    out_dir = Path(out_dir).expanduser()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:
+        raise ValueError(f"--results {out_dir}: cannot write there ({e.strerror or e})") from None
+    return out_dir
+
+
 def save_result(result: dict, out_dir: str | Path = RESULTS_DIR) -> Path:
     """Write a benchmark result as JSON named by benchmark, model, device type and date."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_results_dir(out_dir)
     stamp = result["date"].replace(":", "").replace("-", "")[:15]
     path = out_dir / f"{result['benchmark']}-{result['model']}-{result['device_type']}-{stamp}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -609,8 +609,9 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import bench_decode, bench_model, bench_train, save_result
+    from .bench import bench_decode, bench_model, bench_train, check_results_dir, save_result
 
+    check_results_dir(args.results)  # not after minutes of timing
     if args.bench == "train":
         result = bench_train(args.model, args.dataset, args.data_dir, args.batch_size, args.steps, args.device,
                              args.recipe, args.workers, args.limit_test, compile=args.compile,

@@ -138,7 +138,8 @@ def read_keras(path: str | Path) -> KerasModel:
                        else _legacy_weights(weights_file["model_weights"]))
             keras = _convert(layers, weights, version, path, pixel_max)
             keras.classes = about.get("classes")
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+    # AttributeError and TypeError: JSON of another shape than Keras writes (a list where a dict belongs).
+    except (OSError, KeyError, ValueError, AttributeError, TypeError, zipfile.BadZipFile) as err:
         raise KerasError(f"{path} is not a model file saved whole by Keras ({type(err).__name__}: {err})") from None
     _check_tensors(keras, path)
     return keras
@@ -477,7 +478,9 @@ def _normal(value):
 
 def _describe(layer: _Layer) -> str:
     keys = ("filters", "kernel_size", "strides", "padding", "pool_size", "activation", "units", "function")
-    shown = {k: layer.config[k] for k in keys if k in layer.config}
+    # A function named by text (TFOpLambda's "math.add") says what the layer does; a Lambda's is marshalled
+    # bytecode, never run or read here, and unreadable in a message.
+    shown = {k: layer.config[k] for k in keys if k in layer.config and (k != "function" or isinstance(layer.config[k], str))}
     return json.dumps(shown) if shown else ""
 
 

@@ -55,7 +55,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, x: str = "step") 
     dirs = [Path(d) for d in run_dirs]
     series = [_series(read_metrics(d)) for d in dirs]
     configs = [_config(d) for d in dirs]
-    labels = [_run_label(d, c.get("model", "")) for d, c in zip(dirs, configs)]
+    names = _run_names(dirs)
+    labels = [_run_label(name, c.get("model", "")) for name, c in zip(names, configs)]
     datasets = {c.get("dataset") for c in configs}
     dataset = datasets.pop() if len(datasets) == 1 else None
     paths = save_figure(_curves_figure(list(zip(labels, series)), x, dataset), out)
@@ -64,9 +65,9 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, x: str = "step") 
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
-        for run_dir, s in zip(dirs, series):
+        for name, s in zip(names, series):
             for values in zip(*(s[c] for c in CSV_COLUMNS[1:])):
-                writer.writerow([run_dir.name] + ["" if v is None else v for v in values])
+                writer.writerow([name] + ["" if v is None else v for v in values])
     return paths + [csv_path]
 
 
@@ -110,9 +111,20 @@ def _config(run_dir: Path) -> dict:
     return config
 
 
-def _run_label(run_dir: Path, model: str) -> str:
-    """The run's directory name, with its model when the name does not already say it."""
-    return run_dir.name if model in run_dir.name else f"{run_dir.name} ({model})"
+def _run_names(dirs: Sequence[Path]) -> list[str]:
+    """Each run's directory name, or as many of its path's last folders as tell it from the others
+    (``a/run`` and ``b/run``); ``.`` is named after the folder it is."""
+    paths = [d.resolve() for d in dirs]
+    for depth in range(1, max(len(p.parts) for p in paths) + 1):
+        names = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]  # the same run given twice
+
+
+def _run_label(name: str, model: str) -> str:
+    """The run's name, with its model when the name does not already say it."""
+    return name if model in name else f"{name} ({model})"
 
 
 def _series(rows: list[dict]) -> dict[str, list]:
@@ -152,11 +164,18 @@ def _curves_figure(runs: list[tuple[str, dict[str, list]]], x: str, dataset: str
         marker = "o" if len(s[x]) <= 30 else None
         for ax, columns in styles.items():
             for column, style in columns.items():
-                ax.plot(*_points(s[x], s[column]), color=colours[i % 10], marker=marker, ms=3, **style)
+                # Training hollow, test filled: a run of one epoch is two points, which no line style tells apart.
+                face = "none" if column.startswith("train") else colours[i % 10]
+                ax.plot(*_points(s[x], s[column]), color=colours[i % 10], marker=marker, ms=3, mfc=face, **style)
 
     losses = [v for _, s in runs for c in ("train_loss", "test_loss") for v in s[c] if v is not None]
-    if min(losses) > 0 and max(losses) / min(losses) > 10:
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 10:  # none: every loss diverged
         loss_ax.set_yscale("log")
+    xs = {v for _, s in runs for v in s[x]}
+    if len(xs) == 1:  # one evaluation: whole numbers either side, not 1.975 ... 2.1
+        (only,) = xs
+        for ax in (loss_ax, err_ax):
+            ax.set_xlim(only - 1, only + 1)
     err_ax.set_ylim(bottom=0)
     for ax, what in ((loss_ax, "loss (cross-entropy)"), (err_ax, "error (%)")):
         ax.set_xlabel(_X_LABELS[x])
@@ -165,7 +184,9 @@ def _curves_figure(runs: list[tuple[str, dict[str, list]]], x: str, dataset: str
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if x == "step":
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 64000 -> 64k
-        handles = [Line2D([], [], color="black", label=c.split("_")[0], **st) for c, st in styles[ax].items()]
+        marked = any(len(s[x]) <= 30 for _, s in runs)  # as the curves: hollow for training, filled for test
+        handles = [Line2D([], [], color="black", label=c.split("_")[0], marker="o" if marked else None, ms=4,
+                          mfc="none" if c.startswith("train") else "black", **st) for c, st in styles[ax].items()]
         ax.legend(handles=handles, loc="best", fontsize=9)
     what = runs[0][0] if len(runs) == 1 else f"{len(runs)} runs"
     fig.suptitle(f"Training curves: {what}" + (f" on {dataset}" if dataset else ""))
