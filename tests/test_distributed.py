@@ -148,11 +148,18 @@ def _run_as_process(rank: int, port: int, out: str, stop_at: int | None, resume_
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_two_processes_stopped_mid_epoch_resume_to_the_same_run(tmp_path):
+    from resnetlab.train import Interrupted, resume
+
+    assert str(Interrupted(Path("r"), 11, 2)).endswith("continue with: torchrun --nproc-per-node=2 -m resnetlab train --resume r")
     straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
     for out, stop_at, resume_it in ((straight, None, False), (stopped, 11, False), (stopped, None, True)):
         mp.spawn(_run_as_process, args=(_free_port(), out, stop_at, resume_it), nprocs=2)
         if stop_at:
             assert runs.load_checkpoint(Path(out))["step"] == 11  # mid-epoch: 8 steps an epoch
+            # One process would take each step on twice the images: another run than the one stopped.
+            with pytest.raises(runs.RunError, match="trained by 2 processes, and resuming with 1 would change the run; "
+                                                    "continue with: torchrun --nproc-per-node=2 -m resnetlab train --resume"):
+                resume(out, device="cpu", progress=False)
     a, b = (runs.read_metrics(d) for d in (straight, stopped))
     assert [r["step"] for r in a] == [r["step"] for r in b] == [8, 16, 20]
     for ra, rb in zip(a, b):  # the stopped epoch's sums came through the checkpoint, from both processes

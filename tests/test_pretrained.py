@@ -67,6 +67,23 @@ def test_pretrained_true_means_the_default_weights(published):
         torch.testing.assert_close(model(x), published(x), rtol=0, atol=1e-5)
 
 
+def test_weights_saved_before_batch_norms_counted_their_batches_load(published, hub):
+    """torchvision's first ResNet files predate BN's num_batches_tracked (PyTorch 0.4.1); its own loading
+    starts the counters at zero, and so does resnetlab's."""
+    state = {k: v for k, v in published.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, hub / RESNET18_FILE)
+    model = resnetlab.create_model("resnet18", weights="IMAGENET1K_V1", progress=False).eval()  # torchvision's argument
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), published(x), rtol=0, atol=1e-5)
+    assert int(model.bn1.num_batches_tracked) == 0
+
+
+def test_weights_are_asked_of_a_cifar_depth_by_name():
+    with pytest.raises(WeightsError, match="torchvision publishes no weights for resnet74"):
+        resnetlab.create_model("resnet74", pretrained=True)  # built on the fly, not "unknown"
+
+
 def test_default_tag_names_the_current_weights():
     info = pretrained.pretrained_info("resnet50", "DEFAULT")
     assert info.tag == "IMAGENET1K_V2" and len(info.categories) == 1000
@@ -206,6 +223,18 @@ def test_bad_weights_files_are_refused_without_running_them(tmp_path):
     assert not marker.exists()
     with pytest.raises(WeightsError, match="does not exist"):
         resnetlab.create_model("resnet20", weights=str(tmp_path / "missing.safetensors"))
+    # A download that failed is no unsafe pickle: it is no weights file at all.
+    (tmp_path / "page.pth").write_text("<!DOCTYPE html><title>404</title>")
+    with pytest.raises(WeightsError, match=r"page.pth is not a weights file .* starts with b'<!DOCTYP'; is it a download that failed"):
+        resnetlab.create_model("resnet20", weights=str(tmp_path / "page.pth"))
+    # Read by what they hold, not by their names: safetensors bytes as .bin, prefixes of torch.compile(DDP(model)).
+    reference = resnetlab.create_model("resnet20")
+    save_file(reference.state_dict(), tmp_path / "weights.bin")
+    wrapped = {f"_orig_mod.module.{k}": v for k, v in reference.state_dict().items()}
+    torch.save(wrapped, tmp_path / "compiled-ddp.pth")
+    for name in ("weights.bin", "compiled-ddp.pth"):
+        loaded = resnetlab.create_model("resnet20", weights=str(tmp_path / name))
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), reference.state_dict().values()))
 
 
 class Exploit:

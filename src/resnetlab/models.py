@@ -396,7 +396,7 @@ _CIFAR_NAME = re.compile(r"^(resnet|plain|preact_resnet)(\d+)$")
 
 def create_model(
     name: str, num_classes: int | None = None, in_chans: int | None = None, weights: str | os.PathLike | None = None,
-    pretrained: bool = False, **overrides,
+    pretrained: bool = False, progress: bool = True, **overrides,
 ) -> ResNet:
     """Build a registered model by name, optionally with starting weights.
 
@@ -415,8 +415,9 @@ def create_model(
     weights file (.safetensors, .pth, a Keras model), whose classifier comes with it unless
     ``num_classes`` asks for another. Another class count keeps a fresh classifier; ``in_chans=1`` gets
     conv1 summed over colours (see ``resnetlab.pretrained``). ``pretrained=True`` is ``weights="DEFAULT"``,
-    as in timm. ``features_only=True`` (with ``out_indices``) builds a backbone whose forward returns
-    the feature maps ``feature_info`` describes, loading a classifier's weights without its head.
+    as in timm; ``progress`` shows a download's progress bar, as in torchvision. ``features_only=True``
+    (with ``out_indices``) builds a backbone whose forward returns the feature maps ``feature_info``
+    describes, loading a classifier's weights without its head.
     """
     if pretrained and weights is None:
         weights = "DEFAULT"
@@ -429,11 +430,11 @@ def create_model(
             # The tensors would fit, but they were trained with the stride on the 3x3: another network.
             raise WeightsError("torchvision's weights were trained with the stride on the 3x3; drop stride_in_1x1")
         # A file is read first (once), so that its trained classifier comes with it unless asked for another.
-        loaded = read_weights(name, weights) if is_file_spec(weights) else None
+        loaded = read_weights(name, weights, progress) if is_file_spec(weights) else None
         if loaded is not None and num_classes is None and not overrides.get("features_only"):
             num_classes = loaded.num_classes
         overrides = {**overrides, **weights_layout(weights)}
-        return load_weights(create_model(name, num_classes, in_chans, **overrides), name, weights, loaded=loaded)
+        return load_weights(create_model(name, num_classes, in_chans, **overrides), name, weights, progress, loaded=loaded)
     if num_classes is not None:
         overrides["num_classes"] = num_classes
     if in_chans is not None:

@@ -74,10 +74,13 @@ def _published(model_name: str, tag: str):
     import torchvision
 
     if model_name not in TORCHVISION_MODELS:
-        from .models import list_models
+        from .models import UnknownModelError, create_model
 
-        if model_name not in list_models():
-            raise WeightsError(f"unknown model {model_name!r}; published weights exist for {', '.join(TORCHVISION_MODELS)}")
+        try:
+            with torch.device("meta"):  # by name alone, as create_model knows them: CIFAR depths such as resnet74 too
+                create_model(model_name)
+        except UnknownModelError:
+            raise WeightsError(f"unknown model {model_name!r}; published weights exist for {', '.join(TORCHVISION_MODELS)}") from None
         raise WeightsError(
             f"torchvision publishes no weights for {model_name}; these take a tag: {', '.join(TORCHVISION_MODELS)}. "
             f"Train {model_name} (resnetlab train --model {model_name}), or start it from a weights file of your own "
@@ -228,11 +231,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return read_keras(path).state_dict
         except KerasError as err:
             raise WeightsError(str(err)) from None
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # safetensors: an 8-byte header length, then the header's "{" (a .bin may be one); torch.save: a zip, or a pickle.
+    safetensors = len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+    if not (safetensors or head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        # torch.load would call an HTML error page or a git-lfs pointer an unsafe pickle.
+        raise WeightsError(f"{path} is not a weights file (safetensors or torch.save's): it starts with {head[:8]!r}; "
+                           "is it a download that failed?")
     try:
-        if path.suffix == ".safetensors":
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_file(path) if safetensors else torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # weights_only refused an object: loading it would run the file's code
         raise WeightsError(f"{path} holds Python objects besides tensors, which resnetlab does not load (loading them "
                            "could run code from the file); save the weights alone: torch.save(model.state_dict(), "
@@ -246,11 +254,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = state["model"]  # a resnetlab run's checkpoint.pt
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} holds no state_dict (a mapping of names to tensors)")
-    # Saved from DistributedDataParallel, torch.compile or a Lightning module's `model`: the same weights under a prefix.
-    for prefix in ("module.", "_orig_mod.", "model."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    # Saved from DistributedDataParallel, torch.compile or a Lightning module's `model`: the same weights under
+    # prefixes, in any nesting (torch.compile(DDP(model)) gives "_orig_mod.module.").
+    prefixes = ("module.", "_orig_mod.", "model.")
+    while state and (prefix := next((p for p in prefixes if all(k.startswith(p) for k in state)), None)):
+        state = {k[len(prefix):]: v for k, v in state.items()}
     return state
+
 
 
 def weights_name(weights, model_name: str) -> str:
@@ -338,7 +348,10 @@ def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool
     conv = state.get("conv1.weight")
     if conv is not None and "conv1.weight" in own and conv.shape[1] == 3 and own["conv1.weight"].shape[1] == 1:
         state["conv1.weight"] = conv.sum(1, keepdim=True)
-    problem = key_mismatch(own, state, source, model_name, optional=("fc.weight", "fc.bias"))
+    # BN's num_batches_tracked came with PyTorch 0.4.1: files saved before (torchvision's first ResNet weights)
+    # lack it, and torchvision's own loading starts it at zero, as the model here already has it.
+    counters = [k for k in own if k.endswith("num_batches_tracked")]
+    problem = key_mismatch(own, state, source, model_name, optional=("fc.weight", "fc.bias", *counters))
     if problem:
         raise WeightsError(problem + build)
     wrong = [k for k in state if state[k].shape != own[k].shape]

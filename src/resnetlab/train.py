@@ -82,8 +82,9 @@ class TrainResult:
 class Interrupted(Exception):
     """Training stopped early (Ctrl-C or ``stop_at``) after saving a resumable checkpoint."""
 
-    def __init__(self, run_dir: Path, step: int) -> None:
-        super().__init__(f"stopped at step {step}; continue with: resnetlab train --resume {run_dir}")
+    def __init__(self, run_dir: Path, step: int, processes: int = 1) -> None:
+        command = f"torchrun --nproc-per-node={processes} -m resnetlab" if processes > 1 else "resnetlab"
+        super().__init__(f"stopped at step {step}; continue with: {command} train --resume {run_dir}")
         self.run_dir, self.step = run_dir, step
 
 
@@ -255,6 +256,11 @@ def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, sto
 
 def _resume(run_dir: Path, saved: dict, world: distributed.World, device: str, progress: bool, stop_at: int | None,
             workers: int | None, data_dir: str | None) -> TrainResult:
+    processes = saved.get("processes", 1)
+    if processes != world.size:  # each process's share of the batch, and so every step, would differ
+        command = f"torchrun --nproc-per-node={processes} -m resnetlab" if processes > 1 else "resnetlab"
+        raise runs.RunError(f"{run_dir} was trained by {processes} process{'es' if processes > 1 else ''}, and "
+                            f"resuming with {world.size} would change the run; continue with: {command} train --resume {run_dir}")
     checkpoint = runs.load_checkpoint(run_dir)
     if checkpoint.get("model_name") != saved["model"]:
         raise runs.RunError(f"{run_dir / runs.CHECKPOINT} is a checkpoint of {checkpoint.get('model_name')}, not {saved['model']}")
@@ -328,7 +334,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                 distributed.sum_across(run.train_step.sums, world)  # the partial epoch's sums, of every process
                 _stop_if_diverged(run)
                 _save(run)
-                raise Interrupted(run_dir, run.step)
+                raise Interrupted(run_dir, run.step, world.size)
             row = _epoch_row(run, lr, epoch_start, resumed_seen)
             if world.is_main and (last or (epoch + 1) % saved["eval_every"] == 0):
                 result_test = evaluate(eval_model, test_loader, len(saved["classes"]))
@@ -342,11 +348,11 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             if world.is_main:
                 tqdm.write(_epoch_line(row, total_steps, steps_per_epoch))
             if run.step == stop_at and not last:
-                raise Interrupted(run_dir, run.step)
+                raise Interrupted(run_dir, run.step, world.size)
     except KeyboardInterrupt:
         # A second Ctrl-C, or several processes (the others may be inside a collective): the step under way
         # may be half done (batch norms updated, weights not), so the last checkpoint stays as it is.
-        raise Interrupted(run_dir, run.saved_step) from None
+        raise Interrupted(run_dir, run.saved_step, world.size) from None
     except DataError as err:  # a file that cannot be read, met mid-run: keep what was trained
         # Not in the epoch's evaluation, before its row is written, nor weights gone NaN: the last checkpoint stands.
         if world.size == 1 and in_epoch and math.isfinite(run.train_step.read_sums()["loss"]):
