@@ -260,6 +260,10 @@ def test_offline_download_names_both_remedies(tmp_path, monkeypatch):
     assert "apt-get install dataset-fashion-mnist" in message
     assert "--data-dir" in message and "$RESNETLAB_DATA" in message and "network" in message
     assert "\n" not in message
+    # The folders a failed download made are gone again, a mistyped --data-dir's parents too; others stay.
+    with pytest.raises(DataError, match="could not download"):
+        get_dataset("mnist", root=tmp_path / "typo" / "deeper")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 class FakeResponse(io.BytesIO):

@@ -513,14 +513,16 @@ def _fetch(name: str, files: Sequence[str], root: str | Path | None) -> Path:
     """Download ``files`` of a named dataset and check their SHA-256; returns their folder."""
     base_url, checksums = _DOWNLOADS[name]
     dest = Path(root).expanduser() / name if root else _cache_dir(name)
+    made = [p for p in (dest, *dest.parents) if not p.exists()]  # deepest first
     for file in files:
         url = base_url + file
         try:
             _download(url, dest / file, checksums[file])
         except OSError as err:  # URLError and HTTPError are OSErrors too
             reason = getattr(err, "reason", None) or err
-            if dest.is_dir() and not any(dest.iterdir()):
-                dest.rmdir()  # made for the download: an empty one would only mislead
+            for folder in made:  # made for the download (a mistyped --data-dir's too): empty ones only mislead
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
             raise DataError(
                 f"{name}: could not download {url} into {dest} ({reason}). {_how_to_get(name, ' and '.join(files))}"
             ) from None
