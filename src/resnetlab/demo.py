@@ -6,6 +6,7 @@ classify them as a user would their own, and draw the training curves.
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -27,7 +28,8 @@ def run_demo(out: Path, device: str = "cpu") -> Path:
 
     run_dir = out / f"resnet20-fashion-mnist-{datetime.now():%Y%m%d-%H%M%S}"
     print(f"Training resnet20 on Fashion-MNIST ({DEMO['limit_train']:,} images, {DEMO['epochs']} epochs, {device})")
-    result = train(TrainConfig(**DEMO, device=device, out=str(run_dir)))
+    # Bars where someone watches, as train's own command draws them; a log gets the per-epoch lines.
+    result = train(TrainConfig(**DEMO, device=device, out=str(run_dir), progress=sys.stderr.isatty()))
 
     print("\nEvaluating on the 10,000 test images")
     report = evaluate_run(run_dir, device=device)
