@@ -505,6 +505,9 @@ def test_a_train_folder_alone_is_split_and_a_val_folder_alone_is_refused(tmp_pat
     (tmp_path / "d" / "train").rename(tmp_path / "d" / "val")
     with pytest.raises(DataError, match=r"has val/ but no train/: put the training images in .*d/train, one subfolder a class"):
         get_dataset(spec, "train")
+    (tmp_path / "d" / "val").rename(tmp_path / "d" / "train")
+    make_folder(tmp_path / "d" / "validation", {"b": 1})  # Keras's name for it
+    assert [label for _, label in get_dataset(spec, "val").samples] == [1]
     # A class that happens to be called "train" beside others is a class.
     make_folder(tmp_path / "vehicles", {"bus": 2, "car": 2, "train": 2})
     assert get_dataset(f"folder:{tmp_path / 'vehicles'}", val_fraction=0).classes == ["bus", "car", "train"]

@@ -88,6 +88,11 @@ def test_recipes_are_described_in_one_line(capsys):
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
     assert all(f"{name}: " in out for name in RECIPES) and "Section 4.2" in out
+    # One recipe's every field, each value as --recipe-arg reads it back into the same recipe.
+    assert main(["recipes", "fast"]) == 0
+    fields = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines()[1:])
+    assert list(fields) == [k for k in Recipe.__dataclass_fields__ if k not in ("name", "notes")]
+    assert get_recipe("fast", **{k: json.loads(v) for k, v in fields.items()}) == RECIPES["fast"]
 
 
 def test_cosine_falls_from_lr_to_zero_as_half_a_cosine():

@@ -55,7 +55,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> tuple[argparse._ArgumentGroup,
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, cifar100, signs, imagenet or folder:PATH")
     data.add_argument("--data-dir", help="where the dataset files are (default: $RESNETLAB_DATA, Debian's folder, ~/.cache/resnetlab)")
-    data.add_argument("--limit-train", type=int, metavar="N", help="use the first N training examples")
+    data.add_argument("--limit-train", type=int, metavar="N",
+                      help="use the first N training examples (of a folder: N drawn with the seed)")
     data.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test examples")
     recipe = p.add_argument_group("recipe (each flag overrides the recipe's value)")
     recipe.add_argument("--epochs", type=float, help="passes over the training set")
@@ -86,7 +87,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--recipe-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                         help="any other recipe field, repeatable: schedule=cosine, label_smoothing=0.1, momentum=0.95, "
                              "milestones=[0.3,0.6,0.9] (fractions of the run; multistep schedule), optimizer=adam "
-                             "(`resnetlab recipes` shows them)")
+                             "(`resnetlab recipes NAME` lists them)")
     where.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET-TIME)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
     where.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS")
@@ -108,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
     p.add_argument("--pretrained", action="store_true", help="only the models with published ImageNet weights")
 
-    sub.add_parser("recipes", help="list the training recipes with their hyperparameters and sources")
+    p = sub.add_parser("recipes", help="list the training recipes with their hyperparameters and sources")
+    p.add_argument("name", nargs="?", choices=list(RECIPES), metavar="RECIPE",
+                   help="one recipe's every field, as --recipe-arg KEY=VALUE names them")
 
     p = sub.add_parser("data", help="find (or prepare) a dataset and show its splits, classes and image sizes")
     p.add_argument("dataset", help="fashion-mnist, mnist, cifar10, cifar100, signs, imagenet or folder:PATH")
@@ -285,9 +288,17 @@ def cmd_recipes(args: argparse.Namespace) -> None:
 
     from .recipes import describe_recipe
 
+    if args.name:
+        recipe = RECIPES[args.name]
+        print(f"{recipe.name}: {describe_recipe(recipe)}")
+        for key, value in recipe.to_dict().items():
+            if key not in ("name", "notes"):
+                print(f"  {key:<18}{json.dumps(value)}")  # as --recipe-arg KEY=VALUE reads it back
+        return
     for name, recipe in RECIPES.items():
         print(f"{name}: {describe_recipe(recipe)}")
         print(textwrap.fill(recipe.notes, width=100, initial_indent="    ", subsequent_indent="    "))
+    print("\n`resnetlab recipes NAME` lists every field of one, as --recipe-arg KEY=VALUE changes them.")
 
 
 def cmd_data(args: argparse.Namespace) -> None:

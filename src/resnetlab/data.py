@@ -1008,9 +1008,13 @@ def _image_files(top: Path | str) -> Iterator[str]:
             yield entry.path
 
 
+HELD_OUT_FOLDERS = ("val", "validation", "valid", "test")  # torchvision's name first, then Keras's and others'
+
+
 def own_held_out(path: Path) -> Path | None:
-    """PATH's val/ (or test/) folder when PATH splits its images itself (train/ beside it); else None."""
-    held_out = next((path / s for s in ("val", "test") if (path / s).is_dir()), None)
+    """PATH's val/ (or validation/, valid/, test/) folder when PATH splits its images itself (train/ beside
+    it); else None."""
+    held_out = next((path / s for s in HELD_OUT_FOLDERS if (path / s).is_dir()), None)
     return held_out if (path / "train").is_dir() else None
 
 
@@ -1044,7 +1048,7 @@ def _load_folder(
         subfolders = set(_class_names(path))
         if subfolders == {"train"}:
             path = path / "train"  # held-out images are drawn from train/ as from any folder of classes
-        elif subfolders and subfolders <= {"val", "test"}:
+        elif subfolders and subfolders <= set(HELD_OUT_FOLDERS):
             raise DataError(f"{path} has {'/ and '.join(sorted(subfolders))}/ but no train/: put the training images "
                             f"in {path / 'train'}, one subfolder a class")
         by_class = _scan(path)

@@ -171,22 +171,22 @@ def get_recipe(name: str, **overrides) -> Recipe:
     if recipe.optimizer == "sgd" and recipe.nesterov and not recipe.momentum:
         raise ValueError(f"recipe {recipe.name} uses Nesterov momentum, which needs a momentum above 0: "
                          "add --recipe-arg nesterov=false")
-    _check_milestones(recipe, overrides)
+    _check_milestones(recipe, {k: v for k, v in overrides.items() if v != getattr(RECIPES[name], k)})
     for key in ("warmup_steps", "pad_crop"):
         if getattr(recipe, key) < 0:
             raise ValueError(f"{key.replace('_', '-')} must be zero or more, got {getattr(recipe, key)}")
     return recipe
 
 
-def _check_milestones(recipe: Recipe, overrides: dict) -> None:
-    """Refuse milestones that would silently never apply: given in steps, or given to a schedule without drops."""
+def _check_milestones(recipe: Recipe, changed: dict) -> None:
+    """Refuse milestones that would silently never apply: given in steps, or changed for a schedule without drops."""
     for m in recipe.milestones:
         if not 0 < m < 1:
             raise ValueError(f"milestones are fractions of the run between 0 and 1 (the papers' 32k and 48k of 64k "
                              f"steps are [0.5, 0.75]), got {m:g}")
     if list(recipe.milestones) != sorted(recipe.milestones):
         raise ValueError(f"milestones must be in increasing order, got {list(recipe.milestones)}")
-    given = sorted({"milestones", "gamma"} & set(overrides))
+    given = sorted({"milestones", "gamma"} & set(changed))
     if given and recipe.schedule != "multistep":
         raise ValueError(f"{' and '.join(given)}: only the multistep schedule uses {'them' if len(given) > 1 else 'it'}, "
                          f"and recipe {recipe.name} uses {recipe.schedule}; add --recipe-arg schedule=multistep")
