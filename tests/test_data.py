@@ -258,6 +258,8 @@ def test_offline_download_names_both_remedies(tmp_path, monkeypatch):
     message = str(err.value)
     assert "could not download http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/" in message
     assert "apt-get install dataset-fashion-mnist" in message
+    assert ("put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+            "t10k-labels-idx1-ubyte.gz in --data-dir") in message  # all four, the test split's too
     assert "--data-dir" in message and "$RESNETLAB_DATA" in message and "network" in message
     assert "\n" not in message
     # The folders a failed download made are gone again, a mistyped --data-dir's parents too; others stay.

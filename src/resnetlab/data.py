@@ -523,9 +523,10 @@ def _fetch(name: str, files: Sequence[str], root: str | Path | None) -> Path:
             for folder in made:  # made for the download (a mistyped --data-dir's too): empty ones only mislead
                 if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
-            raise DataError(
-                f"{name}: could not download {url} into {dest} ({reason}). {_how_to_get(name, ' and '.join(files))}"
-            ) from None
+            # Every file the dataset needs, its test split's too, not just those this split was fetching.
+            needed = list(checksums)
+            needed = ", ".join(needed[:-1]) + " and " + needed[-1] if len(needed) > 1 else needed[0]
+            raise DataError(f"{name}: could not download {url} into {dest} ({reason}). {_how_to_get(name, needed)}") from None
     return dest
 
 
