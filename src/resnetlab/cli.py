@@ -91,7 +91,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     where.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET-TIME)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
     where.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS")
-    where.add_argument("--no-progress", action="store_true", help="no progress bar, only the per-epoch lines (bars show only on a terminal, so a log "
+    where.add_argument("--no-progress", action="store_true",
+                       help="no progress bar, only the per-epoch lines (bars show only on a terminal, so a log "
                             "that stderr is piped into gets the lines alone)")
     speed = p.add_argument_group("speed")
     speed.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -302,6 +303,7 @@ def cmd_recipes(args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
+    import numpy as np
 
     from .data import load_split, resolve_dataset
 
@@ -326,8 +328,6 @@ def cmd_data(args: argparse.Namespace) -> None:
         form = "x".join(map(str, ds.images.shape[1:])) + " uint8" if in_memory else "image files (resized to --image-size, 64 by default)"
         print(f"  {title:<10}{len(ds):>10,} images  {form}")
     train = splits["train"]
-    import numpy as np
-
     # Every class counted, those without a training image too.
     labels = np.asarray(train.labels if hasattr(train, "images") else train.samples.labels)
     per_class = np.bincount(labels, minlength=len(train.classes))

@@ -155,8 +155,10 @@ class Samples(Sequence):
         return len(self.labels)
 
     def __getitem__(self, i):
-        if isinstance(i, slice):
-            return Samples(list(zip(map(os.fsdecode, self.paths[i]), self.labels[i].tolist())))
+        if isinstance(i, (slice, np.ndarray)):  # a range or an index array: the arrays cut, no Path made
+            taken = Samples([])
+            taken.paths, taken.labels = self.paths[i], self.labels[i]
+            return taken
         return Path(os.fsdecode(self.paths[i])), int(self.labels[i])
 
     def __eq__(self, other: object) -> bool:
@@ -204,8 +206,7 @@ class FolderDataset(torch.utils.data.Dataset):
         if count >= len(self):
             return self
         keep = np.sort(np.random.default_rng(seed).permutation(len(self))[:count])
-        samples = Samples([self.samples[int(i)] for i in keep])
-        return FolderDataset(samples, self.classes, self.image_size, self.channels, self.name, self.resize_to)
+        return FolderDataset(self.samples[keep], self.classes, self.image_size, self.channels, self.name, self.resize_to)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
@@ -695,10 +696,10 @@ def _read_cifar(folder: Path, fmt: _CifarFormat, split: str) -> _Arrays:
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise DataError(f"{folder} lacks {', '.join(missing)}: it is incomplete; extract {fmt.archive} again")
-    parts = [read(f, fmt) for f in files[:-1]]
+    *batches, meta = files
+    parts = [read(f, fmt) for f in batches]
     images = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
     labels = np.concatenate([p[1] for p in parts])
-    meta = folder / fmt.meta
     if fmt.label_bytes:
         text = _read_bytes(meta).decode("utf-8", "replace")
         classes = [line.strip() for line in text.splitlines() if line.strip()]
@@ -890,7 +891,6 @@ def export_folder(splits: dict[str, ArrayDataset], out: str | Path) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out
-
 
 
 # ----------------------------------------------------------------------------- ImageNet

@@ -29,6 +29,7 @@ from .runs import CONFIG, read_metrics  # noqa: E402
 _SUFFIXES = (".png", ".svg", ".csv", ".pdf")
 _X_LABELS = {"step": "iterations", "epoch": "epochs"}
 CSV_COLUMNS = ("run", "epoch", "step", "train_loss", "test_loss", "train_error", "test_error")
+_MARKED_POINTS = 30  # curves of this many points or fewer get a marker at each, which stays legible
 
 
 def save_figure(fig: Figure, out: str | Path) -> list[Path]:
@@ -161,7 +162,7 @@ def _curves_figure(runs: list[tuple[str, dict[str, list]]], x: str, dataset: str
     colours = matplotlib.colormaps["tab10"].colors
     for i, (_, s) in enumerate(runs):
         # Markers only while they can be told apart: short runs have few points.
-        marker = "o" if len(s[x]) <= 30 else None
+        marker = "o" if len(s[x]) <= _MARKED_POINTS else None
         for ax, columns in styles.items():
             for column, style in columns.items():
                 # Training hollow, test filled: a run of one epoch is two points, which no line style tells apart.
@@ -184,7 +185,7 @@ def _curves_figure(runs: list[tuple[str, dict[str, list]]], x: str, dataset: str
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if x == "step":
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 64000 -> 64k
-        marked = any(len(s[x]) <= 30 for _, s in runs)  # as the curves: hollow for training, filled for test
+        marked = any(len(s[x]) <= _MARKED_POINTS for _, s in runs)  # as the curves: hollow for training, filled for test
         handles = [Line2D([], [], color="black", label=c.split("_")[0], marker="o" if marked else None, ms=4,
                           mfc="none" if c.startswith("train") else "black", **st) for c, st in styles[ax].items()]
         ax.legend(handles=handles, loc="best", fontsize=9)

@@ -262,7 +262,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-
 def weights_name(weights, model_name: str) -> str:
     """``weights`` as resnetlab names them: a tag or a file's path. Also takes a ``Path`` and torchvision's
     weights enums (``ResNet50_Weights.IMAGENET1K_V2``), as torchvision's builders do."""

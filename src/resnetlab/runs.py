@@ -14,6 +14,7 @@ while it runs, so that a second one cannot write into the same directory.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -55,8 +56,6 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; run files are meant to be shared
         os.replace(tmp, path)
     except OSError as e:
-        import errno
-
         reason = e.strerror or str(e).splitlines()[0]
         # No errno: a writer's own report (torch.save's "unexpected pos"), which is how a full disk reaches it.
         hint = "; is the disk full?" if e.errno in (errno.ENOSPC, None) else "."

@@ -83,9 +83,14 @@ class Interrupted(Exception):
     """Training stopped early (Ctrl-C or ``stop_at``) after saving a resumable checkpoint."""
 
     def __init__(self, run_dir: Path, step: int, processes: int = 1) -> None:
-        command = f"torchrun --nproc-per-node={processes} -m resnetlab" if processes > 1 else "resnetlab"
-        super().__init__(f"stopped at step {step}; continue with: {command} train --resume {run_dir}")
+        super().__init__(f"stopped at step {step}; continue with: {_resume_command(run_dir, processes)}")
         self.run_dir, self.step = run_dir, step
+
+
+def _resume_command(run_dir: Path, processes: int) -> str:
+    """The command that continues a run, with as many processes as trained it."""
+    launcher = f"torchrun --nproc-per-node={processes} -m resnetlab" if processes > 1 else "resnetlab"
+    return f"{launcher} train --resume {run_dir}"
 
 
 class Diverged(RuntimeError):
@@ -258,9 +263,9 @@ def _resume(run_dir: Path, saved: dict, world: distributed.World, device: str, p
             workers: int | None, data_dir: str | None) -> TrainResult:
     processes = saved.get("processes", 1)
     if processes != world.size:  # each process's share of the batch, and so every step, would differ
-        command = f"torchrun --nproc-per-node={processes} -m resnetlab" if processes > 1 else "resnetlab"
         raise runs.RunError(f"{run_dir} was trained by {processes} process{'es' if processes > 1 else ''}, and "
-                            f"resuming with {world.size} would change the run; continue with: {command} train --resume {run_dir}")
+                            f"resuming with {world.size} would change the run; continue with: "
+                            f"{_resume_command(run_dir, processes)}")
     checkpoint = runs.load_checkpoint(run_dir)
     if checkpoint.get("model_name") != saved["model"]:
         raise runs.RunError(f"{run_dir / runs.CHECKPOINT} is a checkpoint of {checkpoint.get('model_name')}, not {saved['model']}")
