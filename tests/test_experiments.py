@@ -118,7 +118,7 @@ def test_responses_of_trained_runs(degradation, tmp_path):
     rows = read_csv(out / "responses.csv")
     assert len(rows) == 3 + 6 + 3 + 6
     report = (out / "responses.md").read_text()
-    assert "| resnet14 | residual | 6 |" in report and "convolution's output" not in report  # every branch ends in BN
+    assert "| resnet14 | resnet14-s0 | residual | 6 |" in report and "convolution's output" not in report  # every branch ends in BN
 
     preact = train(TrainConfig(model="preact_resnet8", limit_train=32, batch_size=16, steps=2, limit_test=32,
                                device="cpu", progress=False, out=str(tmp_path / "preact8"))).run_dir
@@ -251,7 +251,8 @@ def test_ablation_studies_train_each_variant_and_compare_with_the_paper(tmp_path
 
     # A run trained with other model options is never passed off as the one asked for.
     shutil.copytree(out / "runs" / "resnet8-basic-post-s0", tmp_path / "gate" / "runs" / "resnet8-basic-gate-6-s0")
-    with pytest.raises(ValueError, match="other settings \\(model option mixing, model option gate_bias\\)"):
+    # Its order=post, which the gated net does not ask for, counts too.
+    with pytest.raises(ValueError, match="other settings \\(model option mixing, model option gate_bias, model option order\\)"):
         reproduce("shortcuts", "--depth", 8, "--variants", "gate-6", *QUICK, "--out", tmp_path / "gate")
 
 
@@ -275,3 +276,57 @@ def test_ablation_reports_the_papers_numbers_for_its_own_nets(monkeypatch, tmp_p
         experiments.reproduce_variants(TrainConfig(), tmp_path / "c", "orders", keys=["sideways"])
     with pytest.raises(ValueError, match="not a CIFAR net's 9n\\+2 layers"):
         experiments.reproduce_variants(TrainConfig(), tmp_path / "c", "orders", depth=14, block="bottleneck")
+
+
+def test_a_run_with_model_options_or_weights_not_asked_for_is_not_reused(degradation, tmp_path):
+    """The check runs both ways: options the saved run has and the request lacks differ too."""
+    run_dir = tmp_path / "runs" / "resnet8-s0"
+    shutil.copytree(degradation / "runs" / "resnet8-s0", run_dir)
+    asked = TrainConfig(model="resnet8", recipe="he2016", steps=10, limit_train=32, batch_size=16, limit_test=32,
+                        device="cpu", progress=False, out=str(run_dir))
+    config = json.loads((run_dir / "config.json").read_text())
+    config["model_kwargs"]["order"] = "preact"  # as if trained with --model-arg order=preact
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="other settings \\(model option order\\)"):
+        train_or_reuse(asked)
+    del config["model_kwargs"]["order"]
+    config["weights"] = "/somewhere/weights.safetensors"
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="other settings \\(weights\\)"):
+        train_or_reuse(asked)
+
+
+def test_reports_name_the_batch_size_and_learning_rate_given(degradation):
+    # QUICK overrides the recipe's batch of 128: a report that named the recipe alone would mislead.
+    report = (degradation / "degradation.md").read_text()
+    assert "recipe he2016 with batch 16, 10 iterations" in report and "first 32 test images" in report
+    base = TrainConfig(recipe="he2016", epochs=1, lr=0.05)
+    assert experiments._setup_text(base) == "fashion-mnist, recipe he2016 with lr 0.05, 1 epoch"
+
+
+def test_responses_of_several_runs_of_one_net_are_told_apart_and_averaged(degradation, tmp_path):
+    out = tmp_path / "responses"
+    copy_runs(degradation, tmp_path / "copy", ["resnet8-s0"])
+    runs = [degradation / "runs" / "resnet8-s0", tmp_path / "copy" / "runs" / "resnet8-s0", degradation / "runs" / "plain8-s0"]
+    reproduce("responses", "--runs", *runs, "--limit-test", 32, "--device", "cpu", "--out", out)
+    models = json.loads((out / "responses.json").read_text())["models"]
+    report = (out / "responses.md").read_text()
+    # Each run has its own row, named by its folder; the comparison takes both ResNet-8 runs, not the last one alone.
+    assert report.count("| resnet8 | resnet8-s0 |") == 2 and "| plain8 | plain8-s0 |" in report
+    residual = [sum(m["std"]) / len(m["std"]) for m in models if m["kind"] == "residual"]
+    assert len(residual) == 2
+    assert f"mean std {sum(residual) / 2:.3f}, mean of 2 runs, against" in report
+    assert "32 test images" in report
+
+
+def test_a_bad_out_fails_before_anything_is_trained_or_written(tmp_path):
+    file = tmp_path / "a-file"
+    file.write_text("")
+    with pytest.raises(ValueError, match="--out .*a-file is a file, not a folder"):
+        reproduce("degradation", "--depths", 8, *QUICK, "--out", file)
+    with pytest.raises(ValueError, match="--out .*a-file is a file, not a folder"):
+        reproduce("orders", "--depth", 8, *QUICK, "--out", file)
+    # A bad depth leaves no empty folder behind.
+    with pytest.raises(ValueError, match="depth 10 is not"):
+        reproduce("responses", "--depths", 10, *QUICK, "--out", tmp_path / "responses")
+    assert not (tmp_path / "responses").exists()

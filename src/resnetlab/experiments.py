@@ -93,12 +93,17 @@ def train_or_reuse(config: TrainConfig) -> Path:
         # (its notes are prose, not a setting).
         "model": config.model, "dataset": resolve_dataset(config.dataset, config.data_dir), "seed": config.seed,
         "limit_train": config.limit_train, "limit_test": config.limit_test,
-        "grad_norm_every": config.grad_norm_every,
+        "grad_norm_every": config.grad_norm_every, "weights": config.weights,
     }
     differ = [key for key, value in asked.items() if saved.get(key) != value]
     differ += ["recipe"] if Recipe.from_dict(saved["recipe"]) != resolve_recipe(config) else []
-    saved_options = saved.get("model_kwargs", {})
-    differ += [f"model option {k}" for k, v in json.loads(json.dumps(config.model_kwargs)).items() if saved_options.get(k) != v]
+    # Both ways: an option the saved run was built with and the request lacks (order=preact in a
+    # folder where the original net is asked for) changes the net as much as one asked for and missing.
+    # The class count and channels come from the dataset, which is compared above.
+    saved_options = {k: v for k, v in saved.get("model_kwargs", {}).items() if k not in ("num_classes", "in_chans")}
+    asked_options = json.loads(json.dumps(config.model_kwargs))
+    options = [*asked_options, *(k for k in saved_options if k not in asked_options)]
+    differ += [f"model option {k}" for k in options if saved_options.get(k) != asked_options.get(k)]
     if differ:
         raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(differ)}): delete it or pick another --out")
     rows = runs.read_metrics(run_dir, missing_ok=True)
@@ -149,14 +154,26 @@ def _seeds_text(base: TrainConfig, seeds: int) -> str:
 
 def _setup_text(base: TrainConfig) -> str:
     """One line saying what the nets were trained on, for reports and figure titles."""
-    parts = [base.dataset, f"recipe {base.recipe}"]
+    # The recipe's name alone would claim its batch size and learning rate where the flags replaced them.
+    changed = [f"batch {base.batch_size}" if base.batch_size else "", f"lr {base.lr:g}" if base.lr else ""]
+    parts = [base.dataset, f"recipe {base.recipe}" + (f" with {', '.join(c for c in changed if c)}" if any(changed) else "")]
     if base.steps:
-        parts.append(f"{base.steps:,} iterations")
+        parts.append(f"{base.steps:,} iteration{'s' if base.steps != 1 else ''}")
     elif base.epochs:
-        parts.append(f"{base.epochs:g} epochs")
+        parts.append(f"{base.epochs:g} epoch{'s' if base.epochs != 1 else ''}")
     if base.limit_train:
         parts.append(f"first {base.limit_train:,} training images")
+    if base.limit_test:
+        parts.append(f"first {base.limit_test:,} test images")
     return ", ".join(parts)
+
+
+def _check_out(out: str | Path) -> Path:
+    """``out`` as a Path, refused before any training when it names something other than a folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: give a folder for the runs, figures and reports")
+    return out
 
 
 PAPER_ITERATIONS = 64_000  # the papers' CIFAR-10 schedule, whose end their claims are about
@@ -234,7 +251,7 @@ def reproduce_degradation(
     ResNets right), ``degradation.csv`` (every evaluation of every run) and ``degradation.md`` (final
     errors and whether degradation shows) into ``out``, and returns their paths.
     """
-    depths, out = _check_depths(depths), Path(out)
+    depths, out = _check_depths(depths), _check_out(out)
     _check_seeds(seeds)
     seed_list = range(base.seed, base.seed + seeds)
     models = [(kind, d) for kind in KINDS for d in depths]
@@ -259,7 +276,8 @@ def reproduce_degradation(
         table.append((_model_name(kind, depth), depth, kind, _mean_std(train_errors), _mean_std(test_errors)))
     points = min(len(rows) for rows in curves.values())
     if points < MIN_POINTS:
-        print(f"note: the curves have only {points} points, one an epoch: --limit-train makes epochs shorter")
+        print(f"note: the curves have only {points} point{'s' if points != 1 else ''}, one an epoch: "
+              "--limit-train makes epochs shorter")
     title = f"Degradation (He et al. 2015, Figure 6): {_setup_text(base)}"
     paths = _save(_degradation_figure(curves, title + (f", mean of {seeds} seeds" if seeds > 1 else "")), out / "degradation")
     columns = ["model", "depth", "kind", "seed", "step", "train_error", "test_error"]
@@ -317,7 +335,7 @@ def reproduce_depth(
     Writes ``depth.md`` (parameters and test error, mean ± std over seeds), ``depth.json`` and
     ``depth.png``/``.svg`` (test error against depth with error bars, parameters as labels).
     """
-    depths, out = _check_depths(depths), Path(out)
+    depths, out = _check_depths(depths), _check_out(out)
     _check_seeds(seeds)
     seed_list = range(base.seed, base.seed + seeds)
     run_dirs = _train_nets(base, out, [_model_name("residual", d) for d in depths], seed_list)
@@ -393,7 +411,7 @@ def reproduce_gradients(base: TrainConfig, out: str | Path, depth: int = 56, eve
     ``gradients.csv`` (one row per net and layer, one column per recorded step),
     ``gradients.json`` and ``gradients.md`` (first-layer over last-layer gradient norm).
     """
-    (depth,), out = _check_depths([depth]), Path(out)
+    (depth,), out = _check_depths([depth]), _check_out(out)
     if every is not None and every < 1:
         raise ValueError(f"--every must be at least 1, got {every}")
     every = every or max(1, _planned_steps(base) // 100)
@@ -540,15 +558,15 @@ def reproduce_responses(
     ``responses.md``, named apart from the other reports so that one ``out`` can serve
     ``degradation`` and then ``responses`` on the same runs.
     """
-    out = Path(out)
+    out = _check_out(out)
     if run_dirs:
         run_dirs = [Path(d) for d in run_dirs]
         for run_dir in run_dirs:  # every one checked before anything is written
             runs.read_config(run_dir)
         out.mkdir(parents=True, exist_ok=True)
     else:
-        out.mkdir(parents=True, exist_ok=True)
         depths = _check_depths(depths)
+        out.mkdir(parents=True, exist_ok=True)
         trained = _train_nets(base, out, [_model_name(k, d) for k in KINDS for d in depths], [base.seed])
         run_dirs = list(trained.values())
 
@@ -563,7 +581,7 @@ def reproduce_responses(
         names = {id(m): name for name, m in model.named_modules()}
         stds = branch_response_stds(model, batches)
         measured.append({
-            "model": config["model"], "run": str(run_dir), "depth": depth_of(config["model"]),
+            "model": config["model"], "run": str(run_dir), "run_name": run_dir.resolve().name, "depth": depth_of(config["model"]),
             "kind": "residual" if model.residual else "plain", "order": model.order,
             "branch_end": type(model.blocks()[0].branch_end).__name__, "test_images": len(test),
             "blocks": [names[id(b)] for b in model.blocks()], "std": stds, "std_sorted": sorted(stds, reverse=True),
@@ -579,14 +597,17 @@ def reproduce_responses(
     ]
     paths += [out / "responses.json", _write_csv(out / "responses.csv", list(csv_rows[0]), csv_rows)]
 
-    table = [(m["model"], m["kind"], len(m["std"]), f"{statistics.mean(m['std']):.3f}", f"{max(m['std']):.3f}") for m in measured]
+    table = [(m["model"], m["run_name"], m["kind"], len(m["std"]), f"{statistics.mean(m['std']):.3f}", f"{max(m['std']):.3f}")
+             for m in measured]
+    images = sorted({m["test_images"] for m in measured})
     lines = [
         "# Responses of the residual branches (He et al. 2015, Figure 7)", "",
-        "Standard deviation over the test set of each block's branch output, after its last BN and "
+        f"Standard deviation over the test set ({' or '.join(f'{n:,}' for n in images)} test images) of each block's "
+        "branch output, after its last BN and "
         "before the addition (in plain nets: before the ReLU)"
         + ("; a branch that ends in a convolution (pre-activation, BN after the addition) is measured at that "
            "convolution's output." if any(m["branch_end"] == "Conv2d" for m in measured) else "."), "",
-        *_table(["model", "kind", "blocks", "mean std", "largest std"], table), "",
+        *_table(["model", "run", "kind", "blocks", "mean std", "largest std"], table), "",
         *_responses_sentences(measured), "",
         "![response std by layer and sorted](responses.png)",
     ]
@@ -595,30 +616,45 @@ def reproduce_responses(
 
 
 def _responses_sentences(measured: list[dict]) -> list[str]:
-    """At each depth measured for both kinds: are the residual responses smaller, as the paper finds?"""
-    means = {(m["kind"], m["depth"]): statistics.mean(m["std"]) for m in measured}
+    """At each depth measured for both kinds: are the residual responses smaller, as the paper finds?
+
+    Several runs of one kind and depth (seeds, or the variants of an ablation) are averaged, each
+    run's mean std counting once, rather than one of them standing for all."""
+    means: dict[tuple[str, int], list[float]] = {}
+    for m in measured:
+        means.setdefault((m["kind"], m["depth"]), []).append(statistics.mean(m["std"]))
     lines = []
     for depth in sorted({d for _, d in means}):
         if ("plain", depth) not in means or ("residual", depth) not in means:
             continue
         plain, residual = means["plain", depth], means["residual", depth]
-        verb = "smaller than" if residual < plain else "not smaller than"
+
+        def text(values: list[float]) -> str:
+            return f"{statistics.mean(values):.3f}" + (f", mean of {len(values)} runs" if len(values) > 1 else "")
+
+        verb = "smaller than" if statistics.mean(residual) < statistics.mean(plain) else "not smaller than"
         lines.append(
-            f"At depth {depth} the residual responses are {verb} the plain ones (mean std {residual:.3f} against {plain:.3f})."
+            f"At depth {depth} the residual responses are {verb} the plain ones (mean std {text(residual)}, against {text(plain)})."
         )
     return lines or ["No depth was measured for both a plain and a residual net, so they are not compared."]
 
 
 def _responses_figure(measured: list[dict]) -> Figure:
     fig, (top, bottom) = _figure(2, 1, (9, 7.5), sharey=True)
-    colour = _colours(sorted({m["depth"] for m in measured}))
-    for m in measured:
+    labels = [_label(m["kind"], m["depth"]) for m in measured]
+    # A depth's colour is shared by its plain and residual nets; two runs of one net (seeds, variants)
+    # each get a colour of their own and their folder's name in the legend, or they could not be told apart.
+    shared = [i for i, label in enumerate(labels) if labels.count(label) > 1]
+    colour = _colours([*sorted({m["depth"] for m in measured}), *(("run", i) for i in shared)])
+    for i, (m, label) in enumerate(zip(measured, labels)):
         style = dict(ls="--", lw=1.4) if m["kind"] == "plain" else dict(ls="-", lw=2)
         marker = dict(marker="o", ms=3) if len(m["std"]) <= 30 else {}
-        label = _label(m["kind"], m["depth"])
+        if i in shared:
+            label = f"{label} ({m['run_name']})"
+        shade = colour["run", i] if i in shared else colour[m["depth"]]
         index = range(1, len(m["std"]) + 1)
-        top.plot(index, m["std"], color=colour[m["depth"]], label=label, **style, **marker)
-        bottom.plot(index, m["std_sorted"], color=colour[m["depth"]], label=label, **style, **marker)
+        top.plot(index, m["std"], color=shade, label=label, **style, **marker)
+        bottom.plot(index, m["std_sorted"], color=shade, label=label, **style, **marker)
     top.set_xlabel("layer index: block, input to output")
     bottom.set_xlabel("layer index, sorted by magnitude")
     for ax in (top, bottom):
@@ -719,7 +755,7 @@ def reproduce_variants(
     if depth < 8 or (depth - 2) % per_block:
         raise ValueError(f"depth {depth} is not a CIFAR net's {per_block}n+2 layers for {block} blocks")
     _check_seeds(seeds)
-    out, model, seed_list = Path(out), f"resnet{depth}", range(base.seed, base.seed + seeds)
+    out, model, seed_list = _check_out(out), f"resnet{depth}", range(base.seed, base.seed + seeds)
     column = {(110, "basic"): 0, (164, "bottleneck"): 1}.get((depth, block))  # which of the paper's numbers
     net = f"ResNet-{depth}" + (" (bottleneck)" if block == "bottleneck" else "")
 
