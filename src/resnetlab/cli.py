@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "the run directory, replacing its last evaluation")
     p.add_argument("--dataset", help="another dataset with the same classes (default: the run's)")
     p.add_argument("--data-dir")
-    p.add_argument("--limit-test", type=int, metavar="N")
+    p.add_argument("--limit-test", type=int, metavar="N",
+                   help="evaluate on N test images: a named dataset's first N, a folder's N drawn at random (seeded)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     _add_view_flags(p)
 

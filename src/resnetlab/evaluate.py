@@ -37,9 +37,10 @@ class EvalResult:
     def count(self) -> int:
         return sum(map(sum, self.confusion))
 
-    def per_class_accuracy(self) -> list[float]:
-        """Recall of each class: correct predictions over examples of that class."""
-        return [row[i] / max(1, sum(row)) for i, row in enumerate(self.confusion)]
+    def per_class_accuracy(self) -> list[float | None]:
+        """Recall of each class: correct predictions over examples of that class; None for a class
+        with no examples (a test set cut by ``--limit-test``), whose accuracy is unknown rather than 0."""
+        return [row[i] / sum(row) if sum(row) else None for i, row in enumerate(self.confusion)]
 
 
 class _Tally:
@@ -93,14 +94,16 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """``model`` in eval mode, then back in the mode it was in: a trainer's model evaluated mid-run
-    must go on training with batch statistics and dropout."""
-    was_training = model.training
+    """``model`` in eval mode, then each of its modules back in the mode it was in: a trainer's model
+    evaluated mid-run must go on training with batch statistics and dropout, and layers a fine-tuner
+    keeps in eval mode (frozen batch norms) must stay there, which ``model.train()`` would undo."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 # Test-time views (He et al. 2015, Section 3.4): "standard 10-crop testing" for the comparisons of
@@ -291,9 +294,9 @@ class EvalReport:
         per_class = list(zip(self.classes, r.per_class_accuracy()))
         if len(per_class) > 20:  # ImageNet's thousand lines would bury the totals: the hardest classes only
             lines.append("lowest per-class accuracies (eval.json has them all):")
-            per_class = sorted(per_class, key=lambda ca: ca[1])[:10]
+            per_class = sorted([ca for ca in per_class if ca[1] is not None], key=lambda ca: ca[1])[:10]
         width = max(len(c) for c, _ in per_class) + 2
-        lines += [f"  {c:<{width}}{a:.2%}" for c, a in per_class]
+        lines += [f"  {c:<{width}}{'no test images' if a is None else f'{a:.2%}'}" for c, a in per_class]
         lines += [self.reference] if self.reference else []
         lines += [f"wrote {f}" for f in self.files]
         return "\n".join(lines)
@@ -322,6 +325,7 @@ def evaluate_run(
     from .runs import load_model, write_json
 
     run_dir = Path(run_dir)
+    _check_out(out)
     dev = pick_device(device)
     model, config = load_model(run_dir, dev)
     own = config["dataset"]
@@ -351,9 +355,18 @@ def evaluate_run(
         )
     unnamed = config["classes"] == [str(i) for i in range(len(config["classes"]))]  # an import given no names
     exported = class_folder_names(config["classes"])  # the run's own data written out by `resnetlab data --export`
-    if name.startswith("folder:") and list(test.classes) not in (config["classes"], exported) and not unnamed:
-        # Labels are class indices: folders named otherwise would be scored against the wrong classes.
+    # A folder run on a named dataset's export, tested on the named dataset itself.
+    named_export = class_folder_names(test.classes) == config["classes"]
+    # A named dataset is the run's own when it trained on it (or an import was pointed at it): the run's
+    # names for its classes may be the user's own (SIGNS's digits called "zero", "one", ...).
+    checked = name.startswith("folder:") or name != own
+    if checked and list(test.classes) not in (config["classes"], exported) and not unnamed and not named_export:
+        # Labels are class indices: a test set whose classes are others (MNIST's digits for a
+        # Fashion-MNIST run, folders named otherwise) would be scored against the wrong classes.
         differ = next(f"{a!r} where the run has {b!r}" for a, b in zip(test.classes, config["classes"]) if a != b)
+        if not name.startswith("folder:"):
+            raise ValueError(f"{name}'s classes are not the run's ({differ}): its labels would be scored as "
+                             "other classes; test the run on a dataset with the classes it was trained on")
         more = ", ..." if len(config["classes"]) > 5 else ""
         raise ValueError(f"{name}'s class folders are not the run's classes ({differ}); name them as the run's "
                          f"({', '.join(config['classes'][:5])}{more}) or as `resnetlab data --export` does "
@@ -369,6 +382,12 @@ def evaluate_run(
     report.files.append(out / "eval.json")
     report.files += plot_confusion(result.confusion, config["classes"], out / "confusion", f"{config['model']} on {name}")
     return report
+
+
+def _check_out(out: str | Path | None) -> None:
+    """Refuse an ``out`` that cannot be a folder before the test set is scored, which may take minutes."""
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out is the folder eval.json and the confusion matrix are written into: {out} is a file")
 
 
 def _score(model: nn.Module, ds, config: dict, views: str | None, scales: Sequence[int], device: torch.device) -> EvalResult:
@@ -399,6 +418,7 @@ def evaluate_published(
     from .data import DataError, get_dataset, own_held_out, resolve_dataset
     from .runs import write_json
 
+    _check_out(out)
     dataset = resolve_dataset(dataset, data_dir)
     if not dataset.startswith("folder:"):
         raise DataError(f"published ImageNet weights are evaluated on imagenet or an ImageNet-style folder "

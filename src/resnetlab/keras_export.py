@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from .blocks import ZeroPadShortcut
@@ -89,6 +90,7 @@ def export_keras(model: ResNet, config: dict, path: str | Path) -> Path:
     if path.suffix.lower() not in (".keras", ".h5"):
         raise ValueError(f"a Keras model file ends in .keras (Keras 3) or .h5 (Keras 2 and 3), not {path.name}")
     _check_supported(model)
+    _check_config(model, config)
     graph, output = _build(model, config)
     about = {"model": config["model"], "classes": config.get("classes")}  # what the outputs mean
     if path.suffix.lower() == ".keras":
@@ -130,7 +132,7 @@ def _build(model: ResNet, config: dict) -> tuple[_Graph, _Tensor]:
     else:
         x = graph.add("GlobalAveragePooling2D", [x], (None, x.shape[3]))
     fc = model.fc
-    x = graph.add("Dense", [x], (None, fc.out_features), [fc.weight.detach().t().numpy(), fc.bias.detach().numpy()],
+    x = graph.add("Dense", [x], (None, fc.out_features), [_array(fc.weight).T, _array(fc.bias)],
                   units=fc.out_features, activation="softmax", use_bias=True)
     graph.sort_as_keras(x.layer)
     return graph, x
@@ -202,11 +204,33 @@ def _keras2_hdf5(graph: _Graph, output: _Tensor, name: str, about: dict) -> byte
     return buffer.getvalue()
 
 
+def _array(t: torch.Tensor) -> np.ndarray:
+    """A parameter or buffer as the float32 array Keras files hold, whatever the model's dtype and device."""
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
 def _check_supported(model: ResNet) -> None:
-    if model.order not in ("post", "preact") or model.mixing != "add" or model.out_indices is not None:
+    if model.out_indices is not None or not isinstance(model.fc, nn.Linear):
+        raise ValueError("Keras export writes a classifier; a backbone (features_only, or num_classes=0) has none")
+    unsupported = ([f"order={model.order!r}"] if model.order not in ("post", "preact") else []) + (
+        [f"mixing={model.mixing!r}"] if model.mixing != "add" else [])
+    if unsupported:
         raise ValueError("Keras export writes the networks of the papers and the notebook (post- or pre-activation "
-                         f"units that add their shortcut), not order={model.order!r}, mixing={model.mixing!r}"
-                         + (" or a backbone" if model.out_indices is not None else ""))
+                         f"units that add their shortcut), not {', '.join(unsupported)}")
+
+
+def _check_config(model: ResNet, config: dict) -> None:
+    """Refuse a config that does not describe ``model``: Keras could not load the file, or its outputs
+    would carry other classes' names."""
+    channels = model.conv1.in_channels
+    if config["channels"] != channels:
+        raise ValueError(f"the model takes {channels}-channel images; the config says {config['channels']}")
+    if not len(config["mean"]) == len(config["std"]) == channels:
+        raise ValueError(f"{channels} channels need {channels} means and standard deviations; the config has "
+                         f"{len(config['mean'])} and {len(config['std'])}")
+    classes = config.get("classes")
+    if classes is not None and len(classes) != model.fc.out_features:
+        raise ValueError(f"the model has {model.fc.out_features} classes; the config names {len(classes)}")
 
 
 def _max_pool(graph: _Graph, x: _Tensor, p: int, activated: bool) -> _Tensor:
@@ -232,8 +256,8 @@ def _conv(graph: _Graph, conv: nn.Conv2d, x: _Tensor) -> _Tensor:
     (stride 1), else zeros padded explicitly and a "valid" convolution."""
     k, s = conv.kernel_size[0], conv.stride[0]
     p = conv.padding if isinstance(conv.padding, str) else conv.padding[0]
-    kernel = conv.weight.detach().permute(2, 3, 1, 0).numpy()  # OIHW -> HWIO
-    bias = None if conv.bias is None else conv.bias.detach().numpy()
+    kernel = _array(conv.weight).transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    bias = None if conv.bias is None else _array(conv.bias)
     if p == "same" or (p and s == 1 and k % 2 == 1 and p == k // 2):
         return _conv_layer(graph, x, kernel, bias, s, "same")
     if p:
@@ -253,7 +277,7 @@ def _conv_layer(graph: _Graph, x: _Tensor, kernel: np.ndarray, bias: np.ndarray 
 
 
 def _batch_norm(graph: _Graph, bn: nn.BatchNorm2d, x: _Tensor) -> _Tensor:
-    weights = [t.detach().numpy() for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)]
+    weights = [_array(t) for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)]
     return graph.add("BatchNormalization", [x], x.shape, weights, axis=-1, epsilon=bn.eps, momentum=1 - (bn.momentum or 0.1))
 
 

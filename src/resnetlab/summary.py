@@ -84,13 +84,16 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     """Multiply-accumulates of one forward pass for one input, counted by ``torch.utils.flop_counter``.
     The input has the dtype and device of the model's parameters (a bfloat16 model takes a bfloat16 input)."""
     weight = next(model.parameters())
-    was_training = model.training
+    # Each module's own mode is given back, not the model's: ``model.train()`` would wake the batch
+    # norms a fine-tuner keeps frozen in eval mode.
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(torch.zeros(1, *input_size, dtype=weight.dtype, device=weight.device))
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     # The counter reports FLOPs with a multiply and an add counted separately.
     return counter.get_total_flops() // 2
 
@@ -108,7 +111,13 @@ def summary(
     """
     if len(input_size) != 3:
         raise ValueError(f"input_size is one image's (C, H, W), without the batch dimension; got {tuple(input_size)}")
+    if min(input_size) < 1:
+        raise ValueError(f"input_size's channel count and image sides must be positive, not {tuple(input_size)}")
     result = ModelSummary(title or type(model).__name__, tuple(input_size))
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and first.in_channels != input_size[0]:  # said in the user's terms, not the conv's
+        raise ValueError(f"{result.title} takes {first.in_channels}-channel images, not {input_size[0]} "
+                         f"(build it with in_chans={input_size[0]})")
     names = {m: n for n, m in model.named_modules()}
     hooks = []
 
