@@ -10,6 +10,7 @@
 #   decode   bench decode: training crops from JPEG files on this machine's CPU (not in the default list)
 # Each stage takes a few minutes; results land in $OUT (default benchmarks/results). A run's
 # metrics.jsonl times training and evaluation; the log's "wall" line adds start-up and compilation.
+# The runs of a stage end up in one archive, $OUT/runs-STAGE.tar.gz (configs and metrics, no weights).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
@@ -30,6 +31,19 @@ run() {
     "$@" 2>&1 | tee -a "$OUT/$log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "failed: $*" | tee -a "$OUT/$log"; failed=1; }
     echo "wall $((SECONDS - t0)) s: $*" | tee -a "$OUT/$log"
+}
+
+# pack STAGE RUN...: the stage's run folders as one file, weights left out. A machine lent for a
+# short while may copy back only a few files, and four runs of three files each would crowd out the logs.
+pack() {
+    local stage=$1 run dirs=()
+    shift
+    for run in "$@"; do
+        [ -d "$OUT/runs/$run" ] && dirs+=("runs/$run")
+    done
+    [ ${#dirs[@]} -gt 0 ] || return 0
+    tar -czf "$OUT/runs-$stage.tar.gz" -C "$OUT" --exclude=checkpoint.pt --exclude=model.safetensors "${dirs[@]}" &&
+        (cd "$OUT" && rm -rf "${dirs[@]}")
 }
 
 for stage in $stages; do
@@ -54,15 +68,17 @@ for stage in $stages; do
             run "$stage.txt" python3 -m resnetlab train --model resnet20 --recipe fast --batch-size 512 --lr 0.4 \
                 --epochs "$epochs" --device cuda --eval-every 1000 --out "$OUT/runs/$stage-$epochs" --no-progress \
                 "${compile[@]}"
-        done ;;
+        done
+        pack "$stage" "$stage"-10 "$stage"-16 "$stage"-24 ;;
     decode)
         run bench-decode.txt python3 -m resnetlab bench decode --results "$OUT" ;;
     he2016 | he2016-compile)
         run "$stage.txt" python3 -m resnetlab train --model resnet20 --recipe he2016 --device cuda --eval-every 20 \
-            --out "$OUT/runs/$stage" --no-progress "${compile[@]}" ;;
+            --out "$OUT/runs/$stage" --no-progress "${compile[@]}"
+        pack "$stage" "$stage" ;;
     *)
         echo "unknown stage $stage"; failed=1 ;;
     esac
 done
-rm -f "$OUT"/runs/*/checkpoint.pt "$OUT"/runs/*/model.safetensors  # keep metrics and configs, not weights
+rm -f "$OUT"/runs/*/checkpoint.pt "$OUT"/runs/*/model.safetensors  # what pack did not take: metrics and configs, not weights
 exit $failed

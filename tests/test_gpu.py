@@ -74,6 +74,24 @@ def test_graphed_step_follows_the_eager_step(compile, options):
     bn_a, bn_b = (next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).num_batches_tracked
                   for model in (model_a, model_b))
     assert int(bn_a) == int(bn_b) == len(loader)  # the warm-up steps were undone
+    for (name, a), b in zip(model_a.named_buffers(), model_b.buffers()):  # BN statistics, updated in place by the graph
+        assert torch.allclose(a.float(), b.float(), atol=2e-2, rtol=5e-2), name
+
+
+def test_dropout_draws_new_masks_on_every_replay():
+    """Random numbers inside the graph come from the device's default generator, which a CUDA graph
+    advances on every replay. At learning rate 0 the weights stay put and BN normalises with the
+    batch's own statistics, so only fresh masks can change the loss of the same batch."""
+    torch.manual_seed(0)
+    model = create_model("resnet8", in_chans=1, mixing="dropout").to(CUDA).to(memory_format=torch.channels_last)
+    x, y = next(iter(fake_loader()))
+    step = build_train_step(model, get_recipe("fast"), CUDA, graphed=True, sample=(x, y))
+    losses = []
+    for _ in range(2):
+        step(x, y, 0.0)
+        losses.append(step.read_sums()["loss"])
+        step.reset_sums()
+    assert losses[0] != losses[1]
 
 
 def test_capture_leaves_the_weights_as_they_were():
@@ -143,6 +161,22 @@ def test_graphed_gpu_run_learns_and_resumes_on_the_cpu(tmp_path):
     result = resume(tmp_path / "run", device="cpu", progress=False)  # a graphed checkpoint, continued eagerly
     assert result.steps == 64
     assert result.test_accuracy > 0.6
+
+
+@pytest.mark.skipif(not fashion_mnist_here(), reason="no Fashion-MNIST files (Debian's package or $RESNETLAB_DATA)")
+def test_a_compiled_graphed_run_evaluates_the_weights_it_trained(tmp_path):
+    """What gpu.sh's -compile stages run: compiled kernels inside the step's graph, evaluated through the
+    compiled model in eval mode (a recompilation, and another for the short last test batch) between
+    epochs, the graph then training on. The eager evaluation of the saved weights must agree."""
+    from resnetlab.evaluate import evaluate_run
+
+    config = TrainConfig(model="resnet8", limit_train=2048, limit_test=300, batch_size=64, epochs=2, compile=True,
+                         device="cuda", out=str(tmp_path / "run"), progress=False)
+    result = train(config)
+    assert [row["test_acc"] is not None for row in result.history] == [True, True]
+    assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
+    eager = evaluate_run(result.run_dir, limit_test=300, device="cuda", out=tmp_path / "eval").result
+    assert result.test.accuracy == pytest.approx(eager.accuracy, abs=0.02)  # bf16 kernels differ, a few answers may too
 
 
 @pytest.mark.parametrize("recipe", ["fast", "signs-adam"])
