@@ -314,8 +314,10 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         model = model.to(memory_format=torch.channels_last)
     train_loader, test_loader = _loaders(saved, recipe, train_set, test_set, device, channels_last, world, workers)
     run = _start(saved, run_dir, recipe, model, device, world, checkpoint, train_loader)
-    # Process 0 evaluates alone, so not through DistributedDataParallel, which would wait for the others.
-    eval_model = run.train_step.forward if world.size == 1 else model
+    # Evaluation goes through the plain model, which shares the trained weights: not through
+    # DistributedDataParallel, since process 0 evaluates alone and DDP would wait for the others, and
+    # not through torch.compile's module, which would compile twice more (eval mode, the short last
+    # batch), costing more seconds than it saves on a test set evaluated a few times.
     history = runs.read_metrics(run_dir, missing_ok=True)
     result_test: EvalResult | None = None
     total_steps, steps_per_epoch = saved["total_steps"], saved["steps_per_epoch"]
@@ -342,7 +344,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                 raise Interrupted(run_dir, run.step, world.size)
             row = _epoch_row(run, lr, epoch_start, resumed_seen)
             if world.is_main and (last or (epoch + 1) % saved["eval_every"] == 0):
-                result_test = evaluate(eval_model, test_loader, len(saved["classes"]))
+                result_test = evaluate(model, test_loader, len(saved["classes"]))
                 row["test_loss"], row["test_acc"] = result_test.loss, result_test.accuracy
             run.elapsed = row["time"] = time.perf_counter() - started
             run.train_step.reset_sums()
