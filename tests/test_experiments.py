@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from resnetlab import cli, experiments
-from resnetlab.experiments import branch_response_stds, degradation_verdict, train_or_reuse
+from resnetlab.experiments import degradation_verdict, layer_response_stds, response_layers, train_or_reuse
 from resnetlab.models import create_model
 from resnetlab.train import TrainConfig, train
 
@@ -111,19 +111,19 @@ def test_responses_of_trained_runs(degradation, tmp_path):
         ("plain8", "plain", 8), ("plain14", "plain", 14), ("resnet8", "residual", 8), ("resnet14", "residual", 14),
     ]
     for m in models:
-        blocks = (m["depth"] - 2) // 2  # two weight layers a block, plus conv1 and fc
-        assert len(m["std"]) == len(m["blocks"]) == blocks and m["blocks"][0] == "layer1.0"
+        layers = m["depth"] - 1  # every 3x3 layer: conv1 and two a block; not fc
+        assert len(m["std"]) == len(m["layers"]) == layers and m["layers"][:2] == ["bn1", "layer1.0.bn1"]
         assert all(s > 0 for s in m["std"])
         assert m["std_sorted"] == sorted(m["std"], reverse=True)
     rows = read_csv(out / "responses.csv")
-    assert len(rows) == 3 + 6 + 3 + 6
+    assert len(rows) == 7 + 13 + 7 + 13
     report = (out / "responses.md").read_text()
-    assert "| resnet14 | resnet14-s0 | residual | 6 |" in report and "convolution's output" not in report  # every branch ends in BN
+    assert "| resnet14 | resnet14-s0 | residual | 13 |" in report and "its own output" not in report  # every 3x3 conv has its BN
 
     preact = train(TrainConfig(model="preact_resnet8", limit_train=32, batch_size=16, steps=2, limit_test=32,
                                device="cpu", progress=False, out=str(tmp_path / "preact8"))).run_dir
     reproduce("responses", "--runs", preact, "--limit-test", 32, "--device", "cpu", "--out", out)
-    assert "(pre-activation, BN after the addition) is measured at that convolution's output" in (out / "responses.md").read_text()
+    assert "(pre-activation units, or BN after the addition) is measured at its own output" in (out / "responses.md").read_text()
 
 
 def test_responses_trains_or_reuses_its_nets(degradation, tmp_path):
@@ -171,15 +171,32 @@ def test_gradients(tmp_path):
     assert "| plain8 | conv1 | layer3.0.conv2 |" in report and "| resnet8 | conv1 | layer3.0.conv2 |" in report
 
 
-def test_branch_responses_are_measured_before_the_addition():
+def test_responses_are_read_at_each_3x3_layer_after_bn_before_the_relu_and_the_addition():
     torch.manual_seed(0)
-    batches = [(torch.randn(8, 1, 28, 28), torch.zeros(8, dtype=torch.long))]
-    # A zero last-BN gamma makes every branch output exactly zero: the hook reads the branch, not the sum.
+    x = torch.randn(8, 1, 28, 28)
+    batches = [(x, torch.zeros(8, dtype=torch.long))]
+    # A zero last-BN gamma makes each block's second layer output exactly zero: the hook reads the
+    # branch before the addition, not the sum.
     zeroed = create_model("resnet8", num_classes=10, in_chans=1, zero_init_residual=True)
-    assert branch_response_stds(zeroed, batches) == [0.0, 0.0, 0.0]
+    stds = layer_response_stds(zeroed, batches)
+    assert list(stds) == ["bn1", *(f"layer{i}.0.bn{j}" for i in (1, 2, 3) for j in (1, 2))]
+    assert [stds[f"layer{i}.0.bn2"] for i in (1, 2, 3)] == [0.0, 0.0, 0.0]
+    assert all(stds[f"layer{i}.0.bn1"] > 0 for i in (1, 2, 3))
     assert zeroed.training  # the mode is given back
-    preact = branch_response_stds(create_model("preact_resnet8", num_classes=10, in_chans=1), batches)
-    assert len(preact) == 3 and all(s > 0 for s in preact)
+    # The stem's BN output before its in-place ReLU, negative values included.
+    with torch.no_grad():
+        stem = zeroed.eval().bn1(zeroed.conv1(x))
+    assert stds["bn1"] == pytest.approx(stem.std(correction=0).item(), rel=1e-5)
+
+    def layers(name: str, **kwargs) -> list[str]:
+        return [n for n, _ in response_layers(create_model(name, num_classes=10, **kwargs))]
+
+    # Pre-activation convs, and the conv whose BN comes after the addition, are read at their output.
+    assert layers("preact_resnet8") == ["conv1", *(f"layer{i}.0.conv{j}" for i in (1, 2, 3) for j in (1, 2))]
+    assert layers("resnet8", order="bn_after_add")[1:3] == ["layer1.0.bn1", "layer1.0.conv2"]
+    # A bottleneck's 3x3 layer only; an ImageNet stem's 7x7 conv is not one.
+    assert layers("resnet11", block="bottleneck") == ["bn1", "layer1.0.bn2", "layer2.0.bn2", "layer3.0.bn2"]
+    assert layers("resnet18")[:2] == ["layer1.0.bn1", "layer1.0.bn2"] and len(layers("resnet18")) == 16
 
 
 def test_bad_arguments_fail_before_training(degradation, tmp_path):
@@ -189,6 +206,8 @@ def test_bad_arguments_fail_before_training(degradation, tmp_path):
         reproduce("depth", "--seeds", 0, *QUICK, "--out", tmp_path)
     with pytest.raises(ValueError, match="--every must be at least 1"):
         reproduce("gradients", "--every", 0, *QUICK, "--out", tmp_path)
+    with pytest.raises(ValueError, match="give one of them"):  # the depths would be ignored
+        reproduce("responses", "--depths", 8, "--runs", degradation / "runs" / "resnet8-s0", *QUICK, "--out", tmp_path)
     assert not (tmp_path / "runs").exists()
     other = TrainConfig(model="plain8", recipe="he2016", steps=12, limit_train=32, batch_size=16, limit_test=32,
                         device="cpu", out=str(degradation / "runs" / "plain8-s0"))

@@ -266,8 +266,8 @@ def _add_reproduce_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=int, default=56)
     p.add_argument("--every", type=int, metavar="STEPS", help="record gradient norms every STEPS iterations (default: 100 records a run)")
 
-    p = add("responses", "std of the residual-branch responses: the 2015 paper's Figure 7")
-    p.add_argument("--depths", type=int, nargs="+", default=[20, 56, 110], metavar="D")
+    p = add("responses", "std of each 3x3 layer's responses in plain and residual nets: the 2015 paper's Figure 7")
+    p.add_argument("--depths", type=int, nargs="+", metavar="D", help="the depths to train (default: 20 56 110)")
     p.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="measure these trained runs instead of training new nets")
 
     for study, (title, variants) in STUDIES.items():

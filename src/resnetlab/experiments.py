@@ -3,7 +3,7 @@
 - ``degradation``: the 2015 paper's Figure 6. Deeper plain nets train worse; deeper ResNets do not.
 - ``depth``: its Table 6. Test error and parameters of residual nets from 20 to 110 layers.
 - ``gradients``: the seed notebook's Figure 1. Gradients fade towards the input of a deep plain net.
-- ``responses``: the 2015 paper's Figure 7. Residual branches respond more weakly than plain layers.
+- ``responses``: the 2015 paper's Figure 7. The layers of residual nets respond more weakly than plain ones.
 - ``orders``: the 2016 paper's Table 2. Where BN and ReLU sit around the addition (its Figure 4).
 - ``shortcuts``: its Table 1. Scaled, gated, projected or dropped-out shortcuts against the identity.
 
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import runs
 from .data import get_dataset, load_split, reload_sizes, resolve_dataset
@@ -513,25 +514,43 @@ def _heatmap_figure(logs: dict[str, dict], depth: int, setup: str) -> Figure:
 # --- responses (2015 paper, Figure 7) -----------------------------------------------------------
 
 
-def branch_response_stds(model: ResNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
-    """Standard deviation of each block's residual-branch response over ``batches``, in block order.
+def response_layers(model: ResNet) -> list[tuple[str, nn.Module]]:
+    """The modules whose outputs are Figure 7's layer responses, input to output, with their names.
 
-    The response is the branch's output before the addition (``block.branch_end``): after its last
-    BN in post-activation nets (the paper measures after BN, before the ReLU and the addition; in a
-    plain net the same BN ends the layer), and the last conv's output in pre-activation nets. The
-    std is taken over every value of the response map: images, channels and positions. The model
-    runs in eval mode.
+    The paper measures "the outputs of each 3x3 layer, after BN and before nonlinearity": the stem's
+    3x3 conv and both convs of every basic block (the 3x3 one of a bottleneck), each read at the BN
+    that follows it. A 3x3 conv that no BN follows directly (pre-activation units, which normalise
+    before the conv, and the last conv of a block with BN after the addition) is read at its own
+    output, the value that reaches the next BN or the addition.
     """
-    blocks = model.blocks()
-    sums = [torch.zeros(3, dtype=torch.float64) for _ in blocks]
+    names = {id(m): name for name, m in model.named_modules()}
+    pairs = [(model.conv1, model.bn1)]
+    for block in model.blocks():
+        last = len(block.convs) - 1
+        for i, conv in enumerate(block.convs):
+            follows = block.order != "preact" and not (block.order == "bn_after_add" and i == last)
+            pairs.append((conv, block.bns[i] if follows else None))
+    layers = [bn if isinstance(bn, nn.BatchNorm2d) else conv for conv, bn in pairs if conv.kernel_size == (3, 3)]
+    return [(names[id(m)], m) for m in layers]
+
+
+def layer_response_stds(model: ResNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """Standard deviation of each of ``response_layers(model)``'s outputs over ``batches``, by name.
+
+    The std is taken over every value of the response map: images, channels and positions. The model
+    runs in eval mode, as the paper's test-set responses do.
+    """
+    layers = response_layers(model)
+    sums = [torch.zeros(3, dtype=torch.float64) for _ in layers]
 
     def record(i: int):
+        # Read at once: the stem's in-place ReLU overwrites its BN's output right after this hook.
         def hook(module, inputs, output) -> None:
             o = output.detach().double()
             sums[i] += torch.stack([torch.tensor(float(o.numel()), dtype=torch.float64), o.sum(), (o * o).sum()]).cpu()
         return hook
 
-    handles = [b.branch_end.register_forward_hook(record(i)) for i, b in enumerate(blocks)]
+    handles = [module.register_forward_hook(record(i)) for i, (_, module) in enumerate(layers)]
     try:
         with torch.no_grad(), eval_mode(model):
             for x, _ in batches:
@@ -539,33 +558,35 @@ def branch_response_stds(model: ResNet, batches: Iterable[tuple[torch.Tensor, to
     finally:
         for h in handles:
             h.remove()
-    stds = []
-    for n, total, squares in (s.tolist() for s in sums):
+    stds = {}
+    for (name, _), (n, total, squares) in zip(layers, (s.tolist() for s in sums)):
         if n == 0:
             raise ValueError("nothing to measure: the data set is empty")
-        stds.append(math.sqrt(max(0.0, squares / n - (total / n) ** 2)))
+        stds[name] = math.sqrt(max(0.0, squares / n - (total / n) ** 2))
     return stds
 
 
 def reproduce_responses(
-    base: TrainConfig, out: str | Path, depths: Sequence[int] = (20, 56, 110), run_dirs: Sequence[str | Path] | None = None
+    base: TrainConfig, out: str | Path, depths: Sequence[int] | None = None, run_dirs: Sequence[str | Path] | None = None
 ) -> list[Path]:
-    """Standard deviations of the residual-branch responses of plain and residual nets: Figure 7.
+    """Standard deviations of the layer responses of plain and residual nets: Figure 7.
 
-    Trains plain and residual nets of each depth, or measures the trained runs ``run_dirs``
-    instead, on the test set (``base.limit_test`` images). Writes ``responses.png``/``.svg`` (std
-    by block, and the same sorted by magnitude), ``responses.csv``, ``responses.json`` and
+    Trains plain and residual nets of each depth (default 20, 56 and 110), or measures the trained
+    runs ``run_dirs`` instead, on the test set (``base.limit_test`` images), at the layers ``response_layers`` names.
+    Writes ``responses.png``/``.svg`` (std by layer, and the same sorted by magnitude), ``responses.csv``, ``responses.json`` and
     ``responses.md``, named apart from the other reports so that one ``out`` can serve
     ``degradation`` and then ``responses`` on the same runs.
     """
     out = _check_out(out)
+    if run_dirs and depths:
+        raise ValueError("--depths chooses the nets to train and --runs measures trained ones instead: give one of them")
     if run_dirs:
         run_dirs = [Path(d) for d in run_dirs]
         for run_dir in run_dirs:  # every one checked before anything is written
             runs.read_config(run_dir)
         out.mkdir(parents=True, exist_ok=True)
     else:
-        depths = _check_depths(depths)
+        depths = _check_depths(depths or (20, 56, 110))
         out.mkdir(parents=True, exist_ok=True)
         trained = _train_nets(base, out, [_model_name(k, d) for k in KINDS for d in depths], [base.seed])
         run_dirs = list(trained.values())
@@ -578,22 +599,21 @@ def reproduce_responses(
         test = load_split(config["dataset"], "test", data_dir, limit=base.limit_test, seed=config["seed"],
                           **reload_sizes(config["dataset"], config))
         batches = make_loader(test, 256, config["mean"], config["std"], device, train=False)
-        names = {id(m): name for name, m in model.named_modules()}
-        stds = branch_response_stds(model, batches)
+        stds = layer_response_stds(model, batches)
         measured.append({
             "model": config["model"], "run": str(run_dir), "run_name": run_dir.resolve().name, "depth": depth_of(config["model"]),
-            "kind": "residual" if model.residual else "plain", "order": model.order,
-            "branch_end": type(model.blocks()[0].branch_end).__name__, "test_images": len(test),
-            "blocks": [names[id(b)] for b in model.blocks()], "std": stds, "std_sorted": sorted(stds, reverse=True),
+            "kind": "residual" if model.residual else "plain", "order": model.order, "test_images": len(test),
+            "conv_outputs": [name for name, m in response_layers(model) if isinstance(m, nn.Conv2d)],
+            "layers": list(stds), "std": list(stds.values()), "std_sorted": sorted(stds.values(), reverse=True),
         })
 
     measured.sort(key=lambda m: (KINDS.index(m["kind"]), m["depth"]))
     paths = _save(_responses_figure(measured), out / "responses")
     (out / "responses.json").write_text(json.dumps({"models": measured}, indent=2) + "\n")
     csv_rows = [
-        {"model": m["model"], "depth": m["depth"], "kind": m["kind"], "block_index": i, "block": block,
+        {"model": m["model"], "depth": m["depth"], "kind": m["kind"], "layer_index": i, "layer": layer,
          "std": std, "sorted_std": ranked}
-        for m in measured for i, (block, std, ranked) in enumerate(zip(m["blocks"], m["std"], m["std_sorted"]))
+        for m in measured for i, (layer, std, ranked) in enumerate(zip(m["layers"], m["std"], m["std_sorted"]), 1)
     ]
     paths += [out / "responses.json", _write_csv(out / "responses.csv", list(csv_rows[0]), csv_rows)]
 
@@ -601,13 +621,12 @@ def reproduce_responses(
              for m in measured]
     images = sorted({m["test_images"] for m in measured})
     lines = [
-        "# Responses of the residual branches (He et al. 2015, Figure 7)", "",
-        f"Standard deviation over the test set ({' or '.join(f'{n:,}' for n in images)} test images) of each block's "
-        "branch output, after its last BN and "
-        "before the addition (in plain nets: before the ReLU)"
-        + ("; a branch that ends in a convolution (pre-activation, BN after the addition) is measured at that "
-           "convolution's output." if any(m["branch_end"] == "Conv2d" for m in measured) else "."), "",
-        *_table(["model", "run", "kind", "blocks", "mean std", "largest std"], table), "",
+        "# Layer responses (He et al. 2015, Figure 7)", "",
+        f"Standard deviation over the test set ({' or '.join(f'{n:,}' for n in images)} test images) of the output of "
+        "each 3x3 layer, after its BN and before the nonlinearity (and before the addition that ends a residual block)"
+        + ("; a 3x3 conv that no BN follows directly (pre-activation units, or BN after the addition) is measured at "
+           "its own output." if any(m["conv_outputs"] for m in measured) else "."), "",
+        *_table(["model", "run", "kind", "layers", "mean std", "largest std"], table), "",
         *_responses_sentences(measured), "",
         "![response std by layer and sorted](responses.png)",
     ]
@@ -640,6 +659,8 @@ def _responses_sentences(measured: list[dict]) -> list[str]:
 
 
 def _responses_figure(measured: list[dict]) -> Figure:
+    from matplotlib.ticker import MaxNLocator
+
     fig, (top, bottom) = _figure(2, 1, (9, 7.5), sharey=True)
     labels = [_label(m["kind"], m["depth"]) for m in measured]
     # A depth's colour is shared by its plain and residual nets; two runs of one net (seeds, variants)
@@ -655,18 +676,19 @@ def _responses_figure(measured: list[dict]) -> Figure:
         index = range(1, len(m["std"]) + 1)
         top.plot(index, m["std"], color=shade, label=label, **style, **marker)
         bottom.plot(index, m["std_sorted"], color=shade, label=label, **style, **marker)
-    top.set_xlabel("layer index: block, input to output")
+    top.set_xlabel("layer index: 3x3 layers, input to output")
     bottom.set_xlabel("layer index, sorted by magnitude")
     for ax in (top, bottom):
         ax.set_ylabel("std of the response")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9, ncol=2, loc="best")
         ax.set_xlim(left=0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are counted, never halved
     stds = [s for m in measured for s in m["std"]]
     if min(stds) > 0 and max(stds) / min(stds) > 10:
         top.set_yscale("log")
-    top.set_title("Standard deviation of the residual-branch responses (He et al. 2015, Figure 7)\n"
-                  "after the branch's last BN, before the addition; plain nets dashed", fontsize=11)
+    top.set_title("Standard deviation of the layer responses (He et al. 2015, Figure 7)\n"
+                  "each 3x3 layer after its BN, before the nonlinearity; plain nets dashed", fontsize=11)
     return fig
 
 

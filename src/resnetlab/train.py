@@ -153,6 +153,8 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     recipe = resolve_recipe(config)
     if config.eval_every < 1:
         raise ValueError(f"--eval-every must be at least 1, got {config.eval_every}")
+    if not 0 <= config.seed < 2**32:  # torch's range; its own message names no flag
+        raise ValueError(f"--seed must be from 0 to 2**32 - 1, got {config.seed}")
     world = distributed.world_from_env()
     device = distributed.setup(world, pick_device(config.device))
     from .models import create_model
