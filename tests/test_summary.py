@@ -85,3 +85,12 @@ def test_an_input_the_model_cannot_take_is_refused_in_words():
         summary(create_model("resnet20"), (1, 32, 32), title="resnet20", print_fn=None)
     with pytest.raises(ValueError, match=r"channel count and image sides must be positive, not \(3, 0, 32\)"):
         summary(create_model("resnet20"), (3, 0, 32), print_fn=None)
+
+
+def test_the_table_ends_at_the_shape_the_net_returns():
+    backbone = create_model("resnet20", num_classes=0)
+    rows = summary(backbone, (3, 32, 32), print_fn=None).rows
+    assert rows[-1].output_shape == tuple(backbone(torch.zeros(1, 3, 32, 32)).shape) == (1, 64)
+    assert [r.name for r in rows[-2:]] == ["avgpool", "flatten"] and rows[-1].params == 0
+    classifier = summary(create_model("resnet20"), (3, 32, 32), print_fn=None).rows
+    assert classifier[-1].name == "fc" and "flatten" not in [r.name for r in classifier]

@@ -132,11 +132,18 @@ def summary(
         leaf = next(module.children(), None) is None
         if (leaf and not isinstance(module, nn.Identity)) or isinstance(module, _BLOCKS):
             hooks.append(module.register_forward_hook(record))
+    returned = []
+    hooks.append(model.register_forward_hook(lambda _m, _i, output: returned.append(output)))
     try:
         result.macs = count_macs(model, input_size)
     finally:
         for h in hooks:
             h.remove()
+    # The head flattens the pooled map in a function, not a layer: without this row a classifier-less
+    # net's table would end at (C, 1, 1) while the net returns (C,).
+    shape = tuple(returned[0].shape) if returned and isinstance(returned[0], torch.Tensor) else None
+    if shape and result.rows and result.rows[-1].output_shape != shape:
+        result.rows.append(SummaryRow("flatten", "Flatten", shape, 0))
     result.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result.non_trainable = non_trainable_count(model)
     if print_fn is not None:
