@@ -362,6 +362,33 @@ def test_cifar10_binary_and_truncated_record(tmp_path):
         get_dataset("cifar10", root=tmp_path, download=False)
 
 
+def test_cifar100_python_archive_is_downloaded_checked_unpacked_and_read(tmp_path, monkeypatch):
+    """cifar-100-python.tar.gz as the CIFAR page serves it: train, test and meta pickled by Python 2,
+    fine and coarse labels, and a stray file.txt~; the fine labels and their names are read."""
+    folder = tmp_path / "build" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    splits = {}
+    for split, n in (("train", 6), ("test", 3)):
+        pixels, fine = cifar_arrays(n, 100)
+        splits[split] = pixels, fine
+        py2_pickle({b"filenames": [b"apple_s_%06d.png" % i for i in range(n)], b"batch_label": b"%s batch" % split.encode(),
+                    b"fine_labels": fine.tolist(), b"coarse_labels": (fine // 5).tolist(), b"data": pixels},
+                   folder / split)  # fmt: skip
+    names = [b"apple", b"aquarium_fish"] + [b"fine%d" % i for i in range(2, 100)]
+    py2_pickle({b"fine_label_names": names, b"coarse_label_names": [b"coarse%d" % i for i in range(20)]}, folder / "meta")
+    (folder / "file.txt~").write_bytes(b"")
+    archive = make_tar(tmp_path / "cifar-100-python.tar.gz", folder).read_bytes()
+    url = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+    monkeypatch.setitem(data._DOWNLOADS, "cifar100", (url.rsplit("/", 1)[0] + "/", {
+        "cifar-100-python.tar.gz": hashlib.sha256(archive).hexdigest()}))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda asked, timeout=None: FakeResponse({url: archive}[asked]))
+    for split, (pixels, fine) in splits.items():
+        ds = get_dataset("cifar100", split, root=tmp_path / "data")
+        assert torch.equal(ds.images, torch.from_numpy(pixels.reshape(-1, 3, 32, 32))) and ds.labels.tolist() == fine.tolist()
+        assert ds.classes[:2] == ["apple", "aquarium_fish"] and len(ds.classes) == 100
+    assert sorted(p.name for p in (tmp_path / "data" / "cifar100").iterdir()) == ["cifar-100-python", "cifar-100-python.tar.gz"]
+
+
 def test_cifar_tar_gz_is_extracted_next_to_it(tmp_path):
     build = tmp_path / "build"
     pixels, fine, _ = write_cifar100_binary(build / "cifar-100-binary")
@@ -372,6 +399,28 @@ def test_cifar_tar_gz_is_extracted_next_to_it(tmp_path):
     assert ds.labels.tolist() == fine.tolist()
     assert (store / "cifar-100-binary" / "train.bin").is_file()
     assert [p.name for p in store.iterdir() if p.name.startswith(".")] == [], "no temporary folder left"
+
+
+def test_processes_unpacking_the_same_archive_at_once_all_read_it(tmp_path, monkeypatch):
+    """torchrun's processes each load the data: the first to finish unpacking renames its folder into
+    place, and the others, finding it there, read it rather than fail."""
+    build, store = tmp_path / "build", tmp_path / "store"
+    pixels, fine, _ = write_cifar100_binary(build / "cifar-100-binary")
+    store.mkdir()
+    make_tar(store / "cifar-100-binary.tar.gz", build / "cifar-100-binary")
+    extractall = tarfile.TarFile.extractall
+    others = ["rank 1"]
+
+    def slow_extractall(self, *args, **kwargs):
+        extractall(self, *args, **kwargs)
+        if others:  # another process unpacks the archive whole while this one is still at it
+            others.pop()
+            get_dataset("cifar100", root=store, download=False)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", slow_extractall)
+    ds = get_dataset("cifar100", root=store, download=False)
+    assert ds.labels.tolist() == fine.tolist() and torch.equal(ds.images, torch.from_numpy(pixels.reshape(-1, 3, 32, 32)))
+    assert sorted(p.name for p in store.iterdir()) == ["cifar-100-binary", "cifar-100-binary.tar.gz"]
 
 
 @pytest.mark.parametrize("evil", ["../escaped", "/tmp/absolute-resnetlab-test", "link"])

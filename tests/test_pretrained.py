@@ -125,6 +125,28 @@ def test_download_checks_the_hash_and_fills_the_cache(hub, tmp_path, monkeypatch
     assert sorted(p.name for p in hub.iterdir()) == [f"resnet18-{digest[:8]}.pth"]  # no partial file left behind
 
 
+def test_processes_fetching_the_same_weights_at_once_each_get_the_file(hub, tmp_path, monkeypatch):
+    """torchrun starts one process per GPU and each builds the model: with an empty cache they all
+    download at once, into the same folder, and none may fail because another moved its file."""
+    payload = tmp_path / "served.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), payload)
+    name = f"resnet18-{hashlib.sha256(payload.read_bytes()).hexdigest()[:8]}.pth"
+    fake = SimpleNamespace(url=f"https://example.invalid/{name}", name="IMAGENET1K_V1")
+    monkeypatch.setattr(pretrained, "_published", lambda model_name, tag: fake)
+    others = ["rank 1"]
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        Path(dst).write_bytes(payload.read_bytes())
+        if others:  # another process runs its whole fetch while this one's download is still unchecked
+            others.pop()
+            pretrained.fetch_published("resnet18", "IMAGENET1K_V1", progress=False)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    path = pretrained.fetch_published("resnet18", "IMAGENET1K_V1", progress=False)
+    assert path == hub / name and path.read_bytes() == payload.read_bytes()
+    assert sorted(p.name for p in hub.iterdir()) == [name]  # no partial file left behind
+
+
 def test_a_cached_file_is_checked_as_a_download_is(hub):
     """A file put in the cache by hand under the published name, but not the published file (here:
     random weights), is refused with the way out; the published file's digest passes."""

@@ -800,7 +800,12 @@ def _extract(archive: Path, folder: str, fallback: Path) -> Path:
                     tar.extractall(tmp, members=members, **safe)
                     if not (tmp / folder).is_dir():
                         raise DataError(f"{archive} has no {folder}/ folder; it is not the CIFAR archive its name says")
-                    os.replace(tmp / folder, dest / folder)  # atomic: no half-unpacked folder is ever found
+                    try:
+                        os.replace(tmp / folder, dest / folder)  # atomic: no half-unpacked folder is ever found
+                    except OSError:
+                        # Another process (torchrun starts one per GPU) renamed its whole copy into place first.
+                        if not (dest / folder).is_dir():
+                            raise
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
                 return dest / folder

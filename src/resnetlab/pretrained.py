@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,7 +206,8 @@ def _check_digest(path: Path, url: str, sha256: str | None, md5: str | None) -> 
 def _download(url: str, path: Path, sha256: str | None, md5: str | None, progress: bool) -> None:
     """Fetch ``url`` to ``path`` through a temporary name, so that a broken or changed download leaves nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    # A name of its own: torchrun's processes (one per GPU) may all be fetching the same file at once.
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
     try:
         torch.hub.download_url_to_file(url, str(partial), sha256, progress=progress)
         if md5 is not None and (digest := hashlib.md5(partial.read_bytes()).hexdigest()) != md5:
