@@ -1,5 +1,6 @@
 """Keras models in the seed notebook's layout, read into signs_resnet50: predictions equal Keras's."""
 
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -15,7 +16,7 @@ from PIL import Image
 
 import resnetlab
 from resnetlab.cli import main
-from resnetlab.keras_weights import KerasError, read_keras
+from resnetlab.keras_weights import KERAS_APPLICATIONS, KerasError, read_keras
 from resnetlab.pretrained import WeightsError
 from resnetlab.runs import load_model
 
@@ -250,8 +251,11 @@ def keras_home(keras3, tmp_path, monkeypatch) -> Path:
     """Keras's cache with the ResNet50 weights file in it, as keras.applications leaves it."""
     models = tmp_path / "keras" / "models"
     models.mkdir(parents=True)
-    (models / "resnet50_weights_tf_dim_ordering_tf_kernels.h5").symlink_to(keras3 / "resnet50_weights_tf_dim_ordering_tf_kernels.h5")
+    stand_in = keras3 / "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+    (models / stand_in.name).symlink_to(stand_in)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    # The stand-in is no published file: the cache takes a file whose MD5 is the one Keras checks.
+    monkeypatch.setitem(KERAS_APPLICATIONS, "resnet50", (stand_in.name, hashlib.md5(stand_in.read_bytes()).hexdigest()))
     return models
 
 
@@ -289,8 +293,12 @@ def test_keras_applications_weights_fine_tune_and_download(keras3, keras_home, t
         model, config = load_model(tmp_path / "run")
         assert config["model_kwargs"]["stride_in_1x1"] and model.conv1.bias is not None and model.bn1.eps == 1.001e-5
 
-    # Not in Keras's cache: downloaded into torch's, and a file with another MD5 is refused and removed.
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
+    # Not in Keras's cache (an older Keras's file of the same name is another file): downloaded into
+    # torch's, and a file with another MD5 is refused and removed.
+    older = tmp_path / "older" / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+    older.parent.mkdir(parents=True)
+    older.write_bytes(b"another release's ResNet50")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "older"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     fetched = []
 

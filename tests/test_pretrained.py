@@ -419,13 +419,16 @@ def test_ten_crop_testing_of_published_weights_averages_torchvisions_ten_crops(p
     assert report["loss"] == pytest.approx(np.mean(losses), rel=1e-4)
 
 
-def test_eval_published_weights_needs_the_thousand_classes(published, tmp_path, capsys):
+def test_eval_published_weights_needs_the_thousand_classes(hub, tmp_path, capsys, monkeypatch):
     photos = tmp_path / "photos"
     for c in ("cat", "dog"):
         (photos / c).mkdir(parents=True)
         Image.new("RGB", (20, 20)).save(photos / c / "a.png")
+    fetched = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, *args, **kwargs: fetched.append(url))
     assert main(["eval", "--pretrained", "resnet18", "--dataset", f"folder:{photos}", "--device", "cpu"]) == 2
     assert "has 2 class folders" in capsys.readouterr().err
+    assert fetched == []  # refused before 45 MB of weights were fetched for nothing
     assert main(["eval", "--pretrained", "resnet18", "--device", "cpu"]) == 2
     assert "--pretrained needs --dataset imagenet, or folder:PATH" in capsys.readouterr().err
 

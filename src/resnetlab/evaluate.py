@@ -17,7 +17,7 @@ from torch import nn
 
 from .devices import autocast_for, pick_device, uses_channels_last
 from .loader import normalize
-from .pretrained import is_keras_tag, load_published
+from .pretrained import is_keras_tag, load_published, published_config
 
 
 @dataclass
@@ -424,7 +424,7 @@ def evaluate_published(
         raise DataError(f"published ImageNet weights are evaluated on imagenet or an ImageNet-style folder "
                         f"(folder:PATH), not {dataset}")
     dev = pick_device(device)
-    model, config = load_published(spec, dev)
+    config = published_config(spec)  # the folder is checked before the weights are fetched
     path = Path(dataset.removeprefix("folder:")).expanduser()
     # A folder without train/ and val/ is the evaluation set itself: nothing held out, all of it evaluated.
     split = "test" if own_held_out(path) is not None else "train"
@@ -440,6 +440,7 @@ def evaluate_published(
         if limit_test <= 0:
             raise ValueError(f"--limit-test must be positive, got {limit_test}")
         ds = ds.subset(limit_test)
+    model, _ = load_published(spec, dev)
     scales = view_scales(config["image_size"], scales)
     result = _score(model, ds, config, views, scales, dev)
     top1 = config["published_top1"]

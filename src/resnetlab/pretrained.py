@@ -135,23 +135,29 @@ def pretrained_info(model_name: str, tag: str) -> PretrainedInfo:
     )
 
 
-def load_published(spec: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """A model with published weights, ``spec`` being ``MODEL`` or ``MODEL:TAG``, and its config.
+def published_config(spec: str) -> dict:
+    """The config of published weights, ``spec`` being ``MODEL`` or ``MODEL:TAG``, without fetching them.
 
-    The config has the keys of a run's config.json that prediction reads (classes, channels,
-    image_size, mean, std), plus ``resize_size`` for torchvision's resize-then-crop,
-    ``published_top1``, the ImageNet accuracy published for the weights, and ``published_by``.
+    It has the keys of a run's config.json that prediction reads (classes, channels, image_size,
+    mean, std), plus ``resize_size`` for torchvision's resize-then-crop, ``published_top1``, the
+    ImageNet accuracy published for the weights, and ``published_by``.
     """
-    from .models import create_model
-
     model_name, _, tag = spec.partition(":")
     info = pretrained_info(model_name, tag or "DEFAULT")
-    model = create_model(model_name, weights=info.tag)
-    config = {
+    return {
         "model": model_name, "weights": info.tag, "dataset": f"ImageNet-1k ({info.source} {info.tag})",
         "classes": info.categories, "channels": 3, "image_size": info.crop_size, "resize_size": info.resize_size,
         "mean": info.mean, "std": info.std, "published_top1": info.accuracy, "published_by": info.source,
     }
+
+
+def load_published(spec: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """A model with published weights (fetched if not cached), ``spec`` being ``MODEL`` or
+    ``MODEL:TAG``, in eval mode on ``device``, and its ``published_config``."""
+    from .models import create_model
+
+    config = published_config(spec)
+    model = create_model(config["model"], weights=config["weights"])
     return model.to(device).eval(), config
 
 
@@ -171,8 +177,9 @@ def fetch_published(model_name: str, tag: str, progress: bool = True) -> Path:
     if is_keras_tag(tag):
         filename, md5 = _keras_file(model_name)
         url = KERAS_APPLICATIONS_URL + filename
-        keras_cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / filename
-        if keras_cache.is_file():
+        keras_cache = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models" / filename
+        # Older Keras releases kept another ResNet50 file under this name: only the published one is taken.
+        if keras_cache.is_file() and _file_digest(keras_cache, "md5") == md5:
             return keras_cache
         sha256 = None
     else:
@@ -194,13 +201,19 @@ def _check_digest(path: Path, url: str, sha256: str | None, md5: str | None) -> 
     for algorithm, expected in (("sha256", sha256), ("md5", md5)):
         if expected is None:
             continue
-        digest = hashlib.new(algorithm)
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        if not digest.hexdigest().startswith(expected):
+        digest = _file_digest(path, algorithm)
+        if not digest.startswith(expected):
             raise WeightsError(f"{path} is not the file published at {url} (its {algorithm.upper()} is "
-                               f"{digest.hexdigest()[:12]}..., not {expected}...); delete it to download it again")
+                               f"{digest[:12]}..., not {expected}...); delete it to download it again")
+
+
+def _file_digest(path: Path, algorithm: str) -> str:
+    """The hex digest of a file, read a megabyte at a time (weights files run to hundreds)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _download(url: str, path: Path, sha256: str | None, md5: str | None, progress: bool) -> None:
