@@ -278,7 +278,7 @@ def test_download_checks_sha256_and_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: FakeResponse(b"<html>captive portal"))
     with pytest.raises(DataError, match="SHA-256 is .* not the published"):
         get_dataset("mnist", root=tmp_path)
-    assert list((tmp_path / "mnist").iterdir()) == [], "no partial or unverified file may remain"
+    assert list(tmp_path.iterdir()) == [], "no partial or unverified file, nor the empty folder made for it, may remain"
 
 
 def test_download_verified_then_loaded(tmp_path, monkeypatch):

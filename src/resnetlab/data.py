@@ -519,11 +519,13 @@ def _fetch(name: str, files: Sequence[str], root: str | Path | None) -> Path:
         url = base_url + file
         try:
             _download(url, dest / file, checksums[file])
-        except OSError as err:  # URLError and HTTPError are OSErrors too
-            reason = getattr(err, "reason", None) or err
+        except (OSError, DataError) as err:  # URLError and HTTPError are OSErrors too; DataError, a checksum
             for folder in made:  # made for the download (a mistyped --data-dir's too): empty ones only mislead
                 if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
+            if isinstance(err, DataError):
+                raise
+            reason = getattr(err, "reason", None) or err
             # Every file the dataset needs, its test split's too, not just those this split was fetching.
             needed = list(checksums)
             needed = ", ".join(needed[:-1]) + " and " + needed[-1] if len(needed) > 1 else needed[0]
