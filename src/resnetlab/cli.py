@@ -35,12 +35,31 @@ def _key_value(text: str) -> tuple[str, object]:
     return key, list(parsed) if isinstance(parsed, tuple) else parsed  # a tuple as JSON would give it
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # argparse would name the function: "invalid _count value"
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
 def _count(text: str) -> int:
     """A whole number, zero or more (``--workers``)."""
-    value = int(text)
+    value = _whole(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def _port(text: str) -> int:
+    """A TCP port (``--port``): the socket would take 70000 modulo 65536 and listen on 4464."""
+    value = _whole(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
+    return value
+
+
+DATA_DIR_HELP = "where the dataset files are (default: $RESNETLAB_DATA, Debian's folder, ~/.cache/resnetlab)"
+DEVICE_HELP = "auto (default: CUDA, then MPS, then the CPU), cpu, cuda or mps"
 
 
 def _add_model_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -53,19 +72,20 @@ def _add_run_flags(p: argparse.ArgumentParser) -> tuple[argparse._ArgumentGroup,
     """The flags every training run takes, ``train``'s and each experiment's: its data, recipe and
     run groups, returned for ``train`` to add its own flags to."""
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, cifar100, signs, imagenet or folder:PATH")
-    data.add_argument("--data-dir", help="where the dataset files are (default: $RESNETLAB_DATA, Debian's folder, ~/.cache/resnetlab)")
+    data.add_argument("--dataset", default="fashion-mnist",
+                      help="fashion-mnist (default), mnist, cifar10, cifar100, signs, imagenet or folder:PATH")
+    data.add_argument("--data-dir", help=DATA_DIR_HELP)
     data.add_argument("--limit-train", type=int, metavar="N",
-                      help="use the first N training examples (of a folder: N drawn with the seed)")
-    data.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test examples")
-    recipe = p.add_argument_group("recipe (each flag overrides the recipe's value)")
+                      help="use the first N training examples (of a folder: N drawn with the seed); default: all")
+    data.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test examples (default: all)")
+    recipe = p.add_argument_group("recipe (each flag overrides the recipe's value, its default)")
     recipe.add_argument("--epochs", type=float, help="passes over the training set")
     recipe.add_argument("--steps", type=int, help="iterations (instead of --epochs)")
-    recipe.add_argument("--batch-size", type=int)
-    recipe.add_argument("--lr", type=float)
+    recipe.add_argument("--batch-size", type=int, metavar="N", help="images a step (the global batch under torchrun)")
+    recipe.add_argument("--lr", type=float, help="peak learning rate")
     where = p.add_argument_group("run")
-    where.add_argument("--device", default="auto", choices=DEVICES)
-    where.add_argument("--seed", type=int, default=0)
+    where.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+    where.add_argument("--seed", type=int, default=0, help="seed of the initial weights, data order and augmentation (default 0)")
     return data, recipe, where
 
 
@@ -73,8 +93,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """The flags of ``resnetlab train``: every run's, then the model, the rest of the recipe, the run
     directory and speed."""
     data, recipe, where = _add_run_flags(p)
-    data.add_argument("--image-size", type=int, help="folder datasets: resize images to this side (default 64; 224 with a scaling recipe)")
-    data.add_argument("--workers", type=_count, help="folder datasets: processes decoding images (default: one a CPU, up to 16)")
+    data.add_argument("--image-size", type=int, metavar="SIDE", help="folder datasets: resize images to this side (default 64; 224 with a scaling recipe)")
+    data.add_argument("--workers", type=_count, metavar="N", help="folder datasets: processes decoding images (default: one a CPU, up to 16)")
     model = p.add_argument_group("model")
     model.add_argument("--model", default="resnet20", help="any name `resnetlab models` lists (default resnet20)")
     _add_model_args(model)
@@ -83,14 +103,15 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                             "Keras Applications' (KERAS; resnet50-152) or a weights file; normalises inputs with the "
                             "published weights' statistics")
     recipe.add_argument("--recipe", default="fast", help=f"{', '.join(RECIPES)} (default fast)")
-    recipe.add_argument("--weight-decay", type=float)
+    recipe.add_argument("--weight-decay", type=float, help="L2 penalty of the weights")
     recipe.add_argument("--recipe-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                         help="any other recipe field, repeatable: schedule=cosine, label_smoothing=0.1, momentum=0.95, "
                              "milestones=[0.3,0.6,0.9] (fractions of the run; multistep schedule), optimizer=adam "
                              "(`resnetlab recipes NAME` lists them)")
     where.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET-TIME)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
-    where.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS")
+    where.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS",
+                       help="evaluate on the test set every EPOCHS epochs, and at the end (default 1)")
     where.add_argument("--no-progress", action="store_true",
                        help="no progress bar, only the per-epoch lines (bars show only on a terminal, so a log "
                             "that stderr is piped into gets the lines alone)")
@@ -107,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the models with their parameter counts")
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*' (default *, every name)")
     p.add_argument("--pretrained", action="store_true", help="only the models with published ImageNet weights")
 
     p = sub.add_parser("recipes", help="list the training recipes with their hyperparameters and sources")
@@ -116,22 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="find (or prepare) a dataset and show its splits, classes and image sizes")
     p.add_argument("dataset", help="fashion-mnist, mnist, cifar10, cifar100, signs, imagenet or folder:PATH")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--export", metavar="DIR", help="write a named dataset as an image folder: DIR/train/ and DIR/val/")
     p.add_argument("--limit-train", type=int, metavar="N", help="with --export: the first N training images")
     p.add_argument("--limit-test", type=int, metavar="N", help="with --export: the first N test images")
 
     p = sub.add_parser("summary", help="Keras-style model summary with multiply-adds")
     p.add_argument("model", help="a name `resnetlab models` lists, or a run directory")
-    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="the input's shape (default: a run's own, else the model's channels at 224x224 for ImageNet "
+                        "nets, 32x32 for CIFAR nets, 64x64 for signs_resnet50)")
+    p.add_argument("--num-classes", type=int, metavar="N", help="classifier outputs (default the model's; 0: no classifier)")
     _add_model_args(p)
 
     p = sub.add_parser("train", help="train a model and write a run directory")
     _add_train_flags(p)
 
     p = sub.add_parser("eval", help="evaluate a trained run on its test set (or published weights on an ImageNet folder)")
-    p.add_argument("run_dir", nargs="?")
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="the run to evaluate (or --pretrained)")
     p.add_argument("--pretrained", metavar="MODEL[:TAG]",
                    help="evaluate published ImageNet weights instead of a run (resnet50, resnet50:IMAGENET1K_V1, "
                         "resnet50:KERAS), on --dataset imagenet or folder:PATH (the 1000 ImageNet class folders), "
@@ -139,10 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="write eval.json (and a run's confusion matrix) here; default: "
                                                 "the run directory, replacing its last evaluation")
     p.add_argument("--dataset", help="another dataset with the same classes (default: the run's)")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help="where the dataset files are (default: where the run found them)")
     p.add_argument("--limit-test", type=int, metavar="N",
-                   help="evaluate on N test images: a named dataset's first N, a folder's N drawn at random (seeded)")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+                   help="evaluate on N test images: a named dataset's first N, a folder's N drawn at random (seeded); "
+                        "default: all")
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     _add_view_flags(p)
 
     p = sub.add_parser(
@@ -153,21 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", metavar="MODEL[:TAG]",
                    help="use published ImageNet weights instead of a run, e.g. resnet50, resnet50:IMAGENET1K_V1 or "
                         "resnet50:KERAS (downloaded once); every positional argument is then an image")
-    p.add_argument("--top-k", type=int, default=None, help="classes shown per image (default 3, or 5 with --pretrained)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="classes shown per image (default 3, or 5 with --pretrained)")
     p.add_argument("--csv", metavar="FILE", help="write the answers to FILE (path, then class and probability by rank) "
                                                  "instead of printing them")
     p.add_argument("--workers", type=_count, metavar="N", help="processes decoding images (default: one a CPU, up to 16, "
                                                             "for more than a batch of 64)")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     _add_view_flags(p)
 
     p = sub.add_parser("serve", help="a prediction page for a trained run, in your browser")
-    p.add_argument("run_dir", nargs="?")
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="the run to serve (or --pretrained)")
     p.add_argument("--pretrained", metavar="MODEL[:TAG]", help="serve published ImageNet weights instead of a run")
-    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let other machines in")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--top-k", type=int, default=5, help="classes in each answer (default 5; a request's ?top_k=N for it alone)")
-    p.add_argument("--device", default="cpu", choices=DEVICES)
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1, this machine "
+                                                        "alone; 0.0.0.0 lets other machines in)")
+    p.add_argument("--port", type=_port, default=8000, help="the port to listen on (default 8000; 0: any free one)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K",
+                   help="classes in each answer (default 5; a request's ?top_k=N for it alone)")
+    p.add_argument("--device", default="cpu", choices=DEVICES,
+                   help="cpu (default), auto, cuda or mps")
     _add_view_flags(p)
 
     p = sub.add_parser("import", help="read a Keras ResNet (the seed notebook's, or keras.applications') into a run directory")
@@ -181,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a trained run as ONNX (checked with ONNX Runtime) or as a Keras model, "
                                       "normalisation inside")
-    p.add_argument("run_dir", nargs="?")
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="the run to export (or --pretrained)")
     p.add_argument("--pretrained", metavar="MODEL[:TAG]", help="export published ImageNet weights instead of a run")
     p.add_argument("--format", choices=["onnx", "keras"],
                    help="onnx (default), or keras: a file keras.models.load_model reads (.keras for Keras 3, "
@@ -193,49 +220,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a name `resnetlab models` lists, or a run directory")
     p.add_argument("-o", "--out", metavar="FILE.svg|png", help="default MODEL.svg, or RUN_DIR/model.svg")
     p.add_argument("--expand", action="store_true", help="draw every block instead of collapsing identical ones")
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--num-classes", type=int, metavar="N", help="classifier outputs (default the model's)")
     _add_model_args(p)
 
     p = sub.add_parser("plot", help="training curves of one or more runs (PNG, SVG and CSV)")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("-o", "--out", help="default RUN_DIR/curves for one run, ./curves for several")
-    p.add_argument("--x", choices=["step", "epoch"], default="step")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="the runs to draw, overlaid")
+    p.add_argument("-o", "--out", metavar="NAME|DIR", help="write NAME.png, .svg and .csv, or DIR/curves.* into a folder "
+                                                          "(default RUN_DIR/curves for one run, ./curves for several)")
+    p.add_argument("--x", choices=["step", "epoch"], default="step", help="the horizontal axis (default step, as the papers plot)")
 
     p = sub.add_parser("bench", help="benchmarks against the typical PyTorch loop and torchvision")
     bench = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     b = bench.add_parser("train", help="resnetlab's trainer against the typical script, same data and steps")
-    b.add_argument("--model", default="resnet20")
-    b.add_argument("--dataset", default="fashion-mnist")
-    b.add_argument("--data-dir")
-    b.add_argument("--batch-size", type=int, default=128)
-    b.add_argument("--steps", type=int, default=200)
-    b.add_argument("--recipe", default="fast")
-    b.add_argument("--workers", type=_count, help="DataLoader workers of the typical loop (default: min(8, CPUs))")
-    b.add_argument("--limit-test", type=int, metavar="N")
-    b.add_argument("--device", default="auto", choices=DEVICES)
+    b.add_argument("--model", default="resnet20", help="the model both loops train (default resnet20)")
+    b.add_argument("--dataset", default="fashion-mnist", help="the data both loops read (default fashion-mnist)")
+    b.add_argument("--data-dir", help=DATA_DIR_HELP)
+    b.add_argument("--batch-size", type=int, default=128, metavar="N", help="images a step (default 128)")
+    b.add_argument("--steps", type=int, default=200, help="timed steps of each loop (default 200)")
+    b.add_argument("--recipe", default="fast", help="the recipe both loops follow (default fast)")
+    b.add_argument("--workers", type=_count, metavar="N", help="DataLoader workers of the typical loop (default: min(8, CPUs))")
+    b.add_argument("--limit-test", type=int, metavar="N", help="the test images each loop evaluates (default: all)")
+    b.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     b.add_argument("--compile", action="store_true", help="add a row with the model through torch.compile")
-    b.add_argument("--repeat", type=int, default=1, help="run each contender N times, alternating; report the median")
-    b.add_argument("--results", default="benchmarks/results", help="where the JSON result goes")
+    b.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run each contender N times, alternating; report the median (default 1)")
+    b.add_argument("--results", default="benchmarks/results", metavar="DIR",
+                   help="where the JSON result goes (default benchmarks/results)")
     b = bench.add_parser("model", help="model-step throughput against torchvision's model (synthetic data)")
-    b.add_argument("--model", default="resnet50")
-    b.add_argument("--batch-size", type=int)
-    b.add_argument("--image-size", type=int, default=224)
-    b.add_argument("--steps", type=int)
-    b.add_argument("--compile", action="store_true")
-    b.add_argument("--device", default="auto", choices=DEVICES)
-    b.add_argument("--results", default="benchmarks/results")
+    b.add_argument("--model", default="resnet50", help="a model torchvision also has (default resnet50)")
+    b.add_argument("--batch-size", type=int, metavar="N", help="images a step (default 256 on CUDA, 8 elsewhere)")
+    b.add_argument("--image-size", type=int, default=224, metavar="SIDE", help="the input's side (default 224)")
+    b.add_argument("--steps", type=int, help="timed steps (default 50 on CUDA, 3 elsewhere)")
+    b.add_argument("--compile", action="store_true", help="time both models through torch.compile")
+    b.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+    b.add_argument("--results", default="benchmarks/results", metavar="DIR",
+                   help="where the JSON result goes (default benchmarks/results)")
     b = bench.add_parser("decode", help="training crops from image files against torchvision's ImageFolder pipeline")
     b.add_argument("--folder", help="time your own images (default: synthetic JPEGs of ImageNet's and a phone's size)")
-    b.add_argument("--size", type=int, default=224, help="crop side")
-    b.add_argument("--count", type=int, default=20, help="images of each size")
-    b.add_argument("--repeat", type=int, default=3, help="passes of each contender, alternating; report the median")
-    b.add_argument("--results", default="benchmarks/results")
+    # --image-size as in every other command; --size as this benchmark first named it.
+    b.add_argument("--image-size", "--size", dest="size", type=int, default=224, metavar="SIDE",
+                   help="crop side (default 224)")
+    b.add_argument("--count", type=int, default=20, help="images of each size (default 20)")
+    b.add_argument("--repeat", type=int, default=3, metavar="N",
+                   help="passes of each contender, alternating; report the median (default 3)")
+    b.add_argument("--results", default="benchmarks/results", metavar="DIR",
+                   help="where the JSON result goes (default benchmarks/results)")
 
     _add_reproduce_parsers(sub)
 
     p = sub.add_parser("demo", help="train resnet20 on Fashion-MNIST for a few minutes, evaluate, predict, plot")
-    p.add_argument("--out", default="demo")
-    p.add_argument("--device", default="cpu", choices=DEVICES)
+    p.add_argument("--out", default="demo", metavar="DIR", help="the run directory goes in here (default demo)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--device", default="cpu", choices=DEVICES,
+                   help="cpu (default), auto, cuda or mps")
+    # `resnetlab train --help` opens with what train does, as the list of commands says it.
+    for commands in (sub, bench):
+        for action in commands._choices_actions:
+            commands.choices[action.dest].description = commands.choices[action.dest].description or action.help
     return parser
 
 
@@ -488,6 +529,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if not inputs:
             what = f" ({run_dir} is a file, not a run directory)" if Path(run_dir).is_file() else ""
             raise ValueError(f"no images given{what}: resnetlab predict RUN_DIR IMAGE... (or --pretrained MODEL IMAGE...)")
+        from .runs import read_config
+
+        read_config(run_dir)  # a mistyped run is the first thing to name, not the images after it
     images = _image_paths(inputs)  # before the model loads (or downloads), so a wrong path fails at once
     if args.csv is not None:
         from .data import IMAGE_EXTENSIONS
@@ -535,9 +579,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def _image_paths(inputs: list[str]) -> list[str]:
     """The image files given, with every folder among them replaced by the images under it."""
     from .data import DataError, image_files
+    from .runs import CONFIG
 
     paths = []
     for given in inputs:
+        if (Path(given) / CONFIG).is_file():  # its curves and confusion matrix would be classified as photos
+            raise DataError(f"{given} is a run directory, not a folder of images: predict takes one run, first "
+                            "(resnetlab predict RUN_DIR IMAGE...), or none with --pretrained")
         if Path(given).is_dir():
             found = image_files(given)
             if not found:
@@ -611,6 +659,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
     dirs = [Path(d) for d in args.run_dirs]
     out = args.out or (dirs[0] / "curves" if len(dirs) == 1 else Path("curves"))
+    if Path(out).is_dir():  # `-o figures/` means into the folder, not figures.png beside it
+        out = Path(out) / "curves"
     paths = plot_runs(dirs, out, x=args.x)
     for d in dirs if args.out is None else []:  # evaluated runs get their confusion matrix redrawn too
         if (d / "eval.json").exists():
@@ -664,7 +714,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(Path(args.out), device=args.device)
+    run_demo(Path(args.out), device=args.device, data_dir=args.data_dir)
 
 
 COMMANDS = {

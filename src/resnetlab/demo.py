@@ -16,8 +16,10 @@ from PIL import Image
 DEMO = dict(model="resnet20", dataset="fashion-mnist", recipe="fast", epochs=4, limit_train=12_000)
 
 
-def run_demo(out: Path, device: str = "cpu") -> Path:
-    """Run the demo into a new run directory under ``out`` and print where everything is."""
+def run_demo(out: Path, device: str = "cpu", data_dir: str | None = None) -> Path:
+    """Run the demo into a new run directory under ``out`` and print where everything is.
+
+    ``data_dir`` is where the Fashion-MNIST files are (default: where ``resnetlab data`` finds them)."""
     from .data import get_dataset
     from .devices import pick_device
     from .evaluate import evaluate_run
@@ -26,16 +28,20 @@ def run_demo(out: Path, device: str = "cpu") -> Path:
     from .runs import load_model
     from .train import TrainConfig, train
 
+    if out.exists() and not out.is_dir():  # found now, not after minutes of training
+        raise ValueError(f"--out {out} is a file; the demo writes its run directory into a folder")
     run_dir = out / f"resnet20-fashion-mnist-{datetime.now():%Y%m%d-%H%M%S}"
-    print(f"Training resnet20 on Fashion-MNIST ({DEMO['limit_train']:,} images, {DEMO['epochs']} epochs, {device})")
+    epochs = DEMO["epochs"]
+    print(f"Training resnet20 on Fashion-MNIST ({DEMO['limit_train']:,} images, {epochs} epoch{'s' if epochs != 1 else ''}, "
+          f"{device})")
     # Bars where someone watches, as train's own command draws them; a log gets the per-epoch lines.
-    result = train(TrainConfig(**DEMO, device=device, out=str(run_dir), progress=sys.stderr.isatty()))
+    result = train(TrainConfig(**DEMO, data_dir=data_dir, device=device, out=str(run_dir), progress=sys.stderr.isatty()))
 
-    print("\nEvaluating on the 10,000 test images")
+    test = get_dataset("fashion-mnist", split="test", root=data_dir)
+    print(f"\nEvaluating on the {len(test):,} test images")
     report = evaluate_run(run_dir, device=device)
     print(report.text())
 
-    test = get_dataset("fashion-mnist", split="test")
     image_dir = run_dir / "samples"
     image_dir.mkdir(exist_ok=True)
     paths = []
@@ -59,7 +65,7 @@ def run_demo(out: Path, device: str = "cpu") -> Path:
     print(f"  training curves   {', '.join(str(p) for p in curves)}")
     print(f"  sample images     {image_dir}")
     print(f"\nTest accuracy {result.test_accuracy:.2%} after {result.seconds:.0f} s of training.")
-    print(f"Next: resnetlab predict {run_dir} YOUR_IMAGE.png")
+    print(f"Next: resnetlab predict {run_dir} {image_dir}   (or YOUR_IMAGE.png)")
     print(f"  or: resnetlab serve {run_dir}     (a page to drop images on)")
     print(f"  or: resnetlab export {run_dir}    (ONNX, checked against PyTorch)")
     return run_dir
