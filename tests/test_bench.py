@@ -96,7 +96,9 @@ def test_bench_model_compares_with_torchvision(tmp_path, capsys):
     (["model", "--model", "vgg11"], "torchvision has no 'vgg11' to compare with; use resnet18, resnet34"),
     (["model", "--model", "ResNet"], "torchvision has no 'ResNet'"),
     (["model", "--image-size", "8"], "--image-size must be at least 32"),
-    (["decode", "--size", "0"], "--size must be at least 1 pixel"),
+    (["model", "--steps", "0"], "error: --steps must be at least 1, got 0\n"),  # the unset --batch-size not named
+    (["decode", "--image-size", "0"], "--image-size must be at least 1 pixel"),
+    (["decode", "--size", "0"], "--image-size must be at least 1 pixel"),
 ])
 def test_bench_refuses_what_it_cannot_time(capsys, argv, message):
     assert main(["bench", *argv, "--device", "cpu"] if argv[0] != "decode" else ["bench", *argv]) == 2

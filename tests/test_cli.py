@@ -56,6 +56,9 @@ def test_models_lists_every_name_with_parameters(capsys):
 def test_summary_prints_keras_totals(capsys):
     code, out, _ = run(capsys, "summary", "signs_resnet50")
     assert code == 0 and "Total params: 23,600,006" in out and "Multiply-accumulates" in out
+    # One-channel images asked for: the named net is built for them (conv1 loses 2 x 144 weights).
+    code, out, _ = run(capsys, "summary", "resnet20", "--input-size", "1", "28", "28")
+    assert code == 0 and "Total params: 270,810" in out and "for one 1x28x28 input" in out
 
 
 @needs_fashion

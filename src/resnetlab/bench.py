@@ -367,8 +367,9 @@ def bench_model(
     import torchvision
 
     dev = pick_device(device)
-    if (batch_size is not None and batch_size < 1) or (steps is not None and steps < 1):
-        raise ValueError(f"--batch-size and --steps must be at least 1, got {batch_size} and {steps}")
+    for flag, value in (("--batch-size", batch_size), ("--steps", steps)):
+        if value is not None and value < 1:  # None: the device's default
+            raise ValueError(f"{flag} must be at least 1, got {value}")
     batch_size = batch_size or (256 if dev.type == "cuda" else 8)
     steps = steps or (50 if dev.type == "cuda" else 3)
     if model_name not in TORCHVISION_TWINS:  # before anything is built or timed
@@ -479,7 +480,7 @@ def bench_decode(
     from .data import IMAGE_FORMATS, load_jitter_crop, load_random_crop
 
     if size < 1:
-        raise ValueError(f"--size must be at least 1 pixel, got {size}")
+        raise ValueError(f"--image-size must be at least 1 pixel, got {size}")
     if count < 1 or repeat < 1:
         raise ValueError("--count and --repeat must be at least 1")
     jitter = (round(size * 8 / 7), round(size * 15 / 7))  # 256-480 for 224

@@ -296,28 +296,32 @@ def _add_reproduce_parsers(sub: argparse._SubParsersAction) -> None:
         return p
 
     p = add("degradation", "plain and residual nets of growing depth: the 2015 paper's Figure 6")
-    p.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56], metavar="D")
-    p.add_argument("--seeds", type=int, default=1, metavar="K", help="train each net with K seeds (--seed onwards)")
+    p.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56], metavar="D",
+                   help="the depths of the plain and residual nets, 6n+2 (default: 20 32 44 56)")
+    p.add_argument("--seeds", type=int, default=1, metavar="K", help="train each net with K seeds (--seed onwards; default 1)")
 
     p = add("depth", "test error and parameters of deeper ResNets: the 2015 paper's Table 6")
-    p.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56, 110], metavar="D")
-    p.add_argument("--seeds", type=int, default=3, metavar="K", help="train each net with K seeds (--seed onwards)")
+    p.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56, 110], metavar="D",
+                   help="the depths of the residual nets, 6n+2 (default: 20 32 44 56 110)")
+    p.add_argument("--seeds", type=int, default=3, metavar="K", help="train each net with K seeds (--seed onwards; default 3)")
 
     p = add("gradients", "gradient norms by layer of a plain and a residual net: vanishing gradients")
-    p.add_argument("--depth", type=int, default=56)
+    p.add_argument("--depth", type=int, default=56, metavar="D", help="the depth of the plain and residual net, 6n+2 (default 56)")
     p.add_argument("--every", type=int, metavar="STEPS", help="record gradient norms every STEPS iterations (default: 100 records a run)")
 
     p = add("responses", "std of each 3x3 layer's responses in plain and residual nets: the 2015 paper's Figure 7")
-    p.add_argument("--depths", type=int, nargs="+", metavar="D", help="the depths to train (default: 20 56 110)")
+    p.add_argument("--depths", type=int, nargs="+", metavar="D",
+                   help="the depths of the plain and residual nets to train, 6n+2 (default: 20 56 110)")
     p.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="measure these trained runs instead of training new nets")
 
     for study, (title, variants) in STUDIES.items():
         p = add(study, f"{title[0].lower()}{title[1:]}: one net in each variant")
-        p.add_argument("--depth", type=int, default=110)
+        p.add_argument("--depth", type=int, default=110, metavar="D", help="the depth of every variant's net (default 110)")
         p.add_argument("--block", choices=["basic", "bottleneck"], default="basic",
                        help="basic (6n+2 layers) or bottleneck (9n+2; the paper's ResNet-164 is --depth 164 --block bottleneck)")
-        p.add_argument("--variants", nargs="+", metavar="KEY", help=f"a subset: {', '.join(v[0] for v in variants)}")
-        p.add_argument("--seeds", type=int, default=1, metavar="K", help="train each net with K seeds (--seed onwards)")
+        p.add_argument("--variants", nargs="+", metavar="KEY",
+                       help=f"a subset of {', '.join(v[0] for v in variants)} (default: all)")
+        p.add_argument("--seeds", type=int, default=1, metavar="K", help="train each net with K seeds (--seed onwards; default 1)")
 
 
 def _check_one_source(args: argparse.Namespace) -> None:
@@ -420,8 +424,12 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
+    from .runs import CONFIG
     from .summary import summary
 
+    if args.input_size and not (Path(args.model) / CONFIG).is_file() and "in_chans" not in dict(args.model_arg):
+        # A named net asked for one-channel images is built for them, as --model-arg in_chans=1 would.
+        args.model_arg.append(("in_chans", args.input_size[0]))
     model, name, config = _model_or_run(args)
     if args.input_size:
         size = tuple(args.input_size)
