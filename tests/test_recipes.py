@@ -24,9 +24,38 @@ def test_he2016_is_the_paper_schedule():
 
 
 def test_signs_adam_is_the_notebook():
+    # The 2021 notebook (tf.keras 2, batch norms called with training=True): Adam(learning_rate=0.00015),
+    # fit(epochs=10, batch_size=32). Keras's default 0.001 was its 2017 version's.
     r = get_recipe("signs-adam")
-    assert (r.optimizer, r.lr, r.batch_size, r.epochs) == ("adam", 1e-3, 32, 10)
-    assert lr_at(r, 123, 1000) == 1e-3
+    assert (r.optimizer, r.lr, r.weight_decay, r.batch_size, r.epochs) == ("adam", 1.5e-4, 0.0, 32, 10)
+    assert lr_at(r, 123, 1000) == 1.5e-4
+
+
+def test_he2016_preact_warms_up_every_depth_as_the_2016_paper():
+    # Its appendix: "for all CIFAR experiments we warm up ... 0.01 at the beginning 400 iterations";
+    # the 2015 paper warmed up only its 110-layer net.
+    preact = get_recipe("he2016-preact")
+    for depth in (20, 56, 164):
+        assert [lr_at(preact, s, 64_000, depth) for s in (0, 399, 400)] == [0.01, 0.01, 0.1]
+    assert lr_at(preact, 32_000, 64_000, 20) == pytest.approx(0.01)
+    assert lr_at(get_recipe("he2016"), 0, 64_000, depth=56) == 0.1
+
+
+def test_paper_recipes_name_their_departures():
+    import torch
+    from torch import nn
+
+    from resnetlab.steps import make_optimizer
+
+    # The optimizer spares BN and biases; the papers (and torchvision's reference) decay every weight.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    groups = make_optimizer(get_recipe("he2016"), model, torch.device("cpu")).param_groups
+    assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(1, 1e-4), (3, 0.0)]
+    for name in ("he2016", "he2016-preact", "imagenet", "he2015-imagenet"):
+        assert "BN and biases are not decayed" in RECIPES[name].notes
+    for name in ("he2016", "he2016-preact", "he2015-imagenet"):
+        assert "per channel" in RECIPES[name].notes.replace("-", " ")  # in place of the per-pixel mean
+    assert "fixed 400 iterations" in RECIPES["he2016"].notes and "45k/5k" in RECIPES["he2016"].notes
 
 
 def test_onecycle_rises_then_falls_to_zero():
@@ -82,8 +111,10 @@ def test_recipes_are_described_in_one_line(capsys):
     from resnetlab.cli import main
 
     assert describe_recipe(get_recipe("he2016")) == (
-        "sgd (momentum 0.9) lr 0.1, batch 128, 64,000 steps, multistep /10 at 50%, 75%, wd 0.0001, pad 4 + crop + flip"
+        "sgd (momentum 0.9) lr 0.1, batch 128, 64,000 steps, multistep /10 at 50%, 75%, "
+        "lr 0.01 for the first 400 steps at 110+ layers, wd 0.0001, pad 4 + crop + flip"
     )
+    assert "/10 at 50%, 75%, lr 0.01 for the first 400 steps, wd" in describe_recipe(get_recipe("he2016-preact"))
     assert "random-resized crop 0.08-1 + flip" in describe_recipe(get_recipe("imagenet"))
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out

@@ -62,7 +62,10 @@ _HE2016 = Recipe(
     milestones=(0.5, 0.75), warmup_steps=400, warmup_lr=0.01, warmup_min_depth=110,
     pad_crop=4, flip=True,
     notes="He et al. 2015, CIFAR-10 (Section 4.2): SGD 0.9, wd 1e-4, lr 0.1, /10 at 32k and 48k of 64k "
-    "iterations, batch 128, 0.01 for the first 400 iterations at 110+ layers, 4-pixel pad + crop + flip.",
+    "iterations, batch 128, 4-pixel pad + crop + flip; 110+ layers start at 0.01 for a fixed 400 iterations "
+    "(the paper: until training error falls below 80%, 'about 400 iterations'). Trains on all 50k images "
+    "(the paper chose this schedule on a 45k/5k split). Unlike the paper: BN and biases are not decayed, "
+    "and per-channel mean and std normalisation stands in for the per-pixel mean. See docs/recipes.md.",
 )
 
 RECIPES: dict[str, Recipe] = {
@@ -70,15 +73,20 @@ RECIPES: dict[str, Recipe] = {
     for r in [
         _HE2016,
         replace(
-            _HE2016, name="he2016-preact",
-            notes="He et al. 2016, CIFAR (Section 4 and appendix): the 2015 schedule, with the 0.01 warm-up "
-            "for the 110-layer and deeper nets until training error falls below 80% (about 400 iterations).",
+            # The 2016 paper warms up every CIFAR net, not only the 110-layer ones (its appendix).
+            _HE2016, name="he2016-preact", warmup_min_depth=0,
+            notes="He et al. 2016, CIFAR (appendix): the 2015 schedule, with 0.01 for the first 400 iterations "
+            "at every depth ('for all CIFAR experiments'). As he2016, BN and biases are not decayed and inputs "
+            "are normalised per channel.",
         ),
         Recipe(
             "signs-adam",
-            optimizer="adam", lr=1e-3, momentum=0.0, weight_decay=0.0, batch_size=32, epochs=10,
+            optimizer="adam", lr=1.5e-4, momentum=0.0, weight_decay=0.0, batch_size=32, epochs=10,
             schedule="constant",
-            notes="The seed notebook: Adam (Keras defaults), categorical cross-entropy, batch 32, 10 epochs.",
+            notes="The seed notebook (2021): Adam at 0.00015, categorical cross-entropy, batch 32, 10 epochs "
+            "(its 2017 version: Keras's default 0.001 for 2 epochs). Unlike it: Adam's epsilon is PyTorch's "
+            "1e-8 (Keras's 1e-7), inputs are normalised per channel (the notebook's X / 255 only), and an epoch "
+            "drops its last partial batch (Keras trains on it).",
         ),
         Recipe(
             "imagenet",
@@ -87,7 +95,9 @@ RECIPES: dict[str, Recipe] = {
             notes="torchvision's reference recipe for its ResNet weights, for image folders (imagenet or "
             "folder:PATH; 224-pixel crops unless --image-size): SGD 0.9, lr 0.1 /10 every 30 of 90 epochs, wd "
             "1e-4, batch 256, random box of 8-100% of the area resized to full size + flip; held-out images "
-            "resized to 256 and centre-cropped. he2015-imagenet is the 2015 paper's own.",
+            "resized to 256 and centre-cropped; unlike it, BN and biases are not decayed. Also the 2016 paper's "
+            "ImageNet schedule (0.1, /10 at 30 and 60 epochs) with the scale and aspect-ratio augmentation of its "
+            "ResNet-200. he2015-imagenet is the 2015 paper's own.",
         ),
         Recipe(
             "he2015-imagenet",
@@ -99,7 +109,8 @@ RECIPES: dict[str, Recipe] = {
             "iterations (fixed here at every 30 epochs' worth, 15, 30 and 45x10^4, the cadence of torchvision's "
             "reference); shorter side drawn from [256, 480], a random 224 crop, flip, AlexNet's PCA colour noise "
             "(std 0.1, principal components of this training set's pixels); per-channel mean and std "
-            "normalisation stands in for the per-pixel mean.",
+            "normalisation stands in for the per-pixel mean, and BN and biases are not decayed. Tested on one "
+            "centre crop; eval --ten-crop and --scales are the paper's.",
         ),
         Recipe(
             "fast",
@@ -123,6 +134,9 @@ def describe_recipe(recipe: Recipe) -> str:
     parts = [f"{optimizer} lr {recipe.lr:g}", f"batch {recipe.batch_size}", length, recipe.schedule]
     if recipe.milestones:
         parts[-1] += " /" + f"{1 / recipe.gamma:g} at " + ", ".join(f"{m:.0%}" for m in recipe.milestones)
+    if recipe.warmup_steps:
+        deep = f" at {recipe.warmup_min_depth}+ layers" if recipe.warmup_min_depth else ""
+        parts.append(f"lr {recipe.warmup_lr:g} for the first {recipe.warmup_steps} steps{deep}")
     if recipe.weight_decay:
         parts.append(f"wd {recipe.weight_decay:g}")
     augment = [f"pad {recipe.pad_crop} + crop"] if recipe.pad_crop else []
