@@ -54,6 +54,24 @@ def test_a_failing_variant_is_reported_and_the_others_still_count(tmp_path, monk
 
 
 @needs_fashion
+def test_both_loops_train_with_the_same_weight_decay(monkeypatch):
+    """The usual script decays every parameter (one optimizer group): resnetlab's loop does the same
+    here, so that the accuracies compare at one schedule."""
+    from resnetlab import steps
+
+    decayed, real = [], steps.make_optimizer
+
+    def record(recipe, model, *args, **kwargs):
+        optimizer = real(recipe, model, *args, **kwargs)
+        decayed.append(sum(p.numel() for g in optimizer.param_groups if g["weight_decay"] for p in g["params"]))
+        return optimizer
+
+    monkeypatch.setattr(steps, "make_optimizer", record)
+    bench.bench_train("resnet8", batch_size=64, steps=10, device="cpu", workers=0, limit_test=300, print_fn=lambda line: None)
+    assert decayed == [sum(p.numel() for p in bench.create_model("resnet8", num_classes=10, in_chans=1).parameters())]
+
+
+@needs_fashion
 def test_a_variant_failing_in_a_later_round_is_reported_not_timed(monkeypatch):
     monkeypatch.setattr(bench, "_variants", lambda device, compile: [bench._Variant("resnetlab", "eager"),
                                                                       bench._Variant("+ flaky", "fails in round 2")])

@@ -58,6 +58,25 @@ def test_paper_recipes_name_their_departures():
     assert "fixed 400 iterations" in RECIPES["he2016"].notes and "45k/5k" in RECIPES["he2016"].notes
 
 
+@pytest.mark.parametrize("tensor_lr", [False, True])
+def test_decay_norm_and_bias_decays_every_parameter_as_the_papers(tensor_lr):
+    import torch
+    from torch import nn
+
+    from resnetlab.steps import make_optimizer
+
+    def after_one_step(**overrides) -> torch.Tensor:
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        optimizer = make_optimizer(get_recipe("he2016", **overrides), model, torch.device("cpu"), tensor_lr)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)  # only the decay moves a weight
+        optimizer.step()
+        return model[1].weight.detach()
+
+    assert torch.equal(after_one_step(), torch.ones(4))  # BN's scale spared
+    assert torch.allclose(after_one_step(decay_norm_and_bias=True), torch.full((4,), 1 - 0.1 * 1e-4))
+
+
 def test_onecycle_rises_then_falls_to_zero():
     r = get_recipe("fast")
     lrs = [lr_at(r, s, 100) for s in range(100)]

@@ -338,9 +338,10 @@ def cmd_recipes(args: argparse.Namespace) -> None:
     if args.name:
         recipe = RECIPES[args.name]
         print(f"{recipe.name}: {describe_recipe(recipe)}")
-        for key, value in recipe.to_dict().items():
-            if key not in ("name", "notes"):
-                print(f"  {key:<18}{json.dumps(value)}")  # as --recipe-arg KEY=VALUE reads it back
+        fields = {k: v for k, v in recipe.to_dict().items() if k not in ("name", "notes")}
+        width = max(map(len, fields)) + 2
+        for key, value in fields.items():
+            print(f"  {key:<{width}}{json.dumps(value)}")  # as --recipe-arg KEY=VALUE reads it back
         return
     for name, recipe in RECIPES.items():
         print(f"{name}: {describe_recipe(recipe)}")

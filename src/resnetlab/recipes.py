@@ -25,6 +25,7 @@ class Recipe:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
+    decay_norm_and_bias: bool = False  # decay BN parameters and biases too, as the papers and torchvision's reference do
     batch_size: int = 128
     steps: int | None = None  # iterations, as the papers count; or
     epochs: float | None = None  # passes over the training set

@@ -21,14 +21,17 @@ from .recipes import Recipe
 
 
 def make_optimizer(recipe: Recipe, model: nn.Module, device: torch.device, tensor_lr: bool = False) -> torch.optim.Optimizer:
-    """The recipe's optimizer. BN parameters and biases get no weight decay.
+    """The recipe's optimizer. BN parameters and biases get no weight decay unless
+    ``recipe.decay_norm_and_bias``.
 
     Decaying a BN scale only fights the next layer's rescaling; the 2015 paper decays everything,
     and at 1e-4 the difference is within noise. ``tensor_lr`` keeps the learning rate in a device
     tensor, which a CUDA graph can read on every replay.
     """
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    spared = (lambda p: False) if recipe.decay_norm_and_bias else (lambda p: p.ndim <= 1)
+    decay = [p for p in model.parameters() if not spared(p)]
+    no_decay = [p for p in model.parameters() if spared(p)]
+    # Two groups either way, so that a checkpoint's optimizer state always has the same shape.
     groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     lr = torch.tensor(recipe.lr, device=device) if tensor_lr else recipe.lr
     # Fused kernels: one launch for the whole update instead of one per tensor.
