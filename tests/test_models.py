@@ -77,6 +77,21 @@ def test_signs_resnet50_counts_like_keras():
     assert create_model("signs_resnet50")(torch.randn(2, 3, 64, 64)).shape == (2, 6)
 
 
+def test_signs_resnet50_starts_as_keras_initialises_it():
+    torch.manual_seed(0)
+    m = create_model("signs_resnet50", mixing="gate")
+    # Glorot uniform: bound sqrt(6 / (fan_in + fan_out)), fans counting the kernel's k*k positions.
+    for conv, fan_in, fan_out in ((m.conv1, 3 * 49, 64 * 49), (m.layer4[0].conv3, 512, 2048), (m.fc, 2048, 6)):
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        weight = conv.weight.detach()
+        assert weight.abs().max() <= bound and weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)
+        assert torch.count_nonzero(conv.bias) == 0
+    # Keras's BatchNormalization(momentum=0.99) keeps 0.99 of its moving statistics: PyTorch's 0.01.
+    assert {bn.momentum for bn in m.modules() if isinstance(bn, torch.nn.BatchNorm2d)} == {0.01}
+    assert torch.all(m.layer1[0].gate.bias == -6)  # the gate's own start, not Keras's zero bias
+    assert create_model("resnet50").bn1.momentum == 0.1  # torchvision's nets keep PyTorch's
+
+
 @pytest.mark.parametrize("name, gmacs", PAPER_GMACS.items())
 def test_paper_multiply_adds(name, gmacs):
     macs = count_macs(on_meta(name, stride_in_1x1=True), (3, 224, 224))

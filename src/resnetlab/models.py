@@ -614,12 +614,28 @@ def signs_resnet50(
 
     Its layout: ZeroPadding2D(3) + 7x7/2 conv, conv biases everywhere, the stride on the first 1x1
     of each convolutional block, Keras's batch-norm epsilon (1e-3), a 2x2 average pool, flatten and a
-    dense layer. Keras reports 23,600,006 parameters: 23,546,886 trainable plus 53,120 BN moving
+    dense layer; initialised as Keras initialises it (``keras_init``). Keras reports 23,600,006 parameters: 23,546,886 trainable plus 53,120 BN moving
     statistics. ``layers`` and ``widths`` (each stage's F1; F3 is 4 x F1) give the notebook's layout
     at other sizes, as ``resnetlab import`` needs for Keras files of such variants.
     """
     kwargs = {"stem": "keras", "bias": True, "stride_in_1x1": True, "bn_eps": 1e-3, **kwargs}
-    return ResNet(Bottleneck, list(layers), widths=list(widths), num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model = ResNet(Bottleneck, list(layers), widths=list(widths), num_classes=num_classes, in_chans=in_chans, **kwargs)
+    keras_init(model)
+    for block in model.blocks() if model.residual else []:
+        block.init_gate()  # a gate's bias starts where its option says, not at Keras's zero
+    return model
+
+
+def keras_init(model: nn.Module) -> None:
+    """Keras's defaults, which the notebook trained from: Glorot-uniform kernels, zero biases, and batch
+    norms whose moving statistics keep 0.99 of their value each step (PyTorch's momentum 0.01)."""
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.momentum = 0.01
+        elif isinstance(m, (nn.Conv2d, nn.Linear)) and not m.weight.is_meta:
+            nn.init.xavier_uniform_(m.weight)  # Keras's fans: k*k*in and k*k*out, as PyTorch's
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 register_model(signs_resnet50, fixed={"block": Bottleneck})
