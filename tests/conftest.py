@@ -9,6 +9,25 @@ import pytest
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
+def run(capsys, *argv) -> tuple[int, str, str]:
+    """``resnetlab ARGV...`` in this process: its exit status, standard output and standard error."""
+    from resnetlab.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def fails_cleanly(capsys, *argv, match: str) -> str:
+    """``resnetlab ARGV...`` fails as the command line promises: status 2, one ``error:`` line with
+    ``match`` in it, no traceback. Returns the line."""
+    code, out, err = run(capsys, *argv)
+    assert code == 2, (out, err)
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith("error: ") and match in err, err
+    return err
+
+
 def fashion_mnist_here() -> bool:
     """Whether the Fashion-MNIST files are in Debian's folder or under $RESNETLAB_DATA (a GPU machine's copy)."""
     data = os.environ.get("RESNETLAB_DATA")

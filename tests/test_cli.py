@@ -14,24 +14,11 @@ from PIL import Image
 
 from resnetlab.cli import main
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
+from conftest import FASHION, fails_cleanly, run
+
 needs_fashion = pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
 QUICK = ["--model", "resnet8", "--limit-train", "256", "--limit-test", "200", "--batch-size", "64",
          "--steps", "8", "--device", "cpu", "--no-progress"]
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def fails_cleanly(capsys, *argv, match: str) -> str:
-    code, out, err = run(capsys, *argv)
-    assert code == 2, (out, err)
-    assert "Traceback" not in err and err.count("\n") == 1, err
-    assert err.startswith("error: ") and match in err, err
-    return err
 
 
 @pytest.fixture(scope="module")

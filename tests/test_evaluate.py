@@ -16,6 +16,8 @@ from resnetlab.evaluate import EvalReport, EvalResult, eval_mode, evaluate
 from resnetlab.runs import load_model
 from resnetlab.train import TrainConfig, train
 
+from conftest import fails_cleanly
+
 
 def write_idx(folder: Path, images: np.ndarray, labels: np.ndarray, split: str) -> None:
     """One split as the MNIST family's gzipped IDX files."""
@@ -132,15 +134,6 @@ def test_printed_and_written_results_agree_with_a_hand_computation_on_the_first_
     assert f"top-5 accuracy {written['top5_accuracy']:.2%}" in printed
     for name, value in written["per_class_accuracy"].items():
         assert any(line.split() == [*name.split(), f"{value:.2%}"] for line in printed.splitlines() if value is not None)
-
-
-def fails_cleanly(capsys, *argv, match: str) -> str:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert code == 2, (out, err)
-    assert "Traceback" not in err and err.count("\n") == 1, err
-    assert err.startswith("error: ") and match in err, err
-    return err
 
 
 def test_a_named_dataset_with_other_classes_is_refused(idx_run, capsys):

@@ -15,12 +15,11 @@ import torch
 from PIL import Image
 
 import resnetlab
-from resnetlab.cli import main
 from resnetlab.keras_weights import KERAS_APPLICATIONS, KerasError, read_keras
 from resnetlab.pretrained import WeightsError
 from resnetlab.runs import load_model
 
-from conftest import FASHION
+from conftest import FASHION, run
 
 HERE = Path(__file__).parent
 TF_KERAS2 = HERE / "fixtures" / "notebook_tf_keras2.h5"  # written by fixtures/make_keras_fixture.py
@@ -54,12 +53,6 @@ def logits_of(keras, images: np.ndarray) -> np.ndarray:
     mean, std = torch.tensor(keras.mean)[:, None, None], torch.tensor(keras.std)[:, None, None]
     with torch.no_grad():
         return model.eval()((x - mean) / std).numpy()
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_a_tf_keras2_file_predicts_what_keras_predicts():
