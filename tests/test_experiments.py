@@ -349,3 +349,15 @@ def test_a_bad_out_fails_before_anything_is_trained_or_written(tmp_path):
     with pytest.raises(ValueError, match="depth 10 is not"):
         reproduce("responses", "--depths", 10, *QUICK, "--out", tmp_path / "responses")
     assert not (tmp_path / "responses").exists()
+
+
+def test_a_degradation_figure_of_one_evaluation_tells_train_from_test():
+    from resnetlab.experiments import _degradation_figure
+
+    row = {"step": 8, "train_error": 90.0, "test_error": 85.0}
+    fig = _degradation_figure({("plain", 8): [row], ("residual", 8): [row]}, "one evaluation")
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == [8]  # not 7.6 ... 8.4
+        train, test = ax.get_lines()
+        assert train.get_markerfacecolor() == "none" and test.get_markerfacecolor() != "none"

@@ -305,13 +305,16 @@ def _degradation_figure(curves: dict[tuple[str, int], list[dict]], title: str) -
     colour = _colours(depths)
     # The paper's line styles: training error dashed and thin, test error solid and bold.
     train_style, test_style = dict(ls="--", lw=1.2), dict(ls="-", lw=2.2)
+    # Few points get markers, training's hollow and test's filled: a run evaluated once has no line to tell them by.
+    if max(len(rows) for rows in curves.values()) <= 30:
+        train_style |= dict(marker="o", ms=4, mfc="none")
+        test_style |= dict(marker="o", ms=3)
     for ax, kind in zip(axes, KINDS):
         for depth in depths:
             rows = curves[kind, depth]
             steps = [r["step"] for r in rows]
-            marker = dict(marker="o", ms=3) if len(rows) <= 30 else {}
-            ax.plot(steps, [r["train_error"] for r in rows], color=colour[depth], **train_style, **marker)
-            ax.plot(steps, [r["test_error"] for r in rows], color=colour[depth], **test_style, **marker)
+            ax.plot(steps, [r["train_error"] for r in rows], color=colour[depth], **train_style)
+            ax.plot(steps, [r["test_error"] for r in rows], color=colour[depth], **test_style)
         handles = [Line2D([], [], color=colour[d], lw=2.2, label=_label(kind, d)) for d in depths]
         for what, style in (("train", train_style), ("test", test_style)):
             handles.append(Line2D([], [], color="black", label=what, **style))
@@ -715,9 +718,10 @@ def _colours(keys: Iterable) -> dict:
 
 
 def _iterations_axis(ax) -> None:
-    from matplotlib.ticker import EngFormatter
+    from matplotlib.ticker import EngFormatter, MaxNLocator
 
     ax.set_xlabel("iterations")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one evaluation alone got ticks 7.6 ... 8.4
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 64000 -> 64k
     ax.grid(alpha=0.3)
 
