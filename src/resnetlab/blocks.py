@@ -208,7 +208,7 @@ class _Block(nn.Module):
     def _mix(self, s: torch.Tensor, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.mixing == "add":
             # Out of place, unlike torchvision's `out += identity` and in-place ReLUs: a forward hook on a BN
-            # or on ``branch_end`` (the layer responses of Figure 7) keeps the values it was given. On a GPU
+            # (the layer responses of Figure 7) or on ``branch_end`` keeps the values it was given. On a GPU
             # the sum costs the same either way; on a CPU its fresh tensor costs ResNet-50 inference ~6%.
             return s + branch
         if self.mixing == "scale":

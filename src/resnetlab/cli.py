@@ -305,7 +305,7 @@ def _add_reproduce_parsers(sub: argparse._SubParsersAction) -> None:
                    help="the depths of the residual nets, 6n+2 (default: 20 32 44 56 110)")
     p.add_argument("--seeds", type=int, default=3, metavar="K", help="train each net with K seeds (--seed onwards; default 3)")
 
-    p = add("gradients", "gradient norms by layer of a plain and a residual net: vanishing gradients")
+    p = add("gradients", "gradient norms by layer of a plain and a residual net: do they vanish towards the input?")
     p.add_argument("--depth", type=int, default=56, metavar="D", help="the depth of the plain and residual net, 6n+2 (default 56)")
     p.add_argument("--every", type=int, metavar="STEPS", help="record gradient norms every STEPS iterations (default: 100 records a run)")
 

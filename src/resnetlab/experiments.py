@@ -2,7 +2,8 @@
 
 - ``degradation``: the 2015 paper's Figure 6. Deeper plain nets train worse; deeper ResNets do not.
 - ``depth``: its Table 6. Test error and parameters of residual nets from 20 to 110 layers.
-- ``gradients``: the seed notebook's Figure 1. Gradients fade towards the input of a deep plain net.
+- ``gradients``: the seed notebook's Figure 1. Whether a deep plain net's gradients vanish (or explode) towards
+  its input, where a ResNet's identity paths keep them comparable across depth.
 - ``responses``: the 2015 paper's Figure 7. The layers of residual nets respond more weakly than plain ones.
 - ``orders``: the 2016 paper's Table 2. Where BN and ReLU sit around the addition (its Figure 4).
 - ``shortcuts``: its Table 1. Scaled, gated, projected or dropped-out shortcuts against the identity.
@@ -403,7 +404,7 @@ def _depth_figure(rows: list[dict], title: str) -> Figure:
     return fig
 
 
-# --- vanishing gradients (the seed notebook's Figure 1) -----------------------------------------
+# --- gradient norms by layer (the seed notebook's Figure 1) -------------------------------------
 
 
 def reproduce_gradients(base: TrainConfig, out: str | Path, depth: int = 56, every: int | None = None) -> list[Path]:
@@ -444,7 +445,7 @@ def reproduce_gradients(base: TrainConfig, out: str | Path, depth: int = 56, eve
         table.append((models[kind], _layer_name(log["layers"][0]), _layer_name(log["layers"][last]),
                       f"{ratios[0]:.3g}", f"{statistics.median(ratios):.3g}"))
     lines = [
-        f"# Vanishing gradients: {_label('plain', depth)} against {_label('residual', depth)}", "",
+        f"# Gradient norms by layer: {_label('plain', depth)} against {_label('residual', depth)}", "",
         f"{_setup_text(base)}; the gradient norm of every conv and fc weight every "
         f"{'iteration' if every == 1 else f'{every} iterations'} ({len(steps)} records).", "",
         "The ratio is the first layer's gradient norm over the last conv layer's. The layers differ in "
