@@ -59,6 +59,8 @@ def test_train_eval_predict(trained, tmp_path, capsys):
     assert report["examples"] == 10_000
     assert len(report["confusion_matrix"]) == 10 and sum(map(sum, report["confusion_matrix"])) == 10_000
     assert report["error"] == pytest.approx(1 - report["accuracy"])
+    matrix = np.array(report["confusion_matrix"])  # rows: the true class, as many as the test set has of each
+    assert matrix.sum(1).tolist() == [1000] * 10 and report["accuracy"] == pytest.approx(np.trace(matrix) / 10_000)
     assert Image.open(trained / "confusion.png").size[0] > 200
 
     # The user's own images: any size and colour mode.
@@ -72,7 +74,17 @@ def test_train_eval_predict(trained, tmp_path, capsys):
     assert len(lines) == 2 and lines[0].startswith(str(rgb)) and lines[0].count("%") == 2
 
     code, out, _ = run(capsys, "plot", trained)
-    assert code == 0 and (trained / "curves.png").exists() and (trained / "curves.csv").exists()
+    assert code == 0
+    with Image.open(trained / "curves.png") as image:
+        assert image.format == "PNG"
+    import csv
+
+    with open(trained / "curves.csv", newline="") as f:
+        plotted = list(csv.DictReader(f))
+    metrics = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [int(r["step"]) for r in plotted] == [m["step"] for m in metrics] == [4, 8]  # 256 images, batches of 64
+    assert [float(r["train_loss"]) for r in plotted] == pytest.approx([m["train_loss"] for m in metrics])
+    assert [float(r["test_error"]) for r in plotted] == pytest.approx([100 * (1 - m["test_acc"]) for m in metrics])
 
 
 def test_unknown_names_and_bad_values(capsys, tmp_path):

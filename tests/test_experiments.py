@@ -7,6 +7,7 @@ test images). Later tests copy the degradation runs and reuse them rather than t
 import csv
 import json
 import shutil
+import statistics
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -16,6 +17,7 @@ from PIL import Image
 from resnetlab import cli, experiments
 from resnetlab.experiments import degradation_verdict, layer_response_stds, response_layers, train_or_reuse
 from resnetlab.models import create_model
+from resnetlab.runs import read_grad_norms, read_metrics
 from resnetlab.train import TrainConfig, train
 
 QUICK = ["--limit-train", "32", "--batch-size", "16", "--steps", "10", "--limit-test", "32", "--device", "cpu"]
@@ -71,9 +73,12 @@ def test_degradation_writes_the_figure_data_and_report(degradation):
         ("plain14", "14", "plain", "0"), ("plain8", "8", "plain", "0"),
         ("resnet14", "14", "residual", "0"), ("resnet8", "8", "residual", "0"),
     ]
-    for series in runs.values():
+    for (model, _, _, seed), series in runs.items():
         assert [int(r["step"]) for r in series] == [2, 4, 6, 8, 10]
-        assert all(0 <= float(r[c]) <= 100 for r in series for c in ("train_error", "test_error"))
+        # The figure's numbers are the run's own: each evaluation's accuracy as an error in percent.
+        metrics = read_metrics(degradation / "runs" / f"{model}-s{seed}")
+        for column in ("train", "test"):
+            assert [float(r[f"{column}_error"]) for r in series] == pytest.approx([100 * (1 - m[f"{column}_acc"]) for m in metrics])
 
     report = (degradation / "degradation.md").read_text()
     for model in ("plain8", "plain14", "resnet8", "resnet14"):
@@ -86,6 +91,9 @@ def test_degradation_writes_the_figure_data_and_report(degradation):
         {d: e for (k, d), e in finals.items() if k == "plain"}, {d: e for (k, d), e in finals.items() if k == "residual"}
     )
     assert sentence in report
+    for s in runs.values():  # the table's final errors are the last evaluation's
+        last = s[-1]
+        assert f"| {last['model']} | {last['depth']} | {last['kind']} | {float(last['train_error']):.2f} | {float(last['test_error']):.2f} |" in report
     assert (degradation / "runs" / "plain8-s0" / "model.safetensors").exists()
 
 
@@ -115,6 +123,22 @@ def test_responses_of_trained_runs(degradation, tmp_path):
         assert len(m["std"]) == len(m["layers"]) == layers and m["layers"][:2] == ["bn1", "layer1.0.bn1"]
         assert all(s > 0 for s in m["std"])
         assert m["std_sorted"] == sorted(m["std"], reverse=True)
+    # Measured by hand on one run: its first 32 test images, normalised as it trained, the net in eval mode,
+    # each BN's output (before the in-place ReLU) over images, channels and positions.
+    from resnetlab.data import load_split
+    from resnetlab.loader import normalize
+    from resnetlab.runs import load_model
+
+    model, config = load_model(degradation / "runs" / "resnet8-s0")
+    images = load_split(config["dataset"], "test", limit=32, seed=config["seed"]).images
+    assert len(images) == 32
+    outputs = {}
+    for name in models[2]["layers"]:
+        model.get_submodule(name).register_forward_hook(lambda mod, i, o, name=name: outputs.__setitem__(name, o.clone()))
+    with torch.no_grad():
+        model.eval()(normalize(images, config["mean"], config["std"]))
+    expected = [outputs[name].double().std(correction=0).item() for name in models[2]["layers"]]
+    assert models[2]["std"] == pytest.approx(expected, rel=1e-5)
     rows = read_csv(out / "responses.csv")
     assert len(rows) == 7 + 13 + 7 + 13
     report = (out / "responses.md").read_text()
@@ -144,8 +168,10 @@ def test_depth_table(degradation, tmp_path, capsys):
     assert [(r["model"], r["depth"], r["seeds"]) for r in rows] == [("resnet8", 8, [0, 1]), ("resnet14", 14, [0, 1])]
     assert rows[0]["parameters"] < rows[1]["parameters"]
     for r in rows:
-        assert len(r["test_errors"]) == 2 and all(0 <= e <= 100 for e in r["test_errors"])
-        assert r["mean"] == pytest.approx(sum(r["test_errors"]) / 2) and r["std"] >= 0
+        # Each seed's error is its run's last evaluation; std is the sample std over seeds (n - 1).
+        finals = [100 * (1 - read_metrics(out / "runs" / f"{r['model']}-s{s}")[-1]["test_acc"]) for s in (0, 1)]
+        assert r["test_errors"] == pytest.approx(finals)
+        assert r["mean"] == pytest.approx(sum(finals) / 2) and r["std"] == pytest.approx(statistics.stdev(finals))
     table = (out / "depth.md").read_text()
     # Millions throughout, as the paper's Table 6 (75,002 and 172,218 parameters at one channel).
     assert "| resnet8 | 8 | 0.08M |" in table and "| resnet14 | 14 | 0.17M |" in table and "±" in table
@@ -165,6 +191,10 @@ def test_gradients(tmp_path):
         assert [int(r["layer_index"]) for r in layers] == list(range(8))
         assert layers[0]["layer"] == "conv1" and layers[-1]["layer"] == "fc"
         assert all(float(r[s]) > 0 for r in layers for s in steps)
+        # The table is the run's record, layer by layer and step by step, not transposed or shifted.
+        log = read_grad_norms(out / "runs" / f"{model}-s0")
+        assert log["steps"] == list(range(10))
+        assert [[float(r[str(s)]) for r in layers] for s in log["steps"]] == log["norms"]
     data = json.loads((out / "gradients.json").read_text())
     assert data["every"] == 1 and set(data["models"]) == {"plain8", "resnet8"}
     report = (out / "gradients.md").read_text()

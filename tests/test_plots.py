@@ -4,9 +4,11 @@ import csv
 import json
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from resnetlab import plots
 from resnetlab.plots import _confusion_figure, _curves_figure, plot_confusion, plot_runs, save_figure
 from resnetlab.runs import read_metrics
 
@@ -58,11 +60,42 @@ def test_plot_runs_writes_figure_and_data(tmp_path):
     assert float(rows[5]["test_error"]) == pytest.approx(35.0)
 
 
-def test_plot_runs_by_epoch_with_suffix(tmp_path):
-    run = make_run(tmp_path, "run")
+def drawn(monkeypatch) -> list:
+    """The figures plot_runs saves, kept as it saves them (their PNG and SVG are still written)."""
+    figures, real = [], plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out: figures.append(fig) or real(fig, out))
+    return figures
+
+
+def test_plot_runs_by_epoch_with_suffix(tmp_path, monkeypatch):
+    """x="epoch" puts epochs on the x axis of both panels; the files written read back as a PNG, an SVG and the CSV."""
+    figures = drawn(monkeypatch)
+    run = make_run(tmp_path, "run", steps_per_epoch=100)
     paths = plot_runs([run], tmp_path / "figure.png", x="epoch")
     assert sorted(p.name for p in paths) == ["figure.csv", "figure.png", "figure.svg"]
-    assert all(p.stat().st_size > 0 for p in paths)
+    with Image.open(tmp_path / "figure.png") as image:
+        assert image.format == "PNG"
+    assert ET.parse(tmp_path / "figure.svg").getroot().tag.endswith("svg")
+    assert [int(r["epoch"]) for r in read_csv(tmp_path / "figure.csv")] == [1, 2, 3, 4]
+    (fig,) = figures
+    for ax in fig.axes:
+        assert ax.get_xlabel() == "epochs"
+        assert all(list(line.get_xdata()) == [1, 2, 3, 4] for line in ax.get_lines())  # not the steps 100 ... 400
+
+
+def test_the_curves_are_the_runs_numbers_on_their_own_panels(tmp_path, monkeypatch):
+    """Loss left, error (%) right, train and test each its own line, against iterations; epochs without an
+    evaluation are left out of the test lines (not drawn at zero)."""
+    figures = drawn(monkeypatch)
+    plot_runs([make_run(tmp_path, "run", epochs=4, eval_every=2)], tmp_path / "curves")
+    (fig,) = figures
+    loss_ax, err_ax = fig.axes[:2]
+    assert loss_ax.get_xlabel() == err_ax.get_xlabel() == "iterations"
+    assert loss_ax.get_ylabel() == "loss (cross-entropy)" and err_ax.get_ylabel() == "error (%)"
+    lines = {ax: [(list(l.get_xdata()), pytest.approx(list(l.get_ydata()))) for l in ax.get_lines()] for ax in (loss_ax, err_ax)}
+    # make_run: train loss 2/epoch, test loss 2/epoch + 0.1, train accuracy 0.5 + 0.1 epoch, test 0.45 + 0.1 epoch.
+    assert lines[loss_ax] == [([100, 200, 300, 400], [2.0, 1.0, 2 / 3, 0.5]), ([200, 400], [1.1, 0.6])]
+    assert lines[err_ax] == [([100, 200, 300, 400], [40.0, 30.0, 20.0, 10.0]), ([200, 400], [35.0, 15.0])]
 
 
 def test_out_keeps_dots_that_are_not_suffixes(tmp_path):
@@ -143,6 +176,21 @@ def test_plot_confusion(tmp_path):
     ET.parse(paths[1])
 
 
+def test_confusion_colours_are_fractions_of_each_true_class():
+    """Rows are the true class and each row is divided by its own total (not each column, nor the whole);
+    the title gives the accuracy, the trace over the total."""
+    matrix = [[8, 2, 0], [1, 9, 0], [0, 3, 1]]
+    ax = _confusion_figure(matrix, ["cat", "dog", "frog"], "resnet20 on pets").axes[0]
+    (image,) = ax.get_images()
+    assert np.asarray(image.get_array()) == pytest.approx(np.array([[0.8, 0.2, 0.0], [0.1, 0.9, 0.0], [0.0, 0.75, 0.25]]))
+    assert image.get_clim() == (0, 1)
+    assert ax.get_ylabel() == "true class" and ax.get_xlabel() == "predicted class"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["cat", "dog", "frog"]
+    assert ax.get_title() == "resnet20 on pets\naccuracy 75.00% of 24"  # 18 of 24 on the diagonal
+    # A cell's count sits at (column = predicted, row = true).
+    assert {(t.get_position(), t.get_text()) for t in ax.texts} >= {((1, 0), "2"), ((0, 1), "1"), ((1, 2), "3")}
+
+
 def test_confusion_counts_written_only_for_few_classes():
     few = _confusion_figure([[5, 1], [2, 7]], ["a", "b"], "t")
     assert sorted(t.get_text() for t in few.axes[0].texts) == ["1", "2", "5", "7"]
@@ -170,4 +218,8 @@ def test_confusion_shape_must_match_classes(tmp_path):
 def test_save_figure_writes_png_and_svg(tmp_path):
     fig = _confusion_figure([[1]], ["only"], "t")
     paths = save_figure(fig, tmp_path / "deep" / "dir" / "fig.svg")
-    assert [p.name for p in paths] == ["fig.png", "fig.svg"] and all(p.exists() for p in paths)
+    assert [p.name for p in paths] == ["fig.png", "fig.svg"]
+    with Image.open(paths[0]) as image:
+        assert image.format == "PNG" and image.info["dpi"] == pytest.approx((150, 150), abs=0.02)  # PNG stores dots per metre
+    svg = paths[1].read_text()
+    assert ET.fromstring(svg).tag.endswith("svg") and "<dc:date>" not in svg  # no date: the same figure, the same file
