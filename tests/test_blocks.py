@@ -142,6 +142,35 @@ def test_mlp_block(preact):
     _ = plain(torch.randn(5, 12))
 
 
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("preact", [False, True])
+def test_mlp_block_computes_its_order_and_the_plain_twin_drops_only_the_add(preact, residual):
+    """Post-activation: Linear-BN-ReLU-Linear-BN, add, ReLU; pre-activation: BN-ReLU-Linear-BN-ReLU-Linear,
+    add. Written out with matrix products and the batch norms' running statistics."""
+    torch.manual_seed(0)
+    m = ResidualMLPBlock(6, 10, preact=preact, residual=residual)
+    for bn in (m.bn1, m.bn2):  # away from 0 and 1, so that each BN matters
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -0.5, 0.5)
+    m.eval()
+
+    def norm(b, h):
+        return (h - b.running_mean) / (b.running_var + b.eps).sqrt() * b.weight + b.bias
+
+    x = torch.randn(4, 6)
+    w1, w2 = m.fc1.weight.detach(), m.fc2.weight.detach()
+    with torch.no_grad():
+        if preact:
+            out = F.relu(norm(m.bn2, F.relu(norm(m.bn1, x)) @ w1.T)) @ w2.T
+            expected = out + x if residual else out
+        else:
+            out = norm(m.bn2, F.relu(norm(m.bn1, x @ w1.T)) @ w2.T)
+            expected = F.relu(out + x) if residual else F.relu(out)
+        torch.testing.assert_close(m(x), expected)
+
+
 def test_mlp_block_identity_when_branch_silenced():
     m = ResidualMLPBlock(6, preact=True).eval()
     nn.init.zeros_(m.fc2.weight)

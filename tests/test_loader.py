@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,6 +84,25 @@ def test_augmentation_flips_about_half_and_crops_vary():
     plan = loader.plan(0)
     assert 0.3 < plan.flip.float().mean() < 0.7
     assert plan.dy.min() >= 0 and plan.dy.max() <= 4 and len(plan.dy.unique()) > 1
+
+
+def test_training_batches_are_each_images_own_crop_flip_and_label():
+    """Each training example is its own image, zero-padded and cut at the plan's (dy, dx) as (row, column),
+    mirrored where the plan says, then normalised per channel, with its own label: written out with NumPy."""
+    x, mean, std = images(64, 2, 8), np.array([0.5, 0.3]), np.array([0.25, 0.2])
+    loader = DeviceLoader(x, torch.arange(64), batch_size=16, mean=mean.tolist(), std=std.tolist(), pad_crop=2,
+                          flip=True, seed=9)
+    plan = loader.plan(3)
+    assert (plan.dy != plan.dx).any() and plan.flip.any() and not plan.flip.all()  # a swap or a lost flip shows
+    batches = list(loader.epoch(3))
+    got, labels = torch.cat([b for b, _ in batches]).numpy(), torch.cat([y for _, y in batches])
+    assert torch.equal(labels, plan.order)  # label i is example i's
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (2, 2), (2, 2)))
+    for k, i in enumerate(plan.order.tolist()):
+        dy, dx = int(plan.dy[i]), int(plan.dx[i])
+        crop = padded[i, :, dy:dy + 8, dx:dx + 8]
+        crop = crop[:, :, ::-1] if plan.flip[i] else crop
+        np.testing.assert_allclose(got[k], (crop / 255 - mean[:, None, None]) / std[:, None, None], rtol=0, atol=1e-5)
 
 
 def test_eval_loader_keeps_order_and_every_example():
@@ -176,6 +196,20 @@ def test_random_boxes_lie_inside_the_image_with_the_asked_area():
     assert area.min() >= 0.08 - 1e-6 and area.max() <= 1.0
     assert ratio.min() >= 3 / 4 - 1e-4 and ratio.max() <= 4 / 3 + 1e-4
     assert torch.equal(boxes, random_boxes(5000, (0.08, 1.0), torch.Generator().manual_seed(0)))
+
+
+def test_random_boxes_draw_torchvisions_distributions():
+    """Area uniform in the scale range, aspect ratio log-uniform in [3/4, 4/3] (RandomResizedCrop's draws), the
+    box's place uniform over where it fits. Areas up to half the image are never clipped, so each is seen whole."""
+    from scipy import stats
+
+    boxes = random_boxes(5000, (0.08, 0.5), torch.Generator().manual_seed(1)).double()
+    cx, cy, w, h = boxes.unbind(1)
+    assert w.max() < 1 and h.max() < 1
+    draws = {"area": ((w * h - 0.08) / 0.42), "log ratio": ((w / h).log() - np.log(3 / 4)) / np.log(16 / 9),
+             "left": (cx - w / 2) / (1 - w), "top": (cy - h / 2) / (1 - h)}
+    for name, u in draws.items():  # each rescaled to what should be uniform on [0, 1]
+        assert stats.kstest(u.numpy(), "uniform").pvalue > 0.01, name
 
 
 def test_scale_augmentation_in_the_loader():
