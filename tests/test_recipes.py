@@ -29,6 +29,16 @@ def test_signs_adam_is_the_notebook():
     r = get_recipe("signs-adam")
     assert (r.optimizer, r.lr, r.weight_decay, r.batch_size, r.epochs) == ("adam", 1.5e-4, 0.0, 32, 10)
     assert lr_at(r, 123, 1000) == 1.5e-4
+    # Keras's Adam epsilon, 1e-7, reaches the optimizer (PyTorch's default is 1e-8).
+    import torch
+
+    from resnetlab.steps import make_optimizer
+
+    for tensor_lr in (False, True):
+        optimizer = make_optimizer(r, torch.nn.Linear(2, 2), torch.device("cpu"), tensor_lr)
+        assert {g["eps"] for g in optimizer.param_groups} == {1e-7}
+    with pytest.raises(ValueError, match="adam-eps must be positive"):
+        get_recipe("signs-adam", adam_eps=0)
 
 
 def test_he2016_preact_warms_up_every_depth_as_the_2016_paper():

@@ -24,6 +24,7 @@ class Recipe:
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
+    adam_eps: float = 1e-8  # Adam's epsilon: PyTorch's default; Keras's is 1e-7
     weight_decay: float = 1e-4
     decay_norm_and_bias: bool = False  # decay BN parameters and biases too, as the papers and torchvision's reference do
     batch_size: int = 128
@@ -82,11 +83,11 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "signs-adam",
-            optimizer="adam", lr=1.5e-4, momentum=0.0, weight_decay=0.0, batch_size=32, epochs=10,
+            optimizer="adam", lr=1.5e-4, adam_eps=1e-7, momentum=0.0, weight_decay=0.0, batch_size=32, epochs=10,
             schedule="constant",
             notes="The seed notebook (2021): Adam at 0.00015, categorical cross-entropy, batch 32, 10 epochs "
-            "(its 2017 version: Keras's default 0.001 for 2 epochs). Unlike it: Adam's epsilon is PyTorch's "
-            "1e-8 (Keras's 1e-7), inputs are normalised per channel (the notebook's X / 255 only), and an epoch "
+            "(its 2017 version: Keras's default 0.001 for 2 epochs), Keras's Adam epsilon 1e-7. Unlike it: "
+            "inputs are normalised per channel (the notebook's X / 255 only), and an epoch "
             "drops its last partial batch (Keras trains on it).",
         ),
         Recipe(
@@ -170,7 +171,7 @@ def get_recipe(name: str, **overrides) -> Recipe:
         raise ValueError(f"recipes have no field {', '.join(sorted(unknown))}; they have {', '.join(fields)}")
     overrides = check_types(Recipe, _tuples(overrides))  # NumPy numbers as Python's, which config.json can hold
     recipe = replace(recipe, **overrides)
-    for key in ("lr", "batch_size", "steps", "epochs"):
+    for key in ("lr", "batch_size", "steps", "epochs", "adam_eps"):
         value = getattr(recipe, key)
         if value is not None and not (0 < value < math.inf):
             raise ValueError(f"{key.replace('_', '-')} must be positive and finite, got {value}")
