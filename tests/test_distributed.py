@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import noise_photos
 
-from resnetlab import runs
+from resnetlab import distributed, runs
 from resnetlab.loader import DeviceLoader
 from resnetlab.models import create_model
 from resnetlab.recipes import get_recipe
@@ -76,6 +76,7 @@ def _train_three_steps(rank: int, folder: str) -> None:
     for i, (x, y) in zip(range(3), loader(rank, 2).epoch(0)):
         step(x, y, 0.05 * (i + 1))
     torch.save({k: v.detach() for k, v in model.named_parameters()}, f"{folder}/rank{rank}.pt")
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -143,7 +144,9 @@ def _run_as_process(rank: int, port: int, out: str, stop_at: int | None, resume_
                               device="cpu", out=out, progress=False, seed=3), stop_at=stop_at)
     except Interrupted:
         pass
-    dist.destroy_process_group()
+    # As the command line leaves: a barrier first, so that no process tears its connections down while
+    # another is still evaluating or writing (Gloo then aborted the slower one).
+    distributed.teardown(distributed.world_from_env())
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")

@@ -6,10 +6,11 @@
     RUN_DIR/metrics.jsonl      one JSON line per epoch
     RUN_DIR/grad_norms.json    per-layer gradient norms every N steps, when asked for
 
-Every file but metrics.jsonl is written to a temporary name and renamed into place, so an interrupted
-write never leaves a half file where a good one was; metrics.jsonl gains a line an epoch, and a last
-line cut short by a kill is passed over when it is read. A training process holds ``RUN_DIR/.lock``
-while it runs, so that a second one cannot write into the same directory.
+Every file but metrics.jsonl is written to a temporary name, synced to disk and renamed into place, so
+an interrupted write (a kill, a power cut, a full disk) never leaves a half file where a good one was;
+metrics.jsonl gains a line an epoch, and a last line cut short by a kill is passed over when it is read.
+A training process holds ``RUN_DIR/.lock`` while it runs, so that a second one cannot write into the
+same directory.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import errno
 import json
 import math
 import os
+import socket
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -34,7 +37,8 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 GRAD_NORMS = "grad_norms.json"
 _REQUIRED_METRICS = ("epoch", "step", "train_loss", "train_acc")
-_REQUIRED_CONFIG = ("model", "classes", "channels", "image_size", "mean", "std")  # what rebuilds the model and its inputs
+_REQUIRED_CONFIG = {"model": str, "classes": list, "channels": int, "image_size": int, "mean": list,
+                    "std": list}  # what rebuilds the model and its inputs
 _REQUIRED_CHECKPOINT = {"model_name": str, "model": dict, "optimizer": dict, "step": int, "elapsed": float, "sums": dict,
                         "rng": torch.Tensor}
 
@@ -48,21 +52,40 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     RunError naming the file, and leaves what ``path`` held before."""
     if path.is_dir():  # refused before ``write``, which may take minutes
         raise RunError(f"could not write {path}: it is a directory; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; run files are meant to be shared
+        umask = os.umask(0o022)  # read by setting it, then put back
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; a run's files get what others do
+        # On disk before the rename: else a power cut can leave the new name on an empty file.
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent, directory=True)
     except OSError as e:
         reason = e.strerror or str(e).splitlines()[0]
         # No errno: a writer's own report (torch.save's "unexpected pos"), which is how a full disk reaches it.
         hint = "; is the disk full?" if e.errno in (errno.ENOSPC, None) else "."
         raise RunError(f"could not write {path} ({reason}){hint} What was saved before is kept") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _fsync(path: str | Path, directory: bool = False) -> None:
+    """Flush ``path`` to the disk; for a directory (where the renamed entry lives), where the system allows it."""
+    try:
+        fd = os.open(path, (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if directory else os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        if not directory:  # Windows and some filesystems cannot sync a directory; the file is what matters
+            raise
 
 
 def remove_partial_writes(run_dir: Path) -> None:
@@ -73,12 +96,17 @@ def remove_partial_writes(run_dir: Path) -> None:
 
 class RunLock:
     """An exclusive lock on a run directory (made if need be), held by the process training into it
-    until ``release``; the operating system drops it if the process dies. Where the system has no
-    file locks it locks nothing."""
+    until ``release``; the operating system drops it if the process dies, so a killed run leaves no
+    stale lock. Where the filesystem has no locks (NFS without its lock daemon) it locks nothing, and
+    says so."""
 
     def __init__(self, run_dir: Path) -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(run_dir / ".lock", "a+b")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._file = open(run_dir / ".lock", "a+b")
+        except OSError as e:
+            raise RunError(f"cannot train into {run_dir} ({e.strerror or e}): copy the run to a folder you can "
+                           "write to, and train there") from None
         try:
             if os.name == "nt":
                 import msvcrt
@@ -88,10 +116,30 @@ class RunLock:
                 import fcntl
 
                 fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK):
+                print(f"note: could not lock {run_dir} ({e.strerror or e}); make sure no other process trains "
+                      "into it", file=sys.stderr)
+                return
+            holder = self._holder()
             self._file.close()
-            raise RunError(f"{run_dir} is being trained by another process; wait for it to end, "
+            raise RunError(f"{run_dir} is being trained by another process{holder}; wait for it to end, "
                            "or pick another --out") from None
+        try:  # who holds it, for the message a second process gets
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write(f"{os.getpid()} {socket.gethostname()}\n".encode())
+            self._file.flush()
+        except OSError:
+            pass
+
+    def _holder(self) -> str:
+        try:
+            self._file.seek(0)
+            pid, host = self._file.read(200).decode().split()
+        except (OSError, ValueError):  # from an older version (empty), or unreadable while locked (Windows)
+            return ""
+        return f" (pid {pid} on {host})"
 
     def release(self) -> None:
         self._file.close()  # closing the file releases the lock
@@ -130,12 +178,22 @@ def read_config(run_dir: str | Path) -> dict:
     if not path.exists():
         raise RunError(f"{run_dir} is not a run directory: it has no {CONFIG}")
     try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        config = json.loads(path.read_bytes())
+    except ValueError as e:  # UnicodeDecodeError too: a binary file saved over it
         raise RunError(f"{path} is not valid JSON ({e})") from None
-    missing = [k for k in _REQUIRED_CONFIG if k not in config] if isinstance(config, dict) else ["an object"]
+    except OSError as e:
+        raise RunError(f"{path} cannot be read ({e.strerror or e})") from None
+    if not isinstance(config, dict):
+        raise RunError(f"{path} is not a resnetlab run's config (not a JSON object)")
+    missing = [k for k in _REQUIRED_CONFIG if k not in config]
     if missing:
         raise RunError(f"{path} is not a resnetlab run's config (it has no {', '.join(missing)})")
+    # Checked here so that an edited or damaged config fails by name, not deep inside model building.
+    wrong = [k for k, kind in _REQUIRED_CONFIG.items() if not isinstance(config[k], kind)]
+    wrong += ["model_kwargs"] if not isinstance(config.get("model_kwargs", {}), dict) else []
+    if wrong:
+        raise RunError(f"{path} is damaged: {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} not of the "
+                       "kind a run's config holds")
     return config
 
 
@@ -290,7 +348,8 @@ def read_metrics(run_dir: str | Path, missing_ok: bool = False) -> list[dict]:
             return []
         raise ValueError(f"{path} not found: not a training run, or no epoch has finished yet")
     rows = []
-    text = path.read_text()
+    # Bytes not UTF-8 (a power cut's leftovers) become replacement characters: not JSON, so a line of its own.
+    text = path.read_bytes().decode("utf-8", errors="replace")
     lines = text.splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -311,9 +370,16 @@ def read_metrics(run_dir: str | Path, missing_ok: bool = False) -> list[dict]:
 
 
 def append_metrics(run_dir: Path, row: dict) -> None:
-    """Add one epoch's metrics to metrics.jsonl."""
-    with open(run_dir / METRICS, "a") as f:
-        f.write(to_json(row) + "\n")
+    """Add one epoch's metrics to metrics.jsonl, synced to disk: the checkpoint written next counts on it."""
+    path = run_dir / METRICS
+    try:
+        with open(path, "a") as f:
+            f.write(to_json(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a row cut short is passed over when read, and written again on resume
+        hint = "; is the disk full?" if e.errno == errno.ENOSPC else ""
+        raise RunError(f"could not add to {path} ({e.strerror or e}){hint}") from None
 
 
 def truncate_metrics(run_dir: Path, last_step: int) -> None:
@@ -326,7 +392,10 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
 def read_grad_norms(run_dir: Path, up_to_step: int | None = None) -> dict:
     """Recorded gradient norms ``{"layers", "steps", "norms"}``, keeping steps before ``up_to_step``."""
     path = Path(run_dir) / GRAD_NORMS
-    log = json.loads(path.read_text()) if path.exists() else {"layers": [], "steps": [], "norms": []}
+    try:
+        log = json.loads(path.read_bytes()) if path.exists() else {"layers": [], "steps": [], "norms": []}
+    except ValueError as e:
+        raise RunError(f"{path} is damaged ({e})") from None
     if up_to_step is not None:
         keep = [i for i, s in enumerate(log["steps"]) if s < up_to_step]
         log["steps"] = [log["steps"][i] for i in keep]

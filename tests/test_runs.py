@@ -1,0 +1,209 @@
+"""The run directory under damage: crashes mid-write, locks, and files that are not what they should be."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FASHION, fails_cleanly
+from resnetlab import runs
+from resnetlab.models import create_model
+
+CONFIG = {"model": "resnet8", "model_kwargs": {"num_classes": 10, "in_chans": 1},
+          "classes": [str(i) for i in range(10)], "channels": 1, "image_size": 28, "mean": [0.5], "std": [0.25]}
+
+
+def a_run(path, model="resnet8", config=CONFIG):
+    """A run directory holding ``config`` and ``model``'s untrained weights."""
+    path.mkdir(parents=True)
+    runs.write_json(path / runs.CONFIG, config)
+    runs.save_weights(create_model(model, **config["model_kwargs"]), path)
+    return path
+
+
+def test_a_file_is_on_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    """Renamed before its data reach the disk, a power cut can leave an empty file where the old one was."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.fstat(fd).st_ino)), real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", os.stat(a).st_ino)), real_replace(a, b)))
+    runs.write_json(tmp_path / "a.json", {"x": 1})
+    written = os.stat(tmp_path / "a.json").st_ino
+    assert ("fsync", written) in events and events.index(("fsync", written)) < events.index(("replace", written))
+
+
+def test_a_metrics_row_is_on_disk_when_it_is_appended(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)))
+    runs.append_metrics(tmp_path, {"epoch": 1, "step": 4, "train_loss": 2.0, "train_acc": 0.1})
+    assert os.stat(tmp_path / runs.METRICS).st_ino in synced
+
+
+def test_a_full_disk_while_appending_metrics_names_the_file(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(runs.RunError, match=r"metrics.jsonl \(No space left on device\); is the disk full\?"):
+        runs.append_metrics(tmp_path, {"epoch": 1, "step": 4, "train_loss": 2.0, "train_acc": 0.1})
+
+
+def test_a_read_only_folder_is_refused_by_name(tmp_path, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(runs.tempfile, "mkstemp", read_only)
+    with pytest.raises(runs.RunError, match=r"could not write .*eval.json \(Read-only file system\)"):
+        runs.write_json(tmp_path / "eval.json", {})
+
+
+@pytest.mark.parametrize("tail", [b'{"epoch": 2, "step": 8, "train_lo', b"\0" * 64, b"\xff\xfe\x00\x9c"])
+def test_a_last_metrics_line_cut_short_or_garbled_is_passed_over(tmp_path, tail):
+    """A kill mid-write cuts the row; a power cut can leave zeros or old disk blocks instead."""
+    row = {"epoch": 1, "step": 4, "train_loss": 2.0, "train_acc": 0.1}
+    runs.append_metrics(tmp_path, row)
+    with open(tmp_path / runs.METRICS, "ab") as f:
+        f.write(tail)
+    assert runs.read_metrics(tmp_path) == [row]
+    with open(tmp_path / runs.METRICS, "ab") as f:
+        f.write(b"\n")  # a whole line that is not a row is damage, named
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not valid JSON"):
+        runs.read_metrics(tmp_path)
+
+
+def test_the_lock_names_the_process_holding_it(tmp_path):
+    held = runs.RunLock(tmp_path)
+    with pytest.raises(runs.RunError, match=rf"is being trained by another process \(pid {os.getpid()} on "):
+        runs.RunLock(tmp_path)
+    held.release()
+    runs.RunLock(tmp_path).release()
+
+
+def test_a_lock_left_by_a_killed_process_is_no_lock(tmp_path):
+    code = (f"import os, signal; from pathlib import Path; from resnetlab.runs import RunLock; "
+            f"RunLock(Path({str(tmp_path)!r})); os.kill(os.getpid(), signal.SIGKILL)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -9
+    assert (tmp_path / ".lock").exists()
+    runs.RunLock(tmp_path).release()
+
+
+def test_a_filesystem_without_locks_trains_unlocked_and_says_so(tmp_path, monkeypatch, capsys):
+    """NFS without its lock daemon answers ENOLCK: no other process holds the run, so training goes on."""
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    runs.RunLock(tmp_path).release()
+    assert "note: could not lock" in capsys.readouterr().err
+
+
+def test_a_run_directory_that_cannot_be_written_is_refused_by_name(tmp_path, monkeypatch):
+    real_open = open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", read_only)
+    with pytest.raises(runs.RunError, match=r"cannot train into .* \(Read-only file system\): copy the run"):
+        runs.RunLock(tmp_path)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"\x89PNG\r\n\x1a\n\0\0", "is not valid JSON"),
+    (b"[1, 2]", r"is not a resnetlab run's config \(not a JSON object\)"),
+    (json.dumps({**CONFIG, "classes": 10}).encode(), r"is damaged: classes is not of the kind"),
+    (json.dumps({**CONFIG, "model_kwargs": [1], "mean": 0.5}).encode(), r"is damaged: mean, model_kwargs are not"),
+])
+def test_a_damaged_config_is_one_clear_error(tmp_path, content, match):
+    run = a_run(tmp_path / "run")
+    (run / runs.CONFIG).write_bytes(content)
+    with pytest.raises(runs.RunError, match=match):
+        runs.load_model(run)
+
+
+def test_the_command_line_says_a_damaged_config_in_one_line(tmp_path, capsys):
+    run = a_run(tmp_path / "run")
+    (run / runs.CONFIG).write_bytes(b"\xff\xd8\xff\xe0 a photo saved over it")
+    fails_cleanly(capsys, "eval", run, "--device", "cpu", match="config.json is not valid JSON")
+
+
+def test_a_config_that_is_a_folder_is_one_clear_error(tmp_path):
+    run = a_run(tmp_path / "run")
+    (run / runs.CONFIG).unlink()
+    (run / runs.CONFIG).mkdir()
+    with pytest.raises(runs.RunError, match=r"config.json cannot be read \(Is a directory\)"):
+        runs.read_config(run)
+
+
+def test_weights_of_another_model_and_a_checkpoint_that_is_not_one_are_named(tmp_path):
+    run = a_run(tmp_path / "run")
+    runs.save_weights(create_model("resnet14", **CONFIG["model_kwargs"]), run)
+    with pytest.raises(runs.RunError, match="does not hold resnet8 weights"):
+        runs.load_model(run)
+    (run / runs.CHECKPOINT).write_bytes((run / runs.WEIGHTS).read_bytes())
+    with pytest.raises(runs.RunError, match="cannot be read as a training checkpoint"):
+        runs.load_checkpoint(run)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
+    import torch
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    run = a_run(tmp_path / "run")
+    torch.save({"model": Payload()}, run / runs.CHECKPOINT)
+    with pytest.raises(runs.RunError, match="cannot be read as a training checkpoint"):
+        runs.load_checkpoint(run)
+    assert not marker.exists()
+
+
+def test_damaged_gradient_norms_are_named(tmp_path):
+    (tmp_path / runs.GRAD_NORMS).write_text('{"layers": [')
+    with pytest.raises(runs.RunError, match="grad_norms.json is damaged"):
+        runs.read_grad_norms(tmp_path)
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_a_run_from_before_later_recipe_fields_resumes(tmp_path):
+    """adam_eps and decay_norm_and_bias came later: an older run's config lacks them, and gets what it trained with."""
+    from resnetlab.train import Interrupted, TrainConfig, resume, train
+
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(TrainConfig(model="resnet8", limit_train=128, limit_test=64, batch_size=64, steps=4, device="cpu",
+                          out=str(out), progress=False), stop_at=2)
+    config = runs.read_config(out)
+    for key in ("adam_eps", "decay_norm_and_bias"):
+        del config["recipe"][key]
+    for key in ("data_fingerprint", "processes", "cuda_graph", "grad_norm_every", "stop_on_divergence", "weights"):
+        del config[key]
+    runs.write_json(out / runs.CONFIG, config)
+    resume(out, device="cpu", progress=False)
+    assert [r["step"] for r in runs.read_metrics(out)] == [2, 4]
+
+
+def test_written_files_take_the_users_umask(tmp_path):
+    """Run files are shared as the user's other files are: 0o644 under umask 022, owner-only under 077."""
+    from resnetlab.runs import write_json
+
+    old = os.umask(0o077)
+    try:
+        write_json(tmp_path / "private.json", {"a": 1})
+        os.umask(0o022)
+        write_json(tmp_path / "shared.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o644
