@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from resnetlab import cli, experiments
-from resnetlab.experiments import degradation_verdict, layer_response_stds, response_layers, train_or_reuse
+from resnetlab.experiments import STUDIES, degradation_verdict, layer_response_stds, response_layers, train_or_reuse
 from resnetlab.models import create_model
 from resnetlab.runs import read_grad_norms, read_metrics
 from resnetlab.train import TrainConfig, train
@@ -391,3 +391,12 @@ def test_a_degradation_figure_of_one_evaluation_tells_train_from_test():
         assert ticks == [8]  # not 7.6 ... 8.4
         train, test = ax.get_lines()
         assert train.get_markerfacecolor() == "none" and test.get_markerfacecolor() != "none"
+
+
+def test_the_2016_ablations_train_with_the_2016_recipe():
+    """The 2016 paper warms up every CIFAR net; its ablations default to its recipe, the 2015 experiments to theirs."""
+    parser = cli.build_parser()
+    for study in STUDIES:
+        assert parser.parse_args(["reproduce", study]).recipe == "he2016-preact"
+    for experiment in ("degradation", "depth", "gradients", "responses"):
+        assert parser.parse_args(["reproduce", experiment]).recipe == "he2016"

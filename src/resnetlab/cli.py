@@ -287,10 +287,10 @@ def _add_reproduce_parsers(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("reproduce", help="the experiments that show why residual learning works")
     experiments = parser.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
 
-    def add(name: str, help: str) -> argparse.ArgumentParser:
+    def add(name: str, help: str, recipe: str = "he2016") -> argparse.ArgumentParser:
         p = experiments.add_parser(name, help=help, description=help)
         _add_run_flags(p)
-        p.add_argument("--recipe", default="he2016", choices=list(RECIPES), help="training recipe (default he2016, the paper's)")
+        p.add_argument("--recipe", default=recipe, choices=list(RECIPES), help=f"training recipe (default {recipe}, the paper's)")
         p.add_argument("--out", default=f"reproduce/{name}", metavar="DIR",
                        help=f"where runs, figures and reports go (default reproduce/{name})")
         return p
@@ -314,8 +314,8 @@ def _add_reproduce_parsers(sub: argparse._SubParsersAction) -> None:
                    help="the depths of the plain and residual nets to train, 6n+2 (default: 20 56 110)")
     p.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="measure these trained runs instead of training new nets")
 
-    for study, (title, variants) in STUDIES.items():
-        p = add(study, f"{title[0].lower()}{title[1:]}: one net in each variant")
+    for study, (title, variants) in STUDIES.items():  # the 2016 paper's ablations, trained as it trains
+        p = add(study, f"{title[0].lower()}{title[1:]}: one net in each variant", recipe="he2016-preact")
         p.add_argument("--depth", type=int, default=110, metavar="D", help="the depth of every variant's net (default 110)")
         p.add_argument("--block", choices=["basic", "bottleneck"], default="basic",
                        help="basic (6n+2 layers) or bottleneck (9n+2; the paper's ResNet-164 is --depth 164 --block bottleneck)")
