@@ -581,6 +581,11 @@ def test_an_unreadable_file_met_in_an_epochs_evaluation_keeps_the_last_checkpoin
 def test_a_damaged_checkpoint_or_config_is_one_readable_error(tmp_path):
     run_dir = train(tiny(tmp_path, steps=8)).run_dir
     checkpoint = torch.load(run_dir / runs.CHECKPOINT, weights_only=True)
+    sums = dict(checkpoint["sums"])
+    checkpoint["sums"] = {"loss": sums["loss"]}  # the right types, the wrong contents
+    torch.save(checkpoint, run_dir / runs.CHECKPOINT)
+    with pytest.raises(runs.RunError, match=r"is damaged: its epoch sums are loss, not correct, loss, seen"):
+        resume(run_dir, progress=False)
     del checkpoint["optimizer"]
     checkpoint["step"] = "8"
     torch.save(checkpoint, run_dir / runs.CHECKPOINT)

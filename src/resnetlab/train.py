@@ -434,6 +434,9 @@ def _start(saved: dict, run_dir: Path, recipe: Recipe, model: nn.Module, device:
         optimizer_state=checkpoint["optimizer"] if checkpoint is not None else None, processes=world.size,
     )
     if checkpoint is not None and world.is_main:  # the saved sums are already those of every process
+        if set(checkpoint["sums"]) != set(train_step.sums):
+            raise runs.RunError(f"{run_dir / runs.CHECKPOINT} is damaged: its epoch sums are "
+                                f"{', '.join(sorted(checkpoint['sums']))}, not {', '.join(sorted(train_step.sums))}")
         for k, v in checkpoint["sums"].items():
             train_step.sums[k].copy_(v)
     grad_log = runs.read_grad_norms(run_dir, step) if grad_every else None
