@@ -6,16 +6,32 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from .blocks import BasicBlock, Bottleneck, ResidualMLPBlock
-
-_BLOCKS = (BasicBlock, Bottleneck, ResidualMLPBlock)
+# The functions that blocks and nets call in their own forward (not through a layer) and that Keras
+# makes layers of: Activation("relu"), Add, Flatten, Dropout. Each call gets a row, so that the
+# notebook's model reads row for row as its ``model.summary()``. What has no row on purpose: Keras's
+# ZeroPadding2D, which is conv1's own padding here; its InputLayer, which computes nothing; and the
+# products and sigmoid of the "scale" and "gate" mixings, which Keras's ResNets do not have (the
+# gate's 1x1 conv is a layer and has its row).
+_FUNCTION_ROWS = {
+    F.relu: "relu", F.relu_: "relu", torch.relu: "relu", torch.relu_: "relu",
+    torch.Tensor.relu: "relu", torch.Tensor.relu_: "relu",
+    torch.Tensor.__add__: "add", torch.Tensor.__radd__: "add", torch.Tensor.__iadd__: "add",
+    torch.add: "add", torch.Tensor.add: "add", torch.Tensor.add_: "add",
+    torch.flatten: "flatten", torch.Tensor.flatten: "flatten",
+    F.dropout: "dropout",
+}
 
 
 @dataclass
 class SummaryRow:
+    """One row: a layer (``kind`` its class), or a function a block or net calls itself (``kind`` in
+    lower case: ``relu``, ``add``, ``flatten``, ``dropout``), named after the module that calls it."""
+
     name: str
     kind: str
     output_shape: tuple[int, ...]
@@ -106,8 +122,11 @@ def summary(
 ) -> ModelSummary:
     """Print and return the Keras-style summary of ``model`` for one input of shape ``input_size`` (C, H, W).
 
-    Rows are the leaf layers in execution order, plus one row per residual block for its addition. The
-    input is zeros of the model's parameters' dtype, on their device.
+    Rows are in execution order: the leaf layers, and the ReLUs, shortcut additions, flatten and
+    dropout that blocks and nets call as functions, named after their caller: a post-activation
+    block reads ``conv1, bn1, relu1, ..., bn3, downsample.0, downsample.1, add, relu``, as Keras lists
+    BatchNormalization, Activation, ..., Add, Activation. The input is zeros of the model's
+    parameters' dtype, on their device.
     """
     if len(input_size) != 3:
         raise ValueError(f"input_size is one image's (C, H, W), without the batch dimension; got {tuple(input_size)}")
@@ -119,33 +138,72 @@ def summary(
         raise ValueError(f"{result.title} takes {first.in_channels}-channel images, not {input_size[0]} "
                          f"(build it with in_chans={input_size[0]})")
     names = {m: n for n, m in model.named_modules()}
+    recorded = {m for m in model.modules() if next(m.children(), None) is None and not isinstance(m, nn.Identity)}
+    calls = _FunctionCalls(names, recorded, result.rows)
     hooks = []
 
     def record(module: nn.Module, _inputs, output) -> None:
-        if isinstance(module, _BLOCKS):
-            if module.residual:
-                result.rows.append(SummaryRow(names[module], "add", tuple(output.shape), 0))
-            return
         result.rows.append(SummaryRow(names[module], type(module).__name__, tuple(output.shape), _keras_params(module)))
 
     for module in model.modules():
-        leaf = next(module.children(), None) is None
-        if (leaf and not isinstance(module, nn.Identity)) or isinstance(module, _BLOCKS):
+        hooks.append(module.register_forward_pre_hook(calls.enter))
+        hooks.append(module.register_forward_hook(calls.leave, always_call=True))
+        if module in recorded:
             hooks.append(module.register_forward_hook(record))
     returned = []
     hooks.append(model.register_forward_hook(lambda _m, _i, output: returned.append(output)))
     try:
-        result.macs = count_macs(model, input_size)
+        with calls:
+            result.macs = count_macs(model, input_size)
     finally:
         for h in hooks:
             h.remove()
-    # The head flattens the pooled map in a function, not a layer: without this row a classifier-less
-    # net's table would end at (C, 1, 1) while the net returns (C,).
+    # A net that changes the shape past its last row by other means (a view, a reshape) would end its
+    # table at a shape it does not return.
     shape = tuple(returned[0].shape) if returned and isinstance(returned[0], torch.Tensor) else None
     if shape and result.rows and result.rows[-1].output_shape != shape:
-        result.rows.append(SummaryRow("flatten", "Flatten", shape, 0))
+        result.rows.append(SummaryRow("flatten", "flatten", shape, 0))
     result.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result.non_trainable = non_trainable_count(model)
     if print_fn is not None:
         print_fn(str(result))
     return result
+
+
+class _FunctionCalls(TorchFunctionMode):
+    """Rows for the functions of ``_FUNCTION_ROWS`` that a module calls in its own forward, told apart
+    from those inside layers (``nn.ReLU`` calls ``F.relu``; its row is its own) by a stack of the
+    modules running, which the forward hooks ``enter`` and ``leave`` keep."""
+
+    def __init__(self, names: dict[nn.Module, str], recorded: set[nn.Module], rows: list[SummaryRow]) -> None:
+        super().__init__()
+        self.names, self.recorded, self.rows = names, recorded, rows
+        self.stack: list[tuple[nn.Module, dict[str, int]]] = []
+
+    def enter(self, module: nn.Module, _inputs) -> None:
+        self.stack.append((module, {}))
+
+    def leave(self, module: nn.Module, _inputs, _output) -> None:
+        if self.stack and self.stack[-1][0] is module:
+            self.stack.pop()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        kind = _FUNCTION_ROWS.get(func)
+        if kind is None or not self.stack or not isinstance(output, torch.Tensor):
+            return output
+        module, seen = self.stack[-1]
+        if module in self.recorded:
+            return output
+        if kind == "add" and not (len(args) == 2 and all(isinstance(a, torch.Tensor) for a in args)):
+            return output  # an offset (x + 1), not two paths meeting
+        seen[kind] = seen.get(kind, 0) + 1
+        if kind == "relu":
+            # Branch ReLUs are numbered as their units (relu1 after or before bn1, ...); the one after the
+            # addition is the block's own, as torchvision's Bottleneck calls ``self.relu`` there.
+            label = "relu" if seen.get("add") else f"relu{seen[kind]}"
+        else:
+            label = kind if seen[kind] == 1 else f"{kind}_{seen[kind]}"
+        prefix = self.names.get(module, "")
+        self.rows.append(SummaryRow(f"{prefix}.{label}" if prefix else label, kind, tuple(output.shape), 0))
+        return output
