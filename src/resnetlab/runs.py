@@ -123,8 +123,9 @@ class RunLock:
                 return
             holder = self._holder()
             self._file.close()
-            raise RunError(f"{run_dir} is being trained by another process{holder}; wait for it to end, "
-                           "or pick another --out") from None
+            # Said for --resume as much as for a new run's --out: one process trains a run at a time.
+            raise RunError(f"{run_dir} is being trained by another process{holder}; wait for it to end "
+                           "(a new run can go to another --out)") from None
         try:  # who holds it, for the message a second process gets
             self._file.seek(0)
             self._file.truncate()
