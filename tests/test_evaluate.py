@@ -155,7 +155,8 @@ def test_bad_inputs_are_one_line(idx_run, tmp_path, capsys):
     (tmp_path / "eval.json").write_text("{}")
     for source in ([idx_run], ["--pretrained", "resnet18", "--dataset", f"folder:{tmp_path}"]):
         fails_cleanly(capsys, "eval", *source, "--out", tmp_path / "eval.json", "--device", "cpu",
-                      match="--out is the folder eval.json and the confusion matrix are written into")
+                      match=f"--out {tmp_path / 'eval.json'} is a file, not a folder: eval.json and the confusion "
+                            "matrix are written into it")
 
 
 def test_a_run_is_tested_on_its_own_named_dataset_whatever_it_calls_the_classes(idx_run, tmp_path, capsys):

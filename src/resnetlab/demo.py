@@ -25,11 +25,10 @@ def run_demo(out: Path, device: str = "cpu", data_dir: str | None = None) -> Pat
     from .evaluate import evaluate_run
     from .plots import plot_runs
     from .predict import predict_images
-    from .runs import load_model
+    from .runs import load_model, out_folder
     from .train import TrainConfig, train
 
-    if out.exists() and not out.is_dir():  # found now, not after minutes of training
-        raise ValueError(f"--out {out} is a file; the demo writes its run directory into a folder")
+    out_folder(out, "the demo writes its run directory into it")  # found now, not after minutes of training
     run_dir = out / f"resnet20-fashion-mnist-{datetime.now():%Y%m%d-%H%M%S}"
     epochs = DEMO["epochs"]
     print(f"Training resnet20 on Fashion-MNIST ({DEMO['limit_train']:,} images, {epochs} epoch{'s' if epochs != 1 else ''}, "

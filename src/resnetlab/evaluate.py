@@ -6,8 +6,7 @@ Prediction on the user's own images (``predict``) shares the views and their ave
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,11 @@ from torch import nn
 
 from .devices import autocast_for, pick_device, uses_channels_last
 from .loader import normalize
+from .models import eval_mode
 from .pretrained import is_keras_tag, load_published, published_config
+
+
+_OUT_HOLDS = "eval.json and the confusion matrix are written into it"  # what eval --out is for
 
 
 @dataclass
@@ -90,20 +93,6 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
                 logits = model(x)
             tally.add(logits.float(), y)
     return tally.result()
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """``model`` in eval mode, then each of its modules back in the mode it was in: a trainer's model
-    evaluated mid-run must go on training with batch statistics and dropout, and layers a fine-tuner
-    keeps in eval mode (frozen batch norms) must stay there, which ``model.train()`` would undo."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 # Test-time views (He et al. 2015, Section 3.4): "standard 10-crop testing" for the comparisons of
@@ -322,10 +311,11 @@ def evaluate_run(
     from .data import class_folder_names, load_split, own_held_out, reload_sizes, resolve_dataset
     from .loader import dataset_shape
     from .plots import plot_confusion
-    from .runs import load_model, write_json
+    from .runs import load_model, out_folder, write_json
 
     run_dir = Path(run_dir)
-    _check_out(out)
+    if out is not None:  # refused before the test set is scored, which may take minutes
+        out_folder(out, _OUT_HOLDS)
     dev = pick_device(device)
     model, config = load_model(run_dir, dev)
     own = config["dataset"]
@@ -384,12 +374,6 @@ def evaluate_run(
     return report
 
 
-def _check_out(out: str | Path | None) -> None:
-    """Refuse an ``out`` that cannot be a folder before the test set is scored, which may take minutes."""
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise ValueError(f"--out is the folder eval.json and the confusion matrix are written into: {out} is a file")
-
-
 def _score(model: nn.Module, ds, config: dict, views: str | None, scales: Sequence[int], device: torch.device) -> EvalResult:
     """A test set scored as a run's or published weights' ``config`` says: each image once, in the
     trainer's batches (channels_last where the trainer uses it), or averaged over ``views``."""
@@ -416,9 +400,10 @@ def evaluate_published(
     val/ is evaluated on val/. With ``out``, ``eval.json`` is written there. ``views`` as for ``evaluate_run``.
     """
     from .data import DataError, get_dataset, own_held_out, resolve_dataset
-    from .runs import write_json
+    from .runs import out_folder, write_json
 
-    _check_out(out)
+    if out is not None:  # refused before anything is downloaded or scored
+        out_folder(out, _OUT_HOLDS)
     dataset = resolve_dataset(dataset, data_dir)
     if not dataset.startswith("folder:"):
         raise DataError(f"published ImageNet weights are evaluated on imagenet or an ImageNet-style folder "

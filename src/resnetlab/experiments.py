@@ -170,14 +170,7 @@ def _setup_text(base: TrainConfig) -> str:
     return ", ".join(parts)
 
 
-def _check_out(out: str | Path) -> Path:
-    """``out`` as a Path, refused before any training when it names something other than a folder."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder: give a folder for the runs, figures and reports")
-    return out
-
-
+_OUT_HOLDS = "the runs, figures and reports go into it"  # what --out is for, said when it is a file
 PAPER_ITERATIONS = 64_000  # the papers' CIFAR-10 schedule, whose end their claims are about
 
 
@@ -253,7 +246,7 @@ def reproduce_degradation(
     ResNets right), ``degradation.csv`` (every evaluation of every run) and ``degradation.md`` (final
     errors and whether degradation shows) into ``out``, and returns their paths.
     """
-    depths, out = _check_depths(depths), _check_out(out)
+    depths, out = _check_depths(depths), runs.out_folder(out, _OUT_HOLDS)
     _check_seeds(seeds)
     seed_list = range(base.seed, base.seed + seeds)
     models = [(kind, d) for kind in KINDS for d in depths]
@@ -340,7 +333,7 @@ def reproduce_depth(
     Writes ``depth.md`` (parameters and test error, mean ± std over seeds), ``depth.json`` and
     ``depth.png``/``.svg`` (test error against depth with error bars, parameters as labels).
     """
-    depths, out = _check_depths(depths), _check_out(out)
+    depths, out = _check_depths(depths), runs.out_folder(out, _OUT_HOLDS)
     _check_seeds(seeds)
     seed_list = range(base.seed, base.seed + seeds)
     run_dirs = _train_nets(base, out, [_model_name("residual", d) for d in depths], seed_list)
@@ -416,7 +409,7 @@ def reproduce_gradients(base: TrainConfig, out: str | Path, depth: int = 56, eve
     ``gradients.csv`` (one row per net and layer, one column per recorded step),
     ``gradients.json`` and ``gradients.md`` (first-layer over last-layer gradient norm).
     """
-    (depth,), out = _check_depths([depth]), _check_out(out)
+    (depth,), out = _check_depths([depth]), runs.out_folder(out, _OUT_HOLDS)
     if every is not None and every < 1:
         raise ValueError(f"--every must be at least 1, got {every}")
     every = every or max(1, _planned_steps(base) // 100)
@@ -581,7 +574,7 @@ def reproduce_responses(
     ``responses.md``, named apart from the other reports so that one ``out`` can serve
     ``degradation`` and then ``responses`` on the same runs.
     """
-    out = _check_out(out)
+    out = runs.out_folder(out, _OUT_HOLDS)
     if run_dirs and depths:
         raise ValueError("--depths chooses the nets to train and --runs measures trained ones instead: give one of them")
     if run_dirs:
@@ -607,7 +600,7 @@ def reproduce_responses(
         measured.append({
             "model": config["model"], "run": str(run_dir), "run_name": run_dir.resolve().name, "depth": depth_of(config["model"]),
             "kind": "residual" if model.residual else "plain", "order": model.order, "test_images": len(test),
-            "conv_outputs": [name for name, m in response_layers(model) if isinstance(m, nn.Conv2d)],
+            "conv_outputs": [name for name, m in model.named_modules() if name in stds and isinstance(m, nn.Conv2d)],
             "layers": list(stds), "std": list(stds.values()), "std_sorted": sorted(stds.values(), reverse=True),
         })
 
@@ -782,7 +775,7 @@ def reproduce_variants(
     if depth < 8 or (depth - 2) % per_block:
         raise ValueError(f"depth {depth} is not a CIFAR net's {per_block}n+2 layers for {block} blocks")
     _check_seeds(seeds)
-    out, model, seed_list = _check_out(out), f"resnet{depth}", range(base.seed, base.seed + seeds)
+    out, model, seed_list = runs.out_folder(out, _OUT_HOLDS), f"resnet{depth}", range(base.seed, base.seed + seeds)
     column = {(110, "basic"): 0, (164, "bottleneck"): 1}.get((depth, block))  # which of the paper's numbers
     net = f"ResNet-{depth}" + (" (bottleneck)" if block == "bottleneck" else "")
 

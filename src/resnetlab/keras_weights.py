@@ -785,11 +785,9 @@ def import_keras(path: str | Path, out: str | Path, dataset: str | None = None,
     from . import __version__
     from .models import create_model
     from .data import check_dataset
-    from .runs import CHECKPOINT, CONFIG, WEIGHTS, save_weights, write_json
+    from .runs import CHECKPOINT, CONFIG, WEIGHTS, out_folder, save_weights, write_json
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise KerasError(f"--out {out} is a file; a run directory is a folder")
+    out = out_folder(out, "a run directory is one")
     if any((out / name).exists() for name in (CONFIG, WEIGHTS, CHECKPOINT)):
         raise KerasError(f"{out} already holds a run or a model; give a new directory with --out")
     if dataset is not None:

@@ -19,7 +19,8 @@ import inspect
 import operator
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -485,6 +486,20 @@ def depth_of(name: str) -> int:
     """The layer count a model's name ends in (``resnet110`` -> 110, ``preact_resnet1001`` -> 1001; 0 if none)."""
     match = re.search(r"(\d+)$", name)
     return int(match.group(1)) if match else 0
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode, then each of its modules back in the mode it was in: a trainer's model
+    evaluated mid-run must go on training with batch statistics and dropout, and layers a fine-tuner
+    keeps in eval mode (frozen batch norms) must stay there, which ``model.train()`` would undo."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

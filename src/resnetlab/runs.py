@@ -88,6 +88,14 @@ def _fsync(path: str | Path, directory: bool = False) -> None:
             raise
 
 
+def out_folder(out: str | Path, holds: str) -> Path:
+    """``--out`` as a Path, refused before any work when it names a file; ``holds`` says what the folder is for."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: {holds}")
+    return out
+
+
 def remove_partial_writes(run_dir: Path) -> None:
     """Delete the temporary files of writes a killed process left half done (``.NAME.*.tmp``)."""
     for tmp in run_dir.glob(".*.tmp"):

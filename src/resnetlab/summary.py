@@ -11,6 +11,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from .models import eval_mode
+
 # The functions that blocks and nets call in their own forward (not through a layer) and that Keras
 # makes layers of: Activation("relu"), Add, Flatten, Dropout. Each call gets a row, so that the
 # notebook's model reads row for row as its ``model.summary()``. What has no row on purpose: Keras's
@@ -100,16 +102,8 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     """Multiply-accumulates of one forward pass for one input, counted by ``torch.utils.flop_counter``.
     The input has the dtype and device of the model's parameters (a bfloat16 model takes a bfloat16 input)."""
     weight = next(model.parameters())
-    # Each module's own mode is given back, not the model's: ``model.train()`` would wake the batch
-    # norms a fine-tuner keeps frozen in eval mode.
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_size, dtype=weight.dtype, device=weight.device))
-    finally:
-        for m, training in modes:
-            m.training = training
+    with torch.no_grad(), eval_mode(model), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_size, dtype=weight.dtype, device=weight.device))
     # The counter reports FLOPs with a multiply and an add counted separately.
     return counter.get_total_flops() // 2
 

@@ -101,9 +101,7 @@ def _new_run_dir(config: TrainConfig) -> tuple[Path, runs.RunLock]:
     """The run's directory, locked for this process: ``--out``, checked under the lock (a run another
     process started a moment ago is refused), or a new one under runs/."""
     if config.out:
-        out = Path(config.out)
-        if out.exists() and not out.is_dir():
-            raise runs.RunError(f"--out {out} is a file; a run directory is a folder (new, or one a failed run left)")
+        out = runs.out_folder(config.out, "a run directory is one (new, or one a failed run left)")
         lock = runs.RunLock(out)
         try:
             if (out / runs.CHECKPOINT).exists():
