@@ -1,6 +1,8 @@
 """The command line's help and its smaller flags, as a newcomer reads and mistypes them."""
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 
@@ -85,3 +87,32 @@ def test_predict_refuses_a_run_directory_among_the_images(trained_run, tmp_path,
         assert main(["predict", *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "is a run directory, not a folder of images" in err, err
+
+
+def test_help_and_usage_errors_do_not_load_torch():
+    # torch takes 1.5-2 s to import: help, and a mistyped flag, should answer before it would have loaded.
+    script = (
+        "import sys\n"
+        "from resnetlab.cli import main\n"
+        "for argv in (['--help'], ['reproduce', 'orders', '--help'], ['train', '--bogus']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded', file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "unrecognized arguments: --bogus" in done.stderr
+    assert "relu_preact" in done.stdout  # the ablations' variants, listed from their torch-free table
+    assert done.stderr.strip().endswith("torch not loaded")
+
+
+def test_the_package_names_load_when_first_used():
+    import resnetlab
+    import resnetlab.model_summary
+
+    assert resnetlab.summary is resnetlab.model_summary.summary  # the function, not its module
+    assert resnetlab.create_model("resnet20").__class__ is resnetlab.ResNet
+    assert set(resnetlab.__all__) <= set(dir(resnetlab))
+    with pytest.raises(AttributeError, match="no attribute 'resnet20'"):
+        resnetlab.resnet20

@@ -7,7 +7,7 @@ import torchvision
 
 from resnetlab import ResNet, UnknownModelError, cifar_resnet, count_parameters, create_model, list_models
 from resnetlab.blocks import BasicBlock, Bottleneck
-from resnetlab.summary import count_macs, non_trainable_count
+from resnetlab.model_summary import count_macs, non_trainable_count
 
 CIFAR_PARAMS = {
     "resnet20": 269_722,

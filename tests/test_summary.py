@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from resnetlab import create_model
-from resnetlab.summary import summary
+from resnetlab.model_summary import summary
 
 
 def test_signs_summary_totals_match_keras():

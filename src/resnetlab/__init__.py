@@ -2,10 +2,36 @@
 
 The models are here; training is in ``resnetlab.train`` (``train``, ``resume``, ``TrainConfig``), so
 that using the models alone never loads the trainer, the data readers or the plotting.
+
+The names below are imported when first used (PEP 562), so that ``import resnetlab`` and the command
+line's help do not wait for torch.
 """
 
-from .models import ResNet, UnknownModelError, cifar_resnet, count_parameters, create_model, list_models
-from .summary import summary
+from __future__ import annotations
 
-__all__ = ["ResNet", "UnknownModelError", "cifar_resnet", "count_parameters", "create_model", "list_models", "summary"]
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model_summary import summary
+    from .models import ResNet, UnknownModelError, cifar_resnet, count_parameters, create_model, list_models
+
 __version__ = "0.1.0"
+
+_WHERE = {
+    "ResNet": "models", "UnknownModelError": "models", "cifar_resnet": "models", "count_parameters": "models",
+    "create_model": "models", "list_models": "models", "summary": "model_summary",
+}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, "__version__"])

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .ablations import STUDIES
 from .devices import DEVICES
 from .recipes import RECIPES
 
@@ -282,8 +283,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_reproduce_parsers(sub: argparse._SubParsersAction) -> None:
     """``resnetlab reproduce`` and its experiments (``cmd_reproduce`` runs them)."""
-    from .experiments import STUDIES
-
     parser = sub.add_parser("reproduce", help="the experiments that show why residual learning works")
     experiments = parser.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
 
@@ -426,7 +425,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def cmd_summary(args: argparse.Namespace) -> None:
     from .runs import CONFIG
-    from .summary import summary
+    from .model_summary import summary
 
     if args.input_size and not (Path(args.model) / CONFIG).is_file() and "in_chans" not in dict(args.model_arg):
         # A named net asked for one-channel images is built for them, as --model-arg in_chans=1 would.
@@ -712,7 +711,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         paths = experiments.reproduce_gradients(base, args.out, args.depth, args.every)
     elif args.experiment == "responses":
         paths = experiments.reproduce_responses(base, args.out, args.depths, args.runs)
-    else:  # one of experiments.STUDIES
+    else:  # one of ablations.STUDIES
         paths = experiments.reproduce_variants(base, args.out, args.experiment, args.depth, args.block, args.variants,
                                                args.seeds)
     print("\nWhere the files are:")

@@ -2,7 +2,8 @@
 layout used there, and the seeds that make it repeatable.
 
 Training, evaluation, prediction, serving and the benchmarks all pick their device here, so that
-none of them has to import the trainer for it.
+none of them has to import the trainer for it. torch is imported by the functions that use it, so
+that the command line can offer ``DEVICES`` without loading it (``resnetlab --help`` answers at once).
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ from __future__ import annotations
 import os
 import random
 from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def pick_device(name: str = "auto") -> torch.device:
     """The device a name asks for; ``auto`` takes CUDA, then Apple's MPS, then the CPU."""
+    import torch
+
     if name not in DEVICES:
         raise ValueError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
     if name == "auto":
@@ -36,6 +40,9 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed every generator the run touches; optionally insist on deterministic kernels."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -61,6 +68,8 @@ def autocast_for(device: torch.device) -> AbstractContextManager:
 
     GPUs before Ampere (V100, T4) lack bf16 tensor cores: there bf16 would be slower than fp32, not faster.
     """
+    import torch
+
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
         # No cast cache: CUDA graph capture requires it off, and each weight is cast once per pass anyway.
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
