@@ -256,7 +256,8 @@ def test_offline_download_names_both_remedies(tmp_path, monkeypatch):
     with pytest.raises(DataError) as err:
         get_dataset("fashion-mnist")
     message = str(err.value)
-    assert "could not download http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/" in message
+    assert message.startswith("fashion-mnist: could not download train-images-idx3-ubyte.gz into ")
+    assert ": http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/train-images-idx3-ubyte.gz (" in message
     assert "apt-get install dataset-fashion-mnist" in message
     assert ("put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
             "t10k-labels-idx1-ubyte.gz in --data-dir") in message  # all four, the test split's too
@@ -285,7 +286,7 @@ def test_download_verified_then_loaded(tmp_path, monkeypatch):
     images, labels = write_mnist(tmp_path / "server", "test")
     served = {p.name: p.read_bytes() for p in (tmp_path / "server").iterdir()}
     sums = {name: hashlib.sha256(body).hexdigest() for name, body in served.items()}
-    monkeypatch.setitem(data._DOWNLOADS, "mnist", ("https://example.invalid/mnist/", sums))
+    monkeypatch.setitem(data._DOWNLOADS, "mnist", (("https://example.invalid/mnist/",), sums))
     fetched = []
 
     def serve(url, timeout=None):
@@ -299,6 +300,39 @@ def test_download_verified_then_loaded(tmp_path, monkeypatch):
     assert len(fetched) == 2
     get_dataset("mnist", "test")
     assert len(fetched) == 2, "a second load reads the cache"
+
+
+
+def test_download_falls_back_to_the_next_mirror(tmp_path, monkeypatch):
+    images, labels = write_mnist(tmp_path / "server", "test")
+    served = {p.name: p.read_bytes() for p in (tmp_path / "server").iterdir()}
+    sums = {name: hashlib.sha256(body).hexdigest() for name, body in served.items()}
+    sums |= {"train-images-idx3-ubyte.gz": "0" * 64, "train-labels-idx1-ubyte.gz": "0" * 64}  # never served
+    mirrors = ("https://first.invalid/mnist/", "http://second.invalid/mnist/")
+    monkeypatch.setitem(data._DOWNLOADS, "mnist", (mirrors, sums))
+    fetched = []
+
+    def serve(url, timeout=None):
+        fetched.append(url)
+        if url.startswith(mirrors[0]):
+            raise urllib.error.HTTPError(url, 403, "Forbidden", {}, None)
+        return FakeResponse(served[url.rsplit("/", 1)[1]])
+
+    monkeypatch.setattr(urllib.request, "urlopen", serve)
+    ds = get_dataset("mnist", "test", root=tmp_path / "data")
+    assert torch.equal(ds.images[:, 0], torch.from_numpy(images))
+    assert [u.split("/")[2] for u in fetched] == ["first.invalid", "second.invalid"] * 2  # each file: first, then second
+    assert sorted(p.name for p in (tmp_path / "data" / "mnist").iterdir()) == sorted(served)
+
+    # Both refuse: the message names each mirror's answer.
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: (_ for _ in ()).throw(
+        urllib.error.HTTPError(url, 403 if "first" in url else 404, "no", {}, None)))
+    with pytest.raises(DataError) as err:
+        get_dataset("mnist", "train", root=tmp_path / "data")
+    message = str(err.value)
+    assert "https://first.invalid/mnist/train-images-idx3-ubyte.gz (HTTP Error 403: no)" in message
+    assert "http://second.invalid/mnist/train-images-idx3-ubyte.gz (HTTP Error 404: no)" in message
+    assert "downloaded from https://first.invalid/mnist/ or http://second.invalid/mnist/" in message
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -379,7 +413,7 @@ def test_cifar100_python_archive_is_downloaded_checked_unpacked_and_read(tmp_pat
     (folder / "file.txt~").write_bytes(b"")
     archive = make_tar(tmp_path / "cifar-100-python.tar.gz", folder).read_bytes()
     url = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-    monkeypatch.setitem(data._DOWNLOADS, "cifar100", (url.rsplit("/", 1)[0] + "/", {
+    monkeypatch.setitem(data._DOWNLOADS, "cifar100", ((url.rsplit("/", 1)[0] + "/",), {
         "cifar-100-python.tar.gz": hashlib.sha256(archive).hexdigest()}))
     monkeypatch.setattr(urllib.request, "urlopen", lambda asked, timeout=None: FakeResponse({url: archive}[asked]))
     for split, (pixels, fine) in splits.items():

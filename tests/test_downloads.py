@@ -43,7 +43,7 @@ def isolated(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist package")
 def test_the_official_fashion_mnist_files_download_with_the_published_checksums(tmp_path, monkeypatch):
-    base, sums = data._DOWNLOADS["fashion-mnist"]
+    (base,), sums = data._DOWNLOADS["fashion-mnist"]
     served = {base + name: official_fashion_file(name) for name in sums}
     # torchvision's MD5s of the same four files: the rebuilt bytes are the published ones.
     md5 = {name: hashlib.md5(served[base + name]).hexdigest() for name in sums}
@@ -67,13 +67,13 @@ def test_the_download_tables_name_the_files_the_readers_read():
     idx = {f"{p}-{kind}-idx{n}-ubyte.gz" for p in ("train", "t10k") for kind, n in (("images", 3), ("labels", 1))}
     assert set(data._DOWNLOADS["mnist"][1]) == set(data._DOWNLOADS["fashion-mnist"][1]) == idx
     assert [f for f, *_ in torchvision.datasets.MNIST.resources] == [f for f, *_ in torchvision.datasets.FashionMNIST.resources]
-    assert data._DOWNLOADS["mnist"][0] in torchvision.datasets.MNIST.mirrors
-    assert data._DOWNLOADS["fashion-mnist"][0] in torchvision.datasets.FashionMNIST.mirrors
+    assert list(data._DOWNLOADS["mnist"][0]) == torchvision.datasets.MNIST.mirrors  # both, in torchvision's order
+    assert list(data._DOWNLOADS["fashion-mnist"][0]) == torchvision.datasets.FashionMNIST.mirrors
     # The archives' SHA-256 as Keras publishes them (file_hash in keras.datasets.cifar10 and cifar100).
     published = {"cifar10": "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
                  "cifar100": "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"}
     for name, dataset in (("cifar10", torchvision.datasets.CIFAR10), ("cifar100", torchvision.datasets.CIFAR100)):
-        base, sums = data._DOWNLOADS[name]
+        (base,), sums = data._DOWNLOADS[name]
         fmt = data._CIFAR_FORMATS[name][0]
         assert base + fmt.archive == dataset.url and fmt.folder == dataset.base_folder
         assert sums == {fmt.archive: published[name]}

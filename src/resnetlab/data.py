@@ -28,6 +28,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 import warnings
 import zlib
@@ -66,27 +67,28 @@ FASHION_MNIST_CLASSES = [
 #   exactly these SHA-256s and torchvision's MD5s. tests/test_data.py repeats that check.
 #   The S3 website endpoint serves only http; the checksum is what makes that safe.
 # - MNIST: tensorflow/datasets' url_checksums/mnist.txt; the same four files (same sizes)
-#   that torchvision fetches from its ossci mirror with one MD5 list for every mirror.
+#   that torchvision fetches from its two mirrors, in its order, with one MD5 list for both.
 # - CIFAR: Keras (datasets/cifar10.py, cifar100.py) and torchvision's prototype datasets;
 #   several public manifests pair them with the MD5s on the CIFAR page
 #   (c58f30108f718f92721af3b95e74349a, eb9058c3a382ffc7106e4002c42a8d85). Not checkable here.
-_DOWNLOADS: dict[str, tuple[str, dict[str, str]]] = {
-    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
+# Each dataset: its mirrors, tried in order, and its files' SHA-256s.
+_DOWNLOADS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "fashion-mnist": (("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",), {
         "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
         "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
         "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
         "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
     }),
-    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", {
+    "mnist": (("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"), {
         "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
         "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
         "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
         "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
     }),
-    "cifar10": ("https://www.cs.toronto.edu/~kriz/", {
+    "cifar10": (("https://www.cs.toronto.edu/~kriz/",), {
         "cifar-10-python.tar.gz": "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
     }),
-    "cifar100": ("https://www.cs.toronto.edu/~kriz/", {
+    "cifar100": (("https://www.cs.toronto.edu/~kriz/",), {
         "cifar-100-python.tar.gz": "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
     }),
 }  # fmt: skip
@@ -501,7 +503,7 @@ def _how_to_get(name: str, what: str) -> str:
     ways = ["run `sudo apt-get install dataset-fashion-mnist`"] if name == "fashion-mnist" else []
     ways.append(f"put {what} in --data-dir or $RESNETLAB_DATA")
     if name in _DOWNLOADS:
-        ways.append(f"connect to the network so they can be downloaded from {_DOWNLOADS[name][0]}")
+        ways.append(f"connect to the network so they can be downloaded from {' or '.join(_DOWNLOADS[name][0])}")
     return "To get them, " + ", or ".join(ways) + "."
 
 
@@ -511,26 +513,39 @@ def _not_found(name: str, root: str | Path | None, what: str) -> DataError:
 
 
 def _fetch(name: str, files: Sequence[str], root: str | Path | None) -> Path:
-    """Download ``files`` of a named dataset and check their SHA-256; returns their folder."""
-    base_url, checksums = _DOWNLOADS[name]
+    """Download ``files`` of a named dataset from its first mirror that has them, checking their SHA-256;
+    returns their folder."""
+    mirrors, checksums = _DOWNLOADS[name]
     dest = Path(root).expanduser() / name if root else _cache_dir(name)
     made = [p for p in (dest, *dest.parents) if not p.exists()]  # deepest first
     for file in files:
-        url = base_url + file
-        try:
-            _download(url, dest / file, checksums[file])
-        except (OSError, DataError) as err:  # URLError and HTTPError are OSErrors too; DataError, a checksum
+        failures: list[tuple[str, OSError | DataError]] = []
+        for base_url in mirrors:
+            try:
+                _download(base_url + file, dest / file, checksums[file])
+                break
+            except (OSError, DataError) as err:  # URLError and HTTPError are OSErrors too; DataError, a checksum
+                failures.append((base_url + file, err))
+        else:
             for folder in made:  # made for the download (a mistyped --data-dir's too): empty ones only mislead
                 if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
-            if isinstance(err, DataError):
-                raise
-            reason = getattr(err, "reason", None) or err
+            wrong = [err for _, err in failures if isinstance(err, DataError)]
+            if wrong:  # a file came, but not the published one: that says more than another mirror's refusal
+                raise wrong[0]
+            tried = "; ".join(f"{url} ({_why_not(err)})" for url, err in failures)
             # Every file the dataset needs, its test split's too, not just those this split was fetching.
             needed = list(checksums)
             needed = ", ".join(needed[:-1]) + " and " + needed[-1] if len(needed) > 1 else needed[0]
-            raise DataError(f"{name}: could not download {url} into {dest} ({reason}). {_how_to_get(name, needed)}") from None
+            raise DataError(f"{name}: could not download {file} into {dest}: {tried}. {_how_to_get(name, needed)}")
     return dest
+
+
+def _why_not(err: OSError) -> object:
+    """A failed request's reason as a user reads it: "HTTP Error 403: Forbidden", "[Errno 101] Network is unreachable"."""
+    if isinstance(err, urllib.error.HTTPError):
+        return err
+    return getattr(err, "reason", None) or err  # a URLError's own text wraps its reason in "<urlopen error ...>"
 
 
 def _download(url: str, dest: Path, sha256: str) -> None:
