@@ -75,3 +75,125 @@ def test_predicting_and_evaluating_views_leave_a_training_model_training(trained
     folder = get_dataset(f"folder:{tmp_path / 'photos'}", "train", image_size=28, val_fraction=0.0)
     result = evaluate_views(model, folder, config["mean"], config["std"], 10, "scales", scales=[28], workers=0)
     assert result.count == 2 and model.training
+
+
+@pytest.fixture
+def png(tmp_path):
+    """A small grey PNG, as Fashion-MNIST's images are."""
+    path = tmp_path / "shoe.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (28, 28), dtype=np.uint8)).save(path)
+    return path
+
+
+def _photo(path, size=(480, 360)):
+    """A JPEG photo far larger than the run's 28x28 input: libjpeg could decode it at 1/8 scale."""
+    rng = np.random.default_rng(5)
+    smooth = Image.fromarray(rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)).resize(size)
+    smooth.save(path, quality=90)
+    return path
+
+
+def test_a_large_jpeg_file_gives_one_tensor_however_given_and_it_is_what_predict_feeds(trained_run, tmp_path):
+    """One tensor for the file however it is given, and that tensor is what ``predict_images`` classifies.
+    Its decoded PIL image cannot be decoded at reduced scale, as the file is (and training on folders
+    decodes it): it differs, by a few levels of 255."""
+    photo = _photo(tmp_path / "photo.jpg")
+    model, config = load_model(trained_run)
+    preprocess = Preprocess(config)
+    expected = preprocess(photo)
+    assert torch.equal(preprocess(str(photo)), expected)
+    with open(photo, "rb") as file:
+        assert torch.equal(preprocess(file), expected)
+    decoded = preprocess(Image.open(photo).convert("RGB"))
+    levels = ((decoded - expected).abs() * torch.tensor(config["std"]).view(-1, 1, 1) * 255).max().item()
+    assert 0 < levels < 12
+
+    with torch.no_grad():
+        probs = model(expected[None]).softmax(1)[0]
+    [pred] = predict_images(model, config, [photo], top_k=len(config["classes"]))
+    ranked = probs.sort(descending=True)
+    assert pred.classes == [config["classes"][i] for i in ranked.indices.tolist()]
+    np.testing.assert_allclose(pred.probabilities, ranked.values.tolist(), rtol=1e-6)
+
+
+def test_tensors_give_what_the_pil_image_of_their_pixels_gives(trained_run, tmp_path):
+    """As torchvision's ``weights.transforms()``: a uint8 (C, H, W) tensor, or a float one in [0, 1]."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    model, config = load_model(trained_run)
+    preprocess = Preprocess(config)
+    rng = np.random.default_rng(7)
+    for mode, shape in (("RGB", (37, 50, 3)), ("L", (37, 50))):
+        image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+        expected = preprocess(image)
+        pixels = pil_to_tensor(image)
+        assert torch.equal(preprocess(pixels), expected)
+        assert torch.equal(preprocess(pixels.float() / 255), expected)
+        assert torch.equal(pixels, pil_to_tensor(image))  # the caller's tensor is left as it was
+    assert preprocess(pixels).shape == (1, 28, 28)
+
+    with pytest.raises(TypeError, match=r"Image\.fromarray.*torch\.from_numpy"):
+        preprocess(np.asarray(image))  # (H, W) or (H, W, C)? Pillow's and torch's layouts differ: the caller says
+    with pytest.raises(ValueError, match=r"\[0, 1\].*-2\.1"):
+        preprocess(torch.linspace(-2.1, 2.0, 3 * 8 * 8).reshape(3, 8, 8))  # already normalised
+    with pytest.raises(ValueError, match=r"\(C, H, W\).*\(2, 3, 8, 8\)"):
+        preprocess(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"1 or 3 channels.*5"):
+        preprocess(torch.zeros(5, 8, 8, dtype=torch.uint8))
+    with pytest.raises(TypeError, match=r"uint8.*int64"):
+        preprocess(torch.zeros(3, 8, 8, dtype=torch.int64))
+    with pytest.raises(TypeError, match="PIL image, an image file"):
+        preprocess(42)
+
+
+def test_predict_images_refuses_names_that_do_not_match_the_images(trained_run, png):
+    model, config = load_model(trained_run)
+    paths = [png] * 3
+    with pytest.raises(ValueError, match=r"names: 1 given for 3 images"):
+        predict_images(model, config, paths, names=["a"])
+    assert [p.path for p in predict_images(model, config, paths, names=["a", "b", "c"])] == ["a", "b", "c"]
+
+
+def test_one_path_or_open_file_is_one_image(trained_run, png):
+    """Not a sequence of characters, each taken for a file name."""
+    model, config = load_model(trained_run)
+    [expected] = predict_images(model, config, [png])
+    for single in (png, str(png)):
+        assert predict_images(model, config, single) == [expected]
+    with open(png, "rb") as file:
+        [pred] = predict_images(model, config, file, names=["upload"])
+    assert (pred.classes, pred.probabilities) == (expected.classes, expected.probabilities)
+
+
+def test_a_folder_given_as_an_image_is_called_a_folder(trained_run, tmp_path):
+    from resnetlab.data import DataError
+
+    model, config = load_model(trained_run)
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(DataError, match=r"photos is a folder.*image_files"):
+        predict_images(model, config, [tmp_path / "photos"])
+    with pytest.raises(DataError, match=r"photos is a folder"):
+        Preprocess(config)(tmp_path / "photos")
+
+
+def test_top_k_below_one_is_refused_and_above_the_classes_gives_them_all(trained_run, png):
+    model, config = load_model(trained_run)
+    for k in (0, -1):
+        with pytest.raises(ValueError, match=f"top_k must be at least 1, not {k}"):
+            predict_images(model, config, [png], top_k=k)
+    [pred] = predict_images(model, config, [png], top_k=100)
+    assert sorted(pred.classes) == sorted(config["classes"])
+    assert sum(pred.probabilities) == pytest.approx(1, abs=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_predict_runs_where_the_model_is_and_moves_it_only_to_a_device_asked_for(trained_run, png):
+    model, config = load_model(trained_run)
+    [on_cpu] = predict_images(model, config, [png])
+    model.cuda()
+    [on_gpu] = predict_images(model, config, [png])
+    assert next(model.parameters()).is_cuda  # not taken to the CPU behind the caller's back
+    assert on_gpu.classes == on_cpu.classes
+    np.testing.assert_allclose(on_gpu.probabilities, on_cpu.probabilities, rtol=1e-4)
+    predict_images(model, config, [png], device="cpu")
+    assert not next(model.parameters()).is_cuda  # as documented: an explicit device takes the model there

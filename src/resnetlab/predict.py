@@ -9,12 +9,14 @@ evaluation's, imported from there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from .evaluate import check_views, eval_mode, view_batches, view_probabilities, view_scales
@@ -34,9 +36,12 @@ class Prediction:
         return "  ".join(f"{c} {p:.1%}" for c, p in zip(self.classes, self.probabilities))
 
 
+ImageFile = str | Path | BinaryIO  # a path, or an open binary file (an upload, say)
+
+
 def predict_images(
-    model: nn.Module, config: dict, paths: Sequence[str | Path | BinaryIO], top_k: int = 3,
-    device: torch.device | str = "cpu", names: Sequence[str] | None = None, views: str | None = None,
+    model: nn.Module, config: dict, paths: ImageFile | Iterable[ImageFile], top_k: int = 3,
+    device: torch.device | str | None = None, names: Sequence[str] | None = None, views: str | None = None,
     scales: Sequence[int] | None = None,
 ) -> list[Prediction]:
     """Classify image files with a trained model, preprocessing them exactly as its training data.
@@ -45,8 +50,13 @@ def predict_images(
     then normalised with the training set's statistics stored in the run's config. A config with
     ``resize_size`` (published weights, see ``pretrained.load_published``, and folders trained with
     scale augmentation) gets torchvision's evaluation preprocessing instead: shorter side resized,
-    then the centre cropped to ``image_size``.
-    ``paths`` may also be open binary files; ``names`` then labels the predictions (default: the paths).
+    then the centre cropped to ``image_size``. Each image becomes the tensor ``Preprocess`` gives.
+
+    ``paths`` are image files or open binary files, or one of them alone; a folder is refused (pass
+    the images in it, ``data.image_files(folder)``). ``names`` labels the predictions, one a file
+    (default: the paths). ``top_k`` is at least 1; more than the model's classes gives them all.
+    ``device`` is where the model runs: by default where its parameters are, the model left there;
+    another device moves the model there in place (``nn.Module.to``), and it stays there afterwards.
     ``views`` averages each image's probabilities over views of it, as ``evaluate.evaluate_views`` does.
     """
     return list(iter_predictions(model, config, paths, top_k, device, names, views, scales, workers=0))
@@ -54,25 +64,31 @@ def predict_images(
 
 @torch.no_grad()
 def iter_predictions(
-    model: nn.Module, config: dict, paths: Sequence[str | Path | BinaryIO], top_k: int = 3,
-    device: torch.device | str = "cpu", names: Sequence[str] | None = None, views: str | None = None,
+    model: nn.Module, config: dict, paths: ImageFile | Iterable[ImageFile], top_k: int = 3,
+    device: torch.device | str | None = None, names: Sequence[str] | None = None, views: str | None = None,
     scales: Sequence[int] | None = None, batch_size: int = 64, workers: int | None = None,
 ) -> Iterator[Prediction]:
     """``predict_images``, a batch at a time, so that a folder of any size fits in memory and each
     answer comes as soon as its batch is done; ``workers`` decode in parallel (default one a CPU,
     up to 16, for more than one batch of files). A file that cannot be read stops the iteration with
     a ``DataError`` naming it, after the answers for the batches before it."""
+    from .data import DataError
     from .loader import decode_in_workers, default_workers
 
-    device = torch.device(device)
-    model = model.to(device)
+    # A str and an open file are iterable themselves: their characters, or lines, are no file names.
+    paths = [paths] if isinstance(paths, (str, Path)) or hasattr(paths, "read") else list(paths)
+    labels = [str(p) for p in paths] if names is None else list(names)
+    if len(labels) != len(paths):
+        raise ValueError(f"names: {len(labels)} given for {len(paths)} images; give one name an image, or none")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, not {top_k}")
     if views is not None:
         check_views(views, config.get("resize_size"), config["image_size"])
+    device = _device_of(model) if device is None else torch.device(device)
+    model.to(device)  # in place: the server and the CLI, calling again, find it there
     if workers is None:
         workers = default_workers() if len(paths) > batch_size else 0
     items = _ImageViews(paths, config, views, view_scales(config["image_size"], scales))
-    labels = list(names) if names is not None else [str(p) for p in paths]
-    from .data import DataError
 
     done = 0
     batches = iter(decode_in_workers(items, list, batch_size=batch_size, num_workers=workers))
@@ -91,11 +107,17 @@ def iter_predictions(
             done += len(images)
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the CPU for a model without any)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 class _ImageViews(torch.utils.data.Dataset):
     """Image files as the model of ``config`` takes them: each a list of uint8 view batches (one
     batch of one view, unless ``views``)."""
 
-    def __init__(self, paths: Sequence[str | Path | BinaryIO], config: dict, views: str | None, scales: Sequence[int]) -> None:
+    def __init__(self, paths: Sequence[ImageFile], config: dict, views: str | None, scales: Sequence[int]) -> None:
         self.paths, self.views, self.scales = paths, views, scales
         self.channels, self.size, self.resize_to = config["channels"], config["image_size"], config.get("resize_size")
 
@@ -105,6 +127,7 @@ class _ImageViews(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> list[torch.Tensor]:
         from .data import load_image  # the decoder shared with folder datasets
 
+        _refuse_folder(self.paths[i])
         if self.views is None:
             return [load_image(self.paths[i], self.channels, self.size, self.resize_to)[None]]
         return view_batches(self.paths[i], self.channels, self.size, self.resize_to, self.views, self.scales)
@@ -112,23 +135,41 @@ class _ImageViews(torch.utils.data.Dataset):
 
 class Preprocess:
     """A trained model's input preprocessing as a transform, as torchvision's ``weights.transforms()``
-    is for its weights: an image (PIL image, file path or open binary file) in, the normalised float
-    tensor (C, H, W) the model takes out, exactly what ``predict`` feeds it.
+    is for its weights: an image in, the normalised float tensor (C, H, W) the model takes out,
+    exactly what ``predict_images`` feeds it.
+
+    The image may be a PIL image, an image file (path or open binary file), or a tensor (C, H, W)
+    of 1 or 3 channels as torchvision's transforms take one: uint8, or float in [0, 1] (rounded to
+    8 bits, as the model's training images were); a PIL image and the tensor of its pixels give the
+    same tensor. A numpy array is refused: its layout, (H, W, C) or (C, H, W), would be a guess.
+    One difference between a file and its decoded image: a JPEG file much larger than the model's
+    input is decoded at 1/2, 1/4 or 1/8 scale, as training and evaluation on folders decode it, which
+    an image already decoded cannot be; the two then differ by a few levels of 255.
 
     ``config`` is a run's (``runs.load_model``) or published weights' (``pretrained.load_published``).
     Any size and colour mode is brought to the model's channels and input size (see
     ``data.load_image``), then normalised with the statistics the model was trained with. It fits
-    torchvision's datasets as their ``transform``, and leaves a PIL image it is given as it was.
+    torchvision's datasets as their ``transform``, and leaves an image it is given as it was.
     """
 
     def __init__(self, config: dict) -> None:
         self.channels, self.image_size = config["channels"], config["image_size"]
         self.resize_to, self.mean, self.std = config.get("resize_size"), config["mean"], config["std"]
 
-    def __call__(self, image) -> torch.Tensor:
+    def __call__(self, image: Image.Image | ImageFile | torch.Tensor) -> torch.Tensor:
+        if isinstance(image, torch.Tensor):
+            image = _pil_image(image)
+        elif isinstance(image, np.ndarray):
+            raise TypeError("Preprocess takes no numpy array: Image.fromarray(array) for Pillow's (H, W) or (H, W, C) "
+                            "uint8 layout (np.asarray(image)'s), torch.from_numpy(array) for a (C, H, W) one")
+        elif not isinstance(image, (Image.Image, str, Path)) and not hasattr(image, "read"):
+            raise TypeError("Preprocess takes a PIL image, an image file (path or open binary file) or a (C, H, W) "
+                            f"tensor, not {type(image).__name__}")
         from .data import load_image
 
-        return normalize(load_image(image, self.channels, self.image_size, self.resize_to)[None], self.mean, self.std)[0]
+        _refuse_folder(image)
+        pixels = load_image(image, self.channels, self.image_size, self.resize_to)
+        return normalize(pixels[None], self.mean, self.std)[0]
 
     def __repr__(self) -> str:
         size = (f"shorter side to {self.resize_to}, centre crop {self.image_size}" if self.resize_to
@@ -136,8 +177,39 @@ class Preprocess:
         return f"Preprocess({self.channels} channels, {size}, mean={self.mean}, std={self.std})"
 
 
+def _refuse_folder(image: Image.Image | ImageFile) -> None:
+    """A ``DataError`` for a folder given as an image file, which ``data.load_image`` would call missing."""
+    from .data import DataError
+
+    if isinstance(image, (str, Path)) and Path(image).is_dir():
+        raise DataError(f"{image} is a folder, not an image: pass the images in it as a list, "
+                        f"e.g. resnetlab.data.image_files({str(image)!r})")
+
+
+def _pil_image(pixels: torch.Tensor) -> Image.Image:
+    """The PIL image of a (C, H, W) tensor, uint8 or float in [0, 1]: through it, a tensor gets the
+    answer its PIL image gets, to the last bit."""
+    from torchvision.transforms.functional import to_pil_image
+
+    pixels = pixels.detach().cpu()
+    if pixels.ndim != 3:
+        raise ValueError(f"a tensor image is (C, H, W), one image, not {tuple(pixels.shape)}")
+    if pixels.shape[0] not in (1, 3):
+        raise ValueError(f"a tensor image has 1 or 3 channels (grey or RGB), not {pixels.shape[0]}")
+    if pixels.is_floating_point():
+        low, high = pixels.min().item(), pixels.max().item()
+        if low < 0 or high > 1:
+            raise ValueError(f"a float tensor image holds values in [0, 1], as torchvision's to_tensor gives, not "
+                             f"{low:.3g} to {high:.3g}: give it before normalising, Preprocess normalises it")
+        # to_pil_image would truncate (254.99 -> 254); rounding gives back the bytes the floats came from.
+        pixels = (pixels * 255).round().to(torch.uint8)
+    elif pixels.dtype != torch.uint8:
+        raise TypeError(f"a tensor image is uint8, or float in [0, 1], not {pixels.dtype}")
+    return to_pil_image(pixels)
+
+
 def _rank(probs: torch.Tensor, labels: Sequence[str], classes: Sequence[str], top_k: int) -> list[Prediction]:
-    """The ``top_k`` classes of each image's probabilities, most likely first."""
+    """The ``top_k`` classes of each image's probabilities, most likely first (all of them, when fewer)."""
     top = probs.topk(min(top_k, probs.shape[1]), 1)
     return [
         Prediction(label, [classes[i] for i in idx.tolist()], val.tolist())
