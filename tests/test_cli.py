@@ -92,7 +92,7 @@ def test_unknown_names_and_bad_values(capsys, tmp_path):
     fails_cleanly(capsys, "train", "--recipe", "quick", "--out", tmp_path / "b", match="unknown recipe 'quick'")
     fails_cleanly(capsys, "train", "--dataset", "imagenet", "--out", tmp_path / "c", match="imagenet")
     fails_cleanly(capsys, "train", "--epochs", "-1", "--out", tmp_path / "d", match="epochs must be positive")
-    fails_cleanly(capsys, "train", "--seed", "-1", "--out", tmp_path / "e", match="--seed must be from 0 to 2**32 - 1")
+    fails_cleanly(capsys, "train", "--seed", "-1", "--out", tmp_path / "e", match="seed (--seed) must be from 0 to 2**32 - 1")
     fails_cleanly(capsys, "summary", "resnet5O", match="did you mean")
     fails_cleanly(capsys, "eval", tmp_path / "nothing", match="not a run directory")
     assert not (tmp_path / "a").exists()  # nothing written for a bad request

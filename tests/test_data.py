@@ -886,3 +886,13 @@ def test_folder_files_are_ordered_folder_by_folder_as_pathlib_orders_them(tmp_pa
     files = [path for path, label in ds.samples if label == 0]
     assert files == sorted(tmp_path / rel for rel in ("cls/a/x.png", "cls/a-b/x.png", "cls/a.png", "cls/B.png"))
     assert [p.relative_to(tmp_path / "cls").as_posix() for p in files] == ["B.png", "a/x.png", "a-b/x.png", "a.png"]
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist package")
+def test_a_named_dataset_goes_into_a_dataloader_as_a_folder_does():
+    ds = get_dataset("fashion-mnist", "test", root=DEBIAN_FASHION, download=False)
+    assert isinstance(ds, torch.utils.data.Dataset)
+    image, label = ds[3]
+    assert image.dtype == torch.uint8 and image.shape == (1, 28, 28) and type(label) is int
+    images, labels = next(iter(torch.utils.data.DataLoader(ds, batch_size=16)))
+    assert torch.equal(images, ds.images[:16]) and torch.equal(labels, ds.labels[:16])

@@ -87,6 +87,13 @@ def test_eval_mode_gives_back_each_modules_own_mode():
     assert [m.training for m in model.modules()] == [True, True, False, True]
 
 
+def test_a_model_with_another_class_count_is_named_not_a_shape_error():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 10))
+    batches = [(torch.zeros(3, 4), torch.tensor([0, 1, 2]))]
+    with pytest.raises(ValueError, match=r"the model gives \(10,\) scores an image, not one for each of the 5 classes"):
+        evaluate(model, batches, num_classes=5)
+    assert evaluate(model, batches, num_classes=10).count == 3
+
 def test_a_class_with_no_test_images_has_no_accuracy_rather_than_zero():
     """--limit-test can leave classes out: their accuracy is unknown (null in eval.json), not 0%, and the
     hardest classes listed for a many-class set are among those that were tested."""

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from resnetlab import runs
 from resnetlab.models import create_model
+from resnetlab.pretrained import WeightsError
 from resnetlab.recipes import get_recipe
 from resnetlab.steps import GraphedTrainStep, TrainStep, build_train_step, load_optimizer_state, make_optimizer
 from resnetlab.train import Diverged, Interrupted, TrainConfig, resume, train
@@ -623,3 +624,81 @@ def test_the_papers_warm_up_is_for_the_110_layer_nets_and_deeper(tmp_path):
         result = train(tiny(tmp_path, model, model=model, limit_train=32, limit_test=16, batch_size=16, steps=2,
                             recipe_overrides={"schedule": "constant"}))  # no step decay to mistake for the warm-up
         assert result.history[-1]["lr"] == pytest.approx(lr)
+
+
+# ----------------------------------------------------------------------------- the Python API's checks
+
+
+def test_train_config_names_a_value_of_the_wrong_kind(tmp_path):
+    for fields, message in [
+        ({"limit_train": "100"}, "limit_train must be"),
+        ({"seed": 1.5}, "seed must be"),
+        ({"model_kwargs": [("order", "preact")]}, "model_kwargs must be a dict"),
+        ({"device": "gpu"}, "unknown device 'gpu'"),
+        ({"eval_every": 0}, r"eval_every \(--eval-every\) must be at least 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**fields)
+    with pytest.raises(WeightsError, match="weights must be a tag"):
+        TrainConfig(weights=7)
+    with pytest.raises(TypeError, match="train takes a TrainConfig, not dict"):
+        train({"model": "resnet8"})
+    # What Python users hand over for these fields becomes the text config.json keeps.
+    import numpy as np
+    import torchvision
+
+    config = TrainConfig(model="resnet18", out=tmp_path / "r", data_dir=tmp_path, device=torch.device("cpu"),
+                         seed=np.int64(4), weights=torchvision.models.ResNet18_Weights.DEFAULT)
+    assert (config.out, config.data_dir, config.device) == (str(tmp_path / "r"), str(tmp_path), "cpu")
+    assert type(config.seed) is int and config.seed == 4 and config.weights == "IMAGENET1K_V1"
+    assert TrainConfig(epochs=2).epochs == 2 and type(TrainConfig(epochs=2).epochs) is int
+    with pytest.raises(WeightsError, match="weights of another model"):
+        TrainConfig(model="resnet50", weights=torchvision.models.ResNet18_Weights.DEFAULT)
+
+
+def test_devices_by_name_index_or_torch_device():
+    from resnetlab.devices import pick_device
+
+    assert pick_device(torch.device("cpu")) == pick_device("cpu") == torch.device("cpu")
+    for wrong in ("gpu", "cpu:0", "cuda:x", "cuda:"):
+        with pytest.raises(ValueError, match=f"unknown device '{wrong}'; choose from .*cuda:N"):
+            pick_device(wrong)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda:1 was asked for, but PyTorch sees no CUDA GPU"):
+            pick_device("cuda:1")
+    else:
+        count = torch.cuda.device_count()
+        with pytest.raises(ValueError, match=f"this machine has {count} CUDA GPU"):
+            pick_device(f"cuda:{count}")
+
+
+def test_stop_at_a_step_that_never_comes_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="stop_at must be a step after 0"):
+        train(tiny(tmp_path), stop_at=0)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(Interrupted):
+        train(tiny(tmp_path), stop_at=6)
+    before = (tmp_path / "run" / runs.CHECKPOINT).read_bytes()
+    for stop_at in (2, 6):
+        with pytest.raises(ValueError, match=r"stop_at must be a step after 6 \(the run stands at step 6\)"):
+            resume(tmp_path / "run", device="cpu", progress=False, stop_at=stop_at)
+    assert (tmp_path / "run" / runs.CHECKPOINT).read_bytes() == before
+
+
+def test_resume_refuses_a_data_folder_that_does_not_exist_and_keeps_the_config(tmp_path):
+    with pytest.raises(Interrupted):
+        train(tiny(tmp_path), stop_at=6)
+    config = (tmp_path / "run" / runs.CONFIG).read_text()
+    from resnetlab.data import DataError
+
+    with pytest.raises(DataError, match="nowhere is not a folder"):
+        resume(tmp_path / "run", device="cpu", progress=False, data_dir=str(tmp_path / "nowhere"))
+    assert (tmp_path / "run" / runs.CONFIG).read_text() == config
+
+
+def test_the_result_holds_the_trained_model_ready_to_predict(tmp_path):
+    result = train(tiny(tmp_path, steps=8))
+    assert not result.model.training
+    saved = load_file(tmp_path / "run" / runs.WEIGHTS)
+    state = result.model.state_dict()
+    assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k].contiguous()) for k in saved)

@@ -18,14 +18,12 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-_WHERE = {
-    "ResNet": "models", "UnknownModelError": "models", "cifar_resnet": "models", "count_parameters": "models",
-    "create_model": "models", "list_models": "models", "summary": "model_summary",
-}
-__all__ = list(_WHERE)
+__all__ = ["ResNet", "UnknownModelError", "cifar_resnet", "count_parameters", "create_model", "list_models", "summary"]
+_WHERE = {name: "model_summary" if name == "summary" else "models" for name in __all__}  # each name's module
 
 
 def __getattr__(name: str) -> object:
+    """A public name, imported from its module when first used."""
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .ablations import STUDIES
-from .devices import DEVICES
+from .devices import check_device_name
 from .recipes import RECIPES
 
 
@@ -51,6 +51,14 @@ def _count(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    """A ``--device``: auto, cpu, cuda, cuda:N or mps."""
+    try:
+        return check_device_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _port(text: str) -> int:
     """A TCP port (``--port``): the socket would take 70000 modulo 65536 and listen on 4464."""
     value = _whole(text)
@@ -60,7 +68,7 @@ def _port(text: str) -> int:
 
 
 DATA_DIR_HELP = "where the dataset files are (default: $RESNETLAB_DATA, Debian's folder, ~/.cache/resnetlab)"
-DEVICE_HELP = "auto (default: CUDA, then MPS, then the CPU), cpu, cuda or mps"
+DEVICE_HELP = "auto (default: CUDA, then MPS, then the CPU), cpu, cuda, cuda:N (the N-th GPU) or mps"
 
 
 def _add_model_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -85,7 +93,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> tuple[argparse._ArgumentGroup,
     recipe.add_argument("--batch-size", type=int, metavar="N", help="images a step (the global batch under torchrun)")
     recipe.add_argument("--lr", type=float, help="peak learning rate")
     where = p.add_argument_group("run")
-    where.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+    where.add_argument("--device", default="auto", type=_device, metavar="DEVICE", help=DEVICE_HELP)
     where.add_argument("--seed", type=int, default=0, help="seed of the initial weights, data order and augmentation (default 0)")
     return data, recipe, where
 
@@ -167,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-test", type=int, metavar="N",
                    help="evaluate on N test images: a named dataset's first N, a folder's N drawn at random (seeded); "
                         "default: all")
-    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+    p.add_argument("--device", default="auto", type=_device, metavar="DEVICE", help=DEVICE_HELP)
     _add_view_flags(p)
 
     p = sub.add_parser(
@@ -183,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "instead of printing them")
     p.add_argument("--workers", type=_count, metavar="N", help="processes decoding images (default: one a CPU, up to 16, "
                                                             "for more than a batch of 64)")
-    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+    p.add_argument("--device", default="auto", type=_device, metavar="DEVICE", help=DEVICE_HELP)
     _add_view_flags(p)
 
     p = sub.add_parser("serve", help="a prediction page for a trained run, in your browser")
@@ -194,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=8000, help="the port to listen on (default 8000; 0: any free one)")
     p.add_argument("--top-k", type=int, default=5, metavar="K",
                    help="classes in each answer (default 5; a request's ?top_k=N for it alone)")
-    p.add_argument("--device", default="cpu", choices=DEVICES,
-                   help="cpu (default), auto, cuda or mps")
+    p.add_argument("--device", default="cpu", type=_device, metavar="DEVICE",
+                   help="cpu (default), auto, cuda, cuda:N or mps")
     _add_view_flags(p)
 
     p = sub.add_parser("import", help="read a Keras ResNet (the seed notebook's, or keras.applications') into a run directory")
@@ -241,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--recipe", default="fast", help="the recipe both loops follow (default fast)")
     b.add_argument("--workers", type=_count, metavar="N", help="DataLoader workers of the typical loop (default: min(8, CPUs))")
     b.add_argument("--limit-test", type=int, metavar="N", help="the test images each loop evaluates (default: all)")
-    b.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+    b.add_argument("--device", default="auto", type=_device, metavar="DEVICE", help=DEVICE_HELP)
     b.add_argument("--compile", action="store_true", help="add a row with the model through torch.compile")
     b.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="run each contender N times, alternating; report the median (default 1)")
@@ -253,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--image-size", type=int, default=224, metavar="SIDE", help="the input's side (default 224)")
     b.add_argument("--steps", type=int, help="timed steps (default 50 on CUDA, 3 elsewhere)")
     b.add_argument("--compile", action="store_true", help="time both models through torch.compile")
-    b.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+    b.add_argument("--device", default="auto", type=_device, metavar="DEVICE", help=DEVICE_HELP)
     b.add_argument("--results", default="benchmarks/results", metavar="DIR",
                    help="where the JSON result goes (default benchmarks/results)")
     b = bench.add_parser("decode", help="training crops from image files against torchvision's ImageFolder pipeline")
@@ -272,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train resnet20 on Fashion-MNIST for a few minutes, evaluate, predict, plot")
     p.add_argument("--out", default="demo", metavar="DIR", help="the run directory goes in here (default demo)")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
-    p.add_argument("--device", default="cpu", choices=DEVICES,
-                   help="cpu (default), auto, cuda or mps")
+    p.add_argument("--device", default="cpu", type=_device, metavar="DEVICE",
+                   help="cpu (default), auto, cuda, cuda:N or mps")
     # `resnetlab train --help` opens with what train does, as the list of commands says it.
     for commands in (sub, bench):
         for action in commands._choices_actions:

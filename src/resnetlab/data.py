@@ -115,8 +115,9 @@ class DataError(Exception):
 
 
 @dataclass
-class ArrayDataset:
-    """A small dataset held in memory."""
+class ArrayDataset(torch.utils.data.Dataset):
+    """A small dataset held in memory; ``ds[i]`` is an (image, label) pair, as a ``FolderDataset``'s, so
+    either goes into a ``DataLoader``."""
 
     images: torch.Tensor  # uint8, (N, C, H, W), C = 1 or 3
     labels: torch.Tensor  # int64, (N,)
@@ -125,6 +126,10 @@ class ArrayDataset:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        """Image ``i`` as uint8 (C, H, W) and its label."""
+        return self.images[i], int(self.labels[i])
 
 
 def fingerprint(ds: ArrayDataset | FolderDataset) -> str:

@@ -17,25 +17,44 @@ if TYPE_CHECKING:
     import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICE_NAMES = "auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N (the N-th GPU) or mps"
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """The device a name asks for; ``auto`` takes CUDA, then Apple's MPS, then the CPU."""
+def check_device_name(name: str) -> str:
+    """``name`` if it names a device ``pick_device`` knows (one of ``DEVICES``, or ``cuda:N``), else ``ValueError``.
+
+    Needs no torch, so that the command line can check ``--device`` before loading it.
+    """
+    kind, sep, index = name.partition(":")
+    if kind not in DEVICES or (sep and not (kind == "cuda" and index.isdigit())):
+        raise ValueError(f"unknown device {name!r}; choose from {DEVICE_NAMES}")
+    return name
+
+
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """The device a name (or a ``torch.device``) asks for; ``auto`` takes CUDA, then Apple's MPS, then the CPU."""
     import torch
 
-    if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
+    name = check_device_name(str(name))
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} was asked for, but PyTorch sees no CUDA GPU here")
     if name == "mps" and not torch.backends.mps.is_available():
         raise ValueError("--device mps was asked for, but this PyTorch has no MPS device")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ValueError(f"--device {name} was asked for, but this machine has {count} CUDA GPU{'s' * (count != 1)}, "
+                             "numbered from 0")
+        # Streams, CUDA graphs and tensors made without a device go to the current GPU: make it this one.
+        torch.cuda.set_device(device)
+    return device
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

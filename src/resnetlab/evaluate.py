@@ -34,10 +34,12 @@ class EvalResult:
 
     @property
     def error(self) -> float:
+        """The top-1 error, 1 - accuracy, as a fraction."""
         return 1.0 - self.accuracy
 
     @property
     def count(self) -> int:
+        """How many images were scored."""
         return sum(map(sum, self.confusion))
 
     def per_class_accuracy(self) -> list[float | None]:
@@ -55,6 +57,9 @@ class _Tally:
 
     def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
         k = self.num_classes
+        if logits.shape[1:] != (k,):  # a shape, known on the host: no wait for the GPU
+            raise ValueError(f"the model gives {tuple(logits.shape[1:])} scores an image, not one for each of the "
+                             f"{k} classes")
         if self.sums is None:
             zero = torch.zeros((), device=y.device)
             self.sums = {"loss": zero.clone(), "correct": zero.clone(), "top5": zero.clone(),
@@ -297,7 +302,7 @@ def evaluate_run(
     *,
     data_dir: str | None = None,
     limit_test: int | None = None,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     views: str | None = None,
     scales: Sequence[int] | None = None,
     out: str | Path | None = None,
@@ -388,7 +393,7 @@ def _score(model: nn.Module, ds, config: dict, views: str | None, scales: Sequen
 
 
 def evaluate_published(
-    spec: str, dataset: str, *, data_dir: str | None = None, limit_test: int | None = None, device: str = "auto",
+    spec: str, dataset: str, *, data_dir: str | None = None, limit_test: int | None = None, device: str | torch.device = "auto",
     views: str | None = None, scales: Sequence[int] | None = None, out: str | Path | None = None,
 ) -> EvalReport:
     """Evaluate published weights (``MODEL`` or ``MODEL:TAG``) on an ImageNet-style folder.

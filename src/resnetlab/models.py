@@ -261,6 +261,8 @@ class ResNet(nn.Module):
         return pooled if pre_logits else self.fc(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Logits (N, num_classes) for images (N, in_chans, H, W); pooled features (N, num_features)
+        with ``num_classes=0``; a backbone's (``features_only``) maps, one per ``out_indices``."""
         if self.out_indices is not None:  # a backbone's maps are those its head would have seen
             return self.forward_intermediates(x, self.out_indices, norm=True, stop_early=True, intermediates_only=True)
         return self.forward_head(self.forward_features(x))
@@ -336,9 +338,11 @@ class FeatureInfo(list):
         return self[chosen][key] if isinstance(chosen, int) else [self[i][key] for i in chosen]
 
     def channels(self, idx: int | Sequence[int] | None = None) -> list[int] | int:
+        """The maps' channel counts (default: the returned maps')."""
         return self.get("num_chs", idx)
 
     def reduction(self, idx: int | Sequence[int] | None = None) -> list[int] | int:
+        """How many times smaller than the input each map is, in height and width (its total stride)."""
         return self.get("reduction", idx)
 
     def module_name(self, idx: int | Sequence[int] | None = None) -> list[str] | str:

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,13 +23,14 @@ from tqdm import tqdm
 
 from . import __version__, distributed, runs
 from .data import DataError, fingerprint, folder_sizes, load_splits, reload_sizes, resolve_dataset
-from .devices import pick_device, seed_everything, uses_channels_last
+from .devices import check_device_name, pick_device, seed_everything, uses_channels_last
 from .evaluate import EvalResult, evaluate
 from .loader import DeviceLoader, channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, scaled_jitter, stats_sample
 from .models import depth_of
-from .pretrained import input_stats, is_file_spec, weights_layout
+from .pretrained import input_stats, is_file_spec, weights_layout, weights_name
 from .recipes import Recipe, get_recipe, lr_at
 from .steps import TrainStep, build_train_step
+from .typecheck import check_types
 
 
 @dataclass
@@ -54,7 +56,7 @@ class TrainConfig:
     deterministic: bool = False
     cuda_graph: bool = True  # on CUDA, replay the whole step as one CUDA graph
     eval_every: int = 1  # epochs between test-set evaluations (the last epoch is always evaluated)
-    progress: bool = True
+    progress: bool = True  # progress bars within epochs; a line for each epoch is printed either way
     grad_norm_every: int = 0  # record every weight's gradient norm every N steps (0: never)
     # Stop when the loss is no longer a finite number; experiments train on, as the papers' failing variants did.
     stop_on_divergence: bool = True
@@ -62,6 +64,30 @@ class TrainConfig:
     recipe_overrides: dict = field(default_factory=dict)  # any other recipe field, e.g. {"schedule": "cosine"}
     weights: str | None = None  # starting weights: a torchvision tag (IMAGENET1K_V2, DEFAULT) or a file
     workers: int | None = None  # folder datasets: processes decoding images (default: one a CPU, up to 16)
+
+    def __post_init__(self) -> None:
+        # Paths, torch.devices and torchvision's weights enums become the text config.json keeps; then
+        # every field is checked against its annotation, so that a value of the wrong kind is named
+        # here rather than failing deep inside training.
+        for name in ("data_dir", "out"):
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        if isinstance(self.device, torch.device):
+            self.device = str(self.device)
+        if self.weights is not None:
+            self.weights = weights_name(self.weights, self.model)
+        for name in ("model_kwargs", "recipe_overrides"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ValueError(f"{name} must be a dict of option names and values, not {getattr(self, name)!r}")
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        for name, value in check_types(TrainConfig, fields).items():
+            if not isinstance(fields[name], (bool, int, float, str)):  # NumPy's numbers as Python's; 2 epochs stay 2
+                setattr(self, name, value)
+        check_device_name(self.device)
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every (--eval-every) must be at least 1, got {self.eval_every}")
+        if not 0 <= self.seed < 2**32:  # torch's range; its own message names no flag
+            raise ValueError(f"seed (--seed) must be from 0 to 2**32 - 1, got {self.seed}")
 
 
 @dataclass
@@ -73,9 +99,11 @@ class TrainResult:
     seconds: float
     test: EvalResult | None
     history: list[dict]
+    model: nn.Module | None = None  # the trained model, on the training device, in eval mode
 
     @property
     def test_accuracy(self) -> float | None:
+        """The last evaluation's test accuracy (a fraction), if the run ended with one."""
         return self.test.accuracy if self.test else None
 
 
@@ -145,14 +173,17 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     """Train a model as ``config`` says and write its run directory.
 
     Keyword arguments override fields of ``config`` (``train(model="resnet56", epochs=2)``).
-    ``stop_at`` ends the run after that many steps as if interrupted, leaving it resumable.
+    ``stop_at`` ends the run after that many steps by raising ``Interrupted``, leaving it resumable
+    (beyond the run's last step it changes nothing).
+
+    As any seeded trainer does, it seeds Python's, NumPy's and torch's global generators with the run's
+    seed; ``deterministic=True`` also switches torch to deterministic algorithms for the whole process.
     """
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"train takes a TrainConfig, not {type(config).__name__} (a dict's fields go as keywords: train(**fields))")
+    _check_stop_at(stop_at, 0)
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
     recipe = resolve_recipe(config)
-    if config.eval_every < 1:
-        raise ValueError(f"--eval-every must be at least 1, got {config.eval_every}")
-    if not 0 <= config.seed < 2**32:  # torch's range; its own message names no flag
-        raise ValueError(f"--seed must be from 0 to 2**32 - 1, got {config.seed}")
     world = distributed.world_from_env()
     device = distributed.setup(world, pick_device(config.device))
     from .models import create_model
@@ -239,7 +270,14 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
             lock.release()
 
 
-def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, stop_at: int | None = None,
+def _check_stop_at(stop_at: int | None, step: int) -> None:
+    """``stop_at`` must lie ahead of ``step``, where the run stands: a step already passed would never come."""
+    if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at <= step):
+        where = f"the run stands at step {step}" if step else "steps count from 1"
+        raise ValueError(f"stop_at must be a step after {step} ({where}), got {stop_at!r}")
+
+
+def resume(run_dir: str | Path, device: str | torch.device = "auto", progress: bool = True, stop_at: int | None = None,
            workers: int | None = None, data_dir: str | None = None) -> TrainResult:
     """Continue a run from its last checkpoint, with the same data, recipe and randomness.
 
@@ -259,7 +297,7 @@ def resume(run_dir: str | Path, device: str = "auto", progress: bool = True, sto
             lock.release()
 
 
-def _resume(run_dir: Path, saved: dict, world: distributed.World, device: str, progress: bool, stop_at: int | None,
+def _resume(run_dir: Path, saved: dict, world: distributed.World, device: str | torch.device, progress: bool, stop_at: int | None,
             workers: int | None, data_dir: str | None) -> TrainResult:
     processes = saved.get("processes", 1)
     if processes != world.size:  # each process's share of the batch, and so every step, would differ
@@ -269,9 +307,12 @@ def _resume(run_dir: Path, saved: dict, world: distributed.World, device: str, p
     checkpoint = runs.load_checkpoint(run_dir)
     if checkpoint.get("model_name") != saved["model"]:
         raise runs.RunError(f"{run_dir / runs.CHECKPOINT} is a checkpoint of {checkpoint.get('model_name')}, not {saved['model']}")
+    _check_stop_at(stop_at, checkpoint["step"])
     moved = data_dir is not None
     if moved:
         data_dir = str(Path(data_dir).expanduser().absolute())
+        if not Path(data_dir).is_dir():  # it would be saved as the data's new home
+            raise DataError(f"--data-dir {data_dir} is not a folder; give the folder the run's data moved to")
         saved = {**saved, **({"dataset": f"folder:{data_dir}"} if saved["dataset"].startswith("folder:") else {"data_dir": data_dir})}
     train_set, test_set = load_splits(
         saved["dataset"], saved["data_dir"], saved["limit_train"], saved["limit_test"], saved["seed"],
@@ -371,7 +412,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         ctrl_c.restore()
         if board is not None:
             board.close()
-    return TrainResult(run_dir, run.step, run.elapsed, result_test, history)
+    return TrainResult(run_dir, run.step, run.elapsed, result_test, history, model.eval())
 
 
 @dataclass
