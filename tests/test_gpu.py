@@ -6,6 +6,7 @@ Skipped without a CUDA GPU; benchmarks/gpu.sh runs them first on a GPU machine.
 import copy
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 import torch
 from conftest import fashion_mnist_here, noise_photos
@@ -212,3 +213,23 @@ def test_predictions_on_the_gpu_equal_those_on_the_cpu(tmp_path):
     assert [p.path for p in gpu] == [p.path for p in cpu]
     for a, b in zip(gpu, cpu):
         assert a.probabilities == pytest.approx(b.probabilities, abs=2e-2)
+
+
+def test_predict_runs_where_the_model_is_and_moves_it_only_to_a_device_asked_for(trained_run, tmp_path):
+    from PIL import Image
+
+    from resnetlab.predict import predict_images
+    from resnetlab.runs import load_model
+
+    png = tmp_path / "shoe.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (28, 28), dtype=np.uint8)).save(png)
+    model, config = load_model(trained_run)
+    [on_cpu] = predict_images(model, config, [png])
+    model.cuda()
+    [on_gpu] = predict_images(model, config, [png])
+    assert next(model.parameters()).is_cuda  # not taken to the CPU behind the caller's back
+    # bf16 autocast on the GPU: the same answer, to bf16's precision
+    assert on_gpu.classes[0] == on_cpu.classes[0]
+    assert on_gpu.probabilities == pytest.approx(on_cpu.probabilities, abs=2e-2)
+    predict_images(model, config, [png], device="cpu")
+    assert not next(model.parameters()).is_cuda  # as documented: an explicit device takes the model there

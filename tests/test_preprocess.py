@@ -184,16 +184,3 @@ def test_top_k_below_one_is_refused_and_above_the_classes_gives_them_all(trained
     [pred] = predict_images(model, config, [png], top_k=100)
     assert sorted(pred.classes) == sorted(config["classes"])
     assert sum(pred.probabilities) == pytest.approx(1, abs=1e-5)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_predict_runs_where_the_model_is_and_moves_it_only_to_a_device_asked_for(trained_run, png):
-    model, config = load_model(trained_run)
-    [on_cpu] = predict_images(model, config, [png])
-    model.cuda()
-    [on_gpu] = predict_images(model, config, [png])
-    assert next(model.parameters()).is_cuda  # not taken to the CPU behind the caller's back
-    assert on_gpu.classes == on_cpu.classes
-    np.testing.assert_allclose(on_gpu.probabilities, on_cpu.probabilities, rtol=1e-4)
-    predict_images(model, config, [png], device="cpu")
-    assert not next(model.parameters()).is_cuda  # as documented: an explicit device takes the model there
