@@ -107,11 +107,24 @@ def test_no_check_says_it_was_skipped_and_an_upper_case_suffix_is_taken(run_dir,
     onnx.checker.check_model(onnx.load(str(path)))
 
 
-def test_a_directory_named_as_the_output_is_called_one(run_dir, tmp_path, capsys):
+def test_a_folder_as_the_output_gets_the_file_in_it(run_dir, tmp_path, capsys):
     (tmp_path / "d.onnx").mkdir()
-    assert main(["export", str(run_dir), "-o", str(tmp_path / "d.onnx")]) == 2
-    err = capsys.readouterr().err
-    assert err == f"error: could not write {tmp_path / 'd.onnx'}: it is a directory; give a file name\n"
+    assert main(["export", str(run_dir), "-o", str(tmp_path / "d.onnx")]) == 0
+    assert f"wrote {tmp_path / 'd.onnx' / 'model.onnx'} " in capsys.readouterr().out
+    onnx.checker.check_model(onnx.load(str(tmp_path / "d.onnx" / "model.onnx")))
+
+
+def test_the_opset_is_said_and_can_be_chosen(run_dir, tmp_path, capsys):
+    assert main(["export", str(run_dir), "--opset", "18", "-o", str(tmp_path / "m.onnx")]) == 0
+    assert "(ONNX opset 18; input 'image'" in capsys.readouterr().out
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
+    # The exporter would write 18 for 17 without a word; a Keras export has no check to skip, nor an opset.
+    assert main(["export", str(run_dir), "--opset", "17", "-o", str(tmp_path / "old.onnx")]) == 2
+    assert "writes opset 18 or later, not 17" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--no-check", "-o", str(tmp_path / "m.keras")]) == 2
+    assert "--no-check is for ONNX files; a Keras export is written as it is" in capsys.readouterr().err
+    assert not (tmp_path / "old.onnx").exists() and not (tmp_path / "m.keras").exists()
 
 
 def test_only_a_full_disk_is_called_one(tmp_path):
@@ -132,3 +145,5 @@ def test_only_a_full_disk_is_called_one(tmp_path):
         atomic_write(path, fails(PermissionError(errno.EACCES, "Permission denied")))
     assert str(refused.value) == f"could not write {path} (Permission denied). What was saved before is kept"
     assert path.read_bytes() == b"an earlier export" and not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(RunError, match=r"\(Permission denied\)\. Nothing was written$"):
+        atomic_write(tmp_path / "new.onnx", fails(PermissionError(errno.EACCES, "Permission denied")))

@@ -129,6 +129,29 @@ def test_a_damaged_config_is_one_clear_error(tmp_path, content, match):
         runs.load_model(run)
 
 
+def test_a_config_naming_other_classes_than_the_model_scores_is_refused_for_every_command(tmp_path, capsys):
+    run = a_run(tmp_path / "run", config={**CONFIG, "classes": ["a", "b", "c", "d", "e"]})
+    with pytest.raises(runs.RunError, match=r"config.json names 5 classes, but the model in .* scores 10"):
+        runs.load_model(run)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("L", (28, 28), 90).save(image)
+    for argv in (("predict", run, image), ("export", run, "-o", tmp_path / "m.onnx")):
+        fails_cleanly(capsys, *argv, match="names 5 classes, but the model")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_finished_run_whose_weights_were_deleted_says_so(tmp_path):
+    run = a_run(tmp_path / "run")
+    (run / runs.WEIGHTS).unlink()
+    with pytest.raises(runs.RunError, match="has not finished an epoch"):
+        runs.load_model(run)
+    runs.append_metrics(run, {"epoch": 1, "step": 10, "train_loss": 2.0, "train_acc": 0.3})
+    with pytest.raises(runs.RunError, match=r"has no model.safetensors, though its metrics.jsonl records 1 epoch: "
+                                            r"the file was deleted or moved"):
+        runs.load_model(run)
+
 def test_the_command_line_says_a_damaged_config_in_one_line(tmp_path, capsys):
     run = a_run(tmp_path / "run")
     (run / runs.CONFIG).write_bytes(b"\xff\xd8\xff\xe0 a photo saved over it")

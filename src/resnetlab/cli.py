@@ -223,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx (default), or keras: a file keras.models.load_model reads (.keras for Keras 3, "
                         "-o FILE.h5 for Keras 2 and 3)")
     p.add_argument("-o", "--out", metavar="FILE.onnx|FILE.keras|FILE.h5", help="default RUN_DIR/model.onnx (or .keras)")
-    p.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX file's comparison with PyTorch")
+    p.add_argument("--opset", type=int, metavar="N",
+                   help="the ONNX operator set, 18 or later (default: the exporter's choice, printed when written)")
 
     p = sub.add_parser("diagram", help="draw a model's architecture to an SVG or PNG file (Graphviz)")
     p.add_argument("model", help="a name `resnetlab models` lists, or a run directory")
@@ -653,13 +655,18 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.format == "keras" or keras_name:
         from .keras_export import export_keras
 
+        onnx_only = [flag for flag, given in (("--no-check", args.no_check), ("--opset", args.opset is not None)) if given]
+        if onnx_only:
+            raise ValueError(f"{' and '.join(onnx_only)} {'are' if len(onnx_only) > 1 else 'is'} for ONNX files; "
+                             "a Keras export is written as it is, with no check to skip")
+
         model, config, path = load_for_export(args.run_dir, args.pretrained, args.out, ".keras")
         export_keras(model, config, path)
         side, channels = config["image_size"], config["channels"]
         print(f"wrote {path} (Keras: input (batch, {side}, {side}, {channels}) float32 scaled to 0-1, softmax over "
               f"{len(config['classes'])} classes; keras.models.load_model reads it)")
         return
-    print(export_onnx(args.run_dir, args.out, check=not args.no_check, pretrained=args.pretrained).text())
+    print(export_onnx(args.run_dir, args.out, check=not args.no_check, pretrained=args.pretrained, opset=args.opset).text())
 
 
 def cmd_diagram(args: argparse.Namespace) -> None:

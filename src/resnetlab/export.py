@@ -18,6 +18,7 @@ from torch import nn
 from .runs import atomic_write, load_model
 
 INPUT, OUTPUT = "image", "logits"
+MIN_OPSET = 18  # the oldest operator set torch's (dynamo) exporter writes
 
 
 class Preprocessed(nn.Module):
@@ -41,10 +42,12 @@ class ExportReport:
     input_shape: tuple[str | int, ...]
     max_abs_diff: float | None  # None when not checked
     skipped: bool = False  # the check was turned off (check=False), rather than ONNX Runtime missing
+    opset: int | None = None  # the ONNX operator set the file uses
 
     def text(self) -> str:
         shape = "x".join(str(d) for d in self.input_shape)
-        lines = [f"wrote {self.path} (input {INPUT!r}: {shape} float32 scaled to 0-1, output {OUTPUT!r})"]
+        lines = [f"wrote {self.path} (ONNX opset {self.opset}; input {INPUT!r}: {shape} float32 scaled to 0-1, "
+                 f"output {OUTPUT!r})"]
         if self.skipped:
             lines.append("not checked against PyTorch: the check was skipped (--no-check)")
         elif self.max_abs_diff is None:
@@ -57,23 +60,28 @@ class ExportReport:
 def load_for_export(run_dir: str | Path | None, pretrained: str | None, out: str | Path | None,
                     suffix: str) -> tuple[nn.Module, dict, Path]:
     """The model and config to export, a run's or published weights', and where the file goes:
-    ``out``, else ``RUN_DIR/model.SUFFIX`` or ``MODEL-TAG.SUFFIX``."""
+    ``out`` (a folder: the default name in it), else ``RUN_DIR/model.SUFFIX`` or ``MODEL-TAG.SUFFIX``."""
     if pretrained:
         from .pretrained import load_published
 
         model, config = load_published(pretrained)
-        return model, config, Path(out) if out else Path(f"{config['model']}-{config['weights']}{suffix}")
-    model, config = load_model(run_dir)
-    return model, config, Path(out) if out else Path(run_dir) / f"model{suffix}"
+        name = f"{config['model']}-{config['weights']}{suffix}"
+    else:
+        model, config = load_model(run_dir)
+        name = f"model{suffix}"
+    if out is None:
+        return model, config, Path(name) if pretrained else Path(run_dir) / name
+    return model, config, Path(out) / name if Path(out).is_dir() else Path(out)  # a folder: the file goes in it
 
 
 def export_onnx(run_dir: str | Path | None, out: str | Path | None = None, check: bool = True, tolerance: float = 1e-3,
-                pretrained: str | None = None) -> ExportReport:
+                pretrained: str | None = None, opset: int | None = None) -> ExportReport:
     """Write the run's model as ONNX (default ``RUN_DIR/model.onnx``) and check it with ONNX Runtime.
 
     ``pretrained="resnet50"`` (or ``"resnet50:IMAGENET1K_V1"``) exports torchvision's published
     weights instead (default ``MODEL-TAG.onnx``); their input is the centre crop, and the resize
-    before it is named in the metadata. Raises RuntimeError when the exporter's packages are
+    before it is named in the metadata. ``opset`` is the ONNX operator set (18 or later, the oldest
+    torch's exporter writes; default: its own choice). Raises RuntimeError when the exporter's packages are
     missing or the check finds the logits differ by more than ``tolerance`` times their size (at
     least 1); the file is only put in place once it is complete and checked.
     """
@@ -82,6 +90,8 @@ def export_onnx(run_dir: str | Path | None, out: str | Path | None = None, check
         import onnxscript  # noqa: F401  (torch's exporter needs it; asking here gives a clear message)
     except ImportError:
         raise RuntimeError("ONNX export needs the onnx and onnxscript packages: pip install 'resnetlab[export]'") from None
+    if opset is not None and opset < MIN_OPSET:  # the exporter would write 18 without a word
+        raise ValueError(f"torch's ONNX exporter writes opset {MIN_OPSET} or later, not {opset}")
     model, config, path = load_for_export(run_dir, pretrained, out, ".onnx")
     if path.suffix.lower() != ".onnx":  # x.ONNX too, as .KERAS and .H5 are taken
         raise ValueError(f"the export goes to a .onnx file, not {path.name}")
@@ -96,8 +106,10 @@ def export_onnx(run_dir: str | Path | None, out: str | Path | None = None, check
             program = torch.onnx.export(
                 wrapped, (example,), input_names=[INPUT], output_names=[OUTPUT],
                 dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+                **({"opset_version": opset} if opset is not None else {}),
             )
         proto = program.model_proto
+        report.opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
         onnx.helper.set_model_props(proto, {
             "resnetlab.model": config["model"],
             "resnetlab.classes": json.dumps(config["classes"]),

@@ -52,6 +52,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     RunError naming the file, and leaves what ``path`` held before."""
     if path.is_dir():  # refused before ``write``, which may take minutes
         raise RunError(f"could not write {path}: it is a directory; give a file name")
+    kept = "What was saved before is kept" if path.exists() else "Nothing was written"
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         reason = e.strerror or str(e).splitlines()[0]
         # No errno: a writer's own report (torch.save's "unexpected pos"), which is how a full disk reaches it.
         hint = "; is the disk full?" if e.errno in (errno.ENOSPC, None) else "."
-        raise RunError(f"could not write {path} ({reason}){hint} What was saved before is kept") from None
+        raise RunError(f"could not write {path} ({reason}){hint} {kept}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
@@ -257,6 +258,13 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple
     config = read_config(run_dir)
     path = run_dir / WEIGHTS
     if not path.exists():
+        try:
+            epochs = len(read_metrics(run_dir, missing_ok=True))
+        except ValueError:  # a damaged metrics file is another matter: the weights are what is missing here
+            epochs = 0
+        if epochs:
+            raise RunError(f"{run_dir} has no {WEIGHTS}, though its {METRICS} records {epochs} epoch{'s' * (epochs > 1)}: "
+                           "the file was deleted or moved")
         raise RunError(f"{run_dir} has no {WEIGHTS} yet: the run has not finished an epoch")
     model = build_model(config)
     try:
@@ -268,6 +276,9 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple
         raise RunError(f"{path}: {damaged} holds values that are not finite numbers (NaN or infinite); "
                        "the run diverged, or the file is damaged")
     load_state(model, state, path, config["model"])
+    if model.num_classes != len(config["classes"]):  # answers would name the wrong classes, or none
+        raise RunError(f"{run_dir / CONFIG} names {len(config['classes'])} classes, but the model in {path} scores "
+                       f"{model.num_classes}: the config was edited, or comes from another run")
     model.pretrained_cfg = pretrained_cfg(config["channels"], config["image_size"], config.get("resize_size"),
                                           config["mean"], config["std"], len(config["classes"]))
     return model.to(device).eval(), config
