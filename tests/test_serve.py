@@ -3,6 +3,7 @@
 import io
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -87,7 +88,7 @@ def test_a_form_upload_and_top_k_in_the_query_answer_as_the_raw_body_does(server
 
 def test_bad_requests_get_a_reason_and_the_server_goes_on(server):
     status, body = request(server.url + "predict", b"this is not an image")
-    assert status == 400 and "not a readable image" in json.loads(body)["error"]
+    assert status == 400 and json.loads(body)["error"].startswith("the upload is not a readable image (")
     assert "BytesIO" not in json.loads(body)["error"]  # the upload, not Python's name for it
     status, body = request(server.url + "nowhere")
     assert status == 404 and "error" in json.loads(body)
@@ -169,9 +170,8 @@ def test_a_bad_or_short_content_length_gets_an_answer_and_frees_its_thread(serve
     assert answer.startswith(b"HTTP/1.0 408 ") and b"stopped after 5 of the 1,000 bytes" in answer
 
 
-def test_the_page_shows_an_error_when_the_upload_gets_no_answer(server, tmp_path):
-    """The page's script, run by Node with a stand-in DOM: a failed fetch or a reply that is not JSON
-    is shown in the image's row, not left at "name: ..."."""
+def run_page_script(server, tmp_path, actions: str) -> list:
+    """The page's script run by Node with a stand-in DOM and fetch; ``actions`` (JavaScript) push what they see to ``shown``."""
     import re
     import shutil
     import subprocess
@@ -181,33 +181,51 @@ def test_the_page_shows_an_error_when_the_upload_gets_no_answer(server, tmp_path
     script = re.search(r"<script>(.*)</script>", server.page(), re.S).group(1)
     harness = """
 const elements = {};
-const element = () => ({ classList: { add() {}, remove() {} }, children: [], textContent: "", className: "",
-                         prepend(c) { this.children.unshift(c); }, appendChild(c) { this.children.push(c); } });
+const element = () => ({ classList: { add() {}, remove() {} }, children: [], textContent: "", className: "", value: "",
+                         prepend(c) { this.children.unshift(c); }, appendChild(c) { this.children.push(c); },
+                         insertRow() { return { insertCell: () => element() }; } });
 globalThis.document = { getElementById: id => (elements[id] ??= element()), createElement: element };
 globalThis.URL = { createObjectURL: () => "blob:" };
-const replies = [
-  () => { throw new TypeError("Failed to fetch"); },
-  () => ({ ok: false, status: 502, statusText: "Bad Gateway", json: async () => { throw new SyntaxError("not JSON"); } }),
-  () => ({ ok: false, status: 413, statusText: "", json: async () => ({ error: "too big" }) }),
-];
+const posted = [];
+globalThis.fetch = async (url, options) => { posted.push(options.headers["X-Filename"]);
+  return { ok: true, status: 200, json: async () => ({ predictions: [{ class: "Sneaker", probability: 1 }] }) }; };
+const settle = () => new Promise(resolve => setTimeout(resolve, 10));
 SCRIPT
 (async () => {
   const shown = [];
+  ACTIONS
+  console.log(JSON.stringify(shown));
+})();
+""".replace("SCRIPT", script).replace("ACTIONS", actions)
+    (tmp_path / "page.js").write_text(harness)
+    done = subprocess.run(["node", str(tmp_path / "page.js")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_page_shows_an_error_when_the_upload_gets_no_answer(server, tmp_path):
+    """A failed fetch or a reply that is not JSON is shown in the image's row, not left at "name: ...";
+    the file's name starts each error once."""
+    shown = run_page_script(server, tmp_path, """
+  const replies = [
+    () => { throw new TypeError("Failed to fetch"); },
+    () => ({ ok: false, status: 502, statusText: "Bad Gateway", json: async () => { throw new SyntaxError("not JSON"); } }),
+    () => ({ ok: false, status: 413, statusText: "", json: async () => ({ error: "too big" }) }),
+    () => ({ ok: false, status: 400, statusText: "", json: async () => ({ error: "shoe.png is empty" }) }),
+    () => ({ ok: false, status: 500, statusText: "Internal Server Error", json: async () => ({}) }),  // a proxy's, say
+  ];
   for (const reply of replies) {
     globalThis.fetch = async () => reply();
     await classify({ name: "shoe.png" });
     const out = elements.results.children[0].children[1];
     shown.push([out.className, out.textContent]);
   }
-  console.log(JSON.stringify(shown));
-})();
-""".replace("SCRIPT", script)
-    (tmp_path / "page.js").write_text(harness)
-    done = subprocess.run(["node", str(tmp_path / "page.js")], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == [["error", "shoe.png: no answer from the server (Failed to fetch)"],
-                                       ["error", "shoe.png: the server answered 502 Bad Gateway"],
-                                       ["error", "shoe.png: too big"]]
+""")
+    assert shown == [["error", "shoe.png: no answer from the server (Failed to fetch)"],
+                     ["error", "shoe.png: the server answered 502 Bad Gateway"],
+                     ["error", "shoe.png: too big"],
+                     ["error", "shoe.png is empty"],  # named by the server: not "shoe.png: shoe.png is empty"
+                     ["error", "shoe.png: the server answered 500 Internal Server Error"]]
 
 
 def test_a_run_that_cannot_be_read_is_not_called_a_port_problem(run_dir, tmp_path, capsys):
@@ -246,3 +264,134 @@ def test_an_ipv6_host_is_served_and_bracketed_in_the_url(run_dir):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(get_dataset("fashion-mnist", split="test").images[0, 0].numpy()).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def form(*parts: tuple[str, str | None, bytes]) -> tuple[bytes, dict]:
+    """A multipart/form-data body of (field, filename or None for a text field, content) parts, and its header."""
+    boundary = "resnetlab-test-boundary"
+    body = b""
+    for field, filename, content in parts:
+        disposition = f'form-data; name="{field}"' + (f'; filename="{filename}"' if filename is not None else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_a_form_with_several_files_is_refused_not_half_answered(server):
+    """`curl -F file=@a.png -F file2=@b.png`: one answer would hide that b.png went unanswered."""
+    body, headers = form(("file", "a.png", png_bytes()), ("file2", "b.png", png_bytes()))
+    status, reply = request(server.url + "predict", body, headers)
+    assert status == 400 and json.loads(reply)["error"] == "one image per request; this one holds 2 files"
+
+
+def test_a_chunked_upload_is_read_as_one_with_a_content_length(server, monkeypatch):
+    """What `curl -H 'Transfer-Encoding: chunked'` and Python's requests with a generator send."""
+    import http.client
+
+    from resnetlab import serve
+
+    data = png_bytes()
+    _, expected = request(server.url + "predict?top_k=3", data)
+
+    def post_chunked(pieces) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
+        connection.request("POST", "/predict?top_k=3", body=iter(pieces), encode_chunked=True,
+                           headers={"Transfer-Encoding": "chunked", "X-Filename": "boot.png"})
+        reply = connection.getresponse()
+        return reply.status, reply.read()
+
+    status, body = post_chunked([data[:100], data[100:101], data[101:]])
+    assert status == 200 and json.loads(body)["predictions"] == json.loads(expected)["predictions"]
+    assert json.loads(body)["name"] == "boot.png"
+    monkeypatch.setattr(serve, "MAX_UPLOAD", 1 << 20)
+    status, body = post_chunked([bytes(1 << 16)] * 64)  # 4 MiB: refused once past the limit, the rest dropped
+    assert status == 413 and "1,048,576-byte limit" in json.loads(body)["error"]
+    answer = raw_request(server, b"POST /predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 400 ") and b"chunk size" in answer
+
+
+def test_upload_errors_name_the_file_and_fit_an_upload(server):
+    body, headers = form(("file", "notimage.txt", b"just words"))
+    status, reply = request(server.url + "predict", body, headers)
+    error = json.loads(reply)["error"]
+    assert status == 400 and error.startswith("notimage.txt is not a readable image (")
+    assert error.endswith("; re-save it as PNG or JPEG") and "remove it" not in error
+    status, reply = request(server.url + "predict", b"", {"X-Filename": "empty%20one.png"})  # the page's 0-byte file
+    assert status == 400 and json.loads(reply)["error"] == "empty one.png is empty"
+    body, headers = form(("file", "nothing.png", b""))
+    status, reply = request(server.url + "predict", body, headers)
+    assert status == 400 and json.loads(reply)["error"] == "nothing.png is empty"
+
+
+def test_the_page_says_how_views_are_averaged_once(run_dir):
+    server = PredictionServer(run_dir, port=0, views="scales", scales=[28, 32, 48])
+    page = server.page()
+    server.server_close()
+    assert page.count("averaged") == 1 and "28, 32 and 48" in page and "resized to 28x28" not in page
+
+
+def test_choosing_the_same_file_again_uploads_it_again(server, tmp_path):
+    """A file input fires change only when its value changes: the page clears it after each choice."""
+    shown = run_page_script(server, tmp_path, """
+  const input = elements.files;
+  for (const round of [1, 2]) {
+    input.files = [{ name: "shoe.png" }]; input.value = "C:\\\\fakepath\\\\shoe.png";
+    input.onchange(); await settle();
+    shown.push([posted.length, input.value]);
+  }
+  elements.drop.ondrop({ preventDefault() {}, dataTransfer: { files: [{ name: "a.png" }, { name: "b.png" }] } });
+  await settle();
+  shown.push(posted);
+""")
+    assert shown == [[1, ""], [2, ""], ["shoe.png", "shoe.png", "a.png", "b.png"]]
+
+
+def test_head_unknown_parameters_and_a_form_top_k(server):
+    import http.client
+
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
+    connection.request("HEAD", "/")
+    reply = connection.getresponse()
+    assert reply.status == 200 and reply.getheader("Content-Type") == "text/html; charset=utf-8"
+    assert int(reply.getheader("Content-Length")) > 1000 and reply.read() == b""
+    status, body = request(server.url + "predict?topk=1", png_bytes())
+    assert status == 400 and json.loads(body)["error"] == "unknown query parameter 'topk'; /predict takes top_k"
+    body, headers = form(("top_k", None, b"2"), ("file", "boot.png", png_bytes()))  # curl -F top_k=2 -F file=@boot.png
+    status, reply = request(server.url + "predict", body, headers)
+    assert status == 200 and len(json.loads(reply)["predictions"]) == 2
+    status, reply = request(server.url + "predict?top_k=3", body, headers)
+    assert status == 400 and "top_k" in json.loads(reply)["error"]
+
+
+def test_an_upload_far_over_the_limit_still_gets_its_413(server, monkeypatch):
+    """Sent whole before urllib reads: a body several times the limit is read and dropped too, not cut off."""
+    from resnetlab import serve
+
+    status, body = request(server.url + "predict?topk=1", bytes(16 << 20))  # refused for its query, read all the same
+    assert status == 400 and "topk" in json.loads(body)["error"]
+    monkeypatch.setattr(serve, "MAX_UPLOAD", 1 << 20)
+    status, body = request(server.url + "predict", bytes(100 << 20))
+    assert status == 413 and "over the 1,048,576-byte limit" in json.loads(body)["error"]
+    # A body whose end cannot be found is answered, then the answer's end is sent (a half-close): a client
+    # that reads to the end before it closes is not kept waiting for the dropped rest.
+    start = time.monotonic()
+    answer = raw_request(server, b"POST /predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nmore", timeout=30)
+    assert answer.startswith(b"HTTP/1.0 400 ") and time.monotonic() - start < 5
+
+
+def test_an_empty_host_means_every_interface(run_dir, capsys):
+    srv = PredictionServer(run_dir, host="", port=0)
+    try:
+        assert srv.server_address[0] in ("0.0.0.0", "::")
+    finally:
+        srv.server_close()
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    from resnetlab import serve
+
+    assert "up to 20 MB" in " ".join(capsys.readouterr().out.split()) and serve.MAX_UPLOAD == 20 << 20

@@ -145,7 +145,8 @@ def test_the_prediction_page_averages_the_views_it_was_started_with(folder_run):
     server = PredictionServer(folder_run, port=0, top_k=3, views="ten-crop")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        assert "scores averaged over views (10-crop testing)" in server.page()
+        assert "then seen as ten 24x24 crops (the corners, the centre, and their mirror images), the scores of these " \
+               "views averaged" in server.page()
         model, config = runs.load_model(folder_run)
         path = get_dataset(config["dataset"], "test", seed=config["seed"]).samples[0][0]
         with urllib.request.urlopen(urllib.request.Request(server.url + "predict", data=path.read_bytes())) as reply:

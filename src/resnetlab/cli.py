@@ -194,14 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", type=_device, metavar="DEVICE", help=DEVICE_HELP)
     _add_view_flags(p)
 
-    p = sub.add_parser("serve", help="a prediction page for a trained run, in your browser")
+    p = sub.add_parser("serve", help="a prediction page for a trained run, in your browser",
+                       description="A prediction page for a trained run, in your browser; scripts POST one image "
+                                   "a request to /predict (the file as the body, or a form's file; up to 20 MB) "
+                                   "and get its top classes as JSON.")
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="the run to serve (or --pretrained)")
     p.add_argument("--pretrained", metavar="MODEL[:TAG]", help="serve published ImageNet weights instead of a run")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1, this machine "
-                                                        "alone; 0.0.0.0 lets other machines in)")
+                                                        "alone; 0.0.0.0, or '', lets other machines in)")
     p.add_argument("--port", type=_port, default=8000, help="the port to listen on (default 8000; 0: any free one)")
     p.add_argument("--top-k", type=int, default=5, metavar="K",
-                   help="classes in each answer (default 5; a request's ?top_k=N for it alone)")
+                   help="classes in each answer (default 5; a request's ?top_k=N, or form field top_k, for it alone)")
     p.add_argument("--device", default="cpu", type=_device, metavar="DEVICE",
                    help="cpu (default), auto, cuda, cuda:N or mps")
     _add_view_flags(p)

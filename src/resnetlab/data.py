@@ -305,7 +305,7 @@ def check_proportions(image: torch.Tensor | Image.Image, path: str | Path | Bina
     resized to a network's input: a 12000x1 PNG of 93 bytes would become 256 x 3,072,000 pixels."""
     width, height = image.size if isinstance(image, Image.Image) else image.shape[:-3:-1]
     if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
-        name = path if isinstance(path, (str, Path)) else "the image"
+        name = _image_name(path)
         raise DataError(f"{name} is {width}x{height} pixels, its longer side more than {MAX_ASPECT_RATIO} times its "
                         "shorter: too thin to resize the shorter side to the network's input")
     return image
@@ -384,7 +384,9 @@ def _opened(path: str | Path | BinaryIO | Image.Image) -> Iterator[Image.Image]:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path} does not exist or is not a file")
-    name = path if isinstance(path, Path) else "the image"
+    name = _image_name(path)
+    # A file in a folder can be left out of it; an open file (an upload) can only be sent again.
+    advice = "remove it or re-save it as PNG or JPEG" if isinstance(path, Path) else "re-save it as PNG or JPEG"
     try:
         with warnings.catch_warnings():
             # PIL warns from 89 megapixels, which phones' largest photos pass; it refuses twice that (below).
@@ -393,8 +395,17 @@ def _opened(path: str | Path | BinaryIO | Image.Image) -> Iterator[Image.Image]:
         with opened as img:
             yield img
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        reason = str(err) if isinstance(name, Path) else str(err).replace(f" {path!r}", "")  # not "<_io.BytesIO ...>"
-        raise DataError(f"{name} is not a readable image ({reason}); remove it or re-save it as PNG or JPEG") from None
+        reason = str(err) if isinstance(path, Path) else str(err).replace(f" {path!r}", "")  # not "<_io.BytesIO ...>"
+        raise DataError(f"{name} is not a readable image ({reason}); {advice}") from None
+
+
+def _image_name(image: str | Path | BinaryIO | Image.Image) -> str | Path:
+    """How messages name an image: its path, an open file's ``name`` (a file on disk's path; an upload's
+    file name, where the server sets one), else "the image"."""
+    if isinstance(image, (str, Path)):
+        return image
+    name = getattr(image, "name", None)
+    return name if isinstance(name, str) and name else "the image"
 
 
 def _upright(img: Image.Image, channels: int | None) -> Image.Image:

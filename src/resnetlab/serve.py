@@ -3,10 +3,11 @@
 ``resnetlab serve RUN_DIR`` (or ``--pretrained resnet50`` for torchvision's ImageNet weights) starts
 Python's own HTTP server (no web framework to install):
 
-    GET  /          the page
+    GET  /          the page (HEAD too)
     GET  /info      the run as JSON: model, classes, input size
-    POST /predict   an image file as the request body, or a multipart form's file -> JSON top-k classes
-                    (``?top_k=N`` for other than the server's k)
+    POST /predict   one image file as the request body (with a Content-Length, or chunked), or as a
+                    multipart form's one file -> JSON top-k classes (``?top_k=N``, or a form's ``top_k``
+                    field, for other than the server's k); up to MAX_UPLOAD (20 MB) a request
 
 so scripts can use it too: ``curl --data-binary @shoe.png http://127.0.0.1:8000/predict``
 or ``curl -F file=@shoe.png http://127.0.0.1:8000/predict``.
@@ -17,9 +18,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from html import escape
 from http import HTTPStatus
@@ -31,15 +34,20 @@ import torch
 
 from .data import DataError
 from .devices import pick_device
-from .evaluate import check_views, describe_views, view_scales
+from .evaluate import check_views, view_scales
 from .predict import predict_images
 from .pretrained import load_published
 from .runs import load_model
 
-MAX_UPLOAD = 20 << 20  # bytes; bigger bodies are refused
-# A refused body up to this size is read and dropped first: a browser (or urllib) sends the whole
-# body before it reads the answer, and would see a broken connection instead of the refusal.
-MAX_DISCARD = 4 * MAX_UPLOAD
+MAX_UPLOAD = 20 << 20  # bytes (20 MB); bigger bodies are refused
+# A refused body is read and dropped after the refusal is sent, for up to this many seconds: urllib (as
+# some browsers) sends the whole body before it reads the answer, and would see a broken connection
+# instead of the refusal. Bounded in time, not size: on one machine hundreds of MB go in a second.
+DRAIN_SECONDS = 10
+MAX_LINE = 1024  # bytes of one line of a chunked body's framing (a chunk's size, a trailer field)
+MAX_TRAILERS = 64  # trailer fields after a chunked body's last chunk; nothing here reads them
+NO_IMAGE = ("no image came: send an image file as the request body (curl --data-binary @photo.jpg), "
+            "or as a multipart form's file (curl -F file=@photo.jpg)")
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>resnetlab: {model}</title>
@@ -61,7 +69,8 @@ const drop = document.getElementById("drop"), input = document.getElementById("f
 drop.ondragover = e => {{ e.preventDefault(); drop.classList.add("over"); }};
 drop.ondragleave = () => drop.classList.remove("over");
 drop.ondrop = e => {{ e.preventDefault(); drop.classList.remove("over"); [...e.dataTransfer.files].forEach(classify); }};
-input.onchange = () => [...input.files].forEach(classify);
+// Cleared after each choice: a file input fires change only when its value changes, and the same file chosen again would not.
+input.onchange = () => {{ [...input.files].forEach(classify); input.value = ""; }};
 async function classify(file) {{
   const row = document.createElement("div"); row.className = "result";
   const img = document.createElement("img"); img.src = URL.createObjectURL(file); row.appendChild(img);
@@ -74,7 +83,12 @@ async function classify(file) {{
   }} catch (e) {{  // no answer (the server stopped, the connection broke), or one that is not JSON
     data = {{ error: reply ? `the server answered ${{reply.status}} ${{reply.statusText}}` : `no answer from the server (${{e.message}})` }};
   }}
-  if (!reply || !reply.ok || data.error) {{ out.className = "error"; out.textContent = file.name + ": " + data.error; return; }}
+  if (!reply || !reply.ok || data.error) {{
+    const error = data.error || `the server answered ${{reply.status}} ${{reply.statusText}}`;
+    // The server's errors about the file itself start with its name: not said twice.
+    out.className = "error"; out.textContent = error.startsWith(file.name + " ") ? error : file.name + ": " + error;
+    return;
+  }}
   const table = document.createElement("table");
   for (const p of data.predictions) {{
     const tr = table.insertRow();
@@ -112,7 +126,8 @@ class PredictionServer(ThreadingHTTPServer):
         self.lock = threading.Lock()  # one forward pass at a time: threads would only fight over the cores
         try:  # around the bind alone: a run that cannot be read is no port problem
             # IPv4 or IPv6, whichever the host is (the class alone knows only IPv4), as http.server's main picks it.
-            self.address_family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+            # "" is every interface, as in socket.bind(("", port)); getaddrinfo spells that None (0.0.0.0 first).
+            self.address_family, _, _, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                                                        flags=socket.AI_PASSIVE)[0]
             super().__init__(address, _Handler)
         except socket.gaierror as e:  # before the OSError it is a kind of
@@ -128,13 +143,19 @@ class PredictionServer(ThreadingHTTPServer):
     def page(self) -> str:
         c = self.config
         classes = ", ".join(c["classes"][:20]) + (f" and {len(c['classes']) - 20} more" if len(c["classes"]) > 20 else "")
-        size = c["image_size"]
-        if c.get("resize_size"):
-            sizing = f"resized to {c['resize_size']} pixels on the shorter side, then centre-cropped to {size}x{size}"
+        size, resize = c["image_size"], c.get("resize_size")
+        # What the model sees of an image, said once: with views, the single view's sizing no longer holds.
+        if self.views == "scales":
+            *rest, last = self.scales
+            sides = f"{', '.join(map(str, rest))} and {last}" if rest else str(last)
+            sizing = f"seen whole with the shorter side at {sides} pixels, and mirrored, the scores of these views averaged"
+        elif self.views == "ten-crop":
+            sizing = (f"resized to {resize} pixels on the shorter side, then seen as ten {size}x{size} crops (the corners, "
+                      "the centre, and their mirror images), the scores of these views averaged")
+        elif resize:
+            sizing = f"resized to {resize} pixels on the shorter side, then centre-cropped to {size}x{size}"
         else:
             sizing = f"resized to {size}x{size}"
-        if self.views:
-            sizing += f"; scores averaged over views ({describe_views(self.views, self.scales)})"
         # Class and folder names are the user's own: escaped, so a name like "<b>" shows as written.
         return PAGE.format(model=escape(c["model"]), dataset=escape(c["dataset"]), classes=escape(classes),
                            channels=c["channels"], sizing=sizing)
@@ -143,14 +164,27 @@ class PredictionServer(ThreadingHTTPServer):
         c = self.config
         return {k: c[k] for k in ("model", "dataset", "classes", "channels", "image_size", "resize_size") if k in c}
 
-    def predict(self, data: bytes, name: str, top_k: int | None = None) -> dict:
-        """Top-k classes (default the server's k) of one encoded image; DataError when it is not an image."""
+    def predict(self, data: bytes, name: str | None, top_k: int | None = None) -> dict:
+        """Top-k classes (default the server's k) of one encoded image, and its file name if it came with one;
+        DataError when it is not an image."""
         top_k = min(top_k or self.top_k, len(self.config["classes"]))
+        upload = io.BytesIO(data)
+        upload.name = name or "the upload"  # what an error about the file calls it
+        name = name or "upload"
         with self.lock:
-            (pred,) = predict_images(self.model, self.config, [io.BytesIO(data)], top_k, self.device, names=[name],
+            (pred,) = predict_images(self.model, self.config, [upload], top_k, self.device, names=[name],
                                      views=self.views, scales=self.scales)
         return {"name": name, "predictions": [{"class": c, "probability": p}
                                               for c, p in zip(pred.classes, pred.probabilities)]}
+
+
+class _Refusal(Exception):
+    """A request answered with an error instead: its status, the reason the client is shown, and for a body
+    refused unread, how much of it is left to drop (None: until the client closes)."""
+
+    def __init__(self, status: HTTPStatus, reason: str, unread: int | None = 0) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.unread = status, reason, unread
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -168,71 +202,150 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path}; try / or POST /predict"})
 
+    def do_HEAD(self) -> None:
+        """GET's status and headers without its body (``_send`` leaves it out): what curl -I and link checkers ask."""
+        self.do_GET()
+
     def do_POST(self) -> None:
         url = urlsplit(self.path)
         if url.path != "/predict":
             self._json(HTTPStatus.NOT_FOUND, {"error": f"POST goes to /predict, not {url.path}"})
             return
-        query = parse_qs(url.query)
+        name = None  # the file's own name, when the request gives it
         try:
-            top_k = int(query["top_k"][0]) if "top_k" in query else None
-        except ValueError:
-            top_k = 0
-        if top_k is not None and top_k < 1:
-            self._json(HTTPStatus.BAD_REQUEST, {"error": f"top_k must be a whole number of at least 1, not {query['top_k'][0]!r}"})
-            return
-        length = (self.headers.get("Content-Length") or "0").strip()
-        if not (length.isascii() and length.isdigit()):
-            self.close_connection = True  # where the body ends is unknown
-            self._json(HTTPStatus.BAD_REQUEST, {"error": f"Content-Length must be a number of bytes, not {length!r}"})
-            return
-        size = int(length)
-        if size == 0:
-            self._json(HTTPStatus.BAD_REQUEST, {"error": "send an image file as the request body (with its Content-Length), "
-                                                         "or as a multipart form's file (curl -F file=@photo.jpg)"})
-            return
-        if size > MAX_UPLOAD:
-            self.close_connection = True
-            if size <= MAX_DISCARD:
-                self._receive(size, keep=False)  # all of it or not, the answer is this one
-            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"{size:,} bytes is over the {MAX_UPLOAD:,}-byte limit"})
-            return
-        data, stalled = self._receive(size)
-        if len(data) < size:
-            self.close_connection = True
-            status, why = ((HTTPStatus.REQUEST_TIMEOUT, f"nothing more came for {self.timeout} seconds") if stalled
-                           else (HTTPStatus.BAD_REQUEST, "the client stopped sending"))
-            self._json(status, {"error": f"the body stopped after {len(data):,} of the {size:,} bytes its "
-                                         f"Content-Length gives: {why}"})
-            return
-        name = unquote(self.headers.get("X-Filename", "upload"))
-        if self.headers.get_content_type() == "multipart/form-data":  # an HTML form, or curl -F file=@photo.jpg
-            data, name = _form_file(self.headers["Content-Type"], data)
-            if data is None:
-                self._json(HTTPStatus.BAD_REQUEST, {"error": "the form holds no file"})
-                return
-        try:
-            self._json(HTTPStatus.OK, self.server.predict(data, name, top_k))
+            data = self._body()  # first, even when the query is refused: see DRAIN_SECONDS
+            query = parse_qs(url.query, keep_blank_values=True)  # blank: "?top_k=" is refused, not ignored
+            for key in query:
+                if key != "top_k":  # a misspelt parameter would otherwise be ignored without a word
+                    raise _Refusal(HTTPStatus.BAD_REQUEST, f"unknown query parameter {key!r}; /predict takes top_k")
+            top_k = _top_k(query["top_k"]) if "top_k" in query else None
+            if "X-Filename" in self.headers:  # the page's name for the file, URL-encoded as headers are ASCII
+                name = unquote(self.headers["X-Filename"])
+            if self.headers.get_content_type() == "multipart/form-data":  # an HTML form, or curl -F file=@photo.jpg
+                files, fields = _form(self.headers["Content-Type"], data)
+                if len(files) != 1:  # one answer for the first would hide that the others went unanswered
+                    raise _Refusal(HTTPStatus.BAD_REQUEST, "the form holds no file" if not files
+                                   else f"one image per request; this one holds {len(files)} files")
+                [(name, data)] = files
+                if "top_k" in fields:  # curl -F top_k=3 -F file=@photo.jpg
+                    if top_k is not None:
+                        raise _Refusal(HTTPStatus.BAD_REQUEST,
+                                       "top_k is given both in the query and in the form; give it once")
+                    top_k = _top_k(fields["top_k"])
+            if not data:
+                raise _Refusal(HTTPStatus.BAD_REQUEST, f"{name} is empty" if name else NO_IMAGE)
+            answer = self.server.predict(data, name, top_k)
+        except _Refusal as refusal:
+            self.close_connection = True  # after a refusal, where the next request would start may be unknown
+            self._json(refusal.status, {"error": refusal.reason})
+            if refusal.unread != 0:
+                self._drain(refusal.unread)
         except DataError as e:
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
         except Exception as e:  # the page gets a reason; the server goes on
             self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(e).__name__}: {e}"})
+        else:
+            self._json(HTTPStatus.OK, answer)
 
-    def _receive(self, size: int, keep: bool = True) -> tuple[bytes, bool]:
-        """Up to ``size`` bytes of the body, a chunk at a time (read and dropped unless ``keep``), and whether
-        the client stalled; fewer than ``size`` when it stalled or stopped."""
-        chunks, left = [], size
+    def _body(self) -> bytes:
+        """The request body, whole: by its Content-Length, or chunked (as curl and requests send a stream of
+        unknown length). A ``_Refusal`` when it is over MAX_UPLOAD, malformed, or stops before its end."""
+        coding = self.headers.get("Transfer-Encoding")
+        if coding is not None:  # it overrides any Content-Length (RFC 9112, 6.3)
+            if coding.strip().lower() != "chunked":
+                raise _Refusal(HTTPStatus.NOT_IMPLEMENTED, f"Transfer-Encoding {coding!r} is not supported: send the "
+                               "image file as it is, chunked or with a Content-Length", unread=None)
+            return self._chunked_body()
+        length = (self.headers.get("Content-Length") or "0").strip()
+        if not (length.isascii() and length.isdigit()):
+            raise _Refusal(HTTPStatus.BAD_REQUEST, f"Content-Length must be a number of bytes, not {length!r}",
+                           unread=None)
+        size = int(length)
+        if size > MAX_UPLOAD:
+            raise _Refusal(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{size:,} bytes is over the {MAX_UPLOAD:,}-byte limit",
+                           unread=size)
+        return self._read(size, f"the {size:,} bytes its Content-Length gives")
+
+    def _chunked_body(self) -> bytes:
+        """A chunked body: chunks, each after a line with its size in hexadecimal, up to one of size 0, then
+        trailer fields and a blank line. Refused as soon as its chunks pass MAX_UPLOAD, before reading more."""
+        chunks, total = [], 0
+        while True:
+            line = self._line()
+            digits = line.split(b";")[0].strip()  # what follows a ";" (chunk extensions) means nothing here
+            if not re.fullmatch(rb"[0-9A-Fa-f]{1,16}", digits):  # int(, 16) alone would take "0x1f", "+1f" or "1_f"
+                raise _Refusal(HTTPStatus.BAD_REQUEST, "a chunk size must be a hexadecimal number, not "
+                               f"{digits.decode('latin-1')!r}", unread=None)
+            size = int(digits, 16)
+            if size == 0:
+                break
+            # The size lines count too: a stream of one-byte chunks on long lines would otherwise never end.
+            total += len(line) + size
+            if total > MAX_UPLOAD:
+                raise _Refusal(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                               f"the chunked body passed the {MAX_UPLOAD:,}-byte limit", unread=None)
+            chunks.append(self._read(size, f"the {size:,} bytes of a chunk"))
+            if self._line():
+                raise _Refusal(HTTPStatus.BAD_REQUEST,
+                               f"a chunk of {size:,} bytes is followed by more than its size says", unread=None)
+        for _ in range(MAX_TRAILERS):
+            if not self._line():  # the blank line that ends the body
+                return b"".join(chunks)
+        raise _Refusal(HTTPStatus.BAD_REQUEST, f"the chunked body has over {MAX_TRAILERS} trailer fields", unread=None)
+
+    def _line(self) -> bytes:
+        """One line of a chunked body's framing, without its CRLF."""
+        try:
+            line = self.rfile.readline(MAX_LINE + 1)
+        except TimeoutError:
+            raise _Refusal(HTTPStatus.REQUEST_TIMEOUT,
+                           f"the chunked body stopped: nothing more came for {self.timeout} seconds") from None
+        if len(line) > MAX_LINE:
+            raise _Refusal(HTTPStatus.BAD_REQUEST, f"a line of the chunked body is over {MAX_LINE} bytes", unread=None)
+        if not line.endswith(b"\n"):
+            raise _Refusal(HTTPStatus.BAD_REQUEST,
+                           "the chunked body stopped before its last chunk: the client stopped sending")
+        return line.rstrip(b"\r\n")
+
+    def _read(self, size: int, what: str) -> bytes:
+        """``size`` bytes of the body, a piece at a time; a ``_Refusal`` saying how much of ``what`` came when the
+        client stalls (``timeout``) or stops sending first."""
+        pieces, left, stalled = [], size, False
         try:
             while left:
-                chunk = self.rfile.read1(min(left, 1 << 20))  # read1: what came before a stall is counted
-                if not chunk:
+                piece = self.rfile.read1(min(left, 1 << 20))  # read1: what came before a stall is counted
+                if not piece:
                     break
-                left -= len(chunk)
-                if keep:
-                    chunks.append(chunk)
+                pieces.append(piece)
+                left -= len(piece)
         except TimeoutError:
-            return b"".join(chunks), True
-        return b"".join(chunks), False
+            stalled = True
+        if left:
+            status, why = ((HTTPStatus.REQUEST_TIMEOUT, f"nothing more came for {self.timeout} seconds") if stalled
+                           else (HTTPStatus.BAD_REQUEST, "the client stopped sending"))
+            raise _Refusal(status, f"the body stopped after {size - left:,} of {what}: {why}")
+        return b"".join(pieces)
+
+    def _drain(self, size: int | None) -> None:
+        """Read and drop what is left of a refused body (``size`` bytes, None: until the client closes), for up to
+        DRAIN_SECONDS: a client that sends it all before reading then finds the refusal, not a reset connection."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        try:
+            # The refusal is sent whole: a client that reads to the end before it closes sees the end now,
+            # and closes, which ends the drain too, instead of both waiting out DRAIN_SECONDS.
+            self.connection.shutdown(socket.SHUT_WR)
+            while size is None or size > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self.connection.settimeout(min(left, self.timeout))
+                piece = self.rfile.read1(1 << 20 if size is None else min(size, 1 << 20))
+                if not piece:
+                    return
+                if size is not None:
+                    size -= len(piece)
+        except OSError:  # it stalled past the deadline, or left: nothing more to drop
+            pass
 
     def _json(self, status: HTTPStatus, data: dict, allow: str | None = None) -> None:
         self._send(status, json.dumps(data).encode(), "application/json", allow)
@@ -244,7 +357,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args) -> None:  # one short line per request, not Apache's format
         if not getattr(self, "command", None):  # no request came (a connection left idle): what happened instead
@@ -253,16 +367,33 @@ class _Handler(BaseHTTPRequestHandler):
         print(f"{self.command} {self.path} {args[1] if len(args) > 1 else ''}".rstrip(), flush=True)
 
 
-def _form_file(content_type: str, body: bytes) -> tuple[bytes | None, str]:
-    """The first file of a multipart/form-data body, and its name (None if it holds none)."""
+def _top_k(values: list[str]) -> int:
+    """The top_k a request asks for, from its query's (or form's) values: one whole number of at least 1,
+    else a ``_Refusal``."""
+    if len(values) > 1:
+        raise _Refusal(HTTPStatus.BAD_REQUEST, f"top_k is given {len(values)} times; give it once")
+    text = values[0].strip()
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # isascii: int() would take other scripts' digits
+        raise _Refusal(HTTPStatus.BAD_REQUEST, f"top_k must be a whole number of at least 1, not {values[0]!r}")
+    return int(text)
+
+
+def _form(content_type: str, body: bytes) -> tuple[list[tuple[str, bytes]], dict[str, list[str]]]:
+    """The files (name, content) of a multipart/form-data body, and its other fields' values by field name."""
     from email.parser import BytesParser
     from email.policy import HTTP
 
     message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    files, fields = [], {}
     for part in message.iter_parts() if message.is_multipart() else []:
-        if part.get_filename() is not None:
-            return part.get_payload(decode=True), part.get_filename()
-    return None, ""
+        content = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is None:
+            name = part.get_param("name", header="content-disposition")
+            fields.setdefault(name, []).append(content.decode(errors="replace"))
+        elif filename or content:  # a browser's form sent with no file chosen holds one empty part named ""
+            files.append((filename, content))
+    return files, fields
 
 
 def serve(run_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5, device: str = "cpu",
