@@ -10,14 +10,17 @@ import torch
 from resnetlab import pretrained
 from resnetlab.cli import main
 from resnetlab.data import get_dataset
-from resnetlab.export import export_onnx
+from resnetlab.export import MIN_TORCH, export_onnx
 from resnetlab.loader import normalize
 from resnetlab.runs import load_model
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+pytestmark = [
+    pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed"),
+    pytest.mark.skipif(torch.__version__ < MIN_TORCH, reason=f"ONNX export needs torch {MIN_TORCH} or later"),
+]
 
 
 @pytest.fixture
@@ -66,6 +69,12 @@ def test_export_errors_are_one_line(run_dir, tmp_path, capsys, monkeypatch):
     assert main(["export", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "pip install 'resnetlab[export]'" in err and "Traceback" not in err
+    # torch 2.4 to 2.6's exporter fails on these models (no dynamic_shapes; then a batch norm converter's tuple).
+    monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.6.0+cpu"))
+    assert main(["export", str(run_dir), "-o", str(tmp_path / "old.onnx")]) == 2
+    assert capsys.readouterr().err == ("error: ONNX export needs torch 2.7 or later, whose exporter handles these "
+                                       "models, not 2.6.0+cpu: pip install 'resnetlab[export]' brings one\n")
+    assert not (tmp_path / "old.onnx").exists()
 
 
 @pytest.mark.slow

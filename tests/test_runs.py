@@ -137,9 +137,9 @@ def test_a_config_naming_other_classes_than_the_model_scores_is_refused_for_ever
     from PIL import Image
 
     Image.new("L", (28, 28), 90).save(image)
-    for argv in (("predict", run, image), ("export", run, "-o", tmp_path / "m.onnx")):
+    for argv in (("predict", run, image), ("export", run, "-o", tmp_path / "m.keras")):
         fails_cleanly(capsys, *argv, match="names 5 classes, but the model")
-    assert not (tmp_path / "m.onnx").exists()
+    assert not (tmp_path / "m.keras").exists()
 
 
 def test_a_finished_run_whose_weights_were_deleted_says_so(tmp_path):

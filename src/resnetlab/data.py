@@ -67,7 +67,7 @@ FASHION_MNIST_CLASSES = [
 #   exactly these SHA-256s and torchvision's MD5s. tests/test_data.py repeats that check.
 #   The S3 website endpoint serves only http; the checksum is what makes that safe.
 # - MNIST: tensorflow/datasets' url_checksums/mnist.txt; the same four files (same sizes)
-#   that torchvision fetches from its two mirrors, in its order, with one MD5 list for both.
+#   that torchvision fetches from its two mirrors (in its order since 0.22), with one MD5 list for both.
 # - CIFAR: Keras (datasets/cifar10.py, cifar100.py) and torchvision's prototype datasets;
 #   several public manifests pair them with the MD5s on the CIFAR page
 #   (c58f30108f718f92721af3b95e74349a, eb9058c3a382ffc7106e4002c42a8d85). Not checkable here.

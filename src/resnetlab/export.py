@@ -19,6 +19,7 @@ from .runs import atomic_write, load_model
 
 INPUT, OUTPUT = "image", "logits"
 MIN_OPSET = 18  # the oldest operator set torch's (dynamo) exporter writes
+MIN_TORCH = "2.7"  # the first torch whose exporter takes a dynamic batch and batch norms (the extra asks for it)
 
 
 class Preprocessed(nn.Module):
@@ -85,6 +86,10 @@ def export_onnx(run_dir: str | Path | None, out: str | Path | None = None, check
     missing or the check finds the logits differ by more than ``tolerance`` times their size (at
     least 1); the file is only put in place once it is complete and checked.
     """
+    if torch.__version__ < MIN_TORCH:
+        # torch 2.4 has no dynamic_shapes for it; in 2.5 and 2.6 it fails on every batch norm.
+        raise RuntimeError(f"ONNX export needs torch {MIN_TORCH} or later, whose exporter handles these models, not "
+                           f"{torch.__version__}: pip install 'resnetlab[export]' brings one")
     try:
         import onnx
         import onnxscript  # noqa: F401  (torch's exporter needs it; asking here gives a clear message)
