@@ -302,7 +302,6 @@ def test_download_verified_then_loaded(tmp_path, monkeypatch):
     assert len(fetched) == 2, "a second load reads the cache"
 
 
-
 def test_download_falls_back_to_the_next_mirror(tmp_path, monkeypatch):
     images, labels = write_mnist(tmp_path / "server", "test")
     served = {p.name: p.read_bytes() for p in (tmp_path / "server").iterdir()}

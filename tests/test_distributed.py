@@ -61,6 +61,11 @@ def test_crops_from_files_are_the_same_whichever_process_cuts_them(tmp_path, cro
         assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1)
 
 
+def test_one_named_gpu_is_refused_under_torchrun_rather_than_ignored():
+    world = distributed.World(rank=1, size=2, local_rank=1)
+    with pytest.raises(ValueError, match="under torchrun each process takes the GPU of its LOCAL_RANK: give --device cuda"):
+        distributed.setup(world, torch.device("cuda", 0))  # refused before any GPU or process group is touched
+
 def test_the_batch_must_split_evenly_over_the_processes():
     images, labels = fake_data()
     with pytest.raises(ValueError, match="does not split evenly over 3 processes"):

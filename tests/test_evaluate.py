@@ -94,6 +94,7 @@ def test_a_model_with_another_class_count_is_named_not_a_shape_error():
         evaluate(model, batches, num_classes=5)
     assert evaluate(model, batches, num_classes=10).count == 3
 
+
 def test_a_class_with_no_test_images_has_no_accuracy_rather_than_zero():
     """--limit-test can leave classes out: their accuracy is unknown (null in eval.json), not 0%, and the
     hardest classes listed for a many-class set are among those that were tested."""

@@ -148,9 +148,13 @@ def test_a_finished_run_whose_weights_were_deleted_says_so(tmp_path):
     with pytest.raises(runs.RunError, match="has not finished an epoch"):
         runs.load_model(run)
     runs.append_metrics(run, {"epoch": 1, "step": 10, "train_loss": 2.0, "train_acc": 0.3})
-    with pytest.raises(runs.RunError, match=r"has no model.safetensors, though its metrics.jsonl records 1 epoch: "
-                                            r"the file was deleted or moved"):
+    with pytest.raises(runs.RunError, match="has not finished an epoch"):  # killed between the row and the save
         runs.load_model(run)
+    (run / runs.CHECKPOINT).write_bytes(b"saved with the weights")
+    with pytest.raises(runs.RunError, match=r"has no model.safetensors, though its metrics.jsonl records 1 epoch: "
+                                            r"the file was deleted or moved, or the run was killed while saving it"):
+        runs.load_model(run)
+
 
 def test_the_command_line_says_a_damaged_config_in_one_line(tmp_path, capsys):
     run = a_run(tmp_path / "run")

@@ -395,3 +395,35 @@ def test_an_empty_host_means_every_interface(run_dir, capsys):
     from resnetlab import serve
 
     assert "up to 20 MB" in " ".join(capsys.readouterr().out.split()) and serve.MAX_UPLOAD == 20 << 20
+
+
+def test_a_chunked_body_counts_its_framing_and_a_slow_body_has_one_deadline(server, monkeypatch):
+    """One-byte chunks cost several times their data to frame: every byte sent counts against the limit.
+    A client sending a byte now and then, each within the stall timeout, still gets one deadline in all."""
+    from resnetlab import serve
+
+    monkeypatch.setattr(serve, "MAX_UPLOAD", 100)
+    answer = raw_request(server, b"POST /predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         + b"1\r\nx\r\n" * 40 + b"0\r\n\r\n")  # 40 bytes of data, 240 sent
+    assert answer.startswith(b"HTTP/1.0 413 ") and b"passed the 100-byte limit" in answer
+
+    monkeypatch.setattr(serve, "BODY_SECONDS", 1.0)
+    import socket
+
+    with socket.create_connection(server.server_address[:2], timeout=10) as s:
+        s.sendall(b"POST /predict HTTP/1.0\r\nContent-Length: 50\r\n\r\n")
+        started = time.monotonic()
+        for _ in range(6):  # a byte every 0.3 s: never a 30-second stall
+            time.sleep(0.3)
+            try:
+                s.sendall(b"x")
+            except OSError:  # the server has answered and closed
+                break
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.0 408 ") and b"it took over 1.0 seconds in all" in answer
+    assert time.monotonic() - started < 5
+
+
+def test_a_top_k_too_long_for_a_number_is_refused_not_a_server_error(server):
+    status, body = request(server.url + "predict?top_k=" + "9" * 5000, png_bytes())
+    assert status == 400 and "top_k must be a whole number of at least 1" in json.loads(body)["error"]

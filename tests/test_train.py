@@ -651,6 +651,7 @@ def test_train_config_names_a_value_of_the_wrong_kind(tmp_path):
                          seed=np.int64(4), weights=torchvision.models.ResNet18_Weights.DEFAULT)
     assert (config.out, config.data_dir, config.device) == (str(tmp_path / "r"), str(tmp_path), "cpu")
     assert type(config.seed) is int and config.seed == 4 and config.weights == "IMAGENET1K_V1"
+    assert type(TrainConfig(lr=np.float64(0.1)).lr) is float
     assert TrainConfig(epochs=2).epochs == 2 and type(TrainConfig(epochs=2).epochs) is int
     with pytest.raises(WeightsError, match="weights of another model"):
         TrainConfig(model="resnet50", weights=torchvision.models.ResNet18_Weights.DEFAULT)
@@ -660,7 +661,7 @@ def test_devices_by_name_index_or_torch_device():
     from resnetlab.devices import pick_device
 
     assert pick_device(torch.device("cpu")) == pick_device("cpu") == torch.device("cpu")
-    for wrong in ("gpu", "cpu:0", "cuda:x", "cuda:"):
+    for wrong in ("gpu", "cpu:0", "cuda:x", "cuda:", "cuda:\u00b2"):  # a superscript two passes str.isdigit
         with pytest.raises(ValueError, match=f"unknown device '{wrong}'; choose from .*cuda:N"):
             pick_device(wrong)
     if not torch.cuda.is_available():
@@ -676,8 +677,10 @@ def test_stop_at_a_step_that_never_comes_is_refused_before_anything_is_written(t
     with pytest.raises(ValueError, match="stop_at must be a step after 0"):
         train(tiny(tmp_path), stop_at=0)
     assert not (tmp_path / "run").exists()
+    import numpy as np
+
     with pytest.raises(Interrupted):
-        train(tiny(tmp_path), stop_at=6)
+        train(tiny(tmp_path), stop_at=np.int64(6))  # a NumPy step count is a step count
     before = (tmp_path / "run" / runs.CHECKPOINT).read_bytes()
     for stop_at in (2, 6):
         with pytest.raises(ValueError, match=r"stop_at must be a step after 6 \(the run stands at step 6\)"):

@@ -10,6 +10,7 @@ line's help do not wait for torch.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,17 +20,23 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = ["ResNet", "UnknownModelError", "cifar_resnet", "count_parameters", "create_model", "list_models", "summary"]
-_WHERE = {name: "model_summary" if name == "summary" else "models" for name in __all__}  # each name's module
+_WHERE = {  # each public name's module
+    "ResNet": "models", "UnknownModelError": "models", "cifar_resnet": "models", "count_parameters": "models",
+    "create_model": "models", "list_models": "models", "summary": "model_summary",
+}
 
 
 def __getattr__(name: str) -> object:
-    """A public name, imported from its module when first used."""
-    if name not in _WHERE:
+    """A public name, imported from its module when first used; a submodule (``resnetlab.models``) too."""
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
     globals()[name] = value  # looked up once
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*__all__, "__version__"])
+    return sorted({*globals(), *__all__} - {"TYPE_CHECKING", "annotations", "importlib"})

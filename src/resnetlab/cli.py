@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx", "keras"],
                    help="onnx (default), or keras: a file keras.models.load_model reads (.keras for Keras 3, "
                         "-o FILE.h5 for Keras 2 and 3)")
-    p.add_argument("-o", "--out", metavar="FILE.onnx|FILE.keras|FILE.h5", help="default RUN_DIR/model.onnx (or .keras)")
+    p.add_argument("-o", "--out", metavar="FILE.onnx|FILE.keras|FILE.h5", help="default RUN_DIR/model.onnx (or .keras); a folder: that file in it")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX file's comparison with PyTorch")
     p.add_argument("--opset", type=int, metavar="N",
                    help="the ONNX operator set, 18 or later (default: the exporter's choice, printed when written)")
@@ -661,7 +661,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         onnx_only = [flag for flag, given in (("--no-check", args.no_check), ("--opset", args.opset is not None)) if given]
         if onnx_only:
             raise ValueError(f"{' and '.join(onnx_only)} {'are' if len(onnx_only) > 1 else 'is'} for ONNX files; "
-                             "a Keras export is written as it is, with no check to skip")
+                             "a Keras export has no opset and no check")
 
         model, config, path = load_for_export(args.run_dir, args.pretrained, args.out, ".keras")
         export_keras(model, config, path)

@@ -3,7 +3,7 @@ layout used there, and the seeds that make it repeatable.
 
 Training, evaluation, prediction, serving and the benchmarks all pick their device here, so that
 none of them has to import the trainer for it. torch is imported by the functions that use it, so
-that the command line can offer ``DEVICES`` without loading it (``resnetlab --help`` answers at once).
+that the command line can check a ``--device`` name without loading it (``resnetlab --help`` answers at once).
 """
 
 from __future__ import annotations
@@ -26,13 +26,16 @@ def check_device_name(name: str) -> str:
     Needs no torch, so that the command line can check ``--device`` before loading it.
     """
     kind, sep, index = name.partition(":")
-    if kind not in DEVICES or (sep and not (kind == "cuda" and index.isdigit())):
+    if kind not in DEVICES or (sep and not (kind == "cuda" and index.isascii() and index.isdigit())):  # not "cuda:²"
         raise ValueError(f"unknown device {name!r}; choose from {DEVICE_NAMES}")
     return name
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:
-    """The device a name (or a ``torch.device``) asks for; ``auto`` takes CUDA, then Apple's MPS, then the CPU."""
+    """The device a name (or a ``torch.device``) asks for; ``auto`` takes CUDA, then Apple's MPS, then the CPU.
+
+    ``cuda:N`` also makes GPU N the process's current CUDA device, as the training step's CUDA graph needs.
+    """
     import torch
 
     name = check_device_name(str(name))

@@ -45,6 +45,9 @@ def setup(world: World, device: torch.device) -> torch.device:
     """Join the process group (NCCL on CUDA, Gloo on the CPU) and return this process's device."""
     if world.size == 1:
         return device
+    if device.index is not None:  # it would be ignored: each process takes its own
+        raise ValueError(f"--device {device} names one GPU, but under torchrun each process takes the GPU of its "
+                         "LOCAL_RANK: give --device cuda")
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)

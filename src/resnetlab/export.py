@@ -86,7 +86,7 @@ def export_onnx(run_dir: str | Path | None, out: str | Path | None = None, check
     missing or the check finds the logits differ by more than ``tolerance`` times their size (at
     least 1); the file is only put in place once it is complete and checked.
     """
-    if torch.__version__ < MIN_TORCH:
+    if not exporter_ready():
         # torch 2.4 has no dynamic_shapes for it; in 2.5 and 2.6 it fails on every batch norm.
         raise RuntimeError(f"ONNX export needs torch {MIN_TORCH} or later, whose exporter handles these models, not "
                            f"{torch.__version__}: pip install 'resnetlab[export]' brings one")
@@ -136,6 +136,12 @@ def export_onnx(run_dir: str | Path | None, out: str | Path | None = None, check
 
     atomic_write(path, write)
     return report
+
+
+def exporter_ready() -> bool:
+    """Whether this torch's ONNX exporter handles these models: torch 2.7 or later (its pre-releases too,
+    which NVIDIA's containers carry)."""
+    return torch.__version__ >= f"{MIN_TORCH}.0a0"
 
 
 @torch.no_grad()

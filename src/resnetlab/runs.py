@@ -262,9 +262,9 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple
             epochs = len(read_metrics(run_dir, missing_ok=True))
         except ValueError:  # a damaged metrics file is another matter: the weights are what is missing here
             epochs = 0
-        if epochs:
+        if epochs and (run_dir / CHECKPOINT).exists():  # saved just before the weights
             raise RunError(f"{run_dir} has no {WEIGHTS}, though its {METRICS} records {epochs} epoch{'s' * (epochs > 1)}: "
-                           "the file was deleted or moved")
+                           "the file was deleted or moved, or the run was killed while saving it")
         raise RunError(f"{run_dir} has no {WEIGHTS} yet: the run has not finished an epoch")
     model = build_model(config)
     try:

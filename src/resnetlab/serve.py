@@ -44,6 +44,7 @@ MAX_UPLOAD = 20 << 20  # bytes (20 MB); bigger bodies are refused
 # some browsers) sends the whole body before it reads the answer, and would see a broken connection
 # instead of the refusal. Bounded in time, not size: on one machine hundreds of MB go in a second.
 DRAIN_SECONDS = 10
+BODY_SECONDS = 120  # a whole upload's time: 20 MB at 1.4 Mbit/s
 MAX_LINE = 1024  # bytes of one line of a chunked body's framing (a chunk's size, a trailer field)
 MAX_TRAILERS = 64  # trailer fields after a chunked body's last chunk; nothing here reads them
 NO_IMAGE = ("no image came: send an image file as the request body (curl --data-binary @photo.jpg), "
@@ -250,6 +251,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> bytes:
         """The request body, whole: by its Content-Length, or chunked (as curl and requests send a stream of
         unknown length). A ``_Refusal`` when it is over MAX_UPLOAD, malformed, or stops before its end."""
+        self._deadline = time.monotonic() + BODY_SECONDS
+        try:
+            return self._whole_body()
+        finally:
+            self.connection.settimeout(self.timeout)  # the reads may have shortened it
+
+    def _whole_body(self) -> bytes:
         coding = self.headers.get("Transfer-Encoding")
         if coding is not None:  # it overrides any Content-Length (RFC 9112, 6.3)
             if coding.strip().lower() != "chunked":
@@ -264,12 +272,14 @@ class _Handler(BaseHTTPRequestHandler):
         if size > MAX_UPLOAD:
             raise _Refusal(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{size:,} bytes is over the {MAX_UPLOAD:,}-byte limit",
                            unread=size)
-        return self._read(size, f"the {size:,} bytes its Content-Length gives")
+        body = bytearray()
+        self._read_into(body, size, f"the {size:,} bytes its Content-Length gives")
+        return bytes(body)
 
     def _chunked_body(self) -> bytes:
         """A chunked body: chunks, each after a line with its size in hexadecimal, up to one of size 0, then
         trailer fields and a blank line. Refused as soon as its chunks pass MAX_UPLOAD, before reading more."""
-        chunks, total = [], 0
+        body, sent = bytearray(), 0
         while True:
             line = self._line()
             digits = line.split(b";")[0].strip()  # what follows a ";" (chunk extensions) means nothing here
@@ -279,27 +289,28 @@ class _Handler(BaseHTTPRequestHandler):
             size = int(digits, 16)
             if size == 0:
                 break
-            # The size lines count too: a stream of one-byte chunks on long lines would otherwise never end.
-            total += len(line) + size
-            if total > MAX_UPLOAD:
+            # Every byte sent counts, the framing's too: a stream of one-byte chunks would otherwise cost
+            # several times its data in time and memory.
+            sent += len(line) + 2 + size + 2
+            if sent > MAX_UPLOAD:
                 raise _Refusal(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                f"the chunked body passed the {MAX_UPLOAD:,}-byte limit", unread=None)
-            chunks.append(self._read(size, f"the {size:,} bytes of a chunk"))
+            self._read_into(body, size, f"the {size:,} bytes of a chunk")
             if self._line():
                 raise _Refusal(HTTPStatus.BAD_REQUEST,
                                f"a chunk of {size:,} bytes is followed by more than its size says", unread=None)
         for _ in range(MAX_TRAILERS):
             if not self._line():  # the blank line that ends the body
-                return b"".join(chunks)
+                return bytes(body)
         raise _Refusal(HTTPStatus.BAD_REQUEST, f"the chunked body has over {MAX_TRAILERS} trailer fields", unread=None)
 
     def _line(self) -> bytes:
         """One line of a chunked body's framing, without its CRLF."""
         try:
+            self._wait_at_most()
             line = self.rfile.readline(MAX_LINE + 1)
         except TimeoutError:
-            raise _Refusal(HTTPStatus.REQUEST_TIMEOUT,
-                           f"the chunked body stopped: nothing more came for {self.timeout} seconds") from None
+            raise _Refusal(HTTPStatus.REQUEST_TIMEOUT, f"the chunked body stopped: {self._why_timed_out()}") from None
         if len(line) > MAX_LINE:
             raise _Refusal(HTTPStatus.BAD_REQUEST, f"a line of the chunked body is over {MAX_LINE} bytes", unread=None)
         if not line.endswith(b"\n"):
@@ -307,24 +318,37 @@ class _Handler(BaseHTTPRequestHandler):
                            "the chunked body stopped before its last chunk: the client stopped sending")
         return line.rstrip(b"\r\n")
 
-    def _read(self, size: int, what: str) -> bytes:
-        """``size`` bytes of the body, a piece at a time; a ``_Refusal`` saying how much of ``what`` came when the
-        client stalls (``timeout``) or stops sending first."""
-        pieces, left, stalled = [], size, False
+    def _read_into(self, body: bytearray, size: int, what: str) -> None:
+        """Add ``size`` bytes of the body to ``body``, as they come; a ``_Refusal`` saying how much of ``what``
+        came when the client stalls or takes over BODY_SECONDS in all, or stops sending first."""
+        left, stalled = size, False
         try:
             while left:
+                self._wait_at_most()
                 piece = self.rfile.read1(min(left, 1 << 20))  # read1: what came before a stall is counted
                 if not piece:
                     break
-                pieces.append(piece)
+                body += piece
                 left -= len(piece)
         except TimeoutError:
             stalled = True
         if left:
-            status, why = ((HTTPStatus.REQUEST_TIMEOUT, f"nothing more came for {self.timeout} seconds") if stalled
+            status, why = ((HTTPStatus.REQUEST_TIMEOUT, self._why_timed_out()) if stalled
                            else (HTTPStatus.BAD_REQUEST, "the client stopped sending"))
             raise _Refusal(status, f"the body stopped after {size - left:,} of {what}: {why}")
-        return b"".join(pieces)
+
+    def _wait_at_most(self) -> None:
+        """Let the next read wait no longer than ``timeout``, nor past the body's deadline: a client sending a
+        byte every few seconds would otherwise hold its thread for as long as it likes."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        self.connection.settimeout(min(left, self.timeout))
+
+    def _why_timed_out(self) -> str:
+        if time.monotonic() >= self._deadline:
+            return f"it took over {BODY_SECONDS} seconds in all"
+        return f"nothing more came for {self.timeout} seconds"
 
     def _drain(self, size: int | None) -> None:
         """Read and drop what is left of a refused body (``size`` bytes, None: until the client closes), for up to
@@ -373,7 +397,8 @@ def _top_k(values: list[str]) -> int:
     if len(values) > 1:
         raise _Refusal(HTTPStatus.BAD_REQUEST, f"top_k is given {len(values)} times; give it once")
     text = values[0].strip()
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # isascii: int() would take other scripts' digits
+    # isascii: int() would take other scripts' digits; 9 digits: int() refuses over 4,300 (a 500 here)
+    if not (text.isascii() and text.isdigit() and len(text) <= 9) or int(text) < 1:
         raise _Refusal(HTTPStatus.BAD_REQUEST, f"top_k must be a whole number of at least 1, not {values[0]!r}")
     return int(text)
 

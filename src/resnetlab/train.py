@@ -30,7 +30,7 @@ from .models import depth_of
 from .pretrained import input_stats, is_file_spec, weights_layout, weights_name
 from .recipes import Recipe, get_recipe, lr_at
 from .steps import TrainStep, build_train_step
-from .typecheck import check_types
+from .typecheck import check_types, is_integer
 
 
 @dataclass
@@ -81,7 +81,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a dict of option names and values, not {getattr(self, name)!r}")
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
         for name, value in check_types(TrainConfig, fields).items():
-            if not isinstance(fields[name], (bool, int, float, str)):  # NumPy's numbers as Python's; 2 epochs stay 2
+            # NumPy's numbers become Python's (config.json holds those); an int given for a float stays an int.
+            if type(fields[name]) not in (bool, int, float, str):
                 setattr(self, name, value)
         check_device_name(self.device)
         if self.eval_every < 1:
@@ -272,7 +273,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
 
 def _check_stop_at(stop_at: int | None, step: int) -> None:
     """``stop_at`` must lie ahead of ``step``, where the run stands: a step already passed would never come."""
-    if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at <= step):
+    if stop_at is not None and (not is_integer(stop_at) or stop_at <= step):
         where = f"the run stands at step {step}" if step else "steps count from 1"
         raise ValueError(f"stop_at must be a step after {step} ({where}), got {stop_at!r}")
 
