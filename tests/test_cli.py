@@ -284,7 +284,7 @@ def test_data_describes_a_named_dataset(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split() == ["train", "60,000", "images", "1x28x28", "uint8"]
     assert lines[2].split() == ["test", "10,000", "images", "1x28x28", "uint8"]
-    assert lines[3].startswith("  10 classes, 6,000 to 6,000 training images each: T-shirt/top, Trouser")
+    assert lines[3].startswith("  10 classes, 6,000 training images each: T-shirt/top, Trouser")
 
 
 @needs_fashion

@@ -133,7 +133,7 @@ def test_data_command_prepares_imagenet_and_describes_it(archives, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"imagenet: folder:{archives}" and (archives / "train").is_dir()
     assert out[1].split()[:3] == ["train", "6", "images"] and out[2].split()[:4] == ["held", "out", "5", "images"]
-    assert out[3] == "  3 classes, 2 to 2 training images each: n01000000, n02000000, n03000000"
+    assert out[3] == "  3 classes, 2 training images each: n01000000, n02000000, n03000000"
 
 
 def test_imagenet_prepared_by_torchvision_is_named_as_torchvision_names_its_classes(tmp_path):

@@ -24,6 +24,8 @@ def test_signs_summary_totals_match_keras():
     # The rows add up to the total, as in Keras.
     assert sum(r.params for r in s.rows) == 23_600_006
     assert s.rows[-1].name == "fc" and s.rows[-1].output_shape == (1, 6)
+    # A REPL shows the returned summary after the printed table: one line, not the rows again.
+    assert repr(s) == f"ModelSummary('signs_resnet50', 3x64x64, {len(s.rows)} rows, 23,600,006 params, {s.macs:,} MACs)"
 
 
 def test_summary_rows_follow_execution_with_shapes_and_adds():

@@ -86,10 +86,16 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
 
 
 @needs_fashion
-def test_a_run_ending_mid_epoch_labels_its_bars_and_lines_alike(tmp_path, capsys):
+def test_a_run_ending_mid_epoch_labels_its_bars_and_lines_alike(tmp_path, capsys, monkeypatch):
     """20 steps of 8 an epoch are 2.5 epochs: each progress bar reads as the line printed when its epoch
     ends, the last one 2.5/2.5 (not a bar at 3/3 and a line at 2.5/3), in a resumed run too."""
     import re
+    import sys
+
+    train(tiny(tmp_path, "piped", progress=True))  # bars on a terminal only: a log gets the lines alone
+    out, err = capsys.readouterr()
+    assert "epoch 2.5/2.5" in out and "\r" not in err and "img/s]" not in err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
 
     def labels() -> tuple[list[str], list[str]]:
         out, err = capsys.readouterr()

@@ -132,7 +132,16 @@ def test_predict_averages_the_same_views_as_eval(folder_run, capsys):
             probs = model.eval()(normalize(crops, config["mean"], config["std"])).softmax(1).mean(0)
         assert answer.probabilities == pytest.approx(sorted(probs.tolist(), reverse=True), rel=1e-5)
     assert main(["predict", str(folder_run), str(held_out[0][0]), "--scales", "24", "32", "--device", "cpu"]) == 0
+    after = capsys.readouterr().out
+    assert after.startswith(f"{held_out[0][0]}: ")
+    # The images may follow --scales, as they may follow any flag: what is not a side is an image.
+    assert main(["predict", str(folder_run), "--scales", "24", "32", str(held_out[0][0]), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == after
+    assert main(["predict", str(folder_run), "--device", "cpu", "--scales", str(held_out[0][0])]) == 0
     assert capsys.readouterr().out.startswith(f"{held_out[0][0]}: ")
+    with pytest.raises(SystemExit):
+        main(["eval", str(folder_run), "--scales", "24", "big"])
+    assert "resnetlab eval" in (err := capsys.readouterr().err) and "expected image sides in pixels, got 'big'" in err
 
 
 def test_the_prediction_page_averages_the_views_it_was_started_with(folder_run):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import itertools
 import json
 import os
 import sys
@@ -391,14 +392,15 @@ def cmd_data(args: argparse.Namespace) -> None:
     labels = np.asarray(train.labels if hasattr(train, "images") else train.samples.labels)
     per_class = np.bincount(labels, minlength=len(train.classes))
     names = ", ".join(train.classes[:8]) + (", ..." if len(train.classes) > 8 else "")
-    print(f"  {len(train.classes)} classes, {per_class.min():,} to {per_class.max():,} training images each: {names}")
+    counts = f"{per_class.min():,}" if per_class.min() == per_class.max() else f"{per_class.min():,} to {per_class.max():,}"
+    print(f"  {len(train.classes)} classes, {counts} training images each: {names}")
 
 
 def _add_view_flags(p: argparse.ArgumentParser) -> None:
     views = p.add_mutually_exclusive_group()
     views.add_argument("--ten-crop", action="store_true",
                        help="average each image's scores over 10 crops (corners, centre, mirrored): the 2015 paper's Table 3")
-    views.add_argument("--scales", type=int, nargs="*", metavar="SIDE",
+    views.add_argument("--scales", nargs="*", metavar="SIDE",  # whole numbers, read in main: see _scale_sides
                        help="average scores over whole images resized to these shorter sides and mirrored (default: "
                             "the 2015 paper's 224 256 384 480 640 for 224-pixel inputs, its fully-convolutional testing; "
                             "in proportion for other input sizes)")
@@ -762,12 +764,31 @@ COMMANDS = {
 }
 
 
+def _own_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of ``command``, whose ``error`` shows that command's usage."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices.get(command, parser)
+
+
+def _scale_sides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--scales`` as whole numbers. Taken as text, so that on ``predict`` what follows the sides are the
+    images (``predict RUN --scales a.jpg``), as they are after any other flag; an int type would refuse them."""
+    if not getattr(args, "scales", None):
+        return
+    sides = list(itertools.takewhile(lambda v: v.isascii() and v.isdigit(), args.scales))
+    rest = args.scales[len(sides):]
+    if rest and args.command == "predict":
+        args.inputs += rest
+    elif rest:
+        _own_parser(parser, args.command).error(f"argument --scales: expected image sides in pixels, got {rest[0]!r}")
+    args.scales = [int(v) for v in sides]
+
+
 def _unknown_arguments(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> None:
     """Exit with the command's own usage and the nearest of its options to a mistyped one (--topk: --top-k)."""
     import difflib
 
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    own = commands.choices.get(command, parser)
+    own = _own_parser(parser, command)
     flags = [f for action in own._actions for f in action.option_strings]
     typed = next((e.split("=", 1)[0] for e in extra if e.startswith("-")), None)
     near = difflib.get_close_matches(typed, flags, n=1) if typed else []
@@ -798,6 +819,7 @@ def main(argv: list[str] | None = None) -> int:
         args.inputs += extra  # images after an option (predict RUN --ten-crop a.jpg b.jpg): argparse stops at it
     elif extra:
         _unknown_arguments(parser, args.command, extra)
+    _scale_sides(parser, args)
     args.debug, args.argv = debug, argv
     _expand_home(args)
     try:

@@ -224,7 +224,8 @@ def check_views(views: str | None, resize_to: int | None, image_size: int) -> No
     """Refuse test-time views a model's preprocessing cannot give."""
     if views == "ten-crop" and (resize_to is None or resize_to <= image_size):
         raise ValueError("ten-crop testing cuts crops from an image resized larger than the model's input: it needs "
-                         "a run trained on a folder with scale augmentation (recipe imagenet, or scale_crop), or --pretrained")
+                         "a run trained on a folder with scale augmentation (recipe imagenet or he2015-imagenet, or "
+                         "--recipe-arg scale_crop or scale_jitter), or --pretrained")
 
 
 def view_probabilities(model: nn.Module, images: Sequence[Sequence[torch.Tensor]], mean: list[float], std: list[float],

@@ -55,6 +55,10 @@ class ModelSummary:
     def total(self) -> int:
         return self.trainable + self.non_trainable
 
+    def __repr__(self) -> str:  # short: a REPL shows the returned summary after the printed table
+        size = "x".join(str(s) for s in self.input_size)
+        return f"ModelSummary({self.title!r}, {size}, {len(self.rows)} rows, {self.total:,} params, {self.macs:,} MACs)"
+
     def __str__(self) -> str:
         name_w = max([len(f"{r.name} ({r.kind})") for r in self.rows] + [20]) + 2
         shape_w = max([len(_shape(r.output_shape)) for r in self.rows] + [12]) + 2

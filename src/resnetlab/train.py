@@ -56,7 +56,7 @@ class TrainConfig:
     deterministic: bool = False
     cuda_graph: bool = True  # on CUDA, replay the whole step as one CUDA graph
     eval_every: int = 1  # epochs between test-set evaluations (the last epoch is always evaluated)
-    progress: bool = True  # progress bars within epochs; a line for each epoch is printed either way
+    progress: bool = True  # progress bars within epochs, on a terminal; a line for each epoch is printed either way
     grad_norm_every: int = 0  # record every weight's gradient norm every N steps (0: never)
     # Stop when the loss is no longer a finite number; experiments train on, as the papers' failing variants did.
     stop_on_divergence: bool = True
@@ -494,7 +494,8 @@ def _train_epoch(run: _RunState, train_loader: DeviceLoader, stop_at: int | None
     # Labelled as the line printed when it ends, so a last epoch cut short by --steps is 2.5/2.5, not 3/3.
     # Closed however the epoch ends, so an error is printed on a line of its own, not after the bar.
     with tqdm(total=(end - run.step) * recipe.batch_size, desc=_epoch_label(end, total_steps, steps_per_epoch),
-              leave=False, disable=not progress, unit="img", unit_scale=True) as bar:  # the rate reads as images/s
+              leave=False, disable=None if progress else True,  # None: on a terminal only, as the CLI does
+              unit="img", unit_scale=True) as bar:  # the rate reads as images/s
         for x, y in train_loader.epoch(epoch, start_batch):
             lr = lr_at(recipe, run.step, total_steps, depth)
             if grad_every and run.step % grad_every == 0:
