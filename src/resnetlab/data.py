@@ -382,6 +382,9 @@ def _opened(path: str | Path | BinaryIO | Image.Image) -> Iterator[Image.Image]:
         return
     if isinstance(path, (str, Path)):
         path = Path(path)
+        if path.is_dir():
+            raise DataError(f"{path} is a folder, not an image: pass the images in it as a list, "
+                            f"e.g. resnetlab.data.image_files({str(path)!r})")
         if not path.is_file():
             raise DataError(f"{path} does not exist or is not a file")
     name = _image_name(path)

@@ -127,7 +127,6 @@ class _ImageViews(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> list[torch.Tensor]:
         from .data import load_image  # the decoder shared with folder datasets
 
-        _refuse_folder(self.paths[i])
         if self.views is None:
             return [load_image(self.paths[i], self.channels, self.size, self.resize_to)[None]]
         return view_batches(self.paths[i], self.channels, self.size, self.resize_to, self.views, self.scales)
@@ -167,7 +166,6 @@ class Preprocess:
                             f"tensor, not {type(image).__name__}")
         from .data import load_image
 
-        _refuse_folder(image)
         pixels = load_image(image, self.channels, self.image_size, self.resize_to)
         return normalize(pixels[None], self.mean, self.std)[0]
 
@@ -175,15 +173,6 @@ class Preprocess:
         size = (f"shorter side to {self.resize_to}, centre crop {self.image_size}" if self.resize_to
                 else f"resize to {self.image_size}x{self.image_size}")
         return f"Preprocess({self.channels} channels, {size}, mean={self.mean}, std={self.std})"
-
-
-def _refuse_folder(image: Image.Image | ImageFile) -> None:
-    """A ``DataError`` for a folder given as an image file, which ``data.load_image`` would call missing."""
-    from .data import DataError
-
-    if isinstance(image, (str, Path)) and Path(image).is_dir():
-        raise DataError(f"{image} is a folder, not an image: pass the images in it as a list, "
-                        f"e.g. resnetlab.data.image_files({str(image)!r})")
 
 
 def _pil_image(pixels: torch.Tensor) -> Image.Image:
