@@ -338,8 +338,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refusal(status, f"the body stopped after {size - left:,} of {what}: {why}")
 
     def _wait_at_most(self) -> None:
-        """Let the next read wait no longer than ``timeout``, nor past the body's deadline: a client sending a
-        byte every few seconds would otherwise hold its thread for as long as it likes."""
+        """Let the next read wait no longer than ``timeout``, nor past ``_deadline`` (the body's, or the drain's):
+        a client sending a byte every few seconds would otherwise hold its thread for as long as it likes."""
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError
@@ -353,22 +353,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _drain(self, size: int | None) -> None:
         """Read and drop what is left of a refused body (``size`` bytes, None: until the client closes), for up to
         DRAIN_SECONDS: a client that sends it all before reading then finds the refusal, not a reset connection."""
-        deadline = time.monotonic() + DRAIN_SECONDS
+        self._deadline = time.monotonic() + DRAIN_SECONDS
         try:
             # The refusal is sent whole: a client that reads to the end before it closes sees the end now,
             # and closes, which ends the drain too, instead of both waiting out DRAIN_SECONDS.
             self.connection.shutdown(socket.SHUT_WR)
             while size is None or size > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self.connection.settimeout(min(left, self.timeout))
+                self._wait_at_most()
                 piece = self.rfile.read1(1 << 20 if size is None else min(size, 1 << 20))
                 if not piece:
                     return
                 if size is not None:
                     size -= len(piece)
-        except OSError:  # it stalled past the deadline, or left: nothing more to drop
+        except OSError:  # TimeoutError too: it stalled, or passed the deadline, or left: nothing more to drop
             pass
 
     def _json(self, status: HTTPStatus, data: dict, allow: str | None = None) -> None:
