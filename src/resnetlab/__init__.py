@@ -14,14 +14,15 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .errors import ResnetlabError
     from .model_summary import summary
     from .models import ResNet, UnknownModelError, cifar_resnet, count_parameters, create_model, list_models
 
 __version__ = "0.1.0"
 
-__all__ = ["ResNet", "UnknownModelError", "cifar_resnet", "count_parameters", "create_model", "list_models", "summary"]
+__all__ = ["ResNet", "ResnetlabError", "UnknownModelError", "cifar_resnet", "count_parameters", "create_model", "list_models", "summary"]
 _WHERE = {  # each public name's module
-    "ResNet": "models", "UnknownModelError": "models", "cifar_resnet": "models", "count_parameters": "models",
+    "ResNet": "models", "ResnetlabError": "errors", "UnknownModelError": "models", "cifar_resnet": "models", "count_parameters": "models",
     "create_model": "models", "list_models": "models", "summary": "model_summary",
 }
 

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from .errors import ResnetlabError
 from .recipes import Recipe
 
 try:  # numpy >= 2 moved the pickling helpers to numpy._core
@@ -110,7 +111,7 @@ IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
-class DataError(Exception):
+class DataError(ResnetlabError):
     """A data problem the user can fix; the message names the file, the problem and the remedy."""
 
 

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .errors import ResnetlabError
+
 if TYPE_CHECKING:
     import h5py
 
@@ -56,7 +58,7 @@ KERAS_APPLICATIONS_MEAN = [123.68 / 255, 116.779 / 255, 103.939 / 255]
 KERAS_APPLICATIONS_STD = [1 / 255] * 3
 
 
-class KerasError(Exception):
+class KerasError(ResnetlabError):
     """A Keras file that cannot be read, or whose model is in no layout resnetlab reads."""
 
 

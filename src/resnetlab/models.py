@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .blocks import BasicBlock, Bottleneck, resolve_order
+from .errors import ResnetlabError
 from .typecheck import as_sequence, check_types, is_integer
 
 STEMS = ("imagenet", "cifar", "keras")
@@ -358,7 +359,7 @@ _REGISTRY: dict[str, Callable[..., ResNet]] = {}
 _FIXED: dict[str, dict[str, object]] = {}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(ResnetlabError, ValueError):
     """Raised for a model name that is not registered."""
 
 

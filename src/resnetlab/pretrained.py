@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from .errors import ResnetlabError
 from .keras_weights import (
     KERAS_APPLICATIONS,
     KERAS_APPLICATIONS_LAYOUT,
@@ -47,7 +48,7 @@ KERAS_TAG = "KERAS"
 KERAS_TOP1 = {"resnet50": 74.9, "resnet101": 76.4, "resnet152": 76.6}
 
 
-class WeightsError(Exception):
+class WeightsError(ResnetlabError):
     """Weights that cannot be found, fetched, read or fitted to the model; the message says why."""
 
 

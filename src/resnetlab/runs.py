@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .errors import ResnetlabError
 from .models import ResNet, create_model
 
 CONFIG = "config.json"
@@ -43,7 +44,7 @@ _REQUIRED_CHECKPOINT = {"model_name": str, "model": dict, "optimizer": dict, "st
                         "rng": torch.Tensor}
 
 
-class RunError(Exception):
+class RunError(ResnetlabError):
     """A run directory that is missing, incomplete or does not fit what is asked of it."""
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from . import __version__, distributed, runs
 from .data import DataError, fingerprint, folder_sizes, load_splits, reload_sizes, resolve_dataset
+from .errors import ResnetlabError
 from .devices import check_device_name, pick_device, seed_everything, uses_channels_last
 from .evaluate import EvalResult, evaluate
 from .loader import DeviceLoader, channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, scaled_jitter, stats_sample
@@ -122,7 +123,7 @@ def _resume_command(run_dir: Path, processes: int) -> str:
     return f"{launcher} train --resume {run_dir}"
 
 
-class Diverged(RuntimeError):
+class Diverged(ResnetlabError, RuntimeError):
     """The training loss stopped being a finite number."""
 
 
