@@ -231,6 +231,19 @@ def test_torchvisions_positional_num_classes_is_explained():
         ResNet(BasicBlock, [2, 2, 2, 2], 10)
 
 
+
+def test_a_block_is_named_or_given_as_its_class():
+    """ResNet takes "basic"/"bottleneck" as cifar_resnet and create_model do, and builds the same net."""
+    torch.manual_seed(0)
+    by_name = ResNet("bottleneck", [1, 1], widths=[8, 16], num_classes=3)
+    torch.manual_seed(0)
+    by_class = ResNet(Bottleneck, [1, 1], widths=[8, 16], num_classes=3)
+    assert all(torch.equal(a, b) for a, b in zip(by_name.state_dict().values(), by_class.state_dict().values()))
+    assert isinstance(ResNet("basic", [1], widths=[8]).layer1[0], BasicBlock)
+    with pytest.raises(ValueError, match="block must be one of 'basic', 'bottleneck', got 'Basic'"):
+        ResNet("Basic", [1], widths=[8])
+    with pytest.raises(TypeError, match="block must be BasicBlock, Bottleneck .* not 3"):
+        ResNet(3, [1], widths=[8])
 @pytest.mark.parametrize("name, option, message", [
     ("resnet18", {"layers": [1, 1, 1, 1]}, "resnet18 fixes layers; .*ResNet\\(block, layers"),
     ("resnet18", {"block": "bottleneck"}, "resnet18 fixes block"),

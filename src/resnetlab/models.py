@@ -36,7 +36,7 @@ class ResNet(nn.Module):
     """A residual (or plain) network: a stem, stages of blocks, global pooling and a classifier.
 
     Args:
-        block: ``BasicBlock`` or ``Bottleneck``.
+        block: ``BasicBlock`` or ``Bottleneck`` (a subclass of either), or its name, ``"basic"`` or ``"bottleneck"``.
         layers: blocks per stage, e.g. ``[3, 4, 6, 3]`` for ResNet-50.
         widths: the planes of each stage (the output has ``planes * block.expansion`` channels). The
             third positional argument, where torchvision's ``ResNet`` takes ``num_classes``.
@@ -67,7 +67,7 @@ class ResNet(nn.Module):
 
     def __init__(
         self,
-        block: type[BasicBlock | Bottleneck],
+        block: type[BasicBlock | Bottleneck] | str,
         layers: Sequence[int],
         widths: Sequence[int] = (64, 128, 256, 512),
         num_classes: int = 1000,
@@ -96,6 +96,7 @@ class ResNet(nn.Module):
         given = check_types(ResNet.__init__, locals())
         layers, widths, scales, out_indices = given["layers"], given["widths"], given["scales"], given["out_indices"]
         num_classes, in_chans = given["num_classes"], given["in_chans"]
+        block = _block_class(block)
         super().__init__()
         if in_chans < 1 or num_classes < 0:
             raise ValueError(f"in_chans must be at least 1 and num_classes at least 0, got {in_chans} and {num_classes}")
@@ -559,6 +560,18 @@ for _depth in (18, 34, 50, 101, 152, 200):
 # --- CIFAR family (2015 paper Section 4.2, 2016 paper Section 4) --------------------------------
 
 _LAYERS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
+_BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+def _block_class(block: type[BasicBlock | Bottleneck] | str) -> type[BasicBlock | Bottleneck]:
+    """The block class named by ``block`` (``"basic"``, ``"bottleneck"``), or ``block`` itself if it is one."""
+    if isinstance(block, str):
+        if block not in _BLOCKS:
+            raise ValueError(f"block must be one of {', '.join(map(repr, _BLOCKS))}, got {block!r}")
+        return _BLOCKS[block]
+    if not (isinstance(block, type) and issubclass(block, (BasicBlock, Bottleneck))):
+        raise TypeError(f"block must be BasicBlock, Bottleneck (or a subclass) or its name, not {block!r}")
+    return block
 
 def cifar_resnet(
     depth: int,
@@ -583,7 +596,7 @@ def cifar_resnet(
     n, rest = divmod(depth - 2, 3 * per_block)
     if rest or n < 1:
         raise ValueError(f"depth {depth} is not {3 * per_block}n+2 for {block} blocks")
-    block_cls = BasicBlock if block == "basic" else Bottleneck
+    block_cls = _BLOCKS[block]
     if shortcut is None:
         shortcut = "A" if block == "basic" else "B"
     return ResNet(
