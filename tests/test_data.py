@@ -132,6 +132,19 @@ def save_image(path: Path, array: np.ndarray, **options) -> Path:
     return path
 
 
+def write_signs(folder: Path, split: str = "train", n: int = 6, **arrays) -> Path:
+    """A SIGNS file as the course's: uint8 (N, 64, 64, 3) images, class numbers, list_classes 0..5.
+    ``arrays`` replace or add datasets by key; None leaves one out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    contents = {f"{split}_set_x": RNG.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8),
+                f"{split}_set_y": np.arange(n) % 6, "list_classes": np.arange(6), **arrays}
+    with h5py.File(folder / f"{split}_signs.h5", "w") as f:
+        for key, value in contents.items():
+            if value is not None:
+                f[key] = value
+    return folder / f"{split}_signs.h5"
+
+
 # ----------------------------------------------------------------------------- MNIST-style IDX
 
 
@@ -492,6 +505,50 @@ def test_signs_h5(tmp_path):
         get_dataset("signs", "train", root=tmp_path)
 
 
+def test_signs_labels_in_the_notebooks_layouts_and_the_ones_refused(tmp_path):
+    labels = np.arange(6) % 6
+    for layout in (labels.reshape(1, -1), labels.reshape(-1, 1)):  # the course's raw (1, N); a column
+        write_signs(tmp_path, train_set_y=layout)
+        assert get_dataset("signs", root=tmp_path).labels.tolist() == labels.tolist()
+    write_signs(tmp_path, train_set_y=np.eye(6)[labels])  # the notebook's convert_to_one_hot(...).T
+    with pytest.raises(DataError, match=r"train_signs.h5: train_set_y is one-hot \(6, 6\); store the class numbers"):
+        get_dataset("signs", root=tmp_path)
+
+
+def test_signs_list_classes_shorter_than_the_labels_names_both(tmp_path):
+    write_signs(tmp_path, list_classes=np.arange(3))
+    with pytest.raises(DataError, match="list_classes has 3 entries but train_set_y has labels up to 5"):
+        get_dataset("signs", root=tmp_path)
+
+
+def test_a_signs_file_with_other_keys_lists_the_keys_it_has(tmp_path):
+    x = RNG.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    write_signs(tmp_path, train_set_x=None, train_set_y=None, X_train=x, Y_train=np.arange(6))
+    with pytest.raises(DataError, match=r"train_signs.h5 has no train_set_x, train_set_y \(it has X_train, "
+                                        r"Y_train, list_classes\)"):
+        get_dataset("signs", root=tmp_path)
+
+
+def test_a_data_dir_that_is_a_file_names_its_folder(tmp_path):
+    """The course's files given as the data folder, ``--data-dir datasets/train_signs.h5``: any named dataset."""
+    file = write_signs(tmp_path / "datasets")
+    for name in ("signs", "mnist"):
+        with pytest.raises(DataError, match=f"--data-dir {file} is a file, not a folder: give its folder, "
+                                            f"--data-dir {tmp_path / 'datasets'}"):
+            get_dataset(name, root=file, download=False)
+
+
+def test_signs_not_found_points_to_the_courses_datasets_folder_here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_signs(tmp_path / "datasets")
+    with pytest.raises(DataError, match=r"not found .* There is a datasets/train_signs.h5 here: give --data-dir datasets"):
+        get_dataset("signs", root=tmp_path / "elsewhere")  # refused, not read from here behind the user's back
+    with pytest.raises(DataError) as err:
+        get_dataset("signs", "test", root=tmp_path / "elsewhere")
+    assert "--data-dir datasets" not in str(err.value), "no test_signs.h5 here to point to"
+    assert len(get_dataset("signs", root="datasets")) == 6
+
+
 # ----------------------------------------------------------------------------- conversions of named datasets
 
 
@@ -519,6 +576,24 @@ def test_channels_and_size_of_array_datasets(tmp_path):
 def test_bad_arguments(kwargs, message):
     with pytest.raises(DataError, match=message):
         get_dataset(**kwargs)
+
+
+def test_a_named_dataset_trained_at_another_size_is_resumed_and_evaluated_at_that_size(tmp_path):
+    """--image-size 32 on MNIST: the run's config says 32, and eval and resume must reload at 32."""
+    from resnetlab.evaluate import evaluate_run
+    from resnetlab.train import Interrupted, TrainConfig, resume, train
+
+    write_mnist(tmp_path / "data", "train", n=32)
+    write_mnist(tmp_path / "data", "test", n=8)
+    config = TrainConfig(model="resnet8", dataset="mnist", data_dir=str(tmp_path / "data"), image_size=32, steps=3,
+                         batch_size=16, device="cpu", out=str(tmp_path / "run"), progress=False)
+    with pytest.raises(Interrupted):
+        train(config, stop_at=1)
+    assert resume(tmp_path / "run", device="cpu", progress=False).steps == 3
+    assert sum(map(sum, evaluate_run(tmp_path / "run", device="cpu").result.confusion)) == 8
+    # Reloading at the stored size leaves the pixels as they are, so runs trained without --image-size are untouched.
+    stored = get_dataset("mnist", root=tmp_path / "data")
+    assert torch.equal(get_dataset("mnist", root=tmp_path / "data", image_size=28).images, stored.images)
 
 
 # ----------------------------------------------------------------------------- image folders and load_image
@@ -617,6 +692,26 @@ def test_folder_native_size_and_channel_guess(tmp_path):
         (tmp_path / "one" / "val" / c).mkdir(parents=True)
     with pytest.raises(DataError, match="one/val holds no images: add some, in the class subfolders train/ has"):
         get_dataset(f"folder:{tmp_path / 'one'}", "val")
+
+
+def test_a_fraction_that_holds_out_every_image_says_the_training_split_is_empty(tmp_path):
+    for c in "ab":
+        save_image(tmp_path / "one" / c / "0.png", np.zeros((4, 4), np.uint8))
+    assert len(get_dataset(f"folder:{tmp_path / 'one'}", "val", val_fraction=0.9)) == 2
+    with pytest.raises(DataError, match=r"one: validation fraction 0.9 holds out every class's only image, so the "
+                                        r"training split would be empty: give a fraction of 0.5 or less, or add images"):
+        get_dataset(f"folder:{tmp_path / 'one'}", "train", val_fraction=0.9)
+
+
+def test_imagenet_by_name_is_loaded_as_its_folder_is(tmp_path):
+    """At the folder default size, and its held-out images in the training images' channels."""
+    for split, shape in (("train", (40, 40)), ("val", (40, 40, 3))):
+        for c in ("n01", "n02"):
+            save_image(tmp_path / "imagenet" / split / c / "0.png", np.zeros(shape, np.uint8))
+    side = data.FOLDER_IMAGE_SIZE
+    assert load_split("imagenet", "test", str(tmp_path)).images.shape == (2, 3, side, side)
+    train, test = load_splits("imagenet", str(tmp_path), None, None, 0)
+    assert train.images.shape == test.images.shape == (2, 1, side, side)
 
 
 def test_folder_problems(tmp_path):

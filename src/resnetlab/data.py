@@ -489,9 +489,11 @@ def _cache_dir(name: str) -> Path:
 def _search_dirs(name: str, root: str | Path | None) -> list[Path]:
     """The folders to look in, in order (see the module docstring)."""
     dirs = []
-    for base in (root, os.environ.get("RESNETLAB_DATA")):
+    for given, base in (("--data-dir ", root), ("RESNETLAB_DATA=", os.environ.get("RESNETLAB_DATA"))):
         if base:
             base = Path(base).expanduser()
+            if base.is_file():  # a dataset's own file named instead of its folder (datasets/train_signs.h5)
+                raise DataError(f"{given}{base} is a file, not a folder: give its folder, {given}{base.parent}")
             dirs += [base, base / name]
     dirs += [Path(d) for d in _SYSTEM_DIRS.get(name, ())]
     dirs.append(_cache_dir(name))
@@ -859,29 +861,42 @@ def _load_signs(name: str, split: str, root: str | Path | None, download: bool) 
     file = f"{split}_signs.h5"
     found = _locate(_search_dirs(name, root), [(file,)])
     if found is None:
+        # The course's notebooks read datasets/ beside themselves; pointed to, never read unasked.
+        here = f" There is a datasets/{file} here: give --data-dir datasets." if (Path("datasets") / file).is_file() else ""
         raise DataError(
             f"signs: {file} not found (looked in {', '.join(map(str, _search_dirs(name, root)))}). "
             "The SIGNS files (train_signs.h5, test_signs.h5) come with the deeplearning.ai course "
             "'Convolutional Neural Networks' (its datasets/ folder) and cannot be downloaded here; "
-            "put them in --data-dir or $RESNETLAB_DATA."
+            f"put them in --data-dir or $RESNETLAB_DATA.{here}"
         )
     path = found[0]
     _note_elsewhere(name, root, path.parent)
+    keys = [f"{split}_set_x", f"{split}_set_y", "list_classes"]
     try:
         with h5py.File(path, "r") as f:
-            images = np.asarray(f[f"{split}_set_x"])
-            labels = np.asarray(f[f"{split}_set_y"]).reshape(-1)
-            # The course's files number their classes; others may name them.
-            classes = [c.decode() if isinstance(c, bytes) else str(int(c)) for c in np.asarray(f["list_classes"]).reshape(-1).tolist()]
-    except (OSError, KeyError, ValueError, TypeError) as err:
+            missing = [k for k in keys if k not in f]
+            if missing:
+                raise DataError(f"{path} has no {', '.join(missing)} (it has {', '.join(f.keys()) or 'nothing'}); "
+                                f"a SIGNS file holds {', '.join(keys)}: rename its datasets to those")
+            images, labels, names = (np.asarray(f[k]) for k in keys)
+        # The course's files number their classes; others may name them.
+        classes = [c.decode() if isinstance(c, bytes) else str(int(c)) for c in names.reshape(-1).tolist()]
+    except (OSError, ValueError, TypeError) as err:
         raise DataError(
             f"{path} is not a SIGNS file ({err}); get the original train_signs.h5 / test_signs.h5"
         ) from None
+    if labels.ndim == 2 and min(labels.shape) > 1:  # (1, N) and (N, 1) are the course's own layouts
+        raise DataError(f"{path}: {split}_set_y is one-hot {labels.shape}; store the class numbers, "
+                        "one per image (y.argmax(axis=1)), as the course's files do")
+    labels = labels.reshape(-1)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or len(labels) != len(images):
         raise DataError(f"{path}: {split}_set_x is {images.dtype} {images.shape} with {len(labels)} labels, "
                         "not uint8 (N, H, W, 3) images with one label each")  # fmt: skip
     if not np.array_equal(labels, np.round(labels)):
         raise DataError(f"{path}: {split}_set_y holds {labels[labels != np.round(labels)][0]}; labels are class numbers")
+    if labels.size and labels.max() >= len(classes):
+        raise DataError(f"{path}: list_classes has {len(classes)} entries but {split}_set_y has labels up to "
+                        f"{labels.max():g}: give list_classes one entry a class, or correct the labels")
     return images.transpose(0, 3, 1, 2), labels.astype(np.int64), classes
 
 
@@ -1099,9 +1114,12 @@ def _load_folder(
         by_class = {c: _split_class(files, c, val_fraction, seed)[split != "train"] for c, files in by_class.items()}
     label = {c: i for i, c in enumerate(classes)}
     samples = [(p, label[c]) for c in sorted(by_class) for p in by_class[c]]
-    if not samples:  # only a held-out split can be empty: train/ and every class were checked for images
+    if not samples:  # every class was checked for images: an empty held-out folder or the fraction left none
         if held_out is not None:
             raise DataError(f"{held_out} holds no images: add some, in the class subfolders train/ has")
+        if split == "train":  # each class has one image, and a fraction over 0.5 rounds to holding it out
+            raise DataError(f"{spec}: validation fraction {val_fraction} holds out every class's only image, so the "
+                            "training split would be empty: give a fraction of 0.5 or less, or add images")
         if val_fraction == 0:
             raise DataError(f"{spec}: nothing is held out for testing (validation fraction 0)")
         raise DataError(f"{spec}: no class has two images, so none can be held out for testing: add images")
@@ -1177,6 +1195,7 @@ def load_split(dataset: str, split: str, data_dir: str | None = None, image_size
     ``on_disk`` leaves any folder on disk, however small. ``whole`` takes every image of a folder
     that has no train/ and val/ of its own, rather than the tenth a training run holds out of it.
     """
+    dataset = resolve_dataset(dataset, data_dir)  # imagenet is a folder too
     if dataset.startswith("folder:") and image_size is None:
         image_size = FOLDER_IMAGE_SIZE  # batches need one size; photos rarely share one
     if limit is not None and limit <= 0:
@@ -1214,9 +1233,10 @@ def folder_sizes(dataset: str, image_size: int | None, recipe: Recipe) -> tuple[
 
 def reload_sizes(dataset: str, config: dict) -> dict:
     """``load_split``'s sizing for reloading a run's data: a folder's training size, held-out resize and
-    channels; nothing for named datasets, which keep their stored size and colours."""
+    channels; a named dataset's size alone (--image-size may have resized it; resizing to the size it
+    already has leaves it untouched), as it keeps its own colours."""
     if not dataset.startswith("folder:"):
-        return {}
+        return {"image_size": config["image_size"]}
     return {"image_size": config["image_size"], "resize_to": config.get("resize_size"), "channels": config["channels"]}
 
 
@@ -1227,6 +1247,7 @@ def load_splits(dataset: str, data_dir: str | None, limit_train: int | None, lim
     A folder's held-out images take the training images' channels: each split's own sample could
     find a colour image in one and none in the other, and the model takes one channel count.
     """
+    dataset = resolve_dataset(dataset, data_dir)  # imagenet is a folder too
     train = load_split(dataset, "train", data_dir, image_size, limit_train, seed, resize_to, channels=channels)
     if dataset.startswith("folder:"):
         channels = train.channels if isinstance(train, FolderDataset) else int(train.images.shape[1])
