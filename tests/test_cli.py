@@ -170,12 +170,32 @@ def test_debug_flag_works_after_the_command(capsys):
         main(["summary", "resnet5O", "--debug"])
 
 
+@pytest.mark.parametrize(("rank", "said"), [("0", "stopped at step 3; continue with: resnetlab train --resume"), ("1", "")])
+def test_a_stopped_run_is_reported_by_process_0_alone(rank, said, tmp_path, capsys, monkeypatch):
+    """Under torchrun every process is stopped; one line, not one a process."""
+    from resnetlab import cli
+    from resnetlab.train import Interrupted
+
+    def stopped(args):
+        raise Interrupted(tmp_path, 3)
+
+    monkeypatch.setitem(cli.COMMANDS, "models", stopped)
+    monkeypatch.setenv("RANK", rank)
+    code, out, err = run(capsys, "models")
+    assert code == 130 and (said in err if said else err == ""), err
+
+
 @needs_fashion
 def test_resume_refuses_flags_it_would_ignore(trained, capsys):
     fails_cleanly(capsys, "train", "--resume", trained, "--epochs", "9", match="drop --epochs")
     # Written out, even with the default value (the run is resnet8; resnet20 is train's default model).
     fails_cleanly(capsys, "train", "--resume", trained, "--model", "resnet20", match="drop --model")
     fails_cleanly(capsys, "train", "--resume", trained, "--eval-every=1", match="drop --eval-every")
+    # Abbreviated, as argparse allows, even to the default value (the run is on fashion-mnist, train's default).
+    fails_cleanly(capsys, "train", "--resume", trained, "--datas", "fashion-mnist", match="drop --dataset (only")
+    fails_cleanly(capsys, "train", "--resume", trained, "--limit-tr=256", "--ep", "9", match="drop --limit-train, --epochs (only")
+    code, out, err = run(capsys, "train", "--resume", trained, "--dev", "cpu", "--no-prog")  # flags that may change
+    assert code == 0 and "had already finished" in out, err
 
 
 @pytest.mark.parametrize(("arg", "message"), [
@@ -421,6 +441,8 @@ def test_small_mistakes_get_one_clear_line(trained, tmp_path, capsys):
     fails_cleanly(capsys, "eval", tmp_path / "afile.txt", match="not a run directory (a file)")
     fails_cleanly(capsys, "summary", tmp_path, match="is a folder but not a run directory")
     fails_cleanly(capsys, "summary", tmp_path / "nosuch", match="nosuch is not a run directory (it does not exist)")
+    # A run's model is built as its config says: 0 classes (no classifier) was ignored, being falsy.
+    fails_cleanly(capsys, "summary", trained, "--num-classes", "0", match="is a run directory: its config.json says")
     fails_cleanly(capsys, "export", trained, "--format", "onnx", "-o", tmp_path / "model.h5", match="names a Keras file")
     fails_cleanly(capsys, "summary", "resnet21", match="6n+2 layers")
     fails_cleanly(capsys, "summary", "resnet20", "--model-arg", "colour=red", match="option colour; the options are")

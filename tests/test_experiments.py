@@ -368,6 +368,18 @@ def test_responses_of_several_runs_of_one_net_are_told_apart_and_averaged(degrad
     assert "32 test images" in report
 
 
+def test_responses_refuse_a_run_that_names_no_dataset_before_measuring_any(degradation, tmp_path):
+    """An imported model's config says "dataset": null: responses failed on the NoneType after the runs before it."""
+    copy_runs(degradation, tmp_path, ["resnet8-s0"])
+    imported = tmp_path / "runs" / "resnet8-s0"
+    config = json.loads((imported / "config.json").read_text())
+    (imported / "config.json").write_text(json.dumps({**config, "dataset": None, "data_dir": None}))
+    with pytest.raises(ValueError, match=f"{imported} names no dataset .*--dataset"):
+        reproduce("responses", "--runs", degradation / "runs" / "plain8-s0", imported, "--device", "cpu",
+                  "--out", tmp_path / "responses")
+    assert not (tmp_path / "responses").exists()
+
+
 def test_a_bad_out_fails_before_anything_is_trained_or_written(tmp_path):
     file = tmp_path / "a-file"
     file.write_text("")

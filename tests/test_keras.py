@@ -187,6 +187,22 @@ def test_files_that_cannot_be_read(tmp_path, keras3, capsys):
     assert code == 2 and "--weights " + str(run_dir / "model.safetensors") in err
 
 
+def test_a_model_of_other_than_one_or_three_channels_is_refused(keras3, tmp_path, capsys):
+    """A 4-channel Keras Applications model was imported with a mean of 4 values and a std of 3, and a
+    4-channel notebook model as a run that predict feeds RGB; both layouts are refused by name."""
+    code = (f"import os, sys; sys.path.insert(0, {str(HERE)!r}); os.environ['KERAS_BACKEND'] = 'torch'\n"
+            "import keras, keras_notebook\n"
+            f"keras.applications.ResNet50(weights=None, input_shape=(32, 32, 4), classes=3).save({str(tmp_path / 'app.keras')!r})\n"
+            f"keras_notebook.ResNet50(keras, input_shape=(64, 64, 4), width=4, layers=(1, 2, 1, 1)).save({str(tmp_path / 'nb.keras')!r})\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    for name in ("app.keras", "nb.keras"):
+        with pytest.raises(KerasError, match=f"{name}: the model takes images of 4 channels; .* 1 \\(grayscale\\) or 3 \\(RGB\\)"):
+            read_keras(tmp_path / name)
+    code, out, err = run(capsys, "import", tmp_path / "app.keras", "--out", tmp_path / "run")
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "4 channels" in err
+    assert not (tmp_path / "run").exists()
+
+
 def rezipped(source: Path, out: Path, edit) -> Path:
     """``source``, a .keras archive, written to ``out`` with ``edit(name, data)`` applied to each member."""
     with zipfile.ZipFile(source) as src, zipfile.ZipFile(out, "w") as dst:

@@ -103,7 +103,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """The flags of ``resnetlab train``: every run's, then the model, the rest of the recipe, the run
     directory and speed."""
     data, recipe, where = _add_run_flags(p)
-    data.add_argument("--image-size", type=int, metavar="SIDE", help="folder datasets: resize images to this side (default 64; 224 with a scaling recipe)")
+    data.add_argument("--image-size", type=int, metavar="SIDE", help="resize images to this side (folder datasets: default 64, 224 with a scaling recipe; named datasets keep theirs unless told)")
     data.add_argument("--workers", type=_count, metavar="N", help="folder datasets: processes decoding images (default: one a CPU, up to 16)")
     model = p.add_argument_group("model")
     model.add_argument("--model", default="resnet20", help="any name `resnetlab models` lists (default resnet20)")
@@ -132,6 +132,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``resnetlab`` command line: its global flags and every command's parser."""
     parser = argparse.ArgumentParser(prog="resnetlab", description="Residual networks of He et al. 2015 and 2016.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
@@ -467,7 +468,7 @@ def _model_or_run(args: argparse.Namespace):
     if os.sep in args.model and not Path(args.model).exists():  # a path, not a name
         raise ValueError(f"{args.model} is not a run directory (it does not exist); give a run directory or a model name")
     if (Path(args.model) / CONFIG).is_file():
-        if args.num_classes or args.model_arg:
+        if args.num_classes is not None or args.model_arg:  # --num-classes 0 too
             raise ValueError(f"{args.model} is a run directory: its config.json says how its model is built")
         config = read_config(args.model)
         return build_model(config), f"{config['model']} ({args.model})", config
@@ -481,14 +482,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     # A bar redrawn with carriage returns is noise in a log file: bars only where someone watches.
     progress = not args.no_progress and sys.stderr.isatty()
     if args.resume:
-        defaults = vars(build_parser().parse_args(["train"]))
-        may_change = ("resume", "device", "workers", "no_progress", "debug", "argv", "data_dir")
-        # Given on the line, even with the default value (--model resnet20), or given abbreviated.
-        written = {a.split("=", 1)[0] for a in args.argv if a.startswith("--")}
-        ignored = [k for k, v in vars(args).items()
-                   if k not in may_change and (v != defaults.get(k) or "--" + k.replace("_", "-") in written)]
+        may_change = ("--resume", "--device", "--workers", "--no-progress", "--data-dir")
+        ignored = [flag for flag in _options_given(args.argv, "train") if flag not in may_change]
         if ignored:
-            flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
+            flags = ", ".join(ignored)
             raise ValueError(f"--resume continues the run as it was configured; drop {flags} (only --device, --workers "
                              "and --data-dir, where the same data now lives, may change)")
         result = resume(args.resume, device=args.device, progress=progress, workers=args.workers,
@@ -517,6 +514,18 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"the run had already finished ({last['step']} steps): test accuracy {last['test_acc']:.2%}; "
               f"resnetlab eval {result.run_dir} evaluates it again")
     print(f"run directory: {result.run_dir}")
+
+
+def _options_given(argv: list[str], command: str) -> list[str]:
+    """The options of ``command`` that ``argv`` gives, by their full names. Asked of argparse itself, with
+    no defaults, so that a default written out (--model resnet20) and an abbreviation (--datas for
+    --dataset) count as given, as they would not by comparing values or spellings."""
+    parser = build_parser()
+    own = _own_parser(parser, command)
+    for action in own._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_known_args([a for a in argv if a != "--debug"])[0])
+    return [max(action.option_strings, key=len) for action in own._actions if action.option_strings and action.dest in given]
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -811,6 +820,7 @@ def _expand_home(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``resnetlab ARGV`` (default ``sys.argv[1:]``) and return its exit status: 0, 2 for an error, 130 if stopped."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
     parser = build_parser()
@@ -836,7 +846,9 @@ def main(argv: list[str] | None = None) -> int:
         from .train import Interrupted
 
         if isinstance(e, Interrupted):
-            if int(os.environ.get("RANK", "0")) != 0:  # one of several torchrun processes: process 0 says it
+            from .distributed import world_from_env
+
+            if not world_from_env().is_main:  # one of several torchrun processes: process 0 says it
                 return 130
             if args.command == "reproduce":  # its runs resume when the experiment is run again
                 print(f"stopped at step {e.step} of {e.run_dir}; the same command again continues the experiment",

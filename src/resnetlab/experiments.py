@@ -580,7 +580,10 @@ def reproduce_responses(
     if run_dirs:
         run_dirs = [Path(d) for d in run_dirs]
         for run_dir in run_dirs:  # every one checked before anything is written
-            runs.read_config(run_dir)
+            if runs.read_config(run_dir).get("dataset") is None:
+                # Each run is measured on its own test set; another run's could differ in classes or size.
+                raise ValueError(f"{run_dir} names no dataset to measure its responses on (an imported model): "
+                                 "import it again with resnetlab import FILE --dataset NAME")
         out.mkdir(parents=True, exist_ok=True)
     else:
         depths = _check_depths(depths or (20, 56, 110))

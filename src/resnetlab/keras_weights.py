@@ -497,6 +497,9 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
     if not shape or len(shape) != 4 or shape[1] != shape[2]:
         raise KerasError(f"{path}: the model's input is {shape}; resnetlab reads models of square images (N, H, W, C)")
     side, in_chans = shape[1], shape[3]
+    if in_chans not in (1, 3):  # resnetlab's runs are fed grayscale or RGB images, nothing else
+        raise KerasError(f"{path}: the model takes images of {in_chans} channels; resnetlab reads models of "
+                         "1 (grayscale) or 3 (RGB)")
 
     first, folded, bgr = _preprocessing(graph, inputs[0], in_chans, pixel_max)
     layer, width, padded_pool = _stem(graph, first)
@@ -542,7 +545,7 @@ def _convert(layers: dict[str, _Layer], weights: _Weights, version: str, path: P
         graph.state["conv1.weight"] = graph.state["conv1.weight"].flip(1)  # BGR filters to RGB
         mean, std = KERAS_APPLICATIONS_MEAN, KERAS_APPLICATIONS_STD
     else:
-        mean, std = [sum(KERAS_APPLICATIONS_MEAN) / 3] * in_chans, KERAS_APPLICATIONS_STD[:in_chans]
+        mean, std = [sum(KERAS_APPLICATIONS_MEAN) / 3], KERAS_APPLICATIONS_STD[:1]  # grayscale
     return KerasModel(name, kwargs, graph.state, side, version, mean, std, fed, graph.batch_stats)
 
 
