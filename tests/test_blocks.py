@@ -207,6 +207,28 @@ def test_notebook_convolutional_block_projects_with_stride():
     assert same_shape.downsample is not None  # the notebook's block projects even when the shape allows the identity
 
 
+
+def test_notebook_blocks_start_as_keras_starts_them_and_name_the_notebooks_call():
+    """Built alone, the blocks start as signs_resnet50's do (Glorot-uniform kernels, zero biases, Keras's
+    BN momentum); given the tensor X as the notebook's functions take it, they say how to call them."""
+    from resnetlab.blocks import convolutional_block, identity_block
+
+    torch.manual_seed(0)
+    block = convolutional_block(64, f=3, filters=(64, 64, 256), s=1)
+    bound = (6 / (64 * 9 + 64 * 9)) ** 0.5  # Glorot uniform for the 3x3 conv: fans k*k*in and k*k*out
+    assert block.conv2.weight.abs().max() <= bound
+    assert block.conv2.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
+    assert torch.count_nonzero(block.conv2.bias) == 0
+    assert {m.momentum for m in block.modules() if isinstance(m, nn.BatchNorm2d)} == {0.01}
+    x = torch.randn(2, 256, 4, 4)
+    with pytest.raises(TypeError, match=r"identity_block\(X.shape\[1\], f, filters\)\(X\), not identity_block\(X"):
+        identity_block(x, 3, [64, 64, 256])
+    with pytest.raises(TypeError, match="convolutional_block builds the block"):
+        convolutional_block(x, f=3, filters=[64, 64, 256], s=2)
+    with pytest.raises(TypeError, match="filters as \\[F1, F2, F3\\], got 256, 3, 64"):
+        identity_block(256, 3, 64)
+    assert identity_block(x.shape[1], 3, [64, 64, 256])(x).shape == x.shape
+
 def test_the_notebook_resnet50_is_made_of_its_two_blocks():
     """signs_resnet50's stages are the notebook's convolutional_block then identity_blocks, weight for weight."""
     from resnetlab.blocks import convolutional_block, identity_block

@@ -44,7 +44,7 @@ def count(source, pattern):
 @pytest.mark.parametrize(
     "name, expected",
     [
-        ("resnet20", ["stem (cifar)", "3×3 conv, 16", "option A shortcut", "zero-pad to 32 ch", "× 3", "fc, 10 classes"]),
+        ("resnet20", ["0.27 M trainable parameters", "stem (cifar)", "3×3 conv, 16", "option A shortcut", "zero-pad to 32 ch", "× 3", "fc, 10 classes"]),
         ("resnet18", ["7×7 conv, 64, /2", "3×3 max pool, /2", "projection shortcut", "1×1 conv, 128, /2", "fc, 1000 classes"]),
         ("resnet50", ["1×1 conv, 64", "3×3 conv, 128, /2", "1×1 conv, 2048", "× 5", "global avg pool"]),
         ("preact_resnet164", ["164-layer pre-activation ResNet", "× 17", "1×1 conv, 256"]),

@@ -90,6 +90,12 @@ def test_signs_resnet50_starts_as_keras_initialises_it():
     assert {bn.momentum for bn in m.modules() if isinstance(bn, torch.nn.BatchNorm2d)} == {0.01}
     assert torch.all(m.layer1[0].gate.bias == -6)  # the gate's own start, not Keras's zero bias
     assert create_model("resnet50").bn1.momentum == 0.1  # torchvision's nets keep PyTorch's
+    # Short runs of the notebook's net can take PyTorch's momentum, whose running statistics settle sooner.
+    assert {bn.momentum for bn in create_model("signs_resnet50", bn_momentum=0.1).modules()
+            if isinstance(bn, torch.nn.BatchNorm2d)} == {0.1}
+    assert create_model("resnet20", bn_momentum=None).bn1.momentum is None  # a cumulative average, as PyTorch's None
+    with pytest.raises(ValueError, match="bn_momentum is the share of each batch's statistics"):
+        create_model("resnet20", bn_momentum=1.5)
 
 
 @pytest.mark.parametrize("name, gmacs", PAPER_GMACS.items())

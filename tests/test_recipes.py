@@ -207,11 +207,11 @@ def test_values_torch_would_refuse_at_the_first_step_are_refused_up_front():
 def test_a_warm_up_asked_for_a_net_the_recipe_would_not_warm_up_is_refused():
     from resnetlab.train import TrainConfig, resolve_recipe
 
-    config = TrainConfig(model="resnet20", recipe="he2016", recipe_overrides={"warmup_steps": 10, "warmup_lr": 0.001})
+    warm_up = {"warmup_steps": 10, "warmup_lr": 0.001}
     with pytest.raises(ValueError, match="he2016 warms up nets of 110 layers and deeper, and resnet20 has 20: "
                                          "add --recipe-arg warmup_min_depth=0 for its warmup_lr and warmup_steps"):
-        resolve_recipe(config)
+        TrainConfig(model="resnet20", recipe="he2016", recipe_overrides=warm_up)  # refused when made
     deeper = resolve_recipe(TrainConfig(model="resnet110", recipe="he2016", recipe_overrides={"warmup_steps": 10}))
     assert lr_at(deeper, 9, 1000, depth=110) == 0.01 and lr_at(deeper, 10, 1000, depth=110) == 0.1
-    config.recipe_overrides["warmup_min_depth"] = 0
+    config = TrainConfig(model="resnet20", recipe="he2016", recipe_overrides={**warm_up, "warmup_min_depth": 0})
     assert lr_at(resolve_recipe(config), 5, 1000, depth=20) == 0.001

@@ -239,6 +239,7 @@ def test_an_unreadable_file_mid_run_saves_the_run_and_says_how_to_go_on(tmp_path
     victim = train_images.samples[int(order[12])][0]
     good = victim.read_bytes()
     victim.write_bytes(good[:60])  # cut short, as a copy that failed half way leaves it
+    capsys.readouterr()  # what the runs above said
     assert main(["train", "--resume", str(tmp_path / "resumed"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {victim} is not a readable image") and "Traceback" not in err
@@ -536,6 +537,32 @@ def test_ctrl_c_mid_step_stops_after_that_step_and_resumes_to_the_same_weights(t
     assert_same_weights(straight.run_dir, resumed.run_dir)
 
 
+
+
+@needs_fashion
+def test_a_keras_layout_net_refuses_images_of_another_size_before_writing_anything(tmp_path):
+    with pytest.raises(ValueError, match="signs_resnet50 takes 64x64 images .*and fashion-mnist's are 28x28: add --image-size 64"):
+        train(tiny(tmp_path, model="signs_resnet50", recipe="signs-adam"))
+    assert not (tmp_path / "run").exists()
+    assert create_model("signs_resnet50", layers=[1, 1, 1], widths=[8, 16, 32]).fixed_input_size == 32  # 2x2 after 4 halvings
+    assert create_model("resnet50").fixed_input_size is None
+
+@needs_fashion
+def test_a_run_too_short_for_its_batch_norms_running_statistics_says_so(tmp_path, capsys):
+    """Evaluation uses the running statistics, which a short run with Keras's momentum (0.01) leaves near
+    their starting values: the notebook's net then scores near chance on the test set while training well."""
+    from resnetlab.train import _unsettled_statistics
+
+    train(tiny(tmp_path, "short", steps=8, model_kwargs={"bn_momentum": 0.01}))
+    note = capsys.readouterr().err
+    # 0.99 ** 8 of the starting values are left; 0.05 needs log(0.05) / log(0.99) = 298.07 steps.
+    assert "after 8 steps the batch norms' running statistics, which evaluation uses, still hold 92%" in note
+    assert "train for 299 steps or more, or add --model-arg bn_momentum=0.1" in note
+    train(tiny(tmp_path, "long", steps=30))  # PyTorch's 0.1 over 30 steps leaves 0.9 ** 30 = 4%
+    assert "running statistics" not in capsys.readouterr().err
+    model = create_model("resnet8", num_classes=10, in_chans=1)
+    assert _unsettled_statistics(model, 28) is not None and _unsettled_statistics(model, 29) is None
+
 @needs_fashion
 def test_a_diverging_run_stops_and_saves_no_nan(tmp_path):
     """A loss that is no longer a number stops the run with the reason, before NaN weights are saved;
@@ -642,6 +669,14 @@ def test_train_config_names_a_value_of_the_wrong_kind(tmp_path):
         ({"model_kwargs": [("order", "preact")]}, "model_kwargs must be a dict"),
         ({"device": "gpu"}, "unknown device 'gpu'"),
         ({"eval_every": 0}, r"eval_every \(--eval-every\) must be at least 1"),
+        # Out of range, named when made rather than when training starts.
+        ({"limit_train": 0}, r"limit_train \(--limit-train\) must be at least 1, got 0"),
+        ({"workers": -1}, r"workers \(--workers\) must be at least 0"),
+        ({"grad_norm_every": -5}, "grad_norm_every must be at least 0"),
+        ({"lr": -0.1}, "lr must be positive and finite, got -0.1"),
+        ({"steps": 0}, "steps must be positive"),
+        ({"recipe": "he2015"}, "unknown recipe 'he2015'"),
+        ({"recipe_overrides": {"momentum": -1}}, "momentum must be zero or more"),
     ]:
         with pytest.raises(ValueError, match=message):
             TrainConfig(**fields)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .typecheck import as_sequence, is_integer
+
 SHORTCUTS = ("A", "B", "C")
 # The 2016 paper's Figure 4, (a) to (e): where BN and ReLU sit relative to the addition.
 ORDERS = ("post", "bn_after_add", "relu_before_add", "relu_preact", "preact")
@@ -322,27 +324,55 @@ class Bottleneck(_Block):
 def identity_block(in_channels: int, f: int, filters: tuple[int, int, int], bias: bool = True) -> Bottleneck:
     """The seed notebook's identity block: 1x1 conv (F1), f x f conv (F2), 1x1 conv (F3), each with
     BN, ReLU between, and the input added back before the last ReLU. Input and output have the same
-    shape, so ``in_channels`` must equal F3. Conv biases and batch-norm epsilon (1e-3) as in Keras.
+    shape, so ``in_channels`` must equal F3. It starts as Keras starts the notebook's: conv biases,
+    Glorot-uniform kernels, batch norms with Keras's epsilon (1e-3) and momentum (0.99, PyTorch's 0.01).
+
+    Where the notebook's function takes the input tensor and returns the output, this builds the block,
+    which is then called on it: ``identity_block(X.shape[1], 3, [64, 64, 256])(X)``.
     """
+    _check_built_not_called("identity_block", in_channels, f, filters)
     if in_channels != filters[2]:
         raise ValueError(f"an identity block keeps its input's shape: in_channels ({in_channels}) must equal F3 ({filters[2]})")
-    return _keras_eps(Bottleneck(in_channels, filters[0], bias=bias, stride_in_1x1=True, filters=tuple(filters), kernel_size=f))
+    return _keras_defaults(Bottleneck(in_channels, filters[0], bias=bias, stride_in_1x1=True, filters=tuple(filters), kernel_size=f))
 
 
 def convolutional_block(in_channels: int, f: int, filters: tuple[int, int, int], s: int = 2, bias: bool = True) -> Bottleneck:
     """The seed notebook's convolutional block: the identity block's three convolutions, the first with
-    stride ``s``, and a 1x1 conv (stride ``s``) + BN on the shortcut so that the shapes match.
+    stride ``s``, and a 1x1 conv (stride ``s``) + BN on the shortcut so that the shapes match. Built, then
+    called on the input, and started, as ``identity_block``'s.
     """
-    return _keras_eps(Bottleneck(in_channels, filters[0], stride=s, shortcut="C", bias=bias, stride_in_1x1=True,
+    _check_built_not_called("convolutional_block", in_channels, f, filters)
+    return _keras_defaults(Bottleneck(in_channels, filters[0], stride=s, shortcut="C", bias=bias, stride_in_1x1=True,
                                  filters=tuple(filters), kernel_size=f))
 
 
-def _keras_eps(block: Bottleneck) -> Bottleneck:
-    """Keras's BatchNormalization default epsilon, so that the notebook's weights give the notebook's outputs."""
+def _check_built_not_called(name: str, in_channels: object, f: object, filters: object) -> None:
+    """The notebook's functions take the tensor X: here that is the mistake worth naming."""
+    if isinstance(in_channels, torch.Tensor):
+        raise TypeError(f"{name} builds the block, which is then called on the input: "
+                        f"{name}(X.shape[1], f, filters)(X), not {name}(X, f, filters)")
+    if not (is_integer(in_channels) and is_integer(f)) or len(as_sequence(filters) or []) != 3:
+        raise TypeError(f"{name} takes in_channels and f as whole numbers and filters as [F1, F2, F3], "
+                        f"got {in_channels!r}, {f!r}, {filters!r}")
+
+
+def _keras_defaults(block: Bottleneck) -> Bottleneck:
+    """Keras's BatchNormalization epsilon (so that the notebook's weights give the notebook's outputs) and
+    momentum, and its initial weights (so that a block trains from where the notebook's starts)."""
     for m in block.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.eps = 1e-3
+            m.eps, m.momentum = 1e-3, 0.01
+    keras_init(block)
     return block
+
+
+def keras_init(module: nn.Module) -> None:
+    """Keras's initial weights, which the notebook trained from: Glorot-uniform kernels, zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and not m.weight.is_meta:
+            nn.init.xavier_uniform_(m.weight)  # Keras's fans: k*k*in and k*k*out, as PyTorch's
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 class ResidualMLPBlock(nn.Module):

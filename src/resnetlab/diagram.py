@@ -86,7 +86,7 @@ def _heading(model: ResNet, title: str | None) -> str:
     variant += [f"{model.mixing.replace('_', ' ')} shortcut"] if model.residual and model.mixing != "add" else []
     if variant:
         kind += f" ({', '.join(variant)})"
-    line = f"{depth}-layer {kind}, {count_parameters(model) / 1e6:.2f} M parameters"
+    line = f"{depth}-layer {kind}, {count_parameters(model) / 1e6:.2f} M trainable parameters"
     return f"{title}\n{line}" if title else line
 
 

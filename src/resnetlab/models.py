@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .blocks import BasicBlock, Bottleneck, resolve_order
+from .blocks import BasicBlock, Bottleneck, keras_init, resolve_order
 from .errors import ResnetlabError
 from .typecheck import as_sequence, check_types, is_integer
 
@@ -57,6 +57,9 @@ class ResNet(nn.Module):
         zero_init_residual: start every residual branch at zero (its last BN's gamma = 0).
         bias: conv biases, as in Keras (``signs_resnet50``).
         bn_eps: the epsilon of every batch norm (PyTorch's 1e-5; Keras's default is 1e-3).
+        bn_momentum: how much of a batch's statistics each batch norm's running ones take in at every
+            training step (PyTorch's 0.1; Keras's momentum=0.99 is 0.01, which needs a few hundred
+            steps to forget the starting values); ``None`` averages all batches alike.
         features_only: a backbone without pooling, classifier (``num_classes`` is 0) or any stage past its
             deepest map, whose forward returns the feature maps at ``out_indices`` of ``feature_info``
             (as timm's ``features_only``); ``feature_info`` then lists the maps up to the deepest.
@@ -85,6 +88,7 @@ class ResNet(nn.Module):
         gate_bias: float = -6.0,
         shortcut_dropout: float = 0.5,
         bn_eps: float = 1e-5,
+        bn_momentum: float | None = 0.1,
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
     ) -> None:
@@ -104,6 +108,8 @@ class ResNet(nn.Module):
             raise ValueError(f"shortcut_dropout is a probability below 1, not {shortcut_dropout}")
         if bn_eps <= 0:
             raise ValueError(f"bn_eps must be positive, not {bn_eps}")
+        if bn_momentum is not None and not 0 < bn_momentum <= 1:
+            raise ValueError(f"bn_momentum is the share of each batch's statistics, above 0 and at most 1 (or None), not {bn_momentum}")
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if len(layers) != len(widths):
@@ -180,7 +186,7 @@ class ResNet(nn.Module):
             self.reset_classifier(num_classes)
         for m in self.modules():
             if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.eps = bn_eps
+                m.eps, m.momentum = bn_eps, bn_momentum
 
         if self.conv1.weight.is_meta:
             return  # built only to count or trace shapes: there are no values to initialise
@@ -199,6 +205,14 @@ class ResNet(nn.Module):
         if zero_init_residual and residual:
             for block_module in self.blocks():
                 block_module.zero_init_last_bn()
+
+    @property
+    def fixed_input_size(self) -> int | None:
+        """The image side the net takes, for a Keras-layout net (its head flattens a 2x2 map); None for
+        those that pool globally and take any size."""
+        if self.stem != "keras" or self.fc is None:
+            return None
+        return 2 * self.feature_info[-1]["reduction"]
 
     @property
     def final_relu(self) -> bool:
@@ -256,7 +270,7 @@ class ResNet(nn.Module):
         if self.stem == "keras":
             # The fixed 2x2 pool would read a corner of any larger map without a word. torch._assert, not an if:
             # torch.fx (create_feature_extractor) traces it, where it cannot trace a branch on a shape.
-            side = 2 * self.feature_info[-1]["reduction"]
+            side = self.fixed_input_size
             torch._assert((x.shape[-2] == 2) & (x.shape[-1] == 2),
                           f"this model flattens a 2x2 map (Keras's layout, as signs_resnet50) and so takes {side}x{side} images")
         pooled = torch.flatten(self.avgpool(x), 1)
@@ -453,7 +467,7 @@ def create_model(
         kind, depth = match.group(1), int(match.group(2))
         only_bottlenecks = (depth - 2) % 9 == 0 and (depth - 2) % 6 != 0  # 3 layers a block reach it, 2 do not
         block = overrides.pop("block", "bottleneck" if only_bottlenecks else "basic")
-        if depth >= 8 and (depth - 2) % (3 * _LAYERS_PER_BLOCK.get(block, 2)) == 0:
+        if _cifar_blocks_per_stage(depth, block, missing_ok=True):
             overrides = _check_options(name, cifar_resnet, overrides, _cifar_fixed(kind, depth, block))
             return cifar_resnet(depth, block=block, **_KINDS[kind], **overrides)
     close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=5, cutoff=0.6)
@@ -590,26 +604,34 @@ def cifar_resnet(
     option A for basic blocks (2015 paper) and option B for bottlenecks, whose first block must
     widen 16 to 64 channels (2016 paper).
     """
-    per_block = _LAYERS_PER_BLOCK.get(block)
-    if per_block is None:
-        raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
-    n, rest = divmod(depth - 2, 3 * per_block)
-    if rest or n < 1:
-        raise ValueError(f"depth {depth} is not {3 * per_block}n+2 for {block} blocks")
-    block_cls = _BLOCKS[block]
+    n = _cifar_blocks_per_stage(depth, block)
     if shortcut is None:
         shortcut = "A" if block == "basic" else "B"
     return ResNet(
-        block_cls, [n] * 3, widths, num_classes=num_classes, in_chans=in_chans, stem="cifar",
+        _BLOCKS[block], [n] * 3, widths, num_classes=num_classes, in_chans=in_chans, stem="cifar",
         shortcut=shortcut, preact=preact, residual=residual, **kwargs,
     )
+
+
+def _cifar_blocks_per_stage(depth: int, block: str, missing_ok: bool = False) -> int:
+    """n, the blocks in each of a CIFAR net's three stages: its depth is 6n+2 with basic blocks (two layers
+    each), 9n+2 with bottlenecks (three). A depth of neither form is a ValueError, or 0 if ``missing_ok``;
+    an unknown block always one."""
+    if block not in _LAYERS_PER_BLOCK:
+        raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
+    per_block = _LAYERS_PER_BLOCK[block]
+    n, rest = divmod(depth - 2, 3 * per_block)
+    if rest or n < 1:
+        if missing_ok:
+            return 0
+        raise ValueError(f"depth {depth} is not {3 * per_block}n+2 for {block} blocks")
+    return n
 
 
 def _cifar_fixed(kind: str, depth: int, block: str) -> dict[str, object]:
     """What a CIFAR net's name fixes: its depth (so its stages' blocks), its stem and its kind. The block
     stays free: ResNet-110 of bottlenecks is the 2016 paper's ablations' other net."""
-    n = (depth - 2) // (3 * _LAYERS_PER_BLOCK.get(block, 2))
-    return {"depth": depth, "layers": [n] * 3, "stem": "cifar", **_KINDS[kind]}
+    return {"depth": depth, "layers": [_cifar_blocks_per_stage(depth, block)] * 3, "stem": "cifar", **_KINDS[kind]}
 
 
 def _register_cifar(kind: str, depth: int, doc: str, block: str = "basic") -> None:
@@ -647,28 +669,17 @@ def signs_resnet50(
 
     Its layout: ZeroPadding2D(3) + 7x7/2 conv, conv biases everywhere, the stride on the first 1x1
     of each convolutional block, Keras's batch-norm epsilon (1e-3), a 2x2 average pool, flatten and a
-    dense layer; initialised as Keras initialises it (``keras_init``). Keras reports 23,600,006 parameters: 23,546,886 trainable plus 53,120 BN moving
+    dense layer; initialised as Keras initialises it (``keras_init``, and batch norms keeping 0.99 of
+    their moving statistics each step: ``bn_momentum=0.01``). Keras reports 23,600,006 parameters: 23,546,886 trainable plus 53,120 BN moving
     statistics. ``layers`` and ``widths`` (each stage's F1; F3 is 4 x F1) give the notebook's layout
     at other sizes, as ``resnetlab import`` needs for Keras files of such variants.
     """
-    kwargs = {"stem": "keras", "bias": True, "stride_in_1x1": True, "bn_eps": 1e-3, **kwargs}
+    kwargs = {"stem": "keras", "bias": True, "stride_in_1x1": True, "bn_eps": 1e-3, "bn_momentum": 0.01, **kwargs}
     model = ResNet(Bottleneck, list(layers), widths=list(widths), num_classes=num_classes, in_chans=in_chans, **kwargs)
     keras_init(model)
     for block in model.blocks() if model.residual else []:
         block.init_gate()  # a gate's bias starts where its option says, not at Keras's zero
     return model
-
-
-def keras_init(model: nn.Module) -> None:
-    """Keras's defaults, which the notebook trained from: Glorot-uniform kernels, zero biases, and batch
-    norms whose moving statistics keep 0.99 of their value each step (PyTorch's momentum 0.01)."""
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            m.momentum = 0.01
-        elif isinstance(m, (nn.Conv2d, nn.Linear)) and not m.weight.is_meta:
-            nn.init.xavier_uniform_(m.weight)  # Keras's fans: k*k*in and k*k*out, as PyTorch's
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 register_model(signs_resnet50, fixed={"block": Bottleneck})

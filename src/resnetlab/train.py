@@ -10,12 +10,14 @@ import itertools
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,15 +25,18 @@ from tqdm import tqdm
 
 from . import __version__, distributed, runs
 from .data import DataError, fingerprint, folder_sizes, load_splits, reload_sizes, resolve_dataset
-from .errors import ResnetlabError
 from .devices import check_device_name, pick_device, seed_everything, uses_channels_last
+from .errors import ResnetlabError
 from .evaluate import EvalResult, evaluate
 from .loader import DeviceLoader, channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, scaled_jitter, stats_sample
-from .models import depth_of
+from .models import create_model, depth_of
 from .pretrained import input_stats, is_file_spec, weights_layout, weights_name
 from .recipes import Recipe, get_recipe, lr_at
 from .steps import TrainStep, build_train_step
 from .typecheck import check_types, is_integer
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter  # optional: imported where it is used
 
 
 @dataclass
@@ -49,7 +54,7 @@ class TrainConfig:
     weight_decay: float | None = None
     limit_train: int | None = None
     limit_test: int | None = None
-    image_size: int | None = None  # folder datasets: the side images are resized to
+    image_size: int | None = None  # the side images are resized to (folders: 64 unless told; named datasets: their own)
     device: str = "auto"
     seed: int = 0
     out: str | None = None
@@ -90,6 +95,12 @@ class TrainConfig:
             raise ValueError(f"eval_every (--eval-every) must be at least 1, got {self.eval_every}")
         if not 0 <= self.seed < 2**32:  # torch's range; its own message names no flag
             raise ValueError(f"seed (--seed) must be from 0 to 2**32 - 1, got {self.seed}")
+        for name, least in (("limit_train", 1), ("limit_test", 1), ("image_size", 1), ("workers", 0), ("grad_norm_every", 0)):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                flag = f" (--{name.replace('_', '-')})" if name != "grad_norm_every" else ""  # experiments set it, no flag
+                raise ValueError(f"{name}{flag} must be at least {least}, got {value}")
+        resolve_recipe(self)  # the recipe's ranges (lr, steps, ...) and names, checked now rather than when training starts
 
 
 @dataclass
@@ -188,8 +199,6 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     recipe = resolve_recipe(config)
     world = distributed.world_from_env()
     device = distributed.setup(world, pick_device(config.device))
-    from .models import create_model
-
     fixed = [k for k in ("num_classes", "in_chans") if k in config.model_kwargs]
     if fixed:
         raise ValueError(f"{' and '.join(fixed)} {'come' if len(fixed) > 1 else 'comes'} from the dataset (its classes "
@@ -213,6 +222,10 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     # so its fresh layers start as the seed says.
     seed_everything(config.seed, config.deterministic)
     model = create_model(config.model, weights=config.weights, **model_kwargs)
+    if model.fixed_input_size not in (None, image_size):
+        side = model.fixed_input_size
+        raise ValueError(f"{config.model} takes {side}x{side} images (its head flattens a 2x2 map, as Keras's layout does), "
+                         f"and {config.dataset}'s are {image_size}x{image_size}: add --image-size {side}")
     if recipe.scale_jitter is not None:  # here, before anything is written, rather than when the loader is made
         check_scale_jitter(recipe.scale_jitter, image_size, from_files=config.dataset.startswith("folder:"))
     if len(train_set) < recipe.batch_size:
@@ -336,7 +349,7 @@ def _resume(run_dir: Path, saved: dict, world: distributed.World, device: str | 
     return _run(saved, run_dir, train_set, test_set, device, progress, stop_at, checkpoint, world, workers)
 
 
-def _data_fingerprint(train_set, test_set) -> dict[str, str]:
+def _data_fingerprint(train_set: torch.utils.data.Dataset, test_set: torch.utils.data.Dataset) -> dict[str, str]:
     """What config.json records of a run's data, to tell the same data moved from other data."""
     return {"train": fingerprint(train_set), "test": fingerprint(test_set)}
 
@@ -357,10 +370,6 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         model = model.to(memory_format=torch.channels_last)
     train_loader, test_loader = _loaders(saved, recipe, train_set, test_set, device, channels_last, world, workers)
     run = _start(saved, run_dir, recipe, model, device, world, checkpoint, train_loader)
-    # Evaluation goes through the plain model, which shares the trained weights: not through
-    # DistributedDataParallel, since process 0 evaluates alone and DDP would wait for the others, and
-    # not through torch.compile's module, which would compile twice more (eval mode, the short last
-    # batch), costing more seconds than it saves on a test set evaluated a few times.
     history = runs.read_metrics(run_dir, missing_ok=True)
     result_test: EvalResult | None = None
     total_steps, steps_per_epoch = saved["total_steps"], saved["steps_per_epoch"]
@@ -387,6 +396,10 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                 raise Interrupted(run_dir, run.step, world.size)
             row = _epoch_row(run, lr, epoch_start, resumed_seen)
             if world.is_main and (last or (epoch + 1) % saved["eval_every"] == 0):
+                # Through the plain model, which shares the trained weights: not through DistributedDataParallel,
+                # since process 0 evaluates alone and DDP would wait for the others, and not through torch.compile's
+                # module, which would compile twice more (eval mode, the short last batch), costing more seconds
+                # than it saves on a test set evaluated a few times.
                 result_test = evaluate(model, test_loader, len(saved["classes"]))
                 row["test_loss"], row["test_acc"] = result_test.loss, result_test.accuracy
             run.elapsed = row["time"] = time.perf_counter() - started
@@ -397,6 +410,8 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
             _save(run)
             if world.is_main:
                 tqdm.write(_epoch_line(row, total_steps, steps_per_epoch))
+            if world.is_main and last and (note := _unsettled_statistics(model, run.step)):
+                print(f"note: {note}", file=sys.stderr)
             if run.step == stop_at and not last:
                 raise Interrupted(run_dir, run.step, world.size)
     except KeyboardInterrupt:
@@ -597,7 +612,7 @@ class _StepEndInterrupt:
             signal.signal(s, handler)
 
 
-def _tensorboard(run_dir: Path):
+def _tensorboard(run_dir: Path) -> SummaryWriter | None:
     """A TensorBoard writer into the run directory when TensorBoard is installed, else None."""
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -609,6 +624,22 @@ def _tensorboard(run_dir: Path):
 def _epoch_label(step: int, total_steps: int, steps_per_epoch: int) -> str:
     """``epoch E/N``: the epochs trained at ``step``, of the run's; fractional where --steps cuts an epoch short."""
     return f"epoch {round(step / steps_per_epoch, 4):g}/{round(total_steps / steps_per_epoch, 4):g}"
+
+
+def _unsettled_statistics(model: nn.Module, steps: int, left_at_most: float = 0.05) -> str | None:
+    """Why the model's test accuracy may lag far behind its training accuracy after ``steps`` steps, or
+    None: its batch norms' running statistics, which evaluation uses, still hold more than
+    ``left_at_most`` of their starting values (a batch norm keeps 1 - momentum of them each step)."""
+    momenta = [m.momentum for m in model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.momentum is not None]
+    if not momenta or (1 - min(momenta)) ** steps <= left_at_most:
+        return None
+    slowest = min(momenta)
+    needed = math.ceil(math.log(left_at_most) / math.log(1 - slowest))
+    return (f"after {steps} steps the batch norms' running statistics, which evaluation uses, still hold "
+            f"{(1 - slowest) ** steps:.0%} of their starting values (each step takes in {slowest:g} of a batch's: "
+            f"bn_momentum), so the test accuracy may lag far behind the training accuracy; train for {needed} "
+            f"steps or more{', or add --model-arg bn_momentum=0.1' if slowest < 0.1 else ''}")
 
 
 def _epoch_line(row: dict, total_steps: int, steps_per_epoch: int) -> str:
