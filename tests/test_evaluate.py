@@ -144,6 +144,37 @@ def test_printed_and_written_results_agree_with_a_hand_computation_on_the_first_
         assert any(line.split() == [*name.split(), f"{value:.2%}"] for line in printed.splitlines() if value is not None)
 
 
+
+def test_the_training_split_is_scored_on_the_images_the_run_trained_on(idx_run, tmp_path, capsys):
+    """--split train: the run's training images, unaugmented (its limit_train's first N), by hand; written
+    beside the test set's files, not over them."""
+    model, config = load_model(idx_run)
+    data = Path(config["data_dir"])
+    with gzip.open(data / "train-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read()[16:], np.uint8).reshape(-1, 1, 28, 28)
+    with gzip.open(data / "train-labels-idx1-ubyte.gz") as f:
+        labels = torch.from_numpy(np.frombuffer(f.read()[8:], np.uint8).astype(np.int64))
+    mean, std = (torch.tensor(config[k])[:, None, None] for k in ("mean", "std"))
+    with torch.no_grad():
+        logits = model((torch.from_numpy(images.copy()).float() / 255 - mean) / std)
+    hits = logits.argmax(1) == labels
+
+    limited = tmp_path / "limited"  # the same data, trained on its first 100 images
+    train(TrainConfig(model="resnet8", data_dir=str(data), batch_size=32, steps=1, limit_train=100, device="cpu",
+                      out=str(limited), progress=False))
+    capsys.readouterr()
+    for run, extra, n in ((idx_run, [], 128), (idx_run, ["--limit-test", "50"], 50), (limited, [], 100)):
+        out = tmp_path / f"out-{run.name}-{n}"
+        assert main(["eval", str(run), "--split", "train", *extra, "--device", "cpu", "--out", str(out)]) == 0
+        written = json.loads((out / "eval-train.json").read_text())
+        assert written["split"] == "train" and written["examples"] == n and written["reference"] is None
+        assert sorted(p.name for p in out.iterdir() if not p.name.startswith("confusion-train.")) == ["eval-train.json"]
+        assert f"({n} training images, one view" in capsys.readouterr().out
+        if run == idx_run:
+            assert written["accuracy"] == pytest.approx(hits[:n].float().mean().item())
+    fails_cleanly(capsys, "eval", "--pretrained", "resnet18", "--dataset", f"folder:{tmp_path}", "--split", "train",
+                  "--device", "cpu", match="--split train scores a run's training images")
+
 def test_a_named_dataset_with_other_classes_is_refused(idx_run, capsys):
     """A Fashion-MNIST run tested on MNIST (same size, same count, other classes) would score shoes as digits."""
     data = load_model(idx_run)[1]["data_dir"]

@@ -175,8 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="another dataset with the same classes (default: the run's)")
     p.add_argument("--data-dir", help="where the dataset files are (default: where the run found them)")
     p.add_argument("--limit-test", type=int, metavar="N",
-                   help="evaluate on N test images: a named dataset's first N, a folder's N drawn at random (seeded); "
-                        "default: all")
+                   help="evaluate on N images: a named dataset's first N, a folder's N drawn at random (seeded); "
+                        "default: all (with --split train, those the run trained on)")
+    p.add_argument("--split", choices=("test", "train"), default="test",
+                   help="score the test images (default) or, unaugmented, those the run trained on: a gap between "
+                        "the two is overfitting; writes eval-train.json and confusion-train.*")
     p.add_argument("--device", default="auto", type=_device, metavar="DEVICE", help=DEVICE_HELP)
     _add_view_flags(p)
 
@@ -536,11 +539,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.pretrained:
         if not args.dataset:
             raise ValueError("--pretrained needs --dataset imagenet, or folder:PATH of the 1000 ImageNet classes")
+        if args.split != "test":
+            raise ValueError("--split train scores a run's training images; published weights are scored on the folder given")
         report = evaluate_published(args.pretrained, args.dataset, data_dir=args.data_dir, limit_test=args.limit_test,
                                     device=args.device, views=views, scales=scales, out=args.out)
     else:
         report = evaluate_run(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, limit_test=args.limit_test,
-                              device=args.device, views=views, scales=scales, out=args.out)
+                              device=args.device, views=views, scales=scales, out=args.out, split=args.split)
     print(report.text())
 
 

@@ -263,11 +263,13 @@ class EvalReport:
     files: list[Path]
     reference: str | None = None  # what the weights are published, or the paper reports, to reach, when known
     views: str = "one view"  # how each image was seen: its one view, or the views its scores were averaged over
+    split: str = "test"  # or "train": the images a run trained on
 
     def to_dict(self) -> dict:
         r = self.result
         return {
             "dataset": self.dataset,
+            "split": self.split,
             "views": self.views,
             "reference": self.reference,
             "examples": r.count,
@@ -282,7 +284,8 @@ class EvalReport:
 
     def text(self) -> str:
         r = self.result
-        lines = [f"{self.source} on {self.dataset} ({r.count} test images, {self.views})"]
+        images = "training images" if self.split == "train" else "test images"
+        lines = [f"{self.source} on {self.dataset} ({r.count} {images}, {self.views})"]
         lines.append(f"accuracy {r.accuracy:.2%}  error {r.error:.2%}  loss {r.loss:.4f}")
         if r.top5 is not None:
             lines.append(f"top-5 accuracy {r.top5:.2%}")
@@ -307,18 +310,26 @@ def evaluate_run(
     views: str | None = None,
     scales: Sequence[int] | None = None,
     out: str | Path | None = None,
+    split: str = "test",
 ) -> EvalReport:
     """Evaluate a trained run on a test set and write ``eval.json`` and the confusion matrix into
     ``out`` (default: the run directory, replacing the last ones there).
 
     ``views`` ("ten-crop" or "scales", see ``view_batches``) averages each image's scores over several
     views of it; that needs image files, so a run trained on a folder.
+
+    ``split="train"`` scores the training images instead, unaugmented: on the run's own dataset, the
+    ones it trained on (its ``limit_train``, a folder's seeded draw), ``limit_test`` of them if given.
+    Against the test score it tells overfitting (a gap) from batch-norm running statistics that have
+    not settled (chance on both). Its files are ``eval-train.json`` and ``confusion-train.*``.
     """
     from .data import class_folder_names, load_split, own_held_out, reload_sizes, resolve_dataset
     from .loader import dataset_shape
     from .plots import plot_confusion
     from .runs import load_model, out_folder, write_json
 
+    if split not in ("test", "train"):
+        raise ValueError(f"split must be 'test' or 'train', not {split!r}")
     run_dir = Path(run_dir)
     if out is not None:  # refused before the test set is scored, which may take minutes
         out_folder(out, _OUT_HOLDS)
@@ -340,8 +351,13 @@ def evaluate_run(
     # is tested on the images its training held out.
     whole = (name != own and not moved and name.startswith("folder:")
              and own_held_out(Path(name.removeprefix("folder:"))) is None)
-    test = load_split(name, "test", data_dir or config.get("data_dir"), limit=limit_test, seed=config["seed"],
-                      on_disk=views is not None, whole=whole, **reload_sizes(name, config))
+    if split == "train":  # the images training drew, unless told how many
+        limit = limit_test if limit_test is not None or name != own else config.get("limit_train")
+        test = load_split(name, "train", data_dir or config.get("data_dir"), limit=limit, seed=config["seed"],
+                          on_disk=views is not None, **reload_sizes(name, config))
+    else:
+        test = load_split(name, "test", data_dir or config.get("data_dir"), limit=limit_test, seed=config["seed"],
+                          on_disk=views is not None, whole=whole, **reload_sizes(name, config))
     expected = (len(config["classes"]), config["channels"], config["image_size"])
     found = (len(test.classes), *dataset_shape(test))
     if found != expected:
@@ -369,14 +385,17 @@ def evaluate_run(
                          f"({', '.join(exported[:5])}{more})")
     scales = view_scales(config["image_size"], scales)
     result = _score(model, test, config, views, scales, dev)
-    reference = paper_reference(config["model"], views, scales, len(config["classes"]))
+    # The papers report test errors: nothing to hold a training-set score against.
+    reference = paper_reference(config["model"], views, scales, len(config["classes"])) if split == "test" else None
     report = EvalReport(str(run_dir), name, config["classes"], result, [], reference,
-                        describe_views(views, scales) or one_view(config))
+                        describe_views(views, scales) or one_view(config), split)
     out = Path(out) if out is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "eval.json", report.to_dict())
-    report.files.append(out / "eval.json")
-    report.files += plot_confusion(result.confusion, config["classes"], out / "confusion", f"{config['model']} on {name}")
+    suffix = "-train" if split == "train" else ""  # beside the test set's files, not over them
+    write_json(out / f"eval{suffix}.json", report.to_dict())
+    report.files.append(out / f"eval{suffix}.json")
+    title = f"{config['model']} on {name}" + (" (training images)" if split == "train" else "")
+    report.files += plot_confusion(result.confusion, config["classes"], out / f"confusion{suffix}", title)
     return report
 
 
