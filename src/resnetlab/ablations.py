@@ -5,26 +5,51 @@ Plain data, free of torch, so that the command line can build its help from it a
 ``experiments.reproduce_variants`` trains them.
 """
 
-# key, label, model options, the paper's CIFAR-10 test error (%) for ResNet-110 and for ResNet-164 (bottleneck).
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Variant(NamedTuple):
+    """One variant of a study, with the paper's CIFAR-10 test error (%) for it: "fail" is the paper's
+    word for above 20%, None where it did not train that net."""
+
+    key: str  # what --variants takes, and part of its runs' folder names
+    label: str  # its name in reports and figures
+    options: dict  # the model options that make it
+    resnet110_error: str | None
+    resnet164_error: str | None  # ResNet-164 of bottlenecks
+
+    def paper_error(self, depth: int, block: str) -> str | None:
+        """The paper's test error for this variant of a CIFAR net of ``depth`` layers of ``block`` blocks;
+        None for a net the paper did not train in its ablations."""
+        return {(110, "basic"): self.resnet110_error, (164, "bottleneck"): self.resnet164_error}.get((depth, block))
+
+
+class Study(NamedTuple):
+    title: str
+    variants: list[Variant]  # the first is the original unit, which every other is drawn against
+
+
 ORDER_VARIANTS = [
-    ("post", "original (Fig. 4a)", {"order": "post"}, "6.61", "5.93"),
-    ("bn_after_add", "BN after addition (4b)", {"order": "bn_after_add"}, "8.17", "6.50"),
-    ("relu_before_add", "ReLU before addition (4c)", {"order": "relu_before_add"}, "7.84", "6.14"),
-    ("relu_preact", "ReLU-only pre-activation (4d)", {"order": "relu_preact"}, "6.71", "5.91"),
-    ("preact", "full pre-activation (4e)", {"order": "preact"}, "6.37", "5.46"),
+    Variant("post", "original (Fig. 4a)", {"order": "post"}, "6.61", "5.93"),
+    Variant("bn_after_add", "BN after addition (4b)", {"order": "bn_after_add"}, "8.17", "6.50"),
+    Variant("relu_before_add", "ReLU before addition (4c)", {"order": "relu_before_add"}, "7.84", "6.14"),
+    Variant("relu_preact", "ReLU-only pre-activation (4d)", {"order": "relu_preact"}, "6.71", "5.91"),
+    Variant("preact", "full pre-activation (4e)", {"order": "preact"}, "6.37", "5.46"),
 ]
-# The paper reports "fail" for a test error above 20%. Its Table 1 is on ResNet-110 only.
+# The paper's Table 1 is on ResNet-110 only.
 SHORTCUT_VARIANTS = [
-    ("original", "original (Fig. 2a)", {}, "6.61", None),
-    ("scale-0.5-0.5", "constant scaling, 0.5 and 0.5 (2b)", {"mixing": "scale", "scales": [0.5, 0.5]}, "12.35", None),
-    ("scale-0.5-1", "constant scaling, 0.5 and 1 (2b)", {"mixing": "scale", "scales": [0.5, 1.0]}, "fail", None),
-    ("gate-6", "exclusive gating, b_g = -6 (2c)", {"mixing": "gate", "gate_bias": -6.0}, "8.70", None),
-    ("shortcut-gate-0", "shortcut-only gating, b_g = 0 (2d)", {"mixing": "shortcut_gate", "gate_bias": 0.0}, "12.86", None),
-    ("shortcut-gate-6", "shortcut-only gating, b_g = -6 (2d)", {"mixing": "shortcut_gate", "gate_bias": -6.0}, "6.91", None),
-    ("conv-shortcut", "1x1 conv shortcut (2e)", {"shortcut": "C"}, "12.22", None),
-    ("dropout", "dropout shortcut, 0.5 (2f)", {"mixing": "dropout", "shortcut_dropout": 0.5}, "fail", None),
+    Variant("original", "original (Fig. 2a)", {}, "6.61", None),
+    Variant("scale-0.5-0.5", "constant scaling, 0.5 and 0.5 (2b)", {"mixing": "scale", "scales": [0.5, 0.5]}, "12.35", None),
+    Variant("scale-0.5-1", "constant scaling, 0.5 and 1 (2b)", {"mixing": "scale", "scales": [0.5, 1.0]}, "fail", None),
+    Variant("gate-6", "exclusive gating, b_g = -6 (2c)", {"mixing": "gate", "gate_bias": -6.0}, "8.70", None),
+    Variant("shortcut-gate-0", "shortcut-only gating, b_g = 0 (2d)", {"mixing": "shortcut_gate", "gate_bias": 0.0}, "12.86", None),
+    Variant("shortcut-gate-6", "shortcut-only gating, b_g = -6 (2d)", {"mixing": "shortcut_gate", "gate_bias": -6.0}, "6.91", None),
+    Variant("conv-shortcut", "1x1 conv shortcut (2e)", {"shortcut": "C"}, "12.22", None),
+    Variant("dropout", "dropout shortcut, 0.5 (2f)", {"mixing": "dropout", "shortcut_dropout": 0.5}, "fail", None),
 ]
 STUDIES = {
-    "orders": ("Activation orders (He et al. 2016, Table 2)", ORDER_VARIANTS),
-    "shortcuts": ("Shortcut types (He et al. 2016, Table 1)", SHORTCUT_VARIANTS),
+    "orders": Study("Activation orders (He et al. 2016, Table 2)", ORDER_VARIANTS),
+    "shortcuts": Study("Shortcut types (He et al. 2016, Table 1)", SHORTCUT_VARIANTS),
 }

@@ -38,7 +38,7 @@ from .data import get_dataset, load_split, reload_sizes, resolve_dataset
 from .devices import pick_device
 from .evaluate import eval_mode
 from .loader import make_loader
-from .models import ResNet, count_parameters, depth_of
+from .models import ResNet, cifar_blocks_per_stage, count_parameters, depth_of
 from .recipes import Recipe
 from .train import TrainConfig, resolve_recipe, resume, train
 
@@ -68,7 +68,7 @@ def _check_depths(depths: Iterable[int]) -> list[int]:
     if not depths:
         raise ValueError("give at least one depth")
     for d in depths:
-        if d < 8 or (d - 2) % 6:
+        if not cifar_blocks_per_stage(d, "basic", missing_ok=True):
             raise ValueError(f"depth {d} is not a CIFAR net's 6n+2 layers: use 8, 14, 20, 32, 44, 56, 110, ...")
     return depths
 
@@ -140,6 +140,15 @@ def _curve(run_dir: Path) -> list[dict]:
     return [
         {"step": r["step"], "train_error": _error(r["train_acc"]), "test_error": _error(r.get("test_acc"))}
         for r in runs.read_metrics(run_dir)
+    ]
+
+
+def _mean_curve(per_seed: Sequence[list[dict]]) -> list[dict]:
+    """The seeds' curves of one net averaged evaluation by evaluation: seeds share the settings, so their
+    evaluations fall on the same steps."""
+    return [
+        {"step": rows[0]["step"], **{c: statistics.mean(r[c] for r in rows) for c in ("train_error", "test_error")}}
+        for rows in zip(*per_seed)
     ]
 
 
@@ -260,11 +269,7 @@ def reproduce_degradation(
             {"model": _model_name(kind, depth), "depth": depth, "kind": kind, "seed": s, **row}
             for s, curve in zip(seed_list, per_seed) for row in curve
         ]
-        # Seeds share the settings, so their evaluations fall on the same steps.
-        curves[kind, depth] = [
-            {"step": rows[0]["step"], **{c: statistics.mean(r[c] for r in rows) for c in ("train_error", "test_error")}}
-            for rows in zip(*per_seed)
-        ]
+        curves[kind, depth] = _mean_curve(per_seed)
         train_errors = [curve[-1]["train_error"] for curve in per_seed]
         test_errors = [curve[-1]["test_error"] for curve in per_seed]
         final_train[kind][depth] = statistics.mean(train_errors)
@@ -744,44 +749,41 @@ def reproduce_variants(
     with bottlenecks).
     """
     title, variants = STUDIES[study]
+    original = variants[0]  # every other variant is drawn against it
     if keys:
-        unknown = sorted(set(keys) - {v[0] for v in variants})
+        unknown = sorted(set(keys) - {v.key for v in variants})
         if unknown:
-            raise ValueError(f"unknown {study} variant(s) {', '.join(unknown)}; choose from {', '.join(v[0] for v in variants)}")
-        variants = [v for v in variants if v[0] in keys]
-    per_block = {"basic": 6, "bottleneck": 9}[block]
-    if depth < 8 or (depth - 2) % per_block:
-        raise ValueError(f"depth {depth} is not a CIFAR net's {per_block}n+2 layers for {block} blocks")
+            raise ValueError(f"unknown {study} variant(s) {', '.join(unknown)}; choose from {', '.join(v.key for v in variants)}")
+        variants = [v for v in variants if v.key in keys]
+    if not cifar_blocks_per_stage(depth, block, missing_ok=True):
+        form = {"basic": "6n+2", "bottleneck": "9n+2"}[block]
+        raise ValueError(f"depth {depth} is not a CIFAR net's {form} layers for {block} blocks")
     _check_seeds(seeds)
     out, model, seed_list = runs.out_folder(out, _OUT_HOLDS), f"resnet{depth}", range(base.seed, base.seed + seeds)
-    column = {(110, "basic"): 0, (164, "bottleneck"): 1}.get((depth, block))  # which of the paper's numbers
     net = f"ResNet-{depth}" + (" (bottleneck)" if block == "bottleneck" else "")
 
     curves, records, rows = {}, [], []
-    for key, label, options, *paper in variants:
+    for variant in variants:
         per_seed = []
         for seed in seed_list:
-            run_dir = out / "runs" / f"{model}-{block}-{key}-s{seed}"
-            print(f"--- {net}, {label}, seed {seed}: {run_dir}")
+            run_dir = out / "runs" / f"{model}-{block}-{variant.key}-s{seed}"
+            print(f"--- {net}, {variant.label}, seed {seed}: {run_dir}")
             config = replace(base, model=model, seed=seed, out=str(run_dir), eval_every=1,
-                             model_kwargs={"block": block, **options})
+                             model_kwargs={"block": block, **variant.options})
             per_seed.append(_curve(train_or_reuse(config)))
-        records += [{"variant": key, "seed": s, **r} for s, curve in zip(seed_list, per_seed) for r in curve]
-        curves[label] = [
-            {"step": rs[0]["step"], **{c: statistics.mean(r[c] for r in rs) for c in ("train_error", "test_error")}}
-            for rs in zip(*per_seed)
-        ]
+        records += [{"variant": variant.key, "seed": s, **r} for s, curve in zip(seed_list, per_seed) for r in curve]
+        curves[variant.label] = _mean_curve(per_seed)
         train_errors = [c[-1]["train_error"] for c in per_seed]
         test_errors = [c[-1]["test_error"] for c in per_seed]
         rows.append({
-            "variant": key, "label": label, "options": options, "train_errors": train_errors, "test_errors": test_errors,
-            "paper_test_error": paper[column] if column is not None else None,
+            "variant": variant.key, "label": variant.label, "options": variant.options,
+            "train_errors": train_errors, "test_errors": test_errors, "paper_test_error": variant.paper_error(depth, block),
         })
 
     setup = f"{net}, {_setup_text(base)}"
     (out / f"{study}.json").write_text(json.dumps({"study": study, "setup": setup, "rows": rows}, indent=2) + "\n")
     paths = [out / f"{study}.json"]
-    paths += _save(_variants_figure(curves, f"{title}\n{setup}", baseline=STUDIES[study][1][0][1]), out / study)
+    paths += _save(_variants_figure(curves, f"{title}\n{setup}", baseline=original.label), out / study)
     paths.append(_write_csv(out / f"{study}.csv", ["variant", "seed", "step", "train_error", "test_error"], records))
     paper_note = (
         "The paper's column is its CIFAR-10 result at the end of the full schedule (\"fail\": above 20%); "

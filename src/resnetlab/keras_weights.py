@@ -202,33 +202,24 @@ def _open_model(config: dict, into: dict[str, _Layer], feeds: list[str] | None, 
         # A Sequential built without Input(...) records its input shape apart from its layers.
         shape = config["config"].get("build_input_shape")
         entries = [{"class_name": "InputLayer", "config": {"name": "input", "batch_shape": shape}}, *entries]
-    # A .keras archive numbers a Sequential's layers without its input layer, a functional model's with it.
-    counted = [e for e in entries if not (sequential and e["class_name"] == "InputLayer")]
-    archive_names = dict(zip(map(id, counted), keras3_names([e["class_name"] for e in counted])))
+    archive_names = _archive_names(entries, sequential)
     renamed: dict[str, str] = {}  # a layer's name in this model's config -> its name in ``into``
     previous = list(feeds or [])  # a Sequential's layer takes the one before it
     for entry in entries:
-        name, kind = entry.get("name") or entry["config"]["name"], entry["class_name"]
+        name = entry.get("name") or entry["config"]["name"]
         if sequential:
             inputs, kwargs, constants = previous, {}, []
         else:
             inputs, kwargs, constants = _inbound(entry)
             inputs = [renamed[i] for i in inputs]
-        # Keras 3's functions on tensors (x[..., 2], ops.add), not the layers of that name: their module says so,
-        # and in HDF5 files, which omit modules, their config lacks the "trainable" of every layer but the input
-        # and tf.keras 2's Sequential (whose config is its name and layers alone).
-        module, nested = entry.get("module"), kind in _MODELS and "layers" in entry.get("config", {})
-        if not nested and (module.startswith("keras.src.ops") if module
-                           else kind != "InputLayer" and "trainable" not in entry["config"]):
-            kind = f"ops.{kind}"
-        elif kind in _TF_OP_LAYERS:
-            kind, constants = _tf_op(kind, entry["config"], constants, kwargs)
-        if kind == "InputLayer" and feeds is not None:
+        if entry["class_name"] == "InputLayer" and feeds is not None:
             renamed[name] = feeds[0]
-        elif nested:
+        elif _is_model(entry):
+            called_with = {k: v for k, v in kwargs.items() if k == "training"}
             renamed[name] = _open_model(entry, into, inputs, (*where, name), (*stored_as, archive_names[id(entry)]),
-                                        {**training, **{k: v for k, v in kwargs.items() if k == "training"}})
+                                        {**training, **called_with})
         else:
+            kind, constants = _layer_kind(entry, constants, kwargs)
             qualified = "/".join((*where, name))
             into[qualified] = _Layer(qualified, kind, entry["config"], inputs, {**training, **kwargs}, constants,
                                      (*where, name), (*stored_as, archive_names.get(id(entry), "")))
@@ -238,6 +229,42 @@ def _open_model(config: dict, into: dict[str, _Layer], feeds: list[str] | None, 
         return previous[0]
     outputs = config["config"]["output_layers"]
     return renamed[outputs[0] if isinstance(outputs[0], str) else outputs[0][0]]
+
+
+def _archive_names(entries: list[dict], sequential: bool) -> dict[int, str]:
+    """The name a .keras archive stores each entry's variables under, by the entry's ``id``. It numbers a
+    Sequential's layers without its input layer, a functional model's with it."""
+    counted = [e for e in entries if not (sequential and e["class_name"] == "InputLayer")]
+    return dict(zip(map(id, counted), keras3_names([e["class_name"] for e in counted])))
+
+
+def _is_model(entry: dict) -> bool:
+    """Whether a config entry is a model nested in the one it is listed in, rather than a layer."""
+    return entry["class_name"] in _MODELS and "layers" in entry.get("config", {})
+
+
+def _is_keras_op(entry: dict) -> bool:
+    """Whether a config entry is one of Keras 3's functions on tensors (``x[..., 2]``, ``ops.add``) rather
+    than the layer of that name. Its module says so; HDF5 files omit modules, but there a function's
+    config lacks the "trainable" of every layer but the input, and of every nested model (tf.keras 2's
+    Sequential's config is its name and layers alone)."""
+    if _is_model(entry):
+        return False
+    module = entry.get("module")
+    if module:
+        return module.startswith("keras.src.ops")
+    return entry["class_name"] != "InputLayer" and "trainable" not in entry["config"]
+
+
+def _layer_kind(entry: dict, constants: list, kwargs: dict) -> tuple[str, list]:
+    """A layer's kind (``ops.Add`` for Keras 3's function, tf.keras 2's TFOpLambda read as the same) and
+    the constant arguments it is called with."""
+    kind = entry["class_name"]
+    if _is_keras_op(entry):
+        return f"ops.{kind}", constants
+    if kind in _TF_OP_LAYERS:
+        return _tf_op(kind, entry["config"], constants, kwargs)
+    return kind, constants
 
 
 def _inbound(entry: dict) -> tuple[list[str], dict, list]:
@@ -385,8 +412,8 @@ def _keras3_weights(f: h5py.File) -> _Weights:
 
 
 class _Graph:
-    """A functional model's layers, followed from its input, each checked against the notebook's and
-    its weights stored under resnetlab's names."""
+    """A model's layers, followed from its input, each checked against the layouts resnetlab reads (the
+    notebook's ResNet-50, Keras Applications' ResNets) and its weights stored under resnetlab's names."""
 
     def __init__(self, layers: dict[str, _Layer], weights: _Weights, path: Path) -> None:
         self.layers, self.path = layers, path
@@ -577,13 +604,13 @@ def _preprocessing(graph: _Graph, input_layer: _Layer, channels: int,
     that do to RGB pixels scaled to 0-1 what the model's own rescaling did to pixels up to
     ``pixel_max`` (None without any), and whether the stem is fed the channels reversed (BGR)."""
     layer = input_layer
-    scale, offset, rescaled = np.ones(channels), np.zeros(channels), False  # the model sees scale * x + offset
-    bgr = False
+    # The layers so far turn the input x into scale * x + offset, both indexed by the input's channels.
+    scale, offset, rescaled = np.ones(channels), np.zeros(channels), False
+    bgr = False  # whether the layers past ``layer`` see the input's channels reversed
     while True:
         reversed_by = _channel_reversal(graph, layer)
         if reversed_by is not None:
             layer, bgr, rescaled = reversed_by, not bgr, True
-            scale, offset = scale[::-1].copy(), offset[::-1].copy()
             continue
         after = graph.consumers[layer.name]
         following = graph.layers[after[0]] if len(after) == 1 else None
@@ -598,11 +625,11 @@ def _preprocessing(graph: _Graph, input_layer: _Layer, channels: int,
             factor, shift = _arithmetic(graph, layer, channels)
         else:
             continue
+        if bgr:  # the layer's channel i is the input's channel 2 - i
+            factor, shift = factor[::-1], shift[::-1]
         scale, offset, rescaled = scale * factor, offset * factor + shift, True
     if not rescaled:
         return layer, None, False
-    if bgr:  # each array's channel i is the stem's, which is RGB channel 2 - i
-        scale, offset = scale[::-1], offset[::-1]
     # For pixels x scaled to 0-1 the model sees scale * pixel_max * x + offset, which is (x - mean) / std:
     std = 1 / (pixel_max * scale)
     return layer, ((-offset * std).tolist(), std.tolist()), bgr
@@ -626,7 +653,7 @@ def _channel_reversal(graph: _Graph, layer: _Layer) -> _Layer | None:
     if stack.kind != "ops.Stack" or stack.config.get("axis") not in (-1, 3):
         return None
     picked = [graph.layers[name].constants for name in stack.inputs]
-    if picked != [[None, [{"class_name": "__ellipsis__", "config": {}}, i]] for i in (2, 1, 0)]:
+    if picked != [[None, [_ELLIPSIS, i]] for i in (2, 1, 0)]:
         return None
     return stack
 

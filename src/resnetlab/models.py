@@ -122,26 +122,51 @@ class ResNet(nn.Module):
         preact = order == "preact"
         self.preact, self.residual, self.stem, self.order, self.mixing = preact, residual, stem, order, mixing
 
-        width = widths[0]
-        if stem == "cifar":
-            self.conv1 = nn.Conv2d(in_chans, width, 3, padding=1, bias=bias)
-        else:
-            self.conv1 = nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=bias)
-        # A pre-activation net normalises inside its first unit, so its stem is the conv alone (2016 paper).
-        self.bn1 = nn.Identity() if preact else nn.BatchNorm2d(width)
-        self.relu = nn.Identity() if preact else nn.ReLU(inplace=True)
-        if stem == "imagenet":
-            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        elif stem == "keras":
-            self.maxpool = nn.MaxPool2d(3, stride=2)
-        else:
-            self.maxpool = nn.Identity()
-
+        # The modules are made in state_dict order (torchvision's keys), and that order is also the order
+        # they draw their initial weights from the random generator: a seeded model depends on it.
+        self._make_stem(in_chans, widths[0], bias)
         block_kwargs: dict = dict(shortcut=shortcut, residual=residual, bias=bias, order=order, mixing=mixing,
                                   scales=scales, gate_bias=gate_bias, shortcut_dropout=shortcut_dropout)
         if block is Bottleneck:
             block_kwargs["stride_in_1x1"] = stride_in_1x1
-        in_planes = width
+        self.num_stages = len(layers)
+        self.num_features = self._make_stages(block, layers, widths, block_kwargs)
+        self._make_head(self.num_features)
+
+        maps = self._feature_maps(widths, block.expansion)
+        self.feature_info = FeatureInfo(maps, range(len(maps)))
+        self.out_indices = None
+        if features_only:
+            self._prune_to_backbone(maps, out_indices)
+        else:
+            self.reset_classifier(num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.eps, m.momentum = bn_eps, bn_momentum
+        self._init_weights(zero_init_residual)
+
+    def _make_stem(self, in_chans: int, width: int, bias: bool) -> None:
+        """``conv1``, ``bn1``, ``relu`` and ``maxpool``: the ImageNet and Keras stems halve the image twice
+        (a 7x7/2 conv, a 3x3/2 max pool), the CIFAR stem keeps its size (one 3x3 conv)."""
+        if self.stem == "cifar":
+            self.conv1 = nn.Conv2d(in_chans, width, 3, padding=1, bias=bias)
+        else:
+            self.conv1 = nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=bias)
+        # A pre-activation net normalises inside its first unit, so its stem is the conv alone (2016 paper).
+        self.bn1 = nn.Identity() if self.preact else nn.BatchNorm2d(width)
+        self.relu = nn.Identity() if self.preact else nn.ReLU(inplace=True)
+        if self.stem == "imagenet":
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        elif self.stem == "keras":
+            self.maxpool = nn.MaxPool2d(3, stride=2)
+        else:
+            self.maxpool = nn.Identity()
+
+    def _make_stages(self, block: type[BasicBlock | Bottleneck], layers: Sequence[int], widths: Sequence[int],
+                     block_kwargs: dict) -> int:
+        """``layer1``, ``layer2``, ...: every stage but the first halves the map in its first block.
+        Returns the channels of the last stage's output."""
+        in_planes = widths[0]
         for i, (n, planes) in enumerate(zip(layers, widths)):
             stride = 1 if i == 0 else 2
             stage = []
@@ -149,45 +174,47 @@ class ResNet(nn.Module):
                 stage.append(block(in_planes, planes, stride if j == 0 else 1, **block_kwargs))
                 in_planes = planes * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
-        self.num_stages = len(layers)
-        self.num_features = in_planes
+        return in_planes
 
-        self.final_bn = nn.BatchNorm2d(in_planes) if preact else nn.Identity()
+    def _make_head(self, channels: int) -> None:
+        """``final_bn``, ``final_act`` and ``avgpool``; the classifier ``fc`` comes with ``reset_classifier``."""
+        self.final_bn = nn.BatchNorm2d(channels) if self.preact else nn.Identity()
         # Units that end in the addition leave the last one un-activated: the head gets the ReLU (2016 paper).
         # A module rather than a call, so that the last feature map is some module's output (feature_info's).
-        self.final_act = nn.ReLU() if order in ("preact", "relu_preact") else nn.Identity()
+        self.final_act = nn.ReLU() if self.order in ("preact", "relu_preact") else nn.Identity()
         # Keras layout: a fixed 2x2 average pool and flatten, exact for 64x64 inputs; elsewhere global pooling.
-        self.avgpool = nn.AvgPool2d(2) if stem == "keras" else nn.AdaptiveAvgPool2d(1)
+        self.avgpool = nn.AvgPool2d(2) if self.stem == "keras" else nn.AdaptiveAvgPool2d(1)
 
-        # What each feature map is, timm's way: index 0 the stem's output (before any max pool), then the stages',
-        # the last as the head sees it.
-        stem_reduction = 1 if stem == "cifar" else 2
-        pool = 1 if stem == "cifar" else 2
-        info = [{"module": "relu", "num_chs": width, "reduction": stem_reduction}] + [
-            {"module": f"layer{i + 1}", "num_chs": w * block.expansion, "reduction": stem_reduction * pool * 2**i}
+    def _feature_maps(self, widths: Sequence[int], expansion: int) -> list[dict]:
+        """What each feature map is, timm's way: index 0 the stem's output (before any max pool), then the
+        stages', the last as the head sees it."""
+        # The stem's conv and its max pool both have stride 2, or (the CIFAR stem) neither.
+        stem_stride = 1 if self.stem == "cifar" else 2
+        maps = [{"module": "relu", "num_chs": widths[0], "reduction": stem_stride}] + [
+            {"module": f"layer{i + 1}", "num_chs": w * expansion, "reduction": stem_stride * stem_stride * 2**i}
             for i, w in enumerate(widths)
         ]
         if self.final_relu:
-            info[-1]["module"] = "final_act"
-        self.feature_info = FeatureInfo(info, range(len(info)))
-        self.out_indices = None
-        if features_only:
-            self.out_indices = tuple(self._take_indices(out_indices))
-            deepest = max(self.out_indices)
-            # A backbone has no head, and no stage past its deepest map (timm's pruning): no weights unused.
-            self.feature_info = FeatureInfo(info[: deepest + 1], self.out_indices)
-            self.avgpool = self.fc = None
-            self.num_classes = 0
-            for i in range(deepest + 1, self.num_stages + 1):
-                delattr(self, f"layer{i}")
-            if deepest < self.num_stages:
-                self.final_bn, self.final_act = nn.Identity(), nn.Identity()
-        else:
-            self.reset_classifier(num_classes)
-        for m in self.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.eps, m.momentum = bn_eps, bn_momentum
+            maps[-1]["module"] = "final_act"
+        return maps
 
+    def _prune_to_backbone(self, maps: list[dict], out_indices: Sequence[int] | None) -> None:
+        """Make the net a ``features_only`` backbone returning the maps at ``out_indices``. It has no head,
+        and no stage past its deepest map (timm's pruning), so that no weight goes unused. They are removed
+        after being made, rather than never made, so that a seeded backbone draws the weights of the same
+        net built with ``num_classes=0``."""
+        self.out_indices = tuple(self._take_indices(out_indices))
+        deepest = max(self.out_indices)
+        self.feature_info = FeatureInfo(maps[: deepest + 1], self.out_indices)
+        self.avgpool = self.fc = None
+        self.num_classes = 0
+        for i in range(deepest + 1, self.num_stages + 1):
+            delattr(self, f"layer{i}")
+        if deepest < self.num_stages:
+            self.final_bn, self.final_act = nn.Identity(), nn.Identity()
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        """He initialisation of the convs, batch norms at the identity, then the blocks' own choices."""
         if self.conv1.weight.is_meta:
             return  # built only to count or trace shapes: there are no values to initialise
         for m in self.modules():
@@ -199,10 +226,10 @@ class ResNet(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if residual:
+        if self.residual:
             for block_module in self.blocks():
                 block_module.init_gate()
-        if zero_init_residual and residual:
+        if zero_init_residual and self.residual:
             for block_module in self.blocks():
                 block_module.zero_init_last_bn()
 
@@ -467,7 +494,7 @@ def create_model(
         kind, depth = match.group(1), int(match.group(2))
         only_bottlenecks = (depth - 2) % 9 == 0 and (depth - 2) % 6 != 0  # 3 layers a block reach it, 2 do not
         block = overrides.pop("block", "bottleneck" if only_bottlenecks else "basic")
-        if _cifar_blocks_per_stage(depth, block, missing_ok=True):
+        if cifar_blocks_per_stage(depth, block, missing_ok=True):
             overrides = _check_options(name, cifar_resnet, overrides, _cifar_fixed(kind, depth, block))
             return cifar_resnet(depth, block=block, **_KINDS[kind], **overrides)
     close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=5, cutoff=0.6)
@@ -587,6 +614,7 @@ def _block_class(block: type[BasicBlock | Bottleneck] | str) -> type[BasicBlock 
         raise TypeError(f"block must be BasicBlock, Bottleneck (or a subclass) or its name, not {block!r}")
     return block
 
+
 def cifar_resnet(
     depth: int,
     block: str = "basic",
@@ -604,7 +632,7 @@ def cifar_resnet(
     option A for basic blocks (2015 paper) and option B for bottlenecks, whose first block must
     widen 16 to 64 channels (2016 paper).
     """
-    n = _cifar_blocks_per_stage(depth, block)
+    n = cifar_blocks_per_stage(depth, block)
     if shortcut is None:
         shortcut = "A" if block == "basic" else "B"
     return ResNet(
@@ -613,10 +641,10 @@ def cifar_resnet(
     )
 
 
-def _cifar_blocks_per_stage(depth: int, block: str, missing_ok: bool = False) -> int:
+def cifar_blocks_per_stage(depth: int, block: str, missing_ok: bool = False) -> int:
     """n, the blocks in each of a CIFAR net's three stages: its depth is 6n+2 with basic blocks (two layers
-    each), 9n+2 with bottlenecks (three). A depth of neither form is a ValueError, or 0 if ``missing_ok``;
-    an unknown block always one."""
+    each), 9n+2 with bottlenecks (three), e.g. 18 for ResNet-110 and for ResNet-164 of bottlenecks.
+    A depth of neither form is a ValueError, or 0 if ``missing_ok``; an unknown block always one."""
     if block not in _LAYERS_PER_BLOCK:
         raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
     per_block = _LAYERS_PER_BLOCK[block]
@@ -631,7 +659,7 @@ def _cifar_blocks_per_stage(depth: int, block: str, missing_ok: bool = False) ->
 def _cifar_fixed(kind: str, depth: int, block: str) -> dict[str, object]:
     """What a CIFAR net's name fixes: its depth (so its stages' blocks), its stem and its kind. The block
     stays free: ResNet-110 of bottlenecks is the 2016 paper's ablations' other net."""
-    return {"depth": depth, "layers": [_cifar_blocks_per_stage(depth, block)] * 3, "stem": "cifar", **_KINDS[kind]}
+    return {"depth": depth, "layers": [cifar_blocks_per_stage(depth, block)] * 3, "stem": "cifar", **_KINDS[kind]}
 
 
 def _register_cifar(kind: str, depth: int, doc: str, block: str = "basic") -> None:
