@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, NamedTuple
+from typing import BinaryIO, Callable, NamedTuple, TypeVar
 
 import h5py
 import numpy as np
@@ -109,6 +109,7 @@ _Arrays = tuple[np.ndarray, np.ndarray, list[str]]
 # Ghostscript, an interpreter. Only these raster decoders are tried (JPEG's includes phones' multi-picture files).
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_ImageT = TypeVar("_ImageT", torch.Tensor, Image.Image)  # check_proportions returns what it is given
 
 
 class DataError(ResnetlabError):
@@ -162,7 +163,7 @@ class Samples(Sequence):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int | slice | np.ndarray) -> tuple[Path, int] | Samples:
         if isinstance(i, (slice, np.ndarray)):  # a range or an index array: the arrays cut, no Path made
             taken = Samples([])
             taken.paths, taken.labels = self.paths[i], self.labels[i]
@@ -301,7 +302,7 @@ def load_image(
 MAX_ASPECT_RATIO = 32  # wider than any panorama a phone takes
 
 
-def check_proportions(image: torch.Tensor | Image.Image, path: str | Path | BinaryIO | Image.Image):
+def check_proportions(image: _ImageT, path: str | Path | BinaryIO | Image.Image) -> _ImageT:
     """``image`` (a (C, H, W) tensor or a PIL image), unless it is too thin for its shorter side to be
     resized to a network's input: a 12000x1 PNG of 93 bytes would become 256 x 3,072,000 pixels."""
     width, height = image.size if isinstance(image, Image.Image) else image.shape[:-3:-1]
@@ -817,40 +818,60 @@ def _extract(archive: Path, folder: str, fallback: Path) -> Path:
     """
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for m in members:
-                parts = PurePosixPath(m.name).parts
-                if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
-                    raise DataError(
-                        f"{archive} contains an unsafe entry {m.name!r} (absolute path, '..', link or device); "
-                        "it is not an official CIFAR archive: delete it and download the original"
-                    )
+            members = _safe_members(tar, archive)
             for dest in (archive.parent, fallback):
-                if (dest / folder).is_dir():
+                if (dest / folder).is_dir():  # unpacked before, or just now by another process
                     return dest / folder
-                try:
-                    dest.mkdir(parents=True, exist_ok=True)
-                    tmp = Path(tempfile.mkdtemp(dir=dest, prefix=".extract-"))
-                except OSError:
-                    continue
-                try:
-                    # The "data" filter (Python >= 3.12, and security releases before) is a second guard.
-                    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-                    tar.extractall(tmp, members=members, **safe)
-                    if not (tmp / folder).is_dir():
-                        raise DataError(f"{archive} has no {folder}/ folder; it is not the CIFAR archive its name says")
-                    try:
-                        os.replace(tmp / folder, dest / folder)  # atomic: no half-unpacked folder is ever found
-                    except OSError:
-                        # Another process (torchrun starts one per GPU) renamed its whole copy into place first.
-                        if not (dest / folder).is_dir():
-                            raise
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                return dest / folder
+                unpacked = _unpack_into(tar, members, archive, folder, dest)
+                if unpacked is not None:
+                    return unpacked
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        # gzip reports a damaged stream as an OSError (BadGzipFile) or an EOFError, tarfile as a TarError.
         raise DataError(f"{archive} cannot be unpacked ({err}); it is truncated or corrupt: delete it and get it again")
     raise DataError(f"{archive}: no writable folder to unpack it into (tried {archive.parent} and {fallback})")
+
+
+def _safe_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
+    """Every entry of ``tar``, once none of them is an absolute path, goes up through '..', or is a link or device."""
+    members = tar.getmembers()
+    for m in members:
+        if m.name.startswith("/") or ".." in PurePosixPath(m.name).parts or not (m.isfile() or m.isdir()):
+            raise DataError(
+                f"{archive} contains an unsafe entry {m.name!r} (absolute path, '..', link or device); "
+                "it is not an official CIFAR archive: delete it and download the original"
+            )
+    return members
+
+
+def _unpack_into(
+    tar: tarfile.TarFile, members: list[tarfile.TarInfo], archive: Path, folder: str, dest: Path
+) -> Path | None:
+    """``dest / folder``, unpacked from ``tar``; None, with nothing written, where ``dest`` is read-only.
+
+    The archive goes into a new hidden folder in ``dest`` and its ``folder`` is then renamed into place:
+    a rename is atomic, so no half-unpacked folder is ever found.
+    """
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest, prefix=".extract-"))
+    except OSError:
+        return None
+    try:
+        # The "data" filter (Python >= 3.12, and security releases before) is a second guard.
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(tmp, members=members, **safe)
+        if not (tmp / folder).is_dir():
+            raise DataError(f"{archive} has no {folder}/ folder; it is not the CIFAR archive its name says")
+        try:
+            os.replace(tmp / folder, dest / folder)
+        except OSError as err:
+            # Another process (torchrun starts one per GPU) renamed its whole copy into place first.
+            if not (dest / folder).is_dir():
+                raise DataError(f"{archive} was unpacked, but not renamed to {dest / folder} ({err}): "
+                                "move aside whatever is there and try again") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest / folder
 
 
 # ----------------------------------------------------------------------------- SIGNS
@@ -1038,7 +1059,7 @@ def _scan(folder: Path) -> dict[str, list[str]]:
 
 
 def _path_order(path: str) -> list[str]:
-    """Sort key that orders file paths as ``pathlib.Path`` does (folder by folder), without making one a file."""
+    """Sort key that orders file paths as ``pathlib.Path`` does (folder by folder), without making a Path of each."""
     return path.split(os.sep)
 
 
@@ -1079,6 +1100,8 @@ def own_held_out(path: Path) -> Path | None:
 def _load_folder(
     spec: str, split: str, image_size: int | None, channels: int | None, val_fraction: float, seed: int
 ) -> FolderDataset:
+    """One split of ``folder:PATH``: PATH's own train/ and val/ (or test/) where it has them, else a seeded
+    ``val_fraction`` of each class held out (see ``get_dataset``)."""
     path = Path(spec.removeprefix("folder:")).expanduser()
     if split not in ("train", "val", "test"):
         raise DataError(f"{spec}: the splits are 'train' and 'val' (or 'test'), not {split!r}")
@@ -1086,44 +1109,69 @@ def _load_folder(
         raise _not_a_folder(path)
     held_out = own_held_out(path)
     if held_out is not None:
-        if split == "train":
-            by_class = _scan(path / "train")
-            classes = _check_classes(path / "train", by_class)
-        else:
-            # The classes are train/'s folders; listing every training file just to name them would
-            # cost ImageNet half a minute.
-            classes = _require_classes(path / "train", _class_names(path / "train"))
-            by_class = _scan(held_out)
-            unknown = sorted(set(by_class) - set(classes))
-            if unknown:
-                raise DataError(f"{held_out} has classes missing from {path / 'train'}: {', '.join(unknown)}; "
-                                "add them to train/ or remove them")  # fmt: skip
+        top = path  # the dataset's own folder, where torchvision's ImageNet keeps its meta.bin
+        classes, by_class = _split_by_folders(path, held_out, split)
     else:
         if not 0 <= val_fraction < 1:
             raise DataError(f"the validation fraction must be in [0, 1), not {val_fraction}")
-        # Split folders without their partner would otherwise be taken for classes named "train" or "val".
-        # (A "train" beside other classes, as in cars, buses and trains, is a class.)
-        subfolders = set(_class_names(path))
-        if subfolders == {"train"}:
-            path = path / "train"  # held-out images are drawn from train/ as from any folder of classes
-        elif subfolders and subfolders <= set(HELD_OUT_FOLDERS):
-            raise DataError(f"{path} has {'/ and '.join(sorted(subfolders))}/ but no train/: put the training images "
-                            f"in {path / 'train'}, one subfolder a class")
-        by_class = _scan(path)
-        classes = _check_classes(path, by_class)
-        by_class = {c: _split_class(files, c, val_fraction, seed)[split != "train"] for c, files in by_class.items()}
+        top = _folder_of_classes(path)
+        classes, by_class = _split_by_fraction(spec, top, split, val_fraction, seed)
     label = {c: i for i, c in enumerate(classes)}
     samples = [(p, label[c]) for c in sorted(by_class) for p in by_class[c]]
-    if not samples:  # every class was checked for images: an empty held-out folder or the fraction left none
-        if held_out is not None:
-            raise DataError(f"{held_out} holds no images: add some, in the class subfolders train/ has")
+    return FolderDataset(samples, _imagenet_names(top, classes), image_size, channels, spec)
+
+
+def _split_by_folders(path: Path, held_out: Path, split: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The classes (train/'s subfolders) and each class's files in ``split``, for a PATH with train/ and
+    ``held_out`` (its val/ or test/) of its own."""
+    train = path / "train"
+    if split == "train":
+        by_class = _scan(train)
+        return _check_classes(train, by_class), by_class
+    # Listing every training file just to name the classes would cost ImageNet half a minute.
+    classes = _require_classes(train, _class_names(train))
+    by_class = _scan(held_out)
+    unknown = sorted(set(by_class) - set(classes))
+    if unknown:
+        raise DataError(f"{held_out} has classes missing from {train}: {', '.join(unknown)}; "
+                        "add them to train/ or remove them")  # fmt: skip
+    if not any(by_class.values()):
+        raise DataError(f"{held_out} holds no images: add some, in the class subfolders train/ has")
+    return classes, by_class
+
+
+def _folder_of_classes(path: Path) -> Path:
+    """The folder whose subfolders are the classes: PATH, or PATH/train when that is all PATH holds
+    (held-out images are then drawn from train/ as from any folder of classes)."""
+    # Split folders without their partner would otherwise be taken for classes named "train" or "val".
+    # (A "train" beside other classes, as in cars, buses and trains, is a class.)
+    subfolders = set(_class_names(path))
+    if subfolders == {"train"}:
+        return path / "train"
+    if subfolders and subfolders <= set(HELD_OUT_FOLDERS):
+        raise DataError(f"{path} has {'/ and '.join(sorted(subfolders))}/ but no train/: put the training images "
+                        f"in {path / 'train'}, one subfolder a class")
+    return path
+
+
+def _split_by_fraction(
+    spec: str, folder: Path, split: str, val_fraction: float, seed: int
+) -> tuple[list[str], dict[str, list[str]]]:
+    """The classes of ``folder`` and each class's files in ``split``, ``val_fraction`` of each class held out."""
+    by_class = _scan(folder)
+    classes = _check_classes(folder, by_class)
+    picked = {}
+    for c, files in by_class.items():
+        train_files, held = _split_class(files, c, val_fraction, seed)
+        picked[c] = train_files if split == "train" else held
+    if not any(picked.values()):  # every class has images, but the fraction took all of them or none
         if split == "train":  # each class has one image, and a fraction over 0.5 rounds to holding it out
             raise DataError(f"{spec}: validation fraction {val_fraction} holds out every class's only image, so the "
                             "training split would be empty: give a fraction of 0.5 or less, or add images")
         if val_fraction == 0:
             raise DataError(f"{spec}: nothing is held out for testing (validation fraction 0)")
         raise DataError(f"{spec}: no class has two images, so none can be held out for testing: add images")
-    return FolderDataset(samples, _imagenet_names(path, classes), image_size, channels, spec)
+    return classes, picked
 
 
 def _imagenet_names(folder: Path, wnids: list[str]) -> list[str]:
@@ -1186,33 +1234,47 @@ IMAGENET_IMAGE_SIZE = 224  # the same with a scaling recipe (imagenet, he2015-im
 
 def load_split(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None,
                limit: int | None = None, seed: int = 0, resize_to: int | None = None, on_disk: bool = False,
-               whole: bool = False, channels: int | None = None):
+               whole: bool = False, channels: int | None = None) -> ArrayDataset | FolderDataset:
     """One split cut to ``limit`` examples: uint8 arrays in memory, or a big image folder left on disk.
 
-    ``resize_to`` (folders) keeps each image's proportions: shorter side resized to it, centre cropped
-    to ``image_size``; a training split is then always left on disk, for crops from the stored images.
     ``channels`` (1 or 3) converts the images; None keeps their own (a folder's sample decides).
-    ``on_disk`` leaves any folder on disk, however small. ``whole`` takes every image of a folder
-    that has no train/ and val/ of its own, rather than the tenth a training run holds out of it.
+    ``whole`` takes every image of a folder that has no train/ and val/ of its own, rather than the
+    tenth a training run holds out of it (of a named dataset, it takes the training split).
+    For folders (``folder:PATH``, ``imagenet``) alone: ``image_size`` defaults to ``FOLDER_IMAGE_SIZE``,
+    as batches need one size and photos rarely share one; ``resize_to`` keeps each image's proportions,
+    shorter side resized to it, centre cropped to ``image_size``, and then leaves a training split on
+    disk, for crops from the stored images; ``on_disk`` leaves any folder on disk, however small.
     """
     dataset = resolve_dataset(dataset, data_dir)  # imagenet is a folder too
-    if dataset.startswith("folder:") and image_size is None:
-        image_size = FOLDER_IMAGE_SIZE  # batches need one size; photos rarely share one
     if limit is not None and limit <= 0:
+        # The limits are --limit-train and --limit-test: a ValueError naming the flag, as the CLI's own checks.
         raise ValueError(f"--limit-{split} must be positive, got {limit}")
-    # A folder's "train" split with nothing held out is all of it.
-    ds = get_dataset(dataset, split="train" if whole else split, root=data_dir, image_size=image_size, seed=seed,
-                     channels=channels, **({"val_fraction": 0.0} if whole else {}))
-    if isinstance(ds, FolderDataset):
-        ds.resize_to = resize_to
-        if limit is not None:
-            ds = ds.subset(limit, seed)
-        on_disk = on_disk or (resize_to is not None and split == "train")
-        if not on_disk and len(ds) * ds.channels * image_size**2 <= IN_MEMORY_BYTES:
-            ds = ds.to_arrays()
-    elif limit is not None:
-        ds = ArrayDataset(ds.images[:limit], ds.labels[:limit], ds.classes, ds.name)
-    return ds
+    if not dataset.startswith("folder:"):
+        ds = get_dataset(dataset, "train" if whole else split, root=data_dir, image_size=image_size, seed=seed,
+                         channels=channels)
+        return ds if limit is None else ArrayDataset(ds.images[:limit], ds.labels[:limit], ds.classes, ds.name)
+
+    if image_size is None:
+        image_size = FOLDER_IMAGE_SIZE
+    if whole:
+        found = _whole_folder(dataset, data_dir, image_size, seed, channels)
+    else:
+        found = get_dataset(dataset, split, root=data_dir, image_size=image_size, seed=seed, channels=channels)
+    # The same images, decoded with resize_to (which get_dataset does not take).
+    ds = FolderDataset(found.samples, found.classes, image_size, found.channels, found.name, resize_to)
+    if limit is not None:
+        ds = ds.subset(limit, seed)
+    cropped = resize_to is not None and split == "train"  # crops are cut from the stored images
+    too_big = len(ds) * ds.channels * image_size**2 > IN_MEMORY_BYTES
+    return ds if on_disk or cropped or too_big else ds.to_arrays()
+
+
+def _whole_folder(
+    dataset: str, data_dir: str | None, image_size: int, seed: int, channels: int | None
+) -> FolderDataset:
+    """Every image of ``folder:PATH``: its "train" split with nothing held out."""
+    return get_dataset(dataset, "train", root=data_dir, image_size=image_size, seed=seed, channels=channels,
+                       val_fraction=0.0)
 
 
 def folder_sizes(dataset: str, image_size: int | None, recipe: Recipe) -> tuple[int | None, int | None]:
@@ -1240,8 +1302,10 @@ def reload_sizes(dataset: str, config: dict) -> dict:
     return {"image_size": config["image_size"], "resize_to": config.get("resize_size"), "channels": config["channels"]}
 
 
-def load_splits(dataset: str, data_dir: str | None, limit_train: int | None, limit_test: int | None, seed: int,
-                image_size: int | None = None, resize_to: int | None = None, channels: int | None = None):
+def load_splits(
+    dataset: str, data_dir: str | None, limit_train: int | None, limit_test: int | None, seed: int,
+    image_size: int | None = None, resize_to: int | None = None, channels: int | None = None,
+) -> list[ArrayDataset | FolderDataset]:
     """The training and test splits (see ``load_split``).
 
     A folder's held-out images take the training images' channels: each split's own sample could
