@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
@@ -199,90 +199,132 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     recipe = resolve_recipe(config)
     world = distributed.world_from_env()
     device = distributed.setup(world, pick_device(config.device))
-    fixed = [k for k in ("num_classes", "in_chans") if k in config.model_kwargs]
+    _check_model_kwargs(config.model_kwargs)
+    # imagenet names a folder prepared from its archives: by process 0 alone, the others wait for its name.
+    config.dataset = distributed.share(resolve_dataset(config.dataset, config.data_dir) if world.is_main else None, world)
+    recipe, data = _load_data(config, recipe)
+    # Whatever can be refused is refused before the run directory is made: a run that cannot start leaves nothing.
+    model, model_kwargs = _build_model(config, data)
+    _check_recipe_fits(recipe, data, config.dataset)
+    stats = _input_statistics(config, recipe, data)
+    saved = _run_config(config, recipe, data, model_kwargs, stats, device, world)
+
+    run_dir, lock = _new_run_dir(config) if world.is_main else (None, None)
+    try:
+        run_dir = distributed.share(run_dir, world)  # one name, though clocks may differ
+        if world.is_main:
+            runs.write_json(run_dir / runs.CONFIG, saved)
+        return _run(saved, run_dir, data.train_set, data.test_set, device, config.progress, stop_at, checkpoint=None,
+                    world=world, workers=config.workers, model=model)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _check_model_kwargs(model_kwargs: Mapping) -> None:
+    """Refuse builder arguments that the dataset decides, or that build a model with nothing to train."""
+    fixed = [k for k in ("num_classes", "in_chans") if k in model_kwargs]
     if fixed:
         raise ValueError(f"{' and '.join(fixed)} {'come' if len(fixed) > 1 else 'comes'} from the dataset (its classes "
                          "and colour channels): drop the --model-arg")
-    if config.model_kwargs.get("features_only"):
+    if model_kwargs.get("features_only"):
         raise ValueError("features_only builds a backbone without a classifier, which has nothing to train on labels; "
                          "train the classifier, then load its model.safetensors with create_model(..., features_only=True, weights=...)")
-    # imagenet names a folder prepared from its archives: by process 0 alone, the others wait for its name.
-    config.dataset = distributed.share(resolve_dataset(config.dataset, config.data_dir) if world.is_main else None, world)
 
+
+class _Data(NamedTuple):
+    """A new run's training and test splits, and the shape of their images."""
+
+    train_set: torch.utils.data.Dataset
+    test_set: torch.utils.data.Dataset
+    channels: int
+    image_size: int  # the side images are trained at
+    resize_to: int | None  # a folder's held-out images: their shorter side before the centre crop (None: squashed)
+
+
+def _load_data(config: TrainConfig, recipe: Recipe) -> tuple[Recipe, _Data]:
+    """The splits ``config`` names, sized as ``recipe`` trains them; and the recipe, its scale jitter fitted to that size."""
     size, resize_to = folder_sizes(config.dataset, config.image_size, recipe)
     if recipe.scale_jitter is not None and size and "scale_jitter" not in config.recipe_overrides:
         # The paper's shorter sides 256-480 go with 224-pixel crops: other crops keep the proportions.
         recipe = replace(recipe, scale_jitter=scaled_jitter(recipe.scale_jitter, size))
     train_set, test_set = load_splits(config.dataset, config.data_dir, config.limit_train, config.limit_test, config.seed,
                                       size, resize_to)
-    channels, image_size = dataset_shape(train_set)
-    model_kwargs = {"num_classes": len(train_set.classes), "in_chans": channels, **weights_layout(config.weights),
+    return recipe, _Data(train_set, test_set, *dataset_shape(train_set), resize_to)
+
+
+def _build_model(config: TrainConfig, data: _Data) -> tuple[nn.Module, dict]:
+    """The model to train, and the builder arguments config.json records. Built before anything is written,
+    so that a bad name, unusable weights or images of a size the model cannot take fail first."""
+    model_kwargs = {"num_classes": len(data.train_set.classes), "in_chans": data.channels, **weights_layout(config.weights),
                     **config.model_kwargs}
-    # Built here, so a bad name or unusable weights fail before anything is written; seeded first,
-    # so its fresh layers start as the seed says.
-    seed_everything(config.seed, config.deterministic)
+    seed_everything(config.seed, config.deterministic)  # first, so that the model's fresh layers start as the seed says
     model = create_model(config.model, weights=config.weights, **model_kwargs)
-    if model.fixed_input_size not in (None, image_size):
+    if model.fixed_input_size not in (None, data.image_size):
         side = model.fixed_input_size
         raise ValueError(f"{config.model} takes {side}x{side} images (its head flattens a 2x2 map, as Keras's layout does), "
-                         f"and {config.dataset}'s are {image_size}x{image_size}: add --image-size {side}")
-    if recipe.scale_jitter is not None:  # here, before anything is written, rather than when the loader is made
-        check_scale_jitter(recipe.scale_jitter, image_size, from_files=config.dataset.startswith("folder:"))
-    if len(train_set) < recipe.batch_size:
-        raise ValueError(f"batch size {recipe.batch_size} (recipe {recipe.name}) is larger than the {len(train_set)} "
-                         f"training examples; give --batch-size {len(train_set)} or less")
-    steps_per_epoch = len(train_set) // recipe.batch_size
-    total_steps = recipe.steps or max(1, round(recipe.epochs * steps_per_epoch))
-    # Published weights expect the statistics they were trained with, not this dataset's.
-    published = config.weights and input_stats(config.model, config.weights, channels)
-    # One decoded sample of the training images for the normalisation and the colour components.
-    sample = stats_sample(train_set, seed=config.seed, workers=config.workers) if not published or recipe.lighting else None
-    mean, std = published or channel_stats(sample)
-    pca = colour_pca(sample, seed=config.seed) if recipe.lighting else None
+                         f"and {config.dataset}'s are {data.image_size}x{data.image_size}: add --image-size {side}")
+    return model, model_kwargs
 
-    run_dir, lock = _new_run_dir(config) if world.is_main else (None, None)
-    try:
-        run_dir = distributed.share(run_dir, world)  # one name, though clocks may differ
-        saved = {
-            "model": config.model,
-            "model_kwargs": model_kwargs,
-            "weights": config.weights and (str(Path(config.weights).resolve()) if is_file_spec(config.weights) else config.weights),
-            "dataset": config.dataset,
-            "data_dir": config.data_dir and str(Path(config.data_dir).expanduser().absolute()),
-            "classes": train_set.classes,
-            "channels": channels,
-            "image_size": image_size,
-            "resize_size": resize_to,
-            "mean": mean,
-            "std": std,
-            "colour_pca": pca,
-            "recipe": recipe.to_dict(),
-            "total_steps": total_steps,
-            "steps_per_epoch": steps_per_epoch,
-            "train_examples": len(train_set),
-            "test_examples": len(test_set),
-            "data_fingerprint": _data_fingerprint(train_set, test_set),  # see resume's --data-dir
-            "limit_train": config.limit_train,
-            "limit_test": config.limit_test,
-            "seed": config.seed,
-            "deterministic": config.deterministic,
-            "compile": config.compile,
-            "cuda_graph": config.cuda_graph,
-            "eval_every": config.eval_every,
-            "grad_norm_every": config.grad_norm_every,
-            "stop_on_divergence": config.stop_on_divergence,
-            "device": str(device),
-            "processes": world.size,
-            "versions": {"resnetlab": __version__, "torch": torch.__version__},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        if world.is_main:
-            runs.write_json(run_dir / runs.CONFIG, saved)
-        return _run(saved, run_dir, train_set, test_set, device, config.progress, stop_at, checkpoint=None, world=world,
-                    workers=config.workers, model=model)
-    finally:
-        if lock is not None:
-            lock.release()
+
+def _check_recipe_fits(recipe: Recipe, data: _Data, dataset: str) -> None:
+    """Refuse a recipe the data cannot serve: scale jitter it cannot take, or batches larger than its training set.
+    Checked before anything is written, rather than when the loader is made."""
+    if recipe.scale_jitter is not None:
+        check_scale_jitter(recipe.scale_jitter, data.image_size, from_files=dataset.startswith("folder:"))
+    if len(data.train_set) < recipe.batch_size:
+        raise ValueError(f"batch size {recipe.batch_size} (recipe {recipe.name}) is larger than the {len(data.train_set)} "
+                         f"training examples; give --batch-size {len(data.train_set)} or less")
+
+
+def _input_statistics(config: TrainConfig, recipe: Recipe, data: _Data) -> dict:
+    """config.json's ``mean`` and ``std``, the inputs' normalisation, and ``colour_pca``, the colour components the
+    recipe's lighting noise moves pixels along (None without it)."""
+    # Published weights expect the statistics they were trained with, not this dataset's.
+    published = config.weights and input_stats(config.model, config.weights, data.channels)
+    # One decoded sample of the training images for the normalisation and the colour components.
+    sample = stats_sample(data.train_set, seed=config.seed, workers=config.workers) if not published or recipe.lighting else None
+    mean, std = published or channel_stats(sample)
+    return {"mean": mean, "std": std, "colour_pca": colour_pca(sample, seed=config.seed) if recipe.lighting else None}
+
+
+def _run_config(config: TrainConfig, recipe: Recipe, data: _Data, model_kwargs: dict, stats: dict, device: torch.device,
+                world: distributed.World) -> dict:
+    """What a new run's config.json holds: what it trains, on what and how, so that it can be resumed and its model rebuilt."""
+    steps_per_epoch = len(data.train_set) // recipe.batch_size
+    return {
+        "model": config.model,
+        "model_kwargs": model_kwargs,
+        "weights": config.weights and (str(Path(config.weights).resolve()) if is_file_spec(config.weights) else config.weights),
+        "dataset": config.dataset,
+        "data_dir": config.data_dir and str(Path(config.data_dir).expanduser().absolute()),
+        "classes": data.train_set.classes,
+        "channels": data.channels,
+        "image_size": data.image_size,
+        "resize_size": data.resize_to,
+        "mean": stats["mean"],
+        "std": stats["std"],
+        "colour_pca": stats["colour_pca"],
+        "recipe": recipe.to_dict(),
+        "total_steps": recipe.steps or max(1, round(recipe.epochs * steps_per_epoch)),
+        "steps_per_epoch": steps_per_epoch,
+        "train_examples": len(data.train_set),
+        "test_examples": len(data.test_set),
+        "data_fingerprint": _data_fingerprint(data.train_set, data.test_set),  # see resume's --data-dir
+        "limit_train": config.limit_train,
+        "limit_test": config.limit_test,
+        "seed": config.seed,
+        "deterministic": config.deterministic,
+        "compile": config.compile,
+        "cuda_graph": config.cuda_graph,
+        "eval_every": config.eval_every,
+        "grad_norm_every": config.grad_norm_every,
+        "stop_on_divergence": config.stop_on_divergence,
+        "device": str(device),
+        "processes": world.size,
+        "versions": {"resnetlab": __version__, "torch": torch.__version__},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _check_stop_at(stop_at: int | None, step: int) -> None:
@@ -377,18 +419,22 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
     board = _tensorboard(run_dir) if world.is_main else None
     started = time.perf_counter() - run.elapsed
     ctrl_c = _StepEndInterrupt(enabled=world.size == 1)
-    in_epoch = False
     try:
         while run.step < total_steps:
             epoch, start_batch = divmod(run.step, steps_per_epoch)
             epoch_start, resumed_seen = time.perf_counter(), start_batch * recipe.batch_size  # restored sums: not timed here
-            in_epoch = True
-            lr = _train_epoch(run, train_loader, stop_at, ctrl_c, progress and world.is_main)
-            in_epoch = False
-            if ctrl_c.requested:
-                stop_at = run.step  # the step under way is whole: stop here, as if asked to
+            try:
+                lr = _train_epoch(run, train_loader, stop_at, ctrl_c, progress and world.is_main)
+            except DataError:  # a file that cannot be read, met mid-epoch: keep the steps taken
+                # Unless the weights went NaN, or other processes' sums would be missing: then the last checkpoint stands.
+                if world.size == 1 and math.isfinite(run.train_step.read_sums()["loss"]):
+                    run.elapsed = time.perf_counter() - started
+                    _save(run)
+                raise
+            # A Ctrl-C stops the run as stop_at does, at the end of the step under way (see _StepEndInterrupt).
+            stop_now = ctrl_c.requested or run.step == stop_at
             last = run.step >= total_steps
-            if run.step == stop_at and not (last or run.step % steps_per_epoch == 0):  # mid-epoch: no row to write
+            if stop_now and not last and run.step % steps_per_epoch:  # mid-epoch: no row to write
                 run.elapsed = time.perf_counter() - started
                 distributed.sum_across(run.train_step.sums, world)  # the partial epoch's sums, of every process
                 _stop_if_diverged(run)
@@ -396,33 +442,17 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                 raise Interrupted(run_dir, run.step, world.size)
             row = _epoch_row(run, lr, epoch_start, resumed_seen)
             if world.is_main and (last or (epoch + 1) % saved["eval_every"] == 0):
-                # Through the plain model, which shares the trained weights: not through DistributedDataParallel,
-                # since process 0 evaluates alone and DDP would wait for the others, and not through torch.compile's
-                # module, which would compile twice more (eval mode, the short last batch), costing more seconds
-                # than it saves on a test set evaluated a few times.
-                result_test = evaluate(model, test_loader, len(saved["classes"]))
-                row["test_loss"], row["test_acc"] = result_test.loss, result_test.accuracy
+                result_test = _evaluate_into(row, model, test_loader, len(saved["classes"]))
             run.elapsed = row["time"] = time.perf_counter() - started
-            run.train_step.reset_sums()
             history.append(row)
-            if world.is_main:
-                _write_row(run_dir, row, board)
-            _save(run)
-            if world.is_main:
-                tqdm.write(_epoch_line(row, total_steps, steps_per_epoch))
-            if world.is_main and last and (note := _unsettled_statistics(model, run.step)):
-                print(f"note: {note}", file=sys.stderr)
-            if run.step == stop_at and not last:
+            _end_epoch(run, row, board, last)
+            if stop_now and not last:
                 raise Interrupted(run_dir, run.step, world.size)
     except KeyboardInterrupt:
         # A second Ctrl-C, or several processes (the others may be inside a collective): the step under way
         # may be half done (batch norms updated, weights not), so the last checkpoint stays as it is.
         raise Interrupted(run_dir, run.saved_step, world.size) from None
-    except DataError as err:  # a file that cannot be read, met mid-run: keep what was trained
-        # Not in the epoch's evaluation, before its row is written, nor weights gone NaN: the last checkpoint stands.
-        if world.size == 1 and in_epoch and math.isfinite(run.train_step.read_sums()["loss"]):
-            run.elapsed = time.perf_counter() - started
-            _save(run)
+    except DataError as err:  # a file that cannot be read, met mid-run: say where the run stands
         raise DataError(f"{err}. The run is saved at step {run.saved_step}; continue it with: "
                         f"resnetlab train --resume {run_dir}") from None
     finally:
@@ -555,6 +585,19 @@ def _epoch_row(run: _RunState, lr: float, epoch_start: float, resumed_seen: int)
     }
 
 
+def _evaluate_into(row: dict, model: nn.Module, test_loader: DeviceLoader, num_classes: int) -> EvalResult:
+    """Evaluate the trained weights on the test set, filling the epoch's test columns of ``row``.
+
+    Through the plain model, which shares the trained weights: not through DistributedDataParallel,
+    since process 0 evaluates alone and DDP would wait for the others, and not through torch.compile's
+    module, which would compile twice more (eval mode, the short last batch), costing more seconds
+    than it saves on a test set evaluated a few times.
+    """
+    result = evaluate(model, test_loader, num_classes)
+    row["test_loss"], row["test_acc"] = result.loss, result.accuracy
+    return result
+
+
 def _write_row(run_dir: Path, row: dict, board) -> None:
     """Add the epoch's row to metrics.jsonl, and to TensorBoard's events when it is installed."""
     runs.append_metrics(run_dir, row)
@@ -563,6 +606,18 @@ def _write_row(run_dir: Path, row: dict, board) -> None:
             if row[key] is not None:
                 board.add_scalar(key, row[key], row["step"])
         board.flush()
+
+
+def _end_epoch(run: _RunState, row: dict, board, last: bool) -> None:
+    """Close the epoch that ``row`` describes: its sums start afresh, its row is written, the run saved, its line printed."""
+    run.train_step.reset_sums()  # before saving, so that a run resumed here starts the next epoch's sums at zero
+    if run.world.is_main:
+        _write_row(run.run_dir, row, board)
+    _save(run)
+    if run.world.is_main:
+        tqdm.write(_epoch_line(row, run.saved["total_steps"], run.saved["steps_per_epoch"]))
+        if last and (note := _unsettled_statistics(run.model, run.step)):
+            print(f"note: {note}", file=sys.stderr)
 
 
 def _save(run: _RunState) -> None:
