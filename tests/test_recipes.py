@@ -215,3 +215,16 @@ def test_a_warm_up_asked_for_a_net_the_recipe_would_not_warm_up_is_refused():
     assert lr_at(deeper, 9, 1000, depth=110) == 0.01 and lr_at(deeper, 10, 1000, depth=110) == 0.1
     config = TrainConfig(model="resnet20", recipe="he2016", recipe_overrides={**warm_up, "warmup_min_depth": 0})
     assert lr_at(resolve_recipe(config), 5, 1000, depth=20) == 0.001
+
+
+def test_the_notebooks_net_trains_with_the_notebooks_recipe_unless_told():
+    """fast's SGD at lr 0.1 makes signs_resnet50 diverge: unless a recipe is given, it takes signs-adam."""
+    from resnetlab.train import TrainConfig, resolve_recipe
+
+    assert resolve_recipe(TrainConfig(model="signs_resnet50")).name == "signs-adam"
+    assert resolve_recipe(TrainConfig(model="resnet20")).name == "fast"
+    assert resolve_recipe(TrainConfig(model="signs_resnet50", recipe="fast")).name == "fast"
+    # Given on the command line or not: the CLI passes no recipe unless --recipe is used.
+    from resnetlab.cli import build_parser
+
+    assert build_parser().parse_args(["train", "--model", "signs_resnet50"]).recipe is None

@@ -112,7 +112,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                        help="start from torchvision's ImageNet weights (DEFAULT or IMAGENET1K_V1, resnet18-152; IMAGENET1K_V2, resnet50-152), "
                             "Keras Applications' (KERAS; resnet50-152) or a weights file; normalises inputs with the "
                             "published weights' statistics")
-    recipe.add_argument("--recipe", default="fast", help=f"{', '.join(RECIPES)} (default fast)")
+    recipe.add_argument("--recipe", help=f"{', '.join(RECIPES)} (default fast; signs-adam for signs_resnet50, the notebook's)")
     recipe.add_argument("--weight-decay", type=float, help="L2 penalty of the weights")
     recipe.add_argument("--recipe-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                         help="any other recipe field, repeatable: schedule=cosine, label_smoothing=0.1, momentum=0.95, "

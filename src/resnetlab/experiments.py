@@ -39,7 +39,7 @@ from .devices import pick_device
 from .evaluate import eval_mode
 from .loader import make_loader
 from .models import ResNet, cifar_blocks_per_stage, count_parameters, depth_of
-from .recipes import Recipe
+from .recipes import Recipe, default_recipe
 from .train import TrainConfig, resolve_recipe, resume, train
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ def _setup_text(base: TrainConfig) -> str:
     """One line saying what the nets were trained on, for reports and figure titles."""
     # The recipe's name alone would claim its batch size and learning rate where the flags replaced them.
     changed = [f"batch {base.batch_size}" if base.batch_size else "", f"lr {base.lr:g}" if base.lr else ""]
-    parts = [base.dataset, f"recipe {base.recipe}" + (f" with {', '.join(c for c in changed if c)}" if any(changed) else "")]
+    parts = [base.dataset, f"recipe {base.recipe or default_recipe(base.model)}" + (f" with {', '.join(c for c in changed if c)}" if any(changed) else "")]
     if base.steps:
         parts.append(f"{base.steps:,} iteration{'s' if base.steps != 1 else ''}")
     elif base.epochs:

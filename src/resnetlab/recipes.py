@@ -153,6 +153,16 @@ def describe_recipe(recipe: Recipe) -> str:
     return ", ".join(parts)
 
 
+# The recipe a model trains with unless told, where it is not ``fast``: the notebook's net with the
+# notebook's Adam (SGD at fast's learning rate 0.1 makes its conv biases and Glorot-started layers diverge).
+MODEL_RECIPES = {"signs_resnet50": "signs-adam"}
+
+
+def default_recipe(model: str) -> str:
+    """The name of the recipe ``model`` trains with when none is given: ``fast``, or its own (``MODEL_RECIPES``)."""
+    return MODEL_RECIPES.get(model, "fast")
+
+
 def get_recipe(name: str, **overrides) -> Recipe:
     """The named recipe, with the given fields replaced (``None`` values are ignored)."""
     if name not in RECIPES:

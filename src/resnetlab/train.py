@@ -31,7 +31,7 @@ from .evaluate import EvalResult, evaluate
 from .loader import DeviceLoader, channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, scaled_jitter, stats_sample
 from .models import create_model, depth_of
 from .pretrained import input_stats, is_file_spec, weights_layout, weights_name
-from .recipes import Recipe, get_recipe, lr_at
+from .recipes import Recipe, default_recipe, get_recipe, lr_at
 from .steps import TrainStep, build_train_step
 from .typecheck import check_types, is_integer
 
@@ -46,7 +46,7 @@ class TrainConfig:
     model: str = "resnet20"
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
-    recipe: str = "fast"
+    recipe: str | None = None  # None: the model's (recipes.default_recipe: fast; signs-adam for signs_resnet50)
     epochs: float | None = None
     steps: int | None = None
     batch_size: int | None = None
@@ -173,7 +173,7 @@ def resolve_recipe(config: TrainConfig) -> Recipe:
     """The recipe ``config`` names, with its recipe overrides and then its flags (``--lr`` and the like) applied."""
     flags = {"epochs": config.epochs, "steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
              "weight_decay": config.weight_decay}
-    recipe = get_recipe(config.recipe, **{**config.recipe_overrides, **{k: v for k, v in flags.items() if v is not None}})
+    recipe = get_recipe(config.recipe or default_recipe(config.model), **{**config.recipe_overrides, **{k: v for k, v in flags.items() if v is not None}})
     given = sorted({"warmup_steps", "warmup_lr"} & set(config.recipe_overrides))
     depth = depth_of(config.model)
     if given and recipe.warmup_steps and depth < recipe.warmup_min_depth:  # asked for, and silently skipped
