@@ -124,6 +124,14 @@ def test_import_writes_a_run_that_eval_predict_and_export_take(tmp_path, capsys)
     report = json.loads((run_dir / "eval.json").read_text())
     assert report["loss"] == pytest.approx(-np.log(probs[np.arange(3), labels]).mean(), abs=1e-5)
     assert report["accuracy"] == pytest.approx((probs.argmax(1) == labels).mean())
+    # Imported with --data-dir, as a trained run records where its data is: eval needs no --data-dir then.
+    code, out, err = run(capsys, "import", TF_KERAS2, "--out", tmp_path / "told", "--data-dir", tmp_path)
+    assert code == 0, err
+    code, out, err = run(capsys, "eval", tmp_path / "told", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((tmp_path / "told" / "eval.json").read_text())["loss"] == report["loss"]
+    code, out, err = run(capsys, "import", TF_KERAS2, "--out", tmp_path / "nowhere", "--data-dir", tmp_path / "none")
+    assert code == 2 and "--data-dir " in err and "is not a folder" in err and not (tmp_path / "nowhere" / "config.json").exists()
 
     pytest.importorskip("onnxruntime")
     from resnetlab.export import MIN_TORCH, exporter_ready

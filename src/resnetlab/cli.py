@@ -219,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/FILE-NAME)")
     p.add_argument("--dataset", help="what `resnetlab eval` tests it on (default signs for the notebook's layout, "
                                      "imagenet for 1000 classes)")
+    p.add_argument("--data-dir", help="where `resnetlab eval` finds the dataset's files, e.g. the notebook's datasets/ "
+                                      "(default: the usual places, see `resnetlab data`)")
     p.add_argument("--classes", help="comma-separated output names (default 0, 1, ...: SIGNS's)")
     p.add_argument("--image-size", type=int, metavar="SIDE",
                    help="the side images are resized to, for a model whose input size is not fixed (default 224)")
@@ -651,7 +653,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.file).stem
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    run_dir, keras = import_keras(args.file, out, args.dataset, classes, args.image_size)
+    run_dir, keras = import_keras(args.file, out, args.dataset, classes, args.image_size, args.data_dir)
     side = args.image_size or 224
     size = (f"{keras.image_size}x{keras.image_size} images" if keras.image_size
             else f"images of any size (predict and serve resize them to {side}; --image-size sets it)")

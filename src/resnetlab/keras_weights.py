@@ -802,7 +802,8 @@ def _relu(graph: _Graph, layer: _Layer) -> _Layer:
 
 
 def import_keras(path: str | Path, out: str | Path, dataset: str | None = None,
-                 classes: list[str] | None = None, image_size: int | None = None) -> tuple[Path, KerasModel]:
+                 classes: list[str] | None = None, image_size: int | None = None,
+                 data_dir: str | Path | None = None) -> tuple[Path, KerasModel]:
     """Write a Keras file's model as a run directory that ``eval``, ``predict``, ``serve`` and ``export`` take.
 
     Inputs are fed as the model was: the notebook's scaled to 0-1 (``X_train_orig / 255.``), Keras
@@ -810,7 +811,8 @@ def import_keras(path: str | Path, out: str | Path, dataset: str | None = None,
     default (by default SIGNS for the notebook's layout, ImageNet for a 1000-class Keras Applications
     model, else none: ``eval --dataset`` then says); ``classes`` names the outputs (default their
     indices, which are SIGNS's class names). ``image_size`` is the side images are resized to for a
-    model whose input size is not fixed (default 224, Keras Applications' own).
+    model whose input size is not fixed (default 224, Keras Applications' own). ``data_dir`` is where
+    ``eval`` finds the dataset's files, as a trained run records it (the notebook's ``datasets/``).
     """
     from datetime import datetime, timezone
 
@@ -824,6 +826,8 @@ def import_keras(path: str | Path, out: str | Path, dataset: str | None = None,
         raise KerasError(f"{out} already holds a run or a model; give a new directory with --out")
     if dataset is not None:
         dataset = check_dataset(dataset)  # named as eval will read it; nothing is loaded now
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise KerasError(f"--data-dir {data_dir} is not a folder; give the folder that holds the dataset's files")
     if classes is not None and (len(set(classes)) != len(classes) or not all(classes)):
         raise KerasError(f"class names must be distinct and not empty: {','.join(classes)}")
     if image_size is not None and image_size < 1:
@@ -847,7 +851,7 @@ def import_keras(path: str | Path, out: str | Path, dataset: str | None = None,
         "imported_from": str(Path(path).resolve()),
         "keras_version": keras.keras_version,
         "dataset": dataset,
-        "data_dir": None,
+        "data_dir": data_dir and str(Path(data_dir).expanduser().absolute()),
         "classes": names,
         "channels": channels,
         "image_size": keras.image_size or image_size or 224,  # a model of any size: Keras Applications' own by default
