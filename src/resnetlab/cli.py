@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from . import __version__
@@ -588,30 +589,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         for pred in answers:
             print(f"{pred.path}: {pred.ranked()}")
         return
-    import csv
-
-    from .data import DataError
-    from .runs import atomic_write
-
-    count, unreadable = 0, None
-
-    def write(tmp: str) -> None:
-        nonlocal count, unreadable
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path"] + [f"{what}_{rank}" for rank in range(1, top_k + 1) for what in ("class", "probability")])
-            try:
-                for count, pred in enumerate(answers, 1):
-                    writer.writerow([pred.path] + [v for c, p in zip(pred.classes, pred.probabilities) for v in (c, f"{p:.6f}")])
-            except DataError as e:
-                if count == 0:
-                    raise  # no answer: a file already there stays as it was
-                unreadable = e  # the answers before the unreadable file are kept, as printed ones would be
-
-    # Through a temporary file: Ctrl-C or a crash leaves the old CSV, never half a new one over it.
-    atomic_write(Path(args.csv), write)
-    if unreadable is not None:
-        raise unreadable
+    count = _write_csv(Path(args.csv), answers, top_k)
     print(f"{count} image{'s' if count != 1 else ''} classified: {args.csv}")
 
 
@@ -636,6 +614,39 @@ def _image_paths(inputs: list[str]) -> list[str]:
             raise DataError(f"{given} does not exist or is not a file")
     return paths
 
+
+
+def _write_csv(path: Path, answers: Iterable, top_k: int) -> int:
+    """Write ``answers`` (predict's, as they come) to ``path``, a row an image, and return how many.
+
+    Through a temporary file: Ctrl-C or a crash leaves the old CSV, never half a new one over it. An
+    image that cannot be read stops it, and its DataError is raised once the rows before it are kept,
+    as printed answers would be (with no row at all, a file already there stays as it was).
+    """
+    import csv
+
+    from .data import DataError
+    from .runs import atomic_write
+
+    count, unreadable = 0, None
+
+    def write(tmp: str) -> None:
+        nonlocal count, unreadable
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path"] + [f"{what}_{rank}" for rank in range(1, top_k + 1) for what in ("class", "probability")])
+            try:
+                for count, pred in enumerate(answers, 1):
+                    writer.writerow([pred.path] + [v for c, p in zip(pred.classes, pred.probabilities) for v in (c, f"{p:.6f}")])
+            except DataError as e:
+                if count == 0:
+                    raise
+                unreadable = e
+
+    atomic_write(path, write)
+    if unreadable is not None:
+        raise unreadable
+    return count
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import serve
