@@ -9,6 +9,7 @@ import json
 import shutil
 import statistics
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 
 import pytest
 import torch
@@ -260,6 +261,9 @@ def test_a_folder_run_is_reused_and_a_run_killed_before_its_checkpoint_is_traine
     saved["recipe"]["notes"] += " (reworded since)"
     (run_dir / "config.json").write_text(json.dumps(saved))
     assert train_or_reuse(config) == run_dir and "reusing the finished run" in capsys.readouterr().out
+    for size in (8, None):  # another side, given or the folder's default (64): another net's inputs
+        with pytest.raises(ValueError, match="holds a run with other settings \\(image_size\\)"):
+            train_or_reuse(replace(config, image_size=size))
     for name in ("checkpoint.pt", "model.safetensors", "metrics.jsonl"):  # killed before its first checkpoint
         (run_dir / name).unlink()
     assert train_or_reuse(config) == run_dir and (run_dir / "checkpoint.pt").is_file()
