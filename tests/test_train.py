@@ -348,6 +348,36 @@ def test_momentum_saved_without_channels_last_resumes_into_a_fused_channels_last
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
 
 
+
+def test_optimizer_state_that_does_not_fit_the_model_is_named():
+    """A checkpoint made for another model (by hand, or another tool's): its optimizer state is refused
+    in one line, not by the optimizer's own words or a broadcast at the first update."""
+    recipe, cpu = get_recipe("fast"), torch.device("cpu")
+    model = create_model("resnet8", in_chans=1)
+    step = TrainStep(model, make_optimizer(recipe, model, cpu), 0.0, cpu)
+    step(torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,)), 0.05)
+    state = copy.deepcopy(step.optimizer.state_dict())
+    first = state["param_groups"][0]["params"][0]
+    state["state"][first]["momentum_buffer"] = torch.zeros(3)
+    with pytest.raises(runs.RunError, match=r"its momentum_buffer of shape \(3,\) for a parameter of shape \(16, 1, 3, 3\)"):
+        load_optimizer_state(make_optimizer(recipe, model, cpu), state)
+    other = create_model("resnet14", in_chans=1)  # more parameters
+    with pytest.raises(runs.RunError, match="the checkpoint's optimizer state does not fit this model's parameters \\(loaded"):
+        load_optimizer_state(make_optimizer(recipe, other, cpu), step.optimizer.state_dict())
+
+
+@needs_fashion
+def test_a_run_whose_checkpoint_optimizer_state_does_not_fit_names_the_file(tmp_path):
+    with pytest.raises(Interrupted):
+        train(tiny(tmp_path, steps=8), stop_at=2)
+    path = tmp_path / "run" / runs.CHECKPOINT
+    checkpoint = torch.load(path, weights_only=True)
+    first = checkpoint["optimizer"]["param_groups"][0]["params"][0]
+    checkpoint["optimizer"]["state"][first]["momentum_buffer"] = torch.zeros(3)
+    torch.save(checkpoint, path)
+    with pytest.raises(runs.RunError, match=f"{path}: the checkpoint's optimizer state does not fit"):
+        resume(tmp_path / "run", device="cpu", progress=False)
+
 def test_a_graphed_step_refuses_a_batch_of_another_shape():
     model = create_model("resnet8", in_chans=1)
     step = GraphedTrainStep(model, model, make_optimizer(get_recipe("fast"), model, torch.device("cpu"), tensor_lr=True), 0.0,

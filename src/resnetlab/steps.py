@@ -18,6 +18,7 @@ from torch import nn
 
 from .devices import autocast_for
 from .recipes import Recipe
+from .runs import RunError
 
 
 def make_optimizer(recipe: Recipe, model: nn.Module, device: torch.device, tensor_lr: bool = False) -> torch.optim.Optimizer:
@@ -178,7 +179,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     own = [{k: g[k] for k in _HOW_TO_RUN if k in g} for g in optimizer.param_groups]
     tensor_lr = [isinstance(g["lr"], torch.Tensor) for g in optimizer.param_groups]
     device = next(iter(optimizer.param_groups[0]["params"])).device
-    optimizer.load_state_dict(state)
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError) as err:
+        raise RunError(f"the checkpoint's optimizer state does not fit this model's parameters ({err})") from None
     for group, settings, as_tensor in zip(optimizer.param_groups, own, tensor_lr):
         group.update(settings)
         lr = float(group["lr"])
@@ -186,6 +190,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
         for p in group["params"]:
             state = optimizer.state.get(p, {})
             for k, v in state.items():
+                # load_state_dict pairs buffers with parameters by position, never by shape: a buffer of
+                # another shape would fail, or broadcast, at the first update.
+                if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != p.shape:
+                    raise RunError(f"the checkpoint's optimizer state does not fit this model's parameters "
+                                     f"(its {k} of shape {tuple(v.shape)} for a parameter of shape {tuple(p.shape)})")
                 # Loaded buffers keep the saved layout; a fused kernel ignores strides, so a run saved
                 # without channels_last (MPS) and resumed with it would update the wrong elements.
                 if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():

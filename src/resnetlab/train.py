@@ -515,10 +515,13 @@ def _start(saved: dict, run_dir: Path, recipe: Recipe, model: nn.Module, device:
     # The graph replays one fixed step: recording gradient norms needs the eager one, and so (here)
     # does DistributedDataParallel, whose gradient averaging runs in hooks a graph would not replay.
     graphed = device.type == "cuda" and saved.get("cuda_graph", True) and not grad_every and world.size == 1
-    train_step = build_train_step(
-        model, recipe, device, graphed, next(iter(train_loader)) if graphed else None, saved["compile"],
-        optimizer_state=checkpoint["optimizer"] if checkpoint is not None else None, processes=world.size,
-    )
+    try:
+        train_step = build_train_step(
+            model, recipe, device, graphed, next(iter(train_loader)) if graphed else None, saved["compile"],
+            optimizer_state=checkpoint["optimizer"] if checkpoint is not None else None, processes=world.size,
+        )
+    except runs.RunError as err:  # the checkpoint's optimizer state, which only the optimizer can check
+        raise runs.RunError(f"{run_dir / runs.CHECKPOINT}: {err}") from None
     if checkpoint is not None and world.is_main:  # the saved sums are already those of every process
         if set(checkpoint["sums"]) != set(train_step.sums):
             raise runs.RunError(f"{run_dir / runs.CHECKPOINT} is damaged: its epoch sums are "
