@@ -229,6 +229,16 @@ def test_notebook_blocks_start_as_keras_starts_them_and_name_the_notebooks_call(
         identity_block(256, 3, 64)
     assert identity_block(x.shape[1], 3, [64, 64, 256])(x).shape == x.shape
 
+
+def test_a_bottleneck_subclass_takes_the_papers_stride_as_bottleneck_does():
+    from resnetlab import ResNet
+
+    class Mine(Bottleneck):
+        pass
+
+    model = ResNet(Mine, [1, 1], widths=[8, 16], stride_in_1x1=True)
+    assert model.layer2[0].conv1.stride == (2, 2) and model.layer2[0].conv2.stride == (1, 1)
+
 def test_the_notebook_resnet50_is_made_of_its_two_blocks():
     """signs_resnet50's stages are the notebook's convolutional_block then identity_blocks, weight for weight."""
     from resnetlab.blocks import convolutional_block, identity_block

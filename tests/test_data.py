@@ -538,6 +538,12 @@ def test_a_data_dir_that_is_a_file_names_its_folder(tmp_path):
             get_dataset(name, root=file, download=False)
 
 
+def test_a_stale_resnetlab_data_naming_a_file_does_not_stop_a_right_data_dir(tmp_path, monkeypatch):
+    file = write_signs(tmp_path / "datasets")
+    monkeypatch.setenv("RESNETLAB_DATA", str(file))
+    assert len(get_dataset("signs", root=tmp_path / "datasets", download=False)) > 0
+
+
 def test_signs_not_found_points_to_the_courses_datasets_folder_here(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_signs(tmp_path / "datasets")

@@ -163,7 +163,8 @@ def test_the_training_split_is_scored_on_the_images_the_run_trained_on(idx_run, 
     train(TrainConfig(model="resnet8", data_dir=str(data), batch_size=32, steps=1, limit_train=100, device="cpu",
                       out=str(limited), progress=False))
     capsys.readouterr()
-    for run, extra, n in ((idx_run, [], 128), (idx_run, ["--limit-test", "50"], 50), (limited, [], 100)):
+    for run, extra, n in ((idx_run, [], 128), (idx_run, ["--limit-test", "50"], 50), (limited, [], 100),
+                          (limited, ["--limit-test", "120"], 100)):  # never images it did not train on
         out = tmp_path / f"out-{run.name}-{n}"
         assert main(["eval", str(run), "--split", "train", *extra, "--device", "cpu", "--out", str(out)]) == 0
         written = json.loads((out / "eval-train.json").read_text())
@@ -174,6 +175,8 @@ def test_the_training_split_is_scored_on_the_images_the_run_trained_on(idx_run, 
             assert written["accuracy"] == pytest.approx(hits[:n].float().mean().item())
     fails_cleanly(capsys, "eval", "--pretrained", "resnet18", "--dataset", f"folder:{tmp_path}", "--split", "train",
                   "--device", "cpu", match="--split train scores a run's training images")
+    fails_cleanly(capsys, "eval", idx_run, "--split", "train", "--dataset", "mnist", "--data-dir", data, "--device", "cpu",
+                  match="--split train scores the images the run trained on, which are fashion-mnist's, not mnist's")
 
 def test_a_named_dataset_with_other_classes_is_refused(idx_run, capsys):
     """A Fashion-MNIST run tested on MNIST (same size, same count, other classes) would score shoes as digits."""

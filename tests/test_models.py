@@ -304,3 +304,22 @@ def test_the_keras_layout_says_which_image_size_it_takes():
             create_model("signs_resnet50", layers=[1, 1, 1, 1], widths=[4, 4, 4, 4], num_classes=0)(torch.randn(1, 3, 128, 128))
     with pytest.raises(RuntimeError, match="mat1 and mat2 shapes"):  # other models keep fc's own message
         create_model("resnet18").forward_head(torch.randn(1, 256, 7, 7))
+
+
+@pytest.mark.parametrize("name, kwargs, size", [
+    ("resnet20", {"num_classes": 10}, 32), ("preact_resnet18", {}, 64), ("signs_resnet50", {}, 64),
+    ("resnet18", {"features_only": True, "out_indices": [1, 3]}, 64),
+])
+def test_trace_export_and_compile_give_the_eager_outputs(name, kwargs, size):
+    """README's promise: torch.jit.trace, torch.export and torch.compile (one whole graph) take every kind of net."""
+    torch.manual_seed(0)
+    model = create_model(name, **kwargs).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected = model(x)
+        traced = torch.jit.trace(model, x, strict=False)(x)
+        exported = torch.export.export(model, (x,)).module()(x)
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(x)
+    for got in (traced, exported, compiled):
+        for a, b in zip(got if isinstance(got, (list, tuple)) else [got], expected if isinstance(expected, list) else [expected]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -590,6 +590,9 @@ def test_a_run_too_short_for_its_batch_norms_running_statistics_says_so(tmp_path
     assert "train for 299 steps or more, or add --model-arg bn_momentum=0.1" in note
     train(tiny(tmp_path, "long", steps=30))  # PyTorch's 0.1 over 30 steps leaves 0.9 ** 30 = 4%
     assert "running statistics" not in capsys.readouterr().err
+    # Fine-tuned from weights, the statistics start from the trained ones, not from 0 and 1.
+    train(tiny(tmp_path, "tuned", steps=2, weights=str(tmp_path / "long" / runs.WEIGHTS)))
+    assert "running statistics" not in capsys.readouterr().err
     model = create_model("resnet8", num_classes=10, in_chans=1)
     assert _unsettled_statistics(model, 28) is not None and _unsettled_statistics(model, 29) is None
 

@@ -27,6 +27,8 @@ class Variant(NamedTuple):
 
 
 class Study(NamedTuple):
+    """One of the 2016 paper's ablations: its table's title and the variants it compares."""
+
     title: str
     variants: list[Variant]  # the first is the original unit, which every other is drawn against
 

@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and write a run directory")
     _add_train_flags(p)
 
-    p = sub.add_parser("eval", help="evaluate a trained run on its test set (or published weights on an ImageNet folder)")
+    p = sub.add_parser("eval", help="evaluate a trained run on its test set or training images (or published weights "
+                                    "on an ImageNet folder)")
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="the run to evaluate (or --pretrained)")
     p.add_argument("--pretrained", metavar="MODEL[:TAG]",
                    help="evaluate published ImageNet weights instead of a run (resnet50, resnet50:IMAGENET1K_V1, "
@@ -530,7 +531,7 @@ def _options_given(argv: list[str], command: str) -> list[str]:
     own = _own_parser(parser, command)
     for action in own._actions:
         action.default = argparse.SUPPRESS
-    given = vars(parser.parse_known_args([a for a in argv if a != "--debug"])[0])
+    given = vars(parser.parse_known_args([a for a in argv if a != "--debug"])[0])  # a parser made for this alone
     return [max(action.option_strings, key=len) for action in own._actions if action.option_strings and action.dest in given]
 
 
@@ -615,7 +616,6 @@ def _image_paths(inputs: list[str]) -> list[str]:
     return paths
 
 
-
 def _write_csv(path: Path, answers: Iterable, top_k: int) -> int:
     """Write ``answers`` (predict's, as they come) to ``path``, a row an image, and return how many.
 
@@ -640,13 +640,14 @@ def _write_csv(path: Path, answers: Iterable, top_k: int) -> int:
                     writer.writerow([pred.path] + [v for c, p in zip(pred.classes, pred.probabilities) for v in (c, f"{p:.6f}")])
             except DataError as e:
                 if count == 0:
-                    raise
+                    raise  # no row: a file already there stays as it was
                 unreadable = e
 
     atomic_write(path, write)
     if unreadable is not None:
         raise unreadable
     return count
+
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import serve

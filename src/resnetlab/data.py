@@ -490,11 +490,14 @@ def _cache_dir(name: str) -> Path:
 def _search_dirs(name: str, root: str | Path | None) -> list[Path]:
     """The folders to look in, in order (see the module docstring)."""
     dirs = []
-    for given, base in (("--data-dir ", root), ("RESNETLAB_DATA=", os.environ.get("RESNETLAB_DATA"))):
+    # A dataset's own file named instead of its folder (--data-dir datasets/train_signs.h5); a stale
+    # RESNETLAB_DATA is only one more place to look, which must not stop a --data-dir that is right.
+    if root and Path(root).expanduser().is_file():
+        root = Path(root).expanduser()
+        raise DataError(f"--data-dir {root} is a file, not a folder: give its folder, --data-dir {root.parent}")
+    for base in (root, os.environ.get("RESNETLAB_DATA")):
         if base:
             base = Path(base).expanduser()
-            if base.is_file():  # a dataset's own file named instead of its folder (datasets/train_signs.h5)
-                raise DataError(f"{given}{base} is a file, not a folder: give its folder, {given}{base.parent}")
             dirs += [base, base / name]
     dirs += [Path(d) for d in _SYSTEM_DIRS.get(name, ())]
     dirs.append(_cache_dir(name))

@@ -312,8 +312,8 @@ def evaluate_run(
     out: str | Path | None = None,
     split: str = "test",
 ) -> EvalReport:
-    """Evaluate a trained run on a test set and write ``eval.json`` and the confusion matrix into
-    ``out`` (default: the run directory, replacing the last ones there).
+    """Evaluate a trained run on a test set (or its training images) and write ``eval.json`` and the
+    confusion matrix into ``out`` (default: the run directory, replacing the last ones there).
 
     ``views`` ("ten-crop" or "scales", see ``view_batches``) averages each image's scores over several
     views of it; that needs image files, so a run trained on a folder.
@@ -347,15 +347,19 @@ def evaluate_run(
         raise ValueError(f"{run_dir} names no dataset to test on (an imported model): give one with --dataset")
     if views is not None and not name.startswith("folder:"):
         raise ValueError(f"test-time views (--ten-crop, --scales) are cut from image files: {name} is not a folder")
-    # Another folder, with no train/ and val/ of its own, is a test set in full; the run's own folder
-    # is tested on the images its training held out.
-    whole = (name != own and not moved and name.startswith("folder:")
-             and own_held_out(Path(name.removeprefix("folder:"))) is None)
-    if split == "train":  # the images training drew, unless told how many
-        limit = limit_test if limit_test is not None or name != own else config.get("limit_train")
+    if split == "train":
+        if name != own and not moved:
+            raise ValueError(f"--split train scores the images the run trained on, which are {own}'s, not {name}'s")
+        # Those training drew: its limit_train of them, or fewer if told. Seeded draws of a folder, as a named
+        # dataset's first N, are the start of one order, so the fewer are among those it trained on.
+        limit = min((n for n in (limit_test, config.get("limit_train")) if n is not None), default=None)
         test = load_split(name, "train", data_dir or config.get("data_dir"), limit=limit, seed=config["seed"],
                           on_disk=views is not None, **reload_sizes(name, config))
     else:
+        # Another folder, with no train/ and val/ of its own, is a test set in full; the run's own folder
+        # is tested on the images its training held out.
+        whole = (name != own and not moved and name.startswith("folder:")
+                 and own_held_out(Path(name.removeprefix("folder:"))) is None)
         test = load_split(name, "test", data_dir or config.get("data_dir"), limit=limit_test, seed=config["seed"],
                           on_disk=views is not None, whole=whole, **reload_sizes(name, config))
     expected = (len(config["classes"]), config["channels"], config["image_size"])

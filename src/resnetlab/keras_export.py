@@ -278,6 +278,8 @@ def _conv_layer(graph: _Graph, x: _Tensor, kernel: np.ndarray, bias: np.ndarray 
 
 def _batch_norm(graph: _Graph, bn: nn.BatchNorm2d, x: _Tensor) -> _Tensor:
     weights = [_array(t) for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)]
+    # Keras has no cumulative average (PyTorch's momentum None): such a net gets PyTorch's default, which
+    # matters only to training it further in Keras.
     return graph.add("BatchNormalization", [x], x.shape, weights, axis=-1, epsilon=bn.eps, momentum=1 - (bn.momentum or 0.1))
 
 

@@ -127,7 +127,7 @@ class ResNet(nn.Module):
         self._make_stem(in_chans, widths[0], bias)
         block_kwargs: dict = dict(shortcut=shortcut, residual=residual, bias=bias, order=order, mixing=mixing,
                                   scales=scales, gate_bias=gate_bias, shortcut_dropout=shortcut_dropout)
-        if block is Bottleneck:
+        if issubclass(block, Bottleneck):
             block_kwargs["stride_in_1x1"] = stride_in_1x1
         self.num_stages = len(layers)
         self.num_features = self._make_stages(block, layers, widths, block_kwargs)

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainConfig:
-    """What to train, on what, and how. ``None`` means "the recipe's value"."""
+    """What to train, on what, and how. ``None`` means "the recipe's value" (for ``recipe``, the model's recipe)."""
 
     model: str = "resnet20"
     dataset: str = "fashion-mnist"
@@ -173,7 +173,8 @@ def resolve_recipe(config: TrainConfig) -> Recipe:
     """The recipe ``config`` names, with its recipe overrides and then its flags (``--lr`` and the like) applied."""
     flags = {"epochs": config.epochs, "steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
              "weight_decay": config.weight_decay}
-    recipe = get_recipe(config.recipe or default_recipe(config.model), **{**config.recipe_overrides, **{k: v for k, v in flags.items() if v is not None}})
+    name = config.recipe or default_recipe(config.model)
+    recipe = get_recipe(name, **{**config.recipe_overrides, **{k: v for k, v in flags.items() if v is not None}})
     given = sorted({"warmup_steps", "warmup_lr"} & set(config.recipe_overrides))
     depth = depth_of(config.model)
     if given and recipe.warmup_steps and depth < recipe.warmup_min_depth:  # asked for, and silently skipped
@@ -619,7 +620,8 @@ def _end_epoch(run: _RunState, row: dict, board, last: bool) -> None:
     _save(run)
     if run.world.is_main:
         tqdm.write(_epoch_line(row, run.saved["total_steps"], run.saved["steps_per_epoch"]))
-        if last and (note := _unsettled_statistics(run.model, run.step)):
+        # Counted from fresh statistics (0 and 1): those of starting weights are already near the data's.
+        if last and not run.saved.get("weights") and (note := _unsettled_statistics(run.model, run.step)):
             print(f"note: {note}", file=sys.stderr)
 
 
