@@ -135,6 +135,8 @@ class ResNet(nn.Module):
 
         maps = self._feature_maps(widths, block.expansion)
         self.feature_info = FeatureInfo(maps, range(len(maps)))
+        # A plain int for forward_head to read: torch.compile (torch 2.4's, at least) cannot read FeatureInfo in one graph.
+        self._keras_side = 2 * maps[-1]["reduction"]  # the side that leaves the Keras head's 2x2 map
         self.out_indices = None
         if features_only:
             self._prune_to_backbone(maps, out_indices)
@@ -239,7 +241,7 @@ class ResNet(nn.Module):
         those that pool globally and take any size."""
         if self.stem != "keras" or self.fc is None:
             return None
-        return 2 * self.feature_info[-1]["reduction"]
+        return self._keras_side
 
     @property
     def final_relu(self) -> bool:
@@ -297,7 +299,7 @@ class ResNet(nn.Module):
         if self.stem == "keras":
             # The fixed 2x2 pool would read a corner of any larger map without a word. torch._assert, not an if:
             # torch.fx (create_feature_extractor) traces it, where it cannot trace a branch on a shape.
-            side = self.fixed_input_size
+            side = self._keras_side
             torch._assert((x.shape[-2] == 2) & (x.shape[-1] == 2),
                           f"this model flattens a 2x2 map (Keras's layout, as signs_resnet50) and so takes {side}x{side} images")
         pooled = torch.flatten(self.avgpool(x), 1)
