@@ -227,6 +227,10 @@ def test_notebook_blocks_start_as_keras_starts_them_and_name_the_notebooks_call(
         convolutional_block(x, f=3, filters=[64, 64, 256], s=2)
     with pytest.raises(TypeError, match="filters as \\[F1, F2, F3\\], got 256, 3, 64"):
         identity_block(256, 3, 64)
+    with pytest.raises(TypeError, match=r"identity_block takes no training= \(call block.train\(\) or block.eval\(\) instead"):
+        identity_block(256, 3, [64, 64, 256], training=False)
+    with pytest.raises(TypeError, match="convolutional_block takes no initializer= .*Glorot-uniform.*, colour="):
+        convolutional_block(256, 3, [64, 64, 256], initializer="glorot_uniform", colour=1)
     assert identity_block(x.shape[1], 3, [64, 64, 256])(x).shape == x.shape
 
 

@@ -48,6 +48,15 @@ def test_summary_prints_keras_totals(capsys):
     assert code == 0 and "Total params: 270,810" in out and "for one 1x28x28 input" in out
 
 
+
+@needs_fashion
+def test_train_says_which_recipe_it_trains_with(tmp_path, capsys):
+    """Chosen by the model where no --recipe is given (signs_resnet50's is the notebook's): said first."""
+    code, out, err = run(capsys, "train", *QUICK, "--out", tmp_path / "run")
+    assert code == 0, err
+    assert out.splitlines()[0] == ("resnet8, recipe fast: sgd (momentum 0.9, Nesterov) lr 0.1, batch 64, 8 steps, onecycle, "
+                                   "wd 0.0005, pad 2 + crop + flip, label smoothing 0.1")
+
 @needs_fashion
 def test_train_eval_predict(trained, tmp_path, capsys):
     config = json.loads((trained / "config.json").read_text())

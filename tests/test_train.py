@@ -585,16 +585,42 @@ def test_a_run_too_short_for_its_batch_norms_running_statistics_says_so(tmp_path
 
     train(tiny(tmp_path, "short", steps=8, model_kwargs={"bn_momentum": 0.01}))
     note = capsys.readouterr().err
-    # 0.99 ** 8 of the starting values are left; 0.05 needs log(0.05) / log(0.99) = 298.07 steps.
-    assert "after 8 steps the batch norms' running statistics, which evaluation uses, still hold 92%" in note
-    assert "train for 299 steps or more, or add --model-arg bn_momentum=0.1" in note
-    train(tiny(tmp_path, "long", steps=30))  # PyTorch's 0.1 over 30 steps leaves 0.9 ** 30 = 4%
+    # 0.99 ** 8 of the starting values are left; 0.001 needs log(0.001) / log(0.99) = 687.3 steps.
+    assert "after 8 steps the batch norms' running statistics, which evaluation uses, still hold 92.3%" in note
+    assert "(--recipe-arg precise_bn=200), use --model-arg bn_momentum=0.1, or train for 688 steps or more" in note
+    train(tiny(tmp_path, "long", steps=66))  # PyTorch's 0.1 over 66 steps leaves 0.9 ** 66 = 0.096%
     assert "running statistics" not in capsys.readouterr().err
     # Fine-tuned from weights, the statistics start from the trained ones, not from 0 and 1.
     train(tiny(tmp_path, "tuned", steps=2, weights=str(tmp_path / "long" / runs.WEIGHTS)))
     assert "running statistics" not in capsys.readouterr().err
     model = create_model("resnet8", num_classes=10, in_chans=1)
-    assert _unsettled_statistics(model, 28) is not None and _unsettled_statistics(model, 29) is None
+    assert _unsettled_statistics(model, 65) is not None and _unsettled_statistics(model, 66) is None
+
+
+@needs_fashion
+def test_precise_bn_recomputes_the_running_statistics_from_the_training_images(tmp_path, capsys):
+    """--recipe-arg precise_bn=N: once training ends, the running statistics are the average over N training
+    batches with the final weights. Over every image, unaugmented, the first batch norm's running mean is the
+    mean of the first conv's output over the training set, by hand."""
+    import gzip
+
+    import numpy as np
+
+    steps_per_epoch = 512 // 64
+    result = train(tiny(tmp_path, steps=8, model_kwargs={"bn_momentum": 0.01},
+                        recipe_overrides={"precise_bn": steps_per_epoch, "pad_crop": 0, "flip": False}))
+    assert "running statistics" not in capsys.readouterr().err  # nothing left to warn of
+    model, config = runs.load_model(result.run_dir)
+    with gzip.open(FASHION / "train-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read()[16:], np.uint8).reshape(-1, 1, 28, 28)[:512]
+    mean, std = (torch.tensor(config[k])[:, None, None] for k in ("mean", "std"))
+    with torch.no_grad():
+        conv1 = model.conv1((torch.from_numpy(images.copy()).float() / 255 - mean) / std)
+    torch.testing.assert_close(model.bn1.running_mean, conv1.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert result.model.bn1.momentum == 0.01  # the trained model keeps its own momentum after the recomputation
+    with pytest.raises(ValueError, match="precise-bn must be zero or more"):
+        TrainConfig(recipe_overrides={"precise_bn": -1})
+
 
 @needs_fashion
 def test_a_diverging_run_stops_and_saves_no_nan(tmp_path):

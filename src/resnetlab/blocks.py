@@ -321,7 +321,7 @@ class Bottleneck(_Block):
         return [self.bn1, self.bn2, self.bn3]
 
 
-def identity_block(in_channels: int, f: int, filters: tuple[int, int, int], bias: bool = True) -> Bottleneck:
+def identity_block(in_channels: int, f: int, filters: tuple[int, int, int], bias: bool = True, **notebook: object) -> Bottleneck:
     """The seed notebook's identity block: 1x1 conv (F1), f x f conv (F2), 1x1 conv (F3), each with
     BN, ReLU between, and the input added back before the last ReLU. Input and output have the same
     shape, so ``in_channels`` must equal F3. It starts as Keras starts the notebook's: conv biases,
@@ -330,24 +330,36 @@ def identity_block(in_channels: int, f: int, filters: tuple[int, int, int], bias
     Where the notebook's function takes the input tensor and returns the output, this builds the block,
     which is then called on it: ``identity_block(X.shape[1], 3, [64, 64, 256])(X)``.
     """
-    _check_built_not_called("identity_block", in_channels, f, filters)
+    _check_built_not_called("identity_block", in_channels, f, filters, notebook)
     if in_channels != filters[2]:
         raise ValueError(f"an identity block keeps its input's shape: in_channels ({in_channels}) must equal F3 ({filters[2]})")
     return _keras_defaults(Bottleneck(in_channels, filters[0], bias=bias, stride_in_1x1=True, filters=tuple(filters), kernel_size=f))
 
 
-def convolutional_block(in_channels: int, f: int, filters: tuple[int, int, int], s: int = 2, bias: bool = True) -> Bottleneck:
+def convolutional_block(in_channels: int, f: int, filters: tuple[int, int, int], s: int = 2, bias: bool = True,
+                        **notebook: object) -> Bottleneck:
     """The seed notebook's convolutional block: the identity block's three convolutions, the first with
     stride ``s``, and a 1x1 conv (stride ``s``) + BN on the shortcut so that the shapes match. Built, then
     called on the input, and started, as ``identity_block``'s.
     """
-    _check_built_not_called("convolutional_block", in_channels, f, filters)
+    _check_built_not_called("convolutional_block", in_channels, f, filters, notebook)
     return _keras_defaults(Bottleneck(in_channels, filters[0], stride=s, shortcut="C", bias=bias, stride_in_1x1=True,
                                  filters=tuple(filters), kernel_size=f))
 
 
-def _check_built_not_called(name: str, in_channels: object, f: object, filters: object) -> None:
-    """The notebook's functions take the tensor X: here that is the mistake worth naming."""
+# The notebook's keyword arguments, and what stands for each here.
+_NOTEBOOK_ARGUMENTS = {
+    "training": "call block.train() or block.eval() instead (training=True or False)",
+    "initializer": "the block starts from Keras's Glorot-uniform weights already",
+}
+
+
+def _check_built_not_called(name: str, in_channels: object, f: object, filters: object, notebook: dict) -> None:
+    """The notebook's functions take the tensor X, and training= and initializer=: here those are the
+    mistakes worth naming."""
+    if notebook:
+        said = [f"{k}= ({_NOTEBOOK_ARGUMENTS[k]})" if k in _NOTEBOOK_ARGUMENTS else f"{k}=" for k in notebook]
+        raise TypeError(f"{name} takes no {', '.join(said)}")
     if isinstance(in_channels, torch.Tensor):
         raise TypeError(f"{name} builds the block, which is then called on the input: "
                         f"{name}(X.shape[1], f, filters)(X), not {name}(X, f, filters)")

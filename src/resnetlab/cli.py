@@ -507,6 +507,12 @@ def cmd_train(args: argparse.Namespace) -> None:
             eval_every=args.eval_every, progress=progress, weights=args.weights,
             model_kwargs=dict(args.model_arg), recipe_overrides=dict(args.recipe_arg), workers=args.workers,
         )
+        if distributed.world_from_env().is_main:  # what it trains with, chosen by the model where no --recipe says
+            from .recipes import describe_recipe
+            from .train import resolve_recipe
+
+            recipe = resolve_recipe(config)
+            print(f"{config.model}, recipe {recipe.name}: {describe_recipe(recipe)}")
         result = train(config)
     world = distributed.world_from_env()
     distributed.teardown(world)

@@ -42,6 +42,9 @@ class Recipe:
     flip: bool = False
     lighting: float = 0.0  # std of AlexNet's PCA colour noise (the 2015 paper's "standard color augmentation")
     label_smoothing: float = 0.0
+    # Once training ends, the batch norms' running statistics recomputed as the average over this many
+    # training batches with the final weights (Precise BN, Wu and Johnson 2021); 0 keeps the running averages.
+    precise_bn: int = 0
     notes: str = field(default="", compare=False)
 
     def to_dict(self) -> dict:
@@ -150,6 +153,8 @@ def describe_recipe(recipe: Recipe) -> str:
         parts.append(" + ".join(augment))
     if recipe.label_smoothing:
         parts.append(f"label smoothing {recipe.label_smoothing:g}")
+    if recipe.precise_bn:
+        parts.append(f"batch-norm statistics recomputed over {recipe.precise_bn} batches at the end")
     return ", ".join(parts)
 
 
@@ -198,7 +203,7 @@ def get_recipe(name: str, **overrides) -> Recipe:
         raise ValueError(f"recipe {recipe.name} uses Nesterov momentum, which needs a momentum above 0: "
                          "add --recipe-arg nesterov=false")
     _check_milestones(recipe, {k: v for k, v in overrides.items() if v != getattr(RECIPES[name], k)})
-    for key in ("warmup_steps", "pad_crop"):
+    for key in ("warmup_steps", "pad_crop", "precise_bn"):
         if getattr(recipe, key) < 0:
             raise ValueError(f"{key.replace('_', '-')} must be zero or more, got {getattr(recipe, key)}")
     return recipe

@@ -442,6 +442,8 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                 _save(run)
                 raise Interrupted(run_dir, run.step, world.size)
             row = _epoch_row(run, lr, epoch_start, resumed_seen)
+            if last and recipe.precise_bn and world.is_main:  # process 0 evaluates and saves the weights
+                _precise_bn(model, train_loader, epoch + 1, recipe.precise_bn)
             if world.is_main and (last or (epoch + 1) % saved["eval_every"] == 0):
                 result_test = _evaluate_into(row, model, test_loader, len(saved["classes"]))
             run.elapsed = row["time"] = time.perf_counter() - started
@@ -621,7 +623,7 @@ def _end_epoch(run: _RunState, row: dict, board, last: bool) -> None:
     if run.world.is_main:
         tqdm.write(_epoch_line(row, run.saved["total_steps"], run.saved["steps_per_epoch"]))
         # Counted from fresh statistics (0 and 1): those of starting weights are already near the data's.
-        if last and not run.saved.get("weights") and (note := _unsettled_statistics(run.model, run.step)):
+        if last and not run.saved.get("weights") and not run.recipe.precise_bn and (note := _unsettled_statistics(run.model, run.step)):
             print(f"note: {note}", file=sys.stderr)
 
 
@@ -686,20 +688,31 @@ def _epoch_label(step: int, total_steps: int, steps_per_epoch: int) -> str:
     return f"epoch {round(step / steps_per_epoch, 4):g}/{round(total_steps / steps_per_epoch, 4):g}"
 
 
-def _unsettled_statistics(model: nn.Module, steps: int, left_at_most: float = 0.05) -> str | None:
+def _precise_bn(model: nn.Module, train_loader: DeviceLoader, epoch: int, batches: int) -> None:
+    """Recompute the batch norms' running statistics as the average over ``batches`` training batches (of
+    the order of ``epoch``, one the run has not trained on) with the final weights: running averages lag
+    the weights they were gathered with, by far when they take in little of each batch (Keras's 0.99)."""
+    from torch.optim.swa_utils import update_bn  # resets the statistics and averages them over the batches given
+
+    update_bn(itertools.islice(train_loader.epoch(epoch, 0), batches), model)
+
+
+def _unsettled_statistics(model: nn.Module, steps: int, left_at_most: float = 1e-3) -> str | None:
     """Why the model's test accuracy may lag far behind its training accuracy after ``steps`` steps, or
     None: its batch norms' running statistics, which evaluation uses, still hold more than
-    ``left_at_most`` of their starting values (a batch norm keeps 1 - momentum of them each step)."""
+    ``left_at_most`` of their starting values (a batch norm keeps 1 - momentum of them each step). The
+    start, a variance of 1, can be many times a layer's own: a few per cent left of it is too much."""
     momenta = [m.momentum for m in model.modules()
                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.momentum is not None]
     if not momenta or (1 - min(momenta)) ** steps <= left_at_most:
         return None
     slowest = min(momenta)
     needed = math.ceil(math.log(left_at_most) / math.log(1 - slowest))
-    return (f"after {steps} steps the batch norms' running statistics, which evaluation uses, still hold "
-            f"{(1 - slowest) ** steps:.0%} of their starting values (each step takes in {slowest:g} of a batch's: "
-            f"bn_momentum), so the test accuracy may lag far behind the training accuracy; train for {needed} "
-            f"steps or more{', or add --model-arg bn_momentum=0.1' if slowest < 0.1 else ''}")
+    return (f"after {steps} step{'s' * (steps != 1)} the batch norms' running statistics, which evaluation uses, "
+            f"still hold {(1 - slowest) ** steps:.1%} of their starting values (each step takes in {slowest:g} of a "
+            f"batch's: bn_momentum), so the test accuracy may lag far behind the training accuracy. Recompute them "
+            f"from the training images once training ends (--recipe-arg precise_bn=200){', use --model-arg bn_momentum=0.1' if slowest < 0.1 else ''}"
+            f", or train for {needed:,} steps or more")
 
 
 def _epoch_line(row: dict, total_steps: int, steps_per_epoch: int) -> str:
