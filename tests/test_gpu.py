@@ -180,6 +180,23 @@ def test_a_compiled_graphed_run_evaluates_the_weights_it_trained(tmp_path):
     assert result.test.accuracy == pytest.approx(eager.accuracy, abs=0.02)  # bf16 kernels differ, a few answers may too
 
 
+
+@pytest.mark.skipif(not fashion_mnist_here(), reason="no Fashion-MNIST files (Debian's package or $RESNETLAB_DATA)")
+def test_precise_bn_after_a_graphed_run_gives_the_statistics_of_the_trained_weights(tmp_path):
+    """The graph replays the step with the batch norms' buffers it captured; precise BN refills those same
+    buffers with eager forwards afterwards. The saved statistics must be the recomputed ones: evaluated on
+    the CPU, the saved weights agree with the run's own evaluation."""
+    from resnetlab.evaluate import evaluate_run
+
+    config = TrainConfig(model="resnet8", limit_train=2048, limit_test=300, batch_size=64, steps=16, device="cuda",
+                         out=str(tmp_path / "run"), progress=False, model_kwargs={"bn_momentum": 0.01},
+                         recipe_overrides={"precise_bn": 32})
+    result = train(config)
+    saved = runs.load_model(result.run_dir)[0]
+    assert saved.bn1.running_var.min() < 0.9 or saved.bn1.running_var.max() > 1.1  # not 16 steps at 0.01 from 1
+    cpu = evaluate_run(result.run_dir, limit_test=300, device="cpu", out=tmp_path / "eval").result
+    assert result.test.accuracy == pytest.approx(cpu.accuracy, abs=0.02)
+
 @pytest.mark.parametrize("recipe", ["fast", "signs-adam"])
 def test_a_cpu_checkpoint_continues_in_a_cuda_graph(recipe):
     """Optimizer state saved by an eager CPU run (float lr, unfused, step counts on the CPU) is captured fine."""
