@@ -581,20 +581,23 @@ def test_a_keras_layout_net_refuses_images_of_another_size_before_writing_anythi
 def test_a_run_too_short_for_its_batch_norms_running_statistics_says_so(tmp_path, capsys):
     """Evaluation uses the running statistics, which a short run with Keras's momentum (0.01) leaves near
     their starting values: the notebook's net then scores near chance on the test set while training well."""
-    from resnetlab.train import _unsettled_statistics
+    from resnetlab.evaluate import evaluate_run, unsettled_statistics
 
     train(tiny(tmp_path, "short", steps=8, model_kwargs={"bn_momentum": 0.01}))
     note = capsys.readouterr().err
     # 0.99 ** 8 of the starting values are left; 0.001 needs log(0.001) / log(0.99) = 687.3 steps.
     assert "after 8 steps the batch norms' running statistics, which evaluation uses, still hold 92.3%" in note
     assert "(--recipe-arg precise_bn=200), use --model-arg bn_momentum=0.1, or train for 688 steps or more" in note
+    # eval says it too, where the score is read.
+    assert "note: after 8 steps the batch norms' running statistics" in evaluate_run(tmp_path / "short", device="cpu").text()
     train(tiny(tmp_path, "long", steps=66))  # PyTorch's 0.1 over 66 steps leaves 0.9 ** 66 = 0.096%
     assert "running statistics" not in capsys.readouterr().err
+    assert "note:" not in evaluate_run(tmp_path / "long", device="cpu").text()
     # Fine-tuned from weights, the statistics start from the trained ones, not from 0 and 1.
     train(tiny(tmp_path, "tuned", steps=2, weights=str(tmp_path / "long" / runs.WEIGHTS)))
     assert "running statistics" not in capsys.readouterr().err
     model = create_model("resnet8", num_classes=10, in_chans=1)
-    assert _unsettled_statistics(model, 65) is not None and _unsettled_statistics(model, 66) is None
+    assert unsettled_statistics(model, 65) is not None and unsettled_statistics(model, 66) is None
 
 
 @needs_fashion

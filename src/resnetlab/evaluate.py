@@ -6,6 +6,7 @@ Prediction on the user's own images (``predict``) shares the views and their ave
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +253,31 @@ def view_probabilities(model: nn.Module, images: Sequence[Sequence[torch.Tensor]
     return probs / count
 
 
+def unsettled_statistics(model: nn.Module, steps: int, left_at_most: float = 1e-3) -> str | None:
+    """Why the model's test accuracy may lag far behind its training accuracy after ``steps`` steps, or
+    None: its batch norms' running statistics, which evaluation uses, still hold more than
+    ``left_at_most`` of their starting values (a batch norm keeps 1 - momentum of them each step). The
+    start, a variance of 1, can be many times a layer's own: a few per cent left of it is too much."""
+    momenta = [m.momentum for m in model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.momentum is not None]
+    if not momenta or (1 - min(momenta)) ** steps <= left_at_most:
+        return None
+    slowest = min(momenta)
+    needed = math.ceil(math.log(left_at_most) / math.log(1 - slowest))
+    return (f"after {steps} step{'s' * (steps != 1)} the batch norms' running statistics, which evaluation uses, "
+            f"still hold {(1 - slowest) ** steps:.1%} of their starting values (each step takes in {slowest:g} of a "
+            f"batch's: bn_momentum), so the test accuracy may lag far behind the training accuracy. Recompute them "
+            f"from the training images once training ends (--recipe-arg precise_bn=200){', use --model-arg bn_momentum=0.1' if slowest < 0.1 else ''}"
+            f", or train for {needed:,} steps or more")
+
+
+def statistics_note(model: nn.Module, config: dict, steps: int) -> str | None:
+    """``unsettled_statistics`` for a run trained ``steps`` steps as its ``config`` says: none where it
+    started from weights (their statistics are already near the data's) or recomputed them (precise BN)."""
+    if config.get("weights") or config.get("recipe", {}).get("precise_bn"):
+        return None
+    return unsettled_statistics(model, steps)
+
 @dataclass
 class EvalReport:
     """``resnetlab eval``'s findings and the files it wrote."""
@@ -264,6 +290,7 @@ class EvalReport:
     reference: str | None = None  # what the weights are published, or the paper reports, to reach, when known
     views: str = "one view"  # how each image was seen: its one view, or the views its scores were averaged over
     split: str = "test"  # or "train": the images a run trained on
+    note: str | None = None  # why the score may mislead (a run's unsettled batch-norm statistics)
 
     def to_dict(self) -> dict:
         r = self.result
@@ -296,6 +323,7 @@ class EvalReport:
         width = max(len(c) for c, _ in per_class) + 2
         lines += [f"  {c:<{width}}{'no test images' if a is None else f'{a:.2%}'}" for c, a in per_class]
         lines += [self.reference] if self.reference else []
+        lines += [f"note: {self.note}"] if self.note else []
         lines += [f"wrote {f}" for f in self.files]
         return "\n".join(lines)
 
@@ -326,7 +354,7 @@ def evaluate_run(
     from .data import class_folder_names, load_split, own_held_out, reload_sizes, resolve_dataset
     from .loader import dataset_shape
     from .plots import plot_confusion
-    from .runs import load_model, out_folder, write_json
+    from .runs import load_model, out_folder, read_metrics, write_json
 
     if split not in ("test", "train"):
         raise ValueError(f"split must be 'test' or 'train', not {split!r}")
@@ -391,8 +419,10 @@ def evaluate_run(
     result = _score(model, test, config, views, scales, dev)
     # The papers report test errors: nothing to hold a training-set score against.
     reference = paper_reference(config["model"], views, scales, len(config["classes"])) if split == "test" else None
+    rows = read_metrics(run_dir, missing_ok=True) if "recipe" in config else []  # an import has no training of ours
+    note = statistics_note(model, config, rows[-1]["step"]) if rows else None
     report = EvalReport(str(run_dir), name, config["classes"], result, [], reference,
-                        describe_views(views, scales) or one_view(config), split)
+                        describe_views(views, scales) or one_view(config), split, note)
     out = Path(out) if out is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
     suffix = "-train" if split == "train" else ""  # beside the test set's files, not over them

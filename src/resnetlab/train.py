@@ -27,7 +27,7 @@ from . import __version__, distributed, runs
 from .data import DataError, fingerprint, folder_sizes, load_splits, reload_sizes, resolve_dataset
 from .devices import check_device_name, pick_device, seed_everything, uses_channels_last
 from .errors import ResnetlabError
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult, evaluate, statistics_note
 from .loader import DeviceLoader, channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, scaled_jitter, stats_sample
 from .models import create_model, depth_of
 from .pretrained import input_stats, is_file_spec, weights_layout, weights_name
@@ -622,8 +622,7 @@ def _end_epoch(run: _RunState, row: dict, board, last: bool) -> None:
     _save(run)
     if run.world.is_main:
         tqdm.write(_epoch_line(row, run.saved["total_steps"], run.saved["steps_per_epoch"]))
-        # Counted from fresh statistics (0 and 1): those of starting weights are already near the data's.
-        if last and not run.saved.get("weights") and not run.recipe.precise_bn and (note := _unsettled_statistics(run.model, run.step)):
+        if last and (note := statistics_note(run.model, run.saved, run.step)):
             print(f"note: {note}", file=sys.stderr)
 
 
@@ -695,24 +694,6 @@ def _precise_bn(model: nn.Module, train_loader: DeviceLoader, epoch: int, batche
     from torch.optim.swa_utils import update_bn  # resets the statistics and averages them over the batches given
 
     update_bn(itertools.islice(train_loader.epoch(epoch, 0), batches), model)
-
-
-def _unsettled_statistics(model: nn.Module, steps: int, left_at_most: float = 1e-3) -> str | None:
-    """Why the model's test accuracy may lag far behind its training accuracy after ``steps`` steps, or
-    None: its batch norms' running statistics, which evaluation uses, still hold more than
-    ``left_at_most`` of their starting values (a batch norm keeps 1 - momentum of them each step). The
-    start, a variance of 1, can be many times a layer's own: a few per cent left of it is too much."""
-    momenta = [m.momentum for m in model.modules()
-               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.momentum is not None]
-    if not momenta or (1 - min(momenta)) ** steps <= left_at_most:
-        return None
-    slowest = min(momenta)
-    needed = math.ceil(math.log(left_at_most) / math.log(1 - slowest))
-    return (f"after {steps} step{'s' * (steps != 1)} the batch norms' running statistics, which evaluation uses, "
-            f"still hold {(1 - slowest) ** steps:.1%} of their starting values (each step takes in {slowest:g} of a "
-            f"batch's: bn_momentum), so the test accuracy may lag far behind the training accuracy. Recompute them "
-            f"from the training images once training ends (--recipe-arg precise_bn=200){', use --model-arg bn_momentum=0.1' if slowest < 0.1 else ''}"
-            f", or train for {needed:,} steps or more")
 
 
 def _epoch_line(row: dict, total_steps: int, steps_per_epoch: int) -> str:
