@@ -488,6 +488,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     # A bar redrawn with carriage returns is noise in a log file: bars only where someone watches.
     progress = not args.no_progress and sys.stderr.isatty()
+    world = distributed.world_from_env()
     if args.resume:
         may_change = ("--resume", "--device", "--workers", "--no-progress", "--data-dir")
         ignored = [flag for flag in _options_given(args.argv, "train") if flag not in may_change]
@@ -507,14 +508,13 @@ def cmd_train(args: argparse.Namespace) -> None:
             eval_every=args.eval_every, progress=progress, weights=args.weights,
             model_kwargs=dict(args.model_arg), recipe_overrides=dict(args.recipe_arg), workers=args.workers,
         )
-        if distributed.world_from_env().is_main:  # what it trains with, chosen by the model where no --recipe says
+        if world.is_main:  # what it trains with, chosen by the model where no --recipe says
             from .recipes import describe_recipe
             from .train import resolve_recipe
 
             recipe = resolve_recipe(config)
             print(f"{config.model}, recipe {recipe.name}: {describe_recipe(recipe)}")
         result = train(config)
-    world = distributed.world_from_env()
     distributed.teardown(world)
     if not world.is_main:
         return

@@ -1281,15 +1281,17 @@ def _whole_folder(
 
 
 def folder_sizes(dataset: str, image_size: int | None, recipe: Recipe) -> tuple[int | None, int | None]:
-    """The side a dataset is trained at (None: ``load_split``'s default) and the shorter side its
-    held-out images are resized to before their centre crop (None: squashed to the side).
+    """The side a dataset is trained at (None: a named dataset's own; a folder's is FOLDER_IMAGE_SIZE unless
+    told) and the shorter side its held-out images are resized to before their centre crop (None: squashed to the side).
 
     Folders trained with scale augmentation are ImageNet's way: 224-pixel crops unless told, and
     held-out images evaluated as torchvision evaluates its ImageNet models, shorter side to 8/7 of
     the crop (256 for 224), then the centre crop.
     """
-    if not dataset.startswith("folder:") or (recipe.scale_crop is None and recipe.scale_jitter is None):
+    if not dataset.startswith("folder:"):
         return image_size, None
+    if recipe.scale_crop is None and recipe.scale_jitter is None:
+        return FOLDER_IMAGE_SIZE if image_size is None else image_size, None
     size = IMAGENET_IMAGE_SIZE if image_size is None else image_size
     if size < 1:
         raise ValueError(f"--image-size must be a positive number of pixels, not {size}")

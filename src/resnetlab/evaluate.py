@@ -278,6 +278,7 @@ def statistics_note(model: nn.Module, config: dict, steps: int) -> str | None:
         return None
     return unsettled_statistics(model, steps)
 
+
 @dataclass
 class EvalReport:
     """``resnetlab eval``'s findings and the files it wrote."""
@@ -381,15 +382,15 @@ def evaluate_run(
         # Those training drew: its limit_train of them, or fewer if told. Seeded draws of a folder, as a named
         # dataset's first N, are the start of one order, so the fewer are among those it trained on.
         limit = min((n for n in (limit_test, config.get("limit_train")) if n is not None), default=None)
-        test = load_split(name, "train", data_dir or config.get("data_dir"), limit=limit, seed=config["seed"],
-                          on_disk=views is not None, **reload_sizes(name, config))
+        whole = False
     else:
         # Another folder, with no train/ and val/ of its own, is a test set in full; the run's own folder
         # is tested on the images its training held out.
+        limit = limit_test
         whole = (name != own and not moved and name.startswith("folder:")
                  and own_held_out(Path(name.removeprefix("folder:"))) is None)
-        test = load_split(name, "test", data_dir or config.get("data_dir"), limit=limit_test, seed=config["seed"],
-                          on_disk=views is not None, whole=whole, **reload_sizes(name, config))
+    test = load_split(name, split, data_dir or config.get("data_dir"), limit=limit, seed=config["seed"],
+                      on_disk=views is not None, whole=whole, **reload_sizes(name, config))
     expected = (len(config["classes"]), config["channels"], config["image_size"])
     found = (len(test.classes), *dataset_shape(test))
     if found != expected:

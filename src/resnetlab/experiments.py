@@ -34,7 +34,7 @@ from torch import nn
 
 from . import runs
 from .ablations import STUDIES
-from .data import FOLDER_IMAGE_SIZE, folder_sizes, get_dataset, load_split, reload_sizes, resolve_dataset
+from .data import folder_sizes, get_dataset, load_split, reload_sizes, resolve_dataset
 from .devices import pick_device
 from .evaluate import eval_mode
 from .loader import make_loader
@@ -103,7 +103,6 @@ def train_or_reuse(config: TrainConfig) -> Path:
     # The side trained at, where the request decides it: given, or a folder's default (a named dataset's own
     # size is known only once it is loaded).
     size = folder_sizes(asked["dataset"], config.image_size, recipe)[0]
-    size = FOLDER_IMAGE_SIZE if size is None and asked["dataset"].startswith("folder:") else size
     differ += ["image_size"] if size is not None and saved.get("image_size") != size else []
     # Both ways: an option the saved run was built with and the request lacks (order=preact in a
     # folder where the original net is asked for) changes the net as much as one asked for and missing.

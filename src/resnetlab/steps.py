@@ -194,7 +194,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
                 # another shape would fail, or broadcast, at the first update.
                 if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != p.shape:
                     raise RunError(f"the checkpoint's optimizer state does not fit this model's parameters "
-                                     f"(its {k} of shape {tuple(v.shape)} for a parameter of shape {tuple(p.shape)})")
+                                   f"(its {k} of shape {tuple(v.shape)} for a parameter of shape {tuple(p.shape)})")
                 # Loaded buffers keep the saved layout; a fused kernel ignores strides, so a run saved
                 # without channels_last (MPS) and resumed with it would update the wrong elements.
                 if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
