@@ -231,6 +231,7 @@ class BasicBlock(_Block):
     """
 
     expansion = 1
+    layers = 2  # weighted layers on the main path, for counting a net's depth
 
     def __init__(
         self,
@@ -277,6 +278,7 @@ class Bottleneck(_Block):
     """
 
     expansion = 4
+    layers = 3
 
     def __init__(
         self,

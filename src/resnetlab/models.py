@@ -602,7 +602,6 @@ for _depth in (18, 34, 50, 101, 152, 200):
 
 # --- CIFAR family (2015 paper Section 4.2, 2016 paper Section 4) --------------------------------
 
-_LAYERS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
@@ -638,7 +637,7 @@ def cifar_resnet(
     if shortcut is None:
         shortcut = "A" if block == "basic" else "B"
     return ResNet(
-        _BLOCKS[block], [n] * 3, widths, num_classes=num_classes, in_chans=in_chans, stem="cifar",
+        _block_class(block), [n] * 3, widths, num_classes=num_classes, in_chans=in_chans, stem="cifar",
         shortcut=shortcut, preact=preact, residual=residual, **kwargs,
     )
 
@@ -647,9 +646,7 @@ def cifar_blocks_per_stage(depth: int, block: str, missing_ok: bool = False) -> 
     """n, the blocks in each of a CIFAR net's three stages: its depth is 6n+2 with basic blocks (two layers
     each), 9n+2 with bottlenecks (three), e.g. 18 for ResNet-110 and for ResNet-164 of bottlenecks.
     A depth of neither form is a ValueError, or 0 if ``missing_ok``; an unknown block always one."""
-    if block not in _LAYERS_PER_BLOCK:
-        raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
-    per_block = _LAYERS_PER_BLOCK[block]
+    per_block = _block_class(block).layers
     n, rest = divmod(depth - 2, 3 * per_block)
     if rest or n < 1:
         if missing_ok:
