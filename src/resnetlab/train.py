@@ -278,9 +278,9 @@ def _check_recipe_fits(recipe: Recipe, data: _Data, dataset: str) -> None:
                          f"training examples; give --batch-size {len(data.train_set)} or less")
 
 
-def _input_statistics(config: TrainConfig, recipe: Recipe, data: _Data) -> dict:
-    """config.json's ``mean`` and ``std``, the inputs' normalisation, and ``colour_pca``, the colour components the
-    recipe's lighting noise moves pixels along (None without it)."""
+def _input_statistics(config: TrainConfig, recipe: Recipe, data: _Data) -> dict[str, object]:
+    """The part of config.json that describes the inputs: ``mean`` and ``std``, their normalisation, and
+    ``colour_pca``, the colour components the recipe's lighting noise moves pixels along (None without it)."""
     # Published weights expect the statistics they were trained with, not this dataset's.
     published = config.weights and input_stats(config.model, config.weights, data.channels)
     # One decoded sample of the training images for the normalisation and the colour components.
@@ -303,9 +303,7 @@ def _run_config(config: TrainConfig, recipe: Recipe, data: _Data, model_kwargs: 
         "channels": data.channels,
         "image_size": data.image_size,
         "resize_size": data.resize_to,
-        "mean": stats["mean"],
-        "std": stats["std"],
-        "colour_pca": stats["colour_pca"],
+        **stats,  # mean, std, colour_pca
         "recipe": recipe.to_dict(),
         "total_steps": recipe.steps or max(1, round(recipe.epochs * steps_per_epoch)),
         "steps_per_epoch": steps_per_epoch,
