@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from resnetlab.recipes import RECIPES, Recipe, describe_recipe, get_recipe, lr_at
+from resnetlab.recipes import RECIPES, Recipe, describe_recipe, get_recipe, lr_at, warmup_note
 
 
 def test_he2016_is_the_paper_schedule():
@@ -228,3 +228,18 @@ def test_the_notebooks_net_trains_with_the_notebooks_recipe_unless_told():
     from resnetlab.cli import build_parser
 
     assert build_parser().parse_args(["train", "--model", "signs_resnet50"]).recipe is None
+
+
+def test_a_warm_up_that_reaches_past_the_first_lr_drop_is_named_with_a_scaled_one():
+    """The papers' 400 steps at 0.01 are nothing in 64,000, but in a 600-step run they cover the drop at
+    step 300, and the run never trains at 0.1: said, with the warm-up scaled as the papers' is."""
+    preact, he2016 = get_recipe("he2016-preact"), get_recipe("he2016")
+    assert warmup_note(preact, 64_000, 110) is None and warmup_note(preact, 1000, 20) is None  # drop at 500
+    assert max(lr_at(preact, s, 600, 32) for s in range(600)) == pytest.approx(0.01)
+    note = warmup_note(preact, 600, 32)
+    assert note == ("recipe he2016-preact holds lr 0.01 for its first 400 steps, up to the lr drop at step 300 of this "
+                    "600-step run, so it never trains at lr 0.1; for a short run scale the warm-up with it "
+                    "(--recipe-arg warmup_steps=4, as the papers' 400 of 64,000) or drop it (--recipe-arg warmup_steps=0)")
+    assert max(lr_at(get_recipe("he2016-preact", warmup_steps=4), s, 600, 32) for s in range(600)) == pytest.approx(0.1)
+    assert warmup_note(he2016, 600, 56) is None and warmup_note(he2016, 600, 110) is not None  # 110+ layers only
+    assert "half or more of this 600-step run" in warmup_note(get_recipe("fast", warmup_steps=300), 600, 20)

@@ -112,6 +112,41 @@ def test_a_run_ending_mid_epoch_labels_its_bars_and_lines_alike(tmp_path, capsys
 
 
 @needs_fashion
+def test_deterministic_kernels_hold_for_the_run_and_the_process_gets_its_settings_back(tmp_path, monkeypatch):
+    """Deterministic kernels and cuDNN's autotuner are switches of the whole process: a run sets them for
+    itself and puts them back, even when it stops early."""
+    import os
+
+    from resnetlab import train as trainer
+
+    seen = []
+    real_epoch = trainer._train_epoch
+
+    def spy(*args, **kwargs):
+        seen.append((torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_train_epoch", spy)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    assert not torch.are_deterministic_algorithms_enabled()
+    train(tiny(tmp_path, steps=16, batch_size=64, limit_train=512))  # two epochs
+    with pytest.raises(Interrupted):
+        train(tiny(tmp_path, "stopped"), stop_at=4)
+    assert seen == [(True, ":4096:8")] * 3
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert torch.backends.cudnn.benchmark
+
+
+@needs_fashion
+def test_a_run_too_short_for_its_warm_up_says_so_when_it_starts(tmp_path, capsys):
+    train(tiny(tmp_path, recipe="he2016-preact", steps=8))
+    assert "note: recipe he2016-preact holds lr 0.01 for its first 400 steps, up to the lr drop at step 4" in capsys.readouterr().err
+    train(tiny(tmp_path, "scaled", recipe="he2016-preact", steps=8, recipe_overrides={"warmup_steps": 1}))
+    assert "warm-up" not in capsys.readouterr().err
+
+
+@needs_fashion
 def test_scale_augmentation_runs_resume_to_the_same_weights(tmp_path):
     """The imagenet recipe's random boxes come from the epoch plan too: a resumed run sees the same ones."""
     kw = dict(recipe="imagenet", batch_size=64, steps=12)

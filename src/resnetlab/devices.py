@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import random
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -60,20 +61,44 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed every generator the run touches; optionally insist on deterministic kernels."""
+def seed_everything(seed: int) -> None:
+    """Seed every generator a run draws from: Python's, numpy's and torch's (on every device)."""
     import numpy as np
     import torch
 
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def kernel_choices(device: torch.device, deterministic: bool) -> Iterator[None]:
+    """Within the block: deterministic kernels if ``deterministic``, else cuDNN's autotuner on a GPU.
+
+    These are switches of the whole process, so they are put back as they were on the way out: a script
+    that trains a run and then goes on computing keeps the settings it had.
+    """
+    import torch
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
     if deterministic:
         # cuBLAS is only deterministic with a fixed workspace, set before its first use. Operations with no
         # deterministic kernel (a few CUDA backward passes) warn rather than stop the run.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        enabled, warn_only, torch.backends.cudnn.benchmark, workspace = before
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
 def uses_channels_last(device: torch.device) -> bool:

@@ -223,6 +223,24 @@ def _check_milestones(recipe: Recipe, changed: dict) -> None:
                          f"and recipe {recipe.name} uses {recipe.schedule}; add --recipe-arg schedule=multistep")
 
 
+def warmup_note(recipe: Recipe, total_steps: int, depth: int) -> str | None:
+    """A line for a run too short for the papers' fixed warm-up: 400 steps at lr 0.01 are 0.6% of their
+    64,000, but in a run of a few hundred steps they reach past the first lr drop, so the run never trains
+    at the recipe's lr. None when the warm-up leaves the run alone."""
+    if not recipe.warmup_steps or depth < recipe.warmup_min_depth:
+        return None
+    drops = recipe.schedule == "multistep" and recipe.milestones
+    first_drop = recipe.milestones[0] if drops else 0.5
+    if recipe.warmup_steps < first_drop * total_steps:
+        return None
+    where = (f"up to the lr drop at step {math.ceil(first_drop * total_steps)} of this {total_steps}-step run, so it never "
+             f"trains at lr {recipe.lr:g}" if drops else f"half or more of this {total_steps}-step run")
+    scaled = max(1, round(recipe.warmup_steps * total_steps / 64_000))
+    return (f"recipe {recipe.name} holds lr {recipe.warmup_lr:g} for its first {recipe.warmup_steps} steps, {where}; "
+            f"for a short run scale the warm-up with it (--recipe-arg warmup_steps={scaled}, as the papers' 400 of "
+            f"64,000) or drop it (--recipe-arg warmup_steps=0)")
+
+
 def lr_at(recipe: Recipe, step: int, total_steps: int, depth: int = 0) -> float:
     """The learning rate for 0-based ``step`` of a run of ``total_steps``."""
     if recipe.warmup_steps and depth >= recipe.warmup_min_depth and step < recipe.warmup_steps:

@@ -25,13 +25,13 @@ from tqdm import tqdm
 
 from . import __version__, distributed, runs
 from .data import DataError, fingerprint, folder_sizes, load_splits, reload_sizes, resolve_dataset
-from .devices import check_device_name, pick_device, seed_everything, uses_channels_last
+from .devices import check_device_name, kernel_choices, pick_device, seed_everything, uses_channels_last
 from .errors import ResnetlabError
 from .evaluate import EvalResult, evaluate, statistics_note
 from .loader import DeviceLoader, channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, scaled_jitter, stats_sample
 from .models import create_model, depth_of
 from .pretrained import input_stats, is_file_spec, weights_layout, weights_name
-from .recipes import Recipe, default_recipe, get_recipe, lr_at
+from .recipes import Recipe, default_recipe, get_recipe, lr_at, warmup_note
 from .steps import TrainStep, build_train_step
 from .typecheck import check_types, is_integer
 
@@ -215,6 +215,8 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
         run_dir = distributed.share(run_dir, world)  # one name, though clocks may differ
         if world.is_main:
             runs.write_json(run_dir / runs.CONFIG, saved)
+            if note := warmup_note(recipe, saved["total_steps"], depth_of(config.model)):
+                print(f"note: {note}", file=sys.stderr)
         return _run(saved, run_dir, data.train_set, data.test_set, device, config.progress, stop_at, checkpoint=None,
                     world=world, workers=config.workers, model=model)
     finally:
@@ -259,7 +261,7 @@ def _build_model(config: TrainConfig, data: _Data) -> tuple[nn.Module, dict]:
     so that a bad name, unusable weights or images of a size the model cannot take fail first."""
     model_kwargs = {"num_classes": len(data.train_set.classes), "in_chans": data.channels, **weights_layout(config.weights),
                     **config.model_kwargs}
-    seed_everything(config.seed, config.deterministic)  # first, so that the model's fresh layers start as the seed says
+    seed_everything(config.seed)  # first, so that the model's fresh layers start as the seed says
     model = create_model(config.model, weights=config.weights, **model_kwargs)
     if model.fixed_input_size not in (None, data.image_size):
         side = model.fixed_input_size
@@ -400,67 +402,67 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
          model: nn.Module | None = None) -> TrainResult:
     """Train from ``checkpoint`` (None: from the first step) to the run's last step, or to ``stop_at``."""
     recipe = Recipe.from_dict(saved["recipe"])
-    seed_everything(saved["seed"], saved["deterministic"])
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not saved["deterministic"]
-    channels_last = uses_channels_last(device)
-    if model is None:  # resuming: the checkpoint's weights replace these
-        model = runs.build_model(saved)
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    train_loader, test_loader = _loaders(saved, recipe, train_set, test_set, device, channels_last, world, workers)
-    run = _start(saved, run_dir, recipe, model, device, world, checkpoint, train_loader)
-    history = runs.read_metrics(run_dir, missing_ok=True)
-    result_test: EvalResult | None = None
-    total_steps, steps_per_epoch = saved["total_steps"], saved["steps_per_epoch"]
+    seed_everything(saved["seed"])
+    # The graphed step is captured as the run is set up, so the kernel choices hold from here on.
+    with kernel_choices(device, saved["deterministic"]):
+        channels_last = uses_channels_last(device)
+        if model is None:  # resuming: the checkpoint's weights replace these
+            model = runs.build_model(saved)
+        model = model.to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        train_loader, test_loader = _loaders(saved, recipe, train_set, test_set, device, channels_last, world, workers)
+        run = _start(saved, run_dir, recipe, model, device, world, checkpoint, train_loader)
+        history = runs.read_metrics(run_dir, missing_ok=True)
+        result_test: EvalResult | None = None
+        total_steps, steps_per_epoch = saved["total_steps"], saved["steps_per_epoch"]
 
-    board = _tensorboard(run_dir) if world.is_main else None
-    started = time.perf_counter() - run.elapsed
-    ctrl_c = _StepEndInterrupt(enabled=world.size == 1)
-    try:
-        while run.step < total_steps:
-            epoch, start_batch = divmod(run.step, steps_per_epoch)
-            epoch_start, resumed_seen = time.perf_counter(), start_batch * recipe.batch_size  # restored sums: not timed here
-            try:
-                lr = _train_epoch(run, train_loader, stop_at, ctrl_c, progress and world.is_main)
-            except DataError:  # a file that cannot be read, met mid-epoch: keep the steps taken
-                # Unless the weights went NaN, or other processes' sums would be missing: then the last checkpoint stands.
-                if world.size == 1 and math.isfinite(run.train_step.read_sums()["loss"]):
+        board = _tensorboard(run_dir) if world.is_main else None
+        started = time.perf_counter() - run.elapsed
+        ctrl_c = _StepEndInterrupt(enabled=world.size == 1)
+        try:
+            while run.step < total_steps:
+                epoch, start_batch = divmod(run.step, steps_per_epoch)
+                epoch_start, resumed_seen = time.perf_counter(), start_batch * recipe.batch_size  # restored sums: not timed here
+                try:
+                    lr = _train_epoch(run, train_loader, stop_at, ctrl_c, progress and world.is_main)
+                except DataError:  # a file that cannot be read, met mid-epoch: keep the steps taken
+                    # Unless the weights went NaN, or other processes' sums would be missing: then the last checkpoint stands.
+                    if world.size == 1 and math.isfinite(run.train_step.read_sums()["loss"]):
+                        run.elapsed = time.perf_counter() - started
+                        _save(run)
+                    raise
+                # A Ctrl-C stops the run as stop_at does, at the end of the step under way (see _StepEndInterrupt).
+                stop_now = ctrl_c.requested or run.step == stop_at
+                last = run.step >= total_steps
+                if stop_now and not last and run.step % steps_per_epoch:  # mid-epoch: no row to write
                     run.elapsed = time.perf_counter() - started
+                    distributed.sum_across(run.train_step.sums, world)  # the partial epoch's sums, of every process
+                    _stop_if_diverged(run)
                     _save(run)
-                raise
-            # A Ctrl-C stops the run as stop_at does, at the end of the step under way (see _StepEndInterrupt).
-            stop_now = ctrl_c.requested or run.step == stop_at
-            last = run.step >= total_steps
-            if stop_now and not last and run.step % steps_per_epoch:  # mid-epoch: no row to write
-                run.elapsed = time.perf_counter() - started
-                distributed.sum_across(run.train_step.sums, world)  # the partial epoch's sums, of every process
-                _stop_if_diverged(run)
-                _save(run)
-                raise Interrupted(run_dir, run.step, world.size)
-            row = _epoch_row(run, lr, epoch_start, resumed_seen)
-            if last and recipe.precise_bn and world.is_main:  # process 0 evaluates and saves the weights
-                _precise_bn(model, train_loader, epoch + 1, recipe.precise_bn)
-            if world.is_main and (last or (epoch + 1) % saved["eval_every"] == 0):
-                result_test = _evaluate_into(row, model, test_loader, len(saved["classes"]))
-            run.elapsed = row["time"] = time.perf_counter() - started
-            history.append(row)
-            _end_epoch(run, row, board, last)
-            if stop_now and not last:
-                raise Interrupted(run_dir, run.step, world.size)
-    except KeyboardInterrupt:
-        # A second Ctrl-C, or several processes (the others may be inside a collective): the step under way
-        # may be half done (batch norms updated, weights not), so the last checkpoint stays as it is.
-        raise Interrupted(run_dir, run.saved_step, world.size) from None
-    except DataError as err:  # a file that cannot be read, met mid-run: say where the run stands
-        raise DataError(f"{err}. The run is saved at step {run.saved_step}; continue it with: "
-                        f"resnetlab train --resume {run_dir}") from None
-    finally:
-        ctrl_c.restore()
-        if board is not None:
-            board.close()
-    return TrainResult(run_dir, run.step, run.elapsed, result_test, history, model.eval())
+                    raise Interrupted(run_dir, run.step, world.size)
+                row = _epoch_row(run, lr, epoch_start, resumed_seen)
+                if last and recipe.precise_bn and world.is_main:  # process 0 evaluates and saves the weights
+                    _precise_bn(model, train_loader, epoch + 1, recipe.precise_bn)
+                if world.is_main and (last or (epoch + 1) % saved["eval_every"] == 0):
+                    result_test = _evaluate_into(row, model, test_loader, len(saved["classes"]))
+                run.elapsed = row["time"] = time.perf_counter() - started
+                history.append(row)
+                _end_epoch(run, row, board, last)
+                if stop_now and not last:
+                    raise Interrupted(run_dir, run.step, world.size)
+        except KeyboardInterrupt:
+            # A second Ctrl-C, or several processes (the others may be inside a collective): the step under way
+            # may be half done (batch norms updated, weights not), so the last checkpoint stays as it is.
+            raise Interrupted(run_dir, run.saved_step, world.size) from None
+        except DataError as err:  # a file that cannot be read, met mid-run: say where the run stands
+            raise DataError(f"{err}. The run is saved at step {run.saved_step}; continue it with: "
+                            f"resnetlab train --resume {run_dir}") from None
+        finally:
+            ctrl_c.restore()
+            if board is not None:
+                board.close()
+        return TrainResult(run_dir, run.step, run.elapsed, result_test, history, model.eval())
 
 
 @dataclass
