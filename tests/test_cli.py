@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -107,15 +108,15 @@ def test_unknown_names_and_bad_values(capsys, tmp_path):
     assert not (tmp_path / "a").exists()  # nothing written for a bad request
 
 
+@needs_fashion
 def test_corrupt_dataset_files(capsys, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    if FASHION.exists():
-        for f in FASHION.glob("*.gz"):
-            shutil.copy(f, data / f.name)
-        raw = gzip.decompress((data / "train-images-idx3-ubyte.gz").read_bytes())
-        (data / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[: len(raw) // 2]))
-        fails_cleanly(capsys, "train", *QUICK, "--data-dir", data, "--out", tmp_path / "r", match="train-images-idx3-ubyte")
+    for f in FASHION.glob("*.gz"):
+        shutil.copy(f, data / f.name)
+    raw = gzip.decompress((data / "train-images-idx3-ubyte.gz").read_bytes())
+    (data / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    fails_cleanly(capsys, "train", *QUICK, "--data-dir", data, "--out", tmp_path / "r", match="train-images-idx3-ubyte")
 
 
 @needs_fashion
@@ -348,7 +349,9 @@ def test_data_export_writes_a_folder_that_trains_with_the_same_pixels_and_labels
 
 def test_a_reader_that_stops_early_is_no_error():
     """`resnetlab models | head -1`: the listing goes on after the reader has gone; no error, no traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "resnetlab", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Unbuffered, as on a terminal: buffered, the whole listing (a few KB) fits the pipe before the reader goes.
+    proc = subprocess.Popen([sys.executable, "-m", "resnetlab", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout.readline().startswith(b"model ")
     proc.stdout.close()  # while the listing is still counting parameters, model by model
     assert proc.stderr.read() == b"" and proc.wait() == 1
