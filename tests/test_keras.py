@@ -111,7 +111,7 @@ def test_import_writes_a_run_that_eval_predict_and_export_take(tmp_path, capsys)
         Image.fromarray(image).save(paths[-1])
     code, out, err = run(capsys, "predict", run_dir, *paths, "--top-k", "6", "--device", "cpu")
     assert code == 0, err
-    for line, p in zip(out.splitlines(), probs):
+    for line, p in zip(out.splitlines(), probs, strict=True):
         shown = dict(zip(line.split()[1::2], line.split()[2::2]))
         assert shown == {str(c): f"{100 * p[c]:.1f}%" for c in range(6)}
 
