@@ -537,9 +537,10 @@ def bench_decode(
     }
     result["device"] = f"{_cpu_name()}, one process"
     print_fn(f"training crops of {size} from image files, {result['device']}")
-    print_fn(f"{'images':<12}{'crop':<22}{'torchvision ms':>16}{'resnetlab ms':>14}{'speedup':>9}")
+    width = max(12, *(len(r["images"]) + 2 for r in rows))  # a --folder's name may be long
+    print_fn(f"{'images':<{width}}{'crop':<22}{'torchvision ms':>16}{'resnetlab ms':>14}{'speedup':>9}")
     for r in rows:
-        print_fn(f"{r['images']:<12}{r['crop']:<22}{r['torchvision_ms_per_image']:>16.2f}"
+        print_fn(f"{r['images']:<{width}}{r['crop']:<22}{r['torchvision_ms_per_image']:>16.2f}"
                  f"{r['resnetlab_ms_per_image']:>14.2f}{r['speedup']:>8.2f}x")
     return result
 

@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dataset", default="fashion-mnist", help="the data both loops read (default fashion-mnist)")
     b.add_argument("--data-dir", help=DATA_DIR_HELP)
     b.add_argument("--batch-size", type=int, default=128, metavar="N", help="images a step (default 128)")
-    b.add_argument("--steps", type=int, default=200, help="timed steps of each loop (default 200)")
+    b.add_argument("--steps", type=int, default=200, help="steps of each loop, the first fifth (at most 10) untimed warm-up; at least 10 (default 200)")
     b.add_argument("--recipe", default="fast", help="the recipe both loops follow (default fast)")
     b.add_argument("--workers", type=_count, metavar="N", help="DataLoader workers of the typical loop (default: min(8, CPUs))")
     b.add_argument("--limit-test", type=int, metavar="N", help="the test images each loop evaluates (default: all)")
