@@ -147,6 +147,18 @@ def test_a_run_too_short_for_its_warm_up_says_so_when_it_starts(tmp_path, capsys
 
 
 @needs_fashion
+def test_eval_every_skips_test_scores_between_evaluations_and_always_scores_the_last_epoch(tmp_path):
+    """Three epochs of 8 steps with eval_every=2: the test set is scored after epochs 2 and 3 (the last),
+    and a run stopped after epoch 1 and resumed writes the same rows."""
+    whole = train(tiny(tmp_path, "whole", steps=24, eval_every=2))
+    assert [row["test_acc"] is not None for row in whole.history] == [False, True, True]
+    assert [row["test_acc"] is not None for row in runs.read_metrics(whole.run_dir)] == [False, True, True]
+    assert whole.test_accuracy == whole.history[-1]["test_acc"]
+    resumed = stopped_and_resumed(tmp_path, 8, steps=24, eval_every=2)
+    assert [row["test_acc"] for row in resumed.history] == [row["test_acc"] for row in whole.history]
+
+
+@needs_fashion
 def test_scale_augmentation_runs_resume_to_the_same_weights(tmp_path):
     """The imagenet recipe's random boxes come from the epoch plan too: a resumed run sees the same ones."""
     kw = dict(recipe="imagenet", batch_size=64, steps=12)
