@@ -263,6 +263,11 @@ def test_colour_pca_finds_the_direction_colours_vary_along():
     eigval, eigvec = torch.tensor(pca["eigval"]), torch.tensor(pca["eigvec"])
     assert eigval[0] == pytest.approx((40 / 255) ** 2, rel=0.05) and eigval[1] < eigval[0] / 100
     assert abs(eigvec[:, 0] @ torch.tensor([1.0, 1.0, 0.0]) / 2**0.5) == pytest.approx(1.0, abs=1e-3)
+    # More pixels than asked for (every ImageNet-size folder): a seeded sample finds the same direction.
+    sampled = colour_pca(images, pixels=5_000, seed=1)
+    assert sampled != pca and sampled == colour_pca(images, pixels=5_000, seed=1)
+    assert sampled["eigval"][0] == pytest.approx(pca["eigval"][0], rel=0.1)
+    assert abs(torch.tensor(sampled["eigvec"])[:, 0] @ eigvec[:, 0]) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_the_colour_components_of_grey_images_are_their_brightness():
