@@ -183,9 +183,11 @@ def run_page_script(server, tmp_path, actions: str) -> list:
 const elements = {};
 const element = () => ({ classList: { add() {}, remove() {} }, children: [], textContent: "", className: "", value: "",
                          prepend(c) { this.children.unshift(c); }, appendChild(c) { this.children.push(c); },
+                         remove() { this.removed = true; },
                          insertRow() { return { insertCell: () => element() }; } });
 globalThis.document = { getElementById: id => (elements[id] ??= element()), createElement: element };
-globalThis.URL = { createObjectURL: () => "blob:" };
+const revoked = [];
+globalThis.URL = { createObjectURL: () => "blob:", revokeObjectURL: url => revoked.push(url) };
 const posted = [];
 globalThis.fetch = async (url, options) => { posted.push(options.headers["X-Filename"]);
   return { ok: true, status: 200, json: async () => ({ predictions: [{ class: "Sneaker", probability: 1 }] }) }; };
@@ -427,3 +429,24 @@ def test_a_chunked_body_counts_its_framing_and_a_slow_body_has_one_deadline(serv
 def test_a_top_k_too_long_for_a_number_is_refused_not_a_server_error(server):
     status, body = request(server.url + "predict?top_k=" + "9" * 5000, png_bytes())
     assert status == 400 and "top_k must be a whole number of at least 1" in json.loads(body)["error"]
+
+
+def test_the_page_fits_a_phone_and_a_keyboard_and_drops_a_preview_that_cannot_be_drawn(server, tmp_path):
+    """Checked in Chromium by hand (Tab reaches the file input, Space opens it; nothing overflows 390 pixels);
+    here, what made each of those work."""
+    import re
+
+    page = server.page()
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    file_input = re.search(r'<input id="files"[^>]*>', page).group(0)
+    assert " hidden" not in file_input  # a hidden input cannot take the focus
+    assert '<div id="results" aria-live="polite">' in page  # answers are read out as they come
+    shown = run_page_script(server, tmp_path, """
+  await classify({ name: "notes.png" });
+  const img = elements.results.children[0].children[0];
+  shown.push(img.alt, Boolean(img.removed));
+  img.onerror();
+  shown.push(Boolean(img.removed), revoked.length);
+""")
+    assert shown == ["notes.png", False, True, 1]
+

@@ -52,29 +52,43 @@ NO_IMAGE = ("no image came: send an image file as the request body (curl --data-
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>resnetlab: {model}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 46rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
-#drop {{ border: 2px dashed #888; border-radius: 8px; padding: 2rem; text-align: center; cursor: pointer; }}
+#drop {{ display: block; border: 2px dashed #888; border-radius: 8px; padding: 2rem; text-align: center; cursor: pointer; }}
 #drop.over {{ background: #eef4ff; }}
+#drop:focus-within {{ outline: 3px solid #4a7bd0; outline-offset: 2px; }}
+/* Out of sight but not hidden: Tab reaches the file input, Space or Enter opens it, and the label names it. */
+#files {{ position: absolute; width: 1px; height: 1px; opacity: 0; overflow: hidden; }}
 .result {{ display: flex; gap: 1rem; align-items: center; margin: 1rem 0; }}
+.result > div {{ flex: 1; min-width: 0; overflow-wrap: anywhere; }}  /* a long file name wraps, not the page */
+.result table {{ width: 100%; max-width: 28rem; }}
+.result td {{ overflow-wrap: normal; white-space: nowrap; }}
+.result td.share {{ width: 100%; }}
+@media (max-width: 30rem) {{ .result img {{ width: 64px; height: 64px; }} }}
 .result img {{ width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; border: 1px solid #ddd; }}
 .bar {{ background: #4a7bd0; height: 0.9rem; border-radius: 3px; }}
 td {{ padding: 0.1rem 0.4rem; }} .error {{ color: #b00020; }}
 </style></head><body>
 <h1>{model}</h1>
 <p>Trained on {dataset}: {classes}. Images are converted to {channels} channel(s) and {sizing}.</p>
-<label id="drop">Drop images here, or click to choose<input id="files" type="file" accept="image/*" multiple hidden></label>
-<div id="results"></div>
+<label id="drop">Drop images here, or click to choose<input id="files" type="file" accept="image/*" multiple></label>
+<div id="results" aria-live="polite"></div>
 <script>
 const drop = document.getElementById("drop"), input = document.getElementById("files");
 drop.ondragover = e => {{ e.preventDefault(); drop.classList.add("over"); }};
 drop.ondragleave = () => drop.classList.remove("over");
 drop.ondrop = e => {{ e.preventDefault(); drop.classList.remove("over"); [...e.dataTransfer.files].forEach(classify); }};
+// A file dropped beside the zone would otherwise replace the page with itself.
+document.ondragover = document.ondrop = e => e.preventDefault();
 // Cleared after each choice: a file input fires change only when its value changes, and the same file chosen again would not.
 input.onchange = () => {{ [...input.files].forEach(classify); input.value = ""; }};
 async function classify(file) {{
   const row = document.createElement("div"); row.className = "result";
-  const img = document.createElement("img"); img.src = URL.createObjectURL(file); row.appendChild(img);
+  const img = document.createElement("img"); img.alt = file.name; row.appendChild(img);
+  img.onload = () => URL.revokeObjectURL(img.src);  // drawn: the file's copy in memory can go
+  img.onerror = () => {{ URL.revokeObjectURL(img.src); img.remove(); }};  // no broken-image icon beside the error
+  img.src = URL.createObjectURL(file);
   const out = document.createElement("div"); out.textContent = file.name + ": ..."; row.appendChild(out);
   document.getElementById("results").prepend(row);
   let reply, data;
@@ -94,7 +108,8 @@ async function classify(file) {{
   for (const p of data.predictions) {{
     const tr = table.insertRow();
     tr.insertCell().textContent = p.class;
-    tr.insertCell().innerHTML = `<div class="bar" style="width:${{Math.max(2, 200 * p.probability)}}px"></div>`;
+    const share = tr.insertCell(); share.className = "share";
+    share.innerHTML = `<div class="bar" style="width:${{Math.max(1, 100 * p.probability)}}%"></div>`;
     tr.insertCell().textContent = (100 * p.probability).toFixed(1) + "%";
   }}
   out.textContent = file.name; out.appendChild(table);
