@@ -95,8 +95,10 @@ def export_onnx(run_dir: str | Path | None, out: str | Path | None = None, check
         import onnxscript  # noqa: F401  (torch's exporter needs it; asking here gives a clear message)
     except ImportError:
         raise RuntimeError("ONNX export needs the onnx and onnxscript packages: pip install 'resnetlab[export]'") from None
-    if opset is not None and opset < MIN_OPSET:  # the exporter would write 18 without a word
-        raise ValueError(f"torch's ONNX exporter writes opset {MIN_OPSET} or later, not {opset}")
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and not MIN_OPSET <= opset <= newest:  # the exporter would write 18 without a word
+        raise ValueError(f"torch's ONNX exporter writes opsets {MIN_OPSET} to {newest} (the newest the installed onnx "
+                         f"knows), not {opset}")
     model, config, path = load_for_export(run_dir, pretrained, out, ".onnx")
     if path.suffix.lower() != ".onnx":  # x.ONNX too, as .KERAS and .H5 are taken
         raise ValueError(f"the export goes to a .onnx file, not {path.name}")
@@ -108,13 +110,23 @@ def export_onnx(run_dir: str | Path | None, out: str | Path | None = None, check
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on its own internals
-            program = torch.onnx.export(
-                wrapped, (example,), input_names=[INPUT], output_names=[OUTPUT],
-                dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
-                **({"opset_version": opset} if opset is not None else {}),
-            )
+            try:
+                program = torch.onnx.export(
+                    wrapped, (example,), input_names=[INPUT], output_names=[OUTPUT],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+                    **({"opset_version": opset} if opset is not None else {}),
+                )
+            except Exception as e:
+                if opset is None:
+                    raise
+                # Written at one opset, then converted: the converter does not reach every other.
+                raise ValueError(f"the exporter could not convert the model to opset {opset} ({e}); leave --opset "
+                                 "out for the exporter's own choice") from e
         proto = program.model_proto
         report.opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+        if opset is not None and report.opset != opset:
+            raise ValueError(f"the exporter could not convert the model to opset {opset} (it gave {report.opset}); "
+                             "leave --opset out for the exporter's own choice")
         onnx.helper.set_model_props(proto, {
             "resnetlab.model": config["model"],
             "resnetlab.classes": json.dumps(config["classes"]),
