@@ -382,10 +382,18 @@ def test_predict_a_folder_into_a_csv(trained_run, tmp_path, capsys):
     for row, (_, ranked) in zip(rows, printed):
         assert ranked == f"{row['class_1']} {float(row['probability_1']):.1%}  {row['class_2']} {float(row['probability_2']):.1%}"
 
+    # Damaged photos among the others: each is named, every other image answered, and the run fails at the end.
     (photos / "more" / "zz.jpg").write_bytes(b"not a JPEG")  # the last file, in the second batch of 64
+    (photos / "05a.png").write_bytes(b"")  # in the first batch
     code, out, err = run(capsys, "predict", trained_run, photos, "--device", "cpu", "--csv", table)
-    assert code == 2 and err.count("\n") == 1 and "zz.jpg is not a readable image" in err
-    assert len(list(csv.DictReader(table.open()))) == 70  # every answer before the bad file is kept, its batch's too
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 3, err
+    assert "05a.png is not a readable image" in lines[0] and "zz.jpg is not a readable image" in lines[1]
+    assert lines[2] == "error: 2 of the 72 images could not be read (each named above); the other 70 were classified"
+    assert [r["path"] for r in csv.DictReader(table.open())] == [p for p, _ in printed]
+    code, out, err = run(capsys, "predict", trained_run, photos, "--device", "cpu", "--workers", "0", "--top-k", "2")
+    assert code == 2 and [line.split(": ", 1) for line in out.splitlines()] == printed
+    (photos / "05a.png").unlink()
 
     # No answer at all (a missing file, a bad first file): a CSV already there is left as it was.
     table.write_text("precious\n")

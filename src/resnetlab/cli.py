@@ -12,7 +12,7 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from . import __version__
@@ -560,6 +560,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from .data import DataError
     from .devices import pick_device
     from .predict import iter_predictions
     from .pretrained import load_published
@@ -591,13 +592,25 @@ def cmd_predict(args: argparse.Namespace) -> None:
     model, config = load_published(args.pretrained, device) if args.pretrained else load_model(run_dir, device)
     top_k = min(top_k, len(config["classes"]))
     views, scales = _views(args)
-    answers = iter_predictions(model, config, images, top_k, device, views=views, scales=scales, workers=args.workers)
+    # A folder of photos may hold a damaged one: every other image is still answered, and the run fails at the end.
+    unreadable = []
+    answers = _answers_past_unreadable(
+        lambda paths: iter_predictions(model, config, paths, top_k, device, views=views, scales=scales, workers=args.workers),
+        images, unreadable, say=len(images) > 1)
     if args.csv is None:
         for pred in answers:
             print(f"{pred.path}: {pred.ranked()}")
-        return
-    count = _write_csv(Path(args.csv), answers, top_k)
-    print(f"{count} image{'s' if count != 1 else ''} classified: {args.csv}")
+    else:
+        count = _write_csv(Path(args.csv), answers, top_k)
+        if count:
+            print(f"{count} image{'s' if count != 1 else ''} classified: {args.csv}")
+    if len(images) == 1 and unreadable:
+        raise DataError(unreadable[0])
+    if unreadable:
+        rest = len(images) - len(unreadable)
+        outcome = (f"the other {rest} {'were' if rest != 1 else 'was'} classified" if rest else
+                   f"{args.csv} was left as it was" if args.csv else "none was classified")
+        raise DataError(f"{len(unreadable)} of the {len(images)} images could not be read (each named above); {outcome}")
 
 
 def _image_paths(inputs: list[str]) -> list[str]:
@@ -625,34 +638,55 @@ def _image_paths(inputs: list[str]) -> list[str]:
 def _write_csv(path: Path, answers: Iterable, top_k: int) -> int:
     """Write ``answers`` (predict's, as they come) to ``path``, a row an image, and return how many.
 
-    Through a temporary file: Ctrl-C or a crash leaves the old CSV, never half a new one over it. An
-    image that cannot be read stops it, and its DataError is raised once the rows before it are kept,
-    as printed answers would be (with no row at all, a file already there stays as it was).
+    Through a temporary file: Ctrl-C or a crash leaves the old CSV, never half a new one over it, and
+    with no answer at all (every image unreadable) a file already there stays as it was.
     """
     import csv
 
-    from .data import DataError
     from .runs import atomic_write
 
-    count, unreadable = 0, None
+    class NoAnswers(Exception):
+        pass
+
+    count = 0
 
     def write(tmp: str) -> None:
-        nonlocal count, unreadable
+        nonlocal count
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["path"] + [f"{what}_{rank}" for rank in range(1, top_k + 1) for what in ("class", "probability")])
-            try:
-                for count, pred in enumerate(answers, 1):
-                    writer.writerow([pred.path] + [v for c, p in zip(pred.classes, pred.probabilities) for v in (c, f"{p:.6f}")])
-            except DataError as e:
-                if count == 0:
-                    raise  # no row: a file already there stays as it was
-                unreadable = e
+            for count, pred in enumerate(answers, 1):
+                writer.writerow([pred.path] + [v for c, p in zip(pred.classes, pred.probabilities) for v in (c, f"{p:.6f}")])
+        if count == 0:
+            raise NoAnswers
 
-    atomic_write(path, write)
-    if unreadable is not None:
-        raise unreadable
+    try:
+        atomic_write(path, write)
+    except NoAnswers:
+        pass
     return count
+
+
+def _answers_past_unreadable(answer: Callable[[list[str]], Iterator], images: list[str], unreadable: list[str],
+                             say: bool) -> Iterator:
+    """``answer(paths)``'s predictions for every image of ``images`` that can be read. ``answer`` stops at
+    one that cannot, with a DataError naming it, after the answers before it: that image goes into
+    ``unreadable`` (its error printed if ``say``) and the answers go on from the image after it."""
+    from .data import DataError
+
+    start = 0
+    while start < len(images):
+        answered = 0
+        try:
+            for prediction in answer(images[start:]):
+                answered += 1
+                yield prediction
+            return
+        except DataError as e:
+            if say:
+                print(f"error: {e}", file=sys.stderr, flush=True)
+            unreadable.append(str(e))
+            start += answered + 1
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
