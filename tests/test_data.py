@@ -576,7 +576,8 @@ def test_channels_and_size_of_array_datasets(tmp_path):
         ({"name": "imagenet22k"}, "unknown dataset 'imagenet22k': choose one of fashion-mnist, .*, imagenet, or folder:PATH"),
         ({"name": "mnist", "split": "val"}, "'train' and a 'test' split"),
         ({"name": "mnist", "channels": 2}, "channels must be 1"),
-        ({"name": "mnist", "image_size": 0}, "positive number of pixels"),
+        ({"name": "mnist", "image_size": 0}, "image size must be from 1 to 8,192 pixels, not 0"),
+        ({"name": "mnist", "image_size": 100_000}, "image size must be from 1 to 8,192 pixels, not 100000"),
     ],
 )
 def test_bad_arguments(kwargs, message):

@@ -87,7 +87,9 @@ def test_views_are_refused_where_they_cannot_be_cut(folder_run, tmp_path, capsys
         main(["eval", str(folder_run), "--ten-crop", "--scales", "--device", "cpu"])
     assert "not allowed with argument --ten-crop" in capsys.readouterr().err
     assert main(["eval", str(folder_run), "--scales", "0", "--device", "cpu"]) == 2
-    assert "--scales are image sides in pixels" in capsys.readouterr().err
+    assert "--scales are image sides from 1 to 8,192 pixels, not 0" in capsys.readouterr().err
+    assert main(["eval", str(folder_run), "--scales", "32", "100000", "--device", "cpu"]) == 2
+    assert "--scales are image sides from 1 to 8,192 pixels, not 100000" in capsys.readouterr().err
 
 
 def test_eval_cli_prints_how_scores_were_averaged(folder_run, capsys):

@@ -377,6 +377,10 @@ def bench_model(
         raise ValueError(f"torchvision has no {model_name!r} to compare with; use {', '.join(TORCHVISION_TWINS)}")
     if image_size < 32:  # five halvings leave a map of at least one pixel
         raise ValueError(f"--image-size must be at least 32 for an ImageNet ResNet, got {image_size}")
+    from .data import MAX_SIDE
+
+    if image_size > MAX_SIDE:
+        raise ValueError(f"--image-size must be at most {MAX_SIDE:,} pixels, got {image_size}")
     torch.backends.cudnn.benchmark = True  # same settings for both: this compares the model code alone
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch_size,), device=dev)
@@ -478,10 +482,10 @@ def bench_decode(
 
     from torchvision import transforms as T
 
-    from .data import IMAGE_FORMATS, load_jitter_crop, load_random_crop
+    from .data import IMAGE_FORMATS, MAX_SIDE, load_jitter_crop, load_random_crop
 
-    if size < 1:
-        raise ValueError(f"--image-size must be at least 1 pixel, got {size}")
+    if not 1 <= size <= MAX_SIDE:
+        raise ValueError(f"--image-size must be from 1 to {MAX_SIDE:,} pixels, got {size}")
     if count < 1 or repeat < 1:
         raise ValueError("--count and --repeat must be at least 1")
     jitter = (round(size * 8 / 7), round(size * 15 / 7))  # 256-480 for 224

@@ -417,8 +417,10 @@ def _add_view_flags(p: argparse.ArgumentParser) -> None:
 def _views(args: argparse.Namespace) -> tuple[str | None, tuple[int, ...] | None]:
     """The test-time views the flags ask for, and the scales (None: the paper's, in proportion to the model's input)."""
     scales = tuple(args.scales) if args.scales else None
-    if scales and min(scales) < 1:
-        raise ValueError(f"--scales are image sides in pixels, not {min(scales)}")
+    from .data import MAX_SIDE
+
+    if scales and not 1 <= min(scales) <= max(scales) <= MAX_SIDE:
+        raise ValueError(f"--scales are image sides from 1 to {MAX_SIDE:,} pixels, not {min(scales) if min(scales) < 1 else max(scales)}")
     return ("ten-crop" if args.ten_crop else "scales" if args.scales is not None else None), scales
 
 

@@ -253,8 +253,8 @@ def get_dataset(
     """
     if channels not in (None, 1, 3):
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), not {channels!r}")
-    if image_size is not None and image_size < 1:
-        raise DataError(f"image size must be a positive number of pixels, not {image_size!r}")
+    if image_size is not None and not 1 <= image_size <= MAX_SIDE:
+        raise DataError(f"image size must be from 1 to {MAX_SIDE:,} pixels, not {image_size!r}")
     name = resolve_dataset(name, root)
     if name.startswith("folder:"):
         return _load_folder(name, split, image_size, channels, val_fraction, seed)
@@ -1233,6 +1233,7 @@ def _split_class(files: list[str], name: str, val_fraction: float, seed: int) ->
 IN_MEMORY_BYTES = 4 << 30  # folders whose decoded pixels fit in this stay in memory; bigger ones stream
 FOLDER_IMAGE_SIZE = 64  # the side folder images are resized to unless told
 IMAGENET_IMAGE_SIZE = 224  # the same with a scaling recipe (imagenet, he2015-imagenet)
+MAX_SIDE = 8192  # pixels: one RGB image this size is 800 MB as float32, and a batch of them tens of GB
 
 
 def load_split(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None,
@@ -1293,8 +1294,8 @@ def folder_sizes(dataset: str, image_size: int | None, recipe: Recipe) -> tuple[
     if recipe.scale_crop is None and recipe.scale_jitter is None:
         return FOLDER_IMAGE_SIZE if image_size is None else image_size, None
     size = IMAGENET_IMAGE_SIZE if image_size is None else image_size
-    if size < 1:
-        raise ValueError(f"--image-size must be a positive number of pixels, not {size}")
+    if not 1 <= size <= MAX_SIDE:
+        raise ValueError(f"--image-size must be from 1 to {MAX_SIDE:,} pixels, not {size}")
     return size, round(size / 0.875)
 
 

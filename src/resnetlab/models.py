@@ -603,6 +603,7 @@ for _depth in (18, 34, 50, 101, 152, 200):
 # --- CIFAR family (2015 paper Section 4.2, 2016 paper Section 4) --------------------------------
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+MAX_CIFAR_DEPTH = 10_000
 
 
 def _block_class(block: type[BasicBlock | Bottleneck] | str) -> type[BasicBlock | Bottleneck]:
@@ -647,6 +648,8 @@ def cifar_blocks_per_stage(depth: int, block: str, missing_ok: bool = False) -> 
     each), 9n+2 with bottlenecks (three), e.g. 18 for ResNet-110 and for ResNet-164 of bottlenecks.
     A depth of neither form is a ValueError, or 0 if ``missing_ok``; an unknown block always one."""
     per_block = _block_class(block).layers
+    if depth > MAX_CIFAR_DEPTH:  # each layer costs memory as it is built: a typo's extra digits would fill the machine
+        raise ValueError(f"depth {depth:,}: CIFAR nets are built up to {MAX_CIFAR_DEPTH:,} layers (the papers' deepest has 1,202)")
     n, rest = divmod(depth - 2, 3 * per_block)
     if rest or n < 1:
         if missing_ok:

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__, distributed, runs
-from .data import DataError, fingerprint, folder_sizes, load_splits, reload_sizes, resolve_dataset
+from .data import MAX_SIDE, DataError, fingerprint, folder_sizes, load_splits, reload_sizes, resolve_dataset
 from .devices import check_device_name, kernel_choices, pick_device, seed_everything, uses_channels_last
 from .errors import ResnetlabError
 from .evaluate import EvalResult, evaluate, statistics_note
@@ -100,6 +100,8 @@ class TrainConfig:
             if value is not None and value < least:
                 flag = f" (--{name.replace('_', '-')})" if name != "grad_norm_every" else ""  # experiments set it, no flag
                 raise ValueError(f"{name}{flag} must be at least {least}, got {value}")
+        if self.image_size is not None and self.image_size > MAX_SIDE:
+            raise ValueError(f"image_size (--image-size) must be at most {MAX_SIDE:,} pixels, got {self.image_size:,}")
         resolve_recipe(self)  # the recipe's ranges (lr, steps, ...) and names, checked now rather than when training starts
 
 
