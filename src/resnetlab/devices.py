@@ -90,15 +90,19 @@ def kernel_choices(device: torch.device, deterministic: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    changed = deterministic or device.type == "cuda"
     try:
         yield
     finally:
-        enabled, warn_only, torch.backends.cudnn.benchmark, workspace = before
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-        if workspace is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-        else:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
+        # Only what was set is put back: a Ctrl-C can land inside one of torch's lazy imports, and touching
+        # torch again here could then raise an error of its own in place of the interrupt.
+        if changed:
+            enabled, warn_only, torch.backends.cudnn.benchmark, workspace = before
+            torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+            if workspace is None:
+                os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+            else:
+                os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
 def uses_channels_last(device: torch.device) -> bool:
