@@ -589,3 +589,11 @@ def test_every_train_flag_reaches_the_trainer(monkeypatch, capsys, tmp_path):
     assert config.model_kwargs == {"order": "preact"} and config.recipe_overrides == {"flip": False}
     assert "test accuracy 50.00%" in capsys.readouterr().out
 
+
+
+def test_a_file_where_an_output_folder_should_be_is_said_plainly(tmp_path, capsys):
+    """Python's "[Errno 17] File exists: 'x'" becomes the path, then what is wrong with it."""
+    (tmp_path / "afile").write_text("mine")
+    fails_cleanly(capsys, "diagram", "resnet8", "-o", tmp_path / "afile" / "d.svg",
+                  match=f"error: {tmp_path / 'afile'}: file exists (a file is where a folder is needed)\n")
+    assert (tmp_path / "afile").read_text() == "mine"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import itertools
 import json
 import os
@@ -918,6 +919,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(str(e), file=sys.stderr)
             return 130
         message = str(e) or type(e).__name__
+        if isinstance(e, OSError) and e.filename is not None and e.strerror:
+            # Python's "[Errno 13] Permission denied: 'x'" said plainly, with the path first.
+            message = f"{e.filename}: {e.strerror[0].lower()}{e.strerror[1:]}"
+            if e.errno in (errno.EEXIST, errno.ENOTDIR):  # from making a folder: a file has its name
+                message += " (a file is where a folder is needed)"
         print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
