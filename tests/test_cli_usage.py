@@ -63,6 +63,15 @@ def test_serve_refuses_a_port_that_does_not_exist(port, tmp_path, capsys, monkey
     assert "--port" in err and ("0 to 65535" in err or "whole number" in err) and "_port" not in err, err
 
 
+@pytest.mark.parametrize("workers", ["-1", "100000"])
+def test_workers_are_a_number_of_processes_a_machine_can_start(workers, capsys):
+    """--workers 100000 tried to start that many decoding processes for one image, and hung."""
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "run", "a.png", "--workers", workers])
+    assert stop.value.code == 2
+    assert f"--workers: must be from 0 to 256 worker processes, got {workers}" in capsys.readouterr().err
+
+
 def test_plot_out_as_a_folder_writes_into_it(trained_run, tmp_path, capsys):
     """-o FOLDER/ put FOLDER.png beside the folder; the curves now go inside it."""
     folder = tmp_path / "figures"

@@ -47,10 +47,10 @@ def _whole(text: str) -> int:
 
 
 def _count(text: str) -> int:
-    """A whole number, zero or more (``--workers``)."""
+    """A number of worker processes (``--workers``): 0 (none, the main process decodes) to 256."""
     value = _whole(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    if not 0 <= value <= 256:  # each is a process: 100,000 would hang the machine starting them
+        raise argparse.ArgumentTypeError(f"must be from 0 to 256 worker processes, got {value}")
     return value
 
 
