@@ -121,6 +121,10 @@ def test_a_run_directory_that_cannot_be_written_is_refused_by_name(tmp_path, mon
     (b"[1, 2]", r"is not a resnetlab run's config \(not a JSON object\)"),
     (json.dumps({**CONFIG, "classes": 10}).encode(), r"is damaged: classes is not of the kind"),
     (json.dumps({**CONFIG, "model_kwargs": [1], "mean": 0.5}).encode(), r"is damaged: mean, model_kwargs are not"),
+    # Inputs are divided by std: a zero gave NaN answers, and an accuracy of chance, without a word.
+    (json.dumps({**CONFIG, "std": [0.0]}).encode(), r"is damaged: mean and std must be 1 finite numbers each .* std \[0.0\]"),
+    (json.dumps({**CONFIG, "mean": [None]}).encode(), r"is damaged: mean and std must be"),
+    (json.dumps({**CONFIG, "std": [0.3, 0.3]}).encode(), r"is damaged: mean and std must be"),
 ])
 def test_a_damaged_config_is_one_clear_error(tmp_path, content, match):
     run = a_run(tmp_path / "run")
