@@ -294,7 +294,9 @@ def test_a_checkpoint_that_carries_code_is_refused_without_running_it(trained, t
     shutil.copytree(trained, mixed)
     marker = tmp_path / "code-ran"
     (mixed / "checkpoint.pt").write_bytes(pickle.dumps({"model_name": "resnet8", "x": _Exploit(marker)}, protocol=2))
-    fails_cleanly(capsys, "train", "--resume", mixed, "--device", "cpu", match="cannot be read as a training checkpoint")
+    fails_cleanly(capsys, "train", "--resume", mixed, "--device", "cpu", match="holds Python objects a training checkpoint "
+                  "does not, which are not loaded (loading them could run code): not a checkpoint resnetlab wrote; the run's "
+                  "model.safetensors")
     assert not marker.exists()
 
 

@@ -180,7 +180,10 @@ def test_weights_of_another_model_and_a_checkpoint_that_is_not_one_are_named(tmp
     with pytest.raises(runs.RunError, match="does not hold resnet8 weights"):
         runs.load_model(run)
     (run / runs.CHECKPOINT).write_bytes((run / runs.WEIGHTS).read_bytes())
-    with pytest.raises(runs.RunError, match="cannot be read as a training checkpoint"):
+    # The weights of the last finished epoch are what is left: said, with how to go on from them.
+    with pytest.raises(runs.RunError, match=r"cannot be read as a training checkpoint \(damaged, cut "
+                                            r"short or not one\); the run's model.safetensors .* still evaluates, and a new "
+                                            r"run can start from it: --weights .*run/model.safetensors$"):
         runs.load_checkpoint(run)
 
 
@@ -195,7 +198,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
 
     run = a_run(tmp_path / "run")
     torch.save({"model": Payload()}, run / runs.CHECKPOINT)
-    with pytest.raises(runs.RunError, match="cannot be read as a training checkpoint"):
+    with pytest.raises(runs.RunError, match="holds Python objects a training checkpoint does not, which are not loaded"):
         runs.load_checkpoint(run)
     assert not marker.exists()
 

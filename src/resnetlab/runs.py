@@ -19,9 +19,11 @@ import errno
 import json
 import math
 import os
+import pickle
 import socket
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -351,15 +353,26 @@ def load_checkpoint(run_dir: Path) -> dict:
     if not path.exists():
         raise RunError(f"{run_dir} has no {CHECKPOINT}: the run stopped before saving one, so there is nothing to "
                        f"resume; train again with --out {run_dir}")
+    # What is left when the checkpoint is lost: the weights of the last finished epoch.
+    instead = (f"; the run's {WEIGHTS} (its weights at the last finished epoch) still evaluates, and a new run can "
+               f"start from it: --weights {run_dir / WEIGHTS}" if (run_dir / WEIGHTS).is_file() else "")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on a foreign pickle's protocol, with its own paths
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # not a refused object, only bytes no pickle holds
+            raise RunError(f"{path} cannot be read as a training checkpoint (damaged, cut short or not one){instead}") from None
+        raise RunError(f"{path} holds Python objects a training checkpoint does not, which are not loaded (loading "
+                       f"them could run code): not a checkpoint resnetlab wrote{instead}") from None
     except Exception as e:
-        raise RunError(f"{path} cannot be read as a training checkpoint ({type(e).__name__})") from None
+        raise RunError(f"{path} cannot be read as a training checkpoint ({type(e).__name__}: damaged, cut short "
+                       f"or not one){instead}") from None
     wrong = ([k for k, kind in _REQUIRED_CHECKPOINT.items() if not isinstance(checkpoint.get(k), kind)]
              if isinstance(checkpoint, dict) else ["anything"])
     if wrong:
         raise RunError(f"{path} is not a resnetlab training checkpoint, or is damaged ({', '.join(wrong)} missing or "
-                       "of the wrong kind)")
+                       f"of the wrong kind){instead}")
     return checkpoint
 
 
