@@ -112,8 +112,11 @@ def test_a_run_directory_that_cannot_be_written_is_refused_by_name(tmp_path, mon
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr("builtins.open", read_only)
+    with pytest.raises(runs.RunError, match=r"cannot train into .* \(Read-only file system\): give an --out you can write to$"):
+        runs.RunLock(tmp_path)  # a new run: there is nothing to copy yet
+    (tmp_path / runs.CONFIG).write_text("{}")
     with pytest.raises(runs.RunError, match=r"cannot train into .* \(Read-only file system\): copy the run"):
-        runs.RunLock(tmp_path)
+        runs.RunLock(tmp_path)  # resuming one
 
 
 @pytest.mark.parametrize("content, match", [
@@ -241,3 +244,15 @@ def test_written_files_take_the_users_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_run_directory_given_as_weights_names_its_weights_file(tmp_path, capsys):
+    from resnetlab.cli import main
+
+    run = a_run(tmp_path / "run")
+    runs.save_weights(create_model("resnet8", **CONFIG["model_kwargs"]), run)
+    assert main(["train", "--weights", str(run), "--steps", "1", "--out", str(tmp_path / "new")]) == 2
+    assert f"{run} is a folder; the weights of the run it holds are {run / runs.WEIGHTS}" in capsys.readouterr().err
+    assert main(["import", str(run)]) == 2
+    assert f"{run} is a folder, not a Keras file" in capsys.readouterr().err
+

@@ -104,6 +104,8 @@ def read_keras(path: str | Path) -> KerasModel:
     import h5py  # here, so that importing the models never loads it
 
     path = Path(path)
+    if path.is_dir():
+        raise KerasError(f"{path} is a folder, not a Keras file: give the .h5 or .keras file model.save() wrote")
     if not path.is_file():
         raise KerasError(f"{path} does not exist or is not a file")
     try:

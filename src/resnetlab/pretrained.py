@@ -240,6 +240,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state_dict from a .safetensors file, a torch.save file or a Keras ResNet (.h5, .keras; see
     ``keras_weights``), without running code from it."""
     path = Path(path)
+    if path.is_dir() and (path / "model.safetensors").is_file():  # a run directory, given for its weights
+        raise WeightsError(f"{path} is a folder; the weights of the run it holds are {path / 'model.safetensors'}")
     if not path.is_file():
         raise WeightsError(f"{path} does not exist or is not a file")
     if is_keras_file(path):

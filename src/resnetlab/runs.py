@@ -117,8 +117,9 @@ class RunLock:
             run_dir.mkdir(parents=True, exist_ok=True)
             self._file = open(run_dir / ".lock", "a+b")
         except OSError as e:
-            raise RunError(f"cannot train into {run_dir} ({e.strerror or e}): copy the run to a folder you can "
-                           "write to, and train there") from None
+            what = ("copy the run to a folder you can write to, and train there" if (run_dir / CONFIG).is_file()
+                    else "give an --out you can write to")
+            raise RunError(f"cannot train into {run_dir} ({e.strerror or e}): {what}") from None
         try:
             if os.name == "nt":
                 import msvcrt
