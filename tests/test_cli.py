@@ -599,3 +599,22 @@ def test_a_file_where_an_output_folder_should_be_is_said_plainly(tmp_path, capsy
     fails_cleanly(capsys, "diagram", "resnet8", "-o", tmp_path / "afile" / "d.svg",
                   match=f"error: {tmp_path / 'afile'}: file exists (a file is where a folder is needed)\n")
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+@needs_fashion
+def test_names_that_are_not_utf8(trained, tmp_path, capsys):
+    """Linux file names are bytes: a run directory or class folder whose name is no text is refused before
+    anything is written (TensorBoard and config.json need text), and an image's name goes into a CSV as it came."""
+    bad = os.fsdecode(b"bad\xff")
+    fails_cleanly(capsys, "train", *QUICK, "--out", tmp_path / bad, match="has a name that is not text (UTF-8): give another")
+    assert not (tmp_path / bad).exists()
+
+    for name in (bad, "cat"):
+        (tmp_path / "folder" / name).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "folder" / name / "0.png")
+    fails_cleanly(capsys, "data", f"folder:{tmp_path / 'folder'}", match="the class folder 'bad\ufffd' has a name that is not text")
+
+    image = tmp_path / "folder" / bad / "0.png"
+    code, out, err = run(capsys, "predict", trained, image, "--csv", tmp_path / "answers.csv")
+    assert code == 0, err
+    assert os.fsencode(image) in (tmp_path / "answers.csv").read_bytes().splitlines()[1]

@@ -655,7 +655,8 @@ def _write_csv(path: Path, answers: Iterable, top_k: int) -> int:
 
     def write(tmp: str) -> None:
         nonlocal count
-        with open(tmp, "w", newline="") as f:
+        # A file name that is not UTF-8 goes back out as the bytes it came in as.
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.writer(f)
             writer.writerow(["path"] + [f"{what}_{rank}" for rank in range(1, top_k + 1) for what in ("class", "probability")])
             for count, pred in enumerate(answers, 1):

@@ -1067,7 +1067,14 @@ def _path_order(path: str) -> list[str]:
 
 
 def _class_names(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    for name in names:
+        try:
+            name.encode()
+        except UnicodeEncodeError:  # bytes no character has: the name could not go into config.json or a report
+            shown = name.encode(errors="surrogateescape").decode(errors="replace")
+            raise DataError(f"{folder}: the class folder {shown!r} has a name that is not text (UTF-8); rename it") from None
+    return names
 
 
 def image_files(folder: Path | str) -> list[str]:

@@ -100,6 +100,10 @@ class TrainConfig:
             if value is not None and value < least:
                 flag = f" (--{name.replace('_', '-')})" if name != "grad_norm_every" else ""  # experiments set it, no flag
                 raise ValueError(f"{name}{flag} must be at least {least}, got {value}")
+        try:  # a run's files name their directory in UTF-8 (TensorBoard's writer, config.json)
+            str(self.out or "").encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"out (--out) {str(self.out)!r} has a name that is not text (UTF-8): give another") from None
         if self.image_size is not None and self.image_size > MAX_SIDE:
             raise ValueError(f"image_size (--image-size) must be at most {MAX_SIDE:,} pixels, got {self.image_size:,}")
         resolve_recipe(self)  # the recipe's ranges (lr, steps, ...) and names, checked now rather than when training starts
