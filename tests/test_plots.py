@@ -142,6 +142,8 @@ def test_bad_x_is_an_error(tmp_path):
         ('{"epoch": 1, "step": 10, "train_loss": 1.0, "train_acc": 0.5}\n{"epoch": 2,\n', "line 2: not valid JSON"),
         ('{"epoch": 1, "step": 10}\n', "line 1: not a metrics row .missing train_loss, train_acc"),
         ("[1, 2]\n", "line 1: not a metrics row"),
+        # An edited value: the plot failed on comparing a str with an int, naming no file.
+        ('{"epoch": 1, "step": 8, "train_loss": "x", "train_acc": null, "lr": true}\n', "line 1: train_loss, lr are not a number"),
     ],
 )
 def test_bad_metrics_name_the_file(tmp_path, content, message):

@@ -381,7 +381,8 @@ def read_metrics(run_dir: str | Path, missing_ok: bool = False) -> list[dict]:
     """The per-epoch rows of ``RUN_DIR/metrics.jsonl``, oldest first.
 
     Raises ValueError naming the file when it is missing (unless ``missing_ok``), empty, or has a
-    line that is not a JSON object with at least ``epoch``, ``step``, ``train_loss`` and ``train_acc``.
+    line that is not a JSON object of numbers (or nulls) with at least ``epoch``, ``step``, ``train_loss`` and
+    ``train_acc``.
     """
     path = Path(run_dir) / METRICS
     if not path.is_file():
@@ -404,6 +405,10 @@ def read_metrics(run_dir: str | Path, missing_ok: bool = False) -> list[dict]:
         missing = [k for k in _REQUIRED_METRICS if k not in row] if isinstance(row, dict) else list(_REQUIRED_METRICS)
         if missing:
             raise ValueError(f"{path}, line {n}: not a metrics row (missing {', '.join(missing)})")
+        # A value is a number, or null where a diverged run's loss was not finite or a test score was skipped.
+        wrong = [k for k, v in row.items() if not (v is None or isinstance(v, (int, float)) and not isinstance(v, bool))]
+        if wrong:
+            raise ValueError(f"{path}, line {n}: {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} not a number")
         rows.append(row)
     if not rows and not missing_ok:
         raise ValueError(f"{path} is empty: no epoch has finished yet")
