@@ -159,3 +159,8 @@ def test_bench_decode_times_both_pipelines_on_each_size_and_crop(tmp_path, capsy
     assert saved["images"] == "the user's folder" and len(saved["rows"]) == 2
     row = next(line for line in capsys.readouterr().out.splitlines() if "random-resized crop" in line)
     assert row.startswith(f"{saved['rows'][0]['images']}  ")  # a long folder name keeps its column apart
+
+    (photos / "0.png").write_text("not an image")  # named as training names it, not in PIL's words
+    assert main(["bench", "decode", "--folder", str(tmp_path / "photos"), "--size", "32", "--count", "2",
+                 "--repeat", "1", "--results", str(tmp_path / "results")]) == 2
+    assert f"{photos / '0.png'} is not a readable image" in capsys.readouterr().err

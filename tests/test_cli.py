@@ -47,6 +47,9 @@ def test_summary_prints_keras_totals(capsys):
     # One-channel images asked for: the named net is built for them (conv1 loses 2 x 144 weights).
     code, out, _ = run(capsys, "summary", "resnet20", "--input-size", "1", "28", "28")
     assert code == 0 and "Total params: 270,810" in out and "for one 1x28x28 input" in out
+    # A side that would ask the allocator for 120 GB is refused by name.
+    fails_cleanly(capsys, "summary", "resnet20", "--input-size", "3", "100000", "100000",
+                  match="--input-size is channels, height and width, each at least 1 and the sides at most 8,192 pixels")
 
 
 

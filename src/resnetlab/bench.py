@@ -499,6 +499,8 @@ def bench_decode(
                 raise ValueError(f"--folder {folder} is not a folder")
             found = get_dataset(f"folder:{folder}", "train", val_fraction=0.0)
             photos = {str(folder): [path for path, _ in found.samples[:count]]}
+            for path in photos[str(folder)]:  # an unreadable file named as training names it, before any timing
+                load_random_crop(path, 3, size, 0, (0.08, 1.0))
 
         def torchvision_crops(paths: list[Path], transform: Callable) -> None:
             from PIL import Image

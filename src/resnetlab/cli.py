@@ -458,7 +458,12 @@ def cmd_summary(args: argparse.Namespace) -> None:
         args.model_arg.append(("in_chans", args.input_size[0]))
     model, name, config = _model_or_run(args)
     if args.input_size:
+        from .data import MAX_SIDE
+
         size = tuple(args.input_size)
+        if not (size[0] >= 1 and 1 <= min(size[1:]) <= max(size[1:]) <= MAX_SIDE):
+            raise ValueError(f"--input-size is channels, height and width, each at least 1 and the sides at most "
+                             f"{MAX_SIDE:,} pixels, not {' '.join(map(str, size))}")
     elif config is not None:
         size = (config["channels"], config["image_size"], config["image_size"])
     elif model.stem == "keras":
