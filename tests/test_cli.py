@@ -394,7 +394,7 @@ def test_predict_a_folder_into_a_csv(trained_run, tmp_path, capsys):
     lines = err.splitlines()
     assert code == 2 and len(lines) == 3, err
     assert "05a.png is not a readable image" in lines[0] and "zz.jpg is not a readable image" in lines[1]
-    assert lines[2] == "error: 2 of the 72 images could not be read (each named above); the other 70 were classified"
+    assert lines[2] == "error: 2 of the 72 images could not be classified (each named above); the other 70 were classified"
     assert [r["path"] for r in csv.DictReader(table.open())] == [p for p, _ in printed]
     code, out, err = run(capsys, "predict", trained_run, photos, "--device", "cpu", "--workers", "0", "--top-k", "2")
     assert code == 2 and [line.split(": ", 1) for line in out.splitlines()] == printed
@@ -611,6 +611,8 @@ def test_names_that_are_not_utf8(trained, tmp_path, capsys):
     bad = os.fsdecode(b"bad\xff")
     fails_cleanly(capsys, "train", *QUICK, "--out", tmp_path / bad, match="has a name that is not text (UTF-8): give another")
     assert not (tmp_path / bad).exists()
+    # Without --out the run directory is named after the dataset: refused too, before runs/ gets one.
+    fails_cleanly(capsys, "train", *QUICK, "--dataset", f"folder:{tmp_path / bad}", match="has a name that is not text (UTF-8): rename it")
 
     for name in (bad, "cat"):
         (tmp_path / "folder" / name).mkdir(parents=True)
@@ -621,3 +623,5 @@ def test_names_that_are_not_utf8(trained, tmp_path, capsys):
     code, out, err = run(capsys, "predict", trained, image, "--csv", tmp_path / "answers.csv")
     assert code == 0, err
     assert os.fsencode(image) in (tmp_path / "answers.csv").read_bytes().splitlines()[1]
+    code, out, err = run(capsys, "predict", trained, image)  # on a terminal, a stand-in for the odd byte
+    assert code == 0 and out.startswith(f"{tmp_path / 'folder' / 'bad'}\ufffd/0.png: "), err

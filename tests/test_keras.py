@@ -490,6 +490,19 @@ def test_arithmetic_on_the_input_inside_the_model(keras3, suffix):
     np.testing.assert_allclose(probs, expected["arithmetic_probs"], rtol=1e-4, atol=1e-7)
 
 
+
+def test_an_imported_model_with_a_negative_input_scale_is_a_run_that_predicts(keras3, tmp_path, capsys):
+    """Its negative std is no damage: the imported run loads and predicts as Keras does."""
+    from PIL import Image
+
+    expected = np.load(keras3 / "predictions.npz")
+    assert run(capsys, "import", keras3 / "arithmetic.keras", "--out", tmp_path / "run")[0] == 0
+    Image.fromarray(expected["images"][0]).save(tmp_path / "0.png")
+    code, out, err = run(capsys, "predict", tmp_path / "run", tmp_path / "0.png", "--top-k", "1")
+    assert code == 0, err
+    assert out.split(": ")[1].split()[0] == str(int(expected["arithmetic_probs"][0].argmax()))
+
+
 def test_summary_and_diagram_of_an_imported_run(keras3, tmp_path, capsys):
     """A run directory in place of a model name: the summary counts what Keras's count_params counts."""
     expected = np.load(keras3 / "predictions.npz")

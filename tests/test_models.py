@@ -327,7 +327,8 @@ def test_trace_export_and_compile_give_the_eager_outputs(name, kwargs, size):
 
 def test_a_cifar_depth_past_ten_thousand_layers_is_refused_before_it_fills_memory():
     """`resnet99999998` (a typo's extra digits) would build 50 million blocks, gigabytes a second, until
-    the machine runs out: refused at once, by name, by function and by an experiment's depths."""
+    the machine runs out: refused at once, by name and by function (experiments' depths go through the
+    same rule, cifar_blocks_per_stage)."""
     for build in (lambda: create_model("resnet99999998"), lambda: cifar_resnet(10_004),
                   lambda: create_model("preact_resnet100001")):
         with pytest.raises(ValueError, match=r"CIFAR nets are built up to 10,000 layers \(the papers' deepest has 1,202\)"):

@@ -236,6 +236,9 @@ def test_a_warm_up_that_reaches_past_the_first_lr_drop_is_named_with_a_scaled_on
     step 300, and the run never trains at 0.1: said, with the warm-up scaled as the papers' is."""
     preact, he2016 = get_recipe("he2016-preact"), get_recipe("he2016")
     assert warmup_note(preact, 64_000, 110) is None and warmup_note(preact, 1000, 20) is None  # drop at 500
+    # The boundary: the first drop at step 400, where the warm-up ends, is never trained at 0.1; at 400.5 it is.
+    assert warmup_note(preact, 800, 20) is not None and warmup_note(preact, 801, 20) is None
+    assert lr_at(preact, 400, 800, 20) == pytest.approx(0.01) and lr_at(preact, 400, 801, 20) == pytest.approx(0.1)
     assert max(lr_at(preact, s, 600, 32) for s in range(600)) == pytest.approx(0.01)
     note = warmup_note(preact, 600, 32)
     assert note == ("recipe he2016-preact holds lr 0.01 for its first 400 steps, up to the lr drop at step 300 of this "

@@ -125,9 +125,10 @@ def test_a_run_directory_that_cannot_be_written_is_refused_by_name(tmp_path, mon
     (json.dumps({**CONFIG, "classes": 10}).encode(), r"is damaged: classes is not of the kind"),
     (json.dumps({**CONFIG, "model_kwargs": [1], "mean": 0.5}).encode(), r"is damaged: mean, model_kwargs are not"),
     # Inputs are divided by std: a zero gave NaN answers, and an accuracy of chance, without a word.
-    (json.dumps({**CONFIG, "std": [0.0]}).encode(), r"is damaged: mean and std must be 1 finite numbers each .* std \[0.0\]"),
-    (json.dumps({**CONFIG, "mean": [None]}).encode(), r"is damaged: mean and std must be"),
-    (json.dumps({**CONFIG, "std": [0.3, 0.3]}).encode(), r"is damaged: mean and std must be"),
+    (json.dumps({**CONFIG, "std": [0.0]}).encode(), r"is damaged: mean and std must each hold a finite number for each "
+                                                     r"of its 1 channel\(s\), no std 0; .* std \[0.0\]"),
+    (json.dumps({**CONFIG, "mean": [None]}).encode(), r"is damaged: mean and std must each hold"),
+    (json.dumps({**CONFIG, "std": [0.3, 0.3]}).encode(), r"is damaged: mean and std must each hold"),
 ])
 def test_a_damaged_config_is_one_clear_error(tmp_path, content, match):
     run = a_run(tmp_path / "run")
@@ -255,4 +256,11 @@ def test_a_run_directory_given_as_weights_names_its_weights_file(tmp_path, capsy
     assert f"{run} is a folder; the weights of the run it holds are {run / runs.WEIGHTS}" in capsys.readouterr().err
     assert main(["import", str(run)]) == 2
     assert f"{run} is a folder, not a Keras file" in capsys.readouterr().err
+
+
+def test_a_negative_std_is_a_run_not_damage(tmp_path):
+    """A Keras model that computes c - x on its input imports with a negative std (keras_weights)."""
+    run = a_run(tmp_path / "run")
+    (run / runs.CONFIG).write_text(json.dumps({**CONFIG, "std": [-0.5]}))
+    assert runs.read_config(run)["std"] == [-0.5]
 

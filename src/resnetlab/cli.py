@@ -607,8 +607,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
         images, unreadable, say=len(images) > 1)
     if args.csv is None:
         for pred in answers:
-            print(f"{pred.path}: {pred.ranked()}")
+            # A file name that is not UTF-8 is shown with a stand-in for its odd bytes: a UTF-8 terminal refuses them.
+            print(f"{os.fsencode(pred.path).decode(errors='replace')}: {pred.ranked()}")
     else:
+        csv_existed = Path(args.csv).exists()
         count = _write_csv(Path(args.csv), answers, top_k)
         if count:
             print(f"{count} image{'s' if count != 1 else ''} classified: {args.csv}")
@@ -617,8 +619,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if unreadable:
         rest = len(images) - len(unreadable)
         outcome = (f"the other {rest} {'were' if rest != 1 else 'was'} classified" if rest else
-                   f"{args.csv} was left as it was" if args.csv else "none was classified")
-        raise DataError(f"{len(unreadable)} of the {len(images)} images could not be read (each named above); {outcome}")
+                   f"{args.csv} was left as it was" if args.csv and csv_existed else "none was classified")
+        raise DataError(f"{len(unreadable)} of the {len(images)} images could not be classified (each named above); "
+                        f"{outcome}")
 
 
 def _image_paths(inputs: list[str]) -> list[str]:
@@ -927,8 +930,10 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e) or type(e).__name__
         if isinstance(e, OSError) and e.filename is not None and e.strerror:
             # Python's "[Errno 13] Permission denied: 'x'" said plainly, with the path first.
-            message = f"{e.filename}: {e.strerror[0].lower()}{e.strerror[1:]}"
-            if e.errno in (errno.EEXIST, errno.ENOTDIR):  # from making a folder: a file has its name
+            where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else e.filename
+            message = f"{where}: {e.strerror[0].lower()}{e.strerror[1:]}"
+            path = Path(os.fsdecode(e.filename))
+            if e.errno in (errno.EEXIST, errno.ENOTDIR) and any(p.is_file() for p in (path, *path.parents)):
                 message += " (a file is where a folder is needed)"
         print(f"error: {message}", file=sys.stderr)
         return 2

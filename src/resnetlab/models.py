@@ -646,7 +646,8 @@ def cifar_resnet(
 def cifar_blocks_per_stage(depth: int, block: str, missing_ok: bool = False) -> int:
     """n, the blocks in each of a CIFAR net's three stages: its depth is 6n+2 with basic blocks (two layers
     each), 9n+2 with bottlenecks (three), e.g. 18 for ResNet-110 and for ResNet-164 of bottlenecks.
-    A depth of neither form is a ValueError, or 0 if ``missing_ok``; an unknown block always one."""
+    A depth of neither form is a ValueError, or 0 if ``missing_ok``; an unknown block or a depth past
+    ``MAX_CIFAR_DEPTH`` always one."""
     per_block = _block_class(block).layers
     if depth > MAX_CIFAR_DEPTH:  # each layer costs memory as it is built: a typo's extra digits would fill the machine
         raise ValueError(f"depth {depth:,}: CIFAR nets are built up to {MAX_CIFAR_DEPTH:,} layers (the papers' deepest has 1,202)")

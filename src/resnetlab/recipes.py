@@ -223,6 +223,9 @@ def _check_milestones(recipe: Recipe, changed: dict) -> None:
                          f"and recipe {recipe.name} uses {recipe.schedule}; add --recipe-arg schedule=multistep")
 
 
+PAPERS_CIFAR_STEPS = 64_000  # the run the papers' 400-step warm-up was chosen for
+
+
 def warmup_note(recipe: Recipe, total_steps: int, depth: int) -> str | None:
     """A line for a run too short for the papers' fixed warm-up: 400 steps at lr 0.01 are 0.6% of their
     64,000, but in a run of a few hundred steps they reach past the first lr drop, so the run never trains
@@ -230,12 +233,12 @@ def warmup_note(recipe: Recipe, total_steps: int, depth: int) -> str | None:
     if not recipe.warmup_steps or depth < recipe.warmup_min_depth:
         return None
     drops = recipe.schedule == "multistep" and recipe.milestones
-    first_drop = recipe.milestones[0] if drops else 0.5
+    first_drop = recipe.milestones[0] if drops else 0.5  # a schedule without drops: half the run is too much
     if recipe.warmup_steps < first_drop * total_steps:
         return None
     where = (f"up to the lr drop at step {math.ceil(first_drop * total_steps)} of this {total_steps}-step run, so it never "
              f"trains at lr {recipe.lr:g}" if drops else f"half or more of this {total_steps}-step run")
-    scaled = max(1, round(recipe.warmup_steps * total_steps / 64_000))
+    scaled = max(1, round(recipe.warmup_steps * total_steps / PAPERS_CIFAR_STEPS))
     return (f"recipe {recipe.name} holds lr {recipe.warmup_lr:g} for its first {recipe.warmup_steps} steps, {where}; "
             f"for a short run scale the warm-up with it (--recipe-arg warmup_steps={scaled}, as the papers' 400 of "
             f"64,000) or drop it (--recipe-arg warmup_steps=0)")

@@ -209,11 +209,12 @@ def read_config(run_dir: str | Path) -> dict:
         raise RunError(f"{path} is damaged: {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} not of the "
                        "kind a run's config holds")
     # Every input is divided by std: a zero (or a null, NaN) would turn every answer into NaN without a word.
+    # A negative one is legitimate: a Keras model computing c - x on its input imports as one.
     statistics = (config["mean"], config["std"])
     if not all(len(s) == config["channels"] and all(isinstance(v, (int, float)) and math.isfinite(v) for v in s)
-               for s in statistics) or min(config["std"], default=0) <= 0:
-        raise RunError(f"{path} is damaged: mean and std must be {config['channels']} finite numbers each (one a "
-                       f"channel), the std's positive; it holds mean {config['mean']} and std {config['std']}")
+               for s in statistics) or 0 in config["std"]:
+        raise RunError(f"{path} is damaged: mean and std must each hold a finite number for each of its "
+                       f"{config['channels']} channel(s), no std 0; it holds mean {config['mean']} and std {config['std']}")
     return config
 
 

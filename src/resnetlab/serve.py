@@ -58,15 +58,16 @@ body {{ font-family: system-ui, sans-serif; max-width: 46rem; margin: 2rem auto;
 #drop {{ display: block; border: 2px dashed #888; border-radius: 8px; padding: 2rem; text-align: center; cursor: pointer; }}
 #drop.over {{ background: #eef4ff; }}
 #drop:focus-within {{ outline: 3px solid #4a7bd0; outline-offset: 2px; }}
-/* Out of sight but not hidden: Tab reaches the file input, Space or Enter opens it, and the label names it. */
+/* Out of sight but not hidden: Tab reaches the file input, Space opens it, and the label names it. */
 #files {{ position: absolute; width: 1px; height: 1px; opacity: 0; overflow: hidden; }}
 .result {{ display: flex; gap: 1rem; align-items: center; margin: 1rem 0; }}
 .result > div {{ flex: 1; min-width: 0; overflow-wrap: anywhere; }}  /* a long file name wraps, not the page */
 .result table {{ width: 100%; max-width: 28rem; }}
-.result td {{ overflow-wrap: normal; white-space: nowrap; }}
+.result td {{ overflow-wrap: normal; }}  /* a class name wraps between words only */
 .result td.share {{ width: 100%; }}
-@media (max-width: 30rem) {{ .result img {{ width: 64px; height: 64px; }} }}
+.result td.percent {{ white-space: nowrap; }}
 .result img {{ width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; border: 1px solid #ddd; }}
+@media (max-width: 30rem) {{ .result img {{ width: 64px; height: 64px; }} }}  /* after the rule it overrides */
 .bar {{ background: #4a7bd0; height: 0.9rem; border-radius: 3px; }}
 td {{ padding: 0.1rem 0.4rem; }} .error {{ color: #b00020; }}
 </style></head><body>
@@ -110,7 +111,8 @@ async function classify(file) {{
     tr.insertCell().textContent = p.class;
     const share = tr.insertCell(); share.className = "share";
     share.innerHTML = `<div class="bar" style="width:${{Math.max(1, 100 * p.probability)}}%"></div>`;
-    tr.insertCell().textContent = (100 * p.probability).toFixed(1) + "%";
+    const percent = tr.insertCell(); percent.className = "percent";
+    percent.textContent = (100 * p.probability).toFixed(1) + "%";
   }}
   out.textContent = file.name; out.appendChild(table);
 }}

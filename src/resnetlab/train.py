@@ -100,10 +100,13 @@ class TrainConfig:
             if value is not None and value < least:
                 flag = f" (--{name.replace('_', '-')})" if name != "grad_norm_every" else ""  # experiments set it, no flag
                 raise ValueError(f"{name}{flag} must be at least {least}, got {value}")
-        try:  # a run's files name their directory in UTF-8 (TensorBoard's writer, config.json)
-            str(self.out or "").encode()
-        except UnicodeEncodeError:
-            raise ValueError(f"out (--out) {str(self.out)!r} has a name that is not text (UTF-8): give another") from None
+        # A run's files name its directory in UTF-8 (TensorBoard's writer, config.json); without --out the
+        # directory is named after the dataset.
+        for name, value, fix in (("out (--out)", self.out, "give another"), ("dataset (--dataset)", self.dataset, "rename it")):
+            try:
+                str(value or "").encode()
+            except UnicodeEncodeError:
+                raise ValueError(f"{name} {str(value)!r} has a name that is not text (UTF-8): {fix}") from None
         if self.image_size is not None and self.image_size > MAX_SIDE:
             raise ValueError(f"image_size (--image-size) must be at most {MAX_SIDE:,} pixels, got {self.image_size:,}")
         resolve_recipe(self)  # the recipe's ranges (lr, steps, ...) and names, checked now rather than when training starts
@@ -197,7 +200,8 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     (beyond the run's last step it changes nothing).
 
     As any seeded trainer does, it seeds Python's, NumPy's and torch's global generators with the run's
-    seed; ``deterministic=True`` also switches torch to deterministic algorithms for the whole process.
+    seed; ``deterministic=True`` also switches torch to deterministic algorithms while the run trains (a
+    switch of the whole process, put back as it was when the run ends).
     """
     if config is not None and not isinstance(config, TrainConfig):
         raise TypeError(f"train takes a TrainConfig, not {type(config).__name__} (a dict's fields go as keywords: train(**fields))")
