@@ -64,8 +64,8 @@ body {{ font-family: system-ui, sans-serif; max-width: 46rem; margin: 2rem auto;
 .result > div {{ flex: 1; min-width: 0; overflow-wrap: anywhere; }}  /* a long file name wraps, not the page */
 .result table {{ width: 100%; max-width: 28rem; }}
 .result td {{ overflow-wrap: normal; }}  /* a class name wraps between words only */
-.result td.share {{ width: 100%; }}
-.result td.percent {{ white-space: nowrap; }}
+.result td.share {{ width: 45%; }}  /* the bars take what the names leave, not more */
+.result td.percent {{ white-space: nowrap; width: 1%; }}  /* as narrow as its text */
 .result img {{ width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; border: 1px solid #ddd; }}
 @media (max-width: 30rem) {{ .result img {{ width: 64px; height: 64px; }} }}  /* after the rule it overrides */
 .bar {{ background: #4a7bd0; height: 0.9rem; border-radius: 3px; }}
