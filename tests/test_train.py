@@ -848,6 +848,11 @@ def test_resume_refuses_a_data_folder_that_does_not_exist_and_keeps_the_config(t
     with pytest.raises(DataError, match="nowhere is not a folder"):
         resume(tmp_path / "run", device="cpu", progress=False, data_dir=str(tmp_path / "nowhere"))
     assert (tmp_path / "run" / runs.CONFIG).read_text() == config
+    # A folder without the dataset: another copy was read, but config.json would have named this one.
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(DataError, match=f"fashion-mnist is not in --data-dir {tmp_path / 'photos'}: give the folder"):
+        resume(tmp_path / "run", device="cpu", progress=False, data_dir=str(tmp_path / "photos"))
+    assert (tmp_path / "run" / runs.CONFIG).read_text() == config
 
 
 def test_the_result_holds_the_trained_model_ready_to_predict(tmp_path):

@@ -507,6 +507,12 @@ def _search_dirs(name: str, root: str | Path | None) -> list[Path]:
 _NOTED: set[tuple[str, Path]] = set()
 
 
+def found_elsewhere(name: str, root: str | Path) -> bool:
+    """Whether dataset ``name``, asked for in ``root``, was read from another folder of the search order
+    (see ``_note_elsewhere``): ``root`` does not hold it."""
+    return (name, Path(root).expanduser()) in _NOTED
+
+
 def _note_elsewhere(name: str, root: str | Path | None, found: Path) -> None:
     """Say so when a dataset was asked for in ``root`` but found elsewhere in the search order.
 

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__, distributed, runs
-from .data import MAX_SIDE, DataError, fingerprint, folder_sizes, load_splits, reload_sizes, resolve_dataset
+from .data import MAX_SIDE, DataError, fingerprint, found_elsewhere, folder_sizes, load_splits, reload_sizes, resolve_dataset
 from .devices import check_device_name, kernel_choices, pick_device, seed_everything, uses_channels_last
 from .errors import ResnetlabError
 from .evaluate import EvalResult, evaluate, statistics_note
@@ -386,6 +386,10 @@ def _resume(run_dir: Path, saved: dict, world: distributed.World, device: str | 
         saved["dataset"], saved["data_dir"], saved["limit_train"], saved["limit_test"], saved["seed"],
         **reload_sizes(saved["dataset"], saved),
     )
+    if moved and not saved["dataset"].startswith("folder:") and found_elsewhere(saved["dataset"], data_dir):
+        # Read from another copy, the run would go on; but config.json would then name a folder without its data.
+        raise DataError(f"{saved['dataset']} is not in --data-dir {data_dir}: give the folder its files moved to, "
+                        "or leave --data-dir out")
     # Moved or not, the data must be what the run started on: a folder may have lost or gained images since.
     where = data_dir if moved else saved["dataset"].removeprefix("folder:")
     found = (list(train_set.classes), len(train_set), len(test_set))
