@@ -184,3 +184,34 @@ def test_top_k_below_one_is_refused_and_above_the_classes_gives_them_all(trained
     [pred] = predict_images(model, config, [png], top_k=100)
     assert sorted(pred.classes) == sorted(config["classes"])
     assert sum(pred.probabilities) == pytest.approx(1, abs=1e-5)
+
+
+def test_unreadable_images_are_passed_over_in_their_place_when_asked(trained_run, tmp_path):
+    """``on_unreadable``: each unreadable file's error goes to it, in order, at batch edges too and with
+    views decoded by workers, and every other image gets the answer it gets alone."""
+    from resnetlab.data import DataError, load_split
+    from resnetlab.predict import iter_predictions
+
+    model, config = load_model(trained_run)
+    test = load_split("fashion-mnist", "test", None, limit=20, seed=0)
+    paths, bad = [], {0, 7, 8, 19}
+    for i, image in enumerate(test.images):
+        paths.append(tmp_path / f"{i:02d}.png")
+        if i in bad:
+            paths[-1].write_bytes(b"not a PNG")
+        else:
+            Image.fromarray(image[0].numpy()).save(paths[-1])
+    errors = []
+    answers = list(iter_predictions(model, config, paths, 3, "cpu", views="scales", batch_size=8, workers=2,
+                                    on_unreadable=errors.append))
+    good = [p for i, p in enumerate(paths) if i not in bad]
+    assert [a.path for a in answers] == [str(p) for p in good]
+    assert [str(e).split(" ", 1)[0] for e in errors] == [str(paths[i]) for i in sorted(bad)]
+    alone = iter_predictions(model, config, good, 3, "cpu", views="scales", batch_size=8, workers=0)
+    for a, b in zip(answers, alone, strict=True):
+        assert a.classes == b.classes and a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+    # Without it, the first unreadable file stops the answers, after those before it.
+    stopped = iter_predictions(model, config, paths[1:], 3, "cpu", batch_size=8, workers=0)
+    assert [next(stopped).path for _ in range(6)] == [str(p) for p in paths[1:7]]
+    with pytest.raises(DataError, match="07.png is not a readable image"):
+        next(stopped)

@@ -13,7 +13,7 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from . import __version__
@@ -602,9 +602,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     views, scales = _views(args)
     # A folder of photos may hold a damaged one: every other image is still answered, and the run fails at the end.
     unreadable = []
-    answers = _answers_past_unreadable(
-        lambda paths: iter_predictions(model, config, paths, top_k, device, views=views, scales=scales, workers=args.workers),
-        images, unreadable, say=len(images) > 1)
+
+    def passed_over(error: DataError) -> None:
+        if len(images) > 1:  # one image alone: its error is the command's
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        unreadable.append(str(error))
+
+    answers = iter_predictions(model, config, images, top_k, device, views=views, scales=scales, workers=args.workers,
+                               on_unreadable=passed_over)
     if args.csv is None:
         for pred in answers:
             # A file name that is not UTF-8 is shown with a stand-in for its odd bytes: a UTF-8 terminal refuses them.
@@ -677,28 +682,6 @@ def _write_csv(path: Path, answers: Iterable, top_k: int) -> int:
     except NoAnswers:
         pass
     return count
-
-
-def _answers_past_unreadable(answer: Callable[[list[str]], Iterator], images: list[str], unreadable: list[str],
-                             say: bool) -> Iterator:
-    """``answer(paths)``'s predictions for every image of ``images`` that can be read. ``answer`` stops at
-    one that cannot, with a DataError naming it, after the answers before it: that image goes into
-    ``unreadable`` (its error printed if ``say``) and the answers go on from the image after it."""
-    from .data import DataError
-
-    start = 0
-    while start < len(images):
-        answered = 0
-        try:
-            for prediction in answer(images[start:]):
-                answered += 1
-                yield prediction
-            return
-        except DataError as e:
-            if say:
-                print(f"error: {e}", file=sys.stderr, flush=True)
-            unreadable.append(str(e))
-            start += answered + 1
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -304,15 +304,18 @@ class FolderLoader(DeviceLoader):
 
 
 def decode_in_workers(dataset: torch.utils.data.Dataset, collate_fn: Callable = default_collate,
-                      **kwargs) -> Iterator:
+                      errors_in_batch: bool = False, **kwargs) -> Iterator:
     """The batches of a ``DataLoader`` over ``dataset`` (``kwargs`` are its own).
 
     A file a worker cannot read stops the iteration with that file's own ``DataError`` (one line),
-    instead of the DataLoader's copy of it, which carries the worker's traceback in its message.
+    instead of the DataLoader's copy of it, which carries the worker's traceback in its message. With
+    ``errors_in_batch`` the error takes the item's place in its batch instead (``collate_fn`` must
+    take it, as ``list`` does), and the iteration goes on.
     """
     from .data import DataError
 
-    loader = torch.utils.data.DataLoader(_Reporting(dataset), collate_fn=partial(_collate_reported, collate_fn), **kwargs)
+    collate = collate_fn if errors_in_batch else partial(_collate_reported, collate_fn)
+    loader = torch.utils.data.DataLoader(_Reporting(dataset), collate_fn=collate, **kwargs)
     for batch in loader:
         if isinstance(batch, DataError):
             raise batch

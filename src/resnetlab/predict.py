@@ -9,10 +9,10 @@ evaluation's, imported from there.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from torch import nn
 
 from .evaluate import check_views, eval_mode, view_batches, view_probabilities, view_scales
 from .loader import normalize
+
+if TYPE_CHECKING:
+    from .data import DataError
 
 
 @dataclass
@@ -67,11 +70,13 @@ def iter_predictions(
     model: nn.Module, config: dict, paths: ImageFile | Iterable[ImageFile], top_k: int = 3,
     device: torch.device | str | None = None, names: Sequence[str] | None = None, views: str | None = None,
     scales: Sequence[int] | None = None, batch_size: int = 64, workers: int | None = None,
+    on_unreadable: Callable[[DataError], None] | None = None,
 ) -> Iterator[Prediction]:
     """``predict_images``, a batch at a time, so that a folder of any size fits in memory and each
     answer comes as soon as its batch is done; ``workers`` decode in parallel (default one a CPU,
     up to 16, for more than one batch of files). A file that cannot be read stops the iteration with
-    a ``DataError`` naming it, after the answers for the batches before it."""
+    a ``DataError`` naming it, after the answers for the images before it; or, given
+    ``on_unreadable``, that error goes to it and the other images are answered."""
     from .data import DataError
     from .loader import decode_in_workers, default_workers
 
@@ -91,20 +96,20 @@ def iter_predictions(
     items = _ImageViews(paths, config, views, view_scales(config["image_size"], scales))
 
     done = 0
-    batches = iter(decode_in_workers(items, list, batch_size=batch_size, num_workers=workers))
     with eval_mode(model):
-        while done < len(paths):
-            try:
-                images = next(batches)
-            except DataError:
-                # One file of the batch is unreadable: answer those before it, one by one, until it fails again here.
-                for i in range(done, min(done + batch_size, len(paths))):
-                    yield from _rank(view_probabilities(model, [items[i]], config["mean"], config["std"], device),
-                                     labels[i:i + 1], config["classes"], top_k)
-                raise
-            probs = view_probabilities(model, images, config["mean"], config["std"], device)
-            yield from _rank(probs, labels[done:done + len(images)], config["classes"], top_k)
-            done += len(images)
+        for batch in decode_in_workers(items, list, errors_in_batch=True, batch_size=batch_size, num_workers=workers):
+            # Each item is an image's list of views, or the DataError its file raised.
+            readable = [i for i, image in enumerate(batch) if not isinstance(image, DataError)]
+            answers = iter(_rank(view_probabilities(model, [batch[i] for i in readable], config["mean"], config["std"], device),
+                                 [labels[done + i] for i in readable], config["classes"], top_k) if readable else [])
+            for image in batch:  # in the order given, an unreadable image in its place
+                if not isinstance(image, DataError):
+                    yield next(answers)
+                elif on_unreadable is None:
+                    raise image
+                else:
+                    on_unreadable(image)
+            done += len(batch)
 
 
 def _device_of(model: nn.Module) -> torch.device:
