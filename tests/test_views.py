@@ -144,6 +144,10 @@ def test_predict_averages_the_same_views_as_eval(folder_run, capsys):
     with pytest.raises(SystemExit):
         main(["eval", str(folder_run), "--scales", "24", "big"])
     assert "resnetlab eval" in (err := capsys.readouterr().err) and "expected image sides in pixels, got 'big'" in err
+    for side in ("-5", "nan", "2.5"):  # a mistyped side on predict is no image's name ("-5 does not exist" before)
+        with pytest.raises(SystemExit):
+            main(["predict", str(folder_run), str(held_out[0][0]), "--scales", side])
+        assert f"expected image sides in pixels, got '{side}'" in capsys.readouterr().err
 
 
 def test_the_prediction_page_averages_the_views_it_was_started_with(folder_run):

@@ -840,11 +840,20 @@ def _scale_sides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         return
     sides = list(itertools.takewhile(lambda v: v.isascii() and v.isdigit(), args.scales))
     rest = args.scales[len(sides):]
-    if rest and args.command == "predict":
+    if rest and args.command == "predict" and not (_is_number(rest[0]) and not Path(rest[0]).exists()):
         args.inputs += rest
     elif rest:
         _own_parser(parser, args.command).error(f"argument --scales: expected image sides in pixels, got {rest[0]!r}")
     args.scales = [int(v) for v in sides]
+
+
+def _is_number(text: str) -> bool:
+    """Whether ``text`` reads as a number (-5, 2.5, nan): a side mistyped, not an image's name."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _unknown_arguments(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> None:
