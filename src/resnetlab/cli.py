@@ -606,7 +606,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     def passed_over(error: DataError) -> None:
         if len(images) > 1:  # one image alone: its error is the command's
             print(f"error: {error}", file=sys.stderr, flush=True)
-        unreadable.append(str(error))
+        unreadable.append(error)
 
     answers = iter_predictions(model, config, images, top_k, device, views=views, scales=scales, workers=args.workers,
                                on_unreadable=passed_over)
@@ -620,7 +620,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if count:
             print(f"{count} image{'s' if count != 1 else ''} classified: {args.csv}")
     if len(images) == 1 and unreadable:
-        raise DataError(unreadable[0])
+        raise unreadable[0]
     if unreadable:
         rest = len(images) - len(unreadable)
         outcome = (f"the other {rest} {'were' if rest != 1 else 'was'} classified" if rest else
