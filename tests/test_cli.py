@@ -183,6 +183,17 @@ def test_debug_flag_works_after_the_command(capsys):
         main(["summary", "resnet5O", "--debug"])
 
 
+def test_a_ctrl_c_in_the_tear_down_ends_the_program_without_a_traceback():
+    """The second Ctrl-C of an impatient user often lands in the interpreter's exit (torch's finalizers)."""
+    script = ("import atexit, os, signal, sys\n"
+              "from resnetlab import cli\n"
+              "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+              "sys.argv = ['resnetlab', 'models', 'resnet20']\n"
+              "cli.run()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -2 and "resnet20" in done.stdout and "Traceback" not in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize(("rank", "said"), [("0", "stopped at step 3; continue with: resnetlab train --resume"), ("1", "")])
 def test_a_stopped_run_is_reported_by_process_0_alone(rank, said, tmp_path, capsys, monkeypatch):
     """Under torchrun every process is stopped; one line, not one a process."""

@@ -1,7 +1,5 @@
 """``python -m resnetlab``: the same command line as the ``resnetlab`` script."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

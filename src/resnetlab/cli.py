@@ -12,6 +12,7 @@ import errno
 import itertools
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -932,5 +933,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """The ``resnetlab`` program (and ``python -m resnetlab``): ``main()`` with its status as the exit code."""
+    status = main()
+    # What is left is the interpreter's tear-down (worker processes, torch's finalizers): a Ctrl-C there,
+    # often the second of an impatient user, ends the process at once rather than printing a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
