@@ -183,6 +183,28 @@ def test_debug_flag_works_after_the_command(capsys):
         main(["summary", "resnet5O", "--debug"])
 
 
+CUDA_OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB of which 1.25 GiB "
+            "is free. Process 12 has 77.85 GiB memory in use. Of the allocated memory 76.10 GiB is allocated by PyTorch. "
+            "If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+
+
+def test_running_out_of_memory_says_how_much_and_which_flag_needs_less(capsys, monkeypatch):
+    import torch
+
+    from resnetlab import cli
+
+    code, _, err = run(capsys, "summary", "resnet20", "--num-classes", str(10**11))  # a 25.6 TB classifier
+    assert code == 2 and err == "error: out of memory (tried to allocate 25,600.0 GB): a smaller --input-size (or --num-classes) needs less\n"
+
+    def too_big(args):
+        raise torch.cuda.OutOfMemoryError(CUDA_OOM)
+
+    monkeypatch.setitem(cli.COMMANDS, "train", too_big)
+    code, _, err = run(capsys, "train", "--steps", "1")
+    assert code == 2 and err == ("error: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB "
+                                 "of which 1.25 GiB is free: a smaller --batch-size (or --image-size) needs less\n")
+
+
 def test_a_ctrl_c_in_the_tear_down_ends_the_program_without_a_traceback():
     """The second Ctrl-C of an impatient user often lands in the interpreter's exit (torch's finalizers)."""
     script = ("import atexit, os, signal, sys\n"

@@ -12,6 +12,7 @@ import errno
 import itertools
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Iterable
@@ -883,6 +884,24 @@ def _expand_home(args: argparse.Namespace) -> None:
             setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
 
 
+# What needs less memory, by command: the allocator's own message names no flag.
+_SMALLER = {"train": "a smaller --batch-size (or --image-size)", "reproduce": "a smaller --batch-size",
+            "bench": "a smaller --batch-size (or --image-size)", "summary": "a smaller --input-size (or --num-classes)"}
+
+
+def _out_of_memory(e: Exception, command: str) -> str | None:
+    """The allocator's failure said plainly with what to change, or None if ``e`` is no such failure."""
+    text = str(e)
+    if not isinstance(e, RuntimeError) or not ("out of memory" in text or "can't allocate memory" in text):
+        return None
+    cpu = re.search(r"tried to allocate (\d+) bytes", text)
+    if cpu:
+        what = f"out of memory (tried to allocate {int(cpu.group(1)) / 1e9:,.1f} GB)"
+    else:  # CUDA's, MPS's: their first sentences say how much was wanted and free; the rest is allocator tuning
+        what = ". ".join(t for t in text.split(". ")[:3] if "PYTORCH_" not in t).rstrip(".")
+    return f"{what}: {_SMALLER.get(command, 'a smaller model or input')} needs less"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``resnetlab ARGV`` (default ``sys.argv[1:]``) and return its exit status: 0, 2 for an error, 130 if stopped."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -920,7 +939,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(str(e), file=sys.stderr)
             return 130
-        message = str(e) or type(e).__name__
+        message = _out_of_memory(e, args.command) or str(e) or type(e).__name__
         if isinstance(e, OSError) and e.filename is not None and e.strerror:
             # Python's "[Errno 13] Permission denied: 'x'" said plainly, with the path first.
             where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else e.filename
