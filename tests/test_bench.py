@@ -115,9 +115,9 @@ def test_bench_model_compares_with_torchvision(tmp_path, capsys):
     (["model", "--model", "ResNet"], "torchvision has no 'ResNet'"),
     (["model", "--image-size", "8"], "--image-size must be at least 32"),
     (["model", "--steps", "0"], "error: --steps must be at least 1, got 0\n"),  # the unset --batch-size not named
-    (["model", "--image-size", "100000"], "--image-size must be at most 8,192 pixels, got 100000"),  # not the allocator's bytes
-    (["decode", "--image-size", "0"], "--image-size must be from 1 to 8,192 pixels, got 0"),
-    (["decode", "--size", "100000"], "--image-size must be from 1 to 8,192 pixels, got 100000"),
+    (["model", "--image-size", "100000"], "--image-size must be from 1 to 8,192 pixels, not 100000"),  # not the allocator's bytes
+    (["decode", "--image-size", "0"], "--image-size must be from 1 to 8,192 pixels, not 0"),
+    (["decode", "--size", "100000"], "--image-size must be from 1 to 8,192 pixels, not 100000"),
 ])
 def test_bench_refuses_what_it_cannot_time(capsys, argv, message):
     assert main(["bench", *argv, "--device", "cpu"] if argv[0] != "decode" else ["bench", *argv]) == 2

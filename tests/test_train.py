@@ -781,7 +781,8 @@ def test_train_config_names_a_value_of_the_wrong_kind(tmp_path):
         # Out of range, named when made rather than when training starts.
         ({"limit_train": 0}, r"limit_train \(--limit-train\) must be at least 1, got 0"),
         ({"workers": -1}, r"workers \(--workers\) must be at least 0"),
-        ({"image_size": 100_000}, r"image_size \(--image-size\) must be at most 8,192 pixels, got 100,000"),
+        ({"image_size": 0}, r"image_size \(--image-size\) must be from 1 to 8,192 pixels, not 0"),
+        ({"image_size": 100_000}, r"image_size \(--image-size\) must be from 1 to 8,192 pixels, not 100000"),
         ({"grad_norm_every": -5}, "grad_norm_every must be at least 0"),
         ({"lr": -0.1}, "lr must be positive and finite, got -0.1"),
         ({"steps": 0}, "steps must be positive"),

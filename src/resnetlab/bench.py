@@ -377,10 +377,9 @@ def bench_model(
         raise ValueError(f"torchvision has no {model_name!r} to compare with; use {', '.join(TORCHVISION_TWINS)}")
     if image_size < 32:  # five halvings leave a map of at least one pixel
         raise ValueError(f"--image-size must be at least 32 for an ImageNet ResNet, got {image_size}")
-    from .data import MAX_SIDE
+    from .data import check_side
 
-    if image_size > MAX_SIDE:
-        raise ValueError(f"--image-size must be at most {MAX_SIDE:,} pixels, got {image_size}")
+    check_side(image_size, "--image-size")
     torch.backends.cudnn.benchmark = True  # same settings for both: this compares the model code alone
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch_size,), device=dev)
@@ -482,10 +481,9 @@ def bench_decode(
 
     from torchvision import transforms as T
 
-    from .data import IMAGE_FORMATS, MAX_SIDE, load_jitter_crop, load_random_crop
+    from .data import IMAGE_FORMATS, check_side, load_jitter_crop, load_random_crop
 
-    if not 1 <= size <= MAX_SIDE:
-        raise ValueError(f"--image-size must be from 1 to {MAX_SIDE:,} pixels, got {size}")
+    check_side(size, "--image-size")
     if count < 1 or repeat < 1:
         raise ValueError("--count and --repeat must be at least 1")
     jitter = (round(size * 8 / 7), round(size * 15 / 7))  # 256-480 for 224

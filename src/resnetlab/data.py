@@ -112,6 +112,17 @@ _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"
 _ImageT = TypeVar("_ImageT", torch.Tensor, Image.Image)  # check_proportions returns what it is given
 
 
+MAX_SIDE = 8192  # pixels: one RGB image this size is 800 MB as float32, and a batch of them tens of GB
+
+
+def check_side(side: int, name: str) -> int:
+    """``side`` when it is an image side resnetlab takes (1 to ``MAX_SIDE`` pixels), else a ValueError
+    naming the argument (or flag) ``name``: a side of 100,000 would fill the machine's memory rather than fail."""
+    if not 1 <= side <= MAX_SIDE:
+        raise ValueError(f"{name} must be from 1 to {MAX_SIDE:,} pixels, not {side}")
+    return side
+
+
 class DataError(ResnetlabError):
     """A data problem the user can fix; the message names the file, the problem and the remedy."""
 
@@ -253,8 +264,8 @@ def get_dataset(
     """
     if channels not in (None, 1, 3):
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), not {channels!r}")
-    if image_size is not None and not 1 <= image_size <= MAX_SIDE:
-        raise DataError(f"image size must be from 1 to {MAX_SIDE:,} pixels, not {image_size!r}")
+    if image_size is not None:
+        check_side(image_size, "image_size")
     name = resolve_dataset(name, root)
     if name.startswith("folder:"):
         return _load_folder(name, split, image_size, channels, val_fraction, seed)
@@ -1246,7 +1257,6 @@ def _split_class(files: list[str], name: str, val_fraction: float, seed: int) ->
 IN_MEMORY_BYTES = 4 << 30  # folders whose decoded pixels fit in this stay in memory; bigger ones stream
 FOLDER_IMAGE_SIZE = 64  # the side folder images are resized to unless told
 IMAGENET_IMAGE_SIZE = 224  # the same with a scaling recipe (imagenet, he2015-imagenet)
-MAX_SIDE = 8192  # pixels: one RGB image this size is 800 MB as float32, and a batch of them tens of GB
 
 
 def load_split(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None,
@@ -1306,9 +1316,7 @@ def folder_sizes(dataset: str, image_size: int | None, recipe: Recipe) -> tuple[
         return image_size, None
     if recipe.scale_crop is None and recipe.scale_jitter is None:
         return FOLDER_IMAGE_SIZE if image_size is None else image_size, None
-    size = IMAGENET_IMAGE_SIZE if image_size is None else image_size
-    if not 1 <= size <= MAX_SIDE:
-        raise ValueError(f"--image-size must be from 1 to {MAX_SIDE:,} pixels, not {size}")
+    size = check_side(IMAGENET_IMAGE_SIZE if image_size is None else image_size, "--image-size")
     return size, round(size / 0.875)
 
 

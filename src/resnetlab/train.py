@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__, distributed, runs
-from .data import MAX_SIDE, DataError, fingerprint, found_elsewhere, folder_sizes, load_splits, reload_sizes, resolve_dataset
+from .data import DataError, check_side, fingerprint, found_elsewhere, folder_sizes, load_splits, reload_sizes, resolve_dataset
 from .devices import check_device_name, kernel_choices, pick_device, seed_everything, uses_channels_last
 from .errors import ResnetlabError
 from .evaluate import EvalResult, evaluate, statistics_note
@@ -95,7 +95,7 @@ class TrainConfig:
             raise ValueError(f"eval_every (--eval-every) must be at least 1, got {self.eval_every}")
         if not 0 <= self.seed < 2**32:  # torch's range; its own message names no flag
             raise ValueError(f"seed (--seed) must be from 0 to 2**32 - 1, got {self.seed}")
-        for name, least in (("limit_train", 1), ("limit_test", 1), ("image_size", 1), ("workers", 0), ("grad_norm_every", 0)):
+        for name, least in (("limit_train", 1), ("limit_test", 1), ("workers", 0), ("grad_norm_every", 0)):
             value = getattr(self, name)
             if value is not None and value < least:
                 flag = f" (--{name.replace('_', '-')})" if name != "grad_norm_every" else ""  # experiments set it, no flag
@@ -107,8 +107,8 @@ class TrainConfig:
                 str(value or "").encode()
             except UnicodeEncodeError:
                 raise ValueError(f"{name} {str(value)!r} has a name that is not text (UTF-8): {fix}") from None
-        if self.image_size is not None and self.image_size > MAX_SIDE:
-            raise ValueError(f"image_size (--image-size) must be at most {MAX_SIDE:,} pixels, got {self.image_size:,}")
+        if self.image_size is not None:
+            check_side(self.image_size, "image_size (--image-size)")
         resolve_recipe(self)  # the recipe's ranges (lr, steps, ...) and names, checked now rather than when training starts
 
 
