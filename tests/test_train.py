@@ -139,6 +139,45 @@ def test_deterministic_kernels_hold_for_the_run_and_the_process_gets_its_setting
 
 
 @needs_fashion
+def test_a_run_leaves_the_callers_random_draws_and_grad_mode_as_they_were(tmp_path):
+    """A random search draws each trial's learning rate, trains, draws the next: the runs' seeding must not
+    make it draw the same rate again. And a notebook may train under torch.no_grad() or inference_mode()."""
+    import random
+
+    import numpy as np
+
+    def draws():
+        return random.random(), np.random.rand(), torch.rand(1).item()
+
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    expected = [draws() for _ in range(4)]
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    seen = [draws()]
+    with torch.no_grad():
+        assert train(tiny(tmp_path, "first", steps=4, limit_test=64)).steps == 4
+        assert not torch.is_grad_enabled()
+    seen.append(draws())
+    with torch.inference_mode(), pytest.raises(Interrupted):
+        train(tiny(tmp_path, "stopped", steps=4, limit_test=64), stop_at=2)
+    seen.append(draws())
+    assert resume(tmp_path / "stopped", device="cpu", progress=False).steps == 4
+    seen.append(draws())
+    assert seen == expected
+
+
+@needs_fashion
+def test_a_sweep_that_goes_on_past_failing_runs_still_stops_when_a_run_is_stopped(tmp_path):
+    """A stopped run is a KeyboardInterrupt, as Ctrl-C is, so ``except Exception`` does not swallow it."""
+    with pytest.raises(Interrupted):
+        for seed in (1, 2):
+            try:
+                train(tiny(tmp_path, f"seed{seed}", seed=seed, steps=4, limit_test=64), stop_at=2)
+            except Exception:
+                continue
+    assert runs.load_checkpoint(tmp_path / "seed1")["step"] == 2 and not (tmp_path / "seed2").exists()
+
+
+@needs_fashion
 def test_a_run_too_short_for_its_warm_up_says_so_when_it_starts(tmp_path, capsys):
     train(tiny(tmp_path, recipe="he2016-preact", steps=8))
     assert "note: recipe he2016-preact holds lr 0.01 for its first 400 steps, up to the lr drop at step 4" in capsys.readouterr().err

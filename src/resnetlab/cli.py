@@ -884,6 +884,22 @@ def _expand_home(args: argparse.Namespace) -> None:
             setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
 
 
+def _say_stopped(e: KeyboardInterrupt, command: str) -> None:
+    """Tell how a stopped command goes on: a run's resume command, said once under torchrun."""
+    trainer = sys.modules.get("resnetlab.train")  # a run stopped only if the trainer was loaded
+    if trainer is None or not isinstance(e, trainer.Interrupted):
+        print("interrupted", file=sys.stderr)
+        return
+    from .distributed import world_from_env
+
+    if not world_from_env().is_main:  # one of several torchrun processes: process 0 says it
+        return
+    if command == "reproduce":  # its runs resume when the experiment is run again
+        print(f"stopped at step {e.step} of {e.run_dir}; the same command again continues the experiment", file=sys.stderr)
+    else:
+        print(str(e), file=sys.stderr)
+
+
 # What needs less memory, by command: the allocator's own message names no flag.
 _SMALLER = {"train": "a smaller --batch-size (or --image-size)", "reproduce": "a smaller --batch-size",
             "bench": "a smaller --batch-size (or --image-size)", "summary": "a smaller --input-size (or --num-classes)"}
@@ -917,8 +933,8 @@ def main(argv: list[str] | None = None) -> int:
     _expand_home(args)
     try:
         COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C, or a run that stopped on it (train.Interrupted: saved, resumable)
+        _say_stopped(e, args.command)
         return 130
     except BrokenPipeError:  # `resnetlab models | head`: the reader has gone, which is no error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush stays quiet
@@ -926,19 +942,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # every failure reaches the user as one line; --debug shows the rest
         if args.debug:
             raise
-        from .train import Interrupted
-
-        if isinstance(e, Interrupted):
-            from .distributed import world_from_env
-
-            if not world_from_env().is_main:  # one of several torchrun processes: process 0 says it
-                return 130
-            if args.command == "reproduce":  # its runs resume when the experiment is run again
-                print(f"stopped at step {e.step} of {e.run_dir}; the same command again continues the experiment",
-                      file=sys.stderr)
-            else:
-                print(str(e), file=sys.stderr)
-            return 130
         message = _out_of_memory(e, args.command) or str(e) or type(e).__name__
         if isinstance(e, OSError) and e.filename is not None and e.strerror:
             # Python's "[Errno 13] Permission denied: 'x'" said plainly, with the path first.

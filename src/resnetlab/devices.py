@@ -61,14 +61,31 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def seed_everything(seed: int) -> None:
-    """Seed every generator a run draws from: Python's, numpy's and torch's (on every device)."""
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Within the block, every generator a run draws from seeded with ``seed``: Python's, NumPy's and
+    torch's (on every device). On the way out the caller's states come back, so that a script's own
+    draws (a random search's next learning rate) go on as if no run had been trained in between.
+
+    The GPU's generator is put back when CUDA was in use before the block; otherwise there is nothing
+    of the caller's to keep, and reading it would start CUDA on a machine that trains on the CPU.
+    """
     import numpy as np
     import torch
 
+    kept = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    gpu = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(kept[0])
+        np.random.set_state(kept[1])
+        torch.set_rng_state(kept[2])
+        if gpu is not None:
+            torch.cuda.set_rng_state(gpu)
 
 
 @contextmanager

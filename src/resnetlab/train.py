@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import __version__, distributed, runs
 from .data import DataError, check_side, fingerprint, found_elsewhere, folder_sizes, load_splits, reload_sizes, resolve_dataset
-from .devices import check_device_name, kernel_choices, pick_device, seed_everything, uses_channels_last
+from .devices import check_device_name, kernel_choices, pick_device, seeded, uses_channels_last
 from .errors import ResnetlabError
 from .evaluate import EvalResult, evaluate, statistics_note
 from .loader import DeviceLoader, channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, scaled_jitter, stats_sample
@@ -129,8 +129,12 @@ class TrainResult:
         return self.test.accuracy if self.test else None
 
 
-class Interrupted(Exception):
-    """Training stopped early (Ctrl-C or ``stop_at``) after saving a resumable checkpoint."""
+class Interrupted(KeyboardInterrupt):
+    """Training stopped early (Ctrl-C or ``stop_at``) after saving a resumable checkpoint.
+
+    A ``KeyboardInterrupt``, as Ctrl-C's own is: a sweep that catches ``Exception`` around each run
+    to go on past a failing one still stops when its user asks it to.
+    """
 
     def __init__(self, run_dir: Path, step: int, processes: int = 1) -> None:
         super().__init__(f"stopped at step {step}; continue with: {_resume_command(run_dir, processes)}")
@@ -192,6 +196,10 @@ def resolve_recipe(config: TrainConfig) -> Recipe:
     return recipe
 
 
+# Training needs autograd whatever mode the caller is in: a notebook's earlier cell may have left
+# torch.set_grad_enabled(False), or the call may sit inside torch.no_grad() or torch.inference_mode().
+@torch.inference_mode(False)
+@torch.enable_grad()
 def train(config: TrainConfig | None = None, stop_at: int | None = None, **overrides) -> TrainResult:
     """Train a model as ``config`` says and write its run directory.
 
@@ -199,9 +207,10 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     ``stop_at`` ends the run after that many steps by raising ``Interrupted``, leaving it resumable
     (beyond the run's last step it changes nothing).
 
-    As any seeded trainer does, it seeds Python's, NumPy's and torch's global generators with the run's
-    seed; ``deterministic=True`` also switches torch to deterministic algorithms while the run trains (a
-    switch of the whole process, put back as it was when the run ends).
+    The run draws from Python's, NumPy's and torch's global generators, seeded with its seed; when it
+    ends they are put back as they were, so the caller's own draws go on undisturbed. ``deterministic=True``
+    also switches torch to deterministic algorithms while the run trains (a switch of the whole process,
+    put back as it was too).
     """
     if config is not None and not isinstance(config, TrainConfig):
         raise TypeError(f"train takes a TrainConfig, not {type(config).__name__} (a dict's fields go as keywords: train(**fields))")
@@ -271,8 +280,8 @@ def _build_model(config: TrainConfig, data: _Data) -> tuple[nn.Module, dict]:
     so that a bad name, unusable weights or images of a size the model cannot take fail first."""
     model_kwargs = {"num_classes": len(data.train_set.classes), "in_chans": data.channels, **weights_layout(config.weights),
                     **config.model_kwargs}
-    seed_everything(config.seed)  # first, so that the model's fresh layers start as the seed says
-    model = create_model(config.model, weights=config.weights, **model_kwargs)
+    with seeded(config.seed):  # the model's fresh layers start as the seed says
+        model = create_model(config.model, weights=config.weights, **model_kwargs)
     if model.fixed_input_size not in (None, data.image_size):
         side = model.fixed_input_size
         raise ValueError(f"{config.model} takes {side}x{side} images (its head flattens a 2x2 map, as Keras's layout does), "
@@ -345,6 +354,8 @@ def _check_stop_at(stop_at: int | None, step: int) -> None:
         raise ValueError(f"stop_at must be a step after {step} ({where}), got {stop_at!r}")
 
 
+@torch.inference_mode(False)
+@torch.enable_grad()
 def resume(run_dir: str | Path, device: str | torch.device = "auto", progress: bool = True, stop_at: int | None = None,
            workers: int | None = None, data_dir: str | None = None) -> TrainResult:
     """Continue a run from its last checkpoint, with the same data, recipe and randomness.
@@ -416,9 +427,8 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
          model: nn.Module | None = None) -> TrainResult:
     """Train from ``checkpoint`` (None: from the first step) to the run's last step, or to ``stop_at``."""
     recipe = Recipe.from_dict(saved["recipe"])
-    seed_everything(saved["seed"])
     # The graphed step is captured as the run is set up, so the kernel choices hold from here on.
-    with kernel_choices(device, saved["deterministic"]):
+    with seeded(saved["seed"]), kernel_choices(device, saved["deterministic"]):
         channels_last = uses_channels_last(device)
         if model is None:  # resuming: the checkpoint's weights replace these
             model = runs.build_model(saved)
@@ -465,6 +475,8 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                 _end_epoch(run, row, board, last)
                 if stop_now and not last:
                     raise Interrupted(run_dir, run.step, world.size)
+        except Interrupted:
+            raise
         except KeyboardInterrupt:
             # A second Ctrl-C, or several processes (the others may be inside a collective): the step under way
             # may be half done (batch norms updated, weights not), so the last checkpoint stays as it is.
