@@ -225,3 +225,22 @@ def test_save_figure_writes_png_and_svg(tmp_path):
         assert image.format == "PNG" and image.info["dpi"] == pytest.approx((150, 150), abs=0.02)  # PNG stores dots per metre
     svg = paths[1].read_text()
     assert ET.fromstring(svg).tag.endswith("svg") and "<dc:date>" not in svg  # no date: the same figure, the same file
+
+
+def test_plotting_leaves_the_callers_matplotlib_backend_unchosen(tmp_path):
+    """A script that plots runs and then calls plt.show() gets its own window: importing and drawing
+    choose no backend (drawing on Figure objects needs none)."""
+    import os
+    import subprocess
+    import sys
+
+    make_run(tmp_path, "a")
+    script = ("import matplotlib, sys\n"
+              "from resnetlab.plots import plot_runs\n"
+              "plot_runs([sys.argv[1]], sys.argv[2])\n"
+              "print(matplotlib.rcParams._get_backend_or_none())\n")
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "a"), str(tmp_path / "curves")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "None\n" and (tmp_path / "curves.png").stat().st_size > 0

@@ -2,29 +2,23 @@
 
 Every figure is saved twice by ``save_figure``: PNG to look at, SVG to put in a paper or a page.
 Figures are built with ``matplotlib.figure.Figure`` rather than pyplot, so drawing keeps no global
-state and leaks no open figures however many an experiment makes.
+state, leaks no open figures however many an experiment makes, and needs no display: the caller's
+backend (a notebook's, a script's ``plt.show()``) is left as it was.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import EngFormatter, MaxNLocator
 
-# Render without a display, unless the caller already chose a backend (a notebook, $MPLBACKEND).
-if "matplotlib.pyplot" not in sys.modules and "MPLBACKEND" not in os.environ:
-    matplotlib.use("Agg")
-
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import EngFormatter, MaxNLocator  # noqa: E402
-
-from .runs import CONFIG, read_metrics  # noqa: E402
+from .runs import CONFIG, read_metrics
 
 _SUFFIXES = (".png", ".svg", ".csv", ".pdf")
 _X_LABELS = {"step": "iterations", "epoch": "epochs"}
