@@ -228,12 +228,12 @@ def test_numpy_numbers_and_any_sequence_are_taken_as_plain_ints():
     assert [len(s) for s in m.stages()] == [1, 2] and m.num_features == 16
     assert m(torch.randn(1, 3, 8, 8)).shape == (1, 3)
     for bad in ({"num_classes": True}, {"num_classes": 2.0}, {"layers": "11"}, {"layers": np.array([1.0, 2.0])}):
-        with pytest.raises(ValueError, match="must be"):
+        with pytest.raises(TypeError, match="must be"):  # the wrong kind of value, as Python names it
             ResNet(**{"block": BasicBlock, "layers": [1, 1], "widths": [8, 16], **bad})
 
 
 def test_torchvisions_positional_num_classes_is_explained():
-    with pytest.raises(ValueError, match="third argument is widths.*num_classes=10 by keyword"):
+    with pytest.raises(TypeError, match="third argument is widths.*num_classes=10 by keyword"):
         ResNet(BasicBlock, [2, 2, 2, 2], 10)
 
 
@@ -271,7 +271,7 @@ def test_options_that_repeat_a_name_or_leave_it_free_still_build():
     assert not on_meta("plain20", residual=False).residual
     assert on_meta("resnet18", order="preact").preact  # resnet18 leaves the order free
     assert [len(s) for s in on_meta("resnet110", block="bottleneck").stages()] == [12, 12, 12]  # and CIFAR nets the block
-    with pytest.raises(ValueError, match="no resnet18 option depht") as error:
+    with pytest.raises(TypeError, match="no resnet18 option depht") as error:
         on_meta("resnet18", depht=18)
     options = str(error.value).split("the options are ")[1].split(", ")
     assert "widths" in options and not {"block", "layers"} & set(options)

@@ -811,10 +811,14 @@ def test_the_papers_warm_up_is_for_the_110_layer_nets_and_deeper(tmp_path):
 
 
 def test_train_config_names_a_value_of_the_wrong_kind(tmp_path):
-    for fields, message in [
-        ({"limit_train": "100"}, "limit_train must be"),
-        ({"seed": 1.5}, "seed must be"),
+    for fields, message in [  # the wrong kind: TypeError, as Python and PyTorch raise
+        ({"limit_train": "100"}, "limit_train must be a whole number or null, not '100'"),
+        ({"seed": 1.5}, "seed must be a whole number, not 1.5"),
         ({"model_kwargs": [("order", "preact")]}, "model_kwargs must be a dict"),
+    ]:
+        with pytest.raises(TypeError, match=message):
+            TrainConfig(**fields)
+    for fields, message in [
         ({"device": "gpu"}, "unknown device 'gpu'"),
         ({"eval_every": 0}, r"eval_every \(--eval-every\) must be at least 1"),
         # Out of range, named when made rather than when training starts.

@@ -263,7 +263,7 @@ def get_dataset(
     resize and convert the images; otherwise they keep their stored size and colours.
     """
     if channels not in (None, 1, 3):
-        raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), not {channels!r}")
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), not {channels!r}")
     if image_size is not None:
         check_side(image_size, "image_size")
     name = resolve_dataset(name, root)

@@ -93,7 +93,7 @@ class ResNet(nn.Module):
         out_indices: Sequence[int] | None = None,
     ) -> None:
         if is_integer(widths):
-            raise ValueError(f"ResNet's third argument is widths (each stage's planes), not num_classes as in "
+            raise TypeError(f"ResNet's third argument is widths (each stage's planes), not num_classes as in "
                              f"torchvision's ResNet: pass num_classes={widths} by keyword")
         # Every argument as passed (locals() holds nothing else yet): options typed on the command line get
         # checked, and NumPy numbers and arrays become the ints and lists that the layers and configs expect.
@@ -527,7 +527,7 @@ def _check_options(name: str, builder: Callable[..., ResNet], options: dict, fix
         "self", "kwargs", "overrides", *fixed}
     unknown = sorted(set(options) - known - set(fixed))
     if unknown:
-        raise ValueError(f"no {name} option {', '.join(unknown)}; the options are {', '.join(sorted(known))}")
+        raise TypeError(f"no {name} option {', '.join(unknown)}; the options are {', '.join(sorted(known))}")
     return {k: v for k, v in options.items() if k not in fixed}
 
 

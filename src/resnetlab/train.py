@@ -84,7 +84,7 @@ class TrainConfig:
             self.weights = weights_name(self.weights, self.model)
         for name in ("model_kwargs", "recipe_overrides"):
             if not isinstance(getattr(self, name), Mapping):
-                raise ValueError(f"{name} must be a dict of option names and values, not {getattr(self, name)!r}")
+                raise TypeError(f"{name} must be a dict of option names and values, not {getattr(self, name)!r}")
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
         for name, value in check_types(TrainConfig, fields).items():
             # NumPy's numbers become Python's (config.json holds those); an int given for a float stays an int.

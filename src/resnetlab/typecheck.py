@@ -25,7 +25,8 @@ def _hints(target: Callable) -> dict[str, object]:
 def check_types(target: Callable, values: Mapping[str, object]) -> dict[str, object]:
     """Check ``values`` against ``target``'s type annotations (a function's parameters or a dataclass's
     fields) and return them as plain Python values: NumPy integers as ``int``, ranges and 1-d arrays as
-    lists. Raise ``ValueError`` naming the first value not of its annotation's type. Names without an
+    lists. Raise ``TypeError`` (as Python and PyTorch do for an argument of the wrong kind) naming the
+    first value not of its annotation's type. Names without an
     annotation, and annotations other than bool, int, float, str, None, tuples and sequences of those
     and their unions, are left to ``target``."""
     hints = _hints(target)
@@ -36,7 +37,7 @@ def check_types(target: Callable, values: Mapping[str, object]) -> dict[str, obj
             continue
         plain[name] = _plain(value, hint)
         if plain[name] is _MISMATCH:
-            raise ValueError(f"{name} must be {_describe(hint)}, not {value!r}")
+            raise TypeError(f"{name} must be {_describe(hint)}, not {value!r}")
     return plain
 
 
