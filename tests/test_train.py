@@ -815,6 +815,8 @@ def test_train_config_names_a_value_of_the_wrong_kind(tmp_path):
         ({"limit_train": "100"}, "limit_train must be a whole number or null, not '100'"),
         ({"seed": 1.5}, "seed must be a whole number, not 1.5"),
         ({"model_kwargs": [("order", "preact")]}, "model_kwargs must be a dict"),
+        ({"device": 5}, "device must be text or a torch.device, not 5"),
+        ({"out": 5}, "out must be text or a path or null, not 5"),
     ]:
         with pytest.raises(TypeError, match=message):
             TrainConfig(**fields)

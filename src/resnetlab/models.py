@@ -21,6 +21,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import overload
 
 import torch
 from torch import nn
@@ -67,6 +68,20 @@ class ResNet(nn.Module):
 
     Whole numbers may be NumPy integers, and lists any sequence of them (a tuple, a range, a 1-d array).
     """
+
+    # torchvision's module names, declared so that type checkers take code written for torchvision's
+    # ResNet as it runs: ``model.fc = nn.Linear(model.fc.in_features, 5)``, ``model.maxpool = nn.Identity()``.
+    # CIFAR nets stop at layer3; ``fc`` is an ``nn.Identity`` without classes, and None in a backbone.
+    conv1: nn.Conv2d
+    bn1: nn.Module
+    relu: nn.Module
+    maxpool: nn.Module
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+    avgpool: nn.Module
+    fc: nn.Linear
 
     def __init__(
         self,
@@ -382,14 +397,27 @@ class FeatureInfo(list):
         chosen = self.out_indices if idx is None else idx
         return self[chosen][key] if isinstance(chosen, int) else [self[i][key] for i in chosen]
 
+    # One index gives one answer, and several (or none: the returned maps) a list, as timm's do.
+    @overload
+    def channels(self, idx: int) -> int: ...
+    @overload
+    def channels(self, idx: Sequence[int] | None = None) -> list[int]: ...
     def channels(self, idx: int | Sequence[int] | None = None) -> list[int] | int:
         """The maps' channel counts (default: the returned maps')."""
         return self.get("num_chs", idx)
 
+    @overload
+    def reduction(self, idx: int) -> int: ...
+    @overload
+    def reduction(self, idx: Sequence[int] | None = None) -> list[int]: ...
     def reduction(self, idx: int | Sequence[int] | None = None) -> list[int] | int:
         """How many times smaller than the input each map is, in height and width (its total stride)."""
         return self.get("reduction", idx)
 
+    @overload
+    def module_name(self, idx: int) -> str: ...
+    @overload
+    def module_name(self, idx: Sequence[int] | None = None) -> list[str]: ...
     def module_name(self, idx: int | Sequence[int] | None = None) -> list[str] | str:
         """The modules whose outputs the maps are (see the class)."""
         return self.get("module", idx)

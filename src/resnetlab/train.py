@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -45,7 +46,7 @@ class TrainConfig:
 
     model: str = "resnet20"
     dataset: str = "fashion-mnist"
-    data_dir: str | None = None
+    data_dir: str | os.PathLike | None = None  # paths are kept as text, which config.json holds
     recipe: str | None = None  # None: the model's (recipes.default_recipe: fast; signs-adam for signs_resnet50)
     epochs: float | None = None
     steps: int | None = None
@@ -55,9 +56,9 @@ class TrainConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     image_size: int | None = None  # the side images are resized to (folders: 64 unless told; named datasets: their own)
-    device: str = "auto"
+    device: str | torch.device = "auto"  # kept as text ("cuda:0")
     seed: int = 0
-    out: str | None = None
+    out: str | os.PathLike | None = None
     compile: bool = False
     deterministic: bool = False
     cuda_graph: bool = True  # on CUDA, replay the whole step as one CUDA graph
@@ -68,7 +69,7 @@ class TrainConfig:
     stop_on_divergence: bool = True
     model_kwargs: dict = field(default_factory=dict)
     recipe_overrides: dict = field(default_factory=dict)  # any other recipe field, e.g. {"schedule": "cosine"}
-    weights: str | None = None  # starting weights: a torchvision tag (IMAGENET1K_V2, DEFAULT) or a file
+    weights: str | os.PathLike | Enum | None = None  # starting weights: a torchvision tag (IMAGENET1K_V2, DEFAULT) or a file
     workers: int | None = None  # folder datasets: processes decoding images (default: one a CPU, up to 16)
 
     def __post_init__(self) -> None:
@@ -121,7 +122,7 @@ class TrainResult:
     seconds: float
     test: EvalResult | None
     history: list[dict]
-    model: nn.Module | None = None  # the trained model, on the training device, in eval mode
+    model: nn.Module  # the trained model, on the training device, in eval mode
 
     @property
     def test_accuracy(self) -> float | None:

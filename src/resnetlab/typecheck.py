@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import numbers
 import operator
+import os
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -26,9 +27,8 @@ def check_types(target: Callable, values: Mapping[str, object]) -> dict[str, obj
     """Check ``values`` against ``target``'s type annotations (a function's parameters or a dataclass's
     fields) and return them as plain Python values: NumPy integers as ``int``, ranges and 1-d arrays as
     lists. Raise ``TypeError`` (as Python and PyTorch do for an argument of the wrong kind) naming the
-    first value not of its annotation's type. Names without an
-    annotation, and annotations other than bool, int, float, str, None, tuples and sequences of those
-    and their unions, are left to ``target``."""
+    first value not of its annotation's type. Names without an annotation, and annotations other than
+    classes, tuples, sequences and their unions (``type[X]``, ``Callable``), are left to ``target``."""
     hints = _hints(target)
     plain = dict(values)
     for name, value in values.items():
@@ -90,6 +90,8 @@ def _plain(value: object, hint: object) -> object:
         if any(p is _MISMATCH for p in plain):
             return _MISMATCH
         return tuple(plain) if origin is tuple else plain
+    if isinstance(hint, type):  # any other class (torch.device, os.PathLike): an instance of it
+        return value if isinstance(value, hint) else _MISMATCH
     return value
 
 
@@ -104,4 +106,8 @@ def _describe(hint: object) -> str:
         if origin is tuple and args and args[-1] is not Ellipsis:
             return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
         return f"a list ({_describe(args[0])} each)" if args else "a list"
+    if hint is os.PathLike:
+        return "a path"
+    if isinstance(hint, type):
+        return f"a {hint.__name__}" if hint.__module__ == "builtins" else f"a {hint.__module__}.{hint.__name__}"
     return str(hint)
