@@ -215,3 +215,25 @@ def test_unreadable_images_are_passed_over_in_their_place_when_asked(trained_run
     assert [next(stopped).path for _ in range(6)] == [str(p) for p in paths[1:7]]
     with pytest.raises(DataError, match="07.png is not a readable image"):
         next(stopped)
+
+
+def test_decoded_images_are_predicted_as_their_files_are(trained_run, png):
+    """A notebook holds PIL images and tensors: each is answered as its file is, and named "image N"."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    model, config = load_model(trained_run)
+    [expected] = predict_images(model, config, [png])
+    image = Image.open(png)
+    pixels = pil_to_tensor(image)
+    answers = predict_images(model, config, [image, image.copy(), pixels, png])
+    assert [a.path for a in answers] == [str(png), "image 2", "image 3", str(png)]  # an opened image: its file's name
+    for one in (image, pixels):  # alone, not taken for a sequence of rows
+        answers += predict_images(model, config, one)
+    assert len(answers) == 6
+    for answer in answers:  # in a batch of 4 or 1: the same to float rounding
+        assert answer.classes == expected.classes
+        np.testing.assert_allclose(answer.probabilities, expected.probabilities, rtol=1e-5)
+    batch = torch.stack([pixels, pixels])  # (N, C, H, W): N images
+    assert len(predict_images(model, config, batch)) == 2
+    with pytest.raises(TypeError, match=r"PIL images or \(C, H, W\) tensors, not ndarray: Image.fromarray"):
+        predict_images(model, config, np.asarray(image))

@@ -40,10 +40,11 @@ class Prediction:
 
 
 ImageFile = str | Path | BinaryIO  # a path, or an open binary file (an upload, say)
+Images = ImageFile | Image.Image | torch.Tensor  # what predict_images takes: files, or images already decoded
 
 
 def predict_images(
-    model: nn.Module, config: dict, paths: ImageFile | Iterable[ImageFile], top_k: int = 3,
+    model: nn.Module, config: dict, paths: Images | Iterable[Images], top_k: int = 3,
     device: torch.device | str | None = None, names: Sequence[str] | None = None, views: str | None = None,
     scales: Sequence[int] | None = None,
 ) -> list[Prediction]:
@@ -56,8 +57,9 @@ def predict_images(
     then the centre cropped to ``image_size``. Each image becomes the tensor ``Preprocess`` gives.
 
     ``paths`` are image files or open binary files, or one of them alone; a folder is refused (pass
-    the images in it, ``data.image_files(folder)``). ``names`` labels the predictions, one a file
-    (default: the paths). ``top_k`` is at least 1; more than the model's classes gives them all.
+    the images in it, ``data.image_files(folder)``). Images already decoded are taken as ``Preprocess``
+    takes them: PIL images, and (C, H, W) tensors (a tensor (N, C, H, W) is N of them). ``names``
+    labels the predictions, one an image (default: the paths; "image N", counted from 1, for the others). ``top_k`` is at least 1; more than the model's classes gives them all.
     ``device`` is where the model runs: by default where its parameters are, the model left there;
     another device moves the model there in place (``nn.Module.to``), and it stays there afterwards.
     ``views`` averages each image's probabilities over views of it, as ``evaluate.evaluate_views`` does.
@@ -67,7 +69,7 @@ def predict_images(
 
 @torch.no_grad()
 def iter_predictions(
-    model: nn.Module, config: dict, paths: ImageFile | Iterable[ImageFile], top_k: int = 3,
+    model: nn.Module, config: dict, paths: Images | Iterable[Images], top_k: int = 3,
     device: torch.device | str | None = None, names: Sequence[str] | None = None, views: str | None = None,
     scales: Sequence[int] | None = None, batch_size: int = 64, workers: int | None = None,
     on_unreadable: Callable[[DataError], None] | None = None,
@@ -81,8 +83,9 @@ def iter_predictions(
     from .loader import decode_in_workers, default_workers
 
     # A str and an open file are iterable themselves: their characters, or lines, are no file names.
-    paths = [paths] if isinstance(paths, (str, Path)) or hasattr(paths, "read") else list(paths)
-    labels = [str(p) for p in paths] if names is None else list(names)
+    one = isinstance(paths, (str, Path, Image.Image)) or hasattr(paths, "read") or getattr(paths, "ndim", 0) == 3
+    paths = [_image_or_file(p) for p in ([paths] if one else paths)]
+    labels = [_label(p, i) for i, p in enumerate(paths)] if names is None else list(names)
     if len(labels) != len(paths):
         raise ValueError(f"names: {len(labels)} given for {len(paths)} images; give one name an image, or none")
     if top_k < 1:
@@ -110,6 +113,25 @@ def iter_predictions(
                 else:
                     on_unreadable(image)
             done += len(batch)
+
+
+def _image_or_file(image: Images) -> Image.Image | ImageFile:
+    """An image to predict as the decoder takes it: a tensor as its PIL image, which gets the same answer."""
+    if isinstance(image, torch.Tensor):
+        return _pil_image(image)
+    if isinstance(image, (Image.Image, str, Path)) or hasattr(image, "read"):
+        return image
+    raise TypeError(f"predict_images takes image files (paths or open binary files), PIL images or (C, H, W) tensors, "
+                    f"not {type(image).__name__}" + (": Image.fromarray(array) makes a PIL image of Pillow's layout"
+                                                     if isinstance(image, np.ndarray) else ""))
+
+
+def _label(image: Image.Image | ImageFile, i: int) -> str:
+    """A prediction's default name: the file's path, an open file's name, else "image N" (from 1)."""
+    if isinstance(image, (str, Path)):
+        return str(image)
+    name = getattr(image, "name", None) or getattr(image, "filename", None)  # open files', PIL's of a file
+    return name if isinstance(name, str) and name else f"image {i + 1}"
 
 
 def _device_of(model: nn.Module) -> torch.device:
