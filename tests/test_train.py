@@ -615,6 +615,40 @@ def test_killed_or_out_of_space_while_saving_the_run_can_still_be_resumed(tmp_pa
 
 
 @needs_fashion
+def test_a_run_killed_between_its_last_checkpoint_and_its_weights_gets_its_last_weights_on_resume(tmp_path, monkeypatch):
+    """The resume of a finished run trains nothing, so nothing else would write those weights again."""
+    straight = train(tiny(tmp_path, "straight", steps=16))
+    real_save_weights, saves = runs.save_weights, []
+
+    def killed_at_the_last(model, run_dir):
+        saves.append(run_dir)
+        if len(saves) == 2:  # the end of the second and last epoch
+            raise KeyboardInterrupt
+        real_save_weights(model, run_dir)
+
+    monkeypatch.setattr(runs, "save_weights", killed_at_the_last)
+    with pytest.raises(Interrupted):
+        train(tiny(tmp_path, "killed", steps=16))
+    monkeypatch.undo()
+    assert runs.load_checkpoint(tmp_path / "killed")["step"] == 16
+    assert resume(tmp_path / "killed", progress=False).steps == 16
+    assert_same_weights(straight.run_dir, tmp_path / "killed")
+
+
+@needs_fashion
+def test_tensorboard_events_that_cannot_be_written_are_said_once_and_the_run_goes_on(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "tensorboard").write_text("a file where the events' folder goes")
+    result = train(tiny(tmp_path, steps=16))
+    assert result.steps == 16 and len(runs.read_metrics(out)) == 2
+    err = capsys.readouterr().err
+    assert err.count(f"note: TensorBoard's events cannot be written to {out / 'tensorboard'}") == 1, err
+    assert "metrics.jsonl holds the same numbers" in err
+
+
+@needs_fashion
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_mid_step_stops_after_that_step_and_resumes_to_the_same_weights(tmp_path, monkeypatch, signum):
     """SIGINT (Ctrl-C) or SIGTERM (a scheduler's notice) arriving inside a forward pass (batch norms already

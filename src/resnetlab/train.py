@@ -13,12 +13,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -35,9 +35,6 @@ from .pretrained import input_stats, is_file_spec, weights_layout, weights_name
 from .recipes import Recipe, default_recipe, get_recipe, lr_at, warmup_note
 from .steps import TrainStep, build_train_step
 from .typecheck import check_types, is_integer
-
-if TYPE_CHECKING:
-    from torch.utils.tensorboard import SummaryWriter  # optional: imported where it is used
 
 
 @dataclass
@@ -442,10 +439,14 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         result_test: EvalResult | None = None
         total_steps, steps_per_epoch = saved["total_steps"], saved["steps_per_epoch"]
 
-        board = _tensorboard(run_dir) if world.is_main else None
+        board = _Board(run_dir) if world.is_main else None
         started = time.perf_counter() - run.elapsed
         ctrl_c = _StepEndInterrupt(enabled=world.size == 1)
         try:
+            if run.step == total_steps and world.is_main:
+                # A finished run resumed: a kill between its last checkpoint and its weights (written second)
+                # left the weights an epoch behind, which nothing else would write again.
+                runs.save_weights(model, run_dir)
             while run.step < total_steps:
                 epoch, start_batch = divmod(run.step, steps_per_epoch)
                 epoch_start, resumed_seen = time.perf_counter(), start_batch * recipe.batch_size  # restored sums: not timed here
@@ -631,17 +632,14 @@ def _evaluate_into(row: dict, model: nn.Module, test_loader: DeviceLoader, num_c
     return result
 
 
-def _write_row(run_dir: Path, row: dict, board) -> None:
+def _write_row(run_dir: Path, row: dict, board: _Board | None) -> None:
     """Add the epoch's row to metrics.jsonl, and to TensorBoard's events when it is installed."""
     runs.append_metrics(run_dir, row)
     if board is not None:
-        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s"):
-            if row[key] is not None:
-                board.add_scalar(key, row[key], row["step"])
-        board.flush()
+        board.add(row)
 
 
-def _end_epoch(run: _RunState, row: dict, board, last: bool) -> None:
+def _end_epoch(run: _RunState, row: dict, board: _Board | None, last: bool) -> None:
     """Close the epoch that ``row`` describes: its sums start afresh, its row is written, the run saved, its line printed."""
     run.train_step.reset_sums()  # before saving, so that a run resumed here starts the next epoch's sums at zero
     if run.world.is_main:
@@ -700,13 +698,42 @@ class _StepEndInterrupt:
             signal.signal(s, handler)
 
 
-def _tensorboard(run_dir: Path) -> SummaryWriter | None:
-    """A TensorBoard writer into the run directory when TensorBoard is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # optional: metrics.jsonl always has the same numbers
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+class _Board:
+    """The run's TensorBoard events (in RUN/tensorboard) when TensorBoard is installed. They copy
+    metrics.jsonl's numbers, so a failure to write them (a full disk) is said once and the run goes on
+    without them: the checkpoint's own write says whether the run can go on at all."""
+
+    KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s")
+
+    def __init__(self, run_dir: Path) -> None:
+        self.folder, self.writer = run_dir / "tensorboard", None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # optional
+            return
+        self._guarded(lambda: setattr(self, "writer", SummaryWriter(log_dir=str(self.folder))))
+
+    def add(self, row: dict) -> None:
+        def write() -> None:
+            for key in self.KEYS:
+                if row[key] is not None:
+                    self.writer.add_scalar(key, row[key], row["step"])
+            self.writer.flush()
+
+        if self.writer is not None:
+            self._guarded(write)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self._guarded(self.writer.close)
+
+    def _guarded(self, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except OSError as e:
+            self.writer = None
+            print(f"note: TensorBoard's events cannot be written to {self.folder} ({e.strerror or e}); the run goes on "
+                  f"without them, and {runs.METRICS} holds the same numbers", file=sys.stderr)
 
 
 def _epoch_label(step: int, total_steps: int, steps_per_epoch: int) -> str:
