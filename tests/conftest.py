@@ -28,6 +28,22 @@ def fails_cleanly(capsys, *argv, match: str) -> str:
     return err
 
 
+def with_files_limited_to(max_bytes: int, code: str, *args: object) -> str:
+    """Run the Python ``code`` (``sys.argv[1:]`` are ``args``) in a process whose files cannot grow past
+    ``max_bytes``, as on a disk that fills up: each write past it fails with a real OSError (EFBIG),
+    from Python's writes and from libraries' own. Returns what it prints; a failure fails the test."""
+    import subprocess
+    import sys
+
+    prelude = ("import resource, signal\n"
+               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails, rather than the process ending\n"
+               f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_bytes}, {max_bytes}))\n")
+    done = subprocess.run([sys.executable, "-c", prelude + code, *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def fashion_mnist_here() -> bool:
     """Whether the Fashion-MNIST files are in Debian's folder or under $RESNETLAB_DATA (a GPU machine's copy)."""
     data = os.environ.get("RESNETLAB_DATA")

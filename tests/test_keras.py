@@ -19,7 +19,7 @@ from resnetlab.keras_weights import KERAS_APPLICATIONS, KerasError, read_keras
 from resnetlab.pretrained import WeightsError
 from resnetlab.runs import load_model
 
-from conftest import FASHION, run
+from conftest import FASHION, fails_cleanly, run
 
 HERE = Path(__file__).parent
 TF_KERAS2 = HERE / "fixtures" / "notebook_tf_keras2.h5"  # written by fixtures/make_keras_fixture.py
@@ -93,6 +93,20 @@ def test_the_full_size_notebook_model(keras3):
     assert sum(t.numel() for k, t in keras.state_dict.items() if not k.endswith("num_batches_tracked")) == expected["full_count"] == 23_600_006
     model = resnetlab.create_model("signs_resnet50", weights=str(keras3 / "full.keras"))
     np.testing.assert_allclose(probabilities(model, expected["images"]), expected["full_probs"], rtol=1e-4, atol=1e-7)
+
+
+def test_an_import_whose_config_cannot_be_written_leaves_no_weights_behind(tmp_path, capsys, monkeypatch):
+    """Weights without their config.json are no run, and the same import into that folder refused them."""
+    from resnetlab import runs
+
+    def full_disk(path, data):
+        raise runs.RunError(f"could not write {path} (No space left on device); is the disk full? Nothing was written")
+
+    monkeypatch.setattr(runs, "write_json", full_disk)
+    fails_cleanly(capsys, "import", TF_KERAS2, "--out", tmp_path / "run", match="config.json (No space left on device)")
+    assert not any((tmp_path / "run").iterdir())
+    monkeypatch.undo()
+    assert run(capsys, "import", TF_KERAS2, "--out", tmp_path / "run")[0] == 0  # once there is room
 
 
 def test_import_writes_a_run_that_eval_predict_and_export_take(tmp_path, capsys):

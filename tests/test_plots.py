@@ -10,6 +10,7 @@ from PIL import Image
 
 from resnetlab import plots
 from resnetlab.plots import _confusion_figure, _curves_figure, plot_confusion, plot_runs, save_figure
+from conftest import with_files_limited_to
 from resnetlab.runs import read_metrics
 
 
@@ -244,3 +245,22 @@ def test_plotting_leaves_the_callers_matplotlib_backend_unchosen(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "None\n" and (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_curves_that_do_not_fit_on_the_disk_leave_the_earlier_files_whole(tmp_path):
+    run = make_run(tmp_path, "a")
+    plot_runs([run], tmp_path / "curves")
+    names = ("curves.png", "curves.svg", "curves.csv")
+    before = {n: (tmp_path / n).read_bytes() for n in names}
+    make_run(tmp_path, "b", start_loss=3.0)  # a second run: new curves, written over the first ones
+    said = with_files_limited_to(5_000, (
+        "import sys\n"
+        "from resnetlab.plots import plot_runs\n"
+        "from resnetlab.runs import RunError\n"
+        "try:\n"
+        "    plot_runs(sys.argv[1:3], sys.argv[3])\n"
+        "except RunError as e:\n"
+        "    print(e)\n"), run, tmp_path / "b", tmp_path / "curves")
+    assert said.startswith(f"could not write {tmp_path / 'curves.png'} (File too large)"), said
+    assert {n: (tmp_path / n).read_bytes() for n in names} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == sorted(names)  # no temporary file left

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import FASHION, fails_cleanly
+from conftest import FASHION, fails_cleanly, with_files_limited_to
 from resnetlab import runs
 from resnetlab.models import create_model
 
@@ -264,3 +264,21 @@ def test_a_negative_std_is_a_run_not_damage(tmp_path):
     (run / runs.CONFIG).write_text(json.dumps({**CONFIG, "std": [-0.5]}))
     assert runs.read_config(run)["std"] == [-0.5]
 
+
+
+def test_weights_that_do_not_fit_on_the_disk_are_one_error_naming_the_file_and_leave_nothing(tmp_path):
+    """safetensors' own writer reported a full disk as its SafetensorError, naming no file, and left its
+    temporary file behind."""
+    run_dir = a_run(tmp_path / "run")
+    before = sorted(os.listdir(run_dir)), (run_dir / runs.WEIGHTS).read_bytes()
+    said = with_files_limited_to(100_000, (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from resnetlab import runs\n"
+        "from resnetlab.models import create_model\n"
+        "try:\n"
+        "    runs.save_weights(create_model('resnet20'), Path(sys.argv[1]))\n"  # 1.1 MB
+        "except runs.RunError as e:\n"
+        "    print(e)\n"), run_dir)
+    assert said.startswith(f"could not write {run_dir / runs.WEIGHTS} (File too large). What was saved before is kept"), said
+    assert (sorted(os.listdir(run_dir)), (run_dir / runs.WEIGHTS).read_bytes()) == before

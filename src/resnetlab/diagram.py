@@ -18,6 +18,7 @@ from torch import nn
 
 from .blocks import BasicBlock, Bottleneck, ZeroPadShortcut
 from .models import ResNet, count_parameters
+from .runs import atomic_write
 
 FORMATS = (".svg", ".png")
 
@@ -49,8 +50,7 @@ def draw_model(model: ResNet, path: str | Path, collapse: bool = True, title: st
         data = graph.pipe(format=path.suffix.lower()[1:])
     except graphviz.ExecutableNotFound:
         raise RuntimeError("drawing needs Graphviz's `dot` program: install graphviz (e.g. apt install graphviz)") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))  # whole or not at all: a full disk keeps an earlier drawing
     return path
 
 

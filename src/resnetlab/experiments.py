@@ -199,17 +199,27 @@ def _scale_note(base: TrainConfig, seeds: int) -> str:
     return f"Caveat: {'; '.join(notes)}." if notes else ""
 
 
+# An experiment's tables are written whole or not at all (runs.atomic_write): a full disk or a kill
+# keeps the ones an earlier run of it wrote.
+
 def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    runs.atomic_write(path, write)
     return path
 
 
 def _write_text(path: Path, lines: list[str]) -> Path:
-    path.write_text("\n".join(lines) + "\n")
+    runs.atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     return path
+
+
+def _write_json(path: Path, data: object, indent: int | None = 2) -> None:
+    runs.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=indent) + "\n"))
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
@@ -357,7 +367,7 @@ def reproduce_depth(
             "model": model, "depth": depth, "parameters": parameters, "seeds": list(seed_list), "test_errors": errors,
             "mean": statistics.mean(errors), "std": statistics.stdev(errors) if seeds > 1 else None,
         })
-    (out / "depth.json").write_text(json.dumps({"setup": _setup_text(base), "rows": rows}, indent=2) + "\n")
+    _write_json(out / "depth.json", {"setup": _setup_text(base), "rows": rows})
     paths = [out / "depth.json"]
     title = f"Test error against depth (He et al. 2015, Table 6)\n{_setup_text(base)}"
     paths += _save(_depth_figure(rows, title), out / "depth")
@@ -437,7 +447,7 @@ def reproduce_gradients(base: TrainConfig, out: str | Path, depth: int = 56, eve
     ]
     paths.append(_write_csv(out / "gradients.csv", ["model", "kind", "layer_index", "layer", *map(str, steps)], csv_rows))
     data = {"every": every, "models": {models[kind]: {"kind": kind, **log} for kind, log in logs.items()}}
-    (out / "gradients.json").write_text(json.dumps(data) + "\n")
+    _write_json(out / "gradients.json", data, indent=None)
     paths.append(out / "gradients.json")
 
     table = []
@@ -619,7 +629,7 @@ def reproduce_responses(
 
     measured.sort(key=lambda m: (KINDS.index(m["kind"]), m["depth"]))
     paths = _save(_responses_figure(measured), out / "responses")
-    (out / "responses.json").write_text(json.dumps({"models": measured}, indent=2) + "\n")
+    _write_json(out / "responses.json", {"models": measured})
     csv_rows = [
         {"model": m["model"], "depth": m["depth"], "kind": m["kind"], "layer_index": i, "layer": layer,
          "std": std, "sorted_std": ranked}
@@ -786,7 +796,7 @@ def reproduce_variants(
         })
 
     setup = f"{net}, {_setup_text(base)}"
-    (out / f"{study}.json").write_text(json.dumps({"study": study, "setup": setup, "rows": rows}, indent=2) + "\n")
+    _write_json(out / f"{study}.json", {"study": study, "setup": setup, "rows": rows})
     paths = [out / f"{study}.json"]
     paths += _save(_variants_figure(curves, f"{title}\n{setup}", baseline=original.label), out / study)
     paths.append(_write_csv(out / f"{study}.csv", ["variant", "seed", "step", "train_error", "test_error"], records))

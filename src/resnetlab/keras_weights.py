@@ -845,8 +845,7 @@ def import_keras(path: str | Path, out: str | Path, dataset: str | None = None,
     if len(names) != num_classes:
         raise KerasError(f"{len(names)} class names given for a model with {num_classes} outputs")
     model.load_state_dict(keras.state_dict)
-    save_weights(model, out)
-    write_json(out / CONFIG, {
+    config = {
         "model": keras.model,
         "model_kwargs": {"num_classes": num_classes, "in_chans": channels, **keras.model_kwargs},
         "weights": None,
@@ -864,7 +863,13 @@ def import_keras(path: str | Path, out: str | Path, dataset: str | None = None,
         "seed": 0,
         "versions": {"resnetlab": __version__, "torch": torch.__version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    })
+    }
+    save_weights(model, out)
+    try:
+        write_json(out / CONFIG, config)
+    except BaseException:  # weights without their config would be neither a run nor a folder import may use
+        (out / WEIGHTS).unlink(missing_ok=True)
+        raise
     return out, keras
 
 

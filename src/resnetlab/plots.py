@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
-from .runs import CONFIG, read_metrics
+from .runs import CONFIG, atomic_write, read_metrics
 
 _SUFFIXES = (".png", ".svg", ".csv", ".pdf")
 _X_LABELS = {"step": "iterations", "epoch": "epochs"}
@@ -31,9 +31,10 @@ def save_figure(fig: Figure, out: str | Path) -> list[Path]:
     base = _base(out)
     base.parent.mkdir(parents=True, exist_ok=True)
     paths = [_with(base, ".png"), _with(base, ".svg")]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    # Each file whole or not at all: a full disk keeps the figure drawn before rather than cutting it short.
+    atomic_write(paths[0], lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
     # No date in the SVG, so that the same figure gives the same file.
-    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+    atomic_write(paths[1], lambda tmp: fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None}))
     return paths
 
 
@@ -57,12 +58,16 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, x: str = "step") 
     paths = save_figure(_curves_figure(list(zip(labels, series)), x, dataset), out)
 
     csv_path = _with(_base(out), ".csv")
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for name, s in zip(names, series):
-            for values in zip(*(s[c] for c in CSV_COLUMNS[1:])):
-                writer.writerow([name] + ["" if v is None else v for v in values])
+
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(CSV_COLUMNS)
+            for name, s in zip(names, series):
+                for values in zip(*(s[c] for c in CSV_COLUMNS[1:])):
+                    writer.writerow([name] + ["" if v is None else v for v in values])
+
+    atomic_write(csv_path, write_csv)
     return paths + [csv_path]
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .errors import ResnetlabError
@@ -221,7 +221,10 @@ def read_config(run_dir: str | Path) -> dict:
 def save_weights(model: nn.Module, run_dir: Path) -> None:
     """Write the model's state (parameters and BN statistics) to model.safetensors."""
     state = {k: v.detach().contiguous().cpu() for k, v in _plain_model(model).state_dict().items()}
-    atomic_write(run_dir / WEIGHTS, lambda tmp: save_file(state, tmp))
+    # Serialised here and written as bytes: a full disk is then an OSError that atomic_write names, and a
+    # kill leaves only atomic_write's temporary file (safetensors' save_file renames one of its own into place).
+    data = save(state)
+    atomic_write(run_dir / WEIGHTS, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _plain_model(model: nn.Module) -> nn.Module:
