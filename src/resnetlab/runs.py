@@ -343,8 +343,8 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     def write(tmp: str) -> None:
         try:
             torch.save(state, tmp)
-        except RuntimeError as e:  # torch.save's C++ writer reports a full disk so ("unexpected pos ...")
-            raise OSError(str(e).splitlines()[0]) from None
+        except RuntimeError:  # torch.save's C++ writer reports a full disk so ("[enforce fail at ...] unexpected pos ...")
+            raise OSError("it stopped short") from None
 
     atomic_write(run_dir / CHECKPOINT, write)
 
