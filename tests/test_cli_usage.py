@@ -125,3 +125,5 @@ def test_the_package_names_load_when_first_used():
     assert resnetlab.models.create_model is resnetlab.create_model  # submodules, as an eager package gave them
     with pytest.raises(AttributeError, match="no attribute 'resnet20'"):
         resnetlab.resnet20
+    # Tab completion (dir) offers the submodules not yet imported too.
+    assert {"train", "evaluate", "predict", "experiments", "create_model"} <= set(dir(resnetlab))
