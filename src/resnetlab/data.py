@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter (where stderr is no terminal, so a text bar would be off)
 
 from .errors import ResnetlabError
 from .recipes import Recipe

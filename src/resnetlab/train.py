@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter (where stderr is no terminal, so a text bar would be off)
 
 from . import __version__, distributed, runs
 from .data import DataError, check_side, fingerprint, found_elsewhere, folder_sizes, load_splits, reload_sizes, resolve_dataset
@@ -574,7 +574,7 @@ def _train_epoch(run: _RunState, train_loader: DeviceLoader, stop_at: int | None
     # Labelled as the line printed when it ends, so a last epoch cut short by --steps is 2.5/2.5, not 3/3.
     # Closed however the epoch ends, so an error is printed on a line of its own, not after the bar.
     with tqdm(total=(end - run.step) * recipe.batch_size, desc=_epoch_label(end, total_steps, steps_per_epoch),
-              leave=False, disable=None if progress else True,  # None: on a terminal only, as the CLI does
+              leave=False, disable=None if progress else True,  # None: on a terminal or in a notebook only
               unit="img", unit_scale=True) as bar:  # the rate reads as images/s
         for x, y in train_loader.epoch(epoch, start_batch):
             lr = lr_at(recipe, run.step, total_steps, depth)
