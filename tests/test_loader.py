@@ -132,6 +132,37 @@ def test_folder_loader_streams_the_same_batches_as_memory(tmp_path):
         assert torch.allclose(xa, xb)
 
 
+class _NumberedImages(torch.utils.data.Dataset):
+    """Image i is a 4x4 grey square of value i; each read is logged with the reading process's id."""
+
+    def __init__(self, log, count: int) -> None:
+        self.log, self.count = log, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int):
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return torch.full((1, 4, 4), i, dtype=torch.uint8), i % 2
+
+
+def test_folder_workers_last_the_whole_run_and_an_epoch_left_part_way_leaks_nothing_into_the_next(tmp_path):
+    """Where workers are spawned (macOS, Windows) each start imports torch again: they are started
+    once, not every epoch. A run stopped mid-epoch, or an epoch's iteration given up, leaves no batch
+    of its own to be taken for the next epoch's."""
+    from resnetlab.loader import FolderLoader
+
+    log = tmp_path / "pids"
+    loader = FolderLoader(_NumberedImages(log, 24), torch.arange(24) % 2, 4, [0.0], [1 / 255], train=True, workers=2, seed=1)
+    next(iter(loader.epoch(0)))  # given up after its first batch
+    for epoch in (1, 2, 3):
+        seen = torch.cat([x[:, 0, 0, 0] for x, _ in loader.epoch(epoch)]).round().long()
+        assert torch.equal(seen, loader.plan(epoch).order), epoch
+    workers = set(log.read_text().split()) - {str(os.getpid())}  # the loader reads image 0 itself, for its size
+    assert len(workers) == 2
+
+
 def test_folder_scale_crops_are_torchvisions_random_resized_crops_of_the_stored_images(tmp_path):
     """Scale augmentation on a folder cuts each box from the image as stored (its own size and
     proportions), exactly as torchvision's RandomResizedCrop does with the plan's seed for that image."""

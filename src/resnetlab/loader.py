@@ -259,6 +259,9 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
 
+    def close(self) -> None:
+        """Let go of what the loader holds beyond its tensors (a ``FolderLoader``'s worker processes)."""
+
 
 class FolderLoader(DeviceLoader):
     """Batches of a dataset too big for memory (a folder of images), decoded by DataLoader workers.
@@ -281,6 +284,10 @@ class FolderLoader(DeviceLoader):
         if self.jitter is not None:
             check_scale_jitter(self.jitter, size, from_files=True)
         self.dataset, self.workers = dataset, workers
+        # One DataLoader for every epoch, made at the first: its workers last as long as this loader,
+        # rather than starting again each epoch (where processes are spawned, as on macOS and
+        # Windows, each start imports torch again: seconds, and hundreds of MB, a worker).
+        self._keys, self._decoder = _EpochKeys(), None
 
     def plan(self, epoch: int) -> EpochPlan:
         p = super().plan(epoch)
@@ -292,15 +299,39 @@ class FolderLoader(DeviceLoader):
         return p
 
     def _fetch(self, batches: list[tuple[torch.Tensor, torch.Tensor]], plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        dataset, keys = self.dataset, [cpu.tolist() for cpu, _ in batches]
-        if plan.crop_seeds is not None:
-            dataset = _RandomCrops(self.dataset, self.size, self.scale, self.jitter)
+        keys = [cpu.tolist() for cpu, _ in batches]
+        if plan.crop_seeds is not None:  # the same for every epoch: this loader's recipe decides it
             keys = [list(zip(k, plan.crop_seeds[cpu].tolist())) for k, (cpu, _) in zip(keys, batches)]
-        loader = decode_in_workers(dataset, batch_sampler=keys, num_workers=self.workers,
-                                   pin_memory=self.device.type == "cuda")
-        for images, labels in loader:
+        if self._decoder is None:
+            dataset = self.dataset if plan.crop_seeds is None else _RandomCrops(self.dataset, self.size, self.scale, self.jitter)
+            self._decoder = reporting_loader(dataset, batch_sampler=self._keys, num_workers=self.workers,
+                                             persistent_workers=self.workers > 0, pin_memory=self.device.type == "cuda")
+        self._keys.batches = keys  # read by the main process as the epoch starts; the workers get each batch's keys
+        for images, labels in raise_reported(self._decoder):
             images = images.to(self.device, non_blocking=True)
             yield (F.pad(images, (self.pad,) * 4) if self.pad else images), labels.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        """Stop the workers now. Left to the garbage collector, they would last as long as anything holds
+        the epoch under way, as the traceback of an error raised in it does: forked with the run's open
+        lock file, they would hold the run's lock after the run has let it go."""
+        iterator = getattr(self._decoder, "_iterator", None)  # where a DataLoader keeps its persistent workers
+        if iterator is not None:
+            iterator._shutdown_workers()
+        self._decoder = None
+
+
+class _EpochKeys:
+    """A FolderLoader's batch sampler: the keys of the epoch under way, a list of them a batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+
+    def __iter__(self) -> Iterator[list]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def decode_in_workers(dataset: torch.utils.data.Dataset, collate_fn: Callable = default_collate,
@@ -312,10 +343,20 @@ def decode_in_workers(dataset: torch.utils.data.Dataset, collate_fn: Callable = 
     ``errors_in_batch`` the error takes the item's place in its batch instead (``collate_fn`` must
     take it, as ``list`` does), and the iteration goes on.
     """
+    return raise_reported(reporting_loader(dataset, collate_fn, errors_in_batch, **kwargs))
+
+
+def reporting_loader(dataset: torch.utils.data.Dataset, collate_fn: Callable = default_collate,
+                     errors_in_batch: bool = False, **kwargs) -> torch.utils.data.DataLoader:
+    """The ``DataLoader`` of ``decode_in_workers``, to go through more than once (with ``raise_reported``)."""
+    collate = collate_fn if errors_in_batch else partial(_collate_reported, collate_fn)
+    return torch.utils.data.DataLoader(_Reporting(dataset), collate_fn=collate, **kwargs)
+
+
+def raise_reported(loader: torch.utils.data.DataLoader) -> Iterator:
+    """One pass over a ``reporting_loader``: its batches, an unreadable file's ``DataError`` raised."""
     from .data import DataError
 
-    collate = collate_fn if errors_in_batch else partial(_collate_reported, collate_fn)
-    loader = torch.utils.data.DataLoader(_Reporting(dataset), collate_fn=collate, **kwargs)
     for batch in loader:
         if isinstance(batch, DataError):
             raise batch

@@ -488,6 +488,8 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                             f"resnetlab train --resume {run_dir}") from None
         finally:
             ctrl_c.restore()
+            train_loader.close()
+            test_loader.close()
             if board is not None:
                 board.close()
         return TrainResult(run_dir, run.step, run.elapsed, result_test, history, model.eval())
