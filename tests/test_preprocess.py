@@ -237,3 +237,22 @@ def test_decoded_images_are_predicted_as_their_files_are(trained_run, png):
     assert len(predict_images(model, config, batch)) == 2
     with pytest.raises(TypeError, match=r"PIL images or \(C, H, W\) tensors, not ndarray: Image.fromarray"):
         predict_images(model, config, np.asarray(image))
+
+
+def test_many_open_files_are_predicted_where_workers_are_spawned(trained_run, png):
+    """On macOS and Windows worker processes are spawned, and an open file cannot be sent to one: more
+    files than a batch, which would go to workers, are decoded in the calling process instead."""
+    import subprocess
+    import sys
+
+    script = ("import multiprocessing, sys\n"
+              "from resnetlab.predict import iter_predictions\n"
+              "from resnetlab.runs import load_model\n"
+              "if __name__ == '__main__':\n"
+              "    multiprocessing.set_start_method('spawn')\n"
+              "    model, config = load_model(sys.argv[1])\n"
+              "    files = [open(sys.argv[2], 'rb') for _ in range(70)]\n"
+              "    print(len(list(iter_predictions(model, config, files, batch_size=64))))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(trained_run), str(png)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout == "70\n", done.stderr

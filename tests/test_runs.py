@@ -83,6 +83,32 @@ def test_the_lock_names_the_process_holding_it(tmp_path):
     runs.RunLock(tmp_path).release()
 
 
+def test_on_windows_every_process_locks_the_same_byte(tmp_path, monkeypatch):
+    """msvcrt.locking locks bytes from the file's position, which "a+b" leaves at the end of the first
+    holder's line: a second process locked another byte, and two runs trained into one directory."""
+    import types
+
+    locked = set()
+
+    def locking(fd, mode, nbytes):  # Windows' byte-range locks, of one byte from the position
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+        if offset in locked:
+            raise OSError(errno.EACCES, "Permission denied")
+        locked.add(offset)
+
+    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(locking=locking, LK_NBLCK=2))
+    with monkeypatch.context() as on_windows:  # only around the locks: pytest's own paths need the real os.name
+        on_windows.setattr(os, "name", "nt")
+        first = runs.RunLock(tmp_path)
+        try:
+            runs.RunLock(tmp_path).release()
+            refused = ""
+        except runs.RunError as e:
+            refused = str(e)
+        first.release()
+    assert "being trained by another process" in refused and locked == {0}
+
+
 def test_a_lock_left_by_a_killed_process_is_no_lock(tmp_path):
     code = (f"import os, signal; from pathlib import Path; from resnetlab.runs import RunLock; "
             f"RunLock(Path({str(tmp_path)!r})); os.kill(os.getpid(), signal.SIGKILL)")

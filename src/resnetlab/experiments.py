@@ -204,7 +204,7 @@ def _scale_note(base: TrainConfig, seeds: int) -> str:
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
     def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:  # not the locale's: Windows' would be cp1252
             writer = csv.DictWriter(f, columns)
             writer.writeheader()
             writer.writerows(rows)
@@ -214,7 +214,7 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Path
 
 
 def _write_text(path: Path, lines: list[str]) -> Path:
-    runs.atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    runs.atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8"))  # "±" in any locale
     return path
 
 

@@ -60,7 +60,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, x: str = "step") 
     csv_path = _with(_base(out), ".csv")
 
     def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:  # run names in any script, in any locale
             writer = csv.writer(f)
             writer.writerow(CSV_COLUMNS)
             for name, s in zip(names, series):

@@ -94,8 +94,8 @@ def iter_predictions(
         check_views(views, config.get("resize_size"), config["image_size"])
     device = _device_of(model) if device is None else torch.device(device)
     model.to(device)  # in place: the server and the CLI, calling again, find it there
-    if workers is None:
-        workers = default_workers() if len(paths) > batch_size else 0
+    if workers is None:  # an open file cannot be sent to a worker process that is spawned (macOS, Windows)
+        workers = default_workers() if len(paths) > batch_size and not any(hasattr(p, "read") for p in paths) else 0
     items = _ImageViews(paths, config, views, view_scales(config["image_size"], scales))
 
     done = 0

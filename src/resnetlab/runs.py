@@ -124,6 +124,7 @@ class RunLock:
             if os.name == "nt":
                 import msvcrt
 
+                self._file.seek(0)  # msvcrt locks bytes from the position, which "a+" puts at the end: byte 0 for all
                 msvcrt.locking(self._file.fileno(), msvcrt.LK_NBLCK, 1)
             else:
                 import fcntl

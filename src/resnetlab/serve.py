@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import socket
 import sys
@@ -124,6 +125,9 @@ class PredictionServer(ThreadingHTTPServer):
     """An HTTP server holding one trained model: a run's, or published weights (``pretrained="resnet50"``)."""
 
     daemon_threads = True
+    # HTTPServer lets a restarted server take its port at once; on Windows the same option lets a second
+    # server share a port already served, where it should be told to pick another --port.
+    allow_reuse_address = os.name != "nt"
 
     def handle_error(self, request, client_address) -> None:
         """A client that left before its answer was written is no error of the server's; others get one line."""
