@@ -633,7 +633,7 @@ def test_a_file_where_an_output_folder_should_be_is_said_plainly(tmp_path, capsy
     """Python's "[Errno 17] File exists: 'x'" becomes the path, then what is wrong with it."""
     (tmp_path / "afile").write_text("mine")
     fails_cleanly(capsys, "diagram", "resnet8", "-o", tmp_path / "afile" / "d.svg",
-                  match=f"error: {tmp_path / 'afile'}: file exists (a file is where a folder is needed)\n")
+                  match=f"{tmp_path / 'afile'} is a file, where a folder is needed. Nothing was written\n")
     assert (tmp_path / "afile").read_text() == "mine"
 
 

@@ -70,6 +70,9 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         os.replace(tmp, path)
         _fsync(path.parent, directory=True)
     except OSError as e:
+        blocking = next((folder for folder in path.parents if folder.is_file()), None)
+        if blocking is not None:  # mkdir's "File exists" would name neither the file nor the remedy
+            raise RunError(f"could not write {path}: {blocking} is a file, where a folder is needed. {kept}") from None
         reason = e.strerror or str(e).splitlines()[0]
         # No errno: a writer's own report (torch.save's "unexpected pos"), which is how a full disk reaches it.
         hint = "; is the disk full?" if e.errno in (errno.ENOSPC, None) else "."
