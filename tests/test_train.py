@@ -206,6 +206,44 @@ def test_scale_augmentation_runs_resume_to_the_same_weights(tmp_path):
     assert_same_weights(straight.run_dir, stopped_and_resumed(tmp_path, 5, **kw).run_dir)
 
 
+@pytest.mark.parametrize("when", ["waiting for a batch", "evaluating"])
+def test_ctrl_c_to_the_whole_terminal_group_stops_a_run_with_decoding_workers_cleanly(tmp_path, when):
+    """A terminal's Ctrl-C reaches the workers too. They ended on it, and the trainer, finishing its
+    step to save it, waited for a batch no worker would send: "DataLoader worker exited unexpectedly"."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import noise_photos
+
+    photos = noise_photos(tmp_path / "photos", ("a", "b"), 16, lambda i: (20, 24))
+    script = (
+        "import os, signal, sys, time\n"
+        "from resnetlab import loader, train\n"
+        "from resnetlab.cli import main\n"
+        "def ctrl_c():\n"
+        "    os.killpg(os.getpgrp(), signal.SIGINT)\n"
+        "    time.sleep(1)  # the workers get it before the trainer asks them for more\n"
+        "if sys.argv[1] == 'evaluating':\n"
+        "    evaluate = train._evaluate_into\n"
+        "    train._evaluate_into = lambda *a, **k: (ctrl_c(), evaluate(*a, **k))[1]\n"
+        "else:\n"
+        "    passes = loader.raise_reported\n"
+        "    def batches(decoder):\n"
+        "        for i, batch in enumerate(passes(decoder)):\n"
+        "            yield batch\n"
+        "            if i == 1 and isinstance(decoder.batch_sampler, loader._EpochKeys) and os.environ.pop('ONCE', None):\n"
+        "                ctrl_c()\n"
+        "    loader.raise_reported = batches\n"
+        "sys.exit(main(sys.argv[2:]))\n")
+    argv = ["train", "--model", "resnet8", "--dataset", f"folder:{photos}", "--image-size", "16", "--recipe", "imagenet",
+            "--batch-size", "8", "--steps", "12", "--workers", "2", "--device", "cpu", "--no-progress", "--out", tmp_path / "run"]
+    done = subprocess.run([sys.executable, "-c", script, when, *map(str, argv)], capture_output=True, text=True, timeout=300,
+                          start_new_session=True, env={**os.environ, "ONCE": "1"})  # its own group: pytest's gets no Ctrl-C
+    assert done.returncode == 130 and "stopped at step" in done.stderr, done.stderr
+    assert resume(tmp_path / "run", device="cpu", progress=False).steps == 12
+
+
 def test_a_folder_that_changed_since_its_run_started_is_refused_on_resume(tmp_path):
     """Resuming on other images would end a run no uninterrupted one could; with images gone, one epoch
     of the plan would have no batches at all."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -350,7 +351,16 @@ def reporting_loader(dataset: torch.utils.data.Dataset, collate_fn: Callable = d
                      errors_in_batch: bool = False, **kwargs) -> torch.utils.data.DataLoader:
     """The ``DataLoader`` of ``decode_in_workers``, to go through more than once (with ``raise_reported``)."""
     collate = collate_fn if errors_in_batch else partial(_collate_reported, collate_fn)
-    return torch.utils.data.DataLoader(_Reporting(dataset), collate_fn=collate, **kwargs)
+    return torch.utils.data.DataLoader(_Reporting(dataset), collate_fn=collate, worker_init_fn=_stops_are_for_the_caller,
+                                       **kwargs)
+
+
+def _stops_are_for_the_caller(worker_id: int) -> None:
+    """A worker lets Ctrl-C and SIGTERM pass. Ctrl-C reaches every process of the terminal's group, and a
+    worker that ended on it left the trainer, which finishes its step and saves before it stops, waiting
+    for a batch that never came. Workers end when their loader stops them, or when their parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def raise_reported(loader: torch.utils.data.DataLoader) -> Iterator:
