@@ -658,3 +658,9 @@ def test_names_that_are_not_utf8(trained, tmp_path, capsys):
     assert os.fsencode(image) in (tmp_path / "answers.csv").read_bytes().splitlines()[1]
     code, out, err = run(capsys, "predict", trained, image)  # on a terminal, a stand-in for the odd byte
     assert code == 0 and out.startswith(f"{tmp_path / 'folder' / 'bad'}\ufffd/0.png: "), err
+
+
+def test_an_out_that_holds_a_run_is_refused_before_the_data_are_read(trained_run, tmp_path, capsys):
+    """Reading the data, and their statistics' worker processes, take seconds to minutes on a big folder."""
+    fails_cleanly(capsys, "train", "--dataset", f"folder:{tmp_path / 'not-here'}", "--out", trained_run, "--device", "cpu",
+                  match=f"{trained_run} already holds a run; continue it with --resume")

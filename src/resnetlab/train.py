@@ -153,14 +153,10 @@ def _new_run_dir(config: TrainConfig) -> tuple[Path, runs.RunLock]:
     """The run's directory, locked for this process: ``--out``, checked under the lock (a run another
     process started a moment ago is refused), or a new one under runs/."""
     if config.out:
-        out = runs.out_folder(config.out, "a run directory is one (new, or one a failed run left)")
-        lock = runs.RunLock(out)
+        out = Path(config.out)  # train() found it free before reading the data; again under the lock, as
+        lock = runs.RunLock(out)  # another process may have started a run there since
         try:
-            if (out / runs.CHECKPOINT).exists():
-                raise runs.RunError(f"{out} already holds a run; continue it with --resume {out} or pick another --out")
-            if (out / runs.WEIGHTS).exists():
-                raise runs.RunError(f"{out} already holds a model; pick another --out (--weights {out / runs.WEIGHTS} "
-                                    "starts from it)")
+            _free_out(config)
             if (out / runs.CONFIG).exists():
                 # A run that failed before its first checkpoint left nothing to resume: it starts again here.
                 runs.clear_unstarted(out)
@@ -178,6 +174,17 @@ def _new_run_dir(config: TrainConfig) -> tuple[Path, runs.RunLock]:
             return run_dir, runs.RunLock(run_dir)
         except FileExistsError:
             continue
+
+
+def _free_out(config: TrainConfig) -> Path:
+    """``--out`` as a Path, if it can take a new run: no file, and no run or model already in it."""
+    out = runs.out_folder(config.out, "a run directory is one (new, or one a failed run left)")
+    if (out / runs.CHECKPOINT).exists():
+        raise runs.RunError(f"{out} already holds a run; continue it with --resume {out} or pick another --out")
+    if (out / runs.WEIGHTS).exists():
+        raise runs.RunError(f"{out} already holds a model; pick another --out (--weights {out / runs.WEIGHTS} "
+                            "starts from it)")
+    return out
 
 
 def resolve_recipe(config: TrainConfig) -> Recipe:
@@ -218,6 +225,8 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     world = distributed.world_from_env()
     device = distributed.setup(world, pick_device(config.device))
     _check_model_kwargs(config.model_kwargs)
+    if config.out and world.is_main:
+        _free_out(config)  # before the data are read: a taken --out is refused at once
     # imagenet names a folder prepared from its archives: by process 0 alone, the others wait for its name.
     config.dataset = distributed.share(resolve_dataset(config.dataset, config.data_dir) if world.is_main else None, world)
     recipe, data = _load_data(config, recipe)
