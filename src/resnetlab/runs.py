@@ -369,14 +369,11 @@ def load_checkpoint(run_dir: Path) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on a foreign pickle's protocol, with its own paths
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "GLOBAL" not in str(e):  # not a refused object, only bytes no pickle holds
-            raise RunError(f"{path} cannot be read as a training checkpoint (damaged, cut short or not one){instead}") from None
-        raise RunError(f"{path} holds Python objects a training checkpoint does not, which are not loaded (loading "
-                       f"them could run code): not a checkpoint resnetlab wrote{instead}") from None
-    except Exception as e:
-        raise RunError(f"{path} cannot be read as a training checkpoint ({type(e).__name__}: damaged, cut short "
-                       f"or not one){instead}") from None
+    except Exception as e:  # a damaged file fails in many ways, which all mean the same to the user
+        if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e):  # an object weights_only refused
+            raise RunError(f"{path} holds Python objects a training checkpoint does not, which are not loaded (loading "
+                           f"them could run code): not a checkpoint resnetlab wrote{instead}") from None
+        raise RunError(f"{path} cannot be read as a training checkpoint (damaged, cut short or not one){instead}") from None
     wrong = ([k for k, kind in _REQUIRED_CHECKPOINT.items() if not isinstance(checkpoint.get(k), kind)]
              if isinstance(checkpoint, dict) else ["anything"])
     if wrong:
