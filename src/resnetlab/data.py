@@ -38,12 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, NamedTuple, TypeVar
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm  # a widget in Jupyter (where stderr is no terminal, so a text bar would be off)
 
 from .errors import ResnetlabError
 from .recipes import Recipe
@@ -593,6 +591,8 @@ def _why_not(err: OSError) -> object:
 
 def _download(url: str, dest: Path, sha256: str) -> None:
     """Stream ``url`` to a temporary file, check its SHA-256, then rename it into place."""
+    from tqdm.auto import tqdm  # a widget in Jupyter, where stderr is no terminal; imported here, as few commands download
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     try:
@@ -910,6 +910,8 @@ def _load_signs(name: str, split: str, root: str | Path | None, download: bool) 
             "'Convolutional Neural Networks' (its datasets/ folder) and cannot be downloaded here; "
             f"put them in --data-dir or $RESNETLAB_DATA.{here}"
         )
+    import h5py  # here: only SIGNS is stored as HDF5, and every command loads this module
+
     path = found[0]
     _note_elsewhere(name, root, path.parent)
     keys = [f"{split}_set_x", f"{split}_set_y", "list_classes"]
