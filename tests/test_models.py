@@ -334,3 +334,18 @@ def test_a_cifar_depth_past_ten_thousand_layers_is_refused_before_it_fills_memor
         with pytest.raises(ValueError, match=r"CIFAR nets are built up to 10,000 layers \(the papers' deepest has 1,202\)"):
             build()
     assert count_parameters(create_model("resnet1202")) == 19_421_274  # the paper's deepest (19.4M) still builds
+
+
+def test_a_block_given_as_a_class_keeps_the_shortcut_of_its_kind():
+    """A researcher's BasicBlock subclass in a CIFAR net: option A as the paper's basic blocks, else a
+    comparison with resnet20 would also be one of shortcut options."""
+    from resnetlab.blocks import BasicBlock, Bottleneck
+
+    class Scaled(BasicBlock):
+        pass
+
+    assert count_parameters(cifar_resnet(20, block=BasicBlock)) == count_parameters(cifar_resnet(20)) == 269_722
+    assert count_parameters(create_model("resnet20", block=Scaled)) == 269_722
+    assert count_parameters(cifar_resnet(164, block=Bottleneck)) == count_parameters(cifar_resnet(164, block="bottleneck"))
+    with pytest.raises(ValueError, match="depth 21 is not 6n\\+2 for Scaled blocks"):
+        cifar_resnet(21, block=Scaled)

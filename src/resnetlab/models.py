@@ -647,7 +647,7 @@ def _block_class(block: type[BasicBlock | Bottleneck] | str) -> type[BasicBlock 
 
 def cifar_resnet(
     depth: int,
-    block: str = "basic",
+    block: type[BasicBlock | Bottleneck] | str = "basic",
     preact: bool = False,
     residual: bool = True,
     shortcut: str | None = None,
@@ -663,15 +663,16 @@ def cifar_resnet(
     widen 16 to 64 channels (2016 paper).
     """
     n = cifar_blocks_per_stage(depth, block)
-    if shortcut is None:
-        shortcut = "A" if block == "basic" else "B"
+    block = _block_class(block)
+    if shortcut is None:  # by the block's kind, so that a subclass of BasicBlock keeps option A too
+        shortcut = "A" if block.expansion == 1 else "B"
     return ResNet(
-        _block_class(block), [n] * 3, widths, num_classes=num_classes, in_chans=in_chans, stem="cifar",
+        block, [n] * 3, widths, num_classes=num_classes, in_chans=in_chans, stem="cifar",
         shortcut=shortcut, preact=preact, residual=residual, **kwargs,
     )
 
 
-def cifar_blocks_per_stage(depth: int, block: str, missing_ok: bool = False) -> int:
+def cifar_blocks_per_stage(depth: int, block: type[BasicBlock | Bottleneck] | str, missing_ok: bool = False) -> int:
     """n, the blocks in each of a CIFAR net's three stages: its depth is 6n+2 with basic blocks (two layers
     each), 9n+2 with bottlenecks (three), e.g. 18 for ResNet-110 and for ResNet-164 of bottlenecks.
     A depth of neither form is a ValueError, or 0 if ``missing_ok``; an unknown block or a depth past
@@ -683,7 +684,7 @@ def cifar_blocks_per_stage(depth: int, block: str, missing_ok: bool = False) -> 
     if rest or n < 1:
         if missing_ok:
             return 0
-        raise ValueError(f"depth {depth} is not {3 * per_block}n+2 for {block} blocks")
+        raise ValueError(f"depth {depth} is not {3 * per_block}n+2 for {getattr(block, '__name__', block)} blocks")
     return n
 
 
