@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import resnetlab
+from resnetlab.blocks import BasicBlock
 from resnetlab.keras_export import export_keras
 
 HERE = Path(__file__).parent
@@ -66,6 +67,12 @@ def test_what_cannot_be_written_is_refused_in_words(tmp_path):
         export_keras(resnetlab.create_model("resnet20", mixing="gate"), config_for(model), tmp_path / "m.keras")
     with pytest.raises(ValueError, match="Keras export writes a classifier; a backbone .* has none"):
         export_keras(resnetlab.create_model("resnet20", features_only=True), config_for(model), tmp_path / "m.keras")
+
+    class Squeezed(BasicBlock):  # a researcher's own unit: written as BasicBlock, it would be another net
+        pass
+
+    with pytest.raises(ValueError, match="not Squeezed blocks"):
+        export_keras(resnetlab.create_model("resnet20", block=Squeezed), config_for(model), tmp_path / "m.keras")
     with pytest.raises(ValueError, match="Keras export writes a classifier; a backbone .* has none"):
         export_keras(resnetlab.create_model("resnet20", num_classes=0), config_for(model), tmp_path / "m.keras")
     # A config that does not describe the model would write a file Keras cannot load, or mislabel its outputs.

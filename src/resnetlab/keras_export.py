@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .blocks import ZeroPadShortcut
+from .blocks import BasicBlock, Bottleneck, ZeroPadShortcut
 from .keras_weights import keras3_names
 from .models import ResNet
 from .runs import atomic_write
@@ -214,6 +214,8 @@ def _check_supported(model: ResNet) -> None:
         raise ValueError("Keras export writes a classifier; a backbone (features_only, or num_classes=0) has none")
     unsupported = ([f"order={model.order!r}"] if model.order not in ("post", "preact") else []) + (
         [f"mixing={model.mixing!r}"] if model.mixing != "add" else [])
+    # A block class of the user's own would be written as the stock block it derives from: another net.
+    unsupported += sorted({f"{type(b).__name__} blocks" for b in model.blocks() if type(b) not in (BasicBlock, Bottleneck)})
     if unsupported:
         raise ValueError("Keras export writes the networks of the papers and the notebook (post- or pre-activation "
                          f"units that add their shortcut), not {', '.join(unsupported)}")
