@@ -664,3 +664,33 @@ def test_an_out_that_holds_a_run_is_refused_before_the_data_are_read(trained_run
     """Reading the data, and their statistics' worker processes, take seconds to minutes on a big folder."""
     fails_cleanly(capsys, "train", "--dataset", f"folder:{tmp_path / 'not-here'}", "--out", trained_run, "--device", "cpu",
                   match=f"{trained_run} already holds a run; continue it with --resume")
+
+
+@needs_fashion
+def test_a_model_of_your_own_is_trained_and_evaluated_through_import(tmp_path):
+    """A researcher's block, registered by a module of theirs: each command that builds the model needs the
+    module imported first, and one that does not have it says how."""
+    (tmp_path / "myblocks.py").write_text(
+        "from resnetlab.blocks import BasicBlock\n"
+        "from resnetlab.models import cifar_resnet, register_model\n\n\n"
+        "class ScaledBlock(BasicBlock):\n"
+        "    pass\n\n\n"
+        "@register_model\n"
+        "def scaled_resnet8(**kwargs):\n"
+        "    return cifar_resnet(8, block=ScaledBlock, **kwargs)\n")
+
+    def resnetlab_(*argv):  # in a process of its own: the registration stays out of this one's registry
+        return subprocess.run([sys.executable, "-m", "resnetlab", *map(str, argv)], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+
+    done = resnetlab_("--import", "myblocks", "train", "--model", "scaled_resnet8", "--steps", "4", "--limit-train", "256",
+                      "--limit-test", "64", "--device", "cpu", "--no-progress", "--out", "run")
+    assert done.returncode == 0, done.stderr
+    done = resnetlab_("eval", "run", "--device", "cpu")
+    assert done.returncode == 2 and done.stderr == (
+        "error: the run's model 'scaled_resnet8' is none of resnetlab's: if your own code registers it (register_model), "
+        "import that code first (resnetlab --import MODULE COMMAND ..., or import it in Python)\n")
+    done = resnetlab_("--import", "myblocks", "eval", "run", "--device", "cpu")
+    assert done.returncode == 0 and "accuracy" in done.stdout, done.stderr
+    done = resnetlab_("--import", "my_blocks", "models")
+    assert done.returncode == 2 and done.stderr == "error: --import my_blocks: No module named 'my_blocks'\n"

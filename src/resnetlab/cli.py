@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnetlab", description="Residual networks of He et al. 2015 and 2016.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import this Python module first (repeatable): one that registers models of your own "
+                             "(resnetlab.models.register_model), so that commands can build them and their runs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the models with their parameter counts")
@@ -884,6 +887,19 @@ def _expand_home(args: argparse.Namespace) -> None:
             setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
 
 
+def _import_modules(names: list[str]) -> None:
+    """Import the ``--import`` modules, from the current folder too, as ``python -m`` would find them."""
+    import importlib
+
+    if names and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ImportError(f"--import {name}: {e}") from None
+
+
 def _say_stopped(e: KeyboardInterrupt, command: str) -> None:
     """Tell how a stopped command goes on: a run's resume command, said once under torchrun."""
     trainer = sys.modules.get("resnetlab.train")  # a run stopped only if the trainer was loaded
@@ -932,6 +948,7 @@ def main(argv: list[str] | None = None) -> int:
     args.debug, args.argv = debug, argv
     _expand_home(args)
     try:
+        _import_modules(args.imports)
         COMMANDS[args.command](args)
     except KeyboardInterrupt as e:  # Ctrl-C, or a run that stopped on it (train.Interrupted: saved, resumable)
         _say_stopped(e, args.command)

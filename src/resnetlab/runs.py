@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from .errors import ResnetlabError
-from .models import ResNet, create_model
+from .models import ResNet, UnknownModelError, create_model
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -262,7 +262,13 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, m
 
 def build_model(config: dict) -> ResNet:
     """The untrained model a run's config describes."""
-    return create_model(config["model"], **config.get("model_kwargs", {}))
+    try:
+        return create_model(config["model"], **config.get("model_kwargs", {}))
+    except UnknownModelError:
+        # Not one of resnetlab's: a model of the user's own, registered by code this process has not run.
+        raise RunError(f"the run's model {config['model']!r} is none of resnetlab's: if your own code registers it "
+                       "(register_model), import that code first (resnetlab --import MODULE COMMAND ..., or import it "
+                       "in Python)") from None
 
 
 def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
