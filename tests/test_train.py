@@ -889,6 +889,7 @@ def test_train_config_names_a_value_of_the_wrong_kind(tmp_path):
         ({"model_kwargs": [("order", "preact")]}, "model_kwargs must be a dict"),
         ({"device": 5}, "device must be text or a torch.device, not 5"),
         ({"out": 5}, "out must be text or a path or null, not 5"),
+        ({"dataset": torch.zeros(100, 100)}, "^dataset must be text, not a Tensor$"),  # not all its numbers
     ]:
         with pytest.raises(TypeError, match=message):
             TrainConfig(**fields)

@@ -37,7 +37,8 @@ def check_types(target: Callable, values: Mapping[str, object]) -> dict[str, obj
             continue
         plain[name] = _plain(value, hint)
         if plain[name] is _MISMATCH:
-            raise TypeError(f"{name} must be {_describe(hint)}, not {value!r}")
+            shown = repr(value) if len(repr(value)) <= 80 else f"a {type(value).__name__}"  # not a dataset's every pixel
+            raise TypeError(f"{name} must be {_describe(hint)}, not {shown}")
     return plain
 
 
