@@ -199,10 +199,30 @@ def test_running_out_of_memory_says_how_much_and_which_flag_needs_less(capsys, m
     def too_big(args):
         raise torch.cuda.OutOfMemoryError(CUDA_OOM)
 
+    def a_little_too_big(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 26214400 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setitem(cli.COMMANDS, "summary", a_little_too_big)
+    code, _, err = run(capsys, "summary", "resnet20")
+    assert err == "error: out of memory (tried to allocate 26 MB): a smaller --input-size (or --num-classes) needs less\n"
+
     monkeypatch.setitem(cli.COMMANDS, "train", too_big)
     code, _, err = run(capsys, "train", "--steps", "1")
     assert code == 2 and err == ("error: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB "
                                  "of which 1.25 GiB is free: a smaller --batch-size (or --image-size) needs less\n")
+
+
+def test_a_program_started_with_ctrl_c_ignored_keeps_it_ignored():
+    """A background job (`resnetlab train ... &` from a script) starts with SIGINT ignored: run() leaves it so."""
+    script = ("import atexit, signal, sys\n"
+              "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+              "from resnetlab import cli\n"
+              "atexit.register(lambda: print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN))\n"
+              "sys.argv = ['resnetlab', 'models', 'resnet20']\n"
+              "cli.run()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.endswith("True\n"), done.stdout + done.stderr
 
 
 def test_a_ctrl_c_in_the_tear_down_ends_the_program_without_a_traceback():

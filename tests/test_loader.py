@@ -338,3 +338,31 @@ def test_a_folders_statistics_come_from_a_seeded_sample_decoded_by_workers(tmp_p
     assert torch.equal(sample, torch.stack([folder[i][0] for i in picks]))
     arrays = folder.to_arrays()
     assert stats_sample(arrays, sample=7) is arrays.images  # in memory: every image
+
+
+def test_decoding_leaves_the_global_generator_and_the_exit_alone(tmp_path):
+    """The workers' base seed comes from the loader's own generator, not the caller's (a run puts the
+    caller's back as it found it); and workers a script never stopped do not hold up its exit
+    (multiprocessing ends them with SIGTERM at exit, and waits for each)."""
+    import subprocess
+    import sys
+
+    from resnetlab.loader import decode_in_workers
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert len(list(decode_in_workers(_NumberedImages(tmp_path / "log", 8), batch_size=4, num_workers=1))) == 2
+    assert torch.equal(torch.get_rng_state(), before)
+
+    script = ("import torch\n"
+              "from resnetlab.loader import FolderLoader\n"
+              "class Images(torch.utils.data.Dataset):\n"
+              "    def __len__(self):\n"
+              "        return 16\n"
+              "    def __getitem__(self, i):\n"
+              "        return torch.full((1, 4, 4), i, dtype=torch.uint8), i % 2\n"
+              "loader = FolderLoader(Images(), torch.arange(16) % 2, 4, [0.0], [1.0], workers=2)\n"
+              "next(iter(loader.epoch(0)))  # its workers left running, as a script may leave them\n"
+              "print('done')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "done\n", done.stderr

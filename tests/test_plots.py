@@ -264,3 +264,14 @@ def test_curves_that_do_not_fit_on_the_disk_leave_the_earlier_files_whole(tmp_pa
     assert said.startswith(f"could not write {tmp_path / 'curves.png'} (File too large)"), said
     assert {n: (tmp_path / n).read_bytes() for n in names} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == sorted(names)  # no temporary file left
+
+
+def test_a_file_where_the_figures_folder_should_be_is_named(tmp_path):
+    from matplotlib.figure import Figure
+
+    from resnetlab.runs import RunError
+
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(RunError, match=r"afile is a file, where a folder is needed\. Nothing was written"):
+        save_figure(Figure(), tmp_path / "afile" / "curves")
+    assert (tmp_path / "afile").read_text() == "mine"

@@ -882,6 +882,14 @@ def test_the_papers_warm_up_is_for_the_110_layer_nets_and_deeper(tmp_path):
 # ----------------------------------------------------------------------------- the Python API's checks
 
 
+def test_train_config_takes_any_mapping_of_options(tmp_path):
+    """Hydra's DictConfig, a MappingProxy: config.json gets a dict."""
+    from types import MappingProxyType
+
+    config = TrainConfig(model_kwargs=MappingProxyType({"zero_init_residual": True}), recipe_overrides=MappingProxyType({}))
+    assert config.model_kwargs == {"zero_init_residual": True} and type(config.model_kwargs) is dict
+
+
 def test_train_config_names_a_value_of_the_wrong_kind(tmp_path):
     for fields, message in [  # the wrong kind: TypeError, as Python and PyTorch raise
         ({"limit_train": "100"}, "limit_train must be a whole number or null, not '100'"),

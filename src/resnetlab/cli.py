@@ -928,9 +928,12 @@ def _out_of_memory(e: Exception, command: str) -> str | None:
         return None
     cpu = re.search(r"tried to allocate (\d+) bytes", text)
     if cpu:
-        what = f"out of memory (tried to allocate {int(cpu.group(1)) / 1e9:,.1f} GB)"
+        wanted = int(cpu.group(1))
+        what = f"out of memory (tried to allocate {wanted / 1e9:,.1f} GB)" if wanted >= 1e9 else \
+            f"out of memory (tried to allocate {wanted / 1e6:,.0f} MB)"
     else:  # CUDA's, MPS's: their first sentences say how much was wanted and free; the rest is allocator tuning
-        what = ". ".join(t for t in text.split(". ")[:3] if "PYTORCH_" not in t).rstrip(".")
+        first = text.strip().splitlines()[0]
+        what = ". ".join(t for t in first.split(". ")[:3] if "PYTORCH_" not in t).rstrip(".")
     return f"{what}: {_SMALLER.get(command, 'a smaller model or input')} needs less"
 
 
@@ -977,7 +980,9 @@ def run() -> None:
     status = main()
     # What is left is the interpreter's tear-down (worker processes, torch's finalizers): a Ctrl-C there,
     # often the second of an impatient user, ends the process at once rather than printing a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # (Unless Ctrl-C was ignored from the start, as in a background job: it stays ignored.)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     sys.exit(status)
 
 

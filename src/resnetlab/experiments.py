@@ -219,7 +219,8 @@ def _write_text(path: Path, lines: list[str]) -> Path:
 
 
 def _write_json(path: Path, data: object, indent: int | None = 2) -> None:
-    runs.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=indent) + "\n"))
+    # runs.to_json: a diverged variant's NaN loss as null, which strict JSON readers take
+    runs.atomic_write(path, lambda tmp: Path(tmp).write_text(runs.to_json(data, indent=indent) + "\n"))
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:

@@ -305,9 +305,13 @@ class FolderLoader(DeviceLoader):
             keys = [list(zip(k, plan.crop_seeds[cpu].tolist())) for k, (cpu, _) in zip(keys, batches)]
         if self._decoder is None:
             dataset = self.dataset if plan.crop_seeds is None else _RandomCrops(self.dataset, self.size, self.scale, self.jitter)
+            # Kept from epoch to epoch for training only: a test set's pool would double the processes held.
             self._decoder = reporting_loader(dataset, batch_sampler=self._keys, num_workers=self.workers,
-                                             persistent_workers=self.workers > 0, pin_memory=self.device.type == "cuda")
-        self._keys.batches = keys  # read by the main process as the epoch starts; the workers get each batch's keys
+                                             persistent_workers=self.train and self.workers > 0,
+                                             pin_memory=self.device.type == "cuda")
+        # The DataLoader reads its batch sampler as each pass starts (raise_reported's first batch), in this
+        # process: only the keys change from epoch to epoch, and the workers are sent each batch's.
+        self._keys.batches = keys
         for images, labels in raise_reported(self._decoder):
             images = images.to(self.device, non_blocking=True)
             yield (F.pad(images, (self.pad,) * 4) if self.pad else images), labels.to(self.device, non_blocking=True)
@@ -316,8 +320,9 @@ class FolderLoader(DeviceLoader):
         """Stop the workers now. Left to the garbage collector, they would last as long as anything holds
         the epoch under way, as the traceback of an error raised in it does: forked with the run's open
         lock file, they would hold the run's lock after the run has let it go."""
-        iterator = getattr(self._decoder, "_iterator", None)  # where a DataLoader keeps its persistent workers
-        if iterator is not None:
+        # DataLoader has no public way to stop persistent workers: its iterator's own shutdown (private API).
+        iterator = getattr(self._decoder, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
         self._decoder = None
 
@@ -351,16 +356,18 @@ def reporting_loader(dataset: torch.utils.data.Dataset, collate_fn: Callable = d
                      errors_in_batch: bool = False, **kwargs) -> torch.utils.data.DataLoader:
     """The ``DataLoader`` of ``decode_in_workers``, to go through more than once (with ``raise_reported``)."""
     collate = collate_fn if errors_in_batch else partial(_collate_reported, collate_fn)
-    return torch.utils.data.DataLoader(_Reporting(dataset), collate_fn=collate, worker_init_fn=_stops_are_for_the_caller,
-                                       **kwargs)
+    # Its own generator for the workers' base seed (the decoding draws nothing random): the caller's
+    # global generator, which a run puts back as it found it, is left alone.
+    kwargs.setdefault("generator", torch.Generator())
+    return torch.utils.data.DataLoader(_Reporting(dataset), collate_fn=collate, worker_init_fn=_ignore_ctrl_c, **kwargs)
 
 
-def _stops_are_for_the_caller(worker_id: int) -> None:
-    """A worker lets Ctrl-C and SIGTERM pass. Ctrl-C reaches every process of the terminal's group, and a
-    worker that ended on it left the trainer, which finishes its step and saves before it stops, waiting
-    for a batch that never came. Workers end when their loader stops them, or when their parent is gone."""
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """A terminal's Ctrl-C reaches every process of its group: a worker that ended on it left the trainer,
+    which finishes its step and saves before it stops (train._StepEndInterrupt), waiting for a batch that
+    never came. Workers end when their loader stops them. (SIGTERM still ends them: multiprocessing's
+    exit sends it to every worker left and waits for each.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def raise_reported(loader: torch.utils.data.DataLoader) -> Iterator:

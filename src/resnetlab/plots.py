@@ -28,8 +28,7 @@ _MARKED_POINTS = 30  # curves of this many points or fewer get a marker at each,
 
 def save_figure(fig: Figure, out: str | Path) -> list[Path]:
     """Write ``fig`` as ``out.png`` and ``out.svg`` (a suffix on ``out`` is replaced) and return both paths."""
-    base = _base(out)
-    base.parent.mkdir(parents=True, exist_ok=True)
+    base = _base(out)  # its folder is made by atomic_write, which names a file in the way
     paths = [_with(base, ".png"), _with(base, ".svg")]
     # Each file whole or not at all: a full disk keeps the figure drawn before rather than cutting it short.
     atomic_write(paths[0], lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))

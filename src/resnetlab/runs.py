@@ -353,7 +353,9 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     def write(tmp: str) -> None:
         try:
             torch.save(state, tmp)
-        except RuntimeError:  # torch.save's C++ writer reports a full disk so ("[enforce fail at ...] unexpected pos ...")
+        except RuntimeError as e:  # torch.save's C++ writer reports a full disk so ("[enforce fail at ...] unexpected pos ...")
+            if "unexpected pos" not in str(e):
+                raise
             raise OSError("it stopped short") from None
 
     atomic_write(run_dir / CHECKPOINT, write)

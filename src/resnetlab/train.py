@@ -83,6 +83,7 @@ class TrainConfig:
         for name in ("model_kwargs", "recipe_overrides"):
             if not isinstance(getattr(self, name), Mapping):
                 raise TypeError(f"{name} must be a dict of option names and values, not {getattr(self, name)!r}")
+            setattr(self, name, dict(getattr(self, name)))  # any mapping (Hydra's DictConfig): config.json holds a dict
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
         for name, value in check_types(TrainConfig, fields).items():
             # NumPy's numbers become Python's (config.json holds those); an int given for a float stays an int.
@@ -153,10 +154,12 @@ def _new_run_dir(config: TrainConfig) -> tuple[Path, runs.RunLock]:
     """The run's directory, locked for this process: ``--out``, checked under the lock (a run another
     process started a moment ago is refused), or a new one under runs/."""
     if config.out:
-        out = Path(config.out)  # train() found it free before reading the data; again under the lock, as
-        lock = runs.RunLock(out)  # another process may have started a run there since
+        out = Path(config.out)
+        lock = runs.RunLock(out)
         try:
-            _free_out(config)
+            # Checked by train() before the data were read, and again here: another process may have started
+            # a run there since.
+            _refuse_taken_out(config)
             if (out / runs.CONFIG).exists():
                 # A run that failed before its first checkpoint left nothing to resume: it starts again here.
                 runs.clear_unstarted(out)
@@ -176,15 +179,14 @@ def _new_run_dir(config: TrainConfig) -> tuple[Path, runs.RunLock]:
             continue
 
 
-def _free_out(config: TrainConfig) -> Path:
-    """``--out`` as a Path, if it can take a new run: no file, and no run or model already in it."""
+def _refuse_taken_out(config: TrainConfig) -> None:
+    """A RunError if ``--out`` cannot take a new run: a file, or a folder holding a run or a model."""
     out = runs.out_folder(config.out, "a run directory is one (new, or one a failed run left)")
     if (out / runs.CHECKPOINT).exists():
         raise runs.RunError(f"{out} already holds a run; continue it with --resume {out} or pick another --out")
     if (out / runs.WEIGHTS).exists():
         raise runs.RunError(f"{out} already holds a model; pick another --out (--weights {out / runs.WEIGHTS} "
                             "starts from it)")
-    return out
 
 
 def resolve_recipe(config: TrainConfig) -> Recipe:
@@ -226,7 +228,7 @@ def train(config: TrainConfig | None = None, stop_at: int | None = None, **overr
     device = distributed.setup(world, pick_device(config.device))
     _check_model_kwargs(config.model_kwargs)
     if config.out and world.is_main:
-        _free_out(config)  # before the data are read: a taken --out is refused at once
+        _refuse_taken_out(config)  # before the data are read: a taken --out is refused at once
     # imagenet names a folder prepared from its archives: by process 0 alone, the others wait for its name.
     config.dataset = distributed.share(resolve_dataset(config.dataset, config.data_dir) if world.is_main else None, world)
     recipe, data = _load_data(config, recipe)
@@ -443,7 +445,11 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         train_loader, test_loader = _loaders(saved, recipe, train_set, test_set, device, channels_last, world, workers)
-        run = _start(saved, run_dir, recipe, model, device, world, checkpoint, train_loader)
+        try:
+            run = _start(saved, run_dir, recipe, model, device, world, checkpoint, train_loader)
+        except BaseException:  # a graphed step's capture has started the workers, which hold the run's lock too
+            train_loader.close()
+            raise
         history = runs.read_metrics(run_dir, missing_ok=True)
         result_test: EvalResult | None = None
         total_steps, steps_per_epoch = saved["total_steps"], saved["steps_per_epoch"]
@@ -486,7 +492,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                 _end_epoch(run, row, board, last)
                 if stop_now and not last:
                     raise Interrupted(run_dir, run.step, world.size)
-        except Interrupted:
+        except Interrupted:  # a KeyboardInterrupt too, raised above with the run saved: it goes on as it is
             raise
         except KeyboardInterrupt:
             # A second Ctrl-C, or several processes (the others may be inside a collective): the step under way
@@ -698,7 +704,9 @@ class _StepEndInterrupt:
         self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS} if self.enabled else {}
 
     def _handle(self, signum: int, frame) -> None:
-        if self.requested or os.getpid() != self.pid:  # again; or in a DataLoader worker, which just ends
+        # Again; or in a forked DataLoader worker that inherited this handler (for SIGTERM: Ctrl-C they
+        # ignore, loader._ignore_ctrl_c), which ends rather than finishing a step it has not got.
+        if self.requested or os.getpid() != self.pid:
             raise KeyboardInterrupt
         self.requested = True
         what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
@@ -722,7 +730,10 @@ class _Board:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # optional
             return
-        self._guarded(lambda: setattr(self, "writer", SummaryWriter(log_dir=str(self.folder))))
+        try:
+            self.writer = SummaryWriter(log_dir=str(self.folder))
+        except OSError as e:
+            self._give_up(e)
 
     def add(self, row: dict) -> None:
         def write() -> None:
@@ -742,9 +753,12 @@ class _Board:
         try:
             call()
         except OSError as e:
-            self.writer = None
-            print(f"note: TensorBoard's events cannot be written to {self.folder} ({e.strerror or e}); the run goes on "
-                  f"without them, and {runs.METRICS} holds the same numbers", file=sys.stderr)
+            self._give_up(e)
+
+    def _give_up(self, e: OSError) -> None:
+        self.writer = None
+        print(f"note: TensorBoard's events cannot be written to {self.folder} ({e.strerror or e}); the run goes on "
+              f"without them, and {runs.METRICS} holds the same numbers", file=sys.stderr)
 
 
 def _epoch_label(step: int, total_steps: int, steps_per_epoch: int) -> str:

@@ -28,7 +28,7 @@ def check_types(target: Callable, values: Mapping[str, object]) -> dict[str, obj
     fields) and return them as plain Python values: NumPy integers as ``int``, ranges and 1-d arrays as
     lists. Raise ``TypeError`` (as Python and PyTorch do for an argument of the wrong kind) naming the
     first value not of its annotation's type. Names without an annotation, and annotations other than
-    classes, tuples, sequences and their unions (``type[X]``, ``Callable``), are left to ``target``."""
+    classes, tuples, sequences and their unions, are left to ``target``: ``type[X]`` or ``Callable``, say."""
     hints = _hints(target)
     plain = dict(values)
     for name, value in values.items():
@@ -91,7 +91,8 @@ def _plain(value: object, hint: object) -> object:
         if any(p is _MISMATCH for p in plain):
             return _MISMATCH
         return tuple(plain) if origin is tuple else plain
-    if isinstance(hint, type):  # any other class (torch.device, os.PathLike): an instance of it
+    if origin is None and isinstance(hint, type):  # any other class (torch.device, os.PathLike): an instance of it
+        # (origin: on Python 3.10 a generic such as type[X] passes isinstance(hint, type) too)
         return value if isinstance(value, hint) else _MISMATCH
     return value
 
