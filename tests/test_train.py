@@ -228,13 +228,13 @@ def test_ctrl_c_to_the_whole_terminal_group_stops_a_run_with_decoding_workers_cl
         "    evaluate = train._evaluate_into\n"
         "    train._evaluate_into = lambda *a, **k: (ctrl_c(), evaluate(*a, **k))[1]\n"
         "else:\n"
-        "    passes = loader.raise_reported\n"
+        "    passes = loader._raise_reported\n"
         "    def batches(decoder):\n"
         "        for i, batch in enumerate(passes(decoder)):\n"
         "            yield batch\n"
         "            if i == 1 and isinstance(decoder.batch_sampler, loader._EpochKeys) and os.environ.pop('ONCE', None):\n"
         "                ctrl_c()\n"
-        "    loader.raise_reported = batches\n"
+        "    loader._raise_reported = batches\n"
         "sys.exit(main(sys.argv[2:]))\n")
     argv = ["train", "--model", "resnet8", "--dataset", f"folder:{photos}", "--image-size", "16", "--recipe", "imagenet",
             "--batch-size", "8", "--steps", "12", "--workers", "2", "--device", "cpu", "--no-progress", "--out", tmp_path / "run"]

@@ -306,13 +306,13 @@ class FolderLoader(DeviceLoader):
         if self._decoder is None:
             dataset = self.dataset if plan.crop_seeds is None else _RandomCrops(self.dataset, self.size, self.scale, self.jitter)
             # Kept from epoch to epoch for training only: a test set's pool would double the processes held.
-            self._decoder = reporting_loader(dataset, batch_sampler=self._keys, num_workers=self.workers,
+            self._decoder = _reporting_loader(dataset, batch_sampler=self._keys, num_workers=self.workers,
                                              persistent_workers=self.train and self.workers > 0,
                                              pin_memory=self.device.type == "cuda")
-        # The DataLoader reads its batch sampler as each pass starts (raise_reported's first batch), in this
+        # The DataLoader reads its batch sampler as each pass starts (_raise_reported's first batch), in this
         # process: only the keys change from epoch to epoch, and the workers are sent each batch's.
         self._keys.batches = keys
-        for images, labels in raise_reported(self._decoder):
+        for images, labels in _raise_reported(self._decoder):
             images = images.to(self.device, non_blocking=True)
             yield (F.pad(images, (self.pad,) * 4) if self.pad else images), labels.to(self.device, non_blocking=True)
 
@@ -349,12 +349,12 @@ def decode_in_workers(dataset: torch.utils.data.Dataset, collate_fn: Callable = 
     ``errors_in_batch`` the error takes the item's place in its batch instead (``collate_fn`` must
     take it, as ``list`` does), and the iteration goes on.
     """
-    return raise_reported(reporting_loader(dataset, collate_fn, errors_in_batch, **kwargs))
+    return _raise_reported(_reporting_loader(dataset, collate_fn, errors_in_batch, **kwargs))
 
 
-def reporting_loader(dataset: torch.utils.data.Dataset, collate_fn: Callable = default_collate,
+def _reporting_loader(dataset: torch.utils.data.Dataset, collate_fn: Callable = default_collate,
                      errors_in_batch: bool = False, **kwargs) -> torch.utils.data.DataLoader:
-    """The ``DataLoader`` of ``decode_in_workers``, to go through more than once (with ``raise_reported``)."""
+    """The ``DataLoader`` of ``decode_in_workers``, to go through more than once (with ``_raise_reported``)."""
     collate = collate_fn if errors_in_batch else partial(_collate_reported, collate_fn)
     # Its own generator for the workers' base seed (the decoding draws nothing random): the caller's
     # global generator, which a run puts back as it found it, is left alone.
@@ -370,8 +370,8 @@ def _ignore_ctrl_c(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def raise_reported(loader: torch.utils.data.DataLoader) -> Iterator:
-    """One pass over a ``reporting_loader``: its batches, an unreadable file's ``DataError`` raised."""
+def _raise_reported(loader: torch.utils.data.DataLoader) -> Iterator:
+    """One pass over a ``_reporting_loader``: its batches, an unreadable file's ``DataError`` raised."""
     from .data import DataError
 
     for batch in loader:

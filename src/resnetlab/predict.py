@@ -59,7 +59,8 @@ def predict_images(
     ``paths`` are image files or open binary files, or one of them alone; a folder is refused (pass
     the images in it, ``data.image_files(folder)``). Images already decoded are taken as ``Preprocess``
     takes them: PIL images, and (C, H, W) tensors (a tensor (N, C, H, W) is N of them). ``names``
-    labels the predictions, one an image (default: the paths; "image N", counted from 1, for the others). ``top_k`` is at least 1; more than the model's classes gives them all.
+    labels the predictions, one an image (default: the paths; "image N", counted from 1, for the others).
+    ``top_k`` is at least 1; more than the model's classes gives them all.
     ``device`` is where the model runs: by default where its parameters are, the model left there;
     another device moves the model there in place (``nn.Module.to``), and it stays there afterwards.
     ``views`` averages each image's probabilities over views of it, as ``evaluate.evaluate_views`` does.
