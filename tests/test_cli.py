@@ -714,3 +714,16 @@ def test_a_model_of_your_own_is_trained_and_evaluated_through_import(tmp_path):
     assert done.returncode == 0 and "accuracy" in done.stdout, done.stderr
     done = resnetlab_("--import", "my_blocks", "models")
     assert done.returncode == 2 and done.stderr == "error: --import my_blocks: No module named 'my_blocks'\n"
+
+    # A run stopped part way names the module in the command that continues it; that command works.
+    script = ("import myblocks\n"
+              "from resnetlab.train import Interrupted, train\n"
+              "try:\n"
+              "    train(model='scaled_resnet8', steps=4, limit_train=256, limit_test=64, device='cpu', progress=False,\n"
+              "          out='stopped', stop_at=2)\n"
+              "except Interrupted as e:\n"
+              "    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.stdout == "stopped at step 2; continue with: resnetlab --import myblocks train --resume stopped\n", done.stderr
+    done = resnetlab_(*done.stdout.split("continue with: resnetlab ")[1].split())
+    assert done.returncode == 0 and "(4 steps" in done.stdout, done.stderr

@@ -443,6 +443,14 @@ def register_model(fn: Callable[..., ResNet], fixed: dict[str, object] | None = 
     return fn
 
 
+def registered_by(name: str) -> str | None:
+    """The module that registered model ``name`` when it is not resnetlab's own (a user's, which the
+    command line needs given with ``--import``), else None."""
+    builder = _REGISTRY.get(name)
+    module = getattr(builder, "__module__", "") or ""
+    return module if builder is not None and module.split(".")[0] != "resnetlab" else None
+
+
 def list_models(pattern: str | Sequence[str] = "*", pretrained: bool = False,
                 exclude_filters: str | Sequence[str] = ()) -> list[str]:
     """Registered model names matching a shell-style pattern (or any of several), less those matching

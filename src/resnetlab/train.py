@@ -30,7 +30,7 @@ from .devices import check_device_name, kernel_choices, pick_device, seeded, use
 from .errors import ResnetlabError
 from .evaluate import EvalResult, evaluate, statistics_note
 from .loader import DeviceLoader, channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, scaled_jitter, stats_sample
-from .models import create_model, depth_of
+from .models import create_model, depth_of, registered_by
 from .pretrained import input_stats, is_file_spec, weights_layout, weights_name
 from .recipes import Recipe, default_recipe, get_recipe, lr_at, warmup_note
 from .steps import TrainStep, build_train_step
@@ -135,15 +135,18 @@ class Interrupted(KeyboardInterrupt):
     to go on past a failing one still stops when its user asks it to.
     """
 
-    def __init__(self, run_dir: Path, step: int, processes: int = 1) -> None:
-        super().__init__(f"stopped at step {step}; continue with: {_resume_command(run_dir, processes)}")
+    def __init__(self, run_dir: Path, step: int, processes: int = 1, model: str = "") -> None:
+        super().__init__(f"stopped at step {step}; continue with: {_resume_command(run_dir, processes, model)}")
         self.run_dir, self.step = run_dir, step
 
 
-def _resume_command(run_dir: Path, processes: int) -> str:
-    """The command that continues a run, with as many processes as trained it."""
+def _resume_command(run_dir: Path, processes: int, model: str = "") -> str:
+    """The command that continues a run, with as many processes as trained it, and with the module that
+    registered its model when that is the user's own."""
     launcher = f"torchrun --nproc-per-node={processes} -m resnetlab" if processes > 1 else "resnetlab"
-    return f"{launcher} train --resume {run_dir}"
+    module = registered_by(model)
+    imports = f" --import {module}" if module and module != "__main__" else ""
+    return f"{launcher}{imports} train --resume {run_dir}"
 
 
 class Diverged(ResnetlabError, RuntimeError):
@@ -391,7 +394,7 @@ def _resume(run_dir: Path, saved: dict, world: distributed.World, device: str | 
     if processes != world.size:  # each process's share of the batch, and so every step, would differ
         raise runs.RunError(f"{run_dir} was trained by {processes} process{'es' if processes > 1 else ''}, and "
                             f"resuming with {world.size} would change the run; continue with: "
-                            f"{_resume_command(run_dir, processes)}")
+                            f"{_resume_command(run_dir, processes, saved['model'])}")
     checkpoint = runs.load_checkpoint(run_dir)
     if checkpoint.get("model_name") != saved["model"]:
         raise runs.RunError(f"{run_dir / runs.CHECKPOINT} is a checkpoint of {checkpoint.get('model_name')}, not {saved['model']}")
@@ -481,7 +484,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                     distributed.sum_across(run.train_step.sums, world)  # the partial epoch's sums, of every process
                     _stop_if_diverged(run)
                     _save(run)
-                    raise Interrupted(run_dir, run.step, world.size)
+                    raise Interrupted(run_dir, run.step, world.size, saved["model"])
                 row = _epoch_row(run, lr, epoch_start, resumed_seen)
                 if last and recipe.precise_bn and world.is_main:  # process 0 evaluates and saves the weights
                     _precise_bn(model, train_loader, epoch + 1, recipe.precise_bn)
@@ -491,13 +494,13 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                 history.append(row)
                 _end_epoch(run, row, board, last)
                 if stop_now and not last:
-                    raise Interrupted(run_dir, run.step, world.size)
+                    raise Interrupted(run_dir, run.step, world.size, saved["model"])
         except Interrupted:  # a KeyboardInterrupt too, raised above with the run saved: it goes on as it is
             raise
         except KeyboardInterrupt:
             # A second Ctrl-C, or several processes (the others may be inside a collective): the step under way
             # may be half done (batch norms updated, weights not), so the last checkpoint stays as it is.
-            raise Interrupted(run_dir, run.saved_step, world.size) from None
+            raise Interrupted(run_dir, run.saved_step, world.size, saved["model"]) from None
         except DataError as err:  # a file that cannot be read, met mid-run: say where the run stands
             raise DataError(f"{err}. The run is saved at step {run.saved_step}; continue it with: "
                             f"resnetlab train --resume {run_dir}") from None
