@@ -218,11 +218,6 @@ def _write_text(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def _write_json(path: Path, data: object, indent: int | None = 2) -> None:
-    # runs.to_json: a diverged variant's NaN loss as null, which strict JSON readers take
-    runs.atomic_write(path, lambda tmp: Path(tmp).write_text(runs.to_json(data, indent=indent) + "\n"))
-
-
 def _table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
     """A Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -368,7 +363,7 @@ def reproduce_depth(
             "model": model, "depth": depth, "parameters": parameters, "seeds": list(seed_list), "test_errors": errors,
             "mean": statistics.mean(errors), "std": statistics.stdev(errors) if seeds > 1 else None,
         })
-    _write_json(out / "depth.json", {"setup": _setup_text(base), "rows": rows})
+    runs.write_json(out / "depth.json", {"setup": _setup_text(base), "rows": rows})
     paths = [out / "depth.json"]
     title = f"Test error against depth (He et al. 2015, Table 6)\n{_setup_text(base)}"
     paths += _save(_depth_figure(rows, title), out / "depth")
@@ -448,7 +443,7 @@ def reproduce_gradients(base: TrainConfig, out: str | Path, depth: int = 56, eve
     ]
     paths.append(_write_csv(out / "gradients.csv", ["model", "kind", "layer_index", "layer", *map(str, steps)], csv_rows))
     data = {"every": every, "models": {models[kind]: {"kind": kind, **log} for kind, log in logs.items()}}
-    _write_json(out / "gradients.json", data, indent=None)
+    runs.write_json(out / "gradients.json", data, indent=None)
     paths.append(out / "gradients.json")
 
     table = []
@@ -630,7 +625,7 @@ def reproduce_responses(
 
     measured.sort(key=lambda m: (KINDS.index(m["kind"]), m["depth"]))
     paths = _save(_responses_figure(measured), out / "responses")
-    _write_json(out / "responses.json", {"models": measured})
+    runs.write_json(out / "responses.json", {"models": measured})
     csv_rows = [
         {"model": m["model"], "depth": m["depth"], "kind": m["kind"], "layer_index": i, "layer": layer,
          "std": std, "sorted_std": ranked}
@@ -797,7 +792,7 @@ def reproduce_variants(
         })
 
     setup = f"{net}, {_setup_text(base)}"
-    _write_json(out / f"{study}.json", {"study": study, "setup": setup, "rows": rows})
+    runs.write_json(out / f"{study}.json", {"study": study, "setup": setup, "rows": rows})
     paths = [out / f"{study}.json"]
     paths += _save(_variants_figure(curves, f"{title}\n{setup}", baseline=original.label), out / study)
     paths.append(_write_csv(out / f"{study}.csv", ["variant", "seed", "step", "train_error", "test_error"], records))

@@ -182,9 +182,9 @@ def _finite_or_none(value: object) -> object:
     return value
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as indented JSON (see ``to_json``), atomically."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(to_json(data, indent=2) + "\n"))
+def write_json(path: Path, data: object, indent: int | None = 2) -> None:
+    """Write ``data`` as JSON (see ``to_json``; indented unless ``indent`` is None), atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(to_json(data, indent=indent) + "\n"))
 
 
 def read_config(run_dir: str | Path) -> dict:
