@@ -444,11 +444,11 @@ def register_model(fn: Callable[..., ResNet], fixed: dict[str, object] | None = 
 
 
 def registered_by(name: str) -> str | None:
-    """The module that registered model ``name`` when it is not resnetlab's own (a user's, which the
-    command line needs given with ``--import``), else None."""
+    """The module that registered model ``name`` when it is a user's that ``--import`` can import, else
+    None: resnetlab's own models, and those of a script (``__main__``), which no other process can import."""
     builder = _REGISTRY.get(name)
     module = getattr(builder, "__module__", "") or ""
-    return module if builder is not None and module.split(".")[0] != "resnetlab" else None
+    return module if builder is not None and module.split(".")[0] not in ("resnetlab", "__main__") else None
 
 
 def list_models(pattern: str | Sequence[str] = "*", pretrained: bool = False,

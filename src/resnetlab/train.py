@@ -145,7 +145,7 @@ def _resume_command(run_dir: Path, processes: int, model: str = "") -> str:
     registered its model when that is the user's own."""
     launcher = f"torchrun --nproc-per-node={processes} -m resnetlab" if processes > 1 else "resnetlab"
     module = registered_by(model)
-    imports = f" --import {module}" if module and module != "__main__" else ""
+    imports = f" --import {module}" if module else ""
     return f"{launcher}{imports} train --resume {run_dir}"
 
 
