@@ -5,9 +5,11 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from resnetlab import bench
 from resnetlab.cli import main
+from resnetlab.recipes import get_recipe
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
@@ -69,6 +71,28 @@ def test_both_loops_train_with_the_same_weight_decay(monkeypatch):
     monkeypatch.setattr(steps, "make_optimizer", record)
     bench.bench_train("resnet8", batch_size=64, steps=10, device="cpu", workers=0, limit_test=300, print_fn=lambda line: None)
     assert decayed == [sum(p.numel() for p in bench.create_model("resnet8", num_classes=10, in_chans=1).parameters())]
+
+
+@needs_fashion
+def test_both_loops_train_with_the_recipes_optimizer(monkeypatch):
+    """signs-adam's Adam in the usual script too: an SGD loop at Adam's learning rate would barely train,
+    and the accuracy column would compare two different recipes."""
+    from resnetlab import steps
+
+    made, real_ours, real_typical = [], steps.make_optimizer, bench._typical_optimizer
+    monkeypatch.setattr(steps, "make_optimizer", lambda *a, **k: made.append(real_ours(*a, **k)) or made[-1])
+    monkeypatch.setattr(bench, "_typical_optimizer", lambda *a: made.append(real_typical(*a)) or made[-1])
+    bench.bench_train("resnet8", batch_size=64, steps=10, device="cpu", workers=0, limit_test=300,
+                      recipe_name="signs-adam", print_fn=lambda line: None)
+    assert sorted(type(o).__name__ for o in made) == ["Adam", "Adam"]
+    assert {o.defaults["eps"] for o in made} == {1e-7}  # the notebook's (Keras's) epsilon in both
+
+
+def test_the_typical_loop_makes_each_optimizer_a_recipe_names():
+    model = bench.create_model("resnet8", num_classes=10, in_chans=1)
+    for name, kind in (("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
+        optimizer = bench._typical_optimizer(get_recipe("fast", optimizer=name, nesterov=False, weight_decay=0.05), model)
+        assert type(optimizer) is kind and optimizer.defaults["weight_decay"] == 0.05
 
 
 @needs_fashion

@@ -116,6 +116,15 @@ class _PILImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), self.labels[i]
 
 
+def _typical_optimizer(recipe, model: nn.Module) -> torch.optim.Optimizer:
+    """The recipe's optimizer as the usual script makes it: one group, PyTorch's default kernels."""
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                               weight_decay=recipe.weight_decay)
+    adam = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
+    return adam(model.parameters(), lr=recipe.lr, eps=recipe.adam_eps, weight_decay=recipe.weight_decay)
+
+
 def _typical_loop(model: nn.Module, train_set, recipe, mean, std, steps: int, warmup: int, device: torch.device, workers: int) -> float:
     """The usual script's training loop; returns seconds per step after ``warmup`` steps."""
     import torchvision.transforms as T
@@ -134,8 +143,7 @@ def _typical_loop(model: nn.Module, train_set, recipe, mean, std, steps: int, wa
         dataset, batch_size=recipe.batch_size, shuffle=True, drop_last=True, num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
     )
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    optimizer = _typical_optimizer(recipe, model)
     model.train()
     step, start = 0, None
     while step < steps:
