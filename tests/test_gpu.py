@@ -205,11 +205,11 @@ def test_precise_bn_after_a_graphed_run_gives_the_statistics_of_the_trained_weig
     cpu = evaluate_run(result.run_dir, limit_test=300, device="cpu", out=tmp_path / "eval").result
     assert result.test.accuracy == pytest.approx(cpu.accuracy, abs=0.02)
 
-@pytest.mark.parametrize("recipe", ["fast", "signs-adam"])
-def test_a_cpu_checkpoint_continues_in_a_cuda_graph(recipe):
+@pytest.mark.parametrize("recipe, optimizer", [("fast", "sgd"), ("signs-adam", "adam"), ("signs-adam", "adamw")])
+def test_a_cpu_checkpoint_continues_in_a_cuda_graph(recipe, optimizer):
     """Optimizer state saved by an eager CPU run (float lr, unfused, step counts on the CPU) is captured fine."""
     torch.manual_seed(0)
-    r = get_recipe(recipe)
+    r = get_recipe(recipe, optimizer=optimizer)
     cpu_model = create_model("resnet8", in_chans=1)
     cpu_step = build_train_step(cpu_model, r, torch.device("cpu"))
     for _ in range(2):

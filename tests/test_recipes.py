@@ -165,6 +165,48 @@ def test_cosine_falls_from_lr_to_zero_as_half_a_cosine():
     assert lr_at(get_recipe("he2016", schedule="cosine"), 10, 1000, depth=110) == 0.01  # the paper's warm-up still first
 
 
+def test_a_linear_warm_up_climbs_to_where_the_schedule_is_when_it_ends():
+    """Goyal et al. 2017's gradual warm-up: from warmup_lr up by equal steps, its last step at the lr the
+    schedule gives at the warm-up's end, then the schedule, which counts steps from the start of the run."""
+    r = get_recipe("fast", schedule="cosine", warmup_steps=100, warmup_lr=0.0, warmup_shape="linear")
+    lrs = np.array([lr_at(r, s, 1000) for s in range(1000)])
+    at_end = 0.1 * 0.5 * (1 + np.cos(np.pi * 100 / 1000))
+    np.testing.assert_allclose(lrs[:100], at_end * np.arange(1, 101) / 100, rtol=1e-12)
+    np.testing.assert_allclose(lrs[100:], 0.1 * 0.5 * (1 + np.cos(np.pi * np.arange(100, 1000) / 1000)), rtol=1e-12)
+    climbing = get_recipe("he2016", warmup_shape="linear")  # from 0.01 to 0.1 over the papers' 400 steps at 110+ layers
+    assert [lr_at(climbing, s, 64_000, depth=110) for s in (0, 199, 399, 400)] == pytest.approx([0.01 + 0.09 / 400, 0.01 + 0.09 * 200 / 400, 0.1, 0.1])
+    assert lr_at(climbing, 0, 64_000, depth=56) == 0.1  # still only where the recipe warms up
+    assert "lr rising linearly from 0 over the first 100 steps" in describe_recipe(r)
+    note = warmup_note(get_recipe("he2016-preact", warmup_shape="linear"), 600, 20)
+    assert note.startswith("recipe he2016-preact climbs from lr 0.01 for its first 400 steps")
+    with pytest.raises(ValueError, match="warmup-shape must be one of constant, linear, not 'cosine'"):
+        get_recipe("fast", warmup_shape="cosine")
+
+
+@pytest.mark.parametrize("tensor_lr", [False, True])
+def test_adamw_decays_the_weights_apart_from_the_gradient(tensor_lr):
+    """AdamW (Loshchilov and Hutter 2019) shrinks a weight by lr x weight_decay whatever its gradient;
+    Adam's weight decay is an L2 term that its step size normalises away, so a zero gradient moves it by lr."""
+    import torch
+    from torch import nn
+
+    from resnetlab.steps import make_optimizer
+
+    def after_one_step(optimizer_name: str) -> torch.Tensor:
+        model = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.BatchNorm2d(1))
+        model[0].weight.data.fill_(2.0)
+        recipe = get_recipe("fast", optimizer=optimizer_name, nesterov=False, lr=0.01, weight_decay=0.5)
+        optimizer = make_optimizer(recipe, model, torch.device("cpu"), tensor_lr)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        assert torch.equal(model[1].weight.detach(), torch.ones(1))  # BN spared either way
+        return model[0].weight.detach().flatten()
+
+    torch.testing.assert_close(after_one_step("adamw"), torch.tensor([2.0 * (1 - 0.01 * 0.5)]))
+    torch.testing.assert_close(after_one_step("adam"), torch.tensor([2.0 - 0.01]))
+
+
 def test_any_field_can_be_overridden_and_bad_ones_are_named():
     r = get_recipe("he2016", label_smoothing=0.2, milestones=[0.3, 0.6], scale_crop=[0.5, 1.0], optimizer="adam")
     assert (r.label_smoothing, r.milestones, r.scale_crop, r.optimizer) == (0.2, (0.3, 0.6), (0.5, 1.0), "adam")
@@ -172,7 +214,7 @@ def test_any_field_can_be_overridden_and_bad_ones_are_named():
         get_recipe("fast", colour="red")
     with pytest.raises(ValueError, match="schedule must be one of multistep, onecycle, cosine, constant"):
         get_recipe("fast", schedule="linear")
-    with pytest.raises(ValueError, match="optimizer must be one of sgd, adam"):
+    with pytest.raises(ValueError, match="optimizer must be one of sgd, adam, adamw, not 'lion'"):
         get_recipe("fast", optimizer="lion")
 
 

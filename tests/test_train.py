@@ -510,10 +510,10 @@ def test_a_graphed_step_refuses_a_batch_of_another_shape():
         step(torch.randn(1, 1, 12, 12), torch.randint(0, 10, (1,)), 0.05)  # copy_ would broadcast it
 
 
-def eager_state_in_a_graph_ready_optimizer(recipe_name: str, steps: int, lr: float):
+def eager_state_in_a_graph_ready_optimizer(recipe_name: str, steps: int, lr: float, **overrides):
     """(model, eager step, tensor-lr optimizer loaded with the eager step's state after ``steps`` steps)."""
     torch.manual_seed(0)
-    recipe = get_recipe(recipe_name)
+    recipe = get_recipe(recipe_name, **overrides)
     cpu = torch.device("cpu")
     model = create_model("resnet8", in_chans=1)
     eager = TrainStep(model, make_optimizer(recipe, model, cpu), 0.0, cpu)
@@ -553,8 +553,10 @@ def test_tensorboard_gets_the_epoch_metrics(tmp_path):
     assert events.Scalars("test_acc")[-1].value == pytest.approx(result.test_accuracy)
 
 
-def test_an_eager_adam_checkpoint_continues_in_a_capturable_adam():
-    model, _, graph_ready = eager_state_in_a_graph_ready_optimizer("signs-adam", steps=2, lr=1e-3)
+@pytest.mark.parametrize("overrides", [{}, {"optimizer": "adamw", "weight_decay": 0.05}], ids=["adam", "adamw"])
+def test_an_eager_adam_checkpoint_continues_in_a_capturable_adam(overrides):
+    model, _, graph_ready = eager_state_in_a_graph_ready_optimizer("signs-adam", steps=2, lr=1e-3, **overrides)
+    assert type(graph_ready).__name__ == ("AdamW" if overrides else "Adam")
     assert all(g["capturable"] and g["fused"] for g in graph_ready.param_groups)
     step = graph_ready.state[model.conv1.weight]["step"]
     assert step.dtype == torch.float32 and float(step) == 2.0

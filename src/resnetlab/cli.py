@@ -117,11 +117,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                             "Keras Applications' (KERAS; resnet50-152) or a weights file; normalises inputs with the "
                             "published weights' statistics")
     recipe.add_argument("--recipe", help=f"{', '.join(RECIPES)} (default fast; signs-adam for signs_resnet50, the notebook's)")
-    recipe.add_argument("--weight-decay", type=float, help="L2 penalty of the weights")
+    recipe.add_argument("--weight-decay", type=float, help="weight decay: an L2 penalty of the weights (decoupled from the gradient with optimizer=adamw)")
     recipe.add_argument("--recipe-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                         help="any other recipe field, repeatable: schedule=cosine, label_smoothing=0.1, momentum=0.95, "
-                             "milestones=[0.3,0.6,0.9] (fractions of the run; multistep schedule), optimizer=adam "
-                             "(`resnetlab recipes NAME` lists them)")
+                             "milestones=[0.3,0.6,0.9] (fractions of the run; multistep schedule), optimizer=adamw, "
+                             "warmup_shape=linear (`resnetlab recipes NAME` lists them)")
     where.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET-TIME)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
     where.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS",

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field, replace
 from .typecheck import check_types
 
 SCHEDULES = ("multistep", "onecycle", "cosine", "constant")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+WARMUP_SHAPES = ("constant", "linear")
 
 
 @dataclass(frozen=True)
@@ -20,11 +21,11 @@ class Recipe:
     """Hyperparameters of one training recipe."""
 
     name: str
-    optimizer: str = "sgd"  # "sgd" or "adam"
+    optimizer: str = "sgd"  # "sgd", "adam" (weight decay as an L2 term) or "adamw" (decoupled weight decay)
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
-    adam_eps: float = 1e-8  # Adam's epsilon: PyTorch's default; Keras's is 1e-7
+    adam_eps: float = 1e-8  # Adam's and AdamW's epsilon: PyTorch's default; Keras's is 1e-7
     weight_decay: float = 1e-4
     decay_norm_and_bias: bool = False  # decay BN parameters and biases too, as the papers and torchvision's reference do
     batch_size: int = 128
@@ -35,6 +36,8 @@ class Recipe:
     gamma: float = 0.1
     warmup_steps: int = 0  # steps at `warmup_lr` before the real lr (the papers' 110+ layer warm-up)
     warmup_lr: float = 0.01
+    # "constant" holds `warmup_lr` (the papers'); "linear" climbs from it to the schedule's lr (Goyal et al. 2017)
+    warmup_shape: str = "constant"
     warmup_min_depth: int = 0  # the warm-up applies to nets this deep and deeper
     pad_crop: int = 0  # pixels of zero padding for the random crop; 0 disables it
     scale_crop: tuple[float, float] | None = None  # area range of a random box resized to full size (replaces pad_crop)
@@ -141,7 +144,10 @@ def describe_recipe(recipe: Recipe) -> str:
         parts[-1] += " /" + f"{1 / recipe.gamma:g} at " + ", ".join(f"{m:.0%}" for m in recipe.milestones)
     if recipe.warmup_steps:
         deep = f" at {recipe.warmup_min_depth}+ layers" if recipe.warmup_min_depth else ""
-        parts.append(f"lr {recipe.warmup_lr:g} for the first {recipe.warmup_steps} steps{deep}")
+        if recipe.warmup_shape == "linear":
+            parts.append(f"lr rising linearly from {recipe.warmup_lr:g} over the first {recipe.warmup_steps} steps{deep}")
+        else:
+            parts.append(f"lr {recipe.warmup_lr:g} for the first {recipe.warmup_steps} steps{deep}")
     if recipe.weight_decay:
         parts.append(f"wd {recipe.weight_decay:g}")
     augment = [f"pad {recipe.pad_crop} + crop"] if recipe.pad_crop else []
@@ -197,6 +203,8 @@ def get_recipe(name: str, **overrides) -> Recipe:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {recipe.schedule!r}")
     if recipe.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {recipe.optimizer!r}")
+    if recipe.warmup_shape not in WARMUP_SHAPES:
+        raise ValueError(f"warmup-shape must be one of {', '.join(WARMUP_SHAPES)}, not {recipe.warmup_shape!r}")
     if recipe.label_smoothing > 1:
         raise ValueError(f"label-smoothing is a fraction of the target, at most 1, got {recipe.label_smoothing}")
     if recipe.optimizer == "sgd" and recipe.nesterov and not recipe.momentum:
@@ -239,7 +247,8 @@ def warmup_note(recipe: Recipe, total_steps: int, depth: int) -> str | None:
     where = (f"up to the lr drop at step {math.ceil(first_drop * total_steps)} of this {total_steps}-step run, so it never "
              f"trains at lr {recipe.lr:g}" if drops else f"half or more of this {total_steps}-step run")
     scaled = max(1, round(recipe.warmup_steps * total_steps / PAPERS_CIFAR_STEPS))
-    return (f"recipe {recipe.name} holds lr {recipe.warmup_lr:g} for its first {recipe.warmup_steps} steps, {where}; "
+    holds = "holds lr" if recipe.warmup_shape == "constant" else "climbs from lr"
+    return (f"recipe {recipe.name} {holds} {recipe.warmup_lr:g} for its first {recipe.warmup_steps} steps, {where}; "
             f"for a short run scale the warm-up with it (--recipe-arg warmup_steps={scaled}, as the papers' 400 of "
             f"64,000) or drop it (--recipe-arg warmup_steps=0)")
 
@@ -247,7 +256,16 @@ def warmup_note(recipe: Recipe, total_steps: int, depth: int) -> str | None:
 def lr_at(recipe: Recipe, step: int, total_steps: int, depth: int = 0) -> float:
     """The learning rate for 0-based ``step`` of a run of ``total_steps``."""
     if recipe.warmup_steps and depth >= recipe.warmup_min_depth and step < recipe.warmup_steps:
-        return recipe.warmup_lr
+        if recipe.warmup_shape == "constant":
+            return recipe.warmup_lr
+        # Its last step reaches the lr the schedule gives where the warm-up ends, so the two meet without a jump.
+        target = _scheduled_lr(recipe, recipe.warmup_steps, total_steps)
+        return recipe.warmup_lr + (target - recipe.warmup_lr) * (step + 1) / recipe.warmup_steps
+    return _scheduled_lr(recipe, step, total_steps)
+
+
+def _scheduled_lr(recipe: Recipe, step: int, total_steps: int) -> float:
+    """The schedule's learning rate for ``step``, warm-up aside."""
     if recipe.schedule == "constant":
         return recipe.lr
     if recipe.schedule == "multistep":

@@ -41,6 +41,8 @@ def make_optimizer(recipe: Recipe, model: nn.Module, device: torch.device, tenso
         return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov, **fused)
     if recipe.optimizer == "adam":
         return torch.optim.Adam(groups, lr=lr, eps=recipe.adam_eps, capturable=tensor_lr, **fused)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, eps=recipe.adam_eps, capturable=tensor_lr, **fused)
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
 
 

@@ -198,7 +198,7 @@ def resolve_recipe(config: TrainConfig) -> Recipe:
              "weight_decay": config.weight_decay}
     name = config.recipe or default_recipe(config.model)
     recipe = get_recipe(name, **{**config.recipe_overrides, **{k: v for k, v in flags.items() if v is not None}})
-    given = sorted({"warmup_steps", "warmup_lr"} & set(config.recipe_overrides))
+    given = sorted({"warmup_steps", "warmup_lr", "warmup_shape"} & set(config.recipe_overrides))
     depth = depth_of(config.model)
     if given and recipe.warmup_steps and depth < recipe.warmup_min_depth:  # asked for, and silently skipped
         raise ValueError(f"recipe {recipe.name} warms up nets of {recipe.warmup_min_depth} layers and deeper, and "
