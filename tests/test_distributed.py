@@ -1,5 +1,6 @@
 """Several processes (torchrun): batches split without overlap, gradients averaged, one run directory."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -113,7 +114,8 @@ def test_torchrun_trains_one_run_written_by_process_zero(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "resnetlab",
            "train", "--model", "resnet8", "--limit-train", "1024", "--limit-test", "1000", "--batch-size", "64",
            "--epochs", "2", "--device", "cpu", "--out", str(out), "--no-progress"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # A process that aborts (SIGABRT) prints its Python stacks first, so that a rare failure explains itself.
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     # Both ends of stderr: a process's own last words come first, torchrun's summary of the failure last.
     assert done.returncode == 0, done.stderr[:3000] + "\n...\n" + done.stderr[-1500:]
     assert done.stdout.count("run directory:") == 1  # printed by process 0 only
