@@ -105,6 +105,34 @@ def test_the_head_and_backbones_are_drawn_as_they_compute():
     assert "18-layer ResNet" in model_graph(create_model("resnet18")).source
 
 
+def test_a_unit_of_the_users_own_is_named_with_what_it_adds(models):
+    """A subclass's new layers and its own F(x) are invisible to the stock options the drawing reads:
+    they are said on the block, so the figure never passes off another net as the stock one."""
+    from torch import nn
+
+    from resnetlab.blocks import BasicBlock
+    from resnetlab.models import cifar_resnet
+
+    class SEBlock(BasicBlock):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(self.convs[-1].out_channels, 4, 1), nn.Sigmoid())
+
+        def _branch(self, x):
+            out, preacted = super()._branch(x)
+            return out * self.se(out)[:, :1], preacted
+
+    class Renamed(BasicBlock):  # a subclass that changes nothing drawn still says whose class it is
+        pass
+
+    source = model_graph(cifar_resnet(20, block=SEBlock)).source
+    assert rows(source, "layer1_0_0")[0] == "stage 1: × 3   layer1.0–2  SEBlock"
+    assert rows(source, "layer1_0_1") == ["3×3 conv, 16", "BN", "+ se: Sequential", "own _branch(): drawn as BasicBlock's"]
+    assert rows(model_graph(cifar_resnet(20, block=Renamed)).source, "layer1_0_1") == ["3×3 conv, 16", "BN"]
+    assert "Renamed" in model_graph(cifar_resnet(20, block=Renamed)).source
+    assert "own " not in model_graph(models["resnet20"]).source and "+ " not in model_graph(models["resnet50"]).source
+
+
 def test_plain_nets_have_no_add_and_no_shortcut(models):
     source = model_graph(models["plain20"], collapse=False).source
     assert "⊕" not in source and "identity" not in source and "shortcut" not in source

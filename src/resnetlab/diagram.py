@@ -11,6 +11,7 @@ scaling, gating or dropout). Plain blocks have neither.
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import graphviz
@@ -71,6 +72,8 @@ def model_graph(model: ResNet, collapse: bool = True, title: str | None = None) 
             j = 0
             for run in _runs(list(stage), collapse):
                 names = f"layer{i}.{j}" if len(run) == 1 else f"× {len(run)}   layer{i}.{j}–{j + len(run) - 1}"
+                if type(run[0]) not in (BasicBlock, Bottleneck):  # the user's own unit: its class names it
+                    names += f"  {type(run[0]).__name__}"
                 header = f"stage {i}: {names}" if j == 0 else names
                 last = _draw_block(g, c, run[0], f"layer{i}_{j}", header, len(run) > 1, last)
                 j += len(run)
@@ -161,6 +164,23 @@ def _shortcut(block: BasicBlock | Bottleneck) -> list[Row] | None:
     return rows or None
 
 
+_STOCK_PARTS = re.compile(r"(conv|bn)\d+|downsample|gate")  # the children a stock block's options make
+
+
+def _own_parts(block: BasicBlock | Bottleneck) -> list[Row]:
+    """Rows naming what a block of the user's own class (a subclass of a stock block) adds: the drawing
+    reads the stock options and layers, so new code and new layers are said rather than drawn as stock."""
+    kind = type(block)
+    if kind in (BasicBlock, Bottleneck):
+        return []
+    stock = BasicBlock if isinstance(block, BasicBlock) else Bottleneck
+    rows = [("io", f"+ {name}: {type(m).__name__}") for name, m in block.named_children() if not _STOCK_PARTS.fullmatch(name)]
+    own = [f"{method}()" for method in ("_branch", "forward") if getattr(kind, method) is not getattr(stock, method)]
+    if own:
+        rows.append(("io", f"own {' and '.join(own)}: drawn as {stock.__name__}'s"))
+    return rows
+
+
 def _signature(block: BasicBlock | Bottleneck) -> tuple:
     """What the diagram shows of a block; equal signatures draw alike."""
     shapes = tuple((c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in _convs(block))
@@ -185,6 +205,7 @@ def _draw_block(
 ) -> str:
     """Draw ``block`` under ``header``, fed by node ``source``; return its output node."""
     units = _branch(block)
+    units[-1] += _own_parts(block)
     shortcut = _shortcut(block) if block.residual else None
     # A pre-activation shortcut that is not the identity reads the normalised input (blocks._branch),
     # so the first BN-ReLU is drawn on its own, shared by both paths.
