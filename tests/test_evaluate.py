@@ -211,3 +211,26 @@ def test_a_run_is_tested_on_its_own_named_dataset_whatever_it_calls_the_classes(
     (renamed / "model.safetensors").write_bytes((idx_run / "model.safetensors").read_bytes())
     assert main(["eval", str(renamed), "--device", "cpu"]) == 0
     assert "  class 0" in capsys.readouterr().out
+
+
+def test_views_scored_until_an_error_leave_no_workers_behind(tmp_path):
+    """The error's traceback, which a notebook keeps (sys.last_value), must not keep the decoding workers
+    of the pass it stopped: a sweep collecting its failures ran out of processes and file descriptors."""
+    import multiprocessing
+
+    from conftest import noise_photos
+
+    from resnetlab.data import get_dataset
+    from resnetlab.evaluate import evaluate_views
+
+    class Failing(nn.Module):
+        def forward(self, x):
+            raise ValueError("a bad argument found late")
+
+    noise_photos(tmp_path, ("a", "b"), 40, lambda i: (20, 20))
+    folder = get_dataset(f"folder:{tmp_path}", "train", image_size=16, val_fraction=0.0)
+    before = set(multiprocessing.active_children())
+    with pytest.raises(ValueError, match="found late") as kept:
+        evaluate_views(Failing(), folder, [0.5] * 3, [0.25] * 3, 2, "scales", scales=[16], workers=2)
+    assert set(multiprocessing.active_children()) - before == set()
+    assert kept.value is not None  # still held, as the notebook holds it

@@ -163,6 +163,25 @@ def test_folder_workers_last_the_whole_run_and_an_epoch_left_part_way_leaks_noth
     assert len(workers) == 2
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["training", "test"])
+def test_close_stops_the_workers_of_an_epoch_under_way(tmp_path, train):
+    """A notebook's `it = loader.epoch(0); next(it)` holds the pass: close() ends its workers all the same,
+    a test loader's (one pool a pass) as well as a training loader's (one pool a run)."""
+    import multiprocessing
+
+    from resnetlab.loader import FolderLoader
+
+    before = set(multiprocessing.active_children())
+    loader = FolderLoader(_NumberedImages(tmp_path / "pids", 24), torch.arange(24) % 2, 4, [0.0], [1 / 255], train=train,
+                          workers=2, seed=1)
+    epoch = loader.epoch(0)
+    next(epoch)
+    assert len(set(multiprocessing.active_children()) - before) == 2
+    loader.close()
+    assert set(multiprocessing.active_children()) - before == set()
+    del epoch
+
+
 def test_folder_scale_crops_are_torchvisions_random_resized_crops_of_the_stored_images(tmp_path):
     """Scale augmentation on a folder cuts each box from the image as stored (its own size and
     proportions), exactly as torchvision's RandomResizedCrop does with the plan's seed for that image."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,8 +214,10 @@ def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float
     device = torch.device(device)
     tally = _Tally(num_classes)
     items = _Views(dataset, resize_to, views, scales)
-    loader = decode_in_workers(items, _as_lists, batch_size=32, num_workers=default_workers() if workers is None else workers)
-    with eval_mode(model):
+    # Closed on the way out: an error's traceback (which a notebook keeps) would otherwise hold the pass
+    # under way, and with it the decoding workers and their shared-memory batches.
+    with closing(decode_in_workers(items, _as_lists, batch_size=32,
+                                   num_workers=default_workers() if workers is None else workers)) as loader, eval_mode(model):
         for images, labels in loader:
             # Clamped: a probability that underflowed to zero would make the loss infinite.
             tally.add(view_probabilities(model, images, mean, std, device).clamp_min(1e-30).log(), labels.to(device))

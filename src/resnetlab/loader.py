@@ -15,6 +15,7 @@ import math
 import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 
@@ -288,7 +289,7 @@ class FolderLoader(DeviceLoader):
         # One DataLoader for every epoch, made at the first: its workers last as long as this loader,
         # rather than starting again each epoch (where processes are spawned, as on macOS and
         # Windows, each start imports torch again: seconds, and hundreds of MB, a worker).
-        self._keys, self._decoder = _EpochKeys(), None
+        self._keys, self._decoder, self._pass = _EpochKeys(), None, None
 
     def plan(self, epoch: int) -> EpochPlan:
         p = super().plan(epoch)
@@ -312,7 +313,8 @@ class FolderLoader(DeviceLoader):
         # The DataLoader reads its batch sampler as each pass starts (_raise_reported's first batch), in this
         # process: only the keys change from epoch to epoch, and the workers are sent each batch's.
         self._keys.batches = keys
-        for images, labels in _raise_reported(self._decoder):
+        self._pass = _raise_reported(self._decoder)
+        for images, labels in self._pass:
             images = images.to(self.device, non_blocking=True)
             yield (F.pad(images, (self.pad,) * 4) if self.pad else images), labels.to(self.device, non_blocking=True)
 
@@ -320,6 +322,9 @@ class FolderLoader(DeviceLoader):
         """Stop the workers now. Left to the garbage collector, they would last as long as anything holds
         the epoch under way, as the traceback of an error raised in it does: forked with the run's open
         lock file, they would hold the run's lock after the run has let it go."""
+        if self._pass is not None:  # a test loader's workers belong to the pass under way, and end with it
+            self._pass.close()
+            self._pass = None
         # DataLoader has no public way to stop persistent workers: its iterator's own shutdown (private API).
         iterator = getattr(self._decoder, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
@@ -453,9 +458,9 @@ def stats_sample(ds, sample: int = 2000, seed: int = 0, workers: int | None = No
         return ds.images
     g = torch.Generator().manual_seed(seed)
     picks = torch.randperm(len(ds), generator=g)[:sample].tolist()
-    batches = decode_in_workers(torch.utils.data.Subset(ds, picks), batch_size=64,
-                                num_workers=default_workers() if workers is None else workers)
-    return torch.cat([images for images, _ in batches])
+    with closing(decode_in_workers(torch.utils.data.Subset(ds, picks), batch_size=64,
+                                   num_workers=default_workers() if workers is None else workers)) as batches:
+        return torch.cat([images for images, _ in batches])
 
 
 def make_loader(ds, batch_size: int, mean: list[float], std: list[float], device: torch.device, train: bool,
