@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import FASHION, fails_cleanly, with_files_limited_to
 from resnetlab import runs
@@ -308,3 +309,13 @@ def test_weights_that_do_not_fit_on_the_disk_are_one_error_naming_the_file_and_l
         "    print(e)\n"), run_dir)
     assert said.startswith(f"could not write {run_dir / runs.WEIGHTS} (File too large). What was saved before is kept"), said
     assert (sorted(os.listdir(run_dir)), (run_dir / runs.WEIGHTS).read_bytes()) == before
+
+
+def test_loading_a_run_leaves_the_callers_random_draws_alone(trained_run):
+    """The model is built (drawing its first weights) and then given the run's: the caller's generator,
+    which a notebook's next cell or a sweep's next trial draws from, must not have moved."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    runs.load_model(trained_run)
+    assert torch.equal(torch.rand(3), expected)

@@ -290,7 +290,8 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple
             raise RunError(f"{run_dir} has no {WEIGHTS}, though its {METRICS} records {epochs} epoch{'s' * (epochs > 1)}: "
                            "the file was deleted or moved, or the run was killed while saving it")
         raise RunError(f"{run_dir} has no {WEIGHTS} yet: the run has not finished an epoch")
-    model = build_model(config)
+    with torch.random.fork_rng(devices=[]):  # its first weights are overwritten: the caller's draws stay its own
+        model = build_model(config)
     try:
         state = load_file(path)
     except Exception as e:  # safetensors raises its own error types for damaged files
