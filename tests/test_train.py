@@ -265,6 +265,34 @@ def test_a_folder_that_changed_since_its_run_started_is_refused_on_resume(tmp_pa
         resume(tmp_path / "run", device="cpu", progress=False)
 
 
+def test_seeds_change_the_weights_and_the_data_seed_the_images(tmp_path):
+    """Runs of several seeds are compared on one test set: a folder's held-out images and its --limit draws
+    follow --data-seed alone. A run from before data_seed drew them with its seed, and still resumes."""
+    from conftest import noise_photos
+
+    from resnetlab.evaluate import evaluate_run
+
+    photos = noise_photos(tmp_path / "photos", ("a", "b"), 20, lambda i: (10, 10))
+    kw = dict(dataset=f"folder:{photos}", recipe="fast", image_size=8, batch_size=4, steps=4, workers=0,
+              limit_train=30, limit_test=None)
+    fingerprint = {}
+    for name, seeds in (("s3", {"seed": 3}), ("s4", {"seed": 4}), ("d1", {"seed": 3, "data_seed": 1})):
+        result = train(tiny(tmp_path, name, **kw, **seeds))
+        fingerprint[name] = runs.read_config(result.run_dir)["data_fingerprint"]
+        # eval draws the held-out images again with the run's data seed: the very ones it was scored on
+        assert evaluate_run(result.run_dir, device="cpu", out=tmp_path / f"eval-{name}").result.accuracy == result.test_accuracy
+    assert fingerprint["s3"] == fingerprint["s4"]
+    assert fingerprint["d1"]["train"] != fingerprint["s3"]["train"] and fingerprint["d1"]["test"] != fingerprint["s3"]["test"]
+    assert not torch.equal(runs.load_model(tmp_path / "s3")[0].fc.weight, runs.load_model(tmp_path / "s4")[0].fc.weight)
+
+    with pytest.raises(Interrupted):  # as an earlier version drew it: split and draws by the run's own seed
+        train(tiny(tmp_path, "old", **kw, seed=5, data_seed=5), stop_at=2)
+    config = runs.read_config(tmp_path / "old")
+    del config["data_seed"]
+    runs.write_json(tmp_path / "old" / runs.CONFIG, config)
+    assert resume(tmp_path / "old", device="cpu", progress=False).steps == 4
+
+
 def test_folders_with_scale_augmentation_train_on_crops_and_evaluate_on_centre_crops(tmp_path):
     """The imagenet recipe on a folder: training crops come from the stored images (resumable, like
     every plan), held-out images keep their proportions and lose their edges to the centre crop."""
@@ -357,7 +385,7 @@ def test_an_unreadable_file_mid_run_saves_the_run_and_says_how_to_go_on(tmp_path
     from resnetlab.data import get_dataset
     from resnetlab.loader import make_loader
 
-    train_images = get_dataset(f"folder:{photos}", "train", image_size=16, seed=3)
+    train_images = get_dataset(f"folder:{photos}", "train", image_size=16, seed=0)  # the run's data seed
     order = make_loader(train_images, 4, [0.5] * 3, [0.2] * 3, torch.device("cpu"), train=True, workers=0, seed=3,
                         scale_crop=(0.08, 1.0), flip=True).plan(0).order
     victim = train_images.samples[int(order[12])][0]

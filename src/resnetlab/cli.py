@@ -90,8 +90,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> tuple[argparse._ArgumentGroup,
                       help="fashion-mnist (default), mnist, cifar10, cifar100, signs, imagenet or folder:PATH")
     data.add_argument("--data-dir", help=DATA_DIR_HELP)
     data.add_argument("--limit-train", type=int, metavar="N",
-                      help="use the first N training examples (of a folder: N drawn with the seed); default: all")
+                      help="use the first N training examples (of a folder: N drawn with --data-seed); default: all")
     data.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test examples (default: all)")
+    data.add_argument("--data-seed", type=int, default=0,
+                      help="seed of a folder's held-out tenth and of the --limit draws from a folder (default 0): "
+                           "runs of other --seed values train and test on the same images")
     recipe = p.add_argument_group("recipe (each flag overrides the recipe's value, its default)")
     recipe.add_argument("--epochs", type=float, help="passes over the training set")
     recipe.add_argument("--steps", type=int, help="iterations (instead of --epochs)")
@@ -516,7 +519,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             model=args.model, dataset=args.dataset, data_dir=args.data_dir, recipe=args.recipe,
             epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, limit_train=args.limit_train, limit_test=args.limit_test,
-            image_size=args.image_size, device=args.device, seed=args.seed, out=args.out,
+            image_size=args.image_size, device=args.device, seed=args.seed, data_seed=args.data_seed, out=args.out,
             compile=args.compile, cuda_graph=not args.no_cuda_graph, deterministic=args.deterministic,
             eval_every=args.eval_every, progress=progress, weights=args.weights,
             model_kwargs=dict(args.model_arg), recipe_overrides=dict(args.recipe_arg), workers=args.workers,
@@ -789,7 +792,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     base = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, recipe=args.recipe, epochs=args.epochs, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, limit_train=args.limit_train, limit_test=args.limit_test,
-        device=args.device, seed=args.seed, progress=sys.stderr.isatty(),
+        device=args.device, seed=args.seed, data_seed=args.data_seed, progress=sys.stderr.isatty(),
     )
     if args.experiment == "degradation":
         paths = experiments.reproduce_degradation(base, args.out, args.depths, args.seeds)

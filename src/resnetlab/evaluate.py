@@ -358,7 +358,7 @@ def evaluate_run(
     from .data import class_folder_names, load_split, own_held_out, reload_sizes, resolve_dataset
     from .loader import dataset_shape
     from .plots import plot_confusion
-    from .runs import load_model, out_folder, read_metrics, write_json
+    from .runs import data_seed, load_model, out_folder, read_metrics, write_json
 
     if split not in ("test", "train"):
         raise ValueError(f"split must be 'test' or 'train', not {split!r}")
@@ -392,7 +392,7 @@ def evaluate_run(
         limit = limit_test
         whole = (name != own and not moved and name.startswith("folder:")
                  and own_held_out(Path(name.removeprefix("folder:"))) is None)
-    test = load_split(name, split, data_dir or config.get("data_dir"), limit=limit, seed=config["seed"],
+    test = load_split(name, split, data_dir or config.get("data_dir"), limit=limit, seed=data_seed(config),
                       on_disk=views is not None, whole=whole, **reload_sizes(name, config))
     expected = (len(config["classes"]), config["channels"], config["image_size"])
     found = (len(test.classes), *dataset_shape(test))

@@ -98,6 +98,8 @@ def train_or_reuse(config: TrainConfig) -> Path:
         "grad_norm_every": config.grad_norm_every, "weights": config.weights,
     }
     differ = [key for key, value in asked.items() if saved.get(key) != value]
+    # Only a folder's images depend on it (its held-out tenth, its --limit draws); a named dataset's are its first N.
+    differ += ["data_seed"] if asked["dataset"].startswith("folder:") and runs.data_seed(saved) != config.data_seed else []
     recipe = resolve_recipe(config)
     differ += ["recipe"] if Recipe.from_dict(saved["recipe"]) != recipe else []
     # The side trained at, where the request decides it: given, or a folder's default (a named dataset's own
@@ -612,7 +614,7 @@ def reproduce_responses(
     for run_dir in run_dirs:
         model, config = runs.load_model(run_dir, device)
         data_dir = base.data_dir or config["data_dir"]
-        test = load_split(config["dataset"], "test", data_dir, limit=base.limit_test, seed=config["seed"],
+        test = load_split(config["dataset"], "test", data_dir, limit=base.limit_test, seed=runs.data_seed(config),
                           **reload_sizes(config["dataset"], config))
         batches = make_loader(test, 256, config["mean"], config["std"], device, train=False)
         stds = layer_response_stds(model, batches)

@@ -187,6 +187,12 @@ def write_json(path: Path, data: object, indent: int | None = 2) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(to_json(data, indent=indent) + "\n"))
 
 
+def data_seed(config: dict) -> int:
+    """The seed that chose a run's data (a folder's held-out images, --limit draws): runs from before
+    ``data_seed`` was recorded drew them with their own seed."""
+    return config.get("data_seed", config["seed"])
+
+
 def read_config(run_dir: str | Path) -> dict:
     """The run's config.json, or a RunError saying what is missing."""
     run_dir = Path(run_dir)

@@ -55,6 +55,9 @@ class TrainConfig:
     image_size: int | None = None  # the side images are resized to (folders: 64 unless told; named datasets: their own)
     device: str | torch.device = "auto"  # kept as text ("cuda:0")
     seed: int = 0
+    # Which images a folder holds out for testing and which --limit draws take: apart from `seed`, so that
+    # runs of several seeds are scored on one test set and differ only in weights, order and augmentation.
+    data_seed: int = 0
     out: str | os.PathLike | None = None
     compile: bool = False
     deterministic: bool = False
@@ -92,8 +95,9 @@ class TrainConfig:
         check_device_name(self.device)
         if self.eval_every < 1:
             raise ValueError(f"eval_every (--eval-every) must be at least 1, got {self.eval_every}")
-        if not 0 <= self.seed < 2**32:  # torch's range; its own message names no flag
-            raise ValueError(f"seed (--seed) must be from 0 to 2**32 - 1, got {self.seed}")
+        for name in ("seed", "data_seed"):
+            if not 0 <= getattr(self, name) < 2**32:  # torch's range; its own message names no flag
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be from 0 to 2**32 - 1, got {getattr(self, name)}")
         for name, least in (("limit_train", 1), ("limit_test", 1), ("workers", 0), ("grad_norm_every", 0)):
             value = getattr(self, name)
             if value is not None and value < least:
@@ -282,7 +286,7 @@ def _load_data(config: TrainConfig, recipe: Recipe) -> tuple[Recipe, _Data]:
     if recipe.scale_jitter is not None and size and "scale_jitter" not in config.recipe_overrides:
         # The paper's shorter sides 256-480 go with 224-pixel crops: other crops keep the proportions.
         recipe = replace(recipe, scale_jitter=scaled_jitter(recipe.scale_jitter, size))
-    train_set, test_set = load_splits(config.dataset, config.data_dir, config.limit_train, config.limit_test, config.seed,
+    train_set, test_set = load_splits(config.dataset, config.data_dir, config.limit_train, config.limit_test, config.data_seed,
                                       size, resize_to)
     return recipe, _Data(train_set, test_set, *dataset_shape(train_set), resize_to)
 
@@ -317,9 +321,9 @@ def _input_statistics(config: TrainConfig, recipe: Recipe, data: _Data) -> dict[
     # Published weights expect the statistics they were trained with, not this dataset's.
     published = config.weights and input_stats(config.model, config.weights, data.channels)
     # One decoded sample of the training images for the normalisation and the colour components.
-    sample = stats_sample(data.train_set, seed=config.seed, workers=config.workers) if not published or recipe.lighting else None
+    sample = stats_sample(data.train_set, seed=config.data_seed, workers=config.workers) if not published or recipe.lighting else None
     mean, std = published or channel_stats(sample)
-    return {"mean": mean, "std": std, "colour_pca": colour_pca(sample, seed=config.seed) if recipe.lighting else None}
+    return {"mean": mean, "std": std, "colour_pca": colour_pca(sample, seed=config.data_seed) if recipe.lighting else None}
 
 
 def _run_config(config: TrainConfig, recipe: Recipe, data: _Data, model_kwargs: dict, stats: dict, device: torch.device,
@@ -346,6 +350,7 @@ def _run_config(config: TrainConfig, recipe: Recipe, data: _Data, model_kwargs: 
         "limit_train": config.limit_train,
         "limit_test": config.limit_test,
         "seed": config.seed,
+        "data_seed": config.data_seed,
         "deterministic": config.deterministic,
         "compile": config.compile,
         "cuda_graph": config.cuda_graph,
@@ -406,7 +411,7 @@ def _resume(run_dir: Path, saved: dict, world: distributed.World, device: str | 
             raise DataError(f"--data-dir {data_dir} is not a folder; give the folder the run's data moved to")
         saved = {**saved, **({"dataset": f"folder:{data_dir}"} if saved["dataset"].startswith("folder:") else {"data_dir": data_dir})}
     train_set, test_set = load_splits(
-        saved["dataset"], saved["data_dir"], saved["limit_train"], saved["limit_test"], saved["seed"],
+        saved["dataset"], saved["data_dir"], saved["limit_train"], saved["limit_test"], runs.data_seed(saved),
         **reload_sizes(saved["dataset"], saved),
     )
     if moved and not saved["dataset"].startswith("folder:") and found_elsewhere(saved["dataset"], data_dir):
