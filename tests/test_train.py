@@ -86,6 +86,35 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
 
 
 @needs_fashion
+def test_each_session_records_its_arithmetic_and_a_resume_that_changes_it_says_so(tmp_path, capsys):
+    """On a CPU the thread count splits and orders every sum: a run resumed with another does not end on the
+    uninterrupted run's weights. config.json records each session's, and such a resume says so."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with pytest.raises(Interrupted):
+            train(tiny(tmp_path), stop_at=5)
+        env = runs.read_config(tmp_path / "run")["environment"]
+        assert (env["threads"], env["torch"], env["cpu"]) == (1, torch.__version__, torch.backends.cpu.get_cpu_capability())
+        assert {"python", "torchvision", "numpy", "pillow", "platform"} <= set(env)
+        capsys.readouterr()
+        with pytest.raises(Interrupted):
+            resume(tmp_path / "run", device="cpu", progress=False, stop_at=10)
+        assert "other arithmetic" not in capsys.readouterr().err
+        torch.set_num_threads(2)
+        resume(tmp_path / "run", device="cpu", progress=False)
+        err = capsys.readouterr().err
+        assert "note: the run goes on with other arithmetic than it had (threads 1 -> 2): from step 10 " in err
+        assert "OMP_NUM_THREADS=1 gives it its thread count back" in err
+    finally:
+        torch.set_num_threads(threads)
+    sessions = runs.read_config(tmp_path / "run")["resumed"]
+    assert [(s["step"], s["device"], s["environment"]["threads"]) for s in sessions] == [(5, "cpu", 1), (10, "cpu", 2)]
+    resume(tmp_path / "run", device="cpu", progress=False)  # finished: no session, nothing recorded
+    assert len(runs.read_config(tmp_path / "run")["resumed"]) == 2
+
+
+@needs_fashion
 def test_a_run_ending_mid_epoch_labels_its_bars_and_lines_alike(tmp_path, capsys, monkeypatch):
     """20 steps of 8 an epoch are 2.5 epochs: each progress bar reads as the line printed when its epoch
     ends, the last one 2.5/2.5 (not a bar at 3/3 and a line at 2.5/3), in a resumed run too."""
@@ -746,8 +775,14 @@ def test_ctrl_c_mid_step_stops_after_that_step_and_resumes_to_the_same_weights(t
         return real_build(model, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "build_train_step", build_with_a_ctrl_c)
-    with pytest.raises(Interrupted, match="stopped at step 13"):
+    with pytest.raises(Interrupted, match="stopped at step 13") as stopped:
         train(tiny(tmp_path, "resumed"))
+    assert stopped.value.signum == signum
+    # The command line exits as a shell counts a death by that signal: 130 for Ctrl-C, 143 for SIGTERM.
+    from resnetlab.cli import main
+
+    assert main(["train", "--model", "resnet8", "--limit-train", "512", "--limit-test", "64", "--batch-size", "64",
+                 "--steps", "20", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "cli")]) == 128 + signum
     monkeypatch.undo()
     assert {s: signal.getsignal(s) for s in handlers} == handlers  # the handlers before are back
     resumed = resume(tmp_path / "resumed", device="cpu", progress=False)

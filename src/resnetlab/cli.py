@@ -135,7 +135,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     speed = p.add_argument_group("speed")
     speed.add_argument("--compile", action="store_true", help="torch.compile the model")
     speed.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, run the step eagerly instead of replaying a CUDA graph")
-    speed.add_argument("--deterministic", action="store_true", help="deterministic kernels where PyTorch has them (runs repeat bit for bit; on a GPU, ops without one warn)")
+    speed.add_argument("--deterministic", action="store_true",
+                       help="deterministic kernels where PyTorch has them (runs repeat bit for bit on the same machine "
+                            "and CPU thread count; on a GPU, ops without one warn)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -941,7 +943,8 @@ def _out_of_memory(e: Exception, command: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``resnetlab ARGV`` (default ``sys.argv[1:]``) and return its exit status: 0, 2 for an error, 130 if stopped."""
+    """Run ``resnetlab ARGV`` (default ``sys.argv[1:]``) and return its exit status: 0, 2 for an error, and
+    128 + the signal's number if stopped, as a shell counts it (130 for Ctrl-C, 143 for SIGTERM)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
     parser = build_parser()
@@ -958,7 +961,7 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command](args)
     except KeyboardInterrupt as e:  # Ctrl-C, or a run that stopped on it (train.Interrupted: saved, resumable)
         _say_stopped(e, args.command)
-        return 130
+        return 128 + int(getattr(e, "signum", signal.SIGINT))
     except BrokenPipeError:  # `resnetlab models | head`: the reader has gone, which is no error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush stays quiet
         return 1

@@ -142,3 +142,35 @@ def autocast_for(device: torch.device) -> AbstractContextManager:
         # No cast cache: CUDA graph capture requires it off, and each weight is cast once per pass anyway.
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return nullcontext()
+
+
+def environment(device: torch.device) -> dict:
+    """What a run's numbers depend on beyond its settings: the libraries, and the machine's arithmetic.
+
+    On a CPU the thread count and the vector instructions decide how each sum is split and ordered, so
+    a run repeats bit for bit only where both are the same (on a GPU, the GPU and its libraries).
+    """
+    import platform
+
+    import numpy
+    import PIL
+    import torch
+    import torchvision
+
+    env = {
+        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__, "pillow": PIL.__version__, "platform": platform.platform(),
+        "cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return env
+
+
+def arithmetic_change(before: dict, now: dict) -> str | None:
+    """Why a run resumed in ``now``'s environment will not repeat, bit for bit, the steps it would have
+    taken in ``before``'s; None when nothing that decides its sums has changed."""
+    # A GPU's sums do not depend on the CPU beside it; across device kinds everything counts.
+    keys = ("gpu", "torch") if "gpu" in before and "gpu" in now else ("cpu", "threads", "gpu", "torch")
+    changes = [f"{key} {before.get(key)} -> {now.get(key)}" for key in keys if before.get(key) != now.get(key)]
+    return ", ".join(changes) or None

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm  # a widget in Jupyter (where stderr is no terminal, 
 
 from . import __version__, distributed, runs
 from .data import DataError, check_side, fingerprint, found_elsewhere, folder_sizes, load_splits, reload_sizes, resolve_dataset
-from .devices import check_device_name, kernel_choices, pick_device, seeded, uses_channels_last
+from .devices import arithmetic_change, check_device_name, environment, kernel_choices, pick_device, seeded, uses_channels_last
 from .errors import ResnetlabError
 from .evaluate import EvalResult, evaluate, statistics_note
 from .loader import DeviceLoader, channel_stats, check_scale_jitter, colour_pca, dataset_shape, make_loader, scaled_jitter, stats_sample
@@ -139,9 +139,10 @@ class Interrupted(KeyboardInterrupt):
     to go on past a failing one still stops when its user asks it to.
     """
 
-    def __init__(self, run_dir: Path, step: int, processes: int = 1, model: str = "") -> None:
+    def __init__(self, run_dir: Path, step: int, processes: int = 1, model: str = "", signum: int = signal.SIGINT) -> None:
         super().__init__(f"stopped at step {step}; continue with: {_resume_command(run_dir, processes, model)}")
         self.run_dir, self.step = run_dir, step
+        self.signum = signum  # what stopped it (SIGINT for stop_at too): the command line exits with 128 + it
 
 
 def _resume_command(run_dir: Path, processes: int, model: str = "") -> str:
@@ -360,6 +361,7 @@ def _run_config(config: TrainConfig, recipe: Recipe, data: _Data, model_kwargs: 
         "device": str(device),
         "processes": world.size,
         "versions": {"resnetlab": __version__, "torch": torch.__version__},
+        "environment": environment(device),  # each resume adds its own to "resumed"
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -428,9 +430,23 @@ def _resume(run_dir: Path, saved: dict, world: distributed.World, device: str | 
     if expected and expected != _data_fingerprint(train_set, test_set):
         raise runs.RunError(f"{where} holds as many images of the same classes as the run's data, but other "
                             "images or labels (or in another order): not the same data")
-    if moved and world.is_main:  # eval and later resumes find it there too
-        runs.write_json(run_dir / runs.CONFIG, saved)
     device = distributed.setup(world, pick_device(device))
+    rewrite = moved  # eval and later resumes find the data there too
+    if checkpoint["step"] < saved["total_steps"]:  # another session of training: config.json records where it ran
+        sessions = saved.get("resumed", [])
+        before = (sessions[-1] if sessions else saved).get("environment")
+        now = environment(device)
+        saved = {**saved, "resumed": [*sessions, {"step": checkpoint["step"], "device": str(device), "environment": now,
+                                                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}]}
+        change = before and arithmetic_change(before, now)
+        if change and world.is_main:
+            threads = f"; OMP_NUM_THREADS={before['threads']} gives it its thread count back" if "threads" in change else ""
+            print(f"note: the run goes on with other arithmetic than it had ({change}): from step {checkpoint['step']} "
+                  f"its numbers part, in the last bits at first, from those of the run had it not stopped{threads}",
+                  file=sys.stderr)
+        rewrite = True
+    if rewrite and world.is_main:
+        runs.write_json(run_dir / runs.CONFIG, saved)
     return _run(saved, run_dir, train_set, test_set, device, progress, stop_at, checkpoint, world, workers)
 
 
@@ -489,7 +505,7 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                     distributed.sum_across(run.train_step.sums, world)  # the partial epoch's sums, of every process
                     _stop_if_diverged(run)
                     _save(run)
-                    raise Interrupted(run_dir, run.step, world.size, saved["model"])
+                    raise Interrupted(run_dir, run.step, world.size, saved["model"], ctrl_c.signum)
                 row = _epoch_row(run, lr, epoch_start, resumed_seen)
                 if last and recipe.precise_bn and world.is_main:  # process 0 evaluates and saves the weights
                     _precise_bn(model, train_loader, epoch + 1, recipe.precise_bn)
@@ -499,13 +515,13 @@ def _run(saved: dict, run_dir: Path, train_set, test_set, device: torch.device, 
                 history.append(row)
                 _end_epoch(run, row, board, last)
                 if stop_now and not last:
-                    raise Interrupted(run_dir, run.step, world.size, saved["model"])
+                    raise Interrupted(run_dir, run.step, world.size, saved["model"], ctrl_c.signum)
         except Interrupted:  # a KeyboardInterrupt too, raised above with the run saved: it goes on as it is
             raise
         except KeyboardInterrupt:
             # A second Ctrl-C, or several processes (the others may be inside a collective): the step under way
             # may be half done (batch norms updated, weights not), so the last checkpoint stays as it is.
-            raise Interrupted(run_dir, run.saved_step, world.size, saved["model"]) from None
+            raise Interrupted(run_dir, run.saved_step, world.size, saved["model"], ctrl_c.signum) from None
         except DataError as err:  # a file that cannot be read, met mid-run: say where the run stands
             raise DataError(f"{err}. The run is saved at step {run.saved_step}; continue it with: "
                             f"resnetlab train --resume {run_dir}") from None
@@ -707,7 +723,7 @@ class _StepEndInterrupt:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, enabled: bool) -> None:
-        self.requested, self.pid = False, os.getpid()
+        self.requested, self.pid, self.signum = False, os.getpid(), signal.SIGINT
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS} if self.enabled else {}
 
@@ -716,7 +732,7 @@ class _StepEndInterrupt:
         # ignore, loader._ignore_ctrl_c), which ends rather than finishing a step it has not got.
         if self.requested or os.getpid() != self.pid:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
         what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         tqdm.write(f"{what}: stopping after this step and saving it (a second one stops at once, keeping the last checkpoint)")
 
