@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import resnetlab
 from resnetlab.cli import main
 from resnetlab.evaluate import EvalReport, EvalResult, eval_mode, evaluate
 from resnetlab.runs import load_model
@@ -143,6 +144,24 @@ def test_printed_and_written_results_agree_with_a_hand_computation_on_the_first_
     for name, value in written["per_class_accuracy"].items():
         assert any(line.split() == [*name.split(), f"{value:.2%}"] for line in printed.splitlines() if value is not None)
 
+
+
+def test_a_run_tested_on_its_first_n_says_so_when_eval_scores_all(idx_run, tmp_path, capsys):
+    """eval scores the whole test set unless told: a run trained with --limit-test recorded scores of fewer
+    images, and the difference between the two is said, with the flag that scores the run's own."""
+    data_dir = load_model(idx_run)[1]["data_dir"]
+    run = train(TrainConfig(model="resnet8", data_dir=data_dir, batch_size=32, steps=4, limit_test=50, device="cpu",
+                            out=str(tmp_path / "run"), progress=False))
+    assert main(["eval", str(run.run_dir), "--device", "cpu", "--out", str(tmp_path / "all")]) == 0
+    said = capsys.readouterr().out
+    assert "(203 test images" in said
+    assert ("note: the run was tested on its first 50 test images (metrics.jsonl), and these are all 203: "
+            "--limit-test 50 scores the same ones") in said
+    assert main(["eval", str(run.run_dir), "--limit-test", "50", "--device", "cpu", "--out", str(tmp_path / "own")]) == 0
+    assert "--limit-test 50 scores" not in capsys.readouterr().out
+    written = json.loads((tmp_path / "own" / "eval.json").read_text())
+    assert written["accuracy"] == run.test_accuracy and written["step"] == 4  # the run's own number, of its last weights
+    assert written["versions"] == {"resnetlab": resnetlab.__version__, "torch": torch.__version__}
 
 
 def test_the_training_split_is_scored_on_the_images_the_run_trained_on(idx_run, tmp_path, capsys):

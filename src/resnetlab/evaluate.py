@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import __version__
 from .devices import autocast_for, pick_device, uses_channels_last
 from .loader import normalize
 from .models import eval_mode
@@ -295,6 +296,7 @@ class EvalReport:
     views: str = "one view"  # how each image was seen: its one view, or the views its scores were averaged over
     split: str = "test"  # or "train": the images a run trained on
     note: str | None = None  # why the score may mislead (a run's unsettled batch-norm statistics)
+    step: int | None = None  # the training step of a run's weights
 
     def to_dict(self) -> dict:
         r = self.result
@@ -303,6 +305,8 @@ class EvalReport:
             "split": self.split,
             "views": self.views,
             "reference": self.reference,
+            "step": self.step,
+            "versions": {"resnetlab": __version__, "torch": torch.__version__},
             "examples": r.count,
             "loss": r.loss,
             "accuracy": r.accuracy,
@@ -327,7 +331,7 @@ class EvalReport:
         width = max(len(c) for c, _ in per_class) + 2
         lines += [f"  {c:<{width}}{'no test images' if a is None else f'{a:.2%}'}" for c, a in per_class]
         lines += [self.reference] if self.reference else []
-        lines += [f"note: {self.note}"] if self.note else []
+        lines += [f"note: {n}" for n in self.note.split("\n")] if self.note else []
         lines += [f"wrote {f}" for f in self.files]
         return "\n".join(lines)
 
@@ -424,9 +428,14 @@ def evaluate_run(
     # The papers report test errors: nothing to hold a training-set score against.
     reference = paper_reference(config["model"], views, scales, len(config["classes"])) if split == "test" else None
     rows = read_metrics(run_dir, missing_ok=True) if "recipe" in config else []  # an import has no training of ours
-    note = statistics_note(model, config, rows[-1]["step"]) if rows else None
+    notes = [statistics_note(model, config, rows[-1]["step"]) if rows else None]
+    if split == "test" and name == own and limit_test is None and config.get("limit_test") and rows:
+        # metrics.jsonl's test scores are those of the run's first limit_test images, not of all of them
+        notes.append(f"the run was tested on its first {config['limit_test']:,} test images (metrics.jsonl), and these "
+                     f"are all {result.count:,}: --limit-test {config['limit_test']} scores the same ones")
     report = EvalReport(str(run_dir), name, config["classes"], result, [], reference,
-                        describe_views(views, scales) or one_view(config), split, note)
+                        describe_views(views, scales) or one_view(config), split, "\n".join(filter(None, notes)) or None,
+                        rows[-1]["step"] if rows else None)
     out = Path(out) if out is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
     suffix = "-train" if split == "train" else ""  # beside the test set's files, not over them
