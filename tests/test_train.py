@@ -728,7 +728,9 @@ def test_a_run_killed_between_its_last_checkpoint_and_its_weights_gets_its_last_
         train(tiny(tmp_path, "killed", steps=16))
     monkeypatch.undo()
     assert runs.load_checkpoint(tmp_path / "killed")["step"] == 16
-    assert resume(tmp_path / "killed", progress=False).steps == 16
+    finished = resume(tmp_path / "killed", progress=False)
+    assert finished.steps == 16 and finished.test is None  # nothing trained, nothing evaluated
+    assert finished.test_accuracy == straight.test_accuracy  # the run's last evaluation, from its history
     assert_same_weights(straight.run_dir, tmp_path / "killed")
 
 

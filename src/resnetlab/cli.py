@@ -537,13 +537,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not world.is_main:
         return
     acc = result.test_accuracy
-    if acc is not None:
+    if result.test is None and acc is not None:  # resumed, and found finished: its last evaluation is history
+        print(f"the run had already finished ({result.steps} steps): test accuracy {acc:.2%}; "
+              f"resnetlab eval {result.run_dir} evaluates it again")
+    elif acc is not None:
         print(f"test accuracy {acc:.2%}  test error {1 - acc:.2%}  ({result.steps} step{'s' if result.steps != 1 else ''}, "
               f"{result.seconds:.0f} s)")
-    elif args.resume and result.history and result.history[-1].get("test_acc") is not None:
-        last = result.history[-1]
-        print(f"the run had already finished ({last['step']} steps): test accuracy {last['test_acc']:.2%}; "
-              f"resnetlab eval {result.run_dir} evaluates it again")
     print(f"run directory: {result.run_dir}")
 
 

@@ -128,8 +128,11 @@ class TrainResult:
 
     @property
     def test_accuracy(self) -> float | None:
-        """The last evaluation's test accuracy (a fraction), if the run ended with one."""
-        return self.test.accuracy if self.test else None
+        """The last evaluation's test accuracy (a fraction): this call's (``test``), or, for a run that
+        ``resume`` found finished, the one its history ends with. None if the run ended with none."""
+        if self.test is not None:
+            return self.test.accuracy
+        return self.history[-1].get("test_acc") if self.history else None
 
 
 class Interrupted(KeyboardInterrupt):
