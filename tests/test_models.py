@@ -349,3 +349,45 @@ def test_a_block_given_as_a_class_keeps_the_shortcut_of_its_kind():
     assert count_parameters(cifar_resnet(164, block=Bottleneck)) == count_parameters(cifar_resnet(164, block="bottleneck"))
     with pytest.raises(ValueError, match="depth 21 is not 6n\\+2 for Scaled blocks"):
         cifar_resnet(21, block=Scaled)
+
+
+def test_stochastic_depth_skips_each_images_branch_with_its_blocks_chance():
+    """Huang et al. 2016 with timm's rule: block k of L skips its branch, image by image, with chance
+    drop_path_rate * k / (L - 1), and scales the branches it keeps by 1 / (1 - p); eval mode is untouched."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", drop_path_rate=0.5)
+    assert [b.drop_path for b in model.blocks()] == pytest.approx(np.linspace(0, 0.5, 9).tolist())
+    torch.manual_seed(0)
+    same_weights = create_model("resnet20")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same_weights.state_dict().values()))
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(model.eval()(x), same_weights.eval()(x))
+
+    block = model.layer3[2].train()  # p = 0.5, behind an identity shortcut: out = relu(x + kept * F(x) / 0.5)
+    x = torch.randn(2000, 64, 8, 8)
+    with torch.no_grad():
+        branch, out = block._branch(x)[0], block(x)
+    skipped = torch.isclose(out, F.relu(x)).flatten(1).all(1)
+    kept = torch.isclose(out, F.relu(x + branch / 0.5), atol=1e-5).flatten(1).all(1)
+    assert (skipped ^ kept).all()  # each image one or the other
+    assert 0.45 < skipped.float().mean() < 0.55  # 0.5 +- 4.5 binomial standard deviations
+    assert not model.layer1[0].drop_path  # the first block always runs
+
+
+def test_dropout_before_the_classifier_is_timms_drop_rate():
+    torch.manual_seed(0)
+    model = create_model("resnet20", drop_rate=0.25).train()
+    features = torch.rand(500, 64, 8, 8)
+    pooled = features.mean((2, 3))
+    dropped = model.forward_head(features, pre_logits=True)
+    zeroed = dropped == 0
+    assert 0.2 < zeroed.float().mean() < 0.3
+    torch.testing.assert_close(dropped[~zeroed], (pooled / 0.75)[~zeroed])
+    assert torch.equal(model.eval().forward_head(features, pre_logits=True), pooled)
+    for bad in ({"drop_rate": 1.0}, {"drop_path_rate": -0.1}):
+        with pytest.raises(ValueError, match="is a probability below 1"):
+            create_model("resnet20", **bad)
+    with pytest.raises(ValueError, match="a plain net has none"):
+        create_model("plain20", drop_path_rate=0.1)

@@ -122,7 +122,12 @@ class _Block(nn.Module):
     ``relu_preact`` (d)       ReLU-conv-BN ... ReLU-conv-BN                   nothing
     ``preact`` (e, 2016)      BN-ReLU-conv ... BN-ReLU-conv                   nothing
     ========================  ==============================================  ==============
+
+    ``drop_path``: the chance that a training step skips the block's branch for an image, keeping its
+    shortcut alone (stochastic depth, Huang et al. 2016); the net sets it (``ResNet``'s ``drop_path_rate``).
     """
+
+    drop_path: float = 0.0
 
     def _configure(self, order: str | None, preact: bool, residual: bool, mixing: str, scales: tuple[float, float],
                    gate_bias: float, shortcut_dropout: float) -> None:
@@ -176,6 +181,10 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, preacted = self._branch(x)
+        if self.residual and self.drop_path and self.training:
+            from torchvision.ops import stochastic_depth  # here: torchvision.ops takes a second to import
+
+            out = stochastic_depth(out, self.drop_path, "row", training=True)  # survivors scaled by 1 / (1 - p)
         if self.residual:
             # A pre-activation projection reads the normalised input, a post-activation one the raw input.
             s = x if self.downsample is None else self.downsample(preacted if self.preact else x)

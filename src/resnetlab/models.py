@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from typing import overload
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .blocks import BasicBlock, Bottleneck, keras_init, resolve_order
@@ -65,6 +66,10 @@ class ResNet(nn.Module):
             deepest map, whose forward returns the feature maps at ``out_indices`` of ``feature_info``
             (as timm's ``features_only``); ``feature_info`` then lists the maps up to the deepest.
         out_indices: which feature maps: 0 is the stem's, 1 and on each stage's, -1 the last (default all).
+        drop_rate: dropout of the pooled features before the classifier, in training (timm's ``drop_rate``).
+        drop_path_rate: stochastic depth (Huang et al. 2016): in training, each image skips a block's branch,
+            keeping its shortcut, with a chance rising linearly from 0 at the first block to this at the
+            last (timm's ``drop_path_rate`` and rule). Neither changes the weights or the eval-mode output.
 
     Whole numbers may be NumPy integers, and lists any sequence of them (a tuple, a range, a 1-d array).
     """
@@ -106,6 +111,8 @@ class ResNet(nn.Module):
         bn_momentum: float | None = 0.1,
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
     ) -> None:
         if is_integer(widths):
             raise TypeError(f"ResNet's third argument is widths (each stage's planes), not num_classes as in "
@@ -119,8 +126,11 @@ class ResNet(nn.Module):
         super().__init__()
         if in_chans < 1 or num_classes < 0:
             raise ValueError(f"in_chans must be at least 1 and num_classes at least 0, got {in_chans} and {num_classes}")
-        if not 0 <= shortcut_dropout < 1:
-            raise ValueError(f"shortcut_dropout is a probability below 1, not {shortcut_dropout}")
+        for name, p in (("shortcut_dropout", shortcut_dropout), ("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+            if not 0 <= p < 1:
+                raise ValueError(f"{name} is a probability below 1, not {p}")
+        if drop_path_rate and not residual:
+            raise ValueError("drop_path_rate skips blocks' branches, keeping their shortcuts: a plain net has none")
         if bn_eps <= 0:
             raise ValueError(f"bn_eps must be positive, not {bn_eps}")
         if bn_momentum is not None and not 0 < bn_momentum <= 1:
@@ -146,6 +156,10 @@ class ResNet(nn.Module):
             block_kwargs["stride_in_1x1"] = stride_in_1x1
         self.num_stages = len(layers)
         self.num_features = self._make_stages(block, layers, widths, block_kwargs)
+        # timm's rule for stochastic depth: from 0 at the first block up to drop_path_rate at the last.
+        for k, b in enumerate(self.blocks()):
+            b.drop_path = drop_path_rate * k / max(1, sum(layers) - 1)
+        self.drop_rate = drop_rate  # dropout of the pooled features, before the classifier (timm's)
         self._make_head(self.num_features)
 
         maps = self._feature_maps(widths, block.expansion)
@@ -318,6 +332,8 @@ class ResNet(nn.Module):
             torch._assert((x.shape[-2] == 2) & (x.shape[-1] == 2),
                           f"this model flattens a 2x2 map (Keras's layout, as signs_resnet50) and so takes {side}x{side} images")
         pooled = torch.flatten(self.avgpool(x), 1)
+        if self.drop_rate:
+            pooled = F.dropout(pooled, self.drop_rate, self.training)
         return pooled if pre_logits else self.fc(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
