@@ -87,12 +87,14 @@ def test_graphed_step_follows_the_eager_step(compile, options):
         assert torch.allclose(a.float(), b.float(), atol=2e-2, rtol=5e-2), name
 
 
-def test_dropout_draws_new_masks_on_every_replay():
+@pytest.mark.parametrize("options", [{"mixing": "dropout"}, {"drop_path_rate": 0.5}, {"drop_rate": 0.5}],
+                         ids=["shortcut-dropout", "stochastic-depth", "head-dropout"])
+def test_dropout_draws_new_masks_on_every_replay(options):
     """Random numbers inside the graph come from the device's default generator, which a CUDA graph
     advances on every replay. At learning rate 0 the weights stay put and BN normalises with the
     batch's own statistics, so only fresh masks can change the loss of the same batch."""
     torch.manual_seed(0)
-    model = create_model("resnet8", in_chans=1, mixing="dropout").to(CUDA).to(memory_format=torch.channels_last)
+    model = create_model("resnet8", in_chans=1, **options).to(CUDA).to(memory_format=torch.channels_last)
     x, y = next(iter(fake_loader()))
     step = build_train_step(model, get_recipe("fast"), CUDA, graphed=True, sample=(x, y))
     losses = []
