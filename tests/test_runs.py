@@ -319,3 +319,33 @@ def test_loading_a_run_leaves_the_callers_random_draws_alone(trained_run):
     torch.manual_seed(0)
     runs.load_model(trained_run)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_run_records_the_commit_it_ran_from_only_where_that_commit_holds_its_code(tmp_path):
+    """An editable install keeps one version number from commit to commit: the commit tells runs apart.
+    A copy of the package sitting in some other repository (a virtual environment inside a checkout)
+    is not that repository's code, and records none."""
+    import shutil
+    from pathlib import Path
+
+    from resnetlab import devices
+
+    here = Path(devices.__file__).parent
+    head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True)
+    tracked = subprocess.run(["git", "-C", str(here), "ls-files", "--error-unmatch", "__init__.py"], capture_output=True)
+    revision = devices.source_revision()
+    if head.returncode or tracked.returncode:  # an installed package, or no git: nothing to record
+        assert revision is None
+    else:
+        assert revision.split("+")[0] == head.stdout.strip() and revision in (head.stdout.strip(), head.stdout.strip() + "+changes")
+
+    repo = tmp_path / "other"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / ".gitignore").write_text("venv/\n")
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
+                   check=True)
+    copy = repo / "venv" / "resnetlab"
+    shutil.copytree(here, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    found = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from resnetlab import devices; "
+                            "print(devices.__file__, devices.source_revision())", str(copy.parent)], capture_output=True, text=True)
+    assert found.stdout.split() == [str(copy / "devices.py"), "None"], found.stderr

@@ -164,7 +164,33 @@ def environment(device: torch.device) -> dict:
     }
     if device.type == "cuda":
         env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    revision = source_revision()
+    if revision:
+        env["resnetlab_revision"] = revision
     return env
+
+
+def source_revision() -> str | None:
+    """The git commit this package runs from, ``+changes`` if its files differ from it, when it runs
+    from a git checkout (an editable install, whose version number stays the same from commit to
+    commit); None for an installed package, or where git is missing or slow."""
+    import subprocess
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    try:
+        # Tracked by the repository around it: a package installed into a virtual environment that sits
+        # inside some other checkout is not that checkout's code.
+        tracked = subprocess.run(["git", "-C", str(here), "ls-files", "--error-unmatch", "--", "__init__.py"],
+                                 capture_output=True, timeout=5)
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if tracked.returncode != 0 or commit.returncode != 0:
+            return None
+        changed = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
+                                 capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return commit.stdout.strip() + ("+changes" if changed.returncode != 0 or changed.stdout.strip() else "")
 
 
 def arithmetic_change(before: dict, now: dict) -> str | None:
