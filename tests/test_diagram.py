@@ -125,11 +125,16 @@ def test_a_unit_of_the_users_own_is_named_with_what_it_adds(models):
     class Renamed(BasicBlock):  # a subclass that changes nothing drawn still says whose class it is
         pass
 
+    class Mixed(BasicBlock):
+        def _mix(self, s, branch, x):
+            return s + 2 * branch
+
     source = model_graph(cifar_resnet(20, block=SEBlock)).source
     assert rows(source, "layer1_0_0")[0] == "stage 1: × 3   layer1.0–2  SEBlock"
     assert rows(source, "layer1_0_1") == ["3×3 conv, 16", "BN", "+ se: Sequential", "own _branch(): drawn as BasicBlock's"]
     assert rows(model_graph(cifar_resnet(20, block=Renamed)).source, "layer1_0_1") == ["3×3 conv, 16", "BN"]
     assert "Renamed" in model_graph(cifar_resnet(20, block=Renamed)).source
+    assert rows(model_graph(cifar_resnet(20, block=Mixed)).source, "layer1_0_1")[-1] == "own _mix(): drawn as BasicBlock's"
     assert "own " not in model_graph(models["resnet20"]).source and "+ " not in model_graph(models["resnet50"]).source
 
 

@@ -391,3 +391,11 @@ def test_dropout_before_the_classifier_is_timms_drop_rate():
             create_model("resnet20", **bad)
     with pytest.raises(ValueError, match="a plain net has none"):
         create_model("plain20", drop_path_rate=0.1)
+
+    class OwnForward(BasicBlock):
+        def forward(self, x):
+            return super().forward(x)
+
+    with pytest.raises(ValueError, match="which OwnForward overrides: override _branch instead"):
+        cifar_resnet(20, block=OwnForward, drop_path_rate=0.1)
+    assert cifar_resnet(20, block=OwnForward).layer1[0].drop_path == 0  # without it, nothing to leave out

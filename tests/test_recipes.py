@@ -166,15 +166,21 @@ def test_cosine_falls_from_lr_to_zero_as_half_a_cosine():
 
 
 def test_a_linear_warm_up_climbs_to_where_the_schedule_is_when_it_ends():
-    """Goyal et al. 2017's gradual warm-up: from warmup_lr up by equal steps, its last step at the lr the
-    schedule gives at the warm-up's end, then the schedule, which counts steps from the start of the run."""
+    """Goyal et al. 2017's gradual warm-up, by timm's rule: warmup_lr at the first step, then up by equal
+    steps to the lr the schedule gives where the warm-up ends; the schedule counts steps from the run's start."""
     r = get_recipe("fast", schedule="cosine", warmup_steps=100, warmup_lr=0.0, warmup_shape="linear")
     lrs = np.array([lr_at(r, s, 1000) for s in range(1000)])
     at_end = 0.1 * 0.5 * (1 + np.cos(np.pi * 100 / 1000))
-    np.testing.assert_allclose(lrs[:100], at_end * np.arange(1, 101) / 100, rtol=1e-12)
+    np.testing.assert_allclose(lrs[:100], at_end * np.arange(100) / 100, rtol=1e-12, atol=0)
     np.testing.assert_allclose(lrs[100:], 0.1 * 0.5 * (1 + np.cos(np.pi * np.arange(100, 1000) / 1000)), rtol=1e-12)
+    assert np.all(np.diff(lrs[:101]) > 0)  # it climbs all the way, without a step repeated
     climbing = get_recipe("he2016", warmup_shape="linear")  # from 0.01 to 0.1 over the papers' 400 steps at 110+ layers
-    assert [lr_at(climbing, s, 64_000, depth=110) for s in (0, 199, 399, 400)] == pytest.approx([0.01 + 0.09 / 400, 0.01 + 0.09 * 200 / 400, 0.1, 0.1])
+    assert [lr_at(climbing, s, 64_000, depth=110) for s in (0, 200, 399, 400)] == pytest.approx([0.01, 0.055, 0.01 + 0.09 * 399 / 400, 0.1])
+    assert lr_at(get_recipe("he2016", warmup_shape="linear", warmup_steps=1), 0, 64_000, depth=110) == 0.01
+    with pytest.raises(ValueError, match="onecycle schedule climbs linearly from 0 itself"):
+        get_recipe("fast", warmup_steps=10, warmup_shape="linear")
+    with pytest.raises(ValueError, match="recipe fast has none: add --recipe-arg warmup_steps=N"):
+        get_recipe("fast", schedule="cosine", warmup_shape="linear")
     assert lr_at(climbing, 0, 64_000, depth=56) == 0.1  # still only where the recipe warms up
     assert "lr rising linearly from 0 over the first 100 steps" in describe_recipe(r)
     note = warmup_note(get_recipe("he2016-preact", warmup_shape="linear"), 600, 20)

@@ -321,6 +321,18 @@ def test_loading_a_run_leaves_the_callers_random_draws_alone(trained_run):
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_a_change_of_arithmetic_is_judged_by_the_device_that_does_the_sums():
+    from resnetlab.devices import arithmetic_change
+
+    cpu = {"device": "cpu", "cpu": "AVX512", "threads": 1, "torch": "2.14.1", "python": "3.11"}
+    gpu = {"device": "cuda", "cpu": "AVX2", "threads": 8, "torch": "2.14.1", "gpu": "NVIDIA H100", "cuda": "13.0", "cudnn": 91000}
+    assert arithmetic_change(cpu, {**cpu, "python": "3.12"}) == {}  # Python does no tensor sums
+    assert arithmetic_change(cpu, {**cpu, "threads": 2}) == {"threads": (1, 2)}
+    assert arithmetic_change(cpu, gpu) == {"device": ("cpu", "cuda")}  # no thread hint for another device
+    assert arithmetic_change(gpu, {**gpu, "threads": 2, "cpu": "AVX512"}) == {}  # the GPU's sums, not the CPU's
+    assert arithmetic_change(gpu, {**gpu, "cudnn": 92000}) == {"cudnn": (91000, 92000)}
+
+
 def test_a_run_records_the_commit_it_ran_from_only_where_that_commit_holds_its_code(tmp_path):
     """An editable install keeps one version number from commit to commit: the commit tells runs apart.
     A copy of the package sitting in some other repository (a virtual environment inside a checkout)

@@ -294,7 +294,7 @@ def test_a_folder_that_changed_since_its_run_started_is_refused_on_resume(tmp_pa
         resume(tmp_path / "run", device="cpu", progress=False)
 
 
-def test_seeds_change_the_weights_and_the_data_seed_the_images(tmp_path):
+def test_seeds_change_the_weights_and_the_data_seed_the_images(tmp_path, monkeypatch):
     """Runs of several seeds are compared on one test set: a folder's held-out images and its --limit draws
     follow --data-seed alone. A run from before data_seed drew them with its seed, and still resumes."""
     from conftest import noise_photos
@@ -304,12 +304,17 @@ def test_seeds_change_the_weights_and_the_data_seed_the_images(tmp_path):
     photos = noise_photos(tmp_path / "photos", ("a", "b"), 20, lambda i: (10, 10))
     kw = dict(dataset=f"folder:{photos}", recipe="fast", image_size=8, batch_size=4, steps=4, workers=0,
               limit_train=30, limit_test=None)
+    import resnetlab.data
+
+    drawn, real_load_split = [], resnetlab.data.load_split
+    monkeypatch.setattr(resnetlab.data, "load_split", lambda *a, **k: drawn.append(k.get("seed", a[5:6])) or real_load_split(*a, **k))
     fingerprint = {}
     for name, seeds in (("s3", {"seed": 3}), ("s4", {"seed": 4}), ("d1", {"seed": 3, "data_seed": 1})):
         result = train(tiny(tmp_path, name, **kw, **seeds))
         fingerprint[name] = runs.read_config(result.run_dir)["data_fingerprint"]
         # eval draws the held-out images again with the run's data seed: the very ones it was scored on
         assert evaluate_run(result.run_dir, device="cpu", out=tmp_path / f"eval-{name}").result.accuracy == result.test_accuracy
+        assert drawn[-1] == seeds.get("data_seed", 0)
     assert fingerprint["s3"] == fingerprint["s4"]
     assert fingerprint["d1"]["train"] != fingerprint["s3"]["train"] and fingerprint["d1"]["test"] != fingerprint["s3"]["test"]
     assert not torch.equal(runs.load_model(tmp_path / "s3")[0].fc.weight, runs.load_model(tmp_path / "s4")[0].fc.weight)

@@ -123,8 +123,8 @@ class _Block(nn.Module):
     ``preact`` (e, 2016)      BN-ReLU-conv ... BN-ReLU-conv                   nothing
     ========================  ==============================================  ==============
 
-    ``drop_path``: the chance that a training step skips the block's branch for an image, keeping its
-    shortcut alone (stochastic depth, Huang et al. 2016); the net sets it (``ResNet``'s ``drop_path_rate``).
+    ``drop_path``: the chance that a training step drops the block's branch F(x) for an image, leaving
+    the shortcut path (stochastic depth, Huang et al. 2016); the net sets it (``ResNet``'s ``drop_path_rate``).
     """
 
     drop_path: float = 0.0

@@ -91,7 +91,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> tuple[argparse._ArgumentGroup,
     data.add_argument("--data-dir", help=DATA_DIR_HELP)
     data.add_argument("--limit-train", type=int, metavar="N",
                       help="use the first N training examples (of a folder: N drawn with --data-seed); default: all")
-    data.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test examples (default: all)")
+    data.add_argument("--limit-test", type=int, metavar="N",
+                      help="evaluate on the first N test examples (of a folder: N drawn with --data-seed); default: all")
     data.add_argument("--data-seed", type=int, default=0,
                       help="seed of a folder's held-out tenth and of the --limit draws from a folder (default 0): "
                            "runs of other --seed values train and test on the same images")

@@ -158,7 +158,7 @@ def environment(device: torch.device) -> dict:
     import torchvision
 
     env = {
-        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "device": device.type, "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
         "numpy": numpy.__version__, "pillow": PIL.__version__, "platform": platform.platform(),
         "cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
     }
@@ -186,17 +186,21 @@ def source_revision() -> str | None:
         commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if tracked.returncode != 0 or commit.returncode != 0:
             return None
-        changed = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
+        # Without git's optional index lock, which would make a commit made meanwhile fail.
+        changed = subprocess.run(["git", "--no-optional-locks", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
                                  capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return commit.stdout.strip() + ("+changes" if changed.returncode != 0 or changed.stdout.strip() else "")
 
 
-def arithmetic_change(before: dict, now: dict) -> str | None:
-    """Why a run resumed in ``now``'s environment will not repeat, bit for bit, the steps it would have
-    taken in ``before``'s; None when nothing that decides its sums has changed."""
-    # A GPU's sums do not depend on the CPU beside it; across device kinds everything counts.
-    keys = ("gpu", "torch") if "gpu" in before and "gpu" in now else ("cpu", "threads", "gpu", "torch")
-    changes = [f"{key} {before.get(key)} -> {now.get(key)}" for key in keys if before.get(key) != now.get(key)]
-    return ", ".join(changes) or None
+def arithmetic_change(before: dict, now: dict) -> dict[str, tuple]:
+    """What changed between two ``environment``s that decides a run's sums, as {key: (before, now)}:
+    empty when a run resumed in ``now`` repeats, bit for bit, the steps it would have taken in ``before``."""
+    if before.get("device") != now.get("device"):
+        keys: tuple[str, ...] = ("device",)
+    elif now.get("device") == "cuda":  # a GPU's sums do not depend on the CPU beside it
+        keys = ("gpu", "cuda", "cudnn", "torch")
+    else:
+        keys = ("cpu", "threads", "torch")
+    return {key: (before.get(key), now.get(key)) for key in keys if before.get(key) != now.get(key)}

@@ -175,7 +175,7 @@ def _own_parts(block: BasicBlock | Bottleneck) -> list[Row]:
         return []
     stock = BasicBlock if isinstance(block, BasicBlock) else Bottleneck
     rows = [("io", f"+ {name}: {type(m).__name__}") for name, m in block.named_children() if not _STOCK_PARTS.fullmatch(name)]
-    own = [f"{method}()" for method in ("_branch", "forward") if getattr(kind, method) is not getattr(stock, method)]
+    own = [f"{method}()" for method in ("_branch", "_mix", "forward") if getattr(kind, method) is not getattr(stock, method)]
     if own:
         rows.append(("io", f"own {' and '.join(own)}: drawn as {stock.__name__}'s"))
     return rows

@@ -429,10 +429,10 @@ def evaluate_run(
     reference = paper_reference(config["model"], views, scales, len(config["classes"])) if split == "test" else None
     rows = read_metrics(run_dir, missing_ok=True) if "recipe" in config else []  # an import has no training of ours
     notes = [statistics_note(model, config, rows[-1]["step"]) if rows else None]
-    if split == "test" and name == own and limit_test is None and config.get("limit_test") and rows:
-        # metrics.jsonl's test scores are those of the run's first limit_test images, not of all of them
-        notes.append(f"the run was tested on its first {config['limit_test']:,} test images (metrics.jsonl), and these "
-                     f"are all {result.count:,}: --limit-test {config['limit_test']} scores the same ones")
+    if split == "test" and name == own and limit_test is None and rows and result.count > (config.get("limit_test") or math.inf):
+        # metrics.jsonl's test scores are those of the run's limit_test images, not of all of them
+        notes.append(f"the run was tested on {config['limit_test']:,} of these {result.count:,} test images (metrics.jsonl): "
+                     f"--limit-test {config['limit_test']} scores the same ones")
     report = EvalReport(str(run_dir), name, config["classes"], result, [], reference,
                         describe_views(views, scales) or one_view(config), split, "\n".join(filter(None, notes)) or None,
                         rows[-1]["step"] if rows else None)

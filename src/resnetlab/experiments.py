@@ -99,7 +99,9 @@ def train_or_reuse(config: TrainConfig) -> Path:
     }
     differ = [key for key, value in asked.items() if saved.get(key) != value]
     # Only a folder's images depend on it (its held-out tenth, its --limit draws); a named dataset's are its first N.
-    differ += ["data_seed"] if asked["dataset"].startswith("folder:") and runs.data_seed(saved) != config.data_seed else []
+    if asked["dataset"].startswith("folder:") and runs.data_seed(saved) != config.data_seed:
+        differ.append("data_seed" if "data_seed" in saved else
+                      f"data_seed: trained before --data-seed, its held-out images follow its seed {saved['seed']}")
     recipe = resolve_recipe(config)
     differ += ["recipe"] if Recipe.from_dict(saved["recipe"]) != recipe else []
     # The side trained at, where the request decides it: given, or a folder's default (a named dataset's own

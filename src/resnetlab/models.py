@@ -67,9 +67,9 @@ class ResNet(nn.Module):
             (as timm's ``features_only``); ``feature_info`` then lists the maps up to the deepest.
         out_indices: which feature maps: 0 is the stem's, 1 and on each stage's, -1 the last (default all).
         drop_rate: dropout of the pooled features before the classifier, in training (timm's ``drop_rate``).
-        drop_path_rate: stochastic depth (Huang et al. 2016): in training, each image skips a block's branch,
-            keeping its shortcut, with a chance rising linearly from 0 at the first block to this at the
-            last (timm's ``drop_path_rate`` and rule). Neither changes the weights or the eval-mode output.
+        drop_path_rate: stochastic depth (Huang et al. 2016): in training, each image drops a block's branch
+            F(x), leaving the shortcut path, with a chance rising linearly from 0 at the first block to this
+            at the last (timm's ``drop_path_rate`` and rule). Neither changes the weights or the eval-mode output.
 
     Whole numbers may be NumPy integers, and lists any sequence of them (a tuple, a range, a 1-d array).
     """
@@ -157,6 +157,10 @@ class ResNet(nn.Module):
         self.num_stages = len(layers)
         self.num_features = self._make_stages(block, layers, widths, block_kwargs)
         # timm's rule for stochastic depth: from 0 at the first block up to drop_path_rate at the last.
+        own_forward = drop_path_rate and next((type(b) for b in self.blocks() if type(b).forward is not BasicBlock.forward), None)
+        if own_forward:  # the stock forward applies it: a block's own would silently leave it out
+            raise ValueError(f"drop_path_rate is applied by the stock blocks' forward, which {own_forward.__name__} "
+                             "overrides: override _branch instead, or apply it in your forward (self.drop_path)")
         for k, b in enumerate(self.blocks()):
             b.drop_path = drop_path_rate * k / max(1, sum(layers) - 1)
         self.drop_rate = drop_rate  # dropout of the pooled features, before the classifier (timm's)

@@ -210,7 +210,14 @@ def get_recipe(name: str, **overrides) -> Recipe:
     if recipe.optimizer == "sgd" and recipe.nesterov and not recipe.momentum:
         raise ValueError(f"recipe {recipe.name} uses Nesterov momentum, which needs a momentum above 0: "
                          "add --recipe-arg nesterov=false")
-    _check_milestones(recipe, {k: v for k, v in overrides.items() if v != getattr(RECIPES[name], k)})
+    changed = {k: v for k, v in overrides.items() if v != getattr(RECIPES[name], k)}
+    _check_milestones(recipe, changed)
+    if recipe.warmup_shape == "linear" and recipe.schedule == "onecycle":
+        raise ValueError("the onecycle schedule climbs linearly from 0 itself: drop warmup_shape=linear, or use "
+                         "--recipe-arg schedule=cosine with it")
+    if "warmup_shape" in changed and not recipe.warmup_steps:
+        raise ValueError(f"warmup_shape={recipe.warmup_shape} shapes a warm-up, and recipe {recipe.name} has none: "
+                         "add --recipe-arg warmup_steps=N")
     for key in ("warmup_steps", "pad_crop", "precise_bn"):
         if getattr(recipe, key) < 0:
             raise ValueError(f"{key.replace('_', '-')} must be zero or more, got {getattr(recipe, key)}")
@@ -258,9 +265,10 @@ def lr_at(recipe: Recipe, step: int, total_steps: int, depth: int = 0) -> float:
     if recipe.warmup_steps and depth >= recipe.warmup_min_depth and step < recipe.warmup_steps:
         if recipe.warmup_shape == "constant":
             return recipe.warmup_lr
-        # Its last step reaches the lr the schedule gives where the warm-up ends, so the two meet without a jump.
+        # timm's rule: warmup_lr at the first step, then equal steps up to the lr the schedule gives where
+        # the warm-up ends, so that the two meet without a jump.
         target = _scheduled_lr(recipe, recipe.warmup_steps, total_steps)
-        return recipe.warmup_lr + (target - recipe.warmup_lr) * (step + 1) / recipe.warmup_steps
+        return recipe.warmup_lr + (target - recipe.warmup_lr) * step / recipe.warmup_steps
     return _scheduled_lr(recipe, step, total_steps)
 
 

@@ -441,12 +441,12 @@ def _resume(run_dir: Path, saved: dict, world: distributed.World, device: str | 
         now = environment(device)
         saved = {**saved, "resumed": [*sessions, {"step": checkpoint["step"], "device": str(device), "environment": now,
                                                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}]}
-        change = before and arithmetic_change(before, now)
+        change = arithmetic_change(before, now) if before else {}
         if change and world.is_main:
+            said = ", ".join(f"{key} {was} -> {is_}" for key, (was, is_) in change.items())
             threads = f"; OMP_NUM_THREADS={before['threads']} gives it its thread count back" if "threads" in change else ""
-            print(f"note: the run goes on with other arithmetic than it had ({change}): from step {checkpoint['step']} "
-                  f"its numbers part, in the last bits at first, from those of the run had it not stopped{threads}",
-                  file=sys.stderr)
+            print(f"note: the run goes on with other arithmetic than it had ({said}): from step {checkpoint['step']} its "
+                  f"numbers will drift, in the last bits at first, from an uninterrupted run's{threads}", file=sys.stderr)
         rewrite = True
     if rewrite and world.is_main:
         runs.write_json(run_dir / runs.CONFIG, saved)
