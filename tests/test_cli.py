@@ -630,18 +630,20 @@ def test_every_train_flag_reaches_the_trainer(monkeypatch, capsys, tmp_path):
 
     def fake_train(config):
         given.append(config)
-        return SimpleNamespace(test_accuracy=0.5, steps=3, seconds=1.0, run_dir=config.out, history=[])
+        return SimpleNamespace(test=SimpleNamespace(accuracy=0.5), test_accuracy=0.5, steps=3, seconds=1.0,
+                               run_dir=config.out, history=[])
 
     monkeypatch.setattr(resnetlab.train, "train", fake_train)
     assert main(["train", "--model", "resnet32", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path),
                  "--recipe", "he2016", "--steps", "3", "--batch-size", "16", "--lr", "0.05", "--weight-decay", "0.001",
-                 "--limit-train", "64", "--limit-test", "32", "--image-size", "32", "--device", "cpu", "--seed", "7",
+                 "--limit-train", "64", "--limit-test", "32", "--image-size", "32", "--device", "cpu", "--seed", "7", "--data-seed", "5",
                  "--out", str(tmp_path / "r"), "--compile", "--no-cuda-graph", "--deterministic", "--eval-every", "2",
                  "--no-progress", "--workers", "0", "--model-arg", "order=preact", "--recipe-arg", "flip=false"]) == 0
     config = given[0]
     assert (config.model, config.dataset, config.data_dir, config.recipe) == ("resnet32", "fashion-mnist", str(tmp_path), "he2016")
     assert (config.steps, config.batch_size, config.lr, config.weight_decay) == (3, 16, 0.05, 0.001)
     assert (config.limit_train, config.limit_test, config.image_size, config.device, config.seed) == (64, 32, 32, "cpu", 7)
+    assert config.data_seed == 5
     assert (config.out, config.compile, config.cuda_graph, config.deterministic) == (str(tmp_path / "r"), True, False, True)
     assert (config.eval_every, config.progress, config.workers) == (2, False, 0)
     assert config.model_kwargs == {"order": "preact"} and config.recipe_overrides == {"flip": False}
