@@ -435,14 +435,15 @@ def _resume(run_dir: Path, saved: dict, world: distributed.World, device: str | 
                             "images or labels (or in another order): not the same data")
     device = distributed.setup(world, pick_device(device))
     rewrite = moved  # eval and later resumes find the data there too
-    if checkpoint["step"] < saved["total_steps"]:  # another session of training: config.json records where it ran
+    # Another session of training: process 0, which writes config.json, records where it runs.
+    if world.is_main and checkpoint["step"] < saved["total_steps"]:
         sessions = saved.get("resumed", [])
         before = (sessions[-1] if sessions else saved).get("environment")
         now = environment(device)
         saved = {**saved, "resumed": [*sessions, {"step": checkpoint["step"], "device": str(device), "environment": now,
                                                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}]}
         change = arithmetic_change(before, now) if before else {}
-        if change and world.is_main:
+        if change:
             said = ", ".join(f"{key} {was} -> {is_}" for key, (was, is_) in change.items())
             threads = f"; OMP_NUM_THREADS={before['threads']} gives it its thread count back" if "threads" in change else ""
             print(f"note: the run goes on with other arithmetic than it had ({said}): from step {checkpoint['step']} its "
