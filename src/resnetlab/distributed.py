@@ -10,6 +10,7 @@ directory and evaluates. One process (no torchrun) needs none of this and pays n
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +62,10 @@ def setup(world: World, device: torch.device) -> torch.device:
 def teardown(world: World) -> None:
     """Leave the process group, once every process is done."""
     if world.size > 1 and dist.is_initialized():
-        dist.barrier()
+        # Not dist.barrier(): Gloo's barrier holds on to the collectives still finishing when it starts
+        # and lets go of them later, from its own thread (see _all_reduce).
+        done = torch.zeros(1, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        _all_reduce(done)  # returns once every process has come this far
         dist.destroy_process_group()
 
 
@@ -69,7 +73,31 @@ def sum_across(tensors: dict[str, torch.Tensor], world: World) -> None:
     """Add up each tensor over all processes, in place."""
     if world.size > 1:
         for t in tensors.values():
-            dist.all_reduce(t)
+            _all_reduce(t)
+
+
+def _all_reduce(t: torch.Tensor, patience: float = 10.0) -> None:
+    """``dist.all_reduce(t)``; with Gloo, returning only once Gloo has let go of ``t``.
+
+    Gloo's worker thread drops its reference to a finished collective's tensor a moment after the
+    caller's wait returns, and dropping a reference to a tensor that Python made takes the GIL.
+    Should the interpreter be shutting down by then, Python ends that thread inside a C++
+    destructor and the process aborts (SIGABRT): a torchrun run that had saved everything would
+    fail. So wait until the tensor is held as it was before.
+    """
+    held = _references(t)
+    dist.all_reduce(t)
+    if dist.get_backend() != "gloo":
+        return
+    deadline = time.monotonic() + patience
+    while _references(t) > held and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+
+def _references(t: torch.Tensor) -> int:
+    """How many references hold ``t``: Python's, and any the C++ side keeps (missing from torch's stubs)."""
+    return t._use_count()  # type: ignore[attr-defined]
 
 
 def share(value, world: World):
