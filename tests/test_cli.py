@@ -228,6 +228,8 @@ def test_a_program_started_with_ctrl_c_ignored_keeps_it_ignored():
 def test_a_ctrl_c_in_the_tear_down_ends_the_program_without_a_traceback():
     """The second Ctrl-C of an impatient user often lands in the interpreter's exit (torch's finalizers)."""
     script = ("import atexit, os, signal, sys\n"
+              # As from a terminal: a background job (cmd &) starts with Ctrl-C ignored, and keeps it so.
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
               "from resnetlab import cli\n"
               "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
               "sys.argv = ['resnetlab', 'models', 'resnet20']\n"
