@@ -189,7 +189,9 @@ def test_confusion_colours_are_fractions_of_each_true_class():
     assert image.get_clim() == (0, 1)
     assert ax.get_ylabel() == "true class" and ax.get_xlabel() == "predicted class"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["cat", "dog", "frog"]
-    assert ax.get_title() == "resnet20 on pets\naccuracy 75.00% of 24"  # 18 of 24 on the diagonal
+    # 18 of 24 on the diagonal; the cells' numbers are counts, while their colour is a fraction of the row.
+    assert ax.get_title() == "resnet20 on pets\naccuracy 75.00% of 24; numbers are image counts"
+    assert "fraction of the true class" in fig_colorbar_label(ax)
     # A cell's count sits at (column = predicted, row = true).
     assert {(t.get_position(), t.get_text()) for t in ax.texts} >= {((1, 0), "2"), ((0, 1), "1"), ((1, 2), "3")}
 
@@ -216,6 +218,37 @@ def test_a_thousand_classes_are_numbered_not_named(tmp_path):
 def test_confusion_shape_must_match_classes(tmp_path):
     with pytest.raises(ValueError, match="3x3 for 3 classes"):
         plot_confusion([[1, 2], [3, 4]], ["a", "b", "c"], tmp_path / "c", "t")
+
+
+def fig_colorbar_label(ax) -> str:
+    (colorbar,) = [other for other in ax.figure.axes if other is not ax]
+    return colorbar.get_ylabel()
+
+
+def test_save_figure_writes_a_pdf_when_asked_for_one(tmp_path):
+    fig = _confusion_figure([[1]], ["only"], "t")
+    paths = save_figure(fig, tmp_path / "fig.pdf")
+    assert [p.name for p in paths] == ["fig.png", "fig.svg", "fig.pdf"]
+    data = paths[2].read_bytes()
+    assert data.startswith(b"%PDF-") and b"CreationDate" not in data  # no date: the same figure, the same file
+
+
+def test_curve_titles_say_how_long_the_runs_were_and_on_how_many_images(tmp_path, monkeypatch):
+    figures = drawn(monkeypatch)
+    for name in ("a", "b"):
+        run = make_run(tmp_path, name)
+        config = json.loads((run / "config.json").read_text())
+        config |= {"total_steps": 400, "train_examples": 1024, "test_examples": 500}
+        (run / "config.json").write_text(json.dumps(config))
+    plot_runs([tmp_path / "a"], tmp_path / "one")
+    plot_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "two")
+    one, two = (fig.get_suptitle() for fig in figures)
+    assert one == "Training curves: a (resnet20) on cifar10\n400 iterations, 1,024 training images, 500 test images"
+    assert two.endswith("\n400 iterations, 1,024 training images, 500 test images, each")
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    (tmp_path / "b" / "config.json").write_text(json.dumps(config | {"total_steps": 800}))
+    plot_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "three")
+    assert figures[2].get_suptitle() == "Training curves: 2 runs on cifar10"  # no one size to give
 
 
 def test_save_figure_writes_png_and_svg(tmp_path):

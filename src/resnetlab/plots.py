@@ -27,13 +27,19 @@ _MARKED_POINTS = 30  # curves of this many points or fewer get a marker at each,
 
 
 def save_figure(fig: Figure, out: str | Path) -> list[Path]:
-    """Write ``fig`` as ``out.png`` and ``out.svg`` (a suffix on ``out`` is replaced) and return both paths."""
+    """Write ``fig`` as ``out.png`` and ``out.svg`` (a suffix on ``out`` is replaced), and as
+    ``out.pdf`` too when ``out`` ends in ``.pdf``; return the paths written."""
     base = _base(out)  # its folder is made by atomic_write, which names a file in the way
-    paths = [_with(base, ".png"), _with(base, ".svg")]
-    # Each file whole or not at all: a full disk keeps the figure drawn before rather than cutting it short.
-    atomic_write(paths[0], lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
-    # No date in the SVG, so that the same figure gives the same file.
-    atomic_write(paths[1], lambda tmp: fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None}))
+    # No date in the SVG or PDF, so that the same figure gives the same file.
+    formats = {"png": {"dpi": 150}, "svg": {"metadata": {"Date": None}}}
+    if Path(out).suffix.lower() == ".pdf":
+        formats["pdf"] = {"metadata": {"CreationDate": None}}
+    paths = []
+    for fmt, options in formats.items():
+        # Each file whole or not at all: a full disk keeps the figure drawn before rather than cutting it short.
+        path = _with(base, "." + fmt)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, bbox_inches="tight", **options))
+        paths.append(path)
     return paths
 
 
@@ -54,7 +60,9 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, x: str = "step") 
     labels = [_run_label(name, c.get("model", "")) for name, c in zip(names, configs)]
     datasets = {c.get("dataset") for c in configs}
     dataset = datasets.pop() if len(datasets) == 1 else None
-    paths = save_figure(_curves_figure(list(zip(labels, series)), x, dataset), out)
+    sizes = {_size_text(c) for c in configs}  # said once, when every run shares it
+    size = sizes.pop() if len(sizes) == 1 else ""
+    paths = save_figure(_curves_figure(list(zip(labels, series)), x, dataset, size), out)
 
     csv_path = _with(_base(out), ".csv")
 
@@ -126,6 +134,14 @@ def _run_label(name: str, model: str) -> str:
     return name if model in name else f"{name} ({model})"
 
 
+def _size_text(config: dict) -> str:
+    """How long the run was planned and on how many images, for a title ("" where config.json does not say)."""
+    parts = [f"{config['total_steps']:,} iterations" if config.get("total_steps") else "",
+             f"{config['train_examples']:,} training images" if config.get("train_examples") else "",
+             f"{config['test_examples']:,} test images" if config.get("test_examples") else ""]
+    return ", ".join(p for p in parts if p)
+
+
 def _series(rows: list[dict]) -> dict[str, list]:
     """Columns of the CSV from metrics rows; accuracy (a fraction) becomes error in percent."""
     def error(acc: float | None) -> float | None:
@@ -148,7 +164,7 @@ def _points(xs: list, ys: list) -> tuple[list, list]:
     return [a for a, _ in kept], [b for _, b in kept]
 
 
-def _curves_figure(runs: list[tuple[str, dict[str, list]]], x: str, dataset: str | None = None) -> Figure:
+def _curves_figure(runs: list[tuple[str, dict[str, list]]], x: str, dataset: str | None = None, size: str = "") -> Figure:
     fig = Figure(figsize=(11, 4.4), layout="constrained")
     loss_ax, err_ax = fig.subplots(1, 2)
     # Both panels as the 2015 paper's Figure 6: train dashed and thin, test solid and bold.
@@ -188,7 +204,9 @@ def _curves_figure(runs: list[tuple[str, dict[str, list]]], x: str, dataset: str
                           mfc="none" if c.startswith("train") else "black", **st) for c, st in styles[ax].items()]
         ax.legend(handles=handles, loc="best", fontsize=9)
     what = runs[0][0] if len(runs) == 1 else f"{len(runs)} runs"
-    fig.suptitle(f"Training curves: {what}" + (f" on {dataset}" if dataset else ""))
+    if size and len(runs) > 1:
+        size += ", each"
+    fig.suptitle(f"Training curves: {what}" + (f" on {dataset}" if dataset else "") + (f"\n{size}" if size else ""))
     fig.legend(
         handles=[Line2D([], [], color=colours[i % 10], lw=2, label=label) for i, (label, _) in enumerate(runs)],
         loc="outside lower center", ncol=min(len(runs), 3), fontsize=9, frameon=False,
@@ -208,7 +226,7 @@ def _confusion_figure(matrix: Sequence[Sequence[int]], classes: list[str], title
     fig = Figure(figsize=(side + 1.2, side), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class (the cells' colour)")
     if n <= 20:
         for i, row in enumerate(matrix):
             for j, count in enumerate(row):
@@ -225,5 +243,7 @@ def _confusion_figure(matrix: Sequence[Sequence[int]], classes: list[str], title
         ax.set_xlabel("predicted class (index into the classes of eval.json)")
         ax.set_ylabel("true class (index)")
     accuracy = f"accuracy {correct / seen:.2%} of {seen:,}" if seen else "no examples"
+    if n <= 20:
+        accuracy += "; numbers are image counts"
     ax.set_title(f"{title}\n{accuracy}")
     return fig
