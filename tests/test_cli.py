@@ -731,3 +731,13 @@ def test_a_model_of_your_own_is_trained_and_evaluated_through_import(tmp_path):
     assert done.stdout == "stopped at step 2; continue with: resnetlab --import myblocks train --resume stopped\n", done.stderr
     done = resnetlab_(*done.stdout.split("continue with: resnetlab ")[1].split())
     assert done.returncode == 0 and "(4 steps" in done.stdout, done.stderr
+
+
+def test_a_runs_diagram_is_titled_by_its_folder_and_counts_its_input_channels(trained, tmp_path, capsys):
+    out = tmp_path / "d.svg"
+    code, _, err = run(capsys, "diagram", str(trained.resolve()), "-o", out)
+    assert code == 0, err
+    svg = out.read_text()
+    # The figure may be shared: its title names the run's folder, not where it lies on this machine.
+    assert "resnet8 (run)" in svg and str(trained.parent) not in svg
+    assert "input, 1 channel<" in svg  # Fashion-MNIST: one channel, not "1 channels"

@@ -497,7 +497,8 @@ def _model_or_run(args: argparse.Namespace):
         if args.num_classes is not None or args.model_arg:  # --num-classes 0 too
             raise ValueError(f"{args.model} is a run directory: its config.json says how its model is built")
         config = read_config(args.model)
-        return build_model(config), f"{config['model']} ({args.model})", config
+        # The run's folder name: a title for a figure that may be shared, which a local path is not.
+        return build_model(config), f"{config['model']} ({Path(args.model).resolve().name})", config
     return create_model(args.model, **{"num_classes": args.num_classes, **dict(args.model_arg)}), args.model, None
 
 

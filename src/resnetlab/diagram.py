@@ -244,7 +244,8 @@ def _draw_block(
 
 def _draw_stem(g: graphviz.Digraph, model: ResNet) -> str:
     """Input, stem conv (+BN, ReLU) and max pool; return the last node."""
-    g.node("input", _label([("io", f"input, {model.conv1.in_channels} channels")]))
+    channels = model.conv1.in_channels
+    g.node("input", _label([("io", f"input, {channels} channel{'s' if channels != 1 else ''}")]))
     rows = [_conv(model.conv1)]
     if isinstance(model.bn1, nn.BatchNorm2d):
         rows.append(_BN)
