@@ -144,6 +144,8 @@ def test_responses_of_trained_runs(degradation, tmp_path):
     assert len(rows) == 7 + 13 + 7 + 13
     report = (out / "responses.md").read_text()
     assert "| resnet14 | resnet14-s0 | residual | 13 |" in report and "its own output" not in report  # every 3x3 conv has its BN
+    recipe = json.loads((degradation / "runs" / "resnet8-s0" / "config.json").read_text())["recipe"]["name"]
+    assert f"Trained: fashion-mnist, recipe {recipe}, 10 iterations, 32 training images; measured on 32 test images." in report
 
     preact = train(TrainConfig(model="preact_resnet8", limit_train=32, batch_size=16, steps=2, limit_test=32,
                                device="cpu", progress=False, out=str(tmp_path / "preact8"))).run_dir
@@ -416,3 +418,99 @@ def test_the_2016_ablations_train_with_the_2016_recipe():
         assert parser.parse_args(["reproduce", study]).recipe == "he2016-preact"
     for experiment in ("degradation", "depth", "gradients", "responses"):
         assert parser.parse_args(["reproduce", experiment]).recipe == "he2016"
+
+
+def measured_net(kind, depth, stds, run_name=None, variant=None, conv_outputs=()):
+    """One entry of responses.json, as reproduce_responses measures it."""
+    return {"model": f"{'plain' if kind == 'plain' else 'resnet'}{depth}", "run_name": run_name or f"{kind}{depth}-s0",
+            "kind": kind, "depth": depth, "variant": variant, "conv_outputs": list(conv_outputs),
+            "std": stds, "std_sorted": sorted(stds, reverse=True)}
+
+
+def test_the_responses_figure_tells_every_net_apart_and_says_what_was_measured_on_what():
+    from resnetlab.experiments import _responses_figure
+
+    pair = [measured_net("plain", 8, [1.1, 1.0, 1.0]), measured_net("residual", 8, [1.0, 0.9, 1.0])]
+    fig = _responses_figure(pair, "trained: fashion-mnist, 800 iterations; measured on 32 test images")
+    top = fig.axes[0]
+    plain, residual = top.get_lines()
+    # A depth's two nets share a hue, not a colour: they lie on top of each other where the responses agree.
+    assert plain.get_color() != residual.get_color() and plain.get_linestyle() == "--"
+    title = top.get_title()
+    assert title.endswith("plain nets dashed\ntrained: fashion-mnist, 800 iterations; measured on 32 test images")
+    assert top.get_yscale() == "linear"
+    # A few large responses go logarithmic, so that the rest do not flatten onto one line.
+    steep = [measured_net("plain", 8, [7.8, 3.0, 1.0]), measured_net("residual", 8, [1.0, 0.9, 1.0])]
+    assert _responses_figure(steep, "s").axes[0].get_yscale() == "log"
+
+    # An ablation's runs: named by the paper's variant, the way they were measured said, no plain net claimed.
+    orders = [measured_net("residual", 8, [1.0, 0.8, 0.9], "resnet8-basic-post-s0", "original (Fig. 4a)"),
+              measured_net("residual", 8, [0.9, 0.7, 0.8], "resnet8-basic-preact-s0", "full pre-activation (4e)",
+                           conv_outputs=["layer1.0.conv1"]),
+              measured_net("residual", 8, [0.9, 0.7, 0.9], "resnet8-basic-preact-s1", "full pre-activation (4e)",
+                           conv_outputs=["layer1.0.conv1"])]
+    top = _responses_figure(orders, "s").axes[0]
+    assert [t.get_text() for t in top.get_legend().get_texts()] == [
+        "ResNet-8, original (Fig. 4a)",
+        "ResNet-8, full pre-activation (4e) (resnet8-basic-preact-s0)",  # two seeds of one variant: their folders
+        "ResNet-8, full pre-activation (4e) (resnet8-basic-preact-s1)",
+    ]
+    assert len({line.get_color() for line in top.get_lines()}) == 3
+    assert "or at its output where no BN follows it" in top.get_title() and "dashed" not in top.get_title()
+
+
+def test_a_small_difference_between_one_plain_and_one_residual_run_is_called_noise():
+    from resnetlab.experiments import _responses_sentences
+
+    close = [measured_net("plain", 20, [1.020]), measured_net("residual", 20, [1.019])]
+    far = [measured_net("plain", 56, [1.67]), measured_net("residual", 56, [0.99])]
+    near, apart = _responses_sentences(close + far)
+    assert near.endswith("(mean std 1.019, against 1.020); one run of each, so a difference this small may be noise.")
+    assert apart.endswith("(mean std 0.990, against 1.670).")
+
+
+def test_several_seeds_are_drawn_as_their_mean_with_their_range_shaded():
+    from resnetlab.experiments import _degradation_figure, _mean_curve
+
+    seeds = [[{"step": 8, "train_error": 50.0, "test_error": 40.0}, {"step": 16, "train_error": 30.0, "test_error": 20.0}],
+             [{"step": 8, "train_error": 60.0, "test_error": 50.0}, {"step": 16, "train_error": 40.0, "test_error": 36.0}]]
+    curve = _mean_curve(seeds)
+    assert curve[1] == {"step": 16, "train_error": 35.0, "test_error": 28.0, "test_low": 20.0, "test_high": 36.0}
+    assert "test_low" not in _mean_curve(seeds[:1])[0]  # one seed: no range to shade
+    fig = _degradation_figure({("plain", 8): curve, ("residual", 8): curve}, "two seeds")
+    for ax in fig.axes:
+        (band,) = ax.collections
+        ys = band.get_paths()[0].vertices[:, 1]
+        assert min(ys) == 20.0 and max(ys) == 50.0
+
+
+def test_depth_labels_go_below_the_points_where_100_percent_leaves_no_room_above():
+    from resnetlab.experiments import _depth_figure
+
+    for mean, std, va in ((12.0, 1.0, "bottom"), (95.0, 4.0, "top")):
+        rows = [{"depth": 20, "mean": mean, "std": std, "parameters": 270_000},
+                {"depth": 32, "mean": mean - 1, "std": std, "parameters": 464_000}]
+        ax = _depth_figure(rows, "t").axes[0]
+        assert ax.get_ylim()[1] <= 100.0
+        label = ax.texts[0]
+        assert label.get_text() == "0.27M params" and label.get_va() == va
+        assert label.xy[1] == (mean + std if va == "bottom" else mean - std)
+
+
+def test_the_gradient_heat_map_counts_layers_in_whole_numbers():
+    from resnetlab.experiments import _heatmap_figure
+
+    log = {"steps": [0, 1, 2], "layers": [f"l{i}" for i in range(8)], "norms": [[1.0] * 8, [0.5] * 8, [0.2] * 8]}
+    fig = _heatmap_figure({"plain": log, "residual": log}, 8, "setup")
+    fig.canvas.draw()
+    ticks = [t for t in fig.axes[0].get_yticks() if -0.5 <= t <= 7.5]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_an_ablation_run_is_known_by_its_variant():
+    from resnetlab.ablations import variant_of
+
+    assert variant_of({"num_classes": 10, "in_chans": 1, "block": "basic", "order": "preact"}).label == "full pre-activation (4e)"
+    assert variant_of({"block": "basic", "mixing": "scale", "scales": [0.5, 1.0]}).key == "scale-0.5-1"
+    assert variant_of({"num_classes": 10}) is None  # a plain resnet: no variant
+    assert variant_of({"order": "preact", "drop_rate": 0.1}) is None  # other options too: not the paper's variant

@@ -55,3 +55,10 @@ STUDIES = {
     "orders": Study("Activation orders (He et al. 2016, Table 2)", ORDER_VARIANTS),
     "shortcuts": Study("Shortcut types (He et al. 2016, Table 1)", SHORTCUT_VARIANTS),
 }
+
+
+def variant_of(model_kwargs: dict) -> Variant | None:
+    """The ablation variant whose options built a run (its config's ``model_kwargs``); None for any
+    other net, the shortcut study's original (no options of its own) among them."""
+    options = {k: v for k, v in model_kwargs.items() if k not in ("num_classes", "in_chans", "block")}
+    return next((v for study in STUDIES.values() for v in study.variants if v.options and v.options == options), None)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from . import runs
-from .ablations import STUDIES
+from .ablations import STUDIES, variant_of
 from .data import folder_sizes, get_dataset, load_split, reload_sizes, resolve_dataset
 from .devices import pick_device
 from .evaluate import eval_mode
@@ -154,11 +154,25 @@ def _curve(run_dir: Path) -> list[dict]:
 
 def _mean_curve(per_seed: Sequence[list[dict]]) -> list[dict]:
     """The seeds' curves of one net averaged evaluation by evaluation: seeds share the settings, so their
-    evaluations fall on the same steps."""
-    return [
-        {"step": rows[0]["step"], **{c: statistics.mean(r[c] for r in rows) for c in ("train_error", "test_error")}}
-        for rows in zip(*per_seed)
-    ]
+    evaluations fall on the same steps. With several seeds, each row also has the range of their test
+    errors (``test_low``, ``test_high``), which the figures shade: a mean alone hides the spread."""
+    curve = []
+    for rows in zip(*per_seed):
+        row = {"step": rows[0]["step"], **{c: statistics.mean(r[c] for r in rows) for c in ("train_error", "test_error")}}
+        if len(rows) > 1:
+            row |= {"test_low": min(r["test_error"] for r in rows), "test_high": max(r["test_error"] for r in rows)}
+        curve.append(row)
+    return curve
+
+
+def _seeds_band(ax, rows: list[dict], colour) -> None:
+    """Shade the seeds' range of test error under a mean curve (nothing for one seed)."""
+    if rows and "test_low" in rows[0]:
+        ax.fill_between([r["step"] for r in rows], [r["test_low"] for r in rows], [r["test_high"] for r in rows],
+                        color=colour, alpha=0.15, lw=0)
+
+
+_BAND = "shaded: the seeds' range of test error"
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -293,8 +307,10 @@ def reproduce_degradation(
     if points < MIN_POINTS:
         print(f"note: the curves have only {points} point{'s' if points != 1 else ''}, one an epoch: "
               "--limit-train makes epochs shorter")
-    title = f"Degradation (He et al. 2015, Figure 6): {_setup_text(base)}"
-    paths = _save(_degradation_figure(curves, title + (f", mean of {seeds} seeds" if seeds > 1 else "")), out / "degradation")
+    title = f"Degradation (He et al. 2015, Figure 6)\n{_setup_text(base)}"
+    if seeds > 1:
+        title += f"\nmean of {seeds} seeds ({_BAND})"
+    paths = _save(_degradation_figure(curves, title), out / "degradation")
     columns = ["model", "depth", "kind", "seed", "step", "train_error", "test_error"]
     paths.append(_write_csv(out / "degradation.csv", columns, records))
 
@@ -329,6 +345,7 @@ def _degradation_figure(curves: dict[tuple[str, int], list[dict]], title: str) -
             steps = [r["step"] for r in rows]
             ax.plot(steps, [r["train_error"] for r in rows], color=colour[depth], **train_style)
             ax.plot(steps, [r["test_error"] for r in rows], color=colour[depth], **test_style)
+            _seeds_band(ax, rows, colour[depth])
         handles = [Line2D([], [], color=colour[d], lw=2.2, label=_label(kind, d)) for d in depths]
         for what, style in (("train", train_style), ("test", test_style)):
             handles.append(Line2D([], [], color="black", label=what, **style))
@@ -401,15 +418,18 @@ def _depth_figure(rows: list[dict], title: str) -> Figure:
     stds = [r["std"] or 0.0 for r in rows]
     label = "ResNet, one run" if rows[0]["std"] is None else "ResNet, mean ± std over seeds"
     ax.errorbar(depths, means, yerr=stds, fmt="o-", lw=2, capsize=5, color="tab:blue", label=label)
-    for r, std in zip(rows, stds):
-        ax.annotate(f"{_parameters_text(r['parameters'])} params", (r["depth"], r["mean"] + std), textcoords="offset points",
-                    xytext=(0, 8), ha="center", fontsize=9)
     ax.set_xticks(depths)
     ax.set_xlabel("depth (weight layers)")
     ax.set_ylabel("test error (%)")
     low, high = min(m - s for m, s in zip(means, stds)), max(m + s for m, s in zip(means, stds))
-    margin = max(0.5, 0.25 * (high - low))  # room for the labels above the points
-    ax.set_ylim(max(0.0, low - margin), min(100.0, high + 2 * margin))
+    margin = max(0.5, 0.25 * (high - low))  # room for the labels beside the points
+    # Labels above the error bars, or below them where 100% leaves no room (the top edge struck them through).
+    above = high + 2 * margin <= 100.0
+    ax.set_ylim(max(0.0, low - margin * (1 if above else 2)), min(100.0, high + 2 * margin))
+    for r, std in zip(rows, stds):
+        ax.annotate(f"{_parameters_text(r['parameters'])} params", (r["depth"], r["mean"] + (std if above else -std)),
+                    textcoords="offset points", xytext=(0, 8 if above else -8), ha="center",
+                    va="bottom" if above else "top", fontsize=9)
     ax.margins(x=0.1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9, loc="lower left")
@@ -509,6 +529,8 @@ def _first_layers_figure(logs: dict[str, dict], depth: int, setup: str, count: i
 
 
 def _heatmap_figure(logs: dict[str, dict], depth: int, setup: str) -> Figure:
+    from matplotlib.ticker import MaxNLocator
+
     # Layers down the rows, records along the columns; a zero norm would be -inf on a log scale.
     maps = {kind: np.log10(np.maximum(np.asarray(log["norms"], dtype=float).T, 1e-30)) for kind, log in logs.items()}
     low, high = min(m.min() for m in maps.values()), max(m.max() for m in maps.values())
@@ -521,6 +543,7 @@ def _heatmap_figure(logs: dict[str, dict], depth: int, setup: str) -> Figure:
         )
         ax.set_title(_label(kind, depth))
         _iterations_axis(ax)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # layers are counted: no 2.5
         ax.grid(False)
     axes[0].set_ylabel("layer index (0 = conv1 at the input, top = fc)")
     fig.colorbar(image, ax=list(axes), label="log10 gradient norm (one colour scale for both)")
@@ -612,9 +635,11 @@ def reproduce_responses(
         run_dirs = list(trained.values())
 
     device = pick_device(base.device)
-    measured = []
+    measured, configs = [], []
     for run_dir in run_dirs:
         model, config = runs.load_model(run_dir, device)
+        configs.append(config)
+        variant = variant_of(config.get("model_kwargs") or {})
         data_dir = base.data_dir or config["data_dir"]
         test = load_split(config["dataset"], "test", data_dir, limit=base.limit_test, seed=runs.data_seed(config),
                           **reload_sizes(config["dataset"], config))
@@ -622,13 +647,16 @@ def reproduce_responses(
         stds = layer_response_stds(model, batches)
         measured.append({
             "model": config["model"], "run": str(run_dir), "run_name": run_dir.resolve().name, "depth": depth_of(config["model"]),
+            "variant": variant.label if variant else None,
             "kind": "residual" if model.residual else "plain", "order": model.order, "test_images": len(test),
             "conv_outputs": [name for name, m in model.named_modules() if name in stds and isinstance(m, nn.Conv2d)],
             "layers": list(stds), "std": list(stds.values()), "std_sorted": sorted(stds.values(), reverse=True),
         })
 
     measured.sort(key=lambda m: (KINDS.index(m["kind"]), m["depth"]))
-    paths = _save(_responses_figure(measured), out / "responses")
+    images = sorted({m["test_images"] for m in measured})
+    setup = f"{_trained_text(configs)}; measured on {' or '.join(f'{n:,}' for n in images)} test images"
+    paths = _save(_responses_figure(measured, setup), out / "responses")
     runs.write_json(out / "responses.json", {"models": measured})
     csv_rows = [
         {"model": m["model"], "depth": m["depth"], "kind": m["kind"], "layer_index": i, "layer": layer,
@@ -639,9 +667,8 @@ def reproduce_responses(
 
     table = [(m["model"], m["run_name"], m["kind"], len(m["std"]), f"{statistics.mean(m['std']):.3f}", f"{max(m['std']):.3f}")
              for m in measured]
-    images = sorted({m["test_images"] for m in measured})
     lines = [
-        "# Layer responses (He et al. 2015, Figure 7)", "",
+        "# Layer responses (He et al. 2015, Figure 7)", "", f"{setup[0].upper()}{setup[1:]}.", "",
         f"Standard deviation over the test set ({' or '.join(f'{n:,}' for n in images)} test images) of the output of "
         "each 3x3 layer, after its BN and before the nonlinearity (and before the addition that ends a residual block)"
         + ("; a 3x3 conv that no BN follows directly (pre-activation units, or BN after the addition) is measured at "
@@ -652,6 +679,18 @@ def reproduce_responses(
     ]
     paths.append(_write_text(out / "responses.md", lines))
     return paths
+
+
+def _trained_text(configs: Sequence[dict]) -> str:
+    """What the measured runs were trained on, read from their configs: one line where they share it."""
+    setups = {(c.get("dataset"), (c.get("recipe") or {}).get("name"), c.get("total_steps"), c.get("train_examples"))
+              for c in configs}
+    if len(setups) > 1:
+        return "trained with different settings (each run's config.json says which)"
+    dataset, recipe, steps, images = setups.pop()
+    parts = [dataset or "", f"recipe {recipe}" if recipe else "", f"{steps:,} iterations" if steps else "",
+             f"{images:,} training images" if images else ""]
+    return "trained: " + ", ".join(p for p in parts if p)
 
 
 def _responses_sentences(measured: list[dict]) -> list[str]:
@@ -672,27 +711,41 @@ def _responses_sentences(measured: list[dict]) -> list[str]:
             return f"{statistics.mean(values):.3f}" + (f", mean of {len(values)} runs" if len(values) > 1 else "")
 
         verb = "smaller than" if statistics.mean(residual) < statistics.mean(plain) else "not smaller than"
+        # One run of each, measured once: a few percent either way is within what a seed changes.
+        alone = len(plain) == len(residual) == 1 and abs(residual[0] - plain[0]) < 0.05 * plain[0]
         lines.append(
-            f"At depth {depth} the residual responses are {verb} the plain ones (mean std {text(residual)}, against {text(plain)})."
+            f"At depth {depth} the residual responses are {verb} the plain ones (mean std {text(residual)}, against {text(plain)})"
+            + ("; one run of each, so a difference this small may be noise." if alone else ".")
         )
     return lines or ["No depth was measured for both a plain and a residual net, so they are not compared."]
 
 
-def _responses_figure(measured: list[dict]) -> Figure:
-    from matplotlib.ticker import MaxNLocator
+def _responses_figure(measured: list[dict], setup: str) -> Figure:
+    import matplotlib
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
     fig, (top, bottom) = _figure(2, 1, (9, 7.5), sharey=True)
     labels = [_label(m["kind"], m["depth"]) for m in measured]
-    # A depth's colour is shared by its plain and residual nets; two runs of one net (seeds, variants)
-    # each get a colour of their own and their folder's name in the legend, or they could not be told apart.
+    # Two runs of one net (seeds, an ablation's variants) are named by their variant, else by their folder,
+    # and each gets a colour of its own, or they could not be told apart.
     shared = [i for i, label in enumerate(labels) if labels.count(label) > 1]
-    colour = _colours([*sorted({m["depth"] for m in measured}), *(("run", i) for i in shared)])
+    for i in shared:
+        labels[i] += f", {measured[i]['variant']}" if measured[i]["variant"] else f" ({measured[i]['run_name']})"
+    twins = {label for label in labels if labels.count(label) > 1}  # one variant, several seeds
+    labels = [f"{label} ({m['run_name']})" if label in twins else label for label, m in zip(labels, measured)]
+    depths = sorted({m["depth"] for m in measured})
+    if shared:
+        colour = _colours([*depths, *(("run", i) for i in shared)])
+    else:  # a depth's plain and residual nets in a dark and a light shade of one hue
+        pairs = matplotlib.colormaps["tab20"].colors
+        colour = {(kind, d): pairs[(2 * k + (kind == "plain")) % 20] for k, d in enumerate(depths) for kind in KINDS}
     for i, (m, label) in enumerate(zip(measured, labels)):
         style = dict(ls="--", lw=1.4) if m["kind"] == "plain" else dict(ls="-", lw=2)
         marker = dict(marker="o", ms=3) if len(m["std"]) <= 30 else {}
-        if i in shared:
-            label = f"{label} ({m['run_name']})"
-        shade = colour["run", i] if i in shared else colour[m["depth"]]
+        if shared:
+            shade = colour["run", i] if i in shared else colour[m["depth"]]
+        else:
+            shade = colour[m["kind"], m["depth"]]
         index = range(1, len(m["std"]) + 1)
         top.plot(index, m["std"], color=shade, label=label, **style, **marker)
         bottom.plot(index, m["std_sorted"], color=shade, label=label, **style, **marker)
@@ -705,10 +758,17 @@ def _responses_figure(measured: list[dict]) -> Figure:
         ax.set_xlim(left=0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are counted, never halved
     stds = [s for m in measured for s in m["std"]]
-    if min(stds) > 0 and max(stds) / min(stds) > 10:
+    if min(stds) > 0 and max(stds) / min(stds) > 4:  # a few large responses would flatten the rest onto one line
         top.set_yscale("log")
-    top.set_title("Standard deviation of the layer responses (He et al. 2015, Figure 7)\n"
-                  "each 3x3 layer after its BN, before the nonlinearity; plain nets dashed", fontsize=11)
+        for ax in (top, bottom):  # 2, 4, 6 rather than 2x10^0
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    where = "each 3x3 layer after its BN, before the nonlinearity"
+    if any(m["conv_outputs"] for m in measured):
+        where += ", or at its output where no BN follows it"
+    if any(m["kind"] == "plain" for m in measured):
+        where += "; plain nets dashed"
+    top.set_title(f"Standard deviation of the layer responses (He et al. 2015, Figure 7)\n{where}\n{setup}", fontsize=10)
     return fig
 
 
@@ -798,7 +858,8 @@ def reproduce_variants(
     setup = f"{net}, {_setup_text(base)}"
     runs.write_json(out / f"{study}.json", {"study": study, "setup": setup, "rows": rows})
     paths = [out / f"{study}.json"]
-    paths += _save(_variants_figure(curves, f"{title}\n{setup}", baseline=original.label), out / study)
+    band = f"; mean of {seeds} seeds ({_BAND})" if seeds > 1 else ""
+    paths += _save(_variants_figure(curves, f"{title}\n{setup}{band}", baseline=original.label), out / study)
     paths.append(_write_csv(out / f"{study}.csv", ["variant", "seed", "step", "train_error", "test_error"], records))
     paper_note = (
         "The paper's column is its CIFAR-10 result at the end of the full schedule (\"fail\": above 20%); "
@@ -834,6 +895,7 @@ def _variants_figure(curves: dict[str, list[dict]], title: str, baseline: str | 
         marker = dict(marker="o", ms=3) if len(steps) <= 30 else {}
         ax.plot(steps, [r["train_error"] for r in curves[label]], color=shade, **train_style, **marker)
         ax.plot(steps, [r["test_error"] for r in curves[label]], color=shade, **test_style, **marker)
+        _seeds_band(ax, curves[label], shade)
 
     for i, (ax, label) in enumerate(zip(axes, variants)):
         if baseline in curves and label != baseline:
