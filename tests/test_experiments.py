@@ -514,3 +514,20 @@ def test_an_ablation_run_is_known_by_its_variant():
     assert variant_of({"block": "basic", "mixing": "scale", "scales": [0.5, 1.0]}).key == "scale-0.5-1"
     assert variant_of({"num_classes": 10}) is None  # a plain resnet: no variant
     assert variant_of({"order": "preact", "drop_rate": 0.1}) is None  # other options too: not the paper's variant
+
+
+def test_a_short_ablation_takes_the_recipe_arg_its_warm_up_note_advises(tmp_path, capsys):
+    out = tmp_path / "orders"
+    reproduce("orders", "--depth", 8, "--variants", "preact", *QUICK, "--out", out)
+    assert "--recipe-arg warmup_steps=" in "".join(capsys.readouterr())  # he2016-preact's 400 steps at 0.01 outlast the run
+    shutil.rmtree(out)
+    reproduce("orders", "--depth", 8, "--variants", "preact", *QUICK, "--recipe-arg", "warmup_steps=0", "--out", out)
+    config = json.loads((out / "runs" / "resnet8-basic-preact-s0" / "config.json").read_text())
+    assert config["recipe"]["warmup_steps"] == 0
+    assert [r["lr"] for r in read_metrics(out / "runs" / "resnet8-basic-preact-s0")][0] == 0.1  # no warm-up at 0.01
+    assert "recipe he2016-preact with batch 16, warmup_steps=0," in (out / "orders.md").read_text()
+    capsys.readouterr()
+    reproduce("orders", "--depth", 8, "--variants", "preact", *QUICK, "--recipe-arg", "warmup_steps=0", "--out", out)
+    assert "reusing the finished run" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="other settings \\(recipe\\)"):  # the run is not the one asked for without it
+        reproduce("orders", "--depth", 8, "--variants", "preact", *QUICK, "--out", out)

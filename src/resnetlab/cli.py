@@ -324,6 +324,8 @@ def _add_reproduce_parsers(sub: argparse._SubParsersAction) -> None:
         p = experiments.add_parser(name, help=help, description=help)
         _add_run_flags(p)
         p.add_argument("--recipe", default=recipe, choices=list(RECIPES), help=f"training recipe (default {recipe}, the paper's)")
+        p.add_argument("--recipe-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                       help="any other recipe field, repeatable, as train takes it: warmup_steps=10 for a short run")
         p.add_argument("--out", default=f"reproduce/{name}", metavar="DIR",
                        help=f"where runs, figures and reports go (default reproduce/{name})")
         return p
@@ -796,6 +798,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         dataset=args.dataset, data_dir=args.data_dir, recipe=args.recipe, epochs=args.epochs, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, limit_train=args.limit_train, limit_test=args.limit_test,
         device=args.device, seed=args.seed, data_seed=args.data_seed, progress=sys.stderr.isatty(),
+        recipe_overrides=dict(args.recipe_arg),
     )
     if args.experiment == "degradation":
         paths = experiments.reproduce_degradation(base, args.out, args.depths, args.seeds)

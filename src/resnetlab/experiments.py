@@ -189,7 +189,8 @@ def _seeds_text(base: TrainConfig, seeds: int) -> str:
 def _setup_text(base: TrainConfig) -> str:
     """One line saying what the nets were trained on, for reports and figure titles."""
     # The recipe's name alone would claim its batch size and learning rate where the flags replaced them.
-    changed = [f"batch {base.batch_size}" if base.batch_size else "", f"lr {base.lr:g}" if base.lr else ""]
+    changed = [f"batch {base.batch_size}" if base.batch_size else "", f"lr {base.lr:g}" if base.lr else "",
+               *(f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in base.recipe_overrides.items())]
     parts = [base.dataset, f"recipe {base.recipe or default_recipe(base.model)}" + (f" with {', '.join(c for c in changed if c)}" if any(changed) else "")]
     if base.steps:
         parts.append(f"{base.steps:,} iteration{'s' if base.steps != 1 else ''}")
