@@ -31,3 +31,12 @@ def test_each_kind_of_error_is_caught_as_a_resnetlab_error(tmp_path):
     assert issubclass(resnetlab.UnknownModelError, ValueError)
     assert not issubclass(Interrupted, ResnetlabError)  # a run stopped on request did not fail
 
+
+def test_every_kind_is_at_the_top_of_the_package_too():
+    """README: "subclasses of resnetlab.ResnetlabError (DataError, RunError, ...)": reachable as written."""
+    kinds = {"DataError": DataError, "RunError": RunError, "WeightsError": WeightsError, "KerasError": KerasError,
+             "Diverged": Diverged, "UnknownModelError": resnetlab.UnknownModelError}
+    for name, kind in kinds.items():
+        assert getattr(resnetlab, name) is kind and name in resnetlab.__all__
+        assert issubclass(kind, ResnetlabError)
+

@@ -15,16 +15,24 @@ import pkgutil
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .data import DataError
     from .errors import ResnetlabError
+    from .keras_weights import KerasError
     from .model_summary import summary
     from .models import ResNet, UnknownModelError, cifar_resnet, count_parameters, create_model, list_models
+    from .pretrained import WeightsError
+    from .runs import RunError
+    from .train import Diverged
 
 __version__ = "0.1.0"
 
-__all__ = ["ResNet", "ResnetlabError", "UnknownModelError", "cifar_resnet", "count_parameters", "create_model", "list_models", "summary"]
+__all__ = ["ResNet", "ResnetlabError", "UnknownModelError", "cifar_resnet", "count_parameters", "create_model", "list_models", "summary",
+           "DataError", "Diverged", "KerasError", "RunError", "WeightsError"]
 _WHERE = {  # each public name's module
     "ResNet": "models", "ResnetlabError": "errors", "UnknownModelError": "models", "cifar_resnet": "models", "count_parameters": "models",
     "create_model": "models", "list_models": "models", "summary": "model_summary",
+    # Every kind of ResnetlabError, where a program that catches one would look for it first.
+    "DataError": "data", "Diverged": "train", "KerasError": "keras_weights", "RunError": "runs", "WeightsError": "pretrained",
 }
 
 
