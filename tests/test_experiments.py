@@ -520,12 +520,15 @@ def test_a_short_ablation_takes_the_recipe_arg_its_warm_up_note_advises(tmp_path
     out = tmp_path / "orders"
     reproduce("orders", "--depth", 8, "--variants", "preact", *QUICK, "--out", out)
     assert "--recipe-arg warmup_steps=" in "".join(capsys.readouterr())  # he2016-preact's 400 steps at 0.01 outlast the run
+    # The report says so too: a figure of runs that never left the warm-up's lr is not the recipe's.
+    assert "recipe he2016-preact holds lr 0.01 for its first 400 steps" in (out / "orders.md").read_text()
     shutil.rmtree(out)
     reproduce("orders", "--depth", 8, "--variants", "preact", *QUICK, "--recipe-arg", "warmup_steps=0", "--out", out)
     config = json.loads((out / "runs" / "resnet8-basic-preact-s0" / "config.json").read_text())
     assert config["recipe"]["warmup_steps"] == 0
     assert [r["lr"] for r in read_metrics(out / "runs" / "resnet8-basic-preact-s0")][0] == 0.1  # no warm-up at 0.01
     assert "recipe he2016-preact with batch 16, warmup_steps=0," in (out / "orders.md").read_text()
+    assert "warm-up" not in (out / "orders.md").read_text()
     capsys.readouterr()
     reproduce("orders", "--depth", 8, "--variants", "preact", *QUICK, "--recipe-arg", "warmup_steps=0", "--out", out)
     assert "reusing the finished run" in capsys.readouterr().out

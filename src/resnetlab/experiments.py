@@ -39,7 +39,7 @@ from .devices import pick_device
 from .evaluate import eval_mode
 from .loader import make_loader
 from .models import ResNet, cifar_blocks_per_stage, count_parameters, depth_of
-from .recipes import Recipe, default_recipe
+from .recipes import Recipe, default_recipe, warmup_note
 from .train import TrainConfig, resolve_recipe, resume, train
 
 if TYPE_CHECKING:
@@ -207,14 +207,18 @@ _OUT_HOLDS = "the runs, figures and reports go into it"  # what --out is for, sa
 PAPER_ITERATIONS = 64_000  # the papers' CIFAR-10 schedule, whose end their claims are about
 
 
-def _scale_note(base: TrainConfig, seeds: int) -> str:
-    """What a short or single-seed study cannot show, in one sentence ("" when neither)."""
+def _scale_note(base: TrainConfig, seeds: int, depth: int = 0) -> str:
+    """What a short or single-seed study cannot show, in one sentence ("" when neither), and a warm-up
+    that outlasts the runs of nets up to ``depth`` layers (the console said so; the report must too)."""
     steps, notes = _planned_steps(base), []
     if steps < PAPER_ITERATIONS / 10:
         notes.append(f"these runs are {steps:,} iterations, {100 * steps / PAPER_ITERATIONS:.2g}% of the papers' {PAPER_ITERATIONS:,}, "
                      "so they show the start of training, and the papers' claims are about its end")
     if seeds == 1:
         notes.append("with one seed, differences of a point or two may be noise")
+    warm = warmup_note(resolve_recipe(base), steps, depth)
+    if warm:
+        notes.append(warm)
     return f"Caveat: {'; '.join(notes)}." if notes else ""
 
 
@@ -321,7 +325,7 @@ def reproduce_degradation(
         "# Degradation: plain against residual nets (He et al. 2015, Figure 6)", "",
         f"{_setup_text(base)}; {_seeds_text(base, seeds)}{spread}.", "",
         *_table(["model", "depth", "kind", "final train error (%)", "final test error (%)"], table), "",
-        sentence, "", _scale_note(base, seeds), "",
+        sentence, "", _scale_note(base, seeds, max(depths)), "",
         "![training error (dashed) and test error (bold) against iterations](degradation.png)",
     ]
     paths.append(_write_text(out / "degradation.md", lines))
@@ -400,7 +404,7 @@ def reproduce_depth(
         "# Test error against depth (He et al. 2015, Table 6)", "",
         f"Residual nets only; {_setup_text(base)}; {_seeds_text(base, seeds)}.", "",
         *_table(["model", "layers", "parameters", f"test error (%), {spread}", "per seed (%)"], table), "",
-        _scale_note(base, seeds), "", "![test error against depth](depth.png)",
+        _scale_note(base, seeds, max(depths)), "", "![test error against depth](depth.png)",
     ]
     paths.append(_write_text(out / "depth.md", lines))
     return paths
@@ -872,7 +876,7 @@ def reproduce_variants(
     lines = [
         f"# {title}", "", f"{setup}; {_seeds_text(base, seeds)}.", "",
         *_table(["variant", "final train error (%)", "final test error (%)", "paper, CIFAR-10 test error (%)"], table), "",
-        paper_note, "", _scale_note(base, seeds), "",
+        paper_note, "", _scale_note(base, seeds, depth), "",
         f"![training error (dashed) and test error (bold) against iterations]({study}.png)",
     ]
     paths.append(_write_text(out / f"{study}.md", lines))
