@@ -740,4 +740,5 @@ def test_a_runs_diagram_is_titled_by_its_folder_and_counts_its_input_channels(tr
     svg = out.read_text()
     # The figure may be shared: its title names the run's folder, not where it lies on this machine.
     assert "resnet8 (run)" in svg and str(trained.parent) not in svg
-    assert "input, 1 channel<" in svg  # Fashion-MNIST: one channel, not "1 channels"
+    assert "input, 1 channel, 28×28<" in svg  # Fashion-MNIST: one channel (not "1 channels"), the run's side
+    assert "stage 3 (7×7)" in svg

@@ -5,6 +5,7 @@ import re
 import xml.etree.ElementTree as ET
 
 import pytest
+import torch
 from PIL import Image
 
 from resnetlab import create_model
@@ -136,6 +137,18 @@ def test_a_unit_of_the_users_own_is_named_with_what_it_adds(models):
     assert "Renamed" in model_graph(cifar_resnet(20, block=Renamed)).source
     assert rows(model_graph(cifar_resnet(20, block=Mixed)).source, "layer1_0_1")[-1] == "own _mix(): drawn as BasicBlock's"
     assert "own " not in model_graph(models["resnet20"]).source and "+ " not in model_graph(models["resnet50"]).source
+
+
+def test_map_sides_are_labelled_for_an_image_size_and_drawing_changes_nothing():
+    model = create_model("resnet50").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    source = model_graph(model, image_size=(224, 224)).source
+    assert "input, 3 channels, 224×224" in source and "stem (imagenet), out 56×56" in source
+    assert [f"stage {i} ({side}×{side})" in source for i, side in ((1, 56), (2, 28), (3, 14), (4, 7))] == [True] * 4
+    # One forward pass read the sides: in eval mode, so the batch norms' statistics are as they were.
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert "stage 3 (8×8)" in model_graph(create_model("resnet20"), image_size=(32, 32)).source
+    assert "×" not in model_graph(create_model("resnet20")).source.split("stage 1")[1].split(":")[0]  # no size: none said
 
 
 def test_plain_nets_have_no_add_and_no_shortcut(models):

@@ -477,13 +477,17 @@ def cmd_summary(args: argparse.Namespace) -> None:
         if not (size[0] >= 1 and 1 <= min(size[1:]) <= max(size[1:]) <= MAX_SIDE):
             raise ValueError(f"--input-size is channels, height and width, each at least 1 and the sides at most "
                              f"{MAX_SIDE:,} pixels, not {' '.join(map(str, size))}")
-    elif config is not None:
-        size = (config["channels"], config["image_size"], config["image_size"])
-    elif model.stem == "keras":
-        size = (model.conv1.in_channels, 64, 64)
     else:
-        size = (model.conv1.in_channels, 32, 32) if model.stem == "cifar" else (model.conv1.in_channels, 224, 224)
+        size = _input_size(model, config)
     summary(model, size, title=name)
+
+
+def _input_size(model, config: dict | None) -> tuple[int, int, int]:
+    """The (C, H, W) a run trained on, else the one its kind of net is made for: CIFAR's 32, the notebook's 64, ImageNet's 224."""
+    if config is not None:
+        return config["channels"], config["image_size"], config["image_size"]
+    side = {"keras": 64, "cifar": 32}.get(model.stem, 224)
+    return model.conv1.in_channels, side, side
 
 
 def _model_or_run(args: argparse.Namespace):
@@ -755,7 +759,7 @@ def cmd_diagram(args: argparse.Namespace) -> None:
 
     model, name, config = _model_or_run(args)
     out = args.out or (Path(args.model) / "model.svg" if config is not None else f"{args.model}.svg")
-    print(draw_model(model, out, collapse=not args.expand, title=name))
+    print(draw_model(model, out, collapse=not args.expand, title=name, image_size=_input_size(model, config)[1:]))
 
 
 def cmd_plot(args: argparse.Namespace) -> None:

@@ -15,10 +15,11 @@ import re
 from pathlib import Path
 
 import graphviz
+import torch
 from torch import nn
 
 from .blocks import BasicBlock, Bottleneck, ZeroPadShortcut
-from .models import ResNet, count_parameters
+from .models import ResNet, count_parameters, eval_mode
 from .runs import atomic_write
 
 FORMATS = (".svg", ".png")
@@ -36,17 +37,19 @@ _BN: Row = ("bn", "BN")
 _RELU: Row = ("relu", "ReLU")
 
 
-def draw_model(model: ResNet, path: str | Path, collapse: bool = True, title: str | None = None) -> Path:
+def draw_model(model: ResNet, path: str | Path, collapse: bool = True, title: str | None = None,
+               image_size: tuple[int, int] | None = None) -> Path:
     """Draw ``model`` to ``path``, an SVG or PNG file chosen by its suffix, and return the path.
 
     With ``collapse`` a run of identical blocks is drawn once, labelled "× N", so that even
     ResNet-152 fits on a page; without it every block is drawn. ``title`` (e.g. the model's
-    name) heads the figure above the depth and parameter count.
+    name) heads the figure above the depth and parameter count. With ``image_size`` (height,
+    width) the input, the stem and each stage are labelled with the side of their maps.
     """
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"cannot draw {path.name!r}: the file name must end in {' or '.join(FORMATS)}")
-    graph = model_graph(model, collapse, title)
+    graph = model_graph(model, collapse, title, image_size)
     try:
         data = graph.pipe(format=path.suffix.lower()[1:])
     except graphviz.ExecutableNotFound:
@@ -55,8 +58,12 @@ def draw_model(model: ResNet, path: str | Path, collapse: bool = True, title: st
     return path
 
 
-def model_graph(model: ResNet, collapse: bool = True, title: str | None = None) -> graphviz.Digraph:
+def model_graph(model: ResNet, collapse: bool = True, title: str | None = None,
+                image_size: tuple[int, int] | None = None) -> graphviz.Digraph:
     """The diagram of ``model`` as a graphviz ``Digraph`` (its ``.source`` is the DOT text)."""
+    sides = [""] * (len(model.stages()) + 2)  # the input's, the stem's output and each stage's
+    if image_size is not None:
+        sides = [f"{h}×{w}" for h, w in [tuple(image_size), *_map_sides(model, image_size)]]
     g = graphviz.Digraph("resnet")
     g.attr(label=_heading(model, title), labelloc="t", fontname=_FONT, fontsize="16",
            ranksep="0.22", nodesep="0.3", newrank="true")
@@ -64,7 +71,7 @@ def model_graph(model: ResNet, collapse: bool = True, title: str | None = None) 
     g.attr("node", shape="plain", fontname=_FONT, fontsize="11", group="main")
     g.attr("edge", arrowsize="0.6", fontname=_FONT, fontsize="9", color="#444444")
 
-    last = _draw_stem(g, model)
+    last = _draw_stem(g, model, sides[0], sides[1])
     for i, stage in enumerate(model.stages(), 1):
         # Names go in the first box of each block rather than on the cluster: edges would cross them there.
         with g.subgraph(name=f"cluster_layer{i}") as c:
@@ -74,11 +81,28 @@ def model_graph(model: ResNet, collapse: bool = True, title: str | None = None) 
                 names = f"layer{i}.{j}" if len(run) == 1 else f"× {len(run)}   layer{i}.{j}–{j + len(run) - 1}"
                 if type(run[0]) not in (BasicBlock, Bottleneck):  # the user's own unit: its class names it
                     names += f"  {type(run[0]).__name__}"
-                header = f"stage {i}: {names}" if j == 0 else names
+                stage_name = f"stage {i} ({sides[i + 1]})" if sides[i + 1] else f"stage {i}"
+                header = f"{stage_name}: {names}" if j == 0 else names
                 last = _draw_block(g, c, run[0], f"layer{i}_{j}", header, len(run) > 1, last)
                 j += len(run)
     _draw_head(g, model, last)
     return g
+
+
+def _map_sides(model: ResNet, image_size: tuple[int, int]) -> list[tuple[int, int]]:
+    """The sides (height, width) of the stem's output map and of each stage's, for one image of
+    ``image_size``: read from a forward pass, so that any stem or block of the user's own counts."""
+    stages, sides = model.stages(), []
+    hooks = [stages[0].register_forward_pre_hook(lambda module, inputs: sides.append(tuple(inputs[0].shape[-2:])))]
+    hooks += [s.register_forward_hook(lambda module, inputs, out: sides.append(tuple(out.shape[-2:]))) for s in stages]
+    weight = model.conv1.weight
+    try:
+        with torch.no_grad(), eval_mode(model):  # eval: the batch norms' statistics stay as they are
+            model(torch.zeros(1, model.conv1.in_channels, *image_size, dtype=weight.dtype, device=weight.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sides
 
 
 def _heading(model: ResNet, title: str | None) -> str:
@@ -242,10 +266,11 @@ def _draw_block(
     return chain[-1]
 
 
-def _draw_stem(g: graphviz.Digraph, model: ResNet) -> str:
+def _draw_stem(g: graphviz.Digraph, model: ResNet, input_side: str = "", out_side: str = "") -> str:
     """Input, stem conv (+BN, ReLU) and max pool; return the last node."""
     channels = model.conv1.in_channels
-    g.node("input", _label([("io", f"input, {channels} channel{'s' if channels != 1 else ''}")]))
+    g.node("input", _label([("io", f"input, {channels} channel{'s' if channels != 1 else ''}"
+                                   + (f", {input_side}" if input_side else ""))]))
     rows = [_conv(model.conv1)]
     if isinstance(model.bn1, nn.BatchNorm2d):
         rows.append(_BN)
@@ -260,7 +285,8 @@ def _draw_stem(g: graphviz.Digraph, model: ResNet) -> str:
     with g.subgraph(name="cluster_stem") as c:
         c.attr(label="", style="rounded,filled", fillcolor="#f4f4f4", color="#aaaaaa")
         for k, (node, node_rows) in enumerate(nodes):
-            c.node(node, _label(node_rows, f"stem ({model.stem})" if k == 0 else None))
+            header = f"stem ({model.stem})" + (f", out {out_side}" if out_side else "")
+            c.node(node, _label(node_rows, header if k == 0 else None))
     _link(g, ["input"] + [node for node, _ in nodes])
     return nodes[-1][0]
 
