@@ -164,10 +164,10 @@ def test_a_bad_or_short_content_length_gets_an_answer_and_frees_its_thread(serve
     from resnetlab import serve
 
     answer = raw_request(server, b"POST /predict HTTP/1.0\r\nContent-Length: abc\r\n\r\nxxx")
-    assert answer.startswith(b"HTTP/1.0 400 ") and b"Content-Length must be a number of bytes, not 'abc'" in answer
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Content-Length must be a number of bytes, not 'abc'" in answer
     monkeypatch.setattr(serve._Handler, "timeout", 0.5)
     answer = raw_request(server, b"POST /predict HTTP/1.0\r\nContent-Length: 1000\r\n\r\nshort")  # then nothing
-    assert answer.startswith(b"HTTP/1.0 408 ") and b"stopped after 5 of the 1,000 bytes" in answer
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"stopped after 5 of the 1,000 bytes" in answer
 
 
 def run_page_script(server, tmp_path, actions: str) -> list:
@@ -314,7 +314,7 @@ def test_a_chunked_upload_is_read_as_one_with_a_content_length(server, monkeypat
     status, body = post_chunked([bytes(1 << 16)] * 64)  # 4 MiB: refused once past the limit, the rest dropped
     assert status == 413 and "1,048,576-byte limit" in json.loads(body)["error"]
     answer = raw_request(server, b"POST /predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.0 400 ") and b"chunk size" in answer
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"chunk size" in answer
 
 
 def test_upload_errors_name_the_file_and_fit_an_upload(server):
@@ -383,7 +383,7 @@ def test_an_upload_far_over_the_limit_still_gets_its_413(server, monkeypatch):
     # that reads to the end before it closes is not kept waiting for the dropped rest.
     start = time.monotonic()
     answer = raw_request(server, b"POST /predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nmore", timeout=30)
-    assert answer.startswith(b"HTTP/1.0 400 ") and time.monotonic() - start < 5
+    assert answer.startswith(b"HTTP/1.1 400 ") and time.monotonic() - start < 5
 
 
 def test_an_empty_host_means_every_interface(run_dir, capsys):
@@ -407,7 +407,7 @@ def test_a_chunked_body_counts_its_framing_and_a_slow_body_has_one_deadline(serv
     monkeypatch.setattr(serve, "MAX_UPLOAD", 100)
     answer = raw_request(server, b"POST /predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
                          + b"1\r\nx\r\n" * 40 + b"0\r\n\r\n")  # 40 bytes of data, 240 sent
-    assert answer.startswith(b"HTTP/1.0 413 ") and b"passed the 100-byte limit" in answer
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"passed the 100-byte limit" in answer
 
     monkeypatch.setattr(serve, "BODY_SECONDS", 1.0)
     import socket
@@ -422,7 +422,7 @@ def test_a_chunked_body_counts_its_framing_and_a_slow_body_has_one_deadline(serv
             except OSError:  # the server has answered and closed
                 break
         answer = s.recv(65536)
-    assert answer.startswith(b"HTTP/1.0 408 ") and b"it took over 1.0 seconds in all" in answer
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"it took over 1.0 seconds in all" in answer
     assert time.monotonic() - started < 5
 
 
@@ -450,3 +450,39 @@ def test_the_page_fits_a_phone_and_a_keyboard_and_drops_a_preview_that_cannot_be
 """)
     assert shown == ["notes.png", False, True, 1]
 
+
+
+def test_twenty_clients_at_once_are_all_answered(server):
+    """Each waits its turn for the model, none is turned away (the listen queue was 5: up to 6 in 20 were reset)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    image = png_bytes()
+    with ThreadPoolExecutor(40) as pool:
+        answers = list(pool.map(lambda _: request(server.url + "predict", image), range(40)))
+    assert [status for status, _ in answers] == [200] * 40
+    assert len({body for _, body in answers}) == 1  # the same image, the same answer
+
+
+def test_an_upload_that_asks_to_continue_is_told_to_at_once(server):
+    """curl sends "Expect: 100-continue" for bodies over 1 MB and waits a second for the go-ahead."""
+    import socket
+
+    image = png_bytes()
+    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(image)}\r\nExpect: 100-continue\r\n\r\n").encode()
+    with socket.create_connection(server.server_address[:2], timeout=10) as s:
+        s.sendall(head)
+        s.settimeout(0.5)  # well under curl's one second
+        assert s.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+        s.settimeout(10)
+        s.sendall(image)
+        answer = b""
+        while chunk := s.recv(65536):  # the server closes the connection after its answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in answer
+    assert len(json.loads(answer.split(b"\r\n\r\n", 1)[1])["predictions"]) == 10
+
+
+def test_an_address_not_of_this_machine_is_called_a_host_problem(run_dir, capsys):
+    assert main(["serve", str(run_dir), "--host", "192.0.2.1", "--port", "0"]) == 2  # TEST-NET-1: nobody's
+    err = capsys.readouterr().err
+    assert "check --host" in err and "--port" not in err

@@ -17,6 +17,7 @@ It listens on 127.0.0.1 unless told otherwise: it is a tool for one machine, not
 from __future__ import annotations
 
 import io
+import errno
 import json
 import os
 import re
@@ -125,6 +126,9 @@ class PredictionServer(ThreadingHTTPServer):
     """An HTTP server holding one trained model: a run's, or published weights (``pretrained="resnet50"``)."""
 
     daemon_threads = True
+    # Connections the system holds while every thread is busy: socketserver's 5 reset the sixth of
+    # twenty clients that arrive together.
+    request_queue_size = 128
     # HTTPServer lets a restarted server take its port at once; on Windows the same option lets a second
     # server share a port already served, where it should be told to pick another --port.
     allow_reuse_address = os.name != "nt"
@@ -155,7 +159,8 @@ class PredictionServer(ThreadingHTTPServer):
         except socket.gaierror as e:  # before the OSError it is a kind of
             raise RuntimeError(f"cannot listen on {host}: no such address here ({e.strerror or e}); check --host") from None
         except OSError as e:
-            raise RuntimeError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
+            fix = "check --host: it must be an address of this machine" if e.errno == errno.EADDRNOTAVAIL else "pick another --port"
+            raise RuntimeError(f"cannot listen on {host}:{port} ({e.strerror or e}); {fix}") from None
 
     @property
     def url(self) -> str:
@@ -212,6 +217,10 @@ class _Refusal(Exception):
 class _Handler(BaseHTTPRequestHandler):
     server: PredictionServer
     timeout = 30  # seconds a client may stall mid-request before its thread is given back
+    # HTTP/1.1, so that a client sending "Expect: 100-continue" (curl, for uploads over 1 MB) is told to go
+    # on at once rather than waiting a second for the answer HTTP/1.0 never gives; each answer still
+    # closes its connection (_send), one request a connection as before.
+    protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
@@ -398,6 +407,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Allow", allow)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
