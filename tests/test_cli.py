@@ -439,6 +439,10 @@ def test_predict_a_folder_into_a_csv(trained_run, tmp_path, capsys):
 
     rows = list(csv.DictReader(table.open()))
     assert [r["path"] for r in rows] == [p for p, _ in printed]
+    # --csv -: the same rows on standard output, for a pipe; the count goes to standard error.
+    code, out, err = run(capsys, "predict", trained_run, photos, "--workers", "0", "--top-k", "2", "--device", "cpu", "--csv", "-")
+    assert code == 0 and err.strip() == "70 images classified: -" and not Path("-").exists()
+    assert list(csv.DictReader(out.splitlines())) == rows
     for row, (_, ranked) in zip(rows, printed):
         assert ranked == f"{row['class_1']} {float(row['probability_1']):.1%}  {row['class_2']} {float(row['probability_2']):.1%}"
 

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -361,3 +362,32 @@ def test_a_run_records_the_commit_it_ran_from_only_where_that_commit_holds_its_c
     found = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from resnetlab import devices; "
                             "print(devices.__file__, devices.source_revision())", str(copy.parent)], capture_output=True, text=True)
     assert found.stdout.split() == [str(copy / "devices.py"), "None"], found.stderr
+
+
+def test_a_write_through_a_link_replaces_the_file_it_points_to_and_keeps_the_link(tmp_path):
+    real = tmp_path / "real.csv"
+    real.write_text("old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    runs.atomic_write(link, lambda tmp: Path(tmp).write_text("new"))
+    assert link.is_symlink() and real.read_text() == "new"
+    dangling = tmp_path / "dangling.csv"
+    dangling.symlink_to(tmp_path / "sub" / "made.csv")
+    runs.atomic_write(dangling, lambda tmp: Path(tmp).write_text("made"))
+    assert dangling.is_symlink() and (tmp_path / "sub" / "made.csv").read_text() == "made"
+
+
+def test_a_pipe_is_written_to_not_replaced(tmp_path):
+    """/dev/stdout, a FIFO: renaming a file over it (as root) replaced the device with a file."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    runs.atomic_write(fifo, lambda path: Path(path).write_text("rows\n"))
+    reader.join(10)
+    assert got == ["rows\n"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+

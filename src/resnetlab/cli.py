@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "resnet50:KERAS (downloaded once); every positional argument is then an image")
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="classes shown per image (default 3, or 5 with --pretrained)")
     p.add_argument("--csv", metavar="FILE", help="write the answers to FILE (path, then class and probability by rank) "
-                                                 "instead of printing them")
+                                                 "instead of printing them; - writes the CSV to standard output")
     p.add_argument("--workers", type=_count, metavar="N", help="processes decoding images (default: one a CPU, up to 16, "
                                                             "for more than a batch of 64)")
     p.add_argument("--device", default="auto", type=_device, metavar="DEVICE", help=DEVICE_HELP)
@@ -633,9 +633,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
             print(f"{os.fsencode(pred.path).decode(errors='replace')}: {pred.ranked()}")
     else:
         csv_existed = Path(args.csv).exists()
-        count = _write_csv(Path(args.csv), answers, top_k)
-        if count:
-            print(f"{count} image{'s' if count != 1 else ''} classified: {args.csv}")
+        count = _write_csv(args.csv, answers, top_k)
+        if count:  # beside the CSV's rows when they go to standard output (--csv -), where a pipe reads them
+            print(f"{count} image{'s' if count != 1 else ''} classified: {args.csv}",
+                  file=sys.stderr if args.csv == "-" else sys.stdout)
     if len(images) == 1 and unreadable:
         raise unreadable[0]
     if unreadable:
@@ -668,8 +669,9 @@ def _image_paths(inputs: list[str]) -> list[str]:
     return paths
 
 
-def _write_csv(path: Path, answers: Iterable, top_k: int) -> int:
-    """Write ``answers`` (predict's, as they come) to ``path``, a row an image, and return how many.
+def _write_csv(path: str, answers: Iterable, top_k: int) -> int:
+    """Write ``answers`` (predict's, as they come) to ``path`` (``-``: standard output), a row an image,
+    and return how many.
 
     Through a temporary file: Ctrl-C or a crash leaves the old CSV, never half a new one over it, and
     with no answer at all (every image unreadable) a file already there stays as it was.
@@ -683,19 +685,26 @@ def _write_csv(path: Path, answers: Iterable, top_k: int) -> int:
 
     count = 0
 
-    def write(tmp: str) -> None:
+    def rows(f) -> None:
         nonlocal count
+        writer = csv.writer(f)
+        writer.writerow(["path"] + [f"{what}_{rank}" for rank in range(1, top_k + 1) for what in ("class", "probability")])
+        for count, pred in enumerate(answers, 1):
+            writer.writerow([pred.path] + [v for c, p in zip(pred.classes, pred.probabilities) for v in (c, f"{p:.6f}")])
+
+    def write(tmp: str) -> None:
         # A file name that is not UTF-8 goes back out as the bytes it came in as.
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path"] + [f"{what}_{rank}" for rank in range(1, top_k + 1) for what in ("class", "probability")])
-            for count, pred in enumerate(answers, 1):
-                writer.writerow([pred.path] + [v for c, p in zip(pred.classes, pred.probabilities) for v in (c, f"{p:.6f}")])
+            rows(f)
         if count == 0:
             raise NoAnswers
 
+    if path == "-":  # a row as each image is answered, for the program reading the pipe
+        rows(sys.stdout)
+        sys.stdout.flush()
+        return count
     try:
-        atomic_write(path, write)
+        atomic_write(Path(path), write)
     except NoAnswers:
         pass
     return count

@@ -52,9 +52,22 @@ class RunError(ResnetlabError):
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path``; a failed write (a full disk) is a
-    RunError naming the file, and leaves what ``path`` held before."""
+    RunError naming the file, and leaves what ``path`` held before.
+
+    A symbolic link keeps its place: the file it points to is the one replaced. A device or a pipe
+    (``/dev/stdout``) is written to as it is, having nothing to keep and no folder to rename in.
+    """
+    path = Path(path)
     if path.is_dir():  # refused before ``write``, which may take minutes
         raise RunError(f"could not write {path}: it is a directory; give a file name")
+    if path.exists() and not path.is_file():
+        try:
+            write(str(path))
+        except OSError as e:
+            raise RunError(f"could not write {path} ({e.strerror or e})") from None
+        return
+    if path.is_symlink():  # to a file, or dangling: renaming onto the link would replace the link itself
+        path = Path(os.path.realpath(path))
     kept = "What was saved before is kept" if path.exists() else "Nothing was written"
     tmp = None
     try:
