@@ -50,6 +50,9 @@ def test_summary_prints_keras_totals(capsys):
     # A side that would ask the allocator for 120 GB is refused by name.
     fails_cleanly(capsys, "summary", "resnet20", "--input-size", "3", "100000", "100000",
                   match="--input-size is channels, height and width, each at least 1 and the sides at most 8,192 pixels")
+    # Keras's order: refused in words, not built as a 64-channel net that then fails inside torch.
+    fails_cleanly(capsys, "summary", "signs_resnet50", "--input-size", "64", "64", "3",
+                  match="--input-size is channels first, as PyTorch holds images: 3 64 64, not 64 64 3")
 
 
 

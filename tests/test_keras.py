@@ -588,6 +588,9 @@ def test_a_notebook_model_goes_to_keras_and_back(tmp_path, capsys):
     for exported in ("model.keras", "model.h5"):
         code, out, err = run(capsys, "export", first, "-o", first / exported)
         assert code == 0 and "keras.models.load_model reads it" in out, err
+        # The statistics a notebook's own model, given these weights by load_weights, must be fed with.
+        mean, std = (", ".join(f"{v:.4g}" for v in config_a[k]) for k in ("mean", "std"))
+        assert f"normalises with mean ({mean}) and std ({std})" in out and "(x - mean) / std" in out
         second = tmp_path / exported
         code, out, err = run(capsys, "import", first / exported, "--out", second)
         assert code == 0 and "pixels 0-1 prepared by the model's own" in out, err  # its Normalization holds the statistics

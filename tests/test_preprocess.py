@@ -140,6 +140,8 @@ def test_tensors_give_what_the_pil_image_of_their_pixels_gives(trained_run, tmp_
         preprocess(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"1 or 3 channels.*5"):
         preprocess(torch.zeros(5, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"not 64: this one looks channels-last \(H, W, C\).*permute\(2, 0, 1\)"):
+        preprocess(torch.zeros(64, 64, 3, dtype=torch.uint8))  # as Keras holds a SIGNS image
     with pytest.raises(TypeError, match=r"uint8.*int64"):
         preprocess(torch.zeros(3, 8, 8, dtype=torch.int64))
     with pytest.raises(TypeError, match="PIL image, an image file"):

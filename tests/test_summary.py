@@ -92,6 +92,8 @@ def test_every_layout_takes_one_grey_channel_and_channels_last(name):
 def test_an_input_the_model_cannot_take_is_refused_in_words():
     with pytest.raises(ValueError, match=r"resnet20 takes 3-channel images, not 1 \(build it with in_chans=1\)"):
         summary(create_model("resnet20"), (1, 32, 32), title="resnet20", print_fn=None)
+    with pytest.raises(ValueError, match=r"input_size is \(C, H, W\), channels first: \(3, 64, 64\), not \(64, 64, 3\)"):
+        summary(create_model("signs_resnet50"), (64, 64, 3), print_fn=None)  # Keras's order
     with pytest.raises(ValueError, match=r"channel count and image sides must be positive, not \(3, 0, 32\)"):
         summary(create_model("resnet20"), (3, 0, 32), print_fn=None)
 

@@ -466,6 +466,10 @@ def cmd_summary(args: argparse.Namespace) -> None:
     from .runs import CONFIG
     from .model_summary import summary
 
+    if args.input_size and args.input_size[0] not in (1, 3) and args.input_size[-1] in (1, 3):
+        c, h, w = args.input_size[-1], *args.input_size[:2]
+        raise ValueError(f"--input-size is channels first, as PyTorch holds images: {c} {h} {w}, "
+                         f"not {' '.join(map(str, args.input_size))} (Keras's order)")
     if args.input_size and not (Path(args.model) / CONFIG).is_file() and "in_chans" not in dict(args.model_arg):
         # A named net asked for one-channel images is built for them, as --model-arg in_chans=1 would.
         args.model_arg.append(("in_chans", args.input_size[0]))
@@ -759,6 +763,10 @@ def cmd_export(args: argparse.Namespace) -> None:
         side, channels = config["image_size"], config["channels"]
         print(f"wrote {path} (Keras: input (batch, {side}, {side}, {channels}) float32 scaled to 0-1, softmax over "
               f"{len(config['classes'])} classes; keras.models.load_model reads it)")
+        # load_weights copies weights alone: a model of one's own has no Normalization layer for the statistics.
+        mean, std = (", ".join(f"{v:.4g}" for v in config[k]) for k in ("mean", "std"))
+        print(f"its first layer normalises with mean ({mean}) and std ({std}), kept in the model's configuration: "
+              "a model of your own given these weights by load_weights must be fed (x - mean) / std")
         return
     print(export_onnx(args.run_dir, args.out, check=not args.no_check, pretrained=args.pretrained, opset=args.opset).text())
 

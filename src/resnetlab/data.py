@@ -408,7 +408,11 @@ def _opened(path: str | Path | BinaryIO | Image.Image) -> Iterator[Image.Image]:
             opened = Image.open(path, formats=IMAGE_FORMATS)
         with opened as img:
             yield img
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError:  # a PNG or JPEG already: too many pixels, whatever the format
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise DataError(f"{name} has more pixels than Pillow opens from a file it cannot trust ({limit:,}); "
+                        "resize it first") from None
+    except (OSError, SyntaxError, ValueError) as err:
         reason = str(err) if isinstance(path, Path) else str(err).replace(f" {path!r}", "")  # not "<_io.BytesIO ...>"
         raise DataError(f"{name} is not a readable image ({reason}); {advice}") from None
 
@@ -929,8 +933,10 @@ def _load_signs(name: str, split: str, root: str | Path | None, download: bool) 
             f"{path} is not a SIGNS file ({err}); get the original train_signs.h5 / test_signs.h5"
         ) from None
     if labels.ndim == 2 and min(labels.shape) > 1:  # (1, N) and (N, 1) are the course's own layouts
+        # A row an image (the notebook's Y.T), or a column an image, as its convert_to_one_hot gives them.
+        axis = 1 if labels.shape[0] == len(images) else 0
         raise DataError(f"{path}: {split}_set_y is one-hot {labels.shape}; store the class numbers, "
-                        "one per image (y.argmax(axis=1)), as the course's files do")
+                        f"one per image (y.argmax(axis={axis})), as the course's files do")
     labels = labels.reshape(-1)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or len(labels) != len(images):
         raise DataError(f"{path}: {split}_set_x is {images.dtype} {images.shape} with {len(labels)} labels, "

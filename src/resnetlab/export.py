@@ -97,8 +97,9 @@ def export_onnx(run_dir: str | Path | None, out: str | Path | None = None, check
         raise RuntimeError("ONNX export needs the onnx and onnxscript packages: pip install 'resnetlab[export]'") from None
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and not MIN_OPSET <= opset <= newest:  # the exporter would write 18 without a word
-        raise ValueError(f"torch's ONNX exporter writes opsets {MIN_OPSET} to {newest} (the newest the installed onnx "
-                         f"knows), not {opset}")
+        raise ValueError(f"--opset must be from {MIN_OPSET}, the oldest torch's exporter writes, to {newest}, the newest the "
+                         f"installed onnx knows, not {opset} (torch may not convert to the newest few yet; leave --opset "
+                         "out for the exporter's own choice)")
     model, config, path = load_for_export(run_dir, pretrained, out, ".onnx")
     if path.suffix.lower() != ".onnx":  # x.ONNX too, as .KERAS and .H5 are taken
         raise ValueError(f"the export goes to a .onnx file, not {path.name}")

@@ -133,6 +133,9 @@ def summary(
     result = ModelSummary(title or type(model).__name__, tuple(input_size))
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if first is not None and first.in_channels != input_size[0]:  # said in the user's terms, not the conv's
+        if input_size[-1] == first.in_channels:  # Keras's (H, W, C)
+            c, h, w = input_size[-1], *input_size[:2]
+            raise ValueError(f"input_size is (C, H, W), channels first: ({c}, {h}, {w}), not {tuple(input_size)}")
         raise ValueError(f"{result.title} takes {first.in_channels}-channel images, not {input_size[0]} "
                          f"(build it with in_chans={input_size[0]})")
     names = {m: n for n, m in model.named_modules()}

@@ -212,7 +212,9 @@ def _pil_image(pixels: torch.Tensor) -> Image.Image:
     if pixels.ndim != 3:
         raise ValueError(f"a tensor image is (C, H, W), one image, not {tuple(pixels.shape)}")
     if pixels.shape[0] not in (1, 3):
-        raise ValueError(f"a tensor image has 1 or 3 channels (grey or RGB), not {pixels.shape[0]}")
+        hint = ": this one looks channels-last (H, W, C), as Keras and NumPy hold images: pixels.permute(2, 0, 1)" \
+            if pixels.shape[-1] in (1, 3) else ""
+        raise ValueError(f"a tensor image is (C, H, W) with 1 or 3 channels (grey or RGB), not {pixels.shape[0]}{hint}")
     if pixels.is_floating_point():
         low, high = pixels.min().item(), pixels.max().item()
         if low < 0 or high > 1:
