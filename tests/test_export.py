@@ -174,3 +174,22 @@ def test_only_a_full_disk_is_called_one(tmp_path):
     assert path.read_bytes() == b"an earlier export" and not list(tmp_path.glob(".*.tmp"))
     with pytest.raises(RunError, match=r"\(Permission denied\)\. Nothing was written$"):
         atomic_write(tmp_path / "new.onnx", fails(PermissionError(errno.EACCES, "Permission denied")))
+
+
+def test_a_run_still_training_is_exported_with_a_note_of_the_step(run_dir, tmp_path, capsys):
+    import shutil
+
+    from resnetlab.runs import RunLock, read_metrics
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    lock = RunLock(copy)  # as a training process holds it
+    try:
+        assert main(["export", str(copy), "--no-check", "-o", str(tmp_path / "m.onnx")]) == 0
+    finally:
+        lock.release()
+    step = read_metrics(copy)[-1]["step"]
+    assert f"note: {copy} is still training; this exports the weights it last saved at step {step:,}" in capsys.readouterr().err
+    assert main(["export", str(copy), "--no-check", "-o", str(tmp_path / "m2.onnx")]) == 0
+    assert "still training" not in capsys.readouterr().err
+

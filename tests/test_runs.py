@@ -85,6 +85,15 @@ def test_the_lock_names_the_process_holding_it(tmp_path):
     runs.RunLock(tmp_path).release()
 
 
+def test_a_run_being_trained_is_known_by_its_lock_without_taking_it(tmp_path):
+    assert not runs.is_training(tmp_path)  # no .lock at all
+    held = runs.RunLock(tmp_path)
+    assert runs.is_training(tmp_path) and runs.is_training(tmp_path)  # asked twice: the asking took nothing
+    held.release()
+    assert not runs.is_training(tmp_path)
+    runs.RunLock(tmp_path).release()
+
+
 def test_on_windows_every_process_locks_the_same_byte(tmp_path, monkeypatch):
     """msvcrt.locking locks bytes from the file's position, which "a+b" leaves at the end of the first
     holder's line: a second process locked another byte, and two runs trained into one directory."""

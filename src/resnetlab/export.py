@@ -8,6 +8,7 @@ the run directory. The class names, statistics and input size also travel in the
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .runs import atomic_write, load_model
+from .runs import atomic_write, is_training, load_model, read_metrics
 
 INPUT, OUTPUT = "image", "logits"
 MIN_OPSET = 18  # the oldest operator set torch's (dynamo) exporter writes
@@ -70,6 +71,10 @@ def load_for_export(run_dir: str | Path | None, pretrained: str | None, out: str
     else:
         model, config = load_model(run_dir)
         name = f"model{suffix}"
+        if is_training(Path(run_dir)):  # what is exported is a snapshot: say of which step
+            rows = read_metrics(Path(run_dir), missing_ok=True)
+            step = f" at step {rows[-1]['step']:,}" if rows else ""
+            print(f"note: {run_dir} is still training; this exports the weights it last saved{step}", file=sys.stderr)
     if out is None:
         return model, config, Path(name) if pretrained else Path(run_dir) / name
     return model, config, Path(out) / name if Path(out).is_dir() else Path(out)  # a folder: the file goes in it

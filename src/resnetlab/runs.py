@@ -176,6 +176,21 @@ class RunLock:
         self._file.close()  # closing the file releases the lock
 
 
+def is_training(run_dir: Path) -> bool:
+    """Whether a process holds ``run_dir``'s lock, training into it now (False where locks are not
+    known: no .lock, Windows, a filesystem without them). Reads; never takes the lock for long."""
+    if os.name == "nt":
+        return False
+    import fcntl
+
+    try:
+        with open(Path(run_dir) / ".lock", "rb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)  # closing the file lets it go
+    except OSError as e:
+        return e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES)
+    return False
+
+
 def to_json(data: object, indent: int | None = None) -> str:
     """``data`` as strict JSON, a float that is not finite (a diverged run's loss) as null: Python's
     own NaN and Infinity are not JSON, and a browser's ``JSON.parse`` or jq refuses them."""
