@@ -179,6 +179,12 @@ def test_the_seed_notebook_workflow_on_signs_files(tmp_path, capsys):
     Image.fromarray(rng.integers(0, 256, (120, 90, 3), dtype=np.uint8)).save(photo)
     code, out, _ = run(capsys, "predict", run_dir, photo, "--device", "cpu")
     assert code == 0 and out.startswith(str(photo)) and out.count("%") == 3
+    # Without --model: train's default, with a word on the notebook's net (a student expects that one).
+    code, out, err = run(capsys, "train", "--dataset", "signs", "--data-dir", tmp_path, "--steps", "1", "--batch-size", "16", "--device", "cpu",
+                         "--no-progress", "--out", tmp_path / "default")
+    assert code == 0 and "note: resnet20 is train's default model; the notebook's net for SIGNS is --model signs_resnet50" in out, err
+    assert "note: resnet20" not in run(capsys, "train", "--model", "resnet20", "--dataset", "signs", "--data-dir", tmp_path, "--batch-size", "16",
+                                       "--steps", "1", "--device", "cpu", "--no-progress", "--out", tmp_path / "given")[1]
 
 
 def test_debug_flag_works_after_the_command(capsys):

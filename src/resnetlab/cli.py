@@ -544,6 +544,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
             recipe = resolve_recipe(config)
             print(f"{config.model}, recipe {recipe.name}: {describe_recipe(recipe)}")
+            if config.dataset == "signs" and "--model" not in _options_given(args.argv, "train"):
+                print("note: resnet20 is train's default model; the notebook's net for SIGNS is --model signs_resnet50 "
+                      "(with its recipe, signs-adam)")
         result = train(config)
     distributed.teardown(world)
     if not world.is_main:
