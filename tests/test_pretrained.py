@@ -197,6 +197,30 @@ def test_weights_files_of_every_kind(tmp_path):
             torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
 
 
+def test_a_runs_weights_say_how_their_net_computes_and_are_refused_by_a_net_that_computes_otherwise(tmp_path):
+    """A paper-layout ResNet-50's weights have torchvision's shapes: they loaded into torchvision's layout without
+    a word and answered differently. A run's model.safetensors records the layout; loading checks it."""
+    from safetensors import safe_open
+
+    from resnetlab.runs import save_weights
+
+    paper = resnetlab.create_model("resnet50", stride_in_1x1=True, num_classes=4)
+    save_weights(paper, tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["resnetlab.layout"]) == {"mixing": "add", "order": "post", "stride_in_1x1": True}
+    same = resnetlab.create_model("resnet50", stride_in_1x1=True, num_classes=4, weights=str(tmp_path / "model.safetensors"))
+    assert torch.equal(same.layer2[0].conv1.weight, paper.layer2[0].conv1.weight)
+    with pytest.raises(WeightsError, match=r"built with stride_in_1x1=True, which compute otherwise in resnet50 as built "
+                                           r"here: build it the same way \(create_model\('resnet50', stride_in_1x1=True"):
+        resnetlab.create_model("resnet50", num_classes=4, weights=str(tmp_path / "model.safetensors"))
+    save_weights(resnetlab.create_model("resnet20"), tmp_path)
+    with pytest.raises(WeightsError, match=r"built with order='post'"):
+        resnetlab.create_model("resnet20", order="bn_after_add", weights=str(tmp_path / "model.safetensors"))
+    # A file without the record (saved elsewhere, or by an older resnetlab) loads as before.
+    save_file(paper.state_dict(), tmp_path / "plain.safetensors")
+    resnetlab.create_model("resnet50", num_classes=4, weights=str(tmp_path / "plain.safetensors"))
+
+
 def test_a_weights_files_classifier_comes_with_it_unless_another_is_asked_for(tmp_path):
     """A file's trained head is kept when num_classes is not given (torchvision would fail to load it into
     1000 classes; dropping it silently would lose the training); Path and torchvision's enums name weights."""

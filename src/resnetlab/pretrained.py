@@ -17,6 +17,7 @@ the config that evaluation and prediction read.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import uuid
@@ -39,7 +40,7 @@ from .keras_weights import (
     read_keras,
     read_keras_applications,
 )
-from .runs import key_mismatch, pretrained_cfg
+from .runs import LAYOUT_KEY, key_mismatch, model_layout, pretrained_cfg
 
 # Names whose layout is torchvision's, so its published weights fit them.
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -280,6 +281,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _saved_layout(path: str | Path) -> dict:
+    """The ``model_layout`` a resnetlab run wrote into its model.safetensors; {} for any other file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            layout = (f.metadata() or {}).get(LAYOUT_KEY)
+        return json.loads(layout) if layout else {}
+    except Exception:  # not a safetensors file (torch.save's), or no metadata: nothing to compare
+        return {}
+
+
 def weights_name(weights, model_name: str) -> str:
     """``weights`` as resnetlab names them: a tag or a file's path. Also takes a ``Path`` and torchvision's
     weights enums (``ResNet50_Weights.IMAGENET1K_V2``), as torchvision's builders do."""
@@ -378,6 +391,13 @@ def load_weights(model: nn.Module, model_name: str, weights: str, progress: bool
         # The one mismatch with a fix by argument: weights of grey images (a Fashion-MNIST run) in a colour model.
         hint = f" (build it with in_chans={there[1]})" if k == "conv1.weight" and there[:1] + there[2:] == here[:1] + here[2:] else ""
         raise WeightsError(f"{source} does not fit {model_name}: {k} is {there} there, {here} here{hint}")
+    saved = _saved_layout(weights) if is_file_spec(weights) and not is_keras_file(weights) else {}
+    differ = {k: v for k, v in saved.items() if k in (built := model_layout(model)) and built[k] != v}
+    if differ:  # they would load, and answer as another net
+        options = ", ".join(f"{k}={v!r}" for k, v in differ.items())
+        raise WeightsError(f"{source} holds the weights of a net built with {options}, which compute otherwise in "
+                           f"{model_name} as built here: build it the same way (create_model({model_name!r}, {options}, "
+                           "weights=...), or --model-arg)")
     if eps is not None and any(m.eps != eps for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))):
         hint = f" (`resnetlab import {weights}` records it)" if is_keras_file(weights) else ""
         raise WeightsError(f"{source}'s batch norms use epsilon {eps}: build the model with bn_eps={eps}{hint}")

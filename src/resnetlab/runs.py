@@ -256,12 +256,30 @@ def read_config(run_dir: str | Path) -> dict:
     return config
 
 
+LAYOUT_KEY = "resnetlab.layout"  # model.safetensors' metadata: what the tensors' shapes do not tell
+
+
+def model_layout(model: nn.Module) -> dict[str, object]:
+    """How ``model`` computes with weights of the same shapes: its block order, its shortcut mixing and,
+    for bottlenecks, where the stride is. Weights trained one way load without complaint into another
+    (a paper-layout ResNet-50's into torchvision's) and answer differently, so they are written down."""
+    from .blocks import Bottleneck
+
+    model = _plain_model(model)
+    layout: dict[str, object] = {key: getattr(model, key) for key in ("order", "mixing") if hasattr(model, key)}
+    bottlenecks = [m for m in model.modules() if isinstance(m, Bottleneck)]
+    if bottlenecks:
+        layout["stride_in_1x1"] = any(b.conv1.stride != (1, 1) for b in bottlenecks)
+    return layout
+
+
 def save_weights(model: nn.Module, run_dir: Path) -> None:
-    """Write the model's state (parameters and BN statistics) to model.safetensors."""
+    """Write the model's state (parameters and BN statistics) to model.safetensors, with its
+    ``model_layout`` in the file's metadata."""
     state = {k: v.detach().contiguous().cpu() for k, v in _plain_model(model).state_dict().items()}
     # Serialised here and written as bytes: a full disk is then an OSError that atomic_write names, and a
     # kill leaves only atomic_write's temporary file (safetensors' save_file renames one of its own into place).
-    data = save(state)
+    data = save(state, metadata={"format": "pt", LAYOUT_KEY: json.dumps(model_layout(model), sort_keys=True)})
     atomic_write(run_dir / WEIGHTS, lambda tmp: Path(tmp).write_bytes(data))
 
 
