@@ -231,6 +231,10 @@ def test_notebook_blocks_start_as_keras_starts_them_and_name_the_notebooks_call(
         identity_block(256, 3, [64, 64, 256], training=False)
     with pytest.raises(TypeError, match="convolutional_block takes no initializer= .*Glorot-uniform.*, colour="):
         convolutional_block(256, 3, [64, 64, 256], initializer="glorot_uniform", colour=1)
+    # The 2018 notebook's signature: its stage= and block= named Keras layers, and say so.
+    with pytest.raises(TypeError, match=r"identity_block takes no stage= \(it only named the notebook's Keras layers; a module "
+                                        r"is named by its place in the model\), block= \(it only named"):
+        identity_block(256, 3, [64, 64, 256], stage=2, block="a")
     assert identity_block(x.shape[1], 3, [64, 64, 256])(x).shape == x.shape
 
 

@@ -362,6 +362,9 @@ def convolutional_block(in_channels: int, f: int, filters: tuple[int, int, int],
 _NOTEBOOK_ARGUMENTS = {
     "training": "call block.train() or block.eval() instead (training=True or False)",
     "initializer": "the block starts from Keras's Glorot-uniform weights already",
+    # The 2018 notebook's: they only named its Keras layers (res2a_branch2a); a module is named where it sits.
+    "stage": "it only named the notebook's Keras layers; a module is named by its place in the model",
+    "block": "it only named the notebook's Keras layers; a module is named by its place in the model",
 }
 
 
