@@ -295,13 +295,22 @@ def test_the_keras_layout_says_which_image_size_it_takes():
     model = create_model("signs_resnet50", layers=[1, 1, 1, 1], widths=[4, 4, 4, 4]).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 6)
-        with pytest.raises(AssertionError, match="takes 64x64 images"):
+        with pytest.raises(ValueError, match="takes 64x64 images"):
             model(torch.randn(1, 3, 224, 224))
         # 96x96 leaves a 3x3 map, which the 2x2 pool would have read a corner of without a word.
-        with pytest.raises(AssertionError, match="takes 64x64 images"):
+        with pytest.raises(ValueError, match="takes 64x64 images"):
             model(torch.randn(1, 3, 96, 96))
-        with pytest.raises(AssertionError, match="takes 64x64 images"):
+        with pytest.raises(ValueError, match="takes 64x64 images"):
             create_model("signs_resnet50", layers=[1, 1, 1, 1], widths=[4, 4, 4, 4], num_classes=0)(torch.randn(1, 3, 128, 128))
+    # torch.fx traces the check (as a torch._assert: no branch on a shape), and the traced net answers as the net.
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    traced = create_feature_extractor(model, return_nodes={"fc": "logits"})
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x)["logits"], model(x))
+    with pytest.raises(AssertionError, match="takes 64x64 images"), torch.no_grad():  # the traced check: torch._assert's
+        traced(torch.randn(1, 3, 96, 96))
     with pytest.raises(RuntimeError, match="mat1 and mat2 shapes"):  # other models keep fc's own message
         create_model("resnet18").forward_head(torch.randn(1, 256, 7, 7))
 

@@ -330,11 +330,13 @@ class ResNet(nn.Module):
         if self.fc is None:
             raise ValueError("a features_only backbone has no head: its forward returns the feature maps")
         if self.stem == "keras":
-            # The fixed 2x2 pool would read a corner of any larger map without a word. torch._assert, not an if:
-            # torch.fx (create_feature_extractor) traces it, where it cannot trace a branch on a shape.
-            side = self._keras_side
-            torch._assert((x.shape[-2] == 2) & (x.shape[-1] == 2),
-                          f"this model flattens a 2x2 map (Keras's layout, as signs_resnet50) and so takes {side}x{side} images")
+            # The fixed 2x2 pool would read a corner of any larger map without a word.
+            fits = (x.shape[-2] == 2) & (x.shape[-1] == 2)
+            message = f"this model flattens a 2x2 map (Keras's layout, as signs_resnet50) and so takes {self._keras_side}x{self._keras_side} images"
+            if isinstance(fits, torch.fx.Proxy):  # torch.fx (create_feature_extractor) traces no branch on a shape
+                torch._assert(fits, message)
+            elif not fits:
+                raise ValueError(message)
         pooled = torch.flatten(self.avgpool(x), 1)
         if self.drop_rate:
             pooled = F.dropout(pooled, self.drop_rate, self.training)
