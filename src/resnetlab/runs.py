@@ -122,6 +122,10 @@ def remove_partial_writes(run_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# What a lock taken without waiting fails with when another process holds it (EDEADLK: Windows' msvcrt).
+_LOCK_HELD = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK)
+
+
 class RunLock:
     """An exclusive lock on a run directory (made if need be), held by the process training into it
     until ``release``; the operating system drops it if the process dies, so a killed run leaves no
@@ -147,7 +151,7 @@ class RunLock:
 
                 fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK):
+            if e.errno not in _LOCK_HELD:
                 print(f"note: could not lock {run_dir} ({e.strerror or e}); make sure no other process trains "
                       "into it", file=sys.stderr)
                 return
@@ -187,7 +191,7 @@ def is_training(run_dir: Path) -> bool:
         with open(Path(run_dir) / ".lock", "rb") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)  # closing the file lets it go
     except OSError as e:
-        return e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES)
+        return e.errno in _LOCK_HELD
     return False
 
 
