@@ -741,16 +741,13 @@ def _responses_figure(measured: list[dict], setup: str) -> Figure:
     depths = sorted({m["depth"] for m in measured})
     if shared:
         colour = _colours([*depths, *(("run", i) for i in shared)])
+        shades = [colour["run", i] if i in shared else colour[m["depth"]] for i, m in enumerate(measured)]
     else:  # a depth's plain and residual nets in a dark and a light shade of one hue
         pairs = matplotlib.colormaps["tab20"].colors
-        colour = {(kind, d): pairs[(2 * k + (kind == "plain")) % 20] for k, d in enumerate(depths) for kind in KINDS}
-    for i, (m, label) in enumerate(zip(measured, labels)):
+        shades = [pairs[(2 * depths.index(m["depth"]) + (m["kind"] == "plain")) % 20] for m in measured]
+    for m, label, shade in zip(measured, labels, shades):
         style = dict(ls="--", lw=1.4) if m["kind"] == "plain" else dict(ls="-", lw=2)
         marker = dict(marker="o", ms=3) if len(m["std"]) <= 30 else {}
-        if shared:
-            shade = colour["run", i] if i in shared else colour[m["depth"]]
-        else:
-            shade = colour[m["kind"], m["depth"]]
         index = range(1, len(m["std"]) + 1)
         top.plot(index, m["std"], color=shade, label=label, **style, **marker)
         bottom.plot(index, m["std_sorted"], color=shade, label=label, **style, **marker)
