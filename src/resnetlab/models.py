@@ -332,11 +332,13 @@ class ResNet(nn.Module):
         if self.stem == "keras":
             # The fixed 2x2 pool would read a corner of any larger map without a word.
             fits = (x.shape[-2] == 2) & (x.shape[-1] == 2)
-            message = f"this model flattens a 2x2 map (Keras's layout, as signs_resnet50) and so takes {self._keras_side}x{self._keras_side} images"
-            if isinstance(fits, torch.fx.Proxy):  # torch.fx (create_feature_extractor) traces no branch on a shape
+            traced = isinstance(fits, torch.fx.Proxy)  # torch.fx (create_feature_extractor) traces no branch on a shape
+            if traced or not fits:  # the message is made only where it may be needed, not at every forward
+                side = self._keras_side
+                message = f"this model flattens a 2x2 map (Keras's layout, as signs_resnet50) and so takes {side}x{side} images"
+                if not traced:
+                    raise ValueError(message)
                 torch._assert(fits, message)
-            elif not fits:
-                raise ValueError(message)
         pooled = torch.flatten(self.avgpool(x), 1)
         if self.drop_rate:
             pooled = F.dropout(pooled, self.drop_rate, self.training)
