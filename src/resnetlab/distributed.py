@@ -94,7 +94,6 @@ def _all_reduce(t: torch.Tensor, patience: float = 10.0) -> None:
         time.sleep(0.001)
 
 
-
 def _references(t: torch.Tensor) -> int:
     """How many references hold ``t``: Python's, and any the C++ side keeps (missing from torch's stubs)."""
     return t._use_count()  # type: ignore[attr-defined]

@@ -16,8 +16,8 @@ It listens on 127.0.0.1 unless told otherwise: it is a tool for one machine, not
 
 from __future__ import annotations
 
-import io
 import errno
+import io
 import json
 import os
 import re
