@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def _references(t: torch.Tensor) -> int:
     return t._use_count()  # type: ignore[attr-defined]
 
 
-def share(value, world: World):
+def share(value: T, world: World) -> T:
     """Process 0's ``value`` (any picklable object), on every process."""
     if world.size == 1:
         return value

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,9 @@ from .devices import autocast_for, pick_device, uses_channels_last
 from .loader import normalize
 from .models import eval_mode
 from .pretrained import is_keras_tag, load_published, published_config
+
+if TYPE_CHECKING:
+    from .data import FolderDataset
 
 
 _OUT_HOLDS = "eval.json and the confusion matrix are written into it"  # what eval --out is for
@@ -200,7 +204,7 @@ def _as_lists(items: list[tuple[list[torch.Tensor], int]]) -> tuple[list[list[to
 
 
 @torch.no_grad()
-def evaluate_views(model: nn.Module, dataset, mean: list[float], std: list[float], num_classes: int, views: str,
+def evaluate_views(model: nn.Module, dataset: FolderDataset, mean: list[float], std: list[float], num_classes: int, views: str,
                    scales: Sequence[int] | None = None, resize_to: int | None = None,
                    device: torch.device | str = "cpu", workers: int | None = None) -> EvalResult:
     """Evaluate on a folder dataset with each image's class probabilities averaged over its views.

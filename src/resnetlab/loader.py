@@ -18,10 +18,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
+
+if TYPE_CHECKING:
+    from .data import ArrayDataset, FolderDataset
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -346,7 +350,7 @@ class _EpochKeys:
 
 
 def decode_in_workers(dataset: torch.utils.data.Dataset, collate_fn: Callable = default_collate,
-                      errors_in_batch: bool = False, **kwargs) -> Iterator:
+                      errors_in_batch: bool = False, **kwargs: Any) -> Iterator:
     """The batches of a ``DataLoader`` over ``dataset`` (``kwargs`` are its own).
 
     A file a worker cannot read stops the iteration with that file's own ``DataError`` (one line),
@@ -443,7 +447,7 @@ def check_scale_jitter(sides: tuple[int, int], size: int, from_files: bool) -> N
                          f"the paper's 256-480 for 224-pixel crops is --recipe-arg scale_jitter=[{scaled}] at this size")
 
 
-def dataset_shape(ds) -> tuple[int, int]:
+def dataset_shape(ds: ArrayDataset | FolderDataset) -> tuple[int, int]:
     """(channels, side) of a dataset's images, in memory or in a folder."""
     if hasattr(ds, "images"):
         return int(ds.images.shape[1]), int(ds.images.shape[-1])
@@ -451,7 +455,7 @@ def dataset_shape(ds) -> tuple[int, int]:
     return int(image.shape[0]), int(image.shape[-1])
 
 
-def stats_sample(ds, sample: int = 2000, seed: int = 0, workers: int | None = None) -> torch.Tensor:
+def stats_sample(ds: ArrayDataset | FolderDataset, sample: int = 2000, seed: int = 0, workers: int | None = None) -> torch.Tensor:
     """The uint8 images a dataset's statistics are taken from: all of them in memory, or a seeded
     sample of ``sample`` images of a folder, decoded by ``workers`` processes (default one a CPU)."""
     if hasattr(ds, "images"):
@@ -463,8 +467,8 @@ def stats_sample(ds, sample: int = 2000, seed: int = 0, workers: int | None = No
         return torch.cat([images for images, _ in batches])
 
 
-def make_loader(ds, batch_size: int, mean: list[float], std: list[float], device: torch.device, train: bool,
-                workers: int | None = None, **kwargs) -> DeviceLoader:
+def make_loader(ds: ArrayDataset | FolderDataset, batch_size: int, mean: list[float], std: list[float], device: torch.device, train: bool,
+                workers: int | None = None, **kwargs: Any) -> DeviceLoader:
     """A ``DeviceLoader`` for a dataset in memory, a ``FolderLoader`` for one left on disk.
 
     ``workers`` (folders only) decode images in parallel; by default one a CPU, up to 16.

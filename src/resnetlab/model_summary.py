@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -116,7 +116,7 @@ def summary(
     model: nn.Module,
     input_size: Sequence[int],
     title: str | None = None,
-    print_fn=print,
+    print_fn: Callable[[str], object] | None = print,
 ) -> ModelSummary:
     """Print and return the Keras-style summary of ``model`` for one input of shape ``input_size`` (C, H, W).
 

@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import overload
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -506,7 +506,7 @@ _CIFAR_NAME = re.compile(r"^(resnet|plain|preact_resnet)(\d+)$")
 
 def create_model(
     name: str, num_classes: int | None = None, in_chans: int | None = None, weights: str | os.PathLike | None = None,
-    pretrained: bool = False, progress: bool = True, **overrides,
+    pretrained: bool = False, progress: bool = True, **overrides: Any,
 ) -> ResNet:
     """Build a registered model by name, optionally with starting weights.
 
@@ -686,7 +686,7 @@ def cifar_resnet(
     num_classes: int = 10,
     in_chans: int = 3,
     widths: Sequence[int] = (16, 32, 64),
-    **kwargs,
+    **kwargs: Any,
 ) -> ResNet:
     """A CIFAR-style net of any valid depth: 6n+2 layers with basic blocks, 9n+2 with bottlenecks.
 
@@ -755,7 +755,7 @@ def signs_resnet50(
     in_chans: int = 3,
     layers: Sequence[int] = (3, 4, 6, 3),
     widths: Sequence[int] = (64, 128, 256, 512),
-    **kwargs,
+    **kwargs: Any,
 ) -> ResNet:
     """The seed notebook's Keras ResNet-50 for 64x64 SIGNS images.
 

@@ -22,6 +22,7 @@ import os
 import pickle
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import torch
@@ -41,6 +42,9 @@ from .keras_weights import (
     read_keras_applications,
 )
 from .runs import LAYOUT_KEY, key_mismatch, model_layout, pretrained_cfg
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 # Names whose layout is torchvision's, so its published weights fit them.
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -293,7 +297,7 @@ def _saved_layout(path: str | Path) -> dict:
         return {}
 
 
-def weights_name(weights, model_name: str) -> str:
+def weights_name(weights: str | os.PathLike | WeightsEnum, model_name: str) -> str:
     """``weights`` as resnetlab names them: a tag or a file's path. Also takes a ``Path`` and torchvision's
     weights enums (``ResNet50_Weights.IMAGENET1K_V2``), as torchvision's builders do."""
     from torchvision.models import WeightsEnum, get_model_weights

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from .typecheck import check_types
 
@@ -174,7 +175,7 @@ def default_recipe(model: str) -> str:
     return MODEL_RECIPES.get(model, "fast")
 
 
-def get_recipe(name: str, **overrides) -> Recipe:
+def get_recipe(name: str, **overrides: Any) -> Recipe:
     """The named recipe, with the given fields replaced (``None`` values are ignored)."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")

@@ -133,7 +133,7 @@ class PredictionServer(ThreadingHTTPServer):
     # server share a port already served, where it should be told to pick another --port.
     allow_reuse_address = os.name != "nt"
 
-    def handle_error(self, request, client_address) -> None:
+    def handle_error(self, request: socket.socket | tuple[bytes, socket.socket], client_address: tuple[str, int]) -> None:
         """A client that left before its answer was written is no error of the server's; others get one line."""
         error = sys.exc_info()[1]
         if not isinstance(error, (BrokenPipeError, ConnectionResetError)):

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -218,7 +218,7 @@ def resolve_recipe(config: TrainConfig) -> Recipe:
 # torch.set_grad_enabled(False), or the call may sit inside torch.no_grad() or torch.inference_mode().
 @torch.inference_mode(False)
 @torch.enable_grad()
-def train(config: TrainConfig | None = None, stop_at: int | None = None, **overrides) -> TrainResult:
+def train(config: TrainConfig | None = None, stop_at: int | None = None, **overrides: Any) -> TrainResult:
     """Train a model as ``config`` says and write its run directory.
 
     Keyword arguments override fields of ``config`` (``train(model="resnet56", epochs=2)``).
