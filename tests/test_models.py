@@ -1,5 +1,7 @@
 """The named models: the papers' parameter counts and multiply-adds, torchvision parity, the registry."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -324,14 +326,21 @@ def test_trace_export_and_compile_give_the_eager_outputs(name, kwargs, size):
     torch.manual_seed(0)
     model = create_model(name, **kwargs).eval()
     x = torch.randn(2, 3, size, size)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         expected = model(x)
-        traced = torch.jit.trace(model, x, strict=False)(x)
+        trace = torch.jit.trace(model, x, strict=False)
+        traced = trace(x)
         exported = torch.export.export(model, (x,)).module()(x)
         compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(x)
     for got in (traced, exported, compiled):
         for a, b in zip(got if isinstance(got, (list, tuple)) else [got], expected if isinstance(expected, list) else [expected]):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # A TracerWarning from the models' own code would mean a branch the trace froze.
+    assert [str(w.message) for w in caught if "resnetlab" in w.filename] == []
+    if name == "signs_resnet50":  # the trace keeps the 2x2 check: a 4x4 map (128x128 image) is refused, not pooled
+        with pytest.raises(RuntimeError, match=r"shape '\[1, 2048, 2, 2\]' is invalid"), torch.no_grad():
+            trace(torch.randn(1, 3, 128, 128))
 
 
 def test_a_cifar_depth_past_ten_thousand_layers_is_refused_before_it_fills_memory():

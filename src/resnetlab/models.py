@@ -329,7 +329,10 @@ class ResNet(nn.Module):
         """Pool the last feature map and classify it; ``pre_logits`` stops before the classifier."""
         if self.fc is None:
             raise ValueError("a features_only backbone has no head: its forward returns the feature maps")
-        if self.stem == "keras":
+        if self.stem == "keras" and torch.jit.is_tracing():
+            # A trace keeps no Python branch (and warns at one): a reshape to the 2x2 map fails in the graph instead.
+            x = x.reshape(x.shape[0], x.shape[1], 2, 2)
+        elif self.stem == "keras":
             # The fixed 2x2 pool would read a corner of any larger map without a word.
             fits = (x.shape[-2] == 2) & (x.shape[-1] == 2)
             traced = isinstance(fits, torch.fx.Proxy)  # torch.fx (create_feature_extractor) traces no branch on a shape
