@@ -69,9 +69,12 @@ def test_predicting_and_evaluating_views_leave_a_training_model_training(trained
         (tmp_path / "photos" / c).mkdir(parents=True)
         Image.fromarray(np.full((28, 28), 40 if c == "a" else 200, np.uint8)).save(tmp_path / "photos" / c / "0.png")
     model, config = load_model(trained_run)
+    [expected] = predict_images(model, config, [tmp_path / "photos" / "a" / "0.png"])
     model.train()
-    predict_images(model, config, [tmp_path / "photos" / "a" / "0.png"])
+    [pred] = predict_images(model, config, [tmp_path / "photos" / "a" / "0.png"])
     assert model.training
+    # ...and its answer was the evaluated model's (the running statistics, not one image's own).
+    assert pred.classes == expected.classes and np.allclose(pred.probabilities, expected.probabilities, rtol=1e-5)
     folder = get_dataset(f"folder:{tmp_path / 'photos'}", "train", image_size=28, val_fraction=0.0)
     result = evaluate_views(model, folder, config["mean"], config["std"], 10, "scales", scales=[28], workers=0)
     assert result.count == 2 and model.training

@@ -331,6 +331,18 @@ def test_loading_a_run_leaves_the_callers_random_draws_alone(trained_run):
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_a_loaded_run_is_ready_to_answer_in_evaluation_mode(trained_run):
+    """A notebook's ``model(x)`` right after loading must use the saved batch-norm statistics: one image's
+    logits are the same alone as in a batch, and the statistics are not moved by answering."""
+    model, _ = runs.load_model(trained_run)
+    assert not any(m.training for m in model.modules())
+    x = torch.rand(8, 1, 28, 28)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        torch.testing.assert_close(model(x[:1]), model(x)[:1], rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_a_change_of_arithmetic_is_judged_by_the_device_that_does_the_sums():
     from resnetlab.devices import arithmetic_change
 
