@@ -465,6 +465,26 @@ def test_the_recorded_gradient_norms_are_each_weights_gradient_of_that_step():
         assert not torch.equal(watched[0], next(reference.parameters())), "recording the norms must not skip the update"
 
 
+def test_the_steps_sums_are_sums_over_images_whatever_the_batch_sizes():
+    """An epoch's mean loss is its sum over images divided by the images seen: batches of 3 and 5 add
+    3 and 5 images' losses, as cross-entropy summed over each image would (lr 0 keeps the weights)."""
+    torch.manual_seed(0)
+    recipe, cpu = get_recipe("fast", label_smoothing=0.1), torch.device("cpu")
+    model = create_model("resnet8", in_chans=1)
+    reference = copy.deepcopy(model)
+    batches = [(torch.randn(n, 1, 12, 12), torch.randint(0, 10, (n,))) for n in (3, 5)]
+    step = TrainStep(model, make_optimizer(recipe, model, cpu), 0.1, cpu)  # the graphed step's batches are all one size
+    loss = correct = 0.0
+    for x, y in batches:
+        step(x, y, 0.0)
+        logits = reference(x)  # training mode, as the step: the same batch statistics
+        loss += torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    sums = step.read_sums()
+    assert sums["seen"] == 8 and sums["correct"] == correct
+    assert sums["loss"] == pytest.approx(loss, rel=1e-5)
+
+
 def test_graphed_step_body_matches_the_eager_step():
     """The graphed step's body, run without capture on the CPU, updates exactly as the eager step."""
     torch.manual_seed(0)
