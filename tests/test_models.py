@@ -123,6 +123,28 @@ def test_torchvision_state_dict_loads_and_matches(depth):
         assert (ours(x) - reference(x)).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("name, kwargs", [("resnet18", {}), ("resnet50", {}), ("resnet50", {"zero_init_residual": True}),
+                                          ("resnet34", {"num_classes": 10})])
+def test_the_same_seed_gives_torchvisions_initial_weights(name, kwargs):
+    """Kaiming normal on the fan-out for convs, BN at 1 and 0, PyTorch's default fc, drawn in the same
+    order: a comparison with torchvision from scratch starts from the very same network."""
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, name)(**kwargs).state_dict()
+    torch.manual_seed(0)
+    ours = create_model(name, **kwargs).state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in reference.items())
+
+
+def test_a_frozen_backbone_counts_only_its_head_as_trainable():
+    """The fine-tuner's count: requires_grad=False takes a weight out of the trainable count, not the total."""
+    model = create_model("resnet18", num_classes=10)
+    for p in model.parameters():
+        p.requires_grad = False
+    model.reset_classifier(10)
+    assert count_parameters(model) == 512 * 10 + 10
+    assert count_parameters(model, trainable_only=False) == 11_181_642  # torchvision's resnet18 with a 10-class fc
+
+
 def test_cifar_models_classify_small_images():
     for name in ["resnet20", "plain20", "preact_resnet110", "preact_resnet164"]:
         m = create_model(name)
