@@ -893,6 +893,19 @@ def test_a_folders_held_out_images_take_the_training_images_channels(tmp_path):
     assert get_dataset(f"folder:{tmp_path / 'f'}", "val").channels == 3  # the split alone would have said colour
 
 
+@pytest.mark.parametrize("size", [(300, 200), (200, 300)])
+def test_resize_then_centre_crop_is_torchvisions_evaluation_transform(tmp_path, size):
+    """Published weights were measured with Resize(256) (the shorter side, proportions kept) and
+    CenterCrop(224): a landscape or portrait photo gives torchvision's very pixels for the image as a tensor
+    (as ``weights.transforms()`` takes it), and within 1 of 255 of them where PIL resizes."""
+    photo = tmp_path / "photo.png"
+    Image.fromarray(RNG.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(photo)
+    got = load_image(photo, 3, 224, resize_to=256)
+    assert torch.equal(got, T.CenterCrop(224)(T.Resize(256)(T.PILToTensor()(Image.open(photo)))))
+    by_pil = T.PILToTensor()(T.CenterCrop(224)(T.Resize(256)(Image.open(photo))))
+    assert (got.int() - by_pil.int()).abs().max() <= 1
+
+
 def test_an_image_too_thin_to_resize_by_its_shorter_side_is_refused(tmp_path):
     """Resizing a 12000x1 PNG (93 bytes) to a shorter side of 256 would make 786 million pixels."""
     from resnetlab.evaluate import view_batches
