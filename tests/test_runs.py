@@ -250,6 +250,14 @@ def test_damaged_gradient_norms_are_named(tmp_path):
         runs.read_grad_norms(tmp_path)
 
 
+def test_gradient_norms_from_the_checkpoints_step_on_are_dropped_for_a_resume(tmp_path):
+    """The norms are written just before the checkpoint: a run killed between the two resumes from the
+    checkpoint before, whose step and later ones it then records again, once each."""
+    runs.write_json(tmp_path / runs.GRAD_NORMS, {"layers": ["conv1.weight"], "steps": [0, 4, 8, 12], "norms": [[1.0], [2.0], [3.0], [4.0]]})
+    assert runs.read_grad_norms(tmp_path, 8) == {"layers": ["conv1.weight"], "steps": [0, 4], "norms": [[1.0], [2.0]]}
+    assert runs.read_grad_norms(tmp_path)["steps"] == [0, 4, 8, 12]
+
+
 @pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_a_run_from_before_later_recipe_fields_resumes(tmp_path):
     """adam_eps and decay_norm_and_bias came later: an older run's config lacks them, and gets what it trained with."""
