@@ -304,6 +304,8 @@ def test_keras_applications_weights_predict_what_keras_predicts(keras3, keras_ho
     assert model.layer2[0].conv1.stride == (2, 2) and model.layer2[0].conv2.stride == (1, 1)  # stride on the 1x1
     assert model.conv1.bias is not None and model.bn1.eps == 1.001e-5
     assert config["classes"][:2] == ["tench", "goldfish"] and config["published_by"] == "Keras Applications"
+    # Measured as the released Caffe models were: the centre 224 crop of the image resized to 256 (shorter side).
+    assert (config["resize_size"], config["image_size"]) == (256, 224)
     x = torch.from_numpy(expected["photos"]).permute(0, 3, 1, 2).float() / 255
     mean, std = torch.tensor(config["mean"])[:, None, None], torch.tensor(config["std"])[:, None, None]
     logits = expected["applications_logits"]
