@@ -92,9 +92,14 @@ def test_a_backbone_keeps_no_stage_past_its_deepest_map(tmp_path):
             torch.testing.assert_close(a, b)
     default = create_model("resnet18", features_only=True)
     assert default.feature_info.out_indices == (0, 1, 2, 3, 4)  # timm's default: the stem's map and every stage's
-    preact = create_model("preact_resnet18", features_only=True, out_indices=(1, 4)).eval()
+    full_preact = create_model("preact_resnet18").eval()
+    with torch.no_grad():  # statistics of their own, so that the final BN is no identity
+        full_preact.final_bn.running_mean.uniform_(-1, 1)
+        full_preact.final_bn.running_var.uniform_(0.5, 2)
+    torch.save(full_preact.state_dict(), tmp_path / "preact.pth")
+    preact = create_model("preact_resnet18", features_only=True, out_indices=(1, 4), weights=str(tmp_path / "preact.pth")).eval()
     with torch.no_grad():  # a pre-activation net's last map as its classifier sees it (after the final BN-ReLU)
-        torch.testing.assert_close(preact(x)[-1], preact.forward_intermediates(x, [4], norm=True, intermediates_only=True)[0])
+        torch.testing.assert_close(preact(x)[-1], full_preact.forward_features(x))
 
 
 def test_reset_classifier():
