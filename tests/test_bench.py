@@ -88,6 +88,23 @@ def test_both_loops_train_with_the_recipes_optimizer(monkeypatch):
     assert {o.defaults["eps"] for o in made} == {1e-7}  # the notebook's (Keras's) epsilon in both
 
 
+def test_both_loops_time_the_same_steps_after_their_warm_up(monkeypatch):
+    """On a clock that a training step moves by exactly one second, each loop reports one second a step:
+    both time the steps after the warm-up and divide by those steps alone."""
+    from resnetlab.data import ArrayDataset
+
+    images = torch.randint(0, 256, (96, 1, 28, 28), dtype=torch.uint8)
+    train_set = ArrayDataset(images, torch.arange(96) % 10, [str(i) for i in range(10)], "stand-in")
+    now = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    recipe, cpu = get_recipe("fast", batch_size=16), torch.device("cpu")
+    for loop in (lambda model: bench._typical_loop(model, train_set, recipe, [0.5], [0.25], 9, 3, cpu, 0),
+                 lambda model: bench._resnetlab_loop(model, train_set, recipe, [0.5], [0.25], 9, 3, cpu, 0, False, False)):
+        model = bench.create_model("resnet8", num_classes=10, in_chans=1)
+        model.register_forward_pre_hook(lambda module, args: now.__setitem__(0, now[0] + 1))
+        assert loop(model) == 1.0
+
+
 def test_the_typical_loop_makes_each_optimizer_a_recipe_names():
     model = bench.create_model("resnet8", num_classes=10, in_chans=1)
     for name, kind in (("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
