@@ -92,6 +92,23 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, model_
 
 
 @needs_fashion
+@pytest.mark.parametrize("recipe, overrides, augmentation", [
+    ("he2016", {}, dict(pad_crop=4, flip=True, scale_crop=None)),
+    ("fast", {"pad_crop": 0, "flip": False}, dict(pad_crop=0, flip=False, scale_crop=None)),
+    ("fast", {"pad_crop": 0, "scale_crop": [0.5, 1.0]}, dict(pad_crop=0, flip=True, scale_crop=(0.5, 1.0))),
+])
+def test_the_training_batches_are_augmented_as_the_recipe_says_and_the_test_batches_not(tmp_path, monkeypatch, recipe, overrides, augmentation):
+    from resnetlab import train as train_module
+
+    made, real = [], train_module.make_loader
+    monkeypatch.setattr(train_module, "make_loader", lambda *a, **k: made.append(k) or real(*a, **k))
+    train(tiny(tmp_path, steps=2, recipe=recipe, recipe_overrides=overrides))
+    [for_training], [for_testing] = [k for k in made if k["train"]], [k for k in made if not k["train"]]
+    assert {k: for_training[k] for k in augmentation} == augmentation
+    assert not any(for_testing.get(k) for k in ("pad_crop", "flip", "scale_crop", "scale_jitter", "lighting"))
+
+
+@needs_fashion
 def test_each_session_records_its_arithmetic_and_a_resume_that_changes_it_says_so(tmp_path, capsys):
     """On a CPU the thread count splits and orders every sum: a run resumed with another does not end on the
     uninterrupted run's weights. config.json records each session's, and such a resume says so."""
