@@ -127,7 +127,9 @@ def test_import_writes_a_run_that_eval_predict_and_export_take(tmp_path, capsys)
     assert code == 0, err
     for line, p in zip(out.splitlines(), probs, strict=True):
         shown = dict(zip(line.split()[1::2], line.split()[2::2]))
-        assert shown == {str(c): f"{100 * p[c]:.1f}%" for c in range(6)}
+        assert set(shown) == {str(c) for c in range(6)}
+        for c in range(6):  # Keras's float sums and PyTorch's round apart near x.x5%: within the printed digit
+            assert abs(float(shown[str(c)].rstrip("%")) - 100 * p[c]) <= 0.05 + 1e-4, (c, shown[str(c)], p[c])
 
     labels = np.array([0, 2, 3])
     for split in ("train", "test"):
