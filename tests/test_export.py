@@ -38,7 +38,7 @@ def test_onnx_runtime_gives_the_models_logits_on_real_test_images(run_dir, capsy
     meta = {p.key: p.value for p in proto.metadata_props}
     model, config = load_model(run_dir)
     assert json.loads(meta["resnetlab.classes"]) == config["classes"]
-    assert json.loads(meta["resnetlab.mean"]) == config["mean"]
+    assert json.loads(meta["resnetlab.mean"]) == config["mean"] and json.loads(meta["resnetlab.std"]) == config["std"]
 
     test = get_dataset("fashion-mnist", split="test")
     images = test.images[:7]  # a batch size the export never saw
@@ -123,6 +123,27 @@ def test_a_folder_as_the_output_gets_the_file_in_it(run_dir, tmp_path, capsys):
     assert main(["export", str(run_dir), "-o", str(tmp_path / "d.onnx")]) == 0
     assert f"wrote {tmp_path / 'd.onnx' / 'model.onnx'} " in capsys.readouterr().out
     onnx.checker.check_model(onnx.load(str(tmp_path / "d.onnx" / "model.onnx")))
+
+
+def test_the_check_holds_the_logits_to_their_size(run_dir, tmp_path, monkeypatch):
+    """1e-3 of the logits' size (at least 1): 0.05 apart fails on logits up to 1, passes on logits up to 100."""
+    from resnetlab import export
+
+    monkeypatch.setattr(export, "_compare", lambda *args: (0.05, 1.0))
+    with pytest.raises(RuntimeError, match="disagree by 5.00e-02 on logits up to 1 "):
+        export_onnx(run_dir, tmp_path / "far.onnx")
+    assert not (tmp_path / "far.onnx").exists()
+    monkeypatch.setattr(export, "_compare", lambda *args: (0.05, 100.0))
+    assert export_onnx(run_dir, tmp_path / "near.onnx").max_abs_diff == 0.05
+
+
+def test_the_newest_opset_onnx_knows_is_asked_of_the_converter(run_dir, tmp_path):
+    """The range's top is taken: the converter may fall short of it, but the request is not refused up front."""
+    newest = onnx.defs.onnx_opset_version()
+    try:
+        assert export_onnx(run_dir, tmp_path / "m.onnx", check=False, opset=newest).opset == newest
+    except ValueError as e:
+        assert "could not convert the model to opset" in str(e), e
 
 
 def test_the_opset_is_said_and_can_be_chosen(run_dir, tmp_path, capsys):
