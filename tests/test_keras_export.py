@@ -48,6 +48,19 @@ def test_both_formats_hold_the_weights_and_the_classes(tmp_path):
         np.testing.assert_array_equal(f[f"model_weights/{last}/{last}/bias:0"], model.fc.bias.detach().numpy())
 
 
+@pytest.mark.parametrize("name, momentum, epsilon", [("resnet20", 0.9, 1e-5), ("signs_resnet50", 0.99, 1e-3)])
+def test_batch_norms_keep_their_momentum_and_epsilon_in_kerass_terms(tmp_path, name, momentum, epsilon):
+    """PyTorch's momentum is the new batch's share, Keras's the old statistics': 0.1 becomes 0.9 (0.01, the
+    notebook's, 0.99), so that fine-tuning in Keras moves the statistics as training here did."""
+    model = resnetlab.create_model(name)
+    export_keras(model, config_for(model, name, 64 if name == "signs_resnet50" else 32), tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as z:
+        layers = json.loads(z.read("config.json"))["config"]["layers"]
+    norms = [layer["config"] for layer in layers if layer["class_name"] == "BatchNormalization"]
+    assert len(norms) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert all((c["momentum"], c["epsilon"]) == pytest.approx((momentum, epsilon)) for c in norms)
+
+
 def test_a_half_precision_model_is_written_in_float32(tmp_path):
     """A model trained or kept in bfloat16 writes the float32 weights Keras files hold."""
     model = resnetlab.create_model("resnet20").to(torch.bfloat16)
