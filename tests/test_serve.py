@@ -330,11 +330,33 @@ def test_upload_errors_name_the_file_and_fit_an_upload(server):
     assert status == 400 and json.loads(reply)["error"] == "nothing.png is empty"
 
 
-def test_the_page_says_how_views_are_averaged_once(run_dir):
-    server = PredictionServer(run_dir, port=0, views="scales", scales=[28, 32, 48])
+def test_the_page_says_how_views_are_averaged_once_and_the_answers_are_averaged(run_dir, tmp_path):
+    server = PredictionServer(run_dir, port=0, top_k=10, views="scales", scales=[28, 32, 48])
     page = server.page()
-    server.server_close()
+    path = tmp_path / "shoe.png"
+    Image.fromarray(get_dataset("fashion-mnist", split="test").images[3, 0].numpy()).save(path)
+    try:
+        reply = server.predict(path.read_bytes(), "shoe.png")
+    finally:
+        server.server_close()
     assert page.count("averaged") == 1 and "28, 32 and 48" in page and "resized to 28x28" not in page
+    model, config = load_model(run_dir)
+    (averaged,) = predict_images(model, config, [path], top_k=10, views="scales", scales=[28, 32, 48])
+    (single,) = predict_images(model, config, [path], top_k=10)
+    assert [p["probability"] for p in reply["predictions"]] == pytest.approx(averaged.probabilities)
+    assert averaged.probabilities != pytest.approx(single.probabilities)  # the views change the answer
+
+
+def test_the_serve_command_passes_its_options_on(run_dir, capsys, monkeypatch):
+    import resnetlab.serve
+
+    calls = []
+    monkeypatch.setattr(resnetlab.serve, "serve", lambda *args, **kwargs: calls.append((args, kwargs)))
+    assert main(["serve", str(run_dir), "--port", "65535", "--top-k", "3", "--scales", "28", "36"]) == 0
+    [(args, kwargs)] = calls
+    assert args[2:4] == (65535, 3) and kwargs["views"] == "scales" and list(kwargs["scales"]) == [28, 36]
+    assert main(["serve", str(run_dir), "--top-k", "0"]) == 2  # refused before it listens
+    assert "--top-k must be at least 1, got 0" in capsys.readouterr().err and len(calls) == 1
 
 
 def test_choosing_the_same_file_again_uploads_it_again(server, tmp_path):
