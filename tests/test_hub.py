@@ -40,3 +40,14 @@ def test_load_from_a_local_checkout():
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 7)
     deeper = torch.hub.load(REPO, "create_model", "resnet74", source="local", weights=None)
     assert len(deeper.layer1) == 12
+
+
+def test_an_entry_point_loads_the_weights_it_is_given(tmp_path):
+    torch.manual_seed(0)
+    import resnetlab
+
+    saved = resnetlab.create_model("resnet20", num_classes=7)
+    torch.save(saved.state_dict(), tmp_path / "mine.pth")
+    loaded = torch.hub.load(REPO, "resnet20", source="local", weights=str(tmp_path / "mine.pth"), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), saved.state_dict().values()))
+    assert loaded.num_classes == 7  # the file's classifier comes with it
