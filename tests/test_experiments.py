@@ -411,6 +411,18 @@ def test_a_degradation_figure_of_one_evaluation_tells_train_from_test():
         assert train.get_markerfacecolor() == "none" and test.get_markerfacecolor() != "none"
 
 
+def test_the_ablations_quote_the_2016_papers_tables():
+    """Test errors (%) on CIFAR-10 as the 2016 paper prints them: Table 2 for ResNet-110 and ResNet-164
+    (bottleneck) in each activation order, Table 1 for the shortcuts of ResNet-110."""
+    orders = {v.key: (v.paper_error(110, "basic"), v.paper_error(164, "bottleneck")) for v in STUDIES["orders"].variants}
+    assert orders == {"post": ("6.61", "5.93"), "bn_after_add": ("8.17", "6.50"), "relu_before_add": ("7.84", "6.14"),
+                      "relu_preact": ("6.71", "5.91"), "preact": ("6.37", "5.46")}
+    shortcuts = {v.key: v.paper_error(110, "basic") for v in STUDIES["shortcuts"].variants}
+    assert shortcuts == {"original": "6.61", "scale-0.5-0.5": "12.35", "scale-0.5-1": "fail", "gate-6": "8.70",
+                         "shortcut-gate-0": "12.86", "shortcut-gate-6": "6.91", "conv-shortcut": "12.22", "dropout": "fail"}
+    assert all(v.paper_error(56, "basic") is None for study in STUDIES.values() for v in study.variants)
+
+
 def test_the_2016_ablations_train_with_the_2016_recipe():
     """The 2016 paper warms up every CIFAR net; its ablations default to its recipe, the 2015 experiments to theirs."""
     parser = cli.build_parser()
