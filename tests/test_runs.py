@@ -361,6 +361,8 @@ def test_a_change_of_arithmetic_is_judged_by_the_device_that_does_the_sums():
     assert arithmetic_change(cpu, gpu) == {"device": ("cpu", "cuda")}  # no thread hint for another device
     assert arithmetic_change(gpu, {**gpu, "threads": 2, "cpu": "AVX512"}) == {}  # the GPU's sums, not the CPU's
     assert arithmetic_change(gpu, {**gpu, "cudnn": 92000}) == {"cudnn": (91000, 92000)}
+    for env in (cpu, gpu):  # another torch may pick other kernels on either
+        assert arithmetic_change(env, {**env, "torch": "2.15.0"}) == {"torch": ("2.14.1", "2.15.0")}
 
 
 def test_a_run_records_the_commit_it_ran_from_only_where_that_commit_holds_its_code(tmp_path):
