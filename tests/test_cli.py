@@ -101,6 +101,11 @@ def test_train_eval_predict(trained, tmp_path, capsys):
     assert [int(r["step"]) for r in plotted] == [m["step"] for m in metrics] == [4, 8]  # 256 images, batches of 64
     assert [float(r["train_loss"]) for r in plotted] == pytest.approx([m["train_loss"] for m in metrics])
     assert [float(r["test_error"]) for r in plotted] == pytest.approx([100 * (1 - m["test_acc"]) for m in metrics])
+    # The axis the figure is drawn against: matplotlib's SVG keeps each text as a comment beside its glyphs.
+    assert "<!-- iterations -->" in (trained / "curves.svg").read_text()
+    code, out, _ = run(capsys, "plot", trained, "--x", "epoch", "-o", trained / "by-epoch")
+    svg = (trained / "by-epoch.svg").read_text()
+    assert code == 0 and "<!-- epochs -->" in svg and "<!-- iterations -->" not in svg
 
 
 def test_unknown_names_and_bad_values(capsys, tmp_path):
