@@ -96,6 +96,26 @@ def test_block_layers_in_order(models):
     assert "_relu" not in pre  # nothing after the addition
 
 
+def test_shortcut_widths_scales_and_the_bn_after_the_addition_are_where_the_block_has_them():
+    """Option A pads to the stage's width; constant scaling (2016, Fig. 2b) puts its first factor on the
+    shortcut and its second on F(x); BN after addition (Fig. 4b) moves the last BN past the sum."""
+    assert re.findall(r"zero-pad to (\d+) ch", model_graph(create_model("resnet20")).source) == ["32", "64"]
+    scaled = model_graph(create_model("resnet20", mixing="scale", scales=[0.5, 1.0])).source
+    assert rows(scaled, "layer1_0_1") == ["3×3 conv, 16", "BN", "× 1"]
+    shortcut = re.search(r"\tlayer1_0_shortcut \[label=<(.*?)> group", scaled).group(1)
+    assert re.findall(r"<TD[^>]*>(.*?)</TD>", shortcut) == ["× 0.5"]
+    after = model_graph(create_model("resnet20", order="bn_after_add")).source
+    assert rows(after, "layer1_0_1") == ["3×3 conv, 16"] and rows(after, "layer1_0_relu") == ["BN", "ReLU"]
+
+
+def test_expanded_on_the_command_line_draws_every_block(tmp_path):
+    from resnetlab.cli import main
+
+    assert main(["diagram", "resnet20", "--expand", "-o", str(tmp_path / "all.svg")]) == 0
+    text = svg_text(tmp_path / "all.svg")
+    assert "layer1.2" in text and "× 3" not in text
+
+
 def test_the_head_and_backbones_are_drawn_as_they_compute():
     relu_preact = model_graph(create_model("resnet20", order="relu_preact")).source
     assert rows(relu_preact, "final_bn") == ["ReLU"]  # the ReLU after the last stage, with no BN before it
