@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import fashion_mnist_here
 
@@ -30,5 +31,16 @@ def test_the_demo_runs_every_step_and_every_file_it_names_exists(tmp_path, capsy
     for line in listed.strip().splitlines():
         for path in line.split(None, 2)[-1].split(", "):
             assert Path(path).exists(), path
-    assert len(list((run_dir / "samples").glob("*.png"))) == 8
+    # Each sample is a test image, named by its true class, so that predict's answers can be read against it.
+    from PIL import Image
+
+    from resnetlab.data import get_dataset
+
+    test = get_dataset("fashion-mnist", split="test")
+    names = [f"{i}-{test.classes[int(test.labels[i])].replace('/', '-').replace(' ', '-')}.png" for i in range(8)]
+    assert sorted(p.name for p in (run_dir / "samples").glob("*.png")) == sorted(names)
+    assert names[0] == "0-Ankle-boot.png"
+    for i, name in enumerate(names):
+        with Image.open(run_dir / "samples" / name) as image:
+            assert np.array_equal(np.asarray(image), test.images[i, 0].numpy()), name
     assert f"resnetlab predict {run_dir} {run_dir / 'samples'}" in out  # a next step that works as printed
