@@ -507,3 +507,37 @@ def test_an_address_not_of_this_machine_is_called_a_host_problem(run_dir, capsys
     assert main(["serve", str(run_dir), "--host", "192.0.2.1", "--port", "0"]) == 2  # TEST-NET-1: nobody's
     err = capsys.readouterr().err
     assert "check --host" in err and "--port" not in err
+
+
+def test_the_http_details_a_client_relies_on(server, run_dir, monkeypatch):
+    """A HEAD gets headers alone (on the wire, which http.client would hide); /info is JSON with the input a
+    client must prepare; the upload limit is inclusive; top_k is given once; the server's default k is 5."""
+    import socket
+
+    from resnetlab import serve
+
+    with socket.create_connection(server.server_address[:2], timeout=30) as sock:
+        sock.sendall(b"HEAD /info HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after its answer
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Type: application/json" in head and body == b""
+
+    with urllib.request.urlopen(server.url + "info") as reply:
+        assert reply.headers["Content-Type"] == "application/json"
+        info = json.loads(reply.read())
+    assert (info["channels"], info["image_size"], info["model"]) == (1, 28, "resnet8")
+
+    image = png_bytes()
+    monkeypatch.setattr(serve, "MAX_UPLOAD", len(image))
+    assert request(server.url + "predict", image)[0] == 200
+    assert request(server.url + "predict", image + b"\0")[0] == 413
+    status, body = request(server.url + "predict?top_k=1&top_k=5", image)
+    assert status == 400 and json.loads(body)["error"] == "top_k is given 2 times; give it once"
+
+    default = PredictionServer(run_dir, port=0)
+    try:
+        assert len(default.predict(image, "boot.png")["predictions"]) == 5
+    finally:
+        default.server_close()
