@@ -189,6 +189,7 @@ def test_confusion_colours_are_fractions_of_each_true_class():
     assert image.get_clim() == (0, 1)
     assert ax.get_ylabel() == "true class" and ax.get_xlabel() == "predicted class"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["cat", "dog", "frog"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cat", "dog", "frog"]  # the same order both ways
     # 18 of 24 on the diagonal; the cells' numbers are counts, while their colour is a fraction of the row.
     assert ax.get_title() == "resnet20 on pets\naccuracy 75.00% of 24; numbers are image counts"
     assert "fraction of the true class" in fig_colorbar_label(ax)
@@ -249,6 +250,12 @@ def test_curve_titles_say_how_long_the_runs_were_and_on_how_many_images(tmp_path
     (tmp_path / "b" / "config.json").write_text(json.dumps(config | {"total_steps": 800}))
     plot_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "three")
     assert figures[2].get_suptitle() == "Training curves: 2 runs on cifar10"  # no one size to give
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    (tmp_path / "b" / "config.json").write_text(json.dumps(config | {"dataset": "mnist"}))
+    plot_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "four")
+    assert figures[3].get_suptitle() == "Training curves: 2 runs"  # no one dataset to name either
+    loss_ax, err_ax = figures[3].axes[:2]
+    assert err_ax.get_ylim()[0] == 0 and loss_ax.get_ylim()[0] > 0  # error from 0%; losses where they are
 
 
 def test_save_figure_writes_png_and_svg(tmp_path):
