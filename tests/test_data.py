@@ -42,9 +42,10 @@ def isolated(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- writers of the real formats
 
 
-def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
-    """IDX as LeCun specifies it: 0, 0, type 0x08 (uint8), ndim, big-endian sizes, then the bytes."""
-    raw = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+def write_idx(path: Path, array: np.ndarray, gz: bool = False, code: int = 0x08) -> Path:
+    """IDX as LeCun specifies it: 0, 0, the type code (0x08: uint8), ndim, big-endian sizes, then the
+    values (``array`` in the big-endian type of ``code``)."""
+    raw = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
     path.write_bytes(gzip.compress(raw) if gz else raw)
     return path
 
@@ -171,10 +172,8 @@ def test_fashion_classes_and_root_name_subfolder(tmp_path):
 def test_every_idx_type_is_read_big_endian_as_the_format_says(tmp_path, code, dtype):
     """LeCun's format stores every multi-byte value most significant byte first, whatever the machine."""
     values = np.array([[0, 1, -2], [100, -100, 127]] if dtype != ">u1" else [[0, 1, 2], [100, 200, 255]])
-    array = values.astype(dtype) * (1.5 if dtype[1] == "f" else 1)
-    raw = bytes([0, 0, code, 2]) + struct.pack(">2I", 2, 3) + array.astype(dtype).tobytes()
-    (tmp_path / "x.idx").write_bytes(raw)
-    got = data._read_idx(tmp_path / "x.idx")
+    array = (values * (1.5 if dtype[1] == "f" else 1)).astype(dtype)
+    got = data._read_idx(write_idx(tmp_path / "x.idx", array, code=code))
     assert got.tolist() == array.tolist() and got.dtype == np.dtype(dtype).newbyteorder("=")
 
 
